@@ -1,0 +1,285 @@
+"""Custom and plain dumps: streamed to a .partial file, checked, fsynced, renamed.
+
+Nothing that looks like a backup exists until every check has passed: the
+dump streams into ``<name>.partial``; pg_dump's exit code, the size, the
+header (or SQL ending) and the TOC are checked; the checksum and manifest are
+written; only then is the file linked to its final name (never over an
+existing one). Any failure removes the partial file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pgrunbook import __version__, catalog, manual
+from pgrunbook.archive import MAGIC, SQL_HEAD, sql_tail_is_complete
+from pgrunbook.console import Console, human_size
+from pgrunbook.container import CHUNK, Container
+from pgrunbook.errors import RunbookError
+from pgrunbook.postgres import Postgres, TableCount, explain_failure
+from pgrunbook.safety import exclusive_lock
+from pgrunbook.settings import Settings
+from pgrunbook.worklog import Entry, ensure_private_dir, now_iso, operator, recorded
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    path: Path
+    size: int
+    sha256: str
+    manifest: dict[str, Any]
+
+
+def file_chunks(path: Path, size: int = CHUNK) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
+def toc_entries(pg: Postgres, path: Path) -> list[str]:
+    """pg_restore --list of a custom archive, fed through stdin (stops after the TOC)."""
+    result = pg.run(["pg_restore", "--list"], stdin=file_chunks(path, 256 * 1024))
+    if not result.ok:
+        raise RunbookError(
+            f"pg_restore --list が目次を読めません: {result.error_text()}",
+            "ファイルが壊れているか途中で切れています。バックアップを取り直す",
+        )
+    text = result.stdout.decode("utf-8", "replace")
+    return [line for line in text.splitlines() if line and not line.startswith(";")]
+
+
+def table_data_count(entries: list[str]) -> int:
+    return sum(1 for line in entries if " TABLE DATA " in line)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a small sidecar atomically with mode 0600."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Stream:
+    """Receives pg_dump's stdout: writes, hashes and counts, memory flat."""
+
+    def __init__(self, fd: int, console: Console) -> None:
+        self.fd = fd
+        self.console = console
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.head = b""
+        self.started = time.monotonic()
+
+    def __call__(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.hash.update(data)
+        if len(self.head) < 64:
+            self.head += data[: 64 - len(self.head)]
+        self.size += len(data)
+        self.console.progress(self.size, self.started, "pg_dump")
+
+
+def run_backup(
+    settings: Settings,
+    fmt: str = "custom",
+    *,
+    no_owner: bool = False,
+    no_acl: bool = False,
+    dry_run: bool = False,
+    console: Console | None = None,
+    task: str | None = None,
+) -> BackupResult | list[str]:
+    """Back up the env's database. Returns the result, or the manual commands on dry_run."""
+    console = console or Console([settings.db_password])
+    task = task or ("backup" if fmt == "custom" else "backup-sql")
+    when = datetime.now()
+    if dry_run:
+        target = settings.backup_dir / catalog.backup_name(
+            settings.backup_prefix, settings.env, when, fmt
+        )
+        return manual.backup_commands(settings, fmt, target, no_owner, no_acl)
+
+    entry = Entry(task, settings.env, settings.db_name, settings.db_container)
+    with recorded(settings.worklog_path, entry, console.redact), exclusive_lock(
+        settings.backup_dir, settings.db_container, settings.db_name, task
+    ):
+        pg = Postgres(Container.find(settings.db_container), settings)
+        return _backup_locked(settings, pg, fmt, when, no_owner, no_acl, console, entry)
+
+
+def _backup_locked(
+    settings: Settings,
+    pg: Postgres,
+    fmt: str,
+    when: datetime,
+    no_owner: bool,
+    no_acl: bool,
+    console: Console,
+    entry: Entry,
+) -> BackupResult:
+    console.step(f"接続確認: {settings.describe()}")
+    server_version = pg.server_version()
+    pg_dump_version = pg.tool_version("pg_dump")
+    tables: list[TableCount] = []
+    if settings.row_counts:
+        console.step("各テーブルの行数を記録")
+        tables = pg.table_counts()
+    else:
+        tables = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
+
+    ensure_private_dir(settings.backup_dir)
+    final = catalog.free_name(
+        settings.backup_dir, settings.backup_prefix, settings.env, when, fmt
+    )
+    partial = final.with_name(final.name + catalog.PARTIAL_SUFFIX)
+    entry.file = str(final)
+    started_at = now_iso()
+    started = time.monotonic()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    committed = False
+    try:
+        stream = _Stream(fd, console)
+        console.step(f"pg_dump -F {'c' if fmt == 'custom' else 'p'} → {partial.name}")
+        argv = manual.dump_argv(settings, fmt, no_owner, no_acl)
+        result = pg.run(argv, on_stdout=stream)
+        console.clear_progress()
+        if not result.ok:
+            raise _dump_failure(result.exit_code, result.stderr, settings)
+        for line in result.stderr.splitlines():
+            if line.strip():
+                console.warn(f"pg_dump: {line.strip()}")
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        checks = _check_dump(settings, pg, partial, fmt, stream, tables, console)
+        sha256 = stream.hash.hexdigest()
+        manifest = {
+            "kind": "pgrunbook-backup",
+            "manifest_version": 1,
+            "kit_version": __version__,
+            "env": settings.env,
+            "container": settings.db_container,
+            "database": settings.db_name,
+            "user": settings.db_user,
+            "file": final.name,
+            "format": fmt,
+            "compression": settings.dump_compression if fmt == "custom" else "none",
+            "options": {"no_owner": no_owner, "no_acl": no_acl},
+            "size": stream.size,
+            "sha256": sha256,
+            "server_version": server_version,
+            "pg_dump_version": pg_dump_version,
+            "started_at": started_at,
+            "finished_at": now_iso(),
+            "duration_seconds": round(time.monotonic() - started, 3),
+            "operator": operator(),
+            "host": socket.gethostname(),
+            "row_counts": "exact-before-dump" if settings.row_counts else "none",
+            "tables": [t.as_dict() for t in tables],
+            **checks,
+        }
+        write_private(final.with_name(final.name + ".sha256"), f"{sha256}  {final.name}\n")
+        write_private(
+            final.with_name(final.name + ".json"),
+            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
+        )
+        try:
+            os.link(partial, final)  # the commit point; fails rather than overwrite
+        except FileExistsError:
+            raise RunbookError(
+                f"{final.name} が既に存在します（上書きはしません）", "時間をおいて再実行"
+            ) from None
+        committed = True
+        fsync_directory(settings.backup_dir)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        partial.unlink(missing_ok=True)
+        if not committed:
+            for sidecar in (".sha256", ".json"):
+                final.with_name(final.name + sidecar).unlink(missing_ok=True)
+    entry.sha256 = sha256
+    entry.details["size"] = stream.size
+    console.summary(
+        f"バックアップ完了: {final} ({human_size(stream.size)}, sha256 {sha256[:12]}…, "
+        f"{manifest['duration_seconds']:.1f} 秒)"
+    )
+    return BackupResult(final, stream.size, sha256, manifest)
+
+
+def _dump_failure(exit_code: int, stderr: str, settings: Settings) -> RunbookError:
+    if stderr.strip():
+        error = explain_failure(stderr, settings)
+        error.message = f"pg_dump が失敗しました（終了コード {exit_code}）: {error.message}"
+        return error
+    return RunbookError(
+        f"pg_dump が終了コード {exit_code} で終わりました（途中で停止された可能性）",
+        "コンテナのログ（docker logs）とディスク容量を確認して再実行",
+    )
+
+
+def _check_dump(
+    settings: Settings,
+    pg: Postgres,
+    partial: Path,
+    fmt: str,
+    stream: _Stream,
+    tables: list[TableCount],
+    console: Console,
+) -> dict[str, Any]:
+    if stream.size == 0:
+        raise RunbookError("pg_dump の出力が空でした", "DB_NAME と権限を確認して再実行")
+    if stream.size < settings.min_backup_bytes:
+        raise RunbookError(
+            f"バックアップが {stream.size} バイトしかありません（MIN_BACKUP_BYTES="
+            f"{settings.min_backup_bytes}）",
+            "対象 DB が正しいか確認",
+        )
+    if fmt == "custom":
+        if not stream.head.startswith(MAGIC):
+            raise RunbookError("出力がカスタム形式のアーカイブではありません（PGDMP ヘッダなし）")
+        console.step("pg_restore --list で目次を確認")
+        entries = toc_entries(pg, partial)
+        data_entries = table_data_count(entries)
+        if tables and data_entries == 0:
+            raise RunbookError(
+                "アーカイブにテーブルデータがありません（DB にはテーブルがあります）",
+                "DB_USER の権限を確認して再実行",
+            )
+        return {"toc_entries": len(entries), "table_data_entries": data_entries}
+    text_head = stream.head.decode("utf-8", "replace")
+    if SQL_HEAD not in text_head:
+        raise RunbookError("出力が pg_dump の SQL ではありません")
+    with open(partial, "rb") as handle:
+        handle.seek(max(0, stream.size - 4096))
+        tail = handle.read().decode("utf-8", "replace")
+    if not sql_tail_is_complete(tail):
+        raise RunbookError(
+            "SQL の末尾に pg_dump の完了コメントがありません（途中で切れています）",
+            "再実行",
+        )
+    return {}

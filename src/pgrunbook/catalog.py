@@ -1,0 +1,101 @@
+"""Backup file names and the backups of an env's folder.
+
+Name: ``<prefix>-<env>-<YYYYMMDD>-<HHMMSS>[-<n>].<dump|sql>`` beside
+``<name>.sha256`` and ``<name>.json``. The runbook's older hand-made names
+(``knot-prod-20260128.dump``) are recognised as ``legacy``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+EXTENSIONS = {"custom": "dump", "plain": "sql"}
+FORMAT_OF_EXTENSION = {ext: fmt for fmt, ext in EXTENSIONS.items()}
+NAME = re.compile(
+    r"^(?P<prefix>[A-Za-z0-9][A-Za-z0-9_]*)-(?P<env>[a-z][a-z0-9_]*)-(?P<date>\d{8})"
+    r"(?:-(?P<time>\d{6}))?(?:-(?P<serial>\d+))?\.(?P<ext>dump|sql)$"
+)
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    path: Path
+    prefix: str
+    env: str
+    created: datetime
+    format: str
+    legacy: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checksum_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".sha256")
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".json")
+
+    def manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+
+def backup_name(prefix: str, env: str, when: datetime, fmt: str, serial: int = 0) -> str:
+    stamp = when.strftime("%Y%m%d-%H%M%S")
+    suffix = f"-{serial}" if serial else ""
+    return f"{prefix}-{env}-{stamp}{suffix}.{EXTENSIONS[fmt]}"
+
+
+def parse(path: Path) -> BackupFile | None:
+    match = NAME.match(path.name)
+    if not match:
+        return None
+    date, time = match.group("date"), match.group("time")
+    try:
+        created = datetime.strptime(date + (time or "000000"), "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+    return BackupFile(
+        path=path,
+        prefix=match.group("prefix"),
+        env=match.group("env"),
+        created=created,
+        format=FORMAT_OF_EXTENSION[match.group("ext")],
+        legacy=time is None,
+    )
+
+
+def backups_in(directory: Path, prefix: str | None = None) -> list[BackupFile]:
+    """The backups in a folder, oldest first (partial files never count)."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        if not path.is_file():
+            continue
+        backup = parse(path)
+        if backup and (prefix is None or backup.prefix == prefix):
+            found.append(backup)
+    return sorted(found, key=lambda b: (b.created, b.name))
+
+
+def free_name(directory: Path, prefix: str, env: str, when: datetime, fmt: str) -> Path:
+    """A final name that no file (or sidecar) uses yet: never overwrite."""
+    for serial in range(0, 1000):
+        candidate = directory / backup_name(prefix, env, when, fmt, serial)
+        siblings = (candidate, candidate.with_name(candidate.name + ".sha256"),
+                    candidate.with_name(candidate.name + ".json"))
+        if not any(p.exists() for p in siblings):
+            return candidate
+    raise RuntimeError("no free backup name")  # pragma: no cover

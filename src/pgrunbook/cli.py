@@ -1,0 +1,51 @@
+"""The one adapter between invoke and the package: errors become clean exits.
+
+Every task body runs through ``guarded``: a RunbookError becomes one line on
+stderr and a nonzero exit; SIGTERM (cron killing a job, a system shutdown)
+unwinds like Ctrl-C so partial files are removed.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from invoke import Exit
+
+from pgrunbook.console import Console
+from pgrunbook.errors import RunbookError
+from pgrunbook.settings import Settings, config_dir_from, load_settings
+
+T = TypeVar("T")
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def guarded(action: Callable[[], T], console: Console | None = None) -> T:
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return action()
+    except RunbookError as error:
+        text = console.redact(error.one_line()) if console else error.one_line()
+        raise Exit(text, code=error.exit_code) from None
+    except KeyboardInterrupt:
+        raise Exit("中断しました（作成途中のファイルは削除済み）", code=130) from None
+
+
+def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console]:
+    """Load an env's settings, or exit with the one-line reason."""
+    try:
+        settings = load_settings(env, config_dir_from(project_root))
+    except RunbookError as error:
+        raise Exit(error.one_line(), code=error.exit_code) from None
+    return settings, Console([settings.db_password])
+
+
+def print_lines(lines: list[str]) -> None:
+    for line in lines:
+        sys.stdout.write(line + "\n")

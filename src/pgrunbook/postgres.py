@@ -1,0 +1,161 @@
+"""PostgreSQL inside the container: psql queries, versions, table statistics.
+
+SQL identifiers are validated by settings and quoted here; values that reach
+SQL go through ``quote_literal``. The password travels in the exec
+environment (PGPASSWORD), never in argv.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pgrunbook.container import Container, ExecResult
+from pgrunbook.errors import RunbookError
+from pgrunbook.settings import Settings
+
+FIELD = "\x1f"
+RECORD = "\x1e"
+
+USER_TABLES = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+ORDER BY 1, 2
+"""
+
+# One round trip: exact count(*) of every ordinary table, with identifiers
+# quoted by the server's own format(%I).
+TABLE_ROW_COUNTS = """
+SELECT n.nspname, c.relname,
+       (xpath('/row/c/text()', query_to_xml(
+           format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname),
+           false, true, '')))[1]::text::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+ORDER BY 1, 2
+"""
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class TableCount:
+    schema: str
+    name: str
+    rows: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"schema": self.schema, "name": self.name, "rows": self.rows}
+
+
+def explain_failure(stderr: str, settings: Settings, database: str | None = None) -> RunbookError:
+    """Turn libpq/pg_dump's stderr into the operator's one line."""
+    database = database or settings.db_name
+    text = stderr.strip()
+    if "password authentication failed" in text or "no password supplied" in text:
+        return RunbookError(
+            f"DB ユーザー {settings.db_user} のパスワード認証に失敗しました",
+            f"{settings.files[-1].name} の DB_PASSWORD "
+            f"（または PGRUNBOOK_{settings.env.upper()}_DB_PASSWORD）を確認",
+        )
+    if re.search(r'database "[^"]*" does not exist', text):
+        return RunbookError(
+            f"データベース {database!r} がコンテナ {settings.db_container} にありません",
+            f"DB_NAME を確認（docker exec {settings.db_container} psql -U {settings.db_user} "
+            "-d postgres -l で一覧表示）",
+        )
+    if re.search(r'role "[^"]*" does not exist', text):
+        return RunbookError(
+            f"DB ユーザー {settings.db_user!r} が存在しません",
+            f"{settings.files[-1].name} の DB_USER を確認",
+        )
+    if "could not connect" in text or "connection to server" in text:
+        return RunbookError(
+            f"コンテナ {settings.db_container} の PostgreSQL に接続できません",
+            "サーバーが起動中か（docker logs）を確認",
+        )
+    last = [line for line in text.splitlines() if line.strip()]
+    return RunbookError(last[-1] if last else "PostgreSQL のコマンドが失敗しました")
+
+
+class Postgres:
+    """psql and friends, run inside the DB container as DB_USER."""
+
+    def __init__(self, container: Container, settings: Settings) -> None:
+        self.container = container
+        self.settings = settings
+        self.environment = settings.password_environment()
+
+    def run(
+        self,
+        argv: list[str],
+        *,
+        stdin: Iterable[bytes] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> ExecResult:
+        env = dict(self.environment)
+        env.update(environment or {})
+        return self.container.exec(argv, environment=env, stdin=stdin, on_stdout=on_stdout)
+
+    def psql_argv(self, database: str | None = None) -> list[str]:
+        return [
+            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-U", self.settings.db_user, "-d", database or self.settings.db_name,
+        ]
+
+    def query(self, sql: str, database: str | None = None) -> list[list[str]]:
+        argv = self.psql_argv(database) + ["-A", "-t", "-F", FIELD, "-R", RECORD, "-c", sql]
+        result = self.run(argv)
+        if not result.ok:
+            raise explain_failure(result.stderr, self.settings, database)
+        text = result.stdout.decode("utf-8", "replace")
+        if text.endswith("\n"):
+            text = text[:-1]
+        return [record.split(FIELD) for record in text.split(RECORD) if record != ""]
+
+    def execute(self, sql: str, database: str | None = None) -> None:
+        result = self.run(self.psql_argv(database) + ["-c", sql])
+        if not result.ok:
+            raise explain_failure(result.stderr, self.settings, database)
+
+    def server_version(self) -> str:
+        return self.query("SHOW server_version")[0][0]
+
+    def tool_version(self, tool: str) -> str:
+        result = self.container.run([tool, "--version"])
+        if not result.ok:
+            raise RunbookError(
+                f"コンテナ {self.container.name} に {tool} がありません",
+                "PostgreSQL のクライアントツールが入ったコンテナを DB_CONTAINER に指定",
+            )
+        match = re.search(r"(\d+(?:\.\d+)*)", result.stdout.decode())
+        return match.group(1) if match else result.stdout.decode().strip()
+
+    def user_tables(self, database: str | None = None) -> list[tuple[str, str]]:
+        return [(row[0], row[1]) for row in self.query(USER_TABLES, database)]
+
+    def table_counts(self, database: str | None = None) -> list[TableCount]:
+        rows = self.query(TABLE_ROW_COUNTS, database)
+        return [TableCount(row[0], row[1], int(row[2])) for row in rows]
+
+    def database_exists(self, name: str) -> bool:
+        sql = f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(name)}"
+        return bool(self.query(sql, "postgres"))
+
+    def databases(self) -> list[str]:
+        rows = self.query("SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1",
+                          "postgres")
+        return [row[0] for row in rows]

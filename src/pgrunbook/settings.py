@@ -1,0 +1,297 @@
+"""Per-environment settings: ``.env`` (shared defaults) + ``.env.<env>`` -> one frozen object.
+
+Rules (documented in the README and in .env.example):
+
+* Only the files count. Process environment variables never override a key:
+  a stray ``DB_NAME`` in an operator's shell must not redirect a prod task.
+  The two exceptions are explicit and namespaced: ``PGRUNBOOK_HOME`` (the
+  folder that holds the files) and ``PGRUNBOOK_<ENV>_DB_PASSWORD`` (the
+  password of that one env, used only when its files hold no DB_PASSWORD).
+* Unknown keys are errors (a misspelt key silently falling back to a default
+  is how a prod backup ends up in the dev folder).
+* Two envs may not share a backup folder or a (container, database) pair.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from pgrunbook.errors import RunbookError
+
+ENV_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+PREFIX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,63}$")
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+# key -> (built-in default, Japanese one-line description). ``None``: no default.
+# .env.example documents every key; a test keeps the two in step.
+KEYS: dict[str, tuple[str | None, str]] = {
+    "DB_CONTAINER": ("knot-db", "PostgreSQL が動いている Docker コンテナ名"),
+    "DB_USER": ("app", "pg_dump / pg_restore / psql で使う DB ユーザー"),
+    "DB_NAME": ("app", "対象データベース名"),
+    "DB_PASSWORD": (None, "DB ユーザーのパスワード（任意）"),
+    "BACKUP_DIR": (None, "バックアップの保存先（既定: backups/<env>）"),
+    "BACKUP_PREFIX": ("knot", "バックアップファイル名の先頭"),
+    "DUMP_COMPRESSION": ("1", "pg_dump -Z に渡す圧縮指定（0-9、16 以降は zstd:3 なども可）"),
+    "MIN_BACKUP_BYTES": ("256", "これより小さいバックアップは不正とみなす（バイト）"),
+    "ROW_COUNTS": ("true", "バックアップ時に各テーブルの行数を数えてマニフェストに残す"),
+    "PROTECTED": (None, "保護環境か（既定: prod のみ true）。他環境からのリストアに承認が必要"),
+    "APP_CONTAINERS": ("", "置き換えリストア中に止めるアプリのコンテナ名（カンマ区切り）"),
+    "MASKING_SQL": ("", "本番データをこの環境に戻した後に流すマスキング SQL ファイル"),
+    "POST_RESTORE_COMMAND": ("", "リストア後にホストで実行する確認コマンド"),
+    "RETENTION_DAYS": ("30", "この日数より新しいバックアップはすべて残す"),
+    "RETENTION_WEEKLY_DAYS": ("90", "この日数までは週に 1 つ残す"),
+    "RETENTION_MONTHLY_DAYS": ("365", "この日数までは月に 1 つ残す"),
+    "RETENTION_MIN_KEEP": ("3", "検証済みバックアップを最低いくつ残すか"),
+    "NOTIFY_COMMAND": ("", "失敗時に実行する通知コマンド"),
+    "NOTIFY_WEBHOOK_URL": ("", "失敗時に JSON を POST する Webhook URL"),
+    "NOTIFY_ON_SUCCESS": ("false", "成功時も通知するか"),
+    "SANDBOX_IMAGE": ("postgres:15", "sandbox-up で使う PostgreSQL イメージ"),
+}
+SECRET_KEYS = {"DB_PASSWORD"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    config_dir: Path
+    files: tuple[Path, ...]
+    db_container: str
+    db_user: str
+    db_name: str
+    backup_dir: Path
+    backup_prefix: str
+    dump_compression: str
+    min_backup_bytes: int
+    row_counts: bool
+    protected: bool
+    app_containers: tuple[str, ...]
+    masking_sql: Path | None
+    post_restore_command: str
+    retention_days: int
+    retention_weekly_days: int
+    retention_monthly_days: int
+    retention_min_keep: int
+    notify_command: str
+    notify_webhook_url: str
+    notify_on_success: bool
+    sandbox_image: str
+    db_password: str | None = field(default=None, repr=False)
+
+    @property
+    def worklog_path(self) -> Path:
+        return self.backup_dir / "worklog.jsonl"
+
+    def password_environment(self) -> dict[str, str]:
+        """Environment for an exec inside the container (never argv)."""
+        return {"PGPASSWORD": self.db_password} if self.db_password else {}
+
+    def describe(self) -> str:
+        return (
+            f"env={self.env} container={self.db_container} "
+            f"database={self.db_name} user={self.db_user}"
+        )
+
+
+def config_dir_from(project_root: Path) -> Path:
+    """The folder holding .env files: PGRUNBOOK_HOME, else the checkout."""
+    home = os.environ.get("PGRUNBOOK_HOME")
+    return Path(home).resolve() if home else project_root.resolve()
+
+
+def available_envs(config_dir: Path) -> list[str]:
+    names = []
+    for path in sorted(config_dir.glob(".env.*")):
+        name = path.name[len(".env.") :]
+        if name != "example" and ENV_NAME.match(name) and path.is_file():
+            names.append(name)
+    return names
+
+
+def require_env(env: str | None, config_dir: Path) -> str:
+    known = available_envs(config_dir)
+    listing = ", ".join(known) if known else f"なし（{config_dir} に .env.<env> がありません）"
+    if not env:
+        raise RunbookError(
+            "--env が指定されていません（本番か開発かを必ず明示します）",
+            f"例: --env=prod。利用できる環境: {listing}",
+            exit_code=2,
+        )
+    if not ENV_NAME.match(env):
+        raise RunbookError(
+            f"環境名 {env!r} は使えません（英小文字・数字・_ のみ）",
+            f"利用できる環境: {listing}",
+            exit_code=2,
+        )
+    if env not in known:
+        close = difflib.get_close_matches(env, known, n=1)
+        guess = f"（{close[0]} のことですか？）" if close else ""
+        raise RunbookError(
+            f"環境 {env!r} の設定ファイル {config_dir / ('.env.' + env)} がありません{guess}",
+            f"利用できる環境: {listing}。新しい環境は .env.example をコピーして作成",
+            exit_code=2,
+        )
+    return env
+
+
+def _read(path: Path) -> dict[str, str]:
+    values = dotenv_values(path, interpolate=False)
+    result: dict[str, str] = {}
+    for key, value in values.items():
+        if key not in KEYS:
+            close = difflib.get_close_matches(key, list(KEYS), n=1)
+            guess = f"（{close[0]} の誤記？）" if close else ""
+            raise RunbookError(
+                f"{path.name} に未知のキー {key}{guess} があります",
+                "キー一覧は .env.example を参照",
+                exit_code=2,
+            )
+        result[key] = (value or "").strip()
+    return result
+
+
+def _raw_values(env: str, config_dir: Path) -> tuple[dict[str, str], tuple[Path, ...]]:
+    shared = config_dir / ".env"
+    specific = config_dir / f".env.{env}"
+    merged: dict[str, str] = {}
+    files: list[Path] = []
+    if shared.is_file():
+        shared_values = _read(shared)
+        for key in ("BACKUP_DIR", "DB_PASSWORD", "PROTECTED"):
+            if key in shared_values and (key != "BACKUP_DIR" or "{env}" not in shared_values[key]):
+                raise RunbookError(
+                    f".env（全環境共通）に {key} は書けません（環境ごとに分けるべき値です）",
+                    f".env.{env} など各環境のファイルに書く"
+                    + ("（BACKUP_DIR は {env} を含めれば共通に書けます）" if key == "BACKUP_DIR" else ""),
+                    exit_code=2,
+                )
+        merged.update(shared_values)
+        files.append(shared)
+    merged.update(_read(specific))
+    files.append(specific)
+    return merged, tuple(files)
+
+
+def _boolean(key: str, text: str) -> bool:
+    word = text.lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise RunbookError(f"{key}={text!r} は true / false で指定してください", exit_code=2)
+
+
+def _integer(key: str, text: str, minimum: int = 0) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise RunbookError(f"{key}={text!r} は {minimum} 以上の整数で指定してください", exit_code=2)
+    return value
+
+
+def _checked(key: str, value: str, pattern: re.Pattern[str]) -> str:
+    if not pattern.match(value):
+        raise RunbookError(
+            f"{key}={value!r} に使えない文字が含まれています",
+            "英数字と _ - . のみで指定する",
+            exit_code=2,
+        )
+    return value
+
+
+def _resolve_backup_dir(env: str, config_dir: Path, raw: str) -> Path:
+    text = raw.replace("{env}", env) if raw else f"backups/{env}"
+    path = Path(text).expanduser()
+    return (path if path.is_absolute() else config_dir / path).resolve()
+
+
+def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True) -> Settings:
+    """Load and validate the settings of one env. Raises RunbookError."""
+    env = require_env(env, config_dir)
+    raw, files = _raw_values(env, config_dir)
+
+    def get(key: str) -> str:
+        value = raw.get(key, "")
+        if value == "":
+            value = KEYS[key][0] or ""
+        return value
+
+    password = raw.get("DB_PASSWORD") or os.environ.get(f"PGRUNBOOK_{env.upper()}_DB_PASSWORD")
+    masking = get("MASKING_SQL")
+    masking_path = None
+    if masking:
+        masking_path = Path(masking).expanduser()
+        if not masking_path.is_absolute():
+            masking_path = (config_dir / masking_path).resolve()
+    protected_text = raw.get("PROTECTED", "")
+    apps = tuple(name.strip() for name in get("APP_CONTAINERS").split(",") if name.strip())
+    for name in apps:
+        _checked("APP_CONTAINERS", name, CONTAINER_NAME)
+    compression = get("DUMP_COMPRESSION")
+    if not re.match(r"^[A-Za-z0-9:=,_-]{1,32}$", compression):
+        raise RunbookError(f"DUMP_COMPRESSION={compression!r} が不正です", "例: 1, 6, zstd:3", 2)
+
+    settings = Settings(
+        env=env,
+        config_dir=config_dir,
+        files=files,
+        db_container=_checked("DB_CONTAINER", get("DB_CONTAINER"), CONTAINER_NAME),
+        db_user=_checked("DB_USER", get("DB_USER"), SQL_NAME),
+        db_name=_checked("DB_NAME", get("DB_NAME"), SQL_NAME),
+        backup_dir=_resolve_backup_dir(env, config_dir, raw.get("BACKUP_DIR", "")),
+        backup_prefix=_checked("BACKUP_PREFIX", get("BACKUP_PREFIX"), PREFIX_NAME),
+        dump_compression=compression,
+        min_backup_bytes=_integer("MIN_BACKUP_BYTES", get("MIN_BACKUP_BYTES"), 1),
+        row_counts=_boolean("ROW_COUNTS", get("ROW_COUNTS")),
+        protected=_boolean("PROTECTED", protected_text) if protected_text else env == "prod",
+        app_containers=apps,
+        masking_sql=masking_path,
+        post_restore_command=get("POST_RESTORE_COMMAND"),
+        retention_days=_integer("RETENTION_DAYS", get("RETENTION_DAYS"), 1),
+        retention_weekly_days=_integer("RETENTION_WEEKLY_DAYS", get("RETENTION_WEEKLY_DAYS")),
+        retention_monthly_days=_integer("RETENTION_MONTHLY_DAYS", get("RETENTION_MONTHLY_DAYS")),
+        retention_min_keep=_integer("RETENTION_MIN_KEEP", get("RETENTION_MIN_KEEP"), 1),
+        notify_command=get("NOTIFY_COMMAND"),
+        notify_webhook_url=get("NOTIFY_WEBHOOK_URL"),
+        notify_on_success=_boolean("NOTIFY_ON_SUCCESS", get("NOTIFY_ON_SUCCESS")),
+        sandbox_image=get("SANDBOX_IMAGE"),
+        db_password=password or None,
+    )
+    if check_siblings:
+        _check_separation(settings)
+    return settings
+
+
+def _check_separation(settings: Settings) -> None:
+    """Refuse two envs that share a backup folder or a database."""
+    for other_env in available_envs(settings.config_dir):
+        if other_env == settings.env:
+            continue
+        try:
+            other = load_settings(other_env, settings.config_dir, check_siblings=False)
+        except RunbookError:
+            continue  # a broken sibling is reported when it is used
+        if other.backup_dir == settings.backup_dir:
+            raise RunbookError(
+                f"環境 {settings.env} と {other_env} の BACKUP_DIR が同じ {settings.backup_dir} です",
+                "本番と開発は必ず別のディレクトリにする（例: backups/prod と backups/dev）",
+                exit_code=2,
+            )
+        same_db = (other.db_container, other.db_name) == (settings.db_container, settings.db_name)
+        if same_db:
+            raise RunbookError(
+                f"環境 {settings.env} と {other_env} が同じ DB "
+                f"（{settings.db_container} の {settings.db_name}）を指しています",
+                f".env.{settings.env} と .env.{other_env} の DB_CONTAINER / DB_NAME を見直す",
+                exit_code=2,
+            )

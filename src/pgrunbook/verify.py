@@ -1,0 +1,305 @@
+"""Is a backup really usable? The runbook's 空ファイル check, and more.
+
+Checks, in order: the file exists and is not partial; its name belongs to
+this env; its size is above the minimum; its content matches its format;
+the sha256 matches the sidecar; the manifest belongs to this env and
+describes this file; the TOC is readable and holds table data; the whole
+archive reads to the end (a truncated or corrupt file fails here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgrunbook import catalog
+from pgrunbook.archive import (
+    MAGIC,
+    ArchiveError,
+    parse_header,
+    read_sql_tail,
+    sql_head_is_dump,
+    sql_tail_is_complete,
+)
+from pgrunbook.backup import file_chunks
+from pgrunbook.console import Console, human_size
+from pgrunbook.container import CHUNK, Container, ExecResult
+from pgrunbook.errors import RunbookError
+from pgrunbook.postgres import Postgres
+from pgrunbook.settings import Settings
+from pgrunbook.worklog import Entry, recorded
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sha256: str | None = None
+    format: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [check for check in self.checks if not check.ok]
+
+    def add(self, name: str, ok: bool, detail: str, hint: str = "") -> bool:
+        self.checks.append(Check(name, ok, detail, hint))
+        return ok
+
+
+class _Tools:
+    """pg_restore in the DB container, else on the host (for a dead server)."""
+
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self.settings = settings
+        self.console = console
+        self._pg: Postgres | None = None
+        self._host = False
+
+    def _resolve(self) -> None:
+        if self._pg or self._host:
+            return
+        try:
+            self._pg = Postgres(Container.find(self.settings.db_container), self.settings)
+        except RunbookError as error:
+            if shutil.which("pg_restore"):
+                self.console.warn(f"{error.message}: ホストの pg_restore で検証します")
+                self._host = True
+            else:
+                raise
+
+    def run(self, argv: list[str], path: Path) -> ExecResult:
+        self._resolve()
+        if self._pg:
+            return self._pg.run(argv, stdin=file_chunks(path))
+        with open(path, "rb") as handle:
+            done = subprocess.run(argv, stdin=handle, capture_output=True, check=False)
+        return ExecResult(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
+
+
+def resolve_file(settings: Settings, file: str | None) -> Path:
+    if file:
+        path = Path(file).expanduser()
+        if not path.exists() and not path.is_absolute():
+            in_folder = settings.backup_dir / path
+            path = in_folder if in_folder.exists() else path
+        if not path.exists():
+            raise RunbookError(f"{file} がありません", "invoke list --env=... でファイルを確認")
+        return path.resolve()
+    backups = catalog.backups_in(settings.backup_dir, settings.backup_prefix)
+    mine = [b for b in backups if b.env == settings.env]
+    if not mine:
+        raise RunbookError(
+            f"{settings.backup_dir} に環境 {settings.env} のバックアップがありません",
+            f"invoke backup --env={settings.env} で作成",
+        )
+    return mine[-1].path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    for chunk in file_chunks(path, CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checksum_sidecar(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").split()
+    except OSError:
+        return None
+    return text[0].lower() if text else ""
+
+
+def verify_backup(
+    settings: Settings, file: str | None = None, console: Console | None = None
+) -> VerifyReport:
+    console = console or Console([settings.db_password])
+    path = resolve_file(settings, file)
+    entry = Entry("verify", settings.env, settings.db_name, settings.db_container, file=str(path))
+    with recorded(settings.worklog_path, entry, console.redact):
+        report = _verify(settings, path, console)
+        entry.sha256 = report.sha256
+        for warning in report.warnings:
+            console.warn(warning)
+        for check in report.checks:
+            console.step(f"{'OK' if check.ok else 'NG'}  {check.name}: {check.detail}")
+        if not report.ok:
+            for check in report.failures[1:]:
+                console.summary(f"NG {check.name}: {check.detail}")
+            first = report.failures[0]
+            raise RunbookError(
+                f"検証失敗 [{first.name}] {path.name}: {first.detail}",
+                first.hint or "このファイルは使わず、バックアップを取り直す",
+            )
+        console.summary(f"検証 OK: {path} ({len(report.checks)} 項目)")
+        return report
+
+
+def _verify(settings: Settings, path: Path, console: Console) -> VerifyReport:
+    report = VerifyReport(path)
+    if path.name.endswith(catalog.PARTIAL_SUFFIX) or not path.is_file():
+        report.add("file", False, "作成途中（.partial）か通常のファイルではありません",
+                   "完成したバックアップ（.dump / .sql）を指定")
+        return report
+    backup = catalog.parse(path)
+    manifest = backup.manifest() if backup else _manifest_near(path)
+    if backup is None:
+        report.warnings.append(f"{path.name} は命名規則外です（環境をファイル名から確認できません）")
+    elif backup.env != settings.env:
+        report.add("env", False, f"ファイル名の環境は {backup.env}、指定は --env={settings.env}",
+                   f"--env={backup.env} で検証するか、正しいファイルを指定")
+    elif backup.legacy:
+        report.warnings.append(
+            f"{path.name} は旧形式の名前です（チェックサム・マニフェストなしの手作業バックアップとして検証）"
+        )
+
+    size = path.stat().st_size
+    if not report.add(
+        "size", size >= settings.min_backup_bytes,
+        f"{human_size(size)} ({size} バイト、最小 {settings.min_backup_bytes})",
+        "空または極端に小さいファイルです。バックアップを取り直す",
+    ):
+        return report
+
+    fmt = _content_format(path)
+    expected = backup.format if backup else ("custom" if path.suffix == ".dump" else "plain")
+    report.format = fmt
+    if not report.add("format", fmt == expected, f"内容は {fmt or '不明'}（拡張子からは {expected}）",
+                      "pg_dump の出力ではないか、拡張子が違います"):
+        return report
+
+    report.sha256 = sha256_of(path)
+    _check_sidecars(settings, report, backup, manifest, size)
+
+    if fmt == "custom":
+        _check_archive(settings, report, path, manifest, console)
+    else:
+        complete = sql_tail_is_complete(read_sql_tail(path))
+        report.add("complete", complete,
+                   "末尾に完了コメントあり" if complete else "末尾に pg_dump の完了コメントがありません",
+                   "途中で切れた SQL です。バックアップを取り直す")
+    return report
+
+
+def _manifest_near(path: Path) -> dict[str, Any] | None:
+    sidecar = path.with_name(path.name + ".json")
+    if not sidecar.is_file():
+        return None
+    import json
+
+    try:
+        return json.loads(sidecar.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
+def _content_format(path: Path) -> str | None:
+    with open(path, "rb") as handle:
+        head = handle.read(len(MAGIC))
+    if head == MAGIC:
+        return "custom"
+    if sql_head_is_dump(path):
+        return "plain"
+    return None
+
+
+def _check_sidecars(
+    settings: Settings,
+    report: VerifyReport,
+    backup: catalog.BackupFile | None,
+    manifest: dict[str, Any] | None,
+    size: int,
+) -> None:
+    path = report.path
+    made_by_kit = backup is not None and not backup.legacy
+    expected = read_checksum_sidecar(path.with_name(path.name + ".sha256"))
+    if expected is None:
+        if made_by_kit:
+            report.add("sha256", False, f"{path.name}.sha256 がありません",
+                       "バックアップ一式（.sha256 と .json）をそろえて置く")
+        else:
+            report.warnings.append("チェックサム（.sha256）がないため改ざん・破損の照合はできません")
+    else:
+        report.add("sha256", expected == report.sha256,
+                   "一致" if expected == report.sha256 else
+                   f"不一致（記録 {expected[:12]}…、実際 {report.sha256[:12]}…）" if report.sha256
+                   else "計算できません",
+                   "ファイルが壊れているか差し替えられています。使わずに別のバックアップを使う")
+    if manifest is None:
+        if made_by_kit:
+            report.add("manifest", False, f"{path.name}.json がありません",
+                       "バックアップ一式（.sha256 と .json）をそろえて置く")
+        return
+    problems = []
+    if manifest.get("env") != settings.env:
+        problems.append(f"マニフェストの環境は {manifest.get('env')}、指定は --env={settings.env}")
+    if manifest.get("size") not in (None, size):
+        problems.append(f"サイズが記録 {manifest.get('size')} と違います")
+    if manifest.get("sha256") not in (None, report.sha256):
+        problems.append("sha256 が記録と違います")
+    report.add("manifest", not problems, "; ".join(problems) or
+               f"env={manifest.get('env')} database={manifest.get('database')}",
+               "別環境か別ファイルのマニフェストです。正しい環境・ファイルを指定")
+    if manifest.get("database") and manifest.get("database") != settings.db_name:
+        report.warnings.append(
+            f"マニフェストの DB は {manifest.get('database')}（設定は {settings.db_name}）"
+        )
+
+
+def _check_archive(
+    settings: Settings,
+    report: VerifyReport,
+    path: Path,
+    manifest: dict[str, Any] | None,
+    console: Console,
+) -> None:
+    try:
+        with open(path, "rb") as handle:
+            header = parse_header(handle.read(8192))
+    except ArchiveError as error:
+        report.add("header", False, f"ヘッダを読めません: {error}", "壊れたファイルです")
+        return
+    report.add("header", True,
+               f"archive {'.'.join(map(str, header.version))}, db={header.database}, "
+               f"pg_dump {header.pg_dump_version}")
+    tools = _Tools(settings, console)
+    listing = tools.run(["pg_restore", "--list"], path)
+    if not report.add("toc", listing.ok,
+                      "目次を読めました" if listing.ok else f"目次を読めません: {listing.error_text()}",
+                      "壊れたファイルです。別のバックアップを使う"):
+        return
+    entries = [line for line in listing.stdout.decode("utf-8", "replace").splitlines()
+               if line and not line.startswith(";")]
+    data = sum(1 for line in entries if " TABLE DATA " in line)
+    tables = sum(1 for line in entries if " TABLE " in line and " TABLE DATA " not in line)
+    expected_tables = len(manifest.get("tables", [])) if manifest else tables
+    report.add("table-data", data > 0 or expected_tables == 0,
+               f"TABLE DATA {data} 件（テーブル {expected_tables}）",
+               "データのないアーカイブです（スキーマのみ？）。バックアップを取り直す")
+    console.step("アーカイブ全体を読み通して確認（pg_restore -f /dev/null）")
+    full = tools.run(["pg_restore", "-f", "/dev/null"], path)
+    report.add("readable", full.ok,
+               "最後まで読めました" if full.ok else f"途中で読めなくなります: {full.error_text()}",
+               "途中で切れているか壊れています。別のバックアップを使う")
+
+
+def summarize(checks: Iterable[Check]) -> str:
+    return ", ".join(f"{c.name}={'ok' if c.ok else 'NG'}" for c in checks)

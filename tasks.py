@@ -1,0 +1,76 @@
+"""pgrunbook: the knot DB backup/restore runbook as invoke tasks.
+
+Thin by design: each task parses its arguments, calls the pgrunbook package
+and prints the result. Run ``invoke --list`` for the tasks, ``invoke --help
+TASK`` for one task's options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Collection, task
+
+from pgrunbook import backup as backup_module
+from pgrunbook import verify as verify_module
+from pgrunbook.cli import guarded, print_lines, settings_for
+
+ROOT = Path(__file__).resolve().parent
+ENV_HELP = "対象環境（必須）: .env.<env> の <env>。例: prod, dev"
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "no_owner": "所有者を保存しない（pg_dump --no-owner）。役割が違う DB に戻すとき",
+        "no_acl": "権限（GRANT）を保存しない（pg_dump --no-acl）",
+        "dry_run": "何もせず、同じことを手で行うコマンドを表示する",
+    }
+)
+def backup(c, env=None, no_owner=False, no_acl=False, dry_run=False):
+    """フルバックアップ（カスタム形式 pg_dump -F c）を backups/<env>/ に作成する。"""
+    _backup(env, "custom", no_owner, no_acl, dry_run)
+
+
+@task(
+    name="backup-sql",
+    help={
+        "env": ENV_HELP,
+        "no_owner": "所有者を保存しない（pg_dump --no-owner）",
+        "no_acl": "権限（GRANT）を保存しない（pg_dump --no-acl）",
+        "dry_run": "何もせず、同じことを手で行うコマンドを表示する",
+    },
+)
+def backup_sql(c, env=None, no_owner=False, no_acl=False, dry_run=False):
+    """SQL 形式（pg_dump -F p）のバックアップを作成する（psql で復元できる）。"""
+    _backup(env, "plain", no_owner, no_acl, dry_run)
+
+
+def _backup(env, fmt, no_owner, no_acl, dry_run):
+    settings, console = settings_for(ROOT, env)
+    result = guarded(
+        lambda: backup_module.run_backup(
+            settings, fmt, no_owner=no_owner, no_acl=no_acl, dry_run=dry_run, console=console
+        ),
+        console,
+    )
+    if isinstance(result, list):
+        print_lines(result)
+    else:
+        console.result(str(result.path))
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "file": "検証するファイル（既定: その環境の最新バックアップ）",
+    }
+)
+def verify(c, env=None, file=None):
+    """バックアップが本当に使えるか検証する（サイズ・形式・sha256・目次・全体の読み通し）。"""
+    settings, console = settings_for(ROOT, env)
+    report = guarded(lambda: verify_module.verify_backup(settings, file, console), console)
+    console.result(str(report.path))
+
+
+namespace = Collection(backup, backup_sql, verify)
