@@ -12,6 +12,7 @@ from pathlib import Path
 from invoke import Collection, task
 
 from pgrunbook import backup as backup_module
+from pgrunbook import sandbox as sandbox_module
 from pgrunbook import verify as verify_module
 from pgrunbook.cli import guarded, print_lines, settings_for
 
@@ -73,4 +74,18 @@ def verify(c, env=None, file=None):
     console.result(str(report.path))
 
 
-namespace = Collection(backup, backup_sql, verify)
+@task(name="sandbox-up", help={"env": "練習用の環境（保護環境は不可）。例: dev"})
+def sandbox_up(c, env=None):
+    """練習用 PostgreSQL コンテナをサンプルデータ入りで起動する（DB_CONTAINER の名前で）。"""
+    settings, console = settings_for(ROOT, env)
+    guarded(lambda: sandbox_module.sandbox_up(settings, console), console)
+
+
+@task(name="sandbox-down", help={"env": "sandbox-up で作った環境。例: dev"})
+def sandbox_down(c, env=None):
+    """sandbox-up で作ったコンテナを削除する（キットが作ったもの以外は触らない）。"""
+    settings, console = settings_for(ROOT, env)
+    guarded(lambda: sandbox_module.sandbox_down(settings, console), console)
+
+
+namespace = Collection(backup, backup_sql, verify, sandbox_up, sandbox_down)

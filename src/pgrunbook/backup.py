@@ -141,6 +141,11 @@ def _backup_locked(
     console: Console,
     entry: Entry,
 ) -> BackupResult:
+    if fmt == "custom" and no_owner:
+        console.warn(
+            "カスタム形式では pg_dump の --no-owner は効かず、リストア時に適用されます"
+            "（マニフェストに記録し、restore-* が既定で --no-owner を使います）"
+        )
     console.step(f"接続確認: {settings.describe()}")
     server_version = pg.server_version()
     pg_dump_version = pg.tool_version("pg_dump")

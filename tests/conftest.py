@@ -1,0 +1,195 @@
+"""Fixtures: a real Docker Engine, a real PostgreSQL container, the real CLI.
+
+The image comes from PGRUNBOOK_TEST_IMAGE (default: the official postgres:15;
+CI builds kit-postgres:15 from Debian's packages). Containers have no network
+(network_mode="none"): everything goes through the Engine API.
+
+The container enforces passwords on local connections too (scram-sha-256),
+so a wrong DB_PASSWORD really fails and the password really travels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = os.environ.get("PGRUNBOOK_TEST_IMAGE", "postgres:15")
+PASSWORD = "Marker-Pw-7f3a91c2e4"
+SAMPLE_SQL = ROOT / "src" / "pgrunbook" / "data" / "sample.sql"
+SCRAM_EVERYWHERE = b"""cat > "$PGDATA/pg_hba.conf" <<'HBA'
+local all all scram-sha-256
+host all all all scram-sha-256
+HBA
+"""
+
+
+def docker_client():
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as error:  # noqa: BLE001
+        pytest.skip(f"no Docker Engine: {error}")
+    return client
+
+
+def _tar_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@dataclass
+class PgContainer:
+    client: object
+    container: object
+    name: str
+    user: str = "app"
+    password: str = PASSWORD
+
+    def exec(self, argv, *, stdin: bytes | None = None, check: bool = True) -> tuple[int, bytes, bytes]:
+        api = self.client.api
+        exec_id = api.exec_create(self.container.id, argv, stdin=stdin is not None,
+                                  environment={"PGPASSWORD": self.password})["Id"]
+        if stdin is None:
+            out, err = api.exec_start(exec_id, demux=True)
+        else:
+            from pgrunbook.container import Container
+
+            wrapper = Container(self.client, self.container)
+            result = wrapper.exec(argv, environment={"PGPASSWORD": self.password},
+                                  stdin=iter([stdin]))
+            if check and result.exit_code:
+                raise AssertionError(f"{argv} failed: {result.stderr}")
+            return result.exit_code, result.stdout, result.stderr.encode()
+        code = api.exec_inspect(exec_id)["ExitCode"]
+        if check and code:
+            raise AssertionError(f"{argv} failed ({code}): {(err or b'').decode()}")
+        return code, out or b"", err or b""
+
+    def psql(self, sql: str, database: str = "app") -> str:
+        _, out, _ = self.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", self.user,
+                               "-d", database, "-A", "-t", "-c", sql])
+        return out.decode()
+
+    def create_database(self, name: str, sample: bool = False) -> None:
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "postgres")
+        self.psql(f'CREATE DATABASE "{name}"', "postgres")
+        if sample:
+            self.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", self.user, "-d", name],
+                      stdin=SAMPLE_SQL.read_bytes())
+
+    def put(self, data: bytes, path: str) -> None:
+        directory, name = path.rsplit("/", 1)
+        self.client.api.put_archive(self.container.id, directory, _tar_of({name: data}))
+
+
+def ensure_image(client) -> None:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(IMAGE)
+    except ImageNotFound:
+        client.images.pull(IMAGE)  # a laptop with a registry; CI builds the image instead
+
+
+def start_postgres(client, name: str, password: str = PASSWORD) -> PgContainer:
+    ensure_image(client)
+    container = client.containers.create(
+        IMAGE,
+        name=name,
+        environment={"POSTGRES_USER": "app", "POSTGRES_PASSWORD": password, "POSTGRES_DB": "app"},
+        network_mode="none",
+        labels={"pgrunbook.test": "1"},
+    )
+    container.put_archive("/docker-entrypoint-initdb.d", _tar_of({"10-scram.sh": SCRAM_EVERYWHERE}))
+    container.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.status != "running":
+            raise RuntimeError(container.logs().decode()[-2000:])
+        if b"init process complete" in container.logs():
+            exec_id = client.api.exec_create(container.id, ["pg_isready", "-q", "-U", "app"])["Id"]
+            client.api.exec_start(exec_id)
+            code = client.api.exec_inspect(exec_id)["ExitCode"]
+            if code == 0:
+                return PgContainer(client, container, name)
+        time.sleep(0.3)
+    raise RuntimeError("PostgreSQL did not become ready: " + container.logs().decode()[-2000:])
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    return docker_client()
+
+
+@pytest.fixture(scope="session")
+def pg(docker_engine):
+    name = f"pgrunbook-test-{uuid.uuid4().hex[:8]}"
+    server = start_postgres(docker_engine, name)
+    server.create_database("app", sample=True)
+    server.create_database("app_dev", sample=True)
+    yield server
+    server.container.remove(force=True, v=True)
+
+
+@dataclass
+class Cli:
+    home: Path
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None,
+                 timeout: float = 300) -> subprocess.CompletedProcess:
+        environment = dict(os.environ)
+        environment.update({"PGRUNBOOK_HOME": str(self.home), "PYTHONUNBUFFERED": "1"})
+        environment.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
+            capture_output=True, text=True, env=environment, timeout=timeout,
+            input=stdin, cwd=self.home,
+        )
+
+    def write_env(self, env: str, **values: str) -> Path:
+        path = self.home / f".env.{env}"
+        path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+        return path
+
+    def backup_dir(self, env: str) -> Path:
+        return self.home / "backups" / env
+
+
+@pytest.fixture
+def cli(tmp_path, pg) -> Cli:
+    """A checkout-like folder with .env.prod and .env.dev aimed at the test container."""
+    runner = Cli(tmp_path)
+    runner.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD)
+    runner.write_env("dev", DB_CONTAINER=pg.name, DB_NAME="app_dev", DB_PASSWORD=PASSWORD)
+    return runner
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def backup_like_files(directory: Path) -> list[str]:
+    """Anything an operator could mistake for a backup, including partial ones."""
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir()
+                  if p.suffix in (".dump", ".sql", ".partial") or ".dump" in p.name or ".sql" in p.name)
