@@ -133,9 +133,10 @@ def test_two_backups_in_one_second_never_overwrite(cli):
     assert len(files) == 2
 
 
-def test_every_run_is_in_the_work_log(cli):
+def test_every_run_is_in_the_work_log(cli, pg):
+    cli.write_env("dev", DB_CONTAINER=pg.name, DB_NAME="no_such_db", DB_PASSWORD="x")
     ok = cli("backup", "--env=prod")
-    failed = cli("backup", "--env=dev")  # app_dev does not exist
+    failed = cli("backup", "--env=dev")
     assert ok.returncode == 0 and failed.returncode != 0
     prod_log = [json.loads(x) for x in (cli.backup_dir("prod") / "worklog.jsonl").read_text().splitlines()]
     dev_log = [json.loads(x) for x in (cli.backup_dir("dev") / "worklog.jsonl").read_text().splitlines()]
@@ -143,5 +144,5 @@ def test_every_run_is_in_the_work_log(cli):
     assert prod_log[-1]["sha256"] and prod_log[-1]["file"].endswith(".dump")
     for key in ("time", "operator", "host", "env", "database", "duration_seconds", "error"):
         assert key in prod_log[-1]
-    assert dev_log[-1]["result"] == "failed" and "app_dev" in dev_log[-1]["error"]
+    assert dev_log[-1]["result"] == "failed" and "no_such_db" in dev_log[-1]["error"]
     assert stat.S_IMODE((cli.backup_dir("prod") / "worklog.jsonl").stat().st_mode) == 0o600
