@@ -134,7 +134,7 @@ def test_two_backups_in_one_second_never_overwrite(cli):
 
 
 def test_every_run_is_in_the_work_log(cli, pg):
-    cli.write_env("dev", DB_CONTAINER=pg.name, DB_NAME="no_such_db", DB_PASSWORD="x")
+    cli.write_env("dev", DB_CONTAINER=pg.name, DB_NAME="no_such_db", DB_PASSWORD=PASSWORD)
     ok = cli("backup", "--env=prod")
     failed = cli("backup", "--env=dev")
     assert ok.returncode == 0 and failed.returncode != 0
