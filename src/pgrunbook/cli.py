@@ -43,7 +43,7 @@ def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console
         settings = load_settings(env, config_dir_from(project_root))
     except RunbookError as error:
         raise Exit(error.one_line(), code=error.exit_code) from None
-    return settings, Console([settings.db_password])
+    return settings, Console(settings.secrets())
 
 
 def print_lines(lines: list[str]) -> None:
