@@ -231,3 +231,58 @@ def test_verify_restore_test(cli, pg, target):
     different = cli("verify", "--env=prod", "--restore-test")
     assert different.returncode == 1 and "差異" in different.stderr
     assert not [d for d in databases(pg) if "_verify_" in d]
+
+
+def run_on_a_terminal(cli, args, answers: bytes):
+    """Run the CLI with a real pseudo-terminal as stdin and type the answers."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
+        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cli.home,
+        env={**os.environ, "PGRUNBOOK_HOME": str(cli.home)}, text=True,
+    )
+    os.close(slave)
+    os.write(master, answers)
+    stdout, stderr = process.communicate(timeout=120)
+    os.close(master)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_replace_on_a_terminal_asks_for_env_and_database(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    wrong = run_on_a_terminal(cli, ["restore-replace", "--env=prod", f"--file={dump}"],
+                              b"prod\nwrong_db\n")
+    assert wrong.returncode == 1 and "一致しません" in wrong.stderr
+    assert "コンテナ" in wrong.stderr and dump.name in wrong.stderr  # the banner
+    assert table_fingerprints(pg, target) == before
+    right = run_on_a_terminal(cli, ["restore-replace", "--env=prod", f"--file={dump}"],
+                              f"prod\n{target}\n".encode())
+    assert right.returncode == 0, right.stderr
+    assert last_line(right.stdout).startswith(f"{target}_pgrunbook_previous_")
+
+
+def test_post_restore_checks_report_prisma_state_and_run_the_host_command(cli, pg, target):
+    pg.psql("INSERT INTO public._prisma_migrations (id, checksum, migration_name, started_at) "
+            "VALUES ('broken-1', 'c', '20251101000000_half_applied', now())", target)
+    dump = backup(cli, "--env=prod")
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD,
+                  POST_RESTORE_COMMAND='echo "$DATABASE_URL" > url.txt')
+    result = cli("restore-scratch", "--env=prod", f"--file={dump}", env={"PGRUNBOOK_VERBOSE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "20251101000000_half_applied（failed）" in result.stderr
+    url = (cli.home / "url.txt").read_text().strip()
+    assert url == f"postgresql://app:{PASSWORD}@localhost:5432/{last_line(result.stdout)}"
+    assert PASSWORD not in result.stderr + result.stdout
+
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD,
+                  POST_RESTORE_COMMAND="exit 3")
+    failing = cli("restore-scratch", "--env=prod", f"--file={dump}", "--replace")
+    assert failing.returncode == 1 and "確認コマンド" in failing.stderr

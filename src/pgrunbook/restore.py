@@ -163,6 +163,13 @@ def warn_personal_data(settings: Settings, source: Source, console: Console) -> 
     return True
 
 
+def ask_on_stderr(prompt: str) -> str:
+    """Like input(), but the prompt goes to stderr: stdout carries results only."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    return sys.stdin.readline()
+
+
 def confirm(
     settings: Settings,
     source: Source,
@@ -199,7 +206,7 @@ def confirm(
             "端末がないため確認できません（何も変更していません）",
             f"内容を確かめたうえで --confirm={settings.env} を付けて再実行",
         )
-    ask = ask or input
+    ask = ask or ask_on_stderr
     for line in banner:
         console.summary(line)
     typed_env = ask(f"対象の環境名を入力してください（{settings.env}）: ").strip()
