@@ -194,6 +194,24 @@ def sandbox_down(c, env=None):
     guarded(lambda: sandbox_module.sandbox_down(settings, console), console)
 
 
+@task(
+    help={
+        "size_mb": "作成するデータベースの大きさ（MB）",
+        "rounds": "手作業とキットを交互に何回ずつ測るか",
+        "image": "使う PostgreSQL イメージ（既定: PGRUNBOOK_TEST_IMAGE または postgres:15）",
+        "output": "レポート（bench.json / bench.md）の出力先",
+    }
+)
+def bench(c, size_mb=900, rounds=3, image=None, output="bench-results"):
+    """手順書の手作業とキットの速度・メモリを使い捨てコンテナで比較する。"""
+    from pgrunbook import bench as bench_module
+
+    argv = ["--size-mb", str(size_mb), "--rounds", str(rounds), "--output", output]
+    if image:
+        argv += ["--image", image]
+    raise Exit(code=bench_module.main(argv))
+
+
 namespace = Collection(
     backup,
     backup_sql,
@@ -205,4 +223,5 @@ namespace = Collection(
     restore_drop,
     sandbox_up,
     sandbox_down,
+    bench,
 )

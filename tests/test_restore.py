@@ -286,3 +286,30 @@ def test_post_restore_checks_report_prisma_state_and_run_the_host_command(cli, p
                   POST_RESTORE_COMMAND="exit 3")
     failing = cli("restore-scratch", "--env=prod", f"--file={dump}", "--replace")
     assert failing.returncode == 1 and "確認コマンド" in failing.stderr
+
+
+def test_row_counts_match_the_dump_while_the_database_is_written_to(cli, pg, target):
+    """The manifest's counts come from pg_dump's own snapshot: a busy database still
+    passes the restore test (counting before the dump would not)."""
+    pg.psql("CREATE TABLE public.busy (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())", target)
+    writer = pg.client.api.exec_create(
+        pg.container.id,
+        ["psql", "-U", "app", "-d", target, "-c",
+         "DO $$ BEGIN FOR i IN 1..400000 LOOP INSERT INTO public.busy DEFAULT VALUES; COMMIT; "
+         "END LOOP; END $$"],
+        environment={"PGPASSWORD": PASSWORD},
+    )["Id"]
+    pg.client.api.exec_start(writer, detach=True)
+    try:
+        time.sleep(0.5)
+        results = [cli("backup", "--env=prod") for _ in range(3)]
+        assert all(r.returncode == 0 for r in results), results[-1].stderr
+        counts = [json.loads(Path(last_line(r.stdout) + ".json").read_text())["tables"] for r in results]
+        busy = [next(t["rows"] for t in c if t["name"] == "busy") for c in counts]
+        assert busy[0] < busy[1] < busy[2]  # the writer really was writing
+        for result in results:
+            check = cli("verify", "--env=prod", f"--file={last_line(result.stdout)}", "--restore-test")
+            assert check.returncode == 0, check.stderr
+    finally:
+        pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{target}' "
+                "AND query LIKE 'DO %'", "postgres")

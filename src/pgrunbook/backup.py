@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -21,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from pgrunbook import __version__, catalog, manual
-from pgrunbook.archive import MAGIC, SQL_HEAD, sql_tail_is_complete
+from pgrunbook.archive import MAGIC, SQL_HEAD, ArchiveError, parse_header, sql_tail_is_complete
 from pgrunbook.console import Console, human_size
 from pgrunbook.container import CHUNK, Container
 from pgrunbook.errors import RunbookError
-from pgrunbook.postgres import Postgres, TableCount, explain_failure
+from pgrunbook.postgres import Postgres, SnapshotSession, TableCount, explain_failure
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
 from pgrunbook.worklog import Entry, ensure_private_dir, now_iso, operator, recorded
@@ -80,25 +81,32 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+HEAD_BYTES = 8192
+
+
 class _Stream:
     """Receives pg_dump's stdout: writes, hashes and counts, memory flat."""
 
-    def __init__(self, fd: int, console: Console) -> None:
+    def __init__(self, fd: int, console: Console, on_first_data=None) -> None:
         self.fd = fd
         self.console = console
+        self.on_first_data = on_first_data
         self.hash = hashlib.sha256()
         self.size = 0
         self.head = b""
         self.started = time.monotonic()
 
     def __call__(self, data: bytes) -> None:
+        if self.on_first_data is not None:
+            self.on_first_data()  # pg_dump is running: it has imported the snapshot
+            self.on_first_data = None
         view = memoryview(data)
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
         self.hash.update(data)
-        if len(self.head) < 64:
-            self.head += data[: 64 - len(self.head)]
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
         self.size += len(data)
         self.console.progress(self.size, self.started, "pg_dump")
 
@@ -147,12 +155,13 @@ def _backup_locked(
             "（マニフェストに記録し、restore-* が既定で --no-owner を使います）"
         )
     console.step(f"接続確認: {settings.describe()}")
-    server_version = pg.server_version()
-    pg_dump_version = pg.tool_version("pg_dump")
     tables: list[TableCount] = []
+    session: SnapshotSession | None = None
+    snapshot_argv: list[str] = []
     if settings.row_counts:
-        console.step("各テーブルの行数を記録")
-        tables = pg.table_counts()
+        console.step("pg_dump とスナップショットを共有し、同じ時点の行数を記録")
+        session = SnapshotSession(pg)
+        snapshot_argv = [f"--snapshot={session.start()}"]
     else:
         tables = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
 
@@ -167,13 +176,20 @@ def _backup_locked(
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     committed = False
     try:
-        stream = _Stream(fd, console)
+        stream = _Stream(fd, console, on_first_data=session.release if session else None)
         console.step(f"pg_dump -F {'c' if fmt == 'custom' else 'p'} → {partial.name}")
-        argv = manual.dump_argv(settings, fmt, no_owner, no_acl)
-        result = pg.run(argv, on_stdout=stream)
+        argv = manual.dump_argv(settings, fmt, no_owner, no_acl) + snapshot_argv
+        result = None
+        try:
+            result = pg.run(argv, on_stdout=stream)
+        finally:
+            if session and (result is None or not result.ok):
+                session.abort()
         console.clear_progress()
         if not result.ok:
             raise _dump_failure(result.exit_code, result.stderr, settings)
+        if session:
+            tables = session.counts()
         for line in result.stderr.splitlines():
             if line.strip():
                 console.warn(f"pg_dump: {line.strip()}")
@@ -181,6 +197,7 @@ def _backup_locked(
         os.close(fd)
         fd = -1
         checks = _check_dump(settings, pg, partial, fmt, stream, tables, console)
+        server_version, pg_dump_version = dump_versions(stream.head, fmt)
         sha256 = stream.hash.hexdigest()
         manifest = {
             "kind": "pgrunbook-backup",
@@ -203,7 +220,7 @@ def _backup_locked(
             "duration_seconds": round(time.monotonic() - started, 3),
             "operator": operator(),
             "host": socket.gethostname(),
-            "row_counts": "exact-before-dump" if settings.row_counts else "none",
+            "row_counts": "exact-same-snapshot" if settings.row_counts else "none",
             "tables": [t.as_dict() for t in tables],
             **checks,
         }
@@ -234,6 +251,20 @@ def _backup_locked(
         f"{manifest['duration_seconds']:.1f} 秒)"
     )
     return BackupResult(final, stream.size, sha256, manifest)
+
+
+def dump_versions(head: bytes, fmt: str) -> tuple[str, str]:
+    """Server and pg_dump versions, read from the dump itself (no extra round trip)."""
+    if fmt == "custom":
+        try:
+            header = parse_header(head)
+        except ArchiveError:
+            return "", ""
+        return header.server_version, header.pg_dump_version
+    text = head.decode("utf-8", "replace")
+    server = re.search(r"^-- Dumped from database version (.+)$", text, re.MULTILINE)
+    dumper = re.search(r"^-- Dumped by pg_dump version (.+)$", text, re.MULTILINE)
+    return (server.group(1).strip() if server else "", dumper.group(1).strip() if dumper else "")
 
 
 def _dump_failure(exit_code: int, stderr: str, settings: Settings) -> RunbookError:

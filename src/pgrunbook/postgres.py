@@ -8,7 +8,8 @@ environment (PGPASSWORD), never in argv.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pgrunbook.container import Container, ExecResult
@@ -159,3 +160,94 @@ class Postgres:
         rows = self.query("SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1",
                           "postgres")
         return [row[0] for row in rows]
+
+
+class SnapshotSession:
+    """One REPEATABLE READ transaction that pg_dump shares through --snapshot.
+
+    It exports its snapshot for pg_dump, waits until pg_dump has started (and so
+    imported the snapshot), then counts every table's rows in that same
+    snapshot while the dump runs. The counts in the manifest are therefore
+    exactly what the dump holds, even on a database that is being written to,
+    and they cost no extra time on a machine with a spare core.
+    """
+
+    SNAPSHOT = re.compile(rb"snapshot=([0-9A-Fa-f-]+)[\x1e\n]")
+
+    def __init__(self, pg: Postgres) -> None:
+        self.pg = pg
+        self._started = threading.Event()
+        self._release = threading.Event()
+        self._abort = False
+        self._output = bytearray()
+        self._snapshot: str | None = None
+        self._result: ExecResult | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="snapshot-session", daemon=True)
+
+    def _statements(self) -> Iterator[bytes]:
+        yield (
+            b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
+            b"SELECT 'snapshot=' || pg_export_snapshot();\n"
+        )
+        self._release.wait()
+        if self._abort:
+            yield b"ROLLBACK;\n"
+            return
+        yield (TABLE_ROW_COUNTS.strip() + ";\nCOMMIT;\n").encode()
+
+    def _on_stdout(self, data: bytes) -> None:
+        self._output.extend(data)
+        if self._snapshot is None:
+            match = self.SNAPSHOT.search(self._output)
+            if match:
+                self._snapshot = match.group(1).decode()
+                self._started.set()
+
+    def _run(self) -> None:
+        argv = self.pg.psql_argv() + ["-A", "-t", "-F", FIELD, "-R", RECORD]
+        try:
+            self._result = self.pg.run(argv, stdin=self._statements(), on_stdout=self._on_stdout)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            self._failure = error
+        finally:
+            self._started.set()
+
+    def start(self) -> str:
+        """Open the transaction; return the snapshot id for pg_dump --snapshot."""
+        self._thread.start()
+        self._started.wait()
+        if self._snapshot is None:
+            self._release.set()
+            self._thread.join()
+            if self._failure:
+                raise self._failure
+            stderr = self._result.stderr if self._result else ""
+            raise explain_failure(stderr, self.pg.settings)
+        return self._snapshot
+
+    def release(self) -> None:
+        """pg_dump has started: count the rows now, in the shared snapshot."""
+        self._release.set()
+
+    def abort(self) -> None:
+        self._abort = True
+        self._release.set()
+        self._thread.join(timeout=30)
+
+    def counts(self) -> list[TableCount]:
+        self._release.set()
+        self._thread.join()
+        if self._failure:
+            raise self._failure
+        assert self._result is not None
+        if not self._result.ok:
+            raise explain_failure(self._result.stderr, self.pg.settings)
+        text = self._output.decode("utf-8", "replace")
+        after = text.split(self._snapshot or "", 1)[-1]
+        found = []
+        for record in re.split(r"[\x1e\n]", after):
+            fields = record.split(FIELD)
+            if len(fields) == 3 and fields[2].strip().lstrip("-").isdigit():
+                found.append(TableCount(fields[0], fields[1], int(fields[2])))
+        return found
