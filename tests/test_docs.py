@@ -255,3 +255,34 @@ def test_drop_procedure_never_targets_the_live_database():
     swap = next(line for line in lines if "RENAME" in line)
     assert swap.index("pg_terminate_backend") < swap.index("RENAME TO app_before_1") \
         < swap.index("app_staging_1 RENAME TO app")
+
+
+# --- search as the browser runs it (Material's own worker, under node) -------------
+
+
+def search(site: Path, *words: str) -> dict[str, list[str]]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node がないため検索ワーカーを実行できません")
+    done = subprocess.run([node, str(ROOT / "tests" / "search_worker.js"), str(site), *words],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return {word: [re.sub(r"<[^>]+>", "", title) for title in titles]
+            for word, titles in json.loads(done.stdout).items()}
+
+
+def test_search_finds_japanese_words_as_typed(site):
+    found = search(site, *JAPANESE_WORDS, "権限エラー", "取り違え")
+    for word, titles in found.items():
+        assert titles, word
+    assert found["空ファイル"][0] == "バックアップを取ったつもりで空ファイルだった"
+    assert found["権限エラー"][0] == "権限エラーで復元できない"
+    assert "リストア" in found["リストア"]
+
+
+def test_search_works_from_a_file_server(site):
+    assert (site / "search" / "search_index.js").is_file()  # offline plugin: no fetch on file://
+    index = (site / "index.html").read_text(encoding="utf-8")
+    polyfills = re.findall(r'<script src="(assets/javascripts/(?:iframe-worker|search-ja)\.js)"', index)
+    assert polyfills == ["assets/javascripts/iframe-worker.js", "assets/javascripts/search-ja.js"]
+    assert "unpkg" not in index
