@@ -206,13 +206,13 @@ def render_task(name: str, task: Any, aliases: list[str]) -> str:
         rows.append(
             "<tr>"
             f"<td><code>{html.escape(_flag(argument))}</code></td>"
-            f"<td><code>{html.escape(_short(argument))}</code></td>"
+            f"<td>{_code_or_dash(_short(argument))}</td>"
             f"<td>{html.escape(_default(argument))}</td>"
             f"<td>{html.escape(help_text)}</td>"
             "</tr>"
         )
     lines += [
-        '<table class="pgrunbook-arguments">',
+        "<table>",  # no class: Material styles only plain tables
         "<thead><tr><th>引数</th><th>短縮</th><th>既定</th><th>説明</th></tr></thead>",
         "<tbody>",
         *rows,
@@ -294,7 +294,7 @@ def settings_reference(text: str) -> str:
             if section is not None:
                 parts += ["</tbody>", "</table>", ""]
             section = doc.section
-            parts += [f"## {section or 'その他'}", "", '<table class="pgrunbook-settings">',
+            parts += [f"## {section or 'その他'}", "", "<table>",
                       "<thead><tr><th>キー</th><th>見本の値</th><th>既定</th><th>説明</th></tr></thead>",
                       "<tbody>"]
         builtin = KEYS.get(doc.key, (None, ""))[0]
