@@ -422,11 +422,14 @@ def build_site(root: Path, output: Path) -> Path:
 def serve_site(root: Path, port: int) -> None:
     """mkdocs serve on 127.0.0.1 only (the preview is not published on the network)."""
     _mkdocs_available()
-    done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "serve", "--strict",
-         "-f", str(root / "mkdocs.yml"), "-a", f"127.0.0.1:{port}"],
-        cwd=root, check=False, env=_mkdocs_environment(),
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mkdocs", "serve", "--strict",
+             "-f", str(root / "mkdocs.yml"), "-a", f"127.0.0.1:{port}"],
+            cwd=root, check=False, env=_mkdocs_environment(),
+        )
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a preview ends
     if done.returncode not in (0, -2, 130):
         raise RunbookError(
             f"プレビューを起動できません（mkdocs 終了コード {done.returncode}）",
