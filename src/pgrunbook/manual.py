@@ -97,12 +97,18 @@ def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _shell_sql(statement: str) -> str:
+    """SQL as one shell word, readable: "...'app'..." rather than '...'"'"'app'"'"'...'."""
+    if "'" in statement and not any(ch in statement for ch in '"$`\\!'):
+        return f'"{statement}"'
+    return shlex.quote(statement)
+
+
 def _psql(settings: Settings, database: str, *statements: str) -> str:
     """One psql session (stops at the first error) running each statement with -c."""
     argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", settings.db_user, "-d", database]
-    for statement in statements:
-        argv += ["-c", statement]
-    return f"{_exec(settings)} {shlex.join(argv)}"
+    commands = "".join(f" -c {_shell_sql(statement)}" for statement in statements)
+    return f"{_exec(settings)} {shlex.join(argv)}{commands}"
 
 
 def _load(settings: Settings, archive: Path, database: str, no_owner: bool, no_acl: bool) -> str:
