@@ -12,11 +12,12 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from pgrunbook import backup as backup_module
+from pgrunbook import docs as docs_module
 from pgrunbook import restore as restore_module
 from pgrunbook import sandbox as sandbox_module
 from pgrunbook import verify as verify_module
 from pgrunbook.cli import guarded, print_lines, settings_for
-from pgrunbook.console import human_size
+from pgrunbook.console import Console, human_size
 
 ROOT = Path(__file__).resolve().parent
 ENV_HELP = "対象環境（必須）: .env.<env> の <env>。例: prod, dev"
@@ -212,6 +213,23 @@ def bench(c, size_mb=900, rounds=3, image=None, output="bench-results"):
     raise Exit(code=bench_module.main(argv))
 
 
+@task(help={"port": "プレビューのポート番号（127.0.0.1 でだけ待ち受け）"})
+def docs(c, port=8000):
+    """手順書サイトをプレビューする（mkdocs serve。編集すると自動で再読み込み）。--env は不要。"""
+    console = Console()
+    console.step(f"プレビュー: http://127.0.0.1:{port}/（Ctrl-C で終了）")
+    guarded(lambda: docs_module.serve_site(ROOT, int(port)), console)
+
+
+@task(name="docs-build", help={"output": "出力先ディレクトリ（既定: このチェックアウトの site/）"})
+def docs_build(c, output=None):
+    """手順書サイトを strict でビルドする。公開は site/ をファイルサーバーへコピーするだけ。--env は不要。"""
+    console = Console()
+    target = Path(output).resolve() if output else ROOT / "site"
+    index = guarded(lambda: docs_module.build_site(ROOT, target), console)
+    console.result(str(index))
+
+
 namespace = Collection(
     backup,
     backup_sql,
@@ -224,4 +242,6 @@ namespace = Collection(
     sandbox_up,
     sandbox_down,
     bench,
+    docs,
+    docs_build,
 )

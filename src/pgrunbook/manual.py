@@ -78,3 +78,163 @@ def verify_commands(settings: Settings, target: Path) -> list[str]:
     else:
         lines.append(f"tail -n 5 {path}   # '-- PostgreSQL database dump complete' を確認")
     return lines
+
+
+# --- Hand procedures for the restore steps (the runbook's リストア A/B and SQL) ---
+# Used by the runbook site; the restore tasks do the same with more checks.
+
+
+def _sql_name(name: str) -> str:
+    """An identifier as psql needs it: bare when plain lowercase, else double-quoted."""
+    if name and name[0] in "abcdefghijklmnopqrstuvwxyz_" and all(
+        ch in "abcdefghijklmnopqrstuvwxyz0123456789_" for ch in name
+    ):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _shell_sql(statement: str) -> str:
+    """SQL as one shell word, readable: "...'app'..." rather than '...'"'"'app'"'"'...'."""
+    if "'" in statement and not any(ch in statement for ch in '"$`\\!'):
+        return f'"{statement}"'
+    return shlex.quote(statement)
+
+
+def _psql(settings: Settings, database: str, *statements: str) -> str:
+    """One psql session (stops at the first error) running each statement with -c."""
+    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", settings.db_user, "-d", database]
+    commands = "".join(f" -c {_shell_sql(statement)}" for statement in statements)
+    return f"{_exec(settings)} {shlex.join(argv)}{commands}"
+
+
+def _load(settings: Settings, archive: Path, database: str, no_owner: bool, no_acl: bool) -> str:
+    """Stream a host archive into a database: pg_restore for .dump, psql for .sql."""
+    path = shlex.quote(_relative(settings, archive))
+    if archive.suffix == ".sql":
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                "-U", settings.db_user, "-d", database]
+    else:
+        argv = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
+        if no_owner:
+            argv.append("--no-owner")
+        if no_acl:
+            argv.append("--no-acl")
+    return f"{_exec(settings)} {shlex.join(argv)} < {path}"
+
+
+def terminate_sql(database: str) -> str:
+    return (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = {_sql_text(database)} AND pid <> pg_backend_pid();"
+    )
+
+
+def preflight_commands(settings: Settings) -> list[str]:
+    """The runbook's 事前確認: which container, which server and pg_dump versions."""
+    return [
+        'docker ps --format "table {{.Names}}\\t{{.Image}}\\t{{.Status}}"',
+        f"{_exec(settings)} psql -X -U {shlex.quote(settings.db_user)} "
+        f"-d {shlex.quote(settings.db_name)} -Atc 'SELECT current_database(), version();'",
+        f"{_exec(settings)} pg_dump --version",
+    ]
+
+
+def table_summary_commands(settings: Settings, database: str) -> list[str]:
+    """The post-restore look: tables with row estimates, then the Prisma migrations if any."""
+    tables = (
+        "SELECT schemaname, relname, n_live_tup FROM pg_stat_user_tables "
+        "ORDER BY schemaname, relname;"
+    )
+    migrations = (
+        "SELECT migration_name, finished_at, rolled_back_at FROM _prisma_migrations "
+        "ORDER BY started_at DESC LIMIT 5;"
+    )
+    return [
+        f"{_exec(settings)} psql -X -U {shlex.quote(settings.db_user)} -d {shlex.quote(database)} "
+        f"-c 'ANALYZE;' -c {shlex.quote(tables)}",
+        f"{_exec(settings)} psql -X -U {shlex.quote(settings.db_user)} -d {shlex.quote(database)} "
+        f"-c {shlex.quote(migrations)}   # Prisma を使う DB のみ",
+    ]
+
+
+def restore_scratch_commands(
+    settings: Settings, archive: Path, database: str, no_owner: bool = False, no_acl: bool = False
+) -> list[str]:
+    """The runbook's B: restore into a separate database; the live one is never touched."""
+    return [
+        _psql(settings, "postgres", f"CREATE DATABASE {_sql_name(database)};"),
+        _load(settings, archive, database, no_owner, no_acl),
+        *table_summary_commands(settings, database),
+    ]
+
+
+def restore_replace_commands(
+    settings: Settings,
+    archive: Path,
+    staging: str,
+    previous: str,
+    no_owner: bool = False,
+    no_acl: bool = False,
+) -> list[str]:
+    """The runbook's A made safe: staging first, then swap names; the old DB is kept."""
+    live = settings.db_name
+    lines = [
+        "# 1. 本番 DB には触らず、staging DB に復元して確かめる",
+        _psql(settings, "postgres", f"CREATE DATABASE {_sql_name(staging)};"),
+        _load(settings, archive, staging, no_owner, no_acl),
+        *table_summary_commands(settings, staging)[:1],
+        "# 2. アプリの書き込みを止める",
+    ]
+    if settings.app_containers:
+        lines.append("docker stop " + " ".join(shlex.quote(name) for name in settings.app_containers))
+    else:
+        lines.append("#    メンテナンスモードなど（APP_CONTAINERS を設定すると docker stop の行になる）")
+    lines += [
+        "# 3. 接続を切って名前を入れ替える（旧 DB は消さずに残す）",
+        _psql(
+            settings, "postgres",
+            terminate_sql(live),
+            f"ALTER DATABASE {_sql_name(live)} RENAME TO {_sql_name(previous)};",
+            f"ALTER DATABASE {_sql_name(staging)} RENAME TO {_sql_name(live)};",
+        ),
+        "# 4. アプリを再開して動作確認",
+    ]
+    if settings.app_containers:
+        lines.append("docker start " + " ".join(shlex.quote(name) for name in settings.app_containers))
+    lines += table_summary_commands(settings, live)
+    return lines
+
+
+def rollback_commands(settings: Settings, previous: str, failed: str) -> list[str]:
+    """Undo a replace: the restored DB steps aside, the kept previous DB comes back."""
+    live = settings.db_name
+    return [
+        _psql(
+            settings, "postgres",
+            terminate_sql(live),
+            f"ALTER DATABASE {_sql_name(live)} RENAME TO {_sql_name(failed)};",
+            f"ALTER DATABASE {_sql_name(previous)} RENAME TO {_sql_name(live)};",
+        ),
+    ]
+
+
+def drop_database_commands(settings: Settings, database: str) -> list[str]:
+    """Remove a scratch or kept-previous database (never the live one)."""
+    if database == settings.db_name:
+        raise ValueError("the live database is never dropped by a documented procedure")
+    return [
+        _psql(settings, "postgres", terminate_sql(database), f"DROP DATABASE {_sql_name(database)};"),
+    ]
+
+
+def restore_test_commands(settings: Settings, archive: Path, database: str) -> list[str]:
+    """verify --restore-test by hand: restore into a temporary DB, look, drop it."""
+    return [
+        *restore_scratch_commands(settings, archive, database)[:2],
+        *table_summary_commands(settings, database)[:1],
+        *drop_database_commands(settings, database),
+    ]
