@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import catalog, manual
+from pgrunbook import catalog, manual, restore
 from pgrunbook.errors import RunbookError
 from pgrunbook.settings import KEYS, Settings, load_settings
 
@@ -91,19 +91,19 @@ class Example:
 
     @property
     def staging(self) -> str:
-        return f"{self.settings.db_name}_staging_{EXAMPLE_WHEN:%Y%m%d%H%M%S}"
+        return restore.kit_name(self.settings, "staging", EXAMPLE_WHEN)
 
     @property
     def previous(self) -> str:
-        return f"{self.settings.db_name}_before_{EXAMPLE_WHEN:%Y%m%d%H%M%S}"
+        return restore.kit_name(self.settings, "previous", EXAMPLE_WHEN)
 
     @property
     def failed(self) -> str:
-        return f"{self.settings.db_name}_failed_{EXAMPLE_WHEN:%Y%m%d%H%M%S}"
+        return restore.kit_name(self.settings, "rolledback", EXAMPLE_WHEN)
 
     @property
     def restore_test(self) -> str:
-        return f"{self.settings.db_name}_verify_{EXAMPLE_WHEN:%Y%m%d%H%M%S}"
+        return restore.kit_name(self.settings, "verify", EXAMPLE_WHEN)
 
 
 def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
