@@ -129,7 +129,16 @@ def test_replace_with_a_corrupt_archive_leaves_the_live_database_as_it_was(cli, 
     for suffix in (".sha256", ".json"):
         Path(str(truncated) + suffix).write_bytes(Path(str(dump) + suffix).read_bytes())
     refused = cli("restore-replace", "--env=prod", f"--file={truncated}", "--confirm=prod")
-    assert refused.returncode == 1 and "sha256" in refused.stderr
+    assert refused.returncode == 1 and "途中で切れた" in refused.stderr
+    # same size, one byte changed: the sha256 taken while restoring stops it before the swap
+    tampered = dump.with_name("knot-prod-20200101-000001.dump")
+    changed = bytearray(data)
+    changed[len(changed) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(changed))
+    for suffix in (".sha256", ".json"):
+        Path(str(tampered) + suffix).write_bytes(Path(str(dump) + suffix).read_bytes())
+    refused = cli("restore-replace", "--env=prod", f"--file={tampered}", "--confirm=prod")
+    assert refused.returncode == 1 and "sha256" in refused.stderr, refused.stderr
     # a hand-made one without sidecars: the staging restore itself fails
     legacy = dump.with_name("knot-prod-20200102.dump")
     legacy.write_bytes(data[: len(data) // 2])

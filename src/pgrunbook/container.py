@@ -208,8 +208,17 @@ class Container:
         return self.exec(argv, environment=environment)
 
     # ---- archives ---------------------------------------------------------------
-    def put_file(self, source: Path, directory: str, name: str, mode: int = 0o600) -> str:
-        """Copy a host file into the container as one streamed tar (flat memory)."""
+    def put_file(
+        self,
+        source: Path,
+        directory: str,
+        name: str,
+        mode: int = 0o600,
+        chunks: Iterable[bytes] | None = None,
+    ) -> str:
+        """Copy a host file into the container as one streamed tar (flat memory).
+
+        ``chunks`` may supply the file's bytes (e.g. hashed on the way)."""
         size = source.stat().st_size
         info = tarfile.TarInfo(name)
         info.size = size
@@ -219,9 +228,12 @@ class Container:
 
         def tar_stream() -> Iterator[bytes]:
             yield header
-            with open(source, "rb") as handle:
-                while chunk := handle.read(CHUNK):
-                    yield chunk
+            if chunks is not None:
+                yield from chunks
+            else:
+                with open(source, "rb") as handle:
+                    while chunk := handle.read(CHUNK):
+                        yield chunk
             padding = (-size) % tarfile.BLOCKSIZE
             yield b"\0" * (padding + 2 * tarfile.BLOCKSIZE)
 

@@ -13,6 +13,7 @@ never dropped by any code path.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import subprocess
@@ -30,12 +31,12 @@ from pgrunbook import catalog
 from pgrunbook.archive import ArchiveHeader, major_version, read_header
 from pgrunbook.backup import file_chunks
 from pgrunbook.console import Console, human_size
-from pgrunbook.container import Container, engine
+from pgrunbook.container import CHUNK, Container, engine
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import Postgres, quote_ident, quote_literal
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings, load_settings
-from pgrunbook.verify import check_file, resolve_file
+from pgrunbook.verify import check_file, read_checksum_sidecar, resolve_file
 from pgrunbook.worklog import Entry, now_iso, operator, recorded
 
 MARK = "pgrunbook"
@@ -55,7 +56,7 @@ class Source:
     manifest: dict[str, Any] | None
     header: ArchiveHeader | None
     size: int
-    sha256: str | None
+    expected_sha256: str | None  # from the .sha256 sidecar, else the manifest
 
     @property
     def created(self) -> str:
@@ -73,7 +74,9 @@ class Source:
 def inspect_source(settings: Settings, file: str | None, console: Console) -> Source:
     """Check the file (no env decision here) and describe it."""
     path = resolve_file(settings, file)
-    report = check_file(settings, path, console, expected_env=None, full_read=False)
+    # The sha256 is computed while the file is sent to the container (one read,
+    # not two) and compared before anything is swapped: see restore_into.
+    report = check_file(settings, path, console, expected_env=None, full_read=False, checksum=False)
     for warning in report.warnings:
         console.warn(warning)
     if not report.ok:
@@ -83,8 +86,43 @@ def inspect_source(settings: Settings, file: str | None, console: Console) -> So
     manifest = _manifest_of(path)
     env = (manifest or {}).get("env") or (parsed.env if parsed else None)
     header = read_header(path) if report.format == "custom" else None
+    expected = read_checksum_sidecar(path.with_name(path.name + ".sha256"))
+    expected = expected or (manifest or {}).get("sha256")
     return Source(path, report.format or "custom", env, manifest, header, path.stat().st_size,
-                  report.sha256)
+                  expected)
+
+
+class Digest:
+    """Hashes the file's bytes as they are sent, so the file is read once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.hash = hashlib.sha256()
+        self.done = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        for chunk in file_chunks(self.path):
+            self.hash.update(chunk)
+            self.done += len(chunk)
+            yield chunk
+
+    def hexdigest(self) -> str:
+        """The whole file's sha256, also when the reader stopped early."""
+        with open(self.path, "rb") as handle:
+            handle.seek(self.done)
+            while chunk := handle.read(CHUNK):
+                self.hash.update(chunk)
+                self.done += len(chunk)
+        return self.hash.hexdigest()
+
+
+def check_digest(source: Source, digest: str) -> None:
+    if source.expected_sha256 and source.expected_sha256 != digest:
+        raise RunbookError(
+            f"{source.path.name} の sha256 が記録と一致しません（記録 {source.expected_sha256[:12]}…、"
+            f"実際 {digest[:12]}…）",
+            "ファイルが壊れているか差し替えられています。別のバックアップを使う",
+        )
 
 
 def _manifest_of(path: Path) -> dict[str, Any] | None:
@@ -288,14 +326,14 @@ def _container_cpus(pg: Postgres) -> int:
 
 
 @contextlib.contextmanager
-def _file_in_container(pg: Postgres, source: Source) -> Iterator[str]:
+def _file_in_container(pg: Postgres, source: Source, digest: Digest) -> Iterator[str]:
     """Place the archive inside the container (needed by pg_restore -j); removed after."""
     directory = f"/tmp/pgrunbook-{uuid.uuid4().hex[:12]}"
     made = pg.container.run(["mkdir", "-m", "700", directory])
     if not made.ok:
         raise RunbookError(f"コンテナ内に作業ディレクトリを作れません: {made.error_text()}")
     try:
-        yield pg.container.put_file(source.path, directory, source.path.name)
+        yield pg.container.put_file(source.path, directory, source.path.name, chunks=digest.chunks())
     finally:
         pg.container.run(["rm", "-rf", directory])
 
@@ -303,15 +341,19 @@ def _file_in_container(pg: Postgres, source: Source) -> Iterator[str]:
 def restore_into(
     pg: Postgres, settings: Settings, source: Source, database: str, options: RestoreOptions,
     console: Console,
-) -> None:
-    """Restore the file into an existing empty database; raise on any error."""
+) -> str:
+    """Restore the file into an existing empty database; raise on any error.
+
+    Returns the sha256 of the bytes restored (hashed on the way); the caller
+    compares it with the record before the result is used."""
     environment = {"PGOPTIONS": RESTORE_PGOPTIONS}
+    digest = Digest(source.path)
     started = time.monotonic()
     if source.format == "plain":
         console.step(f"psql（ON_ERROR_STOP、単一トランザクション）で {database} に復元")
         argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                 "-U", settings.db_user, "-d", database]
-        result = pg.run(argv, stdin=file_chunks(source.path), environment=environment,
+        result = pg.run(argv, stdin=digest.chunks(), environment=environment,
                         on_stdout=lambda _data: None)
     else:
         no_owner = options.no_owner
@@ -324,19 +366,23 @@ def restore_into(
             argv.append("--no-acl")
         jobs = options.jobs or _container_cpus(pg)
         if jobs > 1:
-            with _file_in_container(pg, source) as inside:
+            with _file_in_container(pg, source, digest) as inside:
                 console.step(f"pg_restore -j {jobs} で {database} に復元")
                 result = pg.run(argv + ["-j", str(jobs), inside], environment=environment)
         else:
             console.step(f"pg_restore で {database} に復元")
-            result = pg.run(argv, stdin=file_chunks(source.path), environment=environment)
+            result = pg.run(argv, stdin=digest.chunks(), environment=environment)
     if not result.ok:
+        check_digest(source, digest.hexdigest())  # a damaged file: say so, not just "failed"
         text = result.error_text()
         hint = "ファイルが壊れていないか invoke verify で確認"
         if re.search(r'role "[^"]+" does not exist|must be owner|permission denied', result.stderr):
             hint = "役割（ロール）の差による権限エラーです。--no-owner --no-acl を付けて再実行"
         raise RunbookError(f"復元に失敗しました（{database}）: {text}", hint)
     console.step(f"復元完了（{time.monotonic() - started:.1f} 秒）")
+    sha256 = digest.hexdigest()
+    check_digest(source, sha256)
+    return sha256
 
 
 # ---- checks after a restore (the runbook's 動作確認) ---------------------------------
@@ -471,7 +517,7 @@ def restore_scratch(
     with recorded(settings.worklog_path, entry, console.redact):
         pg = Postgres(Container.find(settings.db_container), settings)
         source = inspect_source(settings, file, console)
-        entry.file, entry.sha256 = str(source.path), source.sha256
+        entry.file = str(source.path)
         target = database or scratch_name(settings)
         _validate_target_name(settings, target)
         entry.details["target"] = target
@@ -490,7 +536,7 @@ def restore_scratch(
             drop_kit_database(pg, target)
         _create_database(pg, target, mark_text("scratch", settings, source.path.name))
         try:
-            restore_into(pg, settings, source, target, options, console)
+            entry.sha256 = restore_into(pg, settings, source, target, options, console)
             if personal:
                 _apply_masking(pg, settings, target, console)
         except BaseException:
@@ -638,7 +684,7 @@ def restore_replace(
                           f"invoke verify --env={settings.env} などで戻すファイルを確かめて指定")
         pg = Postgres(Container.find(settings.db_container), settings)
         source = inspect_source(settings, file, console)
-        entry.file, entry.sha256 = str(source.path), source.sha256
+        entry.file = str(source.path)
         entry.details["source_env"] = source.env
         check_versions(pg, source)
         personal = guard_environment(settings, source, approved_by, console)
@@ -665,7 +711,7 @@ def _replace_locked(
     _create_database(pg, staging, mark_text("staging", settings, source.path.name))
     swapped = False
     try:
-        restore_into(pg, settings, source, staging, options, console)
+        entry.sha256 = restore_into(pg, settings, source, staging, options, console)
         if personal:
             _apply_masking(pg, settings, staging, console)
         summary = summarize_database(pg, staging)
@@ -707,9 +753,9 @@ def _replace_locked(
             f"docker start で再開。元に戻すなら: {rollback}",
         )
     try:
-        summary = summarize_database(pg, settings.db_name)
+        # the live database is the staging database renamed: its summary stands
         for line in summary.lines():
-            console.step(line)
+            console.step(line.replace(staging, settings.db_name, 1))
         run_post_restore_command(settings, settings.db_name, console)
     except RunbookError as error:
         raise RunbookError(
@@ -791,7 +837,7 @@ def restore_test(settings: Settings, file: str | None, console: Console) -> Data
     with recorded(settings.worklog_path, entry, console.redact):
         pg = Postgres(Container.find(settings.db_container), settings)
         source = inspect_source(settings, file, console)
-        entry.file, entry.sha256 = str(source.path), source.sha256
+        entry.file = str(source.path)
         if source.env not in (None, settings.env):
             raise Refused(f"{source.path.name} は環境 {source.env} のファイルです",
                           f"--env={source.env} で実行")
@@ -799,7 +845,7 @@ def restore_test(settings: Settings, file: str | None, console: Console) -> Data
         target = kit_name(settings, "verify")
         _create_database(pg, target, mark_text("verify", settings, source.path.name))
         try:
-            restore_into(pg, settings, source, target, RestoreOptions(), console)
+            entry.sha256 = restore_into(pg, settings, source, target, RestoreOptions(), console)
             summary = summarize_database(pg, target)
         finally:
             drop_kit_database(pg, target)

@@ -159,10 +159,12 @@ def check_file(
     console: Console,
     expected_env: str | None,
     full_read: bool = True,
+    checksum: bool = True,
 ) -> VerifyReport:
     """All file checks. expected_env=None skips the env checks (cross-env restores
     make their own decision); full_read=False skips reading the whole archive
-    (a restore reads it anyway)."""
+    (a restore reads it anyway); checksum=False leaves the sha256 comparison to a
+    caller that hashes the file while it sends it anyway (restore)."""
     report = VerifyReport(path)
     if path.name.endswith(catalog.PARTIAL_SUFFIX) or not path.is_file():
         report.add("file", False, "作成途中（.partial）か通常のファイルではありません",
@@ -195,7 +197,7 @@ def check_file(
                       "pg_dump の出力ではないか、拡張子が違います"):
         return report
 
-    report.sha256 = sha256_of(path)
+    report.sha256 = sha256_of(path) if checksum else None
     _check_sidecars(settings, report, backup, manifest, size, expected_env)
 
     if fmt == "custom":
@@ -247,7 +249,7 @@ def _check_sidecars(
                        "バックアップ一式（.sha256 と .json）をそろえて置く")
         else:
             report.warnings.append("チェックサム（.sha256）がないため改ざん・破損の照合はできません")
-    else:
+    elif report.sha256 is not None:
         report.add("sha256", expected == report.sha256,
                    "一致" if expected == report.sha256 else
                    f"不一致（記録 {expected[:12]}…、実際 {report.sha256[:12]}…）" if report.sha256
@@ -258,16 +260,18 @@ def _check_sidecars(
             report.add("manifest", False, f"{path.name}.json がありません",
                        "バックアップ一式（.sha256 と .json）をそろえて置く")
         return
-    problems = []
+    problems, hint = [], ""
     if expected_env is not None and manifest.get("env") != expected_env:
         problems.append(f"マニフェストの環境は {manifest.get('env')}、指定は --env={expected_env}")
+        hint = "別環境のファイルです。正しい --env かファイルを指定"
     if manifest.get("size") not in (None, size):
-        problems.append(f"サイズが記録 {manifest.get('size')} と違います")
-    if manifest.get("sha256") not in (None, report.sha256):
+        problems.append(f"サイズ {size} が記録 {manifest.get('size')} と違います")
+        hint = hint or "途中で切れたか差し替えられたファイルです。別のバックアップを使う"
+    if report.sha256 is not None and manifest.get("sha256") not in (None, report.sha256):
         problems.append("sha256 が記録と違います")
+        hint = hint or "壊れたか差し替えられたファイルです。別のバックアップを使う"
     report.add("manifest", not problems, "; ".join(problems) or
-               f"env={manifest.get('env')} database={manifest.get('database')}",
-               "別環境か別ファイルのマニフェストです。正しい環境・ファイルを指定")
+               f"env={manifest.get('env')} database={manifest.get('database')}", hint)
     if expected_env and manifest.get("database") and manifest.get("database") != settings.db_name:
         report.warnings.append(
             f"マニフェストの DB は {manifest.get('database')}（設定は {settings.db_name}）"
