@@ -7,11 +7,13 @@ TASK`` for one task's options.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke import Collection, Exit, task
 
 from pgrunbook import backup as backup_module
+from pgrunbook import inventory, retention
 from pgrunbook import sandbox as sandbox_module
 from pgrunbook import verify as verify_module
 from pgrunbook.cli import guarded, print_lines, settings_for
@@ -88,4 +90,47 @@ def sandbox_down(c, env=None):
     guarded(lambda: sandbox_module.sandbox_down(settings, console), console)
 
 
-namespace = Collection(backup, backup_sql, verify, sandbox_up, sandbox_down)
+@task(name="list", help={"env": ENV_HELP})
+def list_backups(c, env=None):
+    """その環境のバックアップ一覧（名前・形式・サイズ・作成日時・検証済みか・チェックサム）。"""
+    settings, console = settings_for(ROOT, env)
+    items = guarded(lambda: inventory.inventory(settings), console)
+    if sys.stdout.isatty():
+        empty = [f"{settings.backup_dir} にバックアップはありません"]
+        print_lines(inventory.table(items) if items else empty)
+    else:
+        print_lines(inventory.plain_lines(items))
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "max_age": "最新の検証済みバックアップの許容経過時間（例: 26h, 90m, 2d。既定 26h）",
+    }
+)
+def status(c, env=None, max_age="26h"):
+    """監視用に 1 行表示: 0=新しい検証済みバックアップあり、1=古い、2=ない。"""
+    settings, console = settings_for(ROOT, env)
+    result = guarded(
+        lambda: inventory.freshness(settings, inventory.parse_duration(max_age)), console
+    )
+    console.result(result.line)
+    if result.exit_code:
+        raise Exit(code=result.exit_code)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "dry_run": "何も削除せず、保持・削除の判定だけを表示する",
+    }
+)
+def prune(c, env=None, dry_run=False):
+    """保持期間（RETENTION_*）を過ぎたバックアップを削除する（キットが作ったものだけ）。"""
+    settings, console = settings_for(ROOT, env)
+    guarded(lambda: retention.prune(settings, dry_run=dry_run, console=console), console)
+
+
+namespace = Collection(
+    backup, backup_sql, verify, list_backups, status, prune, sandbox_up, sandbox_down
+)
