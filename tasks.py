@@ -13,7 +13,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from pgrunbook import backup as backup_module
-from pgrunbook import inventory, retention
+from pgrunbook import inventory, retention, roles
 from pgrunbook import sandbox as sandbox_module
 from pgrunbook import verify as verify_module
 from pgrunbook.cli import guarded, print_lines, settings_for
@@ -54,6 +54,29 @@ def _backup(env, fmt, no_owner, no_acl, dry_run):
     result = guarded(
         lambda: backup_module.run_backup(
             settings, fmt, no_owner=no_owner, no_acl=no_acl, dry_run=dry_run, console=console
+        ),
+        console,
+    )
+    if isinstance(result, list):
+        print_lines(result)
+    else:
+        console.result(str(result.path))
+
+
+@task(
+    name="backup-globals",
+    help={
+        "env": ENV_HELP,
+        "with_role_passwords": "ロールのパスワード（ハッシュ）も保存する（既定: 保存しない）",
+        "dry_run": "何もせず、同じことを手で行うコマンドを表示する",
+    },
+)
+def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
+    """ロール等のクラスタ全体の定義（pg_dumpall --globals-only）を保存する。pg_dump には含まれない。"""
+    settings, console = settings_for(ROOT, env)
+    result = guarded(
+        lambda: roles.run_backup_globals(
+            settings, with_role_passwords=with_role_passwords, dry_run=dry_run, console=console
         ),
         console,
     )
@@ -132,5 +155,5 @@ def prune(c, env=None, dry_run=False):
 
 
 namespace = Collection(
-    backup, backup_sql, verify, list_backups, status, prune, sandbox_up, sandbox_down
+    backup, backup_sql, backup_globals, verify, list_backups, status, prune, sandbox_up, sandbox_down
 )
