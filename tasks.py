@@ -13,7 +13,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from pgrunbook import backup as backup_module
-from pgrunbook import inventory, retention, roles
+from pgrunbook import inventory, retention, roles, schedule
 from pgrunbook import sandbox as sandbox_module
 from pgrunbook import verify as verify_module
 from pgrunbook.cli import guarded, print_lines, settings_for
@@ -154,6 +154,39 @@ def prune(c, env=None, dry_run=False):
     guarded(lambda: retention.prune(settings, dry_run=dry_run, console=console), console)
 
 
+@task(
+    help={
+        "env": ENV_HELP,
+        "install": "このユーザーの crontab に登録する（# BEGIN/END pgrunbook <env> の間。再実行しても同じ）",
+        "remove": "crontab から pgrunbook <env> のブロックを削除する",
+        "mailto": "失敗を知らせるメールの宛先（cron の MAILTO。既定 root、空で送信なし）",
+        "user": "root が別ユーザーの crontab を扱うとき（crontab -u）",
+        "example": "crontab.example の内容（見本）を表示する",
+    }
+)
+def crontab(c, env=None, install=False, remove=False, mailto="root", user=None, example=False):
+    """定期実行（バックアップ・検証・リストア試験・削除・鮮度チェック）の crontab を表示・登録する。"""
+    if example:
+        sys.stdout.write(schedule.example_text())
+        return
+    settings, console = settings_for(ROOT, env)
+    target = guarded(lambda: schedule.target_for(settings, ROOT, mailto), console)
+    block = schedule.render(target)
+    if remove:
+        removed = guarded(lambda: schedule.remove(settings.env, user), console)
+        console.summary(f"crontab から pgrunbook {settings.env} を削除しました" if removed
+                        else f"crontab に pgrunbook {settings.env} はありません（変更なし）")
+    elif install:
+        changed = guarded(
+            lambda: schedule.install(block, settings.env, user, settings.backup_dir), console
+        )
+        console.summary(f"crontab に pgrunbook {settings.env} を登録しました（crontab -l で確認）"
+                        if changed else f"crontab の pgrunbook {settings.env} は登録済みです（変更なし）")
+    else:
+        print_lines(block)
+
+
 namespace = Collection(
-    backup, backup_sql, backup_globals, verify, list_backups, status, prune, sandbox_up, sandbox_down
+    backup, backup_sql, backup_globals, verify, list_backups, status, prune, crontab,
+    sandbox_up, sandbox_down,
 )
