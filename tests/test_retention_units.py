@@ -105,3 +105,25 @@ def test_verified_index_needs_ok_same_env_and_sha():
         {"task": "backup", "result": "ok", "env": "prod", "file": "/x/d.dump", "sha256": "dd"},
     ]
     assert verified_index(records, "prod") == {("a.dump", "aa"): "t1"}
+
+
+def test_list_table_aligns_japanese_cells(tmp_path):
+    from pgrunbook import catalog
+    from pgrunbook.inventory import Inventoried, _width, plain_lines, table
+
+    def item(name: str, verified: str | None, checksum: str) -> Inventoried:
+        backup = catalog.parse(tmp_path / name)
+        return Inventoried(backup, 2048, checksum, "ab", True, verified)
+
+    items = [item("knot-prod-20260128-020000.dump", "2026-01-28T02:01:00+09:00", "ok"),
+             item("knot-prod-globals-20260128-020000.sql", None, "なし"),
+             item("knot-prod-20250101.dump", None, "なし")]
+    lines = table(items)
+    assert lines[0].split() == ["name", "format", "size", "created", "verified", "checksum"]
+    starts = {lines[i].index("2026-01-28 02:00:00") for i in (2, 3)}
+    assert len(starts) == 1
+    checksum_column = {_width(line[: line.rindex(" ") + 1]) for line in lines[2:]}
+    assert len(checksum_column) == 1, lines
+    assert "済 2026-01-28T02:01" in lines[2] and "globals" in lines[3] and "custom(旧形式)" in lines[4]
+    assert plain_lines(items)[1].split("\t") == [
+        "knot-prod-globals-20260128-020000.sql", "globals", "2.0 KiB", "2026-01-28 02:00:00", "未", "なし"]
