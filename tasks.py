@@ -14,9 +14,11 @@ from invoke import Collection, Exit, task
 
 from pgrunbook import backup as backup_module
 from pgrunbook import inventory, retention, roles, schedule
+from pgrunbook import restore as restore_module
 from pgrunbook import sandbox as sandbox_module
 from pgrunbook import verify as verify_module
 from pgrunbook.cli import guarded, print_lines, settings_for
+from pgrunbook.console import human_size
 
 ROOT = Path(__file__).resolve().parent
 ENV_HELP = "対象環境（必須）: .env.<env> の <env>。例: prod, dev"
@@ -90,13 +92,117 @@ def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
     help={
         "env": ENV_HELP,
         "file": "検証するファイル（既定: その環境の最新バックアップ）",
+        "restore_test": "一時 DB に実際に復元し、マニフェストの行数と照合してから削除する",
     }
 )
-def verify(c, env=None, file=None):
+def verify(c, env=None, file=None, restore_test=False):
     """バックアップが本当に使えるか検証する（サイズ・形式・sha256・目次・全体の読み通し）。"""
     settings, console = settings_for(ROOT, env)
     report = guarded(lambda: verify_module.verify_backup(settings, file, console), console)
+    if restore_test:
+        guarded(lambda: restore_module.restore_test(settings, str(report.path), console), console)
     console.result(str(report.path))
+
+
+RESTORE_HELP = {
+    "no_owner": "所有者を復元しない（pg_restore --no-owner）。既定: バックアップ時の指定に従う",
+    "no_acl": "権限（GRANT）を復元しない（pg_restore --no-acl）",
+    "jobs": "pg_restore の並列数（既定: コンテナの CPU 数）",
+}
+
+
+def _restore_options(no_owner, no_acl, jobs):
+    return restore_module.RestoreOptions(
+        no_owner=True if no_owner else None, no_acl=no_acl, jobs=int(jobs) if jobs else None
+    )
+
+
+@task(
+    name="restore-scratch",
+    help={
+        "env": ENV_HELP,
+        "file": "戻すファイル（既定: その環境の最新バックアップ）",
+        "db": "復元先 DB 名（既定: <DB_NAME>_restore_<YYYYMMDD>）",
+        "replace": "同名の検証用 DB（キットが作ったもの）があれば作り直す",
+        **RESTORE_HELP,
+    },
+)
+def restore_scratch(c, env=None, file=None, db=None, replace=False, no_owner=False, no_acl=False,
+                    jobs=None):
+    """B. 別 DB に戻して安全に確認する（本番 DB には触れない）。"""
+    settings, console = settings_for(ROOT, env)
+    result = guarded(
+        lambda: restore_module.restore_scratch(
+            settings, file, db, replace, _restore_options(no_owner, no_acl, jobs), console
+        ),
+        console,
+    )
+    console.result(result.database)
+
+
+@task(
+    name="restore-replace",
+    help={
+        "env": ENV_HELP,
+        "file": "戻すファイル（必須）",
+        "confirm": "端末がないときの確認: 対象の環境名（例: --confirm=dev）",
+        "approved_by": "他の環境のバックアップを保護環境に戻すときの承認者名（作業ログに記録）",
+        **RESTORE_HELP,
+    },
+)
+def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, no_owner=False,
+                    no_acl=False, jobs=None):
+    """A. 既存 DB を置き換える（別 DB に復元・確認してから名前を切り替え、以前の DB は保管）。"""
+    settings, console = settings_for(ROOT, env)
+    result = guarded(
+        lambda: restore_module.restore_replace(
+            settings, file, confirm, approved_by, _restore_options(no_owner, no_acl, jobs), console
+        ),
+        console,
+    )
+    console.result(result.previous)
+
+
+@task(
+    name="restore-rollback",
+    help={
+        "env": ENV_HELP,
+        "previous": "戻す先: restore-replace が保管した以前の DB 名",
+        "confirm": "端末がないときの確認: 対象の環境名",
+    },
+)
+def restore_rollback(c, env=None, previous=None, confirm=None):
+    """restore-replace を取り消し、保管しておいた以前の DB に戻す。"""
+    settings, console = settings_for(ROOT, env)
+    if not previous:
+        raise Exit(f"エラー: --previous が必要です → invoke restore-list --env={env} で確認", code=2)
+    guarded(lambda: restore_module.restore_rollback(settings, previous, confirm, console), console)
+
+
+@task(name="restore-list", help={"env": ENV_HELP})
+def restore_list(c, env=None):
+    """キットが作った DB（検証用・置き換え前など）を一覧する。"""
+    settings, console = settings_for(ROOT, env)
+    databases = guarded(lambda: restore_module.list_kit_databases(settings, console), console)
+    for db in databases:
+        console.result(f"{db.name}\t{db.role}\t{human_size(db.size)}\t{db.created_at}")
+    console.summary(f"{len(databases)} 件")
+
+
+@task(
+    name="restore-drop",
+    help={
+        "env": ENV_HELP,
+        "db": "削除する DB（キットが作ったものだけ）",
+        "confirm": "置き換え前の DB を消すときの確認: 対象の環境名",
+    },
+)
+def restore_drop(c, env=None, db=None, confirm=None):
+    """キットが作った DB（検証用・置き換え前）を削除する。本番 DB は削除できない。"""
+    settings, console = settings_for(ROOT, env)
+    if not db:
+        raise Exit(f"エラー: --db が必要です → invoke restore-list --env={env} で確認", code=2)
+    guarded(lambda: restore_module.drop_database(settings, db, confirm, console), console)
 
 
 @task(name="sandbox-up", help={"env": "練習用の環境（保護環境は不可）。例: dev"})
@@ -187,6 +293,19 @@ def crontab(c, env=None, install=False, remove=False, mailto="root", user=None, 
 
 
 namespace = Collection(
-    backup, backup_sql, backup_globals, verify, list_backups, status, prune, crontab,
-    sandbox_up, sandbox_down,
+    backup,
+    backup_sql,
+    backup_globals,
+    verify,
+    list_backups,
+    status,
+    prune,
+    crontab,
+    restore_scratch,
+    restore_replace,
+    restore_rollback,
+    restore_list,
+    restore_drop,
+    sandbox_up,
+    sandbox_down,
 )

@@ -44,7 +44,7 @@ def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console
         settings = load_settings(env, config_dir_from(project_root))
     except RunbookError as error:
         raise Exit(error.one_line(), code=error.exit_code) from None
-    console = Console([settings.db_password])
+    console = Console(settings.secrets())
     notify.install(settings, console)  # every work-log line of this env notifies
     return settings, console
 

@@ -6,6 +6,7 @@ message goes to stderr. Known secrets are masked in everything printed.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -23,6 +24,8 @@ class Console:
     def __init__(self, secrets: Iterable[str | None] = (), interactive: bool | None = None) -> None:
         self.secrets = [s for s in secrets if s]
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        # PGRUNBOOK_VERBOSE=1 shows the steps without a terminal (tests, debugging)
+        self.verbose = self.interactive or os.environ.get("PGRUNBOOK_VERBOSE") == "1"
         self._last_progress = 0.0
 
     def add_secret(self, secret: str | None) -> None:
@@ -40,7 +43,7 @@ class Console:
 
     def step(self, text: str) -> None:
         """A step of the work: shown on a terminal, silent under cron."""
-        if self.interactive:
+        if self.verbose:
             self.clear_progress()
             self._emit(f"・{text}")
 

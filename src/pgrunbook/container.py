@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import socket
 import tarfile
 import threading
@@ -40,7 +41,11 @@ class ExecResult:
         return self.exit_code == 0
 
     def error_text(self) -> str:
+        """The line that names the error (PostgreSQL tools print context lines after it)."""
         lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        for line in lines:
+            if re.search(r"\b(ERROR|FATAL|error|fatal):", line):
+                return line
         return lines[-1] if lines else f"exit code {self.exit_code}"
 
 

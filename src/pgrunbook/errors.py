@@ -21,3 +21,7 @@ class RunbookError(Exception):
         if self.hint:
             text += f" → {self.hint}"
         return " ".join(text.split())
+
+
+class Refused(RunbookError):
+    """A guard said no (confirmation, environment, approval): nothing was changed."""

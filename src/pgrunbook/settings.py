@@ -47,6 +47,7 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "APP_CONTAINERS": ("", "置き換えリストア中に止めるアプリのコンテナ名（カンマ区切り）"),
     "MASKING_SQL": ("", "本番データをこの環境に戻した後に流すマスキング SQL ファイル"),
     "POST_RESTORE_COMMAND": ("", "リストア後にホストで実行する確認コマンド"),
+    "APP_DATABASE_URL": ("", "アプリの DATABASE_URL（リストア先を確認するときの接続先の元）"),
     "RETENTION_DAYS": ("30", "この日数より新しいバックアップはすべて残す"),
     "RETENTION_WEEKLY_DAYS": ("90", "この日数までは週に 1 つ残す"),
     "RETENTION_MONTHLY_DAYS": ("365", "この日数までは月に 1 つ残す"),
@@ -56,7 +57,7 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "NOTIFY_ON_SUCCESS": ("false", "成功時も通知するか"),
     "SANDBOX_IMAGE": ("postgres:15", "sandbox-up で使う PostgreSQL イメージ"),
 }
-SECRET_KEYS = {"DB_PASSWORD"}
+SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Settings:
     app_containers: tuple[str, ...]
     masking_sql: Path | None
     post_restore_command: str
+    app_database_url: str = field(repr=False)
     retention_days: int
     retention_weekly_days: int
     retention_monthly_days: int
@@ -85,6 +87,14 @@ class Settings:
     notify_on_success: bool
     sandbox_image: str
     db_password: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> list[str]:
+        """Strings never to print: the password, and any password inside the app's URL."""
+        found = [self.db_password] if self.db_password else []
+        match = re.match(r"^[a-z+]+://[^:/@]*:([^@]+)@", self.app_database_url)
+        if match:
+            found.append(match.group(1))
+        return found
 
     @property
     def worklog_path(self) -> Path:
@@ -266,6 +276,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         app_containers=apps,
         masking_sql=masking_path,
         post_restore_command=get("POST_RESTORE_COMMAND"),
+        app_database_url=get("APP_DATABASE_URL"),
         retention_days=_integer("RETENTION_DAYS", get("RETENTION_DAYS"), 1),
         retention_weekly_days=_integer("RETENTION_WEEKLY_DAYS", get("RETENTION_WEEKLY_DAYS")),
         retention_monthly_days=_integer("RETENTION_MONTHLY_DAYS", get("RETENTION_MONTHLY_DAYS")),

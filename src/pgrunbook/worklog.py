@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pgrunbook.errors import RunbookError
+from pgrunbook.errors import Refused, RunbookError
 
 
 def operator() -> str:
@@ -104,6 +104,9 @@ def recorded(
     result, error_text = "ok", None
     try:
         yield entry
+    except Refused as error:
+        result, error_text = "refused", error.one_line()
+        raise
     except RunbookError as error:
         result, error_text = "failed", error.one_line()
         raise

@@ -1,0 +1,815 @@
+"""Restores that are safer than the hand procedure.
+
+The runbook's procedure A drops the live database first and restores after:
+a bad archive then leaves nothing. Here every restore goes into a database of
+its own first (scratch, staging or verify), is checked, and only a replace
+then swaps names in one transaction, keeping the previous database.
+
+Databases the kit creates carry a comment ``pgrunbook:<role>:...``; only
+those can be listed, replaced or dropped by the kit. The live database is
+never dropped by any code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pgrunbook import catalog
+from pgrunbook.archive import ArchiveHeader, major_version, read_header
+from pgrunbook.backup import file_chunks
+from pgrunbook.console import Console, human_size
+from pgrunbook.container import Container, engine
+from pgrunbook.errors import Refused, RunbookError
+from pgrunbook.postgres import Postgres, quote_ident, quote_literal
+from pgrunbook.safety import exclusive_lock
+from pgrunbook.settings import Settings, load_settings
+from pgrunbook.verify import check_file, resolve_file
+from pgrunbook.worklog import Entry, now_iso, operator, recorded
+
+MARK = "pgrunbook"
+ROLES = ("scratch", "staging", "previous", "verify", "rolledback")
+# Session settings for restores into a database nobody uses yet: faster, and
+# confined to the restoring sessions (the live database is not affected).
+RESTORE_PGOPTIONS = "-c synchronous_commit=off -c maintenance_work_mem=256MB"
+MAX_NAME = 63
+
+
+# ---- what we know of the file --------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    format: str
+    env: str | None
+    manifest: dict[str, Any] | None
+    header: ArchiveHeader | None
+    size: int
+    sha256: str | None
+
+    @property
+    def created(self) -> str:
+        if self.manifest and self.manifest.get("started_at"):
+            return str(self.manifest["started_at"])
+        parsed = catalog.parse(self.path)
+        return parsed.created.isoformat(sep=" ") if parsed else "不明"
+
+    def table_counts(self) -> dict[str, int] | None:
+        if not self.manifest or self.manifest.get("row_counts") in (None, "none"):
+            return None
+        return {f"{t['schema']}.{t['name']}": int(t["rows"]) for t in self.manifest.get("tables", [])}
+
+
+def inspect_source(settings: Settings, file: str | None, console: Console) -> Source:
+    """Check the file (no env decision here) and describe it."""
+    path = resolve_file(settings, file)
+    report = check_file(settings, path, console, expected_env=None, full_read=False)
+    for warning in report.warnings:
+        console.warn(warning)
+    if not report.ok:
+        first = report.failures[0]
+        raise RunbookError(f"{path.name} は使えません [{first.name}]: {first.detail}", first.hint)
+    parsed = catalog.parse(path)
+    manifest = _manifest_of(path)
+    env = (manifest or {}).get("env") or (parsed.env if parsed else None)
+    header = read_header(path) if report.format == "custom" else None
+    return Source(path, report.format or "custom", env, manifest, header, path.stat().st_size,
+                  report.sha256)
+
+
+def _manifest_of(path: Path) -> dict[str, Any] | None:
+    import json
+
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        return json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ---- guards -------------------------------------------------------------------------
+def check_versions(pg: Postgres, source: Source) -> None:
+    """Refuse an archive from a newer pg_dump than the container's tools can read."""
+    if source.format == "custom":
+        made_by = source.header.pg_dump_version if source.header else ""
+        tool = "pg_restore"
+    else:
+        with open(source.path, "rb") as handle:
+            head = handle.read(2048).decode("utf-8", "replace")
+        match = re.search(r"Dumped by pg_dump version (\S+)", head)
+        made_by = match.group(1) if match else ""
+        tool = "psql"
+    if not made_by:
+        return
+    available = pg.tool_version(tool)
+    if major_version(made_by) > major_version(available):
+        raise Refused(
+            f"{source.path.name} は pg_dump {made_by} で作られており、コンテナの {tool} "
+            f"{available} では読めません",
+            f"PostgreSQL {major_version(made_by)} 以上のコンテナに戻すか、同じ版の {tool} を使う",
+        )
+
+
+def source_is_protected(settings: Settings, source_env: str) -> bool:
+    if source_env == settings.env:
+        return settings.protected
+    try:
+        return load_settings(source_env, settings.config_dir, check_siblings=False).protected
+    except RunbookError:
+        return source_env == "prod"
+
+
+def brings_personal_data(settings: Settings, source: Source) -> bool:
+    """Data of a protected env (prod) coming into a non-protected one."""
+    return bool(
+        source.env and source.env != settings.env and not settings.protected
+        and source_is_protected(settings, source.env)
+    )
+
+
+def guard_environment(
+    settings: Settings, source: Source, approved_by: str | None, console: Console
+) -> bool:
+    """The runbook's env rules for a replace. Returns True when personal data is
+    coming into a non-protected env (masking applies)."""
+    if source.env != settings.env and settings.protected:
+        origin = source.env or "不明"
+        if not approved_by:
+            raise Refused(
+                f"環境 {origin} のバックアップを保護環境 {settings.env} に戻すことは原則禁止です",
+                "事前に承認を取り、--approved-by=<承認者名> を付けて再実行（承認者は作業ログに残ります）",
+            )
+        console.warn(f"{origin} → {settings.env} のリストアを {approved_by} の承認で実行します")
+    return warn_personal_data(settings, source, console)
+
+
+def warn_personal_data(settings: Settings, source: Source, console: Console) -> bool:
+    if not brings_personal_data(settings, source):
+        return False
+    console.warn(
+        f"{source.env} のデータ（個人情報を含む可能性）を {settings.env} に戻します。"
+        "取り扱いに注意し、不要になったら削除してください"
+    )
+    return True
+
+
+def ask_on_stderr(prompt: str) -> str:
+    """Like input(), but the prompt goes to stderr: stdout carries results only."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    return sys.stdin.readline()
+
+
+def confirm(
+    settings: Settings,
+    source: Source,
+    confirm_env: str | None,
+    action: str,
+    console: Console,
+    ask: Callable[[str], str] | None = None,
+    interactive: bool | None = None,
+) -> None:
+    """The runbook's 声に出して確認 / 二重確認, or --confirm=<env> without a terminal."""
+    interactive = sys.stdin.isatty() if interactive is None else interactive
+    banner = [
+        "=" * 64,
+        f"  {action}",
+        f"  環境       : {settings.env}{'（保護環境）' if settings.protected else ''}",
+        f"  コンテナ   : {settings.db_container}",
+        f"  データベース: {settings.db_name}",
+        f"  ファイル   : {source.path}",
+        f"  作成日時   : {source.created}  サイズ: {human_size(source.size)}"
+        f"  元の環境: {source.env or '不明'}",
+        "=" * 64,
+    ]
+    if confirm_env is not None:
+        if confirm_env != settings.env:
+            raise Refused(
+                f"--confirm={confirm_env} が対象環境 {settings.env} と一致しません",
+                f"対象を確かめ、--confirm={settings.env} で再実行",
+            )
+        for line in banner:
+            console.step(line)
+        return
+    if not interactive:
+        raise Refused(
+            "端末がないため確認できません（何も変更していません）",
+            f"内容を確かめたうえで --confirm={settings.env} を付けて再実行",
+        )
+    ask = ask or ask_on_stderr
+    for line in banner:
+        console.summary(line)
+    typed_env = ask(f"対象の環境名を入力してください（{settings.env}）: ").strip()
+    if typed_env != settings.env:
+        raise Refused(f"環境名が一致しません（入力: {typed_env!r}）。中止しました")
+    typed_db = ask("対象のデータベース名をもう一度入力してください: ").strip()
+    if typed_db != settings.db_name:
+        raise Refused(f"データベース名が一致しません（入力: {typed_db!r}）。中止しました")
+
+
+# ---- kit-made databases ---------------------------------------------------------
+def kit_name(settings: Settings, role: str, when: datetime | None = None) -> str:
+    stamp = (when or datetime.now()).strftime("%Y%m%d%H%M%S")
+    name = f"{settings.db_name}_{MARK}_{role}_{stamp}"
+    if len(name.encode()) > MAX_NAME:
+        name = f"{MARK}_{role}_{stamp}_{uuid.uuid4().hex[:6]}"
+    return name
+
+
+def scratch_name(settings: Settings, when: datetime | None = None) -> str:
+    """The runbook's own name: <DB_NAME>_restore_<YYYYMMDD>."""
+    return f"{settings.db_name}_restore_{(when or datetime.now()).strftime('%Y%m%d')}"
+
+
+@dataclass(frozen=True)
+class KitDatabase:
+    name: str
+    role: str
+    env: str
+    created_at: str
+    detail: str
+    size: int
+
+
+def mark_text(role: str, settings: Settings, detail: str) -> str:
+    return f"{MARK}:{role}:{settings.env}:{now_iso()}:{operator()}:{detail}"
+
+
+def kit_databases(pg: Postgres) -> list[KitDatabase]:
+    rows = pg.query(
+        "SELECT datname, shobj_description(oid, 'pg_database'), pg_database_size(oid) "
+        "FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE "
+        f"{quote_literal(MARK + ':%')} ORDER BY 1",
+        "postgres",
+    )
+    found = []
+    for name, comment, size in rows:
+        parts = comment.split(":", 5)
+        if len(parts) >= 4 and parts[1] in ROLES:
+            # created_at holds colons itself: role, env, then "time:operator:detail"
+            rest = comment.split(":", 3)[3]
+            found.append(KitDatabase(name, parts[1], parts[2], rest[:25], rest, int(size)))
+    return found
+
+
+def _create_database(pg: Postgres, name: str, comment: str) -> None:
+    pg.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0", "postgres")
+    pg.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(comment)}", "postgres")
+
+
+def drop_kit_database(pg: Postgres, name: str) -> None:
+    pg.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)", "postgres")
+
+
+# ---- the restore itself -------------------------------------------------------------
+@dataclass
+class RestoreOptions:
+    no_owner: bool | None = None  # None: what the backup's manifest asked for
+    no_acl: bool = False
+    jobs: int | None = None
+
+
+def _container_cpus(pg: Postgres) -> int:
+    result = pg.container.run(["nproc"])
+    try:
+        return max(1, int(result.stdout.decode().strip()))
+    except ValueError:
+        return 1
+
+
+@contextlib.contextmanager
+def _file_in_container(pg: Postgres, source: Source) -> Iterator[str]:
+    """Place the archive inside the container (needed by pg_restore -j); removed after."""
+    directory = f"/tmp/pgrunbook-{uuid.uuid4().hex[:12]}"
+    made = pg.container.run(["mkdir", "-m", "700", directory])
+    if not made.ok:
+        raise RunbookError(f"コンテナ内に作業ディレクトリを作れません: {made.error_text()}")
+    try:
+        yield pg.container.put_file(source.path, directory, source.path.name)
+    finally:
+        pg.container.run(["rm", "-rf", directory])
+
+
+def restore_into(
+    pg: Postgres, settings: Settings, source: Source, database: str, options: RestoreOptions,
+    console: Console,
+) -> None:
+    """Restore the file into an existing empty database; raise on any error."""
+    environment = {"PGOPTIONS": RESTORE_PGOPTIONS}
+    started = time.monotonic()
+    if source.format == "plain":
+        console.step(f"psql（ON_ERROR_STOP、単一トランザクション）で {database} に復元")
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                "-U", settings.db_user, "-d", database]
+        result = pg.run(argv, stdin=file_chunks(source.path), environment=environment,
+                        on_stdout=lambda _data: None)
+    else:
+        no_owner = options.no_owner
+        if no_owner is None:
+            no_owner = bool((source.manifest or {}).get("options", {}).get("no_owner"))
+        argv = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
+        if no_owner:
+            argv.append("--no-owner")
+        if options.no_acl:
+            argv.append("--no-acl")
+        jobs = options.jobs or _container_cpus(pg)
+        if jobs > 1:
+            with _file_in_container(pg, source) as inside:
+                console.step(f"pg_restore -j {jobs} で {database} に復元")
+                result = pg.run(argv + ["-j", str(jobs), inside], environment=environment)
+        else:
+            console.step(f"pg_restore で {database} に復元")
+            result = pg.run(argv, stdin=file_chunks(source.path), environment=environment)
+    if not result.ok:
+        text = result.error_text()
+        hint = "ファイルが壊れていないか invoke verify で確認"
+        if re.search(r'role "[^"]+" does not exist|must be owner|permission denied', result.stderr):
+            hint = "役割（ロール）の差による権限エラーです。--no-owner --no-acl を付けて再実行"
+        raise RunbookError(f"復元に失敗しました（{database}）: {text}", hint)
+    console.step(f"復元完了（{time.monotonic() - started:.1f} 秒）")
+
+
+# ---- checks after a restore (the runbook's 動作確認) ---------------------------------
+@dataclass
+class DatabaseSummary:
+    database: str
+    schemas: list[str] = field(default_factory=list)
+    tables: dict[str, int] = field(default_factory=dict)
+    prisma_latest: str | None = None
+    prisma_problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        total = sum(self.tables.values())
+        lines = [f"{self.database}: スキーマ {len(self.schemas)}（{', '.join(self.schemas)}）、"
+                 f"テーブル {len(self.tables)}、行数合計 {total}"]
+        lines += [f"  {name}: {rows} 行" for name, rows in sorted(self.tables.items())]
+        if self.prisma_latest is not None:
+            lines.append(f"  Prisma の最新適用マイグレーション: {self.prisma_latest}")
+        lines += [f"  Prisma の要確認マイグレーション: {p}" for p in self.prisma_problems]
+        return lines
+
+
+def summarize_database(pg: Postgres, database: str) -> DatabaseSummary:
+    summary = DatabaseSummary(database)
+    counts = pg.table_counts(database)
+    summary.schemas = sorted({c.schema for c in counts} | {
+        row[0] for row in pg.query(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname <> 'information_schema'", database)
+    })
+    summary.tables = {f"{c.schema}.{c.name}": c.rows for c in counts}
+    prisma = [name for name in summary.tables if name.endswith("._prisma_migrations")]
+    if prisma:
+        table = ".".join(quote_ident(part) for part in prisma[0].split(".", 1))
+        latest = pg.query(
+            f"SELECT migration_name FROM {table} WHERE finished_at IS NOT NULL "
+            "AND rolled_back_at IS NULL ORDER BY finished_at DESC LIMIT 1", database)
+        summary.prisma_latest = latest[0][0] if latest else "（なし）"
+        problems = pg.query(
+            f"SELECT migration_name, CASE WHEN rolled_back_at IS NOT NULL THEN 'rolled back' "
+            f"ELSE 'failed' END FROM {table} WHERE rolled_back_at IS NOT NULL "
+            "OR finished_at IS NULL ORDER BY started_at", database)
+        summary.prisma_problems = [f"{name}（{state}）" for name, state in problems]
+    return summary
+
+
+def compare_with_manifest(source: Source, summary: DatabaseSummary) -> list[str]:
+    expected = source.table_counts()
+    if expected is None:
+        tables = (source.manifest or {}).get("tables")
+        if tables:
+            missing = [f"{t['schema']}.{t['name']}" for t in tables
+                       if f"{t['schema']}.{t['name']}" not in summary.tables]
+            return [f"テーブル {name} がありません" for name in missing]
+        return []
+    differences = []
+    for name, rows in sorted(expected.items()):
+        if name not in summary.tables:
+            differences.append(f"テーブル {name} がありません")
+        elif rows >= 0 and summary.tables[name] != rows:
+            differences.append(f"{name}: 行数 {summary.tables[name]}（バックアップ時 {rows}）")
+    return differences
+
+
+# ---- DATABASE_URL and the optional host check -----------------------------------
+def database_url(settings: Settings, database: str, masked: bool) -> str:
+    base = settings.app_database_url or f"postgresql://{settings.db_user}@localhost:5432/{database}"
+    parts = urlsplit(base)
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, host = netloc.rsplit("@", 1)
+        user, _, password = credentials.partition(":")
+    else:
+        user, password, host = settings.db_user, "", netloc
+    password = password or (settings.db_password or "")
+    netloc = f"{user}:{'***' if masked else password}@{host}" if password else f"{user}@{host}"
+    return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def run_post_restore_command(settings: Settings, database: str, console: Console) -> None:
+    if not settings.post_restore_command:
+        return
+    console.step(f"確認コマンド: {settings.post_restore_command}")
+    environment = dict(os.environ, DATABASE_URL=database_url(settings, database, masked=False))
+    done = subprocess.run(settings.post_restore_command, shell=True, cwd=settings.config_dir,
+                          env=environment, capture_output=True, text=True, check=False)
+    output = (done.stdout + done.stderr).strip()
+    for line in output.splitlines()[-20:]:
+        console.step(f"  {line}")
+    if done.returncode != 0:
+        raise RunbookError(
+            f"確認コマンドが終了コード {done.returncode} で失敗しました: {settings.post_restore_command}",
+            "出力を確認（スキーマ状態の不一致など）",
+        )
+
+
+def _apply_masking(pg: Postgres, settings: Settings, database: str, console: Console) -> None:
+    if settings.masking_sql is None:
+        console.warn(f"MASKING_SQL が未設定のため、{database} の個人情報はそのままです")
+        return
+    if not settings.masking_sql.is_file():
+        raise RunbookError(f"MASKING_SQL のファイル {settings.masking_sql} がありません",
+                           f".env.{settings.env} の MASKING_SQL を確認")
+    console.step(f"マスキング SQL を適用: {settings.masking_sql.name}")
+    result = pg.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                     "-U", settings.db_user, "-d", database],
+                    stdin=file_chunks(settings.masking_sql), on_stdout=lambda _d: None)
+    if not result.ok:
+        raise RunbookError(f"マスキング SQL が失敗しました: {result.error_text()}",
+                           "SQL を直してから再実行（置き換えは行っていません）")
+
+
+# ---- restore-scratch -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScratchResult:
+    database: str
+    url: str
+    summary: DatabaseSummary
+
+
+def restore_scratch(
+    settings: Settings,
+    file: str | None,
+    database: str | None = None,
+    replace: bool = False,
+    options: RestoreOptions | None = None,
+    console: Console | None = None,
+) -> ScratchResult:
+    console = console or Console(settings.secrets())
+    options = options or RestoreOptions()
+    entry = Entry("restore-scratch", settings.env, settings.db_name, settings.db_container)
+    with recorded(settings.worklog_path, entry, console.redact):
+        pg = Postgres(Container.find(settings.db_container), settings)
+        source = inspect_source(settings, file, console)
+        entry.file, entry.sha256 = str(source.path), source.sha256
+        target = database or scratch_name(settings)
+        _validate_target_name(settings, target)
+        entry.details["target"] = target
+        entry.details["source_env"] = source.env
+        check_versions(pg, source)
+        personal = warn_personal_data(settings, source, console)
+        if pg.database_exists(target):
+            mine = {db.name: db for db in kit_databases(pg)}
+            if not replace:
+                raise Refused(f"データベース {target} は既にあります",
+                              "--replace で作り直す（キットが作った検証用 DB のみ）か --db=別名")
+            if target not in mine:
+                raise Refused(f"データベース {target} はキットが作った検証用 DB ではないため消しません",
+                              "--db=別名 を指定")
+            console.step(f"既存の検証用 DB {target} を作り直します")
+            drop_kit_database(pg, target)
+        _create_database(pg, target, mark_text("scratch", settings, source.path.name))
+        try:
+            restore_into(pg, settings, source, target, options, console)
+            if personal:
+                _apply_masking(pg, settings, target, console)
+        except BaseException:
+            drop_kit_database(pg, target)
+            raise
+        summary = summarize_database(pg, target)
+        for line in summary.lines():
+            console.step(line)
+        for difference in compare_with_manifest(source, summary):
+            console.warn(difference)
+        url = database_url(settings, target, masked=True)
+        run_post_restore_command(settings, target, console)
+        console.summary(f"検証用 DB {target} に復元しました。確認用: DATABASE_URL={url}")
+        return ScratchResult(target, url, summary)
+
+
+def _validate_target_name(settings: Settings, name: str) -> None:
+    from pgrunbook.settings import SQL_NAME
+
+    if not SQL_NAME.match(name):
+        raise RunbookError(f"DB 名 {name!r} は使えません", "英数字と _ のみ、63 文字以内")
+    if name in (settings.db_name, "postgres", "template0", "template1"):
+        raise Refused(f"{name} には検証用の復元はできません（本番 DB・システム DB）",
+                      "--db に別の名前を指定")
+
+
+# ---- app containers -------------------------------------------------------------------
+class AppWrites:
+    """Stops the app containers named in the settings and starts them again."""
+
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self.settings = settings
+        self.console = console
+        self.stopped: list[Any] = []
+        self.models: list[Any] = []
+
+    def check(self) -> None:
+        if not self.settings.app_containers:
+            return
+        client = engine()
+        from docker.errors import NotFound
+
+        for name in self.settings.app_containers:
+            try:
+                self.models.append(client.containers.get(name))
+            except NotFound:
+                raise RunbookError(f"APP_CONTAINERS のコンテナ {name} がありません",
+                                   f".env.{self.settings.env} の APP_CONTAINERS を確認") from None
+
+    def stop(self) -> None:
+        for model in self.models:
+            model.reload()
+            if model.status == "running":
+                self.console.step(f"アプリのコンテナ {model.name} を停止（書き込み停止）")
+                model.stop(timeout=30)
+                self.stopped.append(model)
+        if not self.settings.app_containers:
+            self.console.warn("APP_CONTAINERS が未設定です。アプリの書き込みは止めていません"
+                              "（切り替え時に接続は切断します）")
+
+    def start(self) -> list[str]:
+        failed = []
+        for model in self.stopped:
+            try:
+                model.start()
+                self.console.step(f"アプリのコンテナ {model.name} を再開")
+            except Exception as error:  # noqa: BLE001 - reported, never masks the restore's outcome
+                failed.append(f"{model.name}: {error}")
+        self.stopped = []
+        return failed
+
+
+# ---- the swap -------------------------------------------------------------------------
+def _swap(pg: Postgres, live: str, incoming: str, outgoing: str, console: Console) -> None:
+    """Block new sessions, end the old ones, rename both in one transaction.
+
+    On any failure before the commit the live database keeps its name and
+    accepts connections again.
+    """
+    live_q, incoming_q, outgoing_q = quote_ident(live), quote_ident(incoming), quote_ident(outgoing)
+    pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false", "postgres")
+    try:
+        last_error: RunbookError | None = None
+        for _attempt in range(5):
+            pg.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname IN ({quote_literal(live)}, {quote_literal(incoming)}) "
+                "AND pid <> pg_backend_pid()",
+                "postgres",
+            )
+            result = pg.run(pg.psql_argv("postgres") + [
+                "--single-transaction",
+                "-c", f"ALTER DATABASE {live_q} RENAME TO {outgoing_q}",
+                "-c", f"ALTER DATABASE {incoming_q} RENAME TO {live_q}",
+            ])
+            if result.ok:
+                break
+            last_error = RunbookError(f"名前の切り替えに失敗しました: {result.error_text()}")
+            time.sleep(0.5)
+        else:
+            assert last_error is not None
+            raise last_error
+    except BaseException:
+        pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true", "postgres")
+        raise
+    pg.execute(f"ALTER DATABASE {outgoing_q} WITH ALLOW_CONNECTIONS true", "postgres")
+
+
+def _database_comment(pg: Postgres, name: str) -> str | None:
+    rows = pg.query("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                    f"WHERE datname = {quote_literal(name)}", "postgres")
+    return rows[0][0] if rows and rows[0][0] else None
+
+
+def _database_owner(pg: Postgres, name: str) -> str:
+    return pg.query("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                    f"WHERE datname = {quote_literal(name)}", "postgres")[0][0]
+
+
+# ---- restore-replace --------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplaceResult:
+    database: str
+    previous: str
+    summary: DatabaseSummary
+
+
+def restore_replace(
+    settings: Settings,
+    file: str | None,
+    confirm_env: str | None = None,
+    approved_by: str | None = None,
+    options: RestoreOptions | None = None,
+    console: Console | None = None,
+    ask: Callable[[str], str] | None = None,
+) -> ReplaceResult:
+    console = console or Console(settings.secrets())
+    options = options or RestoreOptions()
+    entry = Entry("restore-replace", settings.env, settings.db_name, settings.db_container)
+    if approved_by:
+        entry.details["approved_by"] = approved_by
+    with recorded(settings.worklog_path, entry, console.redact):
+        if not file:
+            raise Refused("置き換えリストアには --file の指定が必要です",
+                          f"invoke verify --env={settings.env} などで戻すファイルを確かめて指定")
+        pg = Postgres(Container.find(settings.db_container), settings)
+        source = inspect_source(settings, file, console)
+        entry.file, entry.sha256 = str(source.path), source.sha256
+        entry.details["source_env"] = source.env
+        check_versions(pg, source)
+        personal = guard_environment(settings, source, approved_by, console)
+        if not pg.database_exists(settings.db_name):
+            raise RunbookError(f"置き換え対象の {settings.db_name} がありません",
+                               "新規に作るなら restore-scratch の後で名前を変える手順を検討")
+        apps = AppWrites(settings, console)
+        apps.check()
+        confirm(settings, source, confirm_env, "既存 DB を置き換えます（DROP はしません）", console, ask)
+        with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
+                            "restore-replace"):
+            result = _replace_locked(settings, pg, source, options, personal, apps, console, entry)
+        return result
+
+
+def _replace_locked(
+    settings: Settings, pg: Postgres, source: Source, options: RestoreOptions, personal: bool,
+    apps: AppWrites, console: Console, entry: Entry,
+) -> ReplaceResult:
+    now = datetime.now()
+    staging = kit_name(settings, "staging", now)
+    previous = kit_name(settings, "previous", now)
+    entry.details["staging"] = staging
+    _create_database(pg, staging, mark_text("staging", settings, source.path.name))
+    swapped = False
+    try:
+        restore_into(pg, settings, source, staging, options, console)
+        if personal:
+            _apply_masking(pg, settings, staging, console)
+        summary = summarize_database(pg, staging)
+        differences = compare_with_manifest(source, summary)
+        if differences:
+            raise RunbookError("復元結果がバックアップ時の記録と一致しません: " + "; ".join(differences[:5]),
+                               "ファイルを invoke verify で確認。本番 DB は変更していません")
+        if not summary.tables and (source.manifest or {}).get("tables"):
+            raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
+        owner = _database_owner(pg, settings.db_name)
+        comment = _database_comment(pg, settings.db_name)
+        with contextlib.suppress(RunbookError):
+            pg.execute(f"ALTER DATABASE {quote_ident(staging)} OWNER TO {quote_ident(owner)}",
+                       "postgres")
+        apps.stop()
+        try:
+            console.step(f"切り替え: {settings.db_name} → {previous}、{staging} → {settings.db_name}")
+            _swap(pg, settings.db_name, staging, previous, console)
+            swapped = True
+        finally:
+            failed_apps = apps.start()
+    except BaseException:
+        if not swapped:
+            drop_kit_database(pg, staging)
+        raise
+    entry.details["previous"] = previous
+    pg.execute(
+        f"COMMENT ON DATABASE {quote_ident(previous)} IS "
+        f"{quote_literal(mark_text('previous', settings, 'replaced by ' + source.path.name))}",
+        "postgres",
+    )
+    pg.execute(f"COMMENT ON DATABASE {quote_ident(settings.db_name)} IS "
+               f"{quote_literal(comment) if comment else 'NULL'}", "postgres")
+    rollback = (f"invoke restore-rollback --env={settings.env} --previous={previous} "
+                f"--confirm={settings.env}")
+    if failed_apps:
+        raise RunbookError(
+            f"DB は置き換えましたが、アプリのコンテナを再開できません: {'; '.join(failed_apps)}",
+            f"docker start で再開。元に戻すなら: {rollback}",
+        )
+    try:
+        summary = summarize_database(pg, settings.db_name)
+        for line in summary.lines():
+            console.step(line)
+        run_post_restore_command(settings, settings.db_name, console)
+    except RunbookError as error:
+        raise RunbookError(
+            f"置き換えは完了しましたが、事後確認で失敗しました: {error.message}",
+            f"以前の DB は {previous} に残っています。元に戻すなら: {rollback}",
+        ) from None
+    console.summary(
+        f"置き換え完了: {settings.db_name} ← {source.path.name}。以前の DB は {previous} に保管。"
+        f" 元に戻す: {rollback} / 不要になったら: invoke restore-drop --env={settings.env} "
+        f"--db={previous} --confirm={settings.env}"
+    )
+    return ReplaceResult(settings.db_name, previous, summary)
+
+
+# ---- rollback, list, drop --------------------------------------------------------------
+def restore_rollback(
+    settings: Settings, previous: str, confirm_env: str | None, console: Console,
+    ask: Callable[[str], str] | None = None,
+) -> str:
+    entry = Entry("restore-rollback", settings.env, settings.db_name, settings.db_container)
+    entry.details["previous"] = previous
+    with recorded(settings.worklog_path, entry, console.redact):
+        pg = Postgres(Container.find(settings.db_container), settings)
+        kit = {db.name: db for db in kit_databases(pg)}
+        if previous not in kit or kit[previous].role != "previous" or kit[previous].env != settings.env:
+            raise Refused(f"{previous} はこの環境の置き換え前 DB ではありません",
+                          f"invoke restore-list --env={settings.env} で確認")
+        placeholder = Source(Path(previous), "custom", settings.env, None, None, kit[previous].size, None)
+        confirm(settings, placeholder, confirm_env, f"{previous} に戻します（ロールバック）", console, ask)
+        apps = AppWrites(settings, console)
+        apps.check()
+        rolled = kit_name(settings, "rolledback")
+        with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
+                            "restore-rollback"):
+            apps.stop()
+            try:
+                _swap(pg, settings.db_name, previous, rolled, console)
+            finally:
+                failed = apps.start()
+        pg.execute(f"COMMENT ON DATABASE {quote_ident(rolled)} IS "
+                   f"{quote_literal(mark_text('rolledback', settings, 'rolled back'))}", "postgres")
+        pg.execute(f"COMMENT ON DATABASE {quote_ident(settings.db_name)} IS NULL", "postgres")
+        if failed:
+            raise RunbookError(f"ロールバックしましたが、アプリを再開できません: {'; '.join(failed)}",
+                               "docker start で再開")
+        console.summary(f"ロールバック完了: {previous} を {settings.db_name} に戻しました。"
+                        f"置き換え後の DB は {rolled} に保管")
+        return rolled
+
+
+def list_kit_databases(settings: Settings, console: Console) -> list[KitDatabase]:
+    pg = Postgres(Container.find(settings.db_container), settings)
+    return [db for db in kit_databases(pg) if db.env == settings.env]
+
+
+def drop_database(
+    settings: Settings, name: str, confirm_env: str | None, console: Console
+) -> None:
+    entry = Entry("restore-drop", settings.env, settings.db_name, settings.db_container)
+    entry.details["target"] = name
+    with recorded(settings.worklog_path, entry, console.redact):
+        pg = Postgres(Container.find(settings.db_container), settings)
+        if name == settings.db_name:
+            raise Refused("稼働中の DB は削除できません", "キットが作った DB だけを指定")
+        kit = {db.name: db for db in kit_databases(pg) if db.env == settings.env}
+        if name not in kit:
+            raise Refused(f"{name} はキットが作ったこの環境の DB ではないため削除しません",
+                          f"invoke restore-list --env={settings.env} で確認")
+        if kit[name].role in ("previous", "rolledback") and confirm_env != settings.env:
+            raise Refused(f"{name} は置き換え前の DB です。削除すると元に戻せません",
+                          f"確かめたうえで --confirm={settings.env} を付けて再実行")
+        drop_kit_database(pg, name)
+        console.summary(f"{name} を削除しました")
+
+
+# ---- verify --restore-test ----------------------------------------------------------
+def restore_test(settings: Settings, file: str | None, console: Console) -> DatabaseSummary:
+    entry = Entry("verify-restore-test", settings.env, settings.db_name, settings.db_container)
+    with recorded(settings.worklog_path, entry, console.redact):
+        pg = Postgres(Container.find(settings.db_container), settings)
+        source = inspect_source(settings, file, console)
+        entry.file, entry.sha256 = str(source.path), source.sha256
+        if source.env not in (None, settings.env):
+            raise Refused(f"{source.path.name} は環境 {source.env} のファイルです",
+                          f"--env={source.env} で実行")
+        check_versions(pg, source)
+        target = kit_name(settings, "verify")
+        _create_database(pg, target, mark_text("verify", settings, source.path.name))
+        try:
+            restore_into(pg, settings, source, target, RestoreOptions(), console)
+            summary = summarize_database(pg, target)
+        finally:
+            drop_kit_database(pg, target)
+        differences = compare_with_manifest(source, summary)
+        if source.manifest is None:
+            console.warn("マニフェストがないため行数の照合はできません（復元できることのみ確認）")
+        if differences:
+            raise RunbookError("復元テストで差異: " + "; ".join(differences[:5]),
+                               "このバックアップは信用できません。取り直して再検証")
+        entry.details["tables"] = len(summary.tables)
+        console.summary(f"復元テスト OK: {source.path.name}（テーブル {len(summary.tables)}、"
+                        f"行数合計 {sum(summary.tables.values())}、一時 DB {target} は削除済み）")
+        return summary

@@ -1,0 +1,288 @@
+"""Restores through the real CLI: scratch, replace (that cannot lose the live DB), guards."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGE, PASSWORD, last_line
+from test_backup import table_fingerprints
+
+
+def databases(pg) -> list[str]:
+    return pg.psql("SELECT datname FROM pg_database ORDER BY 1", "postgres").split()
+
+
+@pytest.fixture
+def target(pg, cli):
+    """A live database of its own for replace tests, aimed at by .env.prod and .env.dev."""
+    name = f"live_{uuid.uuid4().hex[:8]}"
+    pg.create_database(name, sample=True)
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=name, DB_PASSWORD=PASSWORD)
+    cli.write_env("dev", DB_CONTAINER=pg.name, DB_NAME=name + "_dev", DB_PASSWORD=PASSWORD)
+    pg.create_database(name + "_dev", sample=True)
+    pg.psql("INSERT INTO public.members (name, email, joined_on) VALUES "
+            "('開発 太郎', 'dev-only@example.jp', '2026-01-01')", name + "_dev")
+    yield name
+    for db in databases(pg):
+        if db.startswith(name):
+            pg.psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
+
+
+def backup(cli, *args) -> Path:
+    result = cli("backup", *args)
+    assert result.returncode == 0, result.stderr
+    return Path(last_line(result.stdout))
+
+
+def log_lines(cli, env="prod") -> list[dict]:
+    return [json.loads(x) for x in (cli.backup_dir(env) / "worklog.jsonl").read_text().splitlines()]
+
+
+def test_scratch_restore_of_dump_and_sql_reproduces_every_table(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    result = cli("restore-scratch", "--env=prod", f"--file={dump}", env={"PGRUNBOOK_VERBOSE": "1"})
+    assert result.returncode == 0, result.stderr
+    scratch = last_line(result.stdout)
+    assert scratch.startswith(f"{target}_restore_")
+    assert table_fingerprints(pg, scratch) == table_fingerprints(pg, target)
+    assert "DATABASE_URL=postgresql://app:***@localhost:5432/" + scratch in result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    assert "20250510000000_add_votes" in result.stderr  # prisma: latest applied migration
+
+    again = cli("restore-scratch", "--env=prod", f"--file={dump}")
+    assert again.returncode == 1 and "既にあります" in again.stderr
+    sql = cli("backup-sql", "--env=prod")
+    replaced = cli("restore-scratch", "--env=prod", f"--file={last_line(sql.stdout)}", "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert table_fingerprints(pg, scratch) == table_fingerprints(pg, target)
+
+    listing = cli("restore-list", "--env=prod")
+    assert scratch in listing.stdout
+    refused = cli("restore-drop", "--env=prod", f"--db={target}")
+    assert refused.returncode == 1 and target in databases(pg)
+    dropped = cli("restore-drop", "--env=prod", f"--db={scratch}")
+    assert dropped.returncode == 0 and scratch not in databases(pg)
+
+
+def test_scratch_never_replaces_a_foreign_database(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    pg.create_database(f"{target}_foreign")
+    result = cli("restore-scratch", "--env=prod", f"--file={dump}", f"--db={target}_foreign", "--replace")
+    assert result.returncode == 1 and "キットが作った" in result.stderr
+    live = cli("restore-scratch", "--env=prod", f"--file={dump}", f"--db={target}")
+    assert live.returncode == 1
+    assert table_fingerprints(pg, target)  # untouched and still there
+
+
+def test_sql_with_an_error_in_the_middle_leaves_nothing_half_restored(cli, pg, target):
+    sql = Path(last_line(cli("backup-sql", "--env=prod").stdout))
+    text = sql.read_text(encoding="utf-8")
+    middle = text.index("COPY audit.audit_log")
+    broken = sql.with_name("knot-prod-20200101.sql")
+    broken.write_text(text[:middle] + "SELECT * FROM no_such_table;\n" + text[middle:], encoding="utf-8")
+    result = cli("restore-scratch", "--env=prod", f"--file={broken}", "--db=" + target + "_half")
+    assert result.returncode == 1 and "no_such_table" in result.stderr
+    assert target + "_half" not in databases(pg)
+
+
+def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
+            "('バックアップ後の投票', 1, '賛成', now())", target)
+    after_backup = table_fingerprints(pg, target)
+    api = pg.client.api
+    for _ in range(2):  # sessions that sit on the live database
+        sleeper = api.exec_create(pg.container.id, ["psql", "-U", "app", "-d", target, "-c",
+                                                    "SELECT pg_sleep(60)"],
+                                  environment={"PGPASSWORD": PASSWORD})["Id"]
+        api.exec_start(sleeper, detach=True)
+    time.sleep(0.5)
+    result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    assert result.returncode == 0, result.stderr
+    previous = last_line(result.stdout)
+    assert previous.startswith(f"{target}_pgrunbook_previous_")
+    assert table_fingerprints(pg, target) == before
+    assert table_fingerprints(pg, previous) == after_backup
+    assert not [d for d in databases(pg) if "_staging_" in d]
+    assert "restore-rollback" in result.stderr
+
+    rollback = cli("restore-rollback", "--env=prod", f"--previous={previous}", "--confirm=prod")
+    assert rollback.returncode == 0, rollback.stderr
+    assert table_fingerprints(pg, target) == after_backup
+    tasks = [line["task"] for line in log_lines(cli)]
+    assert "restore-replace" in tasks and "restore-rollback" in tasks
+
+
+def test_replace_with_a_corrupt_archive_leaves_the_live_database_as_it_was(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    data = dump.read_bytes()
+    # with its sidecars: refused by the checksum before anything happens
+    truncated = dump.with_name("knot-prod-20200101-000000.dump")
+    truncated.write_bytes(data[: len(data) // 2])
+    for suffix in (".sha256", ".json"):
+        Path(str(truncated) + suffix).write_bytes(Path(str(dump) + suffix).read_bytes())
+    refused = cli("restore-replace", "--env=prod", f"--file={truncated}", "--confirm=prod")
+    assert refused.returncode == 1 and "sha256" in refused.stderr
+    # a hand-made one without sidecars: the staging restore itself fails
+    legacy = dump.with_name("knot-prod-20200102.dump")
+    legacy.write_bytes(data[: len(data) // 2])
+    failed = cli("restore-replace", "--env=prod", f"--file={legacy}", "--confirm=prod", "--jobs=1")
+    assert failed.returncode == 1 and "復元に失敗" in failed.stderr
+    assert table_fingerprints(pg, target) == before
+    assert not [d for d in databases(pg) if d.startswith(target) and "pgrunbook" in d]
+    assert log_lines(cli)[-1]["result"] == "failed"
+
+
+def test_replace_needs_a_confirmation(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    none = cli("restore-replace", "--env=prod", f"--file={dump}")
+    assert none.returncode == 1 and "--confirm=prod" in none.stderr
+    wrong = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=dev")
+    assert wrong.returncode == 1 and "一致しません" in wrong.stderr
+    assert table_fingerprints(pg, target) == before
+    assert [line["result"] for line in log_lines(cli)[-2:]] == ["refused", "refused"]
+    assert not [d for d in databases(pg) if d.startswith(target) and "pgrunbook" in d]
+
+
+def test_dev_archive_into_prod_needs_an_approver(cli, pg, target):
+    dev_dump = backup(cli, "--env=dev")
+    before = table_fingerprints(pg, target)
+    refused = cli("restore-replace", "--env=prod", f"--file={dev_dump}", "--confirm=prod")
+    assert refused.returncode == 1 and "--approved-by" in refused.stderr
+    assert table_fingerprints(pg, target) == before
+    approved = cli("restore-replace", "--env=prod", f"--file={dev_dump}", "--confirm=prod",
+                   "--approved-by=鈴木部長")
+    assert approved.returncode == 0, approved.stderr
+    assert "dev-only@example.jp" in pg.psql("SELECT string_agg(email, ',') FROM members", target)
+    last = log_lines(cli)[-1]
+    assert last["result"] == "ok" and last["approved_by"] == "鈴木部長" and last["source_env"] == "dev"
+
+
+def test_prod_data_into_dev_is_masked(cli, pg, target, tmp_path):
+    prod_dump = backup(cli, "--env=prod")
+    masking = tmp_path / "mask.sql"
+    masking.write_text("UPDATE public.members SET email = 'masked-' || id || '@example.invalid';\n")
+    cli.write_env("dev", DB_CONTAINER=pg.name, DB_NAME=target + "_dev", DB_PASSWORD=PASSWORD,
+                  MASKING_SQL=str(masking))
+    result = cli("restore-replace", "--env=dev", f"--file={prod_dump}", "--confirm=dev")
+    assert result.returncode == 0, result.stderr
+    assert "個人情報" in result.stderr
+    emails = pg.psql("SELECT string_agg(email, ',') FROM members", target + "_dev")
+    assert "@example.jp" not in emails and "masked-1@example.invalid" in emails
+
+
+def test_app_containers_are_stopped_for_the_swap_and_started_again(cli, pg, target, docker_engine):
+    app_name = f"pgrunbook-app-{uuid.uuid4().hex[:6]}"
+    app = docker_engine.containers.run(IMAGE, ["sleep", "3600"], name=app_name, detach=True,
+                                       network_mode="none")
+    try:
+        cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD,
+                      APP_CONTAINERS=app_name)
+        dump = backup(cli, "--env=prod")
+        started_before = app.attrs["State"]["StartedAt"]
+        result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+        assert result.returncode == 0, result.stderr
+        app.reload()
+        assert app.status == "running"
+        assert app.attrs["State"]["StartedAt"] != started_before  # it was stopped and started
+
+        broken = dump.with_name("knot-prod-20200102.dump")
+        broken.write_bytes(dump.read_bytes()[:2000])
+        started_before = app.attrs["State"]["StartedAt"]
+        failed = cli("restore-replace", "--env=prod", f"--file={broken}", "--confirm=prod")
+        assert failed.returncode == 1
+        app.reload()
+        assert app.status == "running"
+    finally:
+        app.remove(force=True)
+
+
+def test_version_guard_refuses_a_newer_archive(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    data = bytearray(dump.read_bytes())
+    # header strings: database, server version "15.x (...)", then pg_dump's version
+    server = data.find(b"15.", 0, 400)
+    made_by = data.find(b"15.", data.find(b")", server) + 1, 400)
+    data[made_by:made_by + 2] = b"99"
+    patched = dump.with_name("knot-prod-20200103.dump")
+    patched.write_bytes(bytes(data))
+    result = cli("restore-scratch", "--env=prod", f"--file={patched}")
+    assert result.returncode == 1 and "99." in result.stderr and "pg_restore" in result.stderr
+    assert not [d for d in databases(pg) if d.startswith(target + "_restore")]
+
+
+def test_verify_restore_test(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    ok = cli("verify", "--env=prod", "--restore-test")
+    assert ok.returncode == 0, ok.stderr
+    assert "復元テスト OK" in ok.stderr
+    manifest_path = Path(str(dump) + ".json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tables"][0]["rows"] += 1
+    manifest_path.write_text(json.dumps(manifest))
+    different = cli("verify", "--env=prod", "--restore-test")
+    assert different.returncode == 1 and "差異" in different.stderr
+    assert not [d for d in databases(pg) if "_verify_" in d]
+
+
+def run_on_a_terminal(cli, args, answers: bytes):
+    """Run the CLI with a real pseudo-terminal as stdin and type the answers."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
+        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cli.home,
+        env={**os.environ, "PGRUNBOOK_HOME": str(cli.home)}, text=True,
+    )
+    os.close(slave)
+    os.write(master, answers)
+    stdout, stderr = process.communicate(timeout=120)
+    os.close(master)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_replace_on_a_terminal_asks_for_env_and_database(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    wrong = run_on_a_terminal(cli, ["restore-replace", "--env=prod", f"--file={dump}"],
+                              b"prod\nwrong_db\n")
+    assert wrong.returncode == 1 and "一致しません" in wrong.stderr
+    assert "コンテナ" in wrong.stderr and dump.name in wrong.stderr  # the banner
+    assert table_fingerprints(pg, target) == before
+    right = run_on_a_terminal(cli, ["restore-replace", "--env=prod", f"--file={dump}"],
+                              f"prod\n{target}\n".encode())
+    assert right.returncode == 0, right.stderr
+    assert last_line(right.stdout).startswith(f"{target}_pgrunbook_previous_")
+
+
+def test_post_restore_checks_report_prisma_state_and_run_the_host_command(cli, pg, target):
+    pg.psql("INSERT INTO public._prisma_migrations (id, checksum, migration_name, started_at) "
+            "VALUES ('broken-1', 'c', '20251101000000_half_applied', now())", target)
+    dump = backup(cli, "--env=prod")
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD,
+                  POST_RESTORE_COMMAND='echo "$DATABASE_URL" > url.txt')
+    result = cli("restore-scratch", "--env=prod", f"--file={dump}", env={"PGRUNBOOK_VERBOSE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "20251101000000_half_applied（failed）" in result.stderr
+    url = (cli.home / "url.txt").read_text().strip()
+    assert url == f"postgresql://app:{PASSWORD}@localhost:5432/{last_line(result.stdout)}"
+    assert PASSWORD not in result.stderr + result.stdout
+
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD,
+                  POST_RESTORE_COMMAND="exit 3")
+    failing = cli("restore-scratch", "--env=prod", f"--file={dump}", "--replace")
+    assert failing.returncode == 1 and "確認コマンド" in failing.stderr
