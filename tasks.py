@@ -7,12 +7,14 @@ TASK`` for one task's options.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from invoke import Collection, Exit, task
 
 from pgrunbook import backup as backup_module
 from pgrunbook import docs as docs_module
+from pgrunbook import inventory, retention, roles, schedule
 from pgrunbook import restore as restore_module
 from pgrunbook import sandbox as sandbox_module
 from pgrunbook import verify as verify_module
@@ -55,6 +57,29 @@ def _backup(env, fmt, no_owner, no_acl, dry_run):
     result = guarded(
         lambda: backup_module.run_backup(
             settings, fmt, no_owner=no_owner, no_acl=no_acl, dry_run=dry_run, console=console
+        ),
+        console,
+    )
+    if isinstance(result, list):
+        print_lines(result)
+    else:
+        console.result(str(result.path))
+
+
+@task(
+    name="backup-globals",
+    help={
+        "env": ENV_HELP,
+        "with_role_passwords": "ロールのパスワード（ハッシュ）も保存する（既定: 保存しない）",
+        "dry_run": "何もせず、同じことを手で行うコマンドを表示する",
+    },
+)
+def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
+    """ロール等のクラスタ全体の定義（pg_dumpall --globals-only）を保存する。pg_dump には含まれない。"""
+    settings, console = settings_for(ROOT, env)
+    result = guarded(
+        lambda: roles.run_backup_globals(
+            settings, with_role_passwords=with_role_passwords, dry_run=dry_run, console=console
         ),
         console,
     )
@@ -230,10 +255,88 @@ def docs_build(c, output=None):
     console.result(str(index))
 
 
+@task(name="list", help={"env": ENV_HELP})
+def list_backups(c, env=None):
+    """その環境のバックアップ一覧（名前・形式・サイズ・作成日時・検証済みか・チェックサム）。"""
+    settings, console = settings_for(ROOT, env)
+    items = guarded(lambda: inventory.inventory(settings), console)
+    if sys.stdout.isatty():
+        empty = [f"{settings.backup_dir} にバックアップはありません"]
+        print_lines(inventory.table(items) if items else empty)
+    else:
+        print_lines(inventory.plain_lines(items))
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "max_age": "最新の検証済みバックアップの許容経過時間（例: 26h, 90m, 2d。既定 26h）",
+    }
+)
+def status(c, env=None, max_age="26h"):
+    """監視用に 1 行表示: 0=新しい検証済みバックアップあり、1=古い、2=ない。"""
+    settings, console = settings_for(ROOT, env)
+    result = guarded(
+        lambda: inventory.freshness(settings, inventory.parse_duration(max_age)), console
+    )
+    console.result(result.line)
+    if result.exit_code:
+        raise Exit(code=result.exit_code)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "dry_run": "何も削除せず、保持・削除の判定だけを表示する",
+    }
+)
+def prune(c, env=None, dry_run=False):
+    """保持期間（RETENTION_*）を過ぎたバックアップを削除する（キットが作ったものだけ）。"""
+    settings, console = settings_for(ROOT, env)
+    guarded(lambda: retention.prune(settings, dry_run=dry_run, console=console), console)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "install": "このユーザーの crontab に登録する（# BEGIN/END pgrunbook <env> の間。再実行しても同じ）",
+        "remove": "crontab から pgrunbook <env> のブロックを削除する",
+        "mailto": "失敗を知らせるメールの宛先（cron の MAILTO。既定 root、空で送信なし）",
+        "user": "root が別ユーザーの crontab を扱うとき（crontab -u）",
+        "example": "crontab.example の内容（見本）を表示する",
+    }
+)
+def crontab(c, env=None, install=False, remove=False, mailto="root", user=None, example=False):
+    """定期実行（バックアップ・検証・リストア試験・削除・鮮度チェック）の crontab を表示・登録する。"""
+    if example:
+        sys.stdout.write(schedule.example_text())
+        return
+    settings, console = settings_for(ROOT, env)
+    target = guarded(lambda: schedule.target_for(settings, ROOT, mailto), console)
+    block = schedule.render(target)
+    if remove:
+        removed = guarded(lambda: schedule.remove(settings.env, user), console)
+        console.summary(f"crontab から pgrunbook {settings.env} を削除しました" if removed
+                        else f"crontab に pgrunbook {settings.env} はありません（変更なし）")
+    elif install:
+        changed = guarded(
+            lambda: schedule.install(block, settings.env, user, settings.backup_dir), console
+        )
+        console.summary(f"crontab に pgrunbook {settings.env} を登録しました（crontab -l で確認）"
+                        if changed else f"crontab の pgrunbook {settings.env} は登録済みです（変更なし）")
+    else:
+        print_lines(block)
+
+
 namespace = Collection(
     backup,
     backup_sql,
+    backup_globals,
     verify,
+    list_backups,
+    status,
+    prune,
+    crontab,
     restore_scratch,
     restore_replace,
     restore_rollback,

@@ -18,6 +18,8 @@ MAGIC = b"PGDMP"
 FORMATS = {0: "unknown", 1: "custom", 2: "files", 3: "tar", 4: "null", 5: "directory"}
 SQL_COMPLETE = "-- PostgreSQL database dump complete"
 SQL_HEAD = "-- PostgreSQL database dump"
+GLOBALS_HEAD = "-- PostgreSQL database cluster dump"
+GLOBALS_COMPLETE = "-- PostgreSQL database cluster dump complete"
 
 
 class ArchiveError(ValueError):
@@ -111,16 +113,17 @@ def read_header(path: Path) -> ArchiveHeader:
         return parse_header(handle.read(8192))
 
 
-def sql_tail_is_complete(tail: str) -> bool:
+def sql_tail_is_complete(tail: str, marker: str = SQL_COMPLETE) -> bool:
     """True when pg_dump's completion comment ends the plain dump.
 
     Since 15.14/16.10/17.6 pg_dump ends with ``\\unrestrict <key>``; only
     comments, blank lines and that meta-command may follow the comment.
+    ``marker=GLOBALS_COMPLETE`` checks the end of ``pg_dumpall`` output.
     """
     lines = tail.rstrip().splitlines()
     for line in reversed(lines):
         stripped = line.strip()
-        if stripped == SQL_COMPLETE:
+        if stripped == marker:
             return True
         if stripped in ("", "--") or stripped.startswith("\\unrestrict"):
             continue
@@ -140,3 +143,9 @@ def sql_head_is_dump(path: Path) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(512).decode("utf-8", "replace")
     return SQL_HEAD in head
+
+
+def sql_head_is_globals(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(512).decode("utf-8", "replace")
+    return GLOBALS_HEAD in head

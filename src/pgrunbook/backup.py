@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -87,7 +87,7 @@ HEAD_BYTES = 8192
 class _Stream:
     """Receives pg_dump's stdout: writes, hashes and counts, memory flat."""
 
-    def __init__(self, fd: int, console: Console, on_first_data=None) -> None:
+    def __init__(self, fd: int, console: Console, on_first_data: Callable[[], None] | None = None) -> None:
         self.fd = fd
         self.console = console
         self.on_first_data = on_first_data
@@ -98,7 +98,7 @@ class _Stream:
 
     def __call__(self, data: bytes) -> None:
         if self.on_first_data is not None:
-            self.on_first_data()  # pg_dump is running: it has imported the snapshot
+            self.on_first_data()  # the tool is running (pg_dump: it has imported the snapshot)
             self.on_first_data = None
         view = memoryview(data)
         while view:
@@ -169,37 +169,24 @@ def _backup_locked(
     final = catalog.free_name(
         settings.backup_dir, settings.backup_prefix, settings.env, when, fmt
     )
-    partial = final.with_name(final.name + catalog.PARTIAL_SUFFIX)
     entry.file = str(final)
     started_at = now_iso()
     started = time.monotonic()
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    committed = False
-    try:
-        stream = _Stream(fd, console, on_first_data=session.release if session else None)
-        console.step(f"pg_dump -F {'c' if fmt == 'custom' else 'p'} → {partial.name}")
-        argv = manual.dump_argv(settings, fmt, no_owner, no_acl) + snapshot_argv
-        result = None
-        try:
-            result = pg.run(argv, on_stdout=stream)
-        finally:
-            if session and (result is None or not result.ok):
-                session.abort()
-        console.clear_progress()
-        if not result.ok:
-            raise _dump_failure(result.exit_code, result.stderr, settings)
-        if session:
-            tables = session.counts()
-        for line in result.stderr.splitlines():
-            if line.strip():
-                console.warn(f"pg_dump: {line.strip()}")
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        checks = _check_dump(settings, pg, partial, fmt, stream, tables, console)
+
+    def finished(ok: bool) -> None:
+        if session is None:
+            return
+        if ok:
+            tables[:] = session.counts()
+        else:
+            session.abort()
+
+    def check(partial: Path, stream: _Stream) -> dict[str, Any]:
+        return _check_dump(settings, pg, partial, fmt, stream, tables, console)
+
+    def describe(stream: _Stream, checks: dict[str, Any]) -> dict[str, Any]:
         server_version, pg_dump_version = dump_versions(stream.head, fmt)
-        sha256 = stream.hash.hexdigest()
-        manifest = {
+        return {
             "kind": "pgrunbook-backup",
             "manifest_version": 1,
             "kit_version": __version__,
@@ -212,7 +199,7 @@ def _backup_locked(
             "compression": settings.dump_compression if fmt == "custom" else "none",
             "options": {"no_owner": no_owner, "no_acl": no_acl},
             "size": stream.size,
-            "sha256": sha256,
+            "sha256": stream.hash.hexdigest(),
             "server_version": server_version,
             "pg_dump_version": pg_dump_version,
             "started_at": started_at,
@@ -224,6 +211,66 @@ def _backup_locked(
             "tables": [t.as_dict() for t in tables],
             **checks,
         }
+
+    console.step(f"pg_dump -F {'c' if fmt == 'custom' else 'p'} → {final.name}{catalog.PARTIAL_SUFFIX}")
+    argv = manual.dump_argv(settings, fmt, no_owner, no_acl) + snapshot_argv
+    stream, manifest = write_dump(
+        pg, argv, final, settings, console, check, describe, "pg_dump",
+        on_first_data=session.release if session else None, finished=finished,
+    )
+    sha256 = stream.hash.hexdigest()
+    entry.sha256 = sha256
+    entry.details["size"] = stream.size
+    console.summary(
+        f"バックアップ完了: {final} ({human_size(stream.size)}, sha256 {sha256[:12]}…, "
+        f"{manifest['duration_seconds']:.1f} 秒)"
+    )
+    return BackupResult(final, stream.size, sha256, manifest)
+
+
+def write_dump(
+    pg: Postgres,
+    argv: list[str],
+    final: Path,
+    settings: Settings,
+    console: Console,
+    check: Callable[[Path, _Stream], dict[str, Any]],
+    describe: Callable[[_Stream, dict[str, Any]], dict[str, Any]],
+    tool: str,
+    on_first_data: Callable[[], None] | None = None,
+    finished: Callable[[bool], None] | None = None,
+) -> tuple[_Stream, dict[str, Any]]:
+    """Stream argv's stdout into ``<final>.partial``, check, fsync, write the sidecars,
+    then link to ``final`` (never over an existing file). Any failure leaves nothing.
+
+    ``check`` inspects the finished partial file (raises RunbookError) and returns
+    facts for the manifest; ``describe`` builds the manifest. ``on_first_data`` is
+    called when the tool's first bytes arrive; ``finished(ok)`` right after it ends
+    (also when the run raised), before any check.
+    """
+    partial = final.with_name(final.name + catalog.PARTIAL_SUFFIX)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    committed = False
+    try:
+        stream = _Stream(fd, console, on_first_data)
+        result = None
+        try:
+            result = pg.run(argv, on_stdout=stream)
+        finally:
+            if finished is not None:
+                finished(result is not None and result.ok)
+        console.clear_progress()
+        if not result.ok:
+            raise _dump_failure(result.exit_code, result.stderr, settings, tool)
+        for line in result.stderr.splitlines():
+            if line.strip():
+                console.warn(f"{tool}: {line.strip()}")
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        checks = check(partial, stream)
+        manifest = describe(stream, checks)
+        sha256 = stream.hash.hexdigest()
         write_private(final.with_name(final.name + ".sha256"), f"{sha256}  {final.name}\n")
         write_private(
             final.with_name(final.name + ".json"),
@@ -236,7 +283,7 @@ def _backup_locked(
                 f"{final.name} が既に存在します（上書きはしません）", "時間をおいて再実行"
             ) from None
         committed = True
-        fsync_directory(settings.backup_dir)
+        fsync_directory(final.parent)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -244,13 +291,7 @@ def _backup_locked(
         if not committed:
             for sidecar in (".sha256", ".json"):
                 final.with_name(final.name + sidecar).unlink(missing_ok=True)
-    entry.sha256 = sha256
-    entry.details["size"] = stream.size
-    console.summary(
-        f"バックアップ完了: {final} ({human_size(stream.size)}, sha256 {sha256[:12]}…, "
-        f"{manifest['duration_seconds']:.1f} 秒)"
-    )
-    return BackupResult(final, stream.size, sha256, manifest)
+    return stream, manifest
 
 
 def dump_versions(head: bytes, fmt: str) -> tuple[str, str]:
@@ -267,13 +308,15 @@ def dump_versions(head: bytes, fmt: str) -> tuple[str, str]:
     return (server.group(1).strip() if server else "", dumper.group(1).strip() if dumper else "")
 
 
-def _dump_failure(exit_code: int, stderr: str, settings: Settings) -> RunbookError:
+def _dump_failure(
+    exit_code: int, stderr: str, settings: Settings, tool: str = "pg_dump"
+) -> RunbookError:
     if stderr.strip():
         error = explain_failure(stderr, settings)
-        error.message = f"pg_dump が失敗しました（終了コード {exit_code}）: {error.message}"
+        error.message = f"{tool} が失敗しました（終了コード {exit_code}）: {error.message}"
         return error
     return RunbookError(
-        f"pg_dump が終了コード {exit_code} で終わりました（途中で停止された可能性）",
+        f"{tool} が終了コード {exit_code} で終わりました（途中で停止された可能性）",
         "コンテナのログ（docker logs）とディスク容量を確認して再実行",
     )
 

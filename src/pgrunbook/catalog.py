@@ -2,7 +2,10 @@
 
 Name: ``<prefix>-<env>-<YYYYMMDD>-<HHMMSS>[-<n>].<dump|sql>`` beside
 ``<name>.sha256`` and ``<name>.json``. The runbook's older hand-made names
-(``knot-prod-20260128.dump``) are recognised as ``legacy``.
+(``knot-prod-20260128.dump``) are recognised as ``legacy``. Roles and other
+cluster-wide objects (``pg_dumpall --globals-only``) are saved as
+``<prefix>-<env>-globals-<YYYYMMDD>-<HHMMSS>[-<n>].sql``, format ``globals``:
+never a database backup, so ``backups_in`` leaves them out unless asked.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-EXTENSIONS = {"custom": "dump", "plain": "sql"}
-FORMAT_OF_EXTENSION = {ext: fmt for fmt, ext in EXTENSIONS.items()}
+EXTENSIONS = {"custom": "dump", "plain": "sql", "globals": "sql"}
+FORMAT_OF_EXTENSION = {"dump": "custom", "sql": "plain"}
+GLOBALS = "globals"
 NAME = re.compile(
-    r"^(?P<prefix>[A-Za-z0-9][A-Za-z0-9_]*)-(?P<env>[a-z][a-z0-9_]*)-(?P<date>\d{8})"
-    r"(?:-(?P<time>\d{6}))?(?:-(?P<serial>\d+))?\.(?P<ext>dump|sql)$"
+    r"^(?P<prefix>[A-Za-z0-9][A-Za-z0-9_]*)-(?P<env>[a-z][a-z0-9_]*)(?P<globals>-globals)?"
+    r"-(?P<date>\d{8})(?:-(?P<time>\d{6}))?(?:-(?P<serial>\d+))?\.(?P<ext>dump|sql)$"
 )
 PARTIAL_SUFFIX = ".partial"
+SIDECAR_SUFFIXES = (".sha256", ".json")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,14 @@ class BackupFile:
     def manifest_path(self) -> Path:
         return self.path.with_name(self.path.name + ".json")
 
+    @property
+    def sidecars(self) -> list[Path]:
+        return [self.path.with_name(self.path.name + suffix) for suffix in SIDECAR_SUFFIXES]
+
+    @property
+    def is_globals(self) -> bool:
+        return self.format == GLOBALS
+
     def manifest(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.manifest_path.read_text(encoding="utf-8"))
@@ -54,7 +67,8 @@ class BackupFile:
 def backup_name(prefix: str, env: str, when: datetime, fmt: str, serial: int = 0) -> str:
     stamp = when.strftime("%Y%m%d-%H%M%S")
     suffix = f"-{serial}" if serial else ""
-    return f"{prefix}-{env}-{stamp}{suffix}.{EXTENSIONS[fmt]}"
+    kind = f"-{GLOBALS}" if fmt == GLOBALS else ""
+    return f"{prefix}-{env}{kind}-{stamp}{suffix}.{EXTENSIONS[fmt]}"
 
 
 def parse(path: Path) -> BackupFile | None:
@@ -62,6 +76,9 @@ def parse(path: Path) -> BackupFile | None:
     if not match:
         return None
     date, time = match.group("date"), match.group("time")
+    is_globals = match.group("globals") is not None
+    if is_globals and (time is None or match.group("ext") != "sql"):
+        return None  # the kit always writes globals with a time, as .sql
     try:
         created = datetime.strptime(date + (time or "000000"), "%Y%m%d%H%M%S")
     except ValueError:
@@ -71,13 +88,19 @@ def parse(path: Path) -> BackupFile | None:
         prefix=match.group("prefix"),
         env=match.group("env"),
         created=created,
-        format=FORMAT_OF_EXTENSION[match.group("ext")],
+        format=GLOBALS if is_globals else FORMAT_OF_EXTENSION[match.group("ext")],
         legacy=time is None,
     )
 
 
-def backups_in(directory: Path, prefix: str | None = None) -> list[BackupFile]:
-    """The backups in a folder, oldest first (partial files never count)."""
+def backups_in(
+    directory: Path, prefix: str | None = None, *, with_globals: bool = False
+) -> list[BackupFile]:
+    """The backups in a folder, oldest first (partial files never count).
+
+    Globals files (roles) are left out unless ``with_globals``: a task that
+    wants "the newest backup" must never be handed a file of roles.
+    """
     if not directory.is_dir():
         return []
     found = []
@@ -85,7 +108,8 @@ def backups_in(directory: Path, prefix: str | None = None) -> list[BackupFile]:
         if not path.is_file():
             continue
         backup = parse(path)
-        if backup and (prefix is None or backup.prefix == prefix):
+        wanted = backup and (prefix is None or backup.prefix == prefix)
+        if wanted and (with_globals or not backup.is_globals):
             found.append(backup)
     return sorted(found, key=lambda b: (b.created, b.name))
 

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from invoke import Exit
 
+from pgrunbook import notify
 from pgrunbook.console import Console
 from pgrunbook.errors import RunbookError
 from pgrunbook.settings import Settings, config_dir_from, load_settings
@@ -43,7 +44,9 @@ def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console
         settings = load_settings(env, config_dir_from(project_root))
     except RunbookError as error:
         raise Exit(error.one_line(), code=error.exit_code) from None
-    return settings, Console(settings.secrets())
+    console = Console(settings.secrets())
+    notify.install(settings, console)  # every work-log line of this env notifies
+    return settings, console
 
 
 def print_lines(lines: list[str]) -> None:

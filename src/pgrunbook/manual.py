@@ -238,3 +238,25 @@ def restore_test_commands(settings: Settings, archive: Path, database: str) -> l
         *table_summary_commands(settings, database)[:1],
         *drop_database_commands(settings, database),
     ]
+
+
+def globals_argv(settings: Settings, with_role_passwords: bool = False) -> list[str]:
+    argv = ["pg_dumpall", "-U", settings.db_user, "--globals-only"]
+    if not with_role_passwords:
+        argv.append("--no-role-passwords")
+    return argv
+
+
+def globals_commands(settings: Settings, target: Path, with_role_passwords: bool = False) -> list[str]:
+    directory = shlex.quote(_relative(settings, target.parent))
+    final = shlex.quote(_relative(settings, target))
+    partial = shlex.quote(_relative(settings, target) + ".partial")
+    dump = shlex.join(globals_argv(settings, with_role_passwords))
+    return [
+        f"mkdir -p {directory} && chmod 700 {directory}",
+        f"(umask 077 && {_exec(settings)} {dump} > {partial})",
+        f"tail -n 5 {partial}   # '-- PostgreSQL database cluster dump complete' を確認",
+        f"mv -n {partial} {final}",
+        f"(cd {directory} && sha256sum {shlex.quote(target.name)} > "
+        f"{shlex.quote(target.name + '.sha256')})",
+    ]

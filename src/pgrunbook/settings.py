@@ -219,6 +219,15 @@ def _checked(key: str, value: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
+def _webhook_url(url: str) -> str:
+    if url and not re.match(r"^https?://[^\s/]+", url):
+        raise RunbookError(
+            "NOTIFY_WEBHOOK_URL は http:// か https:// で始まる URL で指定してください",
+            exit_code=2,
+        )
+    return url
+
+
 def _resolve_backup_dir(env: str, config_dir: Path, raw: str) -> Path:
     text = raw.replace("{env}", env) if raw else f"backups/{env}"
     path = Path(text).expanduser()
@@ -273,7 +282,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         retention_monthly_days=_integer("RETENTION_MONTHLY_DAYS", get("RETENTION_MONTHLY_DAYS")),
         retention_min_keep=_integer("RETENTION_MIN_KEEP", get("RETENTION_MIN_KEEP"), 1),
         notify_command=get("NOTIFY_COMMAND"),
-        notify_webhook_url=get("NOTIFY_WEBHOOK_URL"),
+        notify_webhook_url=_webhook_url(get("NOTIFY_WEBHOOK_URL")),
         notify_on_success=_boolean("NOTIFY_ON_SUCCESS", get("NOTIFY_ON_SUCCESS")),
         sandbox_image=get("SANDBOX_IMAGE"),
         db_password=password or None,

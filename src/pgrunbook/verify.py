@@ -19,11 +19,14 @@ from typing import Any
 
 from pgrunbook import catalog
 from pgrunbook.archive import (
+    GLOBALS_COMPLETE,
     MAGIC,
+    SQL_COMPLETE,
     ArchiveError,
     parse_header,
     read_sql_tail,
     sql_head_is_dump,
+    sql_head_is_globals,
     sql_tail_is_complete,
 )
 from pgrunbook.backup import file_chunks
@@ -203,7 +206,8 @@ def check_file(
     if fmt == "custom":
         _check_archive(settings, report, path, manifest, console, full_read)
     else:
-        complete = sql_tail_is_complete(read_sql_tail(path))
+        marker = GLOBALS_COMPLETE if fmt == catalog.GLOBALS else SQL_COMPLETE
+        complete = sql_tail_is_complete(read_sql_tail(path), marker)
         report.add("complete", complete,
                    "末尾に完了コメントあり" if complete else "末尾に pg_dump の完了コメントがありません",
                    "途中で切れた SQL です。バックアップを取り直す")
@@ -229,6 +233,8 @@ def _content_format(path: Path) -> str | None:
         return "custom"
     if sql_head_is_dump(path):
         return "plain"
+    if sql_head_is_globals(path):
+        return catalog.GLOBALS
     return None
 
 

@@ -7,8 +7,9 @@ import getpass
 import json
 import os
 import socket
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,6 +56,27 @@ def read(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+Notifier = Callable[[dict[str, Any]], None]
+_notifiers: dict[str, Notifier] = {}
+
+
+def set_notifier(env: str, notifier: Notifier | None) -> None:
+    """Register what to call with each finished record of an env (see notify.install)."""
+    if notifier is None:
+        _notifiers.pop(env, None)
+    else:
+        _notifiers[env] = notifier
+
+
+def _notify(notifier: Notifier | None, record: dict[str, Any]) -> None:
+    if notifier is None:
+        return
+    try:
+        notifier(record)
+    except Exception as error:  # noqa: BLE001 - a notification never changes the outcome
+        sys.stderr.write(f"警告: 通知できませんでした: {type(error).__name__}\n")
+
+
 @dataclass
 class Entry:
     """One task run; fields filled in as the work goes on."""
@@ -70,9 +92,13 @@ class Entry:
 
 @contextmanager
 def recorded(
-    log_path: Path, entry: Entry, redact=lambda text: text
+    log_path: Path, entry: Entry, redact=lambda text: text, notify: Notifier | None = None
 ) -> Iterator[Entry]:
-    """Append one line for the run, whatever its outcome, then re-raise failures."""
+    """Append one line for the run, whatever its outcome, then re-raise failures.
+
+    Then notify: ``notify`` if given, else the notifier registered for the
+    entry's env (the CLI registers one per env from NOTIFY_* settings).
+    """
     started = time.monotonic()
     started_at = now_iso()
     result, error_text = "ok", None
@@ -111,3 +137,4 @@ def recorded(
         for key, value in entry.details.items():
             record.setdefault(key, redact(value) if isinstance(value, str) else value)
         append(log_path, record)
+        _notify(notify or _notifiers.get(entry.env), record)

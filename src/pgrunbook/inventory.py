@@ -1,0 +1,226 @@
+"""What an env's backup folder holds, and whether the newest good backup is fresh.
+
+``list`` and ``status`` read only the host's files and the work log: they
+never touch the database, so they work when the server is down, and they
+write no work-log line (status runs every hour).
+
+Checksum state (cheap, no hashing unless asked): the ``.sha256`` sidecar is
+there, agrees with the manifest, and the file has the recorded size.
+"Verified": the work log holds a ``verify`` line with result ``ok`` for a file
+of this name with the same sha256, so a file replaced after its check is not
+counted as verified.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pgrunbook import catalog, worklog
+from pgrunbook.console import human_size
+from pgrunbook.errors import RunbookError
+from pgrunbook.settings import Settings
+
+CHECKSUM_OK = "ok"
+CHECKSUM_MISSING = "なし"
+CHECKSUM_MISMATCH = "不一致"
+CHECKSUM_NO_MANIFEST = "マニフェストなし"
+
+
+@dataclass(frozen=True)
+class Inventoried:
+    backup: catalog.BackupFile
+    size: int
+    checksum: str
+    recorded_sha256: str | None
+    made_by_kit: bool
+    verified_at: str | None
+
+    @property
+    def name(self) -> str:
+        return self.backup.name
+
+    @property
+    def verified(self) -> bool:
+        return self.verified_at is not None
+
+    @property
+    def valid(self) -> bool:
+        """Kit-made and internally consistent (checksum, manifest and size agree)."""
+        return self.made_by_kit and self.checksum == CHECKSUM_OK
+
+
+def read_checksum(path: Path) -> str | None:
+    try:
+        words = path.read_text(encoding="utf-8").split()
+    except OSError:
+        return None
+    return words[0].lower() if words else ""
+
+
+def manifest_matches(backup: catalog.BackupFile, manifest: dict[str, Any] | None, env: str) -> bool:
+    """The manifest the kit wrote for exactly this file of this env."""
+    return bool(manifest) and manifest.get("env") == env and manifest.get("file") == backup.name
+
+
+def checksum_state(backup: catalog.BackupFile, manifest: dict[str, Any] | None, size: int) -> str:
+    recorded = read_checksum(backup.checksum_path)
+    if recorded is None:
+        return CHECKSUM_MISSING
+    if not manifest:
+        return CHECKSUM_NO_MANIFEST
+    if recorded != manifest.get("sha256") or manifest.get("size") not in (None, size):
+        return CHECKSUM_MISMATCH
+    return CHECKSUM_OK
+
+
+def verified_index(records: Iterable[dict[str, Any]], env: str) -> dict[tuple[str, str], str]:
+    """(file name, sha256) -> time of the latest successful verify, from the work log."""
+    index: dict[tuple[str, str], str] = {}
+    for record in records:
+        if record.get("task") != "verify" or record.get("result") != "ok":
+            continue
+        if record.get("env") != env or not record.get("file") or not record.get("sha256"):
+            continue
+        index[(Path(record["file"]).name, record["sha256"])] = str(record.get("time"))
+    return index
+
+
+def inventory(settings: Settings, with_globals: bool = True) -> list[Inventoried]:
+    """Every backup of this env in its folder, oldest first."""
+    backups = [
+        b
+        for b in catalog.backups_in(settings.backup_dir, settings.backup_prefix, with_globals=with_globals)
+        if b.env == settings.env
+    ]
+    verified = verified_index(worklog.read(settings.worklog_path), settings.env)
+    found = []
+    for backup in backups:
+        try:
+            size = backup.path.stat().st_size
+        except OSError:
+            continue  # removed while we looked
+        manifest = backup.manifest()
+        kit = not backup.legacy and manifest_matches(backup, manifest, settings.env)
+        recorded = read_checksum(backup.checksum_path)
+        state = checksum_state(backup, manifest if kit else None, size)
+        found.append(Inventoried(
+            backup=backup,
+            size=size,
+            checksum=state,
+            recorded_sha256=recorded,
+            made_by_kit=kit,
+            verified_at=verified.get((backup.name, recorded)) if recorded else None,
+        ))
+    return found
+
+
+# ---- list ---------------------------------------------------------------------------
+
+HEADERS = ("name", "format", "size", "created", "verified", "checksum")
+
+
+def rows(items: list[Inventoried]) -> list[tuple[str, ...]]:
+    return [
+        (
+            item.name,
+            item.backup.format + ("(旧形式)" if item.backup.legacy else ""),
+            human_size(item.size),
+            item.backup.created.strftime("%Y-%m-%d %H:%M:%S"),
+            f"済 {item.verified_at[:16]}" if item.verified_at else "未",
+            item.checksum,
+        )
+        for item in items
+    ]
+
+
+def _width(text: str) -> int:
+    """Display width: East Asian wide characters take two columns."""
+    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
+
+
+def table(items: list[Inventoried]) -> list[str]:
+    """An aligned table for a terminal."""
+    body = rows(items)
+    widths = [max([_width(h)] + [_width(row[i]) for row in body]) for i, h in enumerate(HEADERS)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c + " " * (w - _width(c)) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return [line(HEADERS), line(tuple("-" * w for w in widths))] + [line(row) for row in body]
+
+
+def plain_lines(items: list[Inventoried]) -> list[str]:
+    """One tab-separated line per backup (for grep, awk and cron mail), no header."""
+    return ["\t".join(row) for row in rows(items)]
+
+
+# ---- status -------------------------------------------------------------------------
+
+DURATION = re.compile(r"(\d+)\s*([smhdw])")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'26h', '90m', '2d', '1d12h' -> timedelta. Exit code 2 on anything else."""
+    compact = (text or "").strip().lower()
+    if not compact or DURATION.sub("", compact).strip():
+        raise RunbookError(
+            f"期間 {text!r} を解釈できません",
+            "数字と単位で指定（例: 26h, 90m, 2d, 1d12h。単位 s/m/h/d/w）",
+            exit_code=2,
+        )
+    seconds = sum(int(n) * UNIT_SECONDS[u] for n, u in DURATION.findall(compact))
+    if seconds <= 0:
+        raise RunbookError(f"期間 {text!r} は 0 より大きくしてください", exit_code=2)
+    return timedelta(seconds=seconds)
+
+
+def describe_age(age: timedelta) -> str:
+    minutes = int(age.total_seconds() // 60)
+    if minutes < 0:
+        return "未来の日時"
+    days, rest = divmod(minutes, 1440)
+    hours, minutes = divmod(rest, 60)
+    if days:
+        return f"{days}日{hours}時間"
+    if hours:
+        return f"{hours}時間{minutes}分"
+    return f"{minutes}分"
+
+
+@dataclass(frozen=True)
+class Freshness:
+    exit_code: int  # 0 fresh, 1 stale, 2 none
+    line: str
+
+
+def freshness(settings: Settings, max_age: timedelta, now: datetime | None = None) -> Freshness:
+    """The newest verified database backup against max_age (globals do not count)."""
+    now = now or datetime.now()
+    items = [i for i in inventory(settings, with_globals=False) if i.verified and i.valid]
+    label = f"env={settings.env}"
+    if not items:
+        unverified = inventory(settings, with_globals=False)
+        extra = f"（未検証のバックアップは {len(unverified)} 件）" if unverified else ""
+        return Freshness(
+            2,
+            f"CRITICAL {label}: 検証済みのバックアップがありません{extra} → "
+            f"invoke backup --env={settings.env} && invoke verify --env={settings.env}",
+        )
+    newest = items[-1]
+    age = now - newest.backup.created
+    limit = describe_age(max_age)
+    if age > max_age:
+        return Freshness(
+            1,
+            f"STALE {label}: 最新の検証済みバックアップ {newest.name} は "
+            f"{describe_age(age)}前（上限 {limit}）→ cron とログを確認",
+        )
+    return Freshness(
+        0, f"OK {label}: 最新の検証済みバックアップ {newest.name}（{describe_age(age)}前、上限 {limit}）"
+    )

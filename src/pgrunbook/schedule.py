@@ -1,0 +1,211 @@
+"""The cron schedule: one template for ``crontab.example`` and ``invoke crontab``.
+
+Both come from ``render`` so they cannot drift (a unit test compares the
+file with ``example_text()``). ``install`` puts the block into a user's
+crontab between ``# BEGIN pgrunbook <env>`` and ``# END pgrunbook <env>``,
+keeps every other line, and writes nothing when the block is already there:
+a second install is a no-op. ``crontab`` itself checks the syntax and
+refuses a bad file.
+
+Every job appends its output to a log file and, only when it fails, prints
+the log's last lines, which cron mails to MAILTO.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgrunbook.errors import RunbookError
+from pgrunbook.settings import Settings
+from pgrunbook.worklog import ensure_private_dir
+
+BEGIN = "# BEGIN pgrunbook {env}"
+END = "# END pgrunbook {env}"
+PATH_LINE = "/usr/local/bin:/usr/bin:/bin"
+EXAMPLE_CHECKOUT = "/path/to/pgrunbook"
+EXAMPLE_INVOKE = ".venv/bin/invoke"
+TAIL_LINES = 20
+
+# (minute hour day-of-month month day-of-week, comment, invoke arguments...)
+JOBS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("0 2 * * *", "毎日 02:00: バックアップを取り、続けて検証する",
+     ("backup --env={env}", "verify --env={env}")),
+    ("0 4 * * 0", "毎週日曜 04:00: 最新のバックアップを別 DB に戻して確かめる（リストア試験）",
+     ("verify --env={env} --restore-test",)),
+    ("0 5 * * *", "毎日 05:00: 保持期間（RETENTION_*）を過ぎたバックアップを削除する",
+     ("prune --env={env}",)),
+    ("30 * * * *", "毎時 30 分: 最新の検証済みバックアップが 26 時間以内か（止まっていないか）",
+     ("status --env={env} --max-age=26h",)),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    env: str
+    checkout: str
+    invoke: str
+    log: str
+    mailto: str = "root"
+    home: str | None = None  # PGRUNBOOK_HOME when the settings live outside the checkout
+
+
+def cron_escape(text: str) -> str:
+    """cron turns an unescaped % into a newline."""
+    return text.replace("%", "\\%")
+
+
+def _job(target: Target, schedule: str, commands: tuple[str, ...]) -> str:
+    log = shlex.quote(target.log)
+    steps = " && ".join(f"{target.invoke} {c.format(env=target.env)}" for c in commands)
+    label = commands[0].split()[0] + ("+" + commands[1].split()[0] if len(commands) > 1 else "")
+    stamp = f"echo \"== $(date '+%F %T') {label}\""
+    line = (f"cd {shlex.quote(target.checkout)} && {{ {stamp}; {steps}; }} >> {log} 2>&1"
+            f" || tail -n {TAIL_LINES} {log}")
+    return f"{schedule} {cron_escape(line)}"
+
+
+def render(target: Target) -> list[str]:
+    """The marked block for one env."""
+    lines = [
+        BEGIN.format(env=target.env),
+        f"# pgrunbook の定期実行（env={target.env}）。invoke crontab --env={target.env} で生成。",
+        "# 出力はログに追記し、失敗したときだけ末尾を表示します（cron が MAILTO に送ります）。",
+        "SHELL=/bin/bash",
+        f"PATH={PATH_LINE}",
+        f"MAILTO={target.mailto}",
+    ]
+    if target.home:
+        lines.append(f"PGRUNBOOK_HOME={target.home}")
+    for schedule, comment, commands in JOBS:
+        lines += [f"# {comment}", _job(target, schedule, commands)]
+    lines.append(END.format(env=target.env))
+    return lines
+
+
+EXAMPLE_HEADER = [
+    "# pgrunbook の定期実行の見本（本番 prod）。",
+    "# このファイルは src/pgrunbook/schedule.py から生成しています（invoke crontab --example）。",
+    "# このチェックアウトの絶対パスを埋めた版は invoke crontab --env=prod で表示、",
+    "# invoke crontab --env=prod --install でこのユーザーの crontab に登録できます。",
+    "# 手で使う場合は /path/to/pgrunbook を置き換え、ログの置き場所（backups/prod）を先に作ってください。",
+    "# SHELL / PATH / MAILTO はこれより後の行すべてに効くため、crontab の末尾に置きます。",
+    "",
+]
+
+
+def example_target() -> Target:
+    return Target(env="prod", checkout=EXAMPLE_CHECKOUT, invoke=EXAMPLE_INVOKE,
+                  log="backups/prod/cron.log")
+
+
+def example_text() -> str:
+    return "\n".join(EXAMPLE_HEADER + render(example_target())) + "\n"
+
+
+def current_invoke() -> str:
+    """The invoke of the running Python (a venv's bin/invoke when there is one)."""
+    candidate = Path(sys.executable).parent / "invoke"
+    if candidate.is_file():
+        return shlex.quote(str(candidate))
+    return f"{shlex.quote(sys.executable)} -m invoke"
+
+
+def target_for(settings: Settings, checkout: Path, mailto: str = "root") -> Target:
+    if not re.match(r"^[A-Za-z0-9@._+,-]*$", mailto):
+        raise RunbookError(
+            f"--mailto={mailto!r} は使えません", "メールアドレスかユーザー名（空なら送信なし）", 2
+        )
+    checkout = checkout.resolve()
+    home = None if settings.config_dir.resolve() == checkout else str(settings.config_dir)
+    return Target(env=settings.env, checkout=str(checkout), invoke=current_invoke(),
+                  log=str(settings.backup_dir / "cron.log"), mailto=mailto, home=home)
+
+
+# ---- the user's crontab -------------------------------------------------------------
+
+
+def without_block(lines: list[str], env: str) -> tuple[list[str], list[str] | None]:
+    """The crontab without our block for env, and the block found (or None)."""
+    begin, end = BEGIN.format(env=env), END.format(env=env)
+    starts = [i for i, line in enumerate(lines) if line.strip() == begin]
+    ends = [i for i, line in enumerate(lines) if line.strip() == end]
+    if not starts and not ends:
+        return lines, None
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise RunbookError(
+            f"crontab の「{begin}」〜「{end}」の組が壊れています（自動では直しません）",
+            "crontab -e で pgrunbook のブロックを手で削除してから再実行",
+        )
+    rest = lines[: starts[0]] + lines[ends[0] + 1 :]
+    return rest, lines[starts[0] : ends[0] + 1]
+
+
+def merged(current: list[str], block: list[str], env: str) -> list[str]:
+    """Other lines kept; our block replaced, or appended at the end (env lines apply below)."""
+    rest, found = without_block(current, env)
+    if found == block:
+        return current
+    while rest and not rest[-1].strip():
+        rest = rest[:-1]
+    return rest + ([""] if rest else []) + block
+
+
+def _crontab(args: list[str], user: str | None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    binary = shutil.which("crontab")
+    if not binary:
+        raise RunbookError("crontab コマンドがありません", "apt-get install cron（Debian/Ubuntu）")
+    argv = [binary] + (["-u", user] if user else []) + args
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+
+
+def read_crontab(user: str | None = None) -> list[str]:
+    done = _crontab(["-l"], user)
+    if done.returncode != 0:
+        if "no crontab" in done.stderr:
+            return []
+        raise RunbookError(f"crontab -l が失敗しました: {done.stderr.strip()}")
+    return done.stdout.splitlines()
+
+
+def write_crontab(lines: list[str], user: str | None = None) -> None:
+    done = _crontab(["-"], user, "\n".join(lines) + "\n")
+    if done.returncode != 0:
+        raise RunbookError(
+            f"crontab が登録を拒否しました: {' '.join(done.stderr.split())}",
+            "crontab -l で現在の内容を確認（何も変更していません）",
+        )
+
+
+def install(block: list[str], env: str, user: str | None = None,
+            log_dir: Path | None = None) -> bool:
+    """Put the block into the crontab. False when it was already there (nothing written).
+
+    ``log_dir`` is created first: cron cannot append to a log in a missing folder.
+    """
+    if log_dir is not None:
+        ensure_private_dir(log_dir)
+    current = read_crontab(user)
+    wanted = merged(current, block, env)
+    if wanted == current:
+        return False
+    write_crontab(wanted, user)
+    if read_crontab(user) != wanted:
+        raise RunbookError("登録後の crontab -l が書き込んだ内容と一致しません", "crontab -l で確認")
+    return True
+
+
+def remove(env: str, user: str | None = None) -> bool:
+    current = read_crontab(user)
+    rest, found = without_block(current, env)
+    if found is None:
+        return False
+    while rest and not rest[-1].strip():
+        rest = rest[:-1]
+    write_crontab(rest, user)
+    return True

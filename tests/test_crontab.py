@@ -1,0 +1,130 @@
+"""The cron schedule: one template, the example file, and a real install with Debian's crontab."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Cli
+from pgrunbook import schedule
+
+
+def test_crontab_example_is_generated_from_the_template():
+    text = (ROOT / "crontab.example").read_text(encoding="utf-8")
+    assert text == schedule.example_text(), "regenerate: invoke crontab --example > crontab.example"
+
+
+def test_the_schedule_is_cron_safe():
+    lines = schedule.render(schedule.example_target())
+    jobs = [line for line in lines if line and not line.startswith("#") and "=" not in line.split()[0]]
+    assert len(jobs) == 4
+    for job in jobs:
+        fields = job.split(None, 5)
+        assert all(re.fullmatch(r"[0-9*,/-]+", f) for f in fields[:5]), job
+        assert not re.search(r"(?<!\\)%", job), f"unescaped % in {job}"
+        assert fields[5].startswith("cd /path/to/pgrunbook && ")
+        assert ">> backups/prod/cron.log 2>&1 || tail -n" in job
+    assert {"SHELL=/bin/bash", "MAILTO=root"} <= set(lines) and any(x.startswith("PATH=") for x in lines)
+    text = "\n".join(lines)
+    for command in ("backup --env=prod && .venv/bin/invoke verify --env=prod",
+                    "verify --env=prod --restore-test", "prune --env=prod", "status --env=prod"):
+        assert command in text
+    assert lines[0] == "# BEGIN pgrunbook prod" and lines[-1] == "# END pgrunbook prod"
+
+
+def test_merge_keeps_other_lines_and_replaces_only_our_block():
+    block = schedule.render(schedule.example_target())
+    other = ["MAILTO=ops", "15 3 * * * echo keep-me"]
+    once = schedule.merged(other, block, "prod")
+    assert once[:2] == other and once[-len(block):] == block
+    assert schedule.merged(once, block, "prod") == once
+    changed = [line.replace("0 5 * * *", "0 6 * * *") for line in block]
+    twice = schedule.merged(once + ["# after"], changed, "prod")
+    assert twice.count("# BEGIN pgrunbook prod") == 1 and "# after" in twice and twice[-1] == block[-1]
+    dev = schedule.merged(twice, [line.replace("prod", "dev") for line in block], "dev")
+    assert dev.count("# BEGIN pgrunbook prod") == 1 and dev.count("# BEGIN pgrunbook dev") == 1
+
+
+def test_printed_schedule_uses_this_checkout_and_this_python(tmp_path):
+    cli = Cli(tmp_path)
+    cli.write_env("prod", DB_CONTAINER="knot-db")
+    result = cli("crontab", "--env=prod")
+    assert result.returncode == 0, result.stderr
+    invoke = Path(sys.executable).parent / "invoke"
+    assert f"cd {ROOT} && " in result.stdout
+    assert f"{invoke if invoke.exists() else sys.executable} " in result.stdout
+    assert f"PGRUNBOOK_HOME={tmp_path}" in result.stdout
+    assert f">> {tmp_path}/backups/prod/cron.log" in result.stdout
+
+
+needs_root_cron = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("crontab") or not shutil.which("useradd"),
+    reason="needs root, Debian's cron (crontab) and useradd",
+)
+
+
+@pytest.fixture
+def cron_user():
+    name = f"pgrb{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+    yield name
+    subprocess.run(["crontab", "-u", name, "-r"], capture_output=True)
+    subprocess.run(["userdel", name], check=True)
+
+
+def crontab_of(user: str) -> str:
+    return subprocess.run(["crontab", "-u", user, "-l"], capture_output=True, text=True, check=True).stdout
+
+
+@needs_root_cron
+def test_install_into_a_real_crontab(tmp_path, cron_user):
+    # cron's own syntax check is real: a bad file is refused
+    bad = tmp_path / "bad.cron"
+    bad.write_text("61 * * * * echo never\n")
+    assert subprocess.run(["crontab", "-u", cron_user, str(bad)], capture_output=True).returncode != 0
+    subprocess.run(["crontab", "-u", cron_user, "-"], input="15 3 * * * echo keep-me\n", text=True, check=True)
+
+    cli = Cli(tmp_path)
+    cli.write_env("prod", DB_CONTAINER="knot-db")
+    first = cli("crontab", "--env=prod", "--install", f"--user={cron_user}")
+    assert first.returncode == 0, first.stderr
+    assert "登録しました" in first.stderr
+    installed = crontab_of(cron_user)
+    printed = cli("crontab", "--env=prod").stdout
+    assert "15 3 * * * echo keep-me" in installed
+    assert printed.strip() in installed and installed.count("# BEGIN pgrunbook prod") == 1
+    assert (tmp_path / "backups" / "prod").is_dir()  # the log's folder exists for cron
+    # the installed text is valid for cron: feeding it back is accepted
+    assert subprocess.run(["crontab", "-u", cron_user, "-"], input=installed, text=True).returncode == 0
+
+    second = cli("crontab", "--env=prod", "--install", f"--user={cron_user}")
+    assert second.returncode == 0 and "変更なし" in second.stderr
+    assert crontab_of(cron_user) == installed
+
+    other_mail = cli("crontab", "--env=prod", "--install", f"--user={cron_user}", "--mailto=ops")
+    assert other_mail.returncode == 0
+    updated = crontab_of(cron_user)
+    assert "MAILTO=ops" in updated and "MAILTO=root" not in updated
+    assert updated.count("# BEGIN pgrunbook prod") == 1 and "echo keep-me" in updated
+
+    removed = cli("crontab", "--env=prod", "--remove", f"--user={cron_user}")
+    assert removed.returncode == 0
+    assert crontab_of(cron_user).strip() == "15 3 * * * echo keep-me"
+
+
+@needs_root_cron
+def test_a_broken_block_is_not_touched(tmp_path, cron_user):
+    subprocess.run(["crontab", "-u", cron_user, "-"], input="# BEGIN pgrunbook prod\n0 1 * * * true\n",
+                   text=True, check=True)
+    cli = Cli(tmp_path)
+    cli.write_env("prod", DB_CONTAINER="knot-db")
+    result = cli("crontab", "--env=prod", "--install", f"--user={cron_user}")
+    assert result.returncode == 1 and "壊れています" in result.stderr
+    assert crontab_of(cron_user) == "# BEGIN pgrunbook prod\n0 1 * * * true\n"
