@@ -82,6 +82,11 @@ def inspect_source(settings: Settings, file: str | None, console: Console) -> So
     if not report.ok:
         first = report.failures[0]
         raise RunbookError(f"{path.name} は使えません [{first.name}]: {first.detail}", first.hint)
+    if report.format == catalog.GLOBALS:
+        raise Refused(
+            f"{path.name} はロール（pg_dumpall --globals-only）のファイルで、DB のバックアップではありません",
+            "ロールは新しいサーバーで psql -d postgres -f に流してから DB を戻す（手順書「運用」参照）",
+        )
     parsed = catalog.parse(path)
     manifest = _manifest_of(path)
     env = (manifest or {}).get("env") or (parsed.env if parsed else None)
