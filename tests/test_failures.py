@@ -107,3 +107,8 @@ def test_pg_dump_killed_mid_stream_leaves_no_backup(cli, pg):
     log = [json.loads(x) for x in (directory / "worklog.jsonl").read_text().splitlines()]
     assert log[-1]["result"] == "failed"
     pg.psql('DROP DATABASE "bigdb" WITH (FORCE)', "postgres")
+
+
+def test_no_docker_engine(cli, tmp_path):
+    result = cli("backup", "--env=prod", env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+    assert_clean_failure(result, cli.backup_dir("prod"), "Docker Engine に接続できません")
