@@ -147,7 +147,7 @@ def fill(container: Container, size_mb: float) -> int:
         if size - empty >= size_mb * 1024 * 1024:
             break
         _psql(container, BATCH_SQL)
-    _psql(container, "VACUUM ANALYZE")
+    _psql(container, "VACUUM (ANALYZE, PARALLEL 0)")  # docker's 64 MB /dev/shm is too small for parallel
     return int(_psql(container, "SELECT pg_database_size('app')"))
 
 
@@ -318,6 +318,20 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PAGE_START = "<!-- bench:start -->"
+PAGE_END = "<!-- bench:end -->"
+
+
+def update_page(page: Path, report_markdown: str) -> None:
+    """Replace the block between the bench markers of a runbook page with the report."""
+    text = page.read_text(encoding="utf-8")
+    head, start, rest = text.partition(PAGE_START)
+    _old, end, tail = rest.partition(PAGE_END)
+    if not start or not end:
+        raise SystemExit(f"{page} has no {PAGE_START} ... {PAGE_END} block")
+    page.write_text(f"{head}{PAGE_START}\n{report_markdown}\n{PAGE_END}{tail}", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -327,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default=os.environ.get("PGRUNBOOK_TEST_IMAGE", "postgres:15"))
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results")
     parser.add_argument("--compression", default="1")
+    parser.add_argument("--page", type=Path, help="a runbook page whose report block to replace")
     args = parser.parse_args(argv)
     report = run(args.size_mb, args.rounds, args.image, args.output, args.compression)
+    if args.page:
+        update_page(args.page, markdown(report))
     sys.stdout.write(markdown(report))
     sys.stdout.write(f"\n{args.output / 'bench.json'}\n")
     return 0
