@@ -120,6 +120,19 @@ def _psql(container: Container, sql: str, database: str = "app") -> str:
     return result.stdout.decode().strip()
 
 
+def settle(container: Container, timeout: float = 300) -> None:
+    """Let the server finish the previous step's after-work (autovacuum of freshly
+    loaded tables, dirty buffers) so that each timed step starts from the same state."""
+    _psql(container, "CHECKPOINT", "postgres")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = _psql(container, "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE backend_type = 'autovacuum worker'", "postgres")
+        if busy == "0":
+            return
+        time.sleep(1)
+
+
 def start_container(image: str) -> Container:
     client = engine()
     name = f"pgrunbook-bench-{uuid.uuid4().hex[:8]}"
@@ -188,6 +201,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path, compression: str 
         hand_dir.mkdir()
 
         def hand_backup(database: str) -> None:
+            settle(container)
             started = time.perf_counter()
             _run([docker_cli, "exec", "-i", name, "pg_dump", "-U", USER, "-d", database, "-F", "c",
                   "-f", "/tmp/hand.dump"])
@@ -200,6 +214,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path, compression: str 
             container.exec(["rm", "-f", "/tmp/hand.dump"])
 
         def kit_backup(env_name: str) -> Path:
+            settle(container)
             done = _run(invoke + ["backup", f"--env={env_name}"], env=env)
             results.add(f"kit_backup_{env_name}", done.seconds, done.rss_mb)
             path = Path(done.last_line)
@@ -208,6 +223,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path, compression: str 
             return path
 
         def hand_restore() -> None:
+            settle(container)
             started = time.perf_counter()
             psql = [docker_cli, "exec", "-i", name, "psql", "-U", USER, "-d", "postgres", "-c"]
             _run(psql + ["SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app';"])
@@ -219,6 +235,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path, compression: str 
             container.exec(["rm", "-f", "/tmp/hand.dump"])
 
         def kit_restore(path: Path) -> None:
+            settle(container)
             done = _run(invoke + ["restore-replace", "--env=bench", f"--file={path}",
                                   "--confirm=bench"], env=env)
             results.add("kit_restore", done.seconds, done.rss_mb)
