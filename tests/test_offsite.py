@@ -48,7 +48,7 @@ class S3:
 
 @pytest.fixture(scope="module")
 def s3():
-    boto3 = pytest.importorskip("boto3")
+    import boto3  # the dev extra installs the offsite extra: never skipped
     from moto import settings as moto_settings
     from moto.core.authorization import ActionAuthenticatorMixin
     from moto.server import ThreadedMotoServer
@@ -226,7 +226,8 @@ def test_pull_with_the_wrong_key_leaves_nothing(site, new_server, keys):
 def test_pull_of_a_corrupted_object_leaves_nothing(site, new_server, keys, s3):
     name = "knot-prod-20200101-000000.dump"
     source = s3.client.get_object(Bucket=BUCKET, Key=f"prod/{site.backup_path.name}.age")
-    data = bytearray(source["Body"].read())
+    intact = source["Body"].read()
+    data = bytearray(intact)
     data[len(data) // 2] ^= 0x01
     s3.client.put_object(Bucket=BUCKET, Key=f"prod/{name}.age", Body=bytes(data),
                          Metadata=source["Metadata"])
@@ -234,6 +235,14 @@ def test_pull_of_a_corrupted_object_leaves_nothing(site, new_server, keys, s3):
         result = new_server("offsite-pull", "--env=prod", f"--key={keys.private}", f"--name={name}")
         assert result.returncode == 1, result.stderr
         assert "壊れている" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert backup_like_files(new_server.backup_dir("prod")) == []
+
+        # intact ciphertext, but not what was sent: the plaintext sha256 catches it
+        s3.client.put_object(Bucket=BUCKET, Key=f"prod/{name}.age", Body=intact,
+                             Metadata={**source["Metadata"], "pgrunbook-sha256": "0" * 64})
+        result = new_server("offsite-pull", "--env=prod", f"--key={keys.private}", f"--name={name}")
+        assert result.returncode == 1 and "一致しません" in result.stderr, result.stderr
         assert backup_like_files(new_server.backup_dir("prod")) == []
     finally:
         s3.client.delete_object(Bucket=BUCKET, Key=f"prod/{name}.age")
