@@ -352,6 +352,21 @@ def test_encrypt_and_decrypt_for_physical_media(site, keys, tmp_path):
     again = site("decrypt", f"--file={sealed_path}", f"--key={keys.private}")
     assert again.returncode == 1 and "上書きはしません" in again.stderr
 
+    # into another folder: the .sha256 beside the .age is checked
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    sidecar = media / (original.name + ".sha256")
+    sidecar.write_text("0" * 64 + "  " + original.name + "\n")
+    mismatch = site("decrypt", f"--file={sealed_path}", f"--key={keys.private}",
+                    f"--out={restored / original.name}")
+    assert mismatch.returncode == 1 and "一致しません" in mismatch.stderr
+    assert list(restored.iterdir()) == []
+    shutil.copy(original.with_name(original.name + ".sha256"), sidecar)
+    checked = site("decrypt", f"--file={sealed_path}", f"--key={keys.private}",
+                   f"--out={restored / original.name}")
+    assert checked.returncode == 0, checked.stderr
+    assert (restored / original.name).read_bytes() == original.read_bytes()
+
     by_env = site("encrypt", f"--file={original}", "--env=prod", f"--out={tmp_path / 'x.age'}")
     assert by_env.returncode == 0, by_env.stderr  # recipients from OFFSITE_AGE_RECIPIENTS
 

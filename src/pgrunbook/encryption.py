@@ -269,7 +269,7 @@ def decrypt_file(source: Path, key_file: str | Path | None, output: Path | None 
             plain.flush()
             os.fsync(plain.fileno())
             console.clear_progress()
-            _check_sidecar(output, digest)
+            _check_sidecar(source, output, digest, console)
             _commit(partial, output)
         finally:
             partial.unlink(missing_ok=True)
@@ -277,16 +277,21 @@ def decrypt_file(source: Path, key_file: str | Path | None, output: Path | None 
     return output, digest
 
 
-def _check_sidecar(output: Path, digest: Digest) -> None:
-    sidecar = output.with_name(output.name + ".sha256")
-    if not sidecar.is_file():
+def _check_sidecar(source: Path, output: Path, digest: Digest, console: Console) -> None:
+    """Compare with ``<name>.sha256`` beside the output or beside the .age file, if any."""
+    for sidecar in (output.with_name(output.name + ".sha256"),
+                    source.with_name(output.name + ".sha256")):
+        if not sidecar.is_file():
+            continue
+        recorded = (sidecar.read_text(encoding="utf-8").split() or [""])[0].lower()
+        if recorded != digest.sha256:
+            raise RunbookError(
+                f"復号した内容の sha256 が {sidecar} と一致しません",
+                "暗号化したファイルと .sha256 が別の世代のものか、データが壊れています",
+            )
+        console.step(f"sha256 照合 OK: {sidecar}")
         return
-    recorded = (sidecar.read_text(encoding="utf-8").split() or [""])[0].lower()
-    if recorded != digest.sha256:
-        raise RunbookError(
-            f"復号した内容の sha256 が {sidecar.name} と一致しません",
-            "暗号化したファイルと .sha256 が別の世代のものか、データが壊れています",
-        )
+    console.warn("隣に .sha256 がないため照合していません（表示した sha256 を記録と比べてください）")
 
 
 def generate_identity(output: Path) -> str:
