@@ -284,6 +284,7 @@ def test_push_refuses_unverified_or_changed_backups(cli, s3, keys):
     path = Path(last_line(made.stdout))
     refused = runner("offsite-push", "--env=prod")
     assert refused.returncode == 1 and "invoke verify --env=prod" in refused.stderr
+    assert worklog(runner)[-1]["task"] == "offsite-push" and worklog(runner)[-1]["result"] == "failed"
 
     assert runner("verify", "--env=prod").returncode == 0
     data = bytearray(path.read_bytes())
@@ -388,3 +389,31 @@ def test_settings_refuse_aws_credentials_and_overlapping_prefixes(tmp_path):
     (tmp_path / ".env.prod").write_text("OFFSITE_AGE_RECIPIENTS=AGE-SECRET-KEY-1ABC\n")
     with pytest.raises(RunbookError, match="公開鍵ではありません"):
         load_settings("prod", tmp_path)
+
+
+def test_a_failed_encryption_never_commits_a_truncated_object(s3, keys, tmp_path, monkeypatch):
+    """The pipe's EOF after a failure must abort the (multipart) upload, not complete it."""
+    from pgrunbook import offsite
+    from pgrunbook.console import Console
+    from pgrunbook.encryption import parse_recipients
+
+    (tmp_path / ".env.prod").write_text(
+        f"OFFSITE_BUCKET={BUCKET}\nOFFSITE_ENDPOINT_URL={s3.url}\nOFFSITE_REGION=us-east-1\n"
+        f"OFFSITE_PREFIX=broken-{uuid.uuid4().hex[:6]}/\n")
+    settings = load_settings("prod", tmp_path)
+    remote = offsite.Remote(settings)
+    remote.client = s3.client  # credentials stay out of this process's environment
+    source = tmp_path / "knot-prod-20260101-000000.dump"
+    source.write_bytes(b"x" * (10 << 20))
+
+    def half_then_fail(plain, target, recipients, on_progress=None):
+        target.write(b"age-encryption.org/v1\n" + b"y" * (9 << 20))  # past the multipart threshold
+        raise OSError("disk read error")
+
+    monkeypatch.setattr(offsite, "encrypt_stream", half_then_fail)
+    key = remote.key_for(source.name)
+    with pytest.raises(RunbookError, match="暗号化に失敗しました"):
+        remote.upload_encrypted(source, key, parse_recipients([keys.public]), {}, Console())
+    assert s3.objects(settings.offsite_prefix) == {}
+    uploads = s3.client.list_multipart_uploads(Bucket=BUCKET, Prefix=settings.offsite_prefix)
+    assert uploads.get("Uploads", []) == []

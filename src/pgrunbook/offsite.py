@@ -437,11 +437,11 @@ def _check_remote_separation(settings: Settings) -> None:
 
 def verified_backup(settings: Settings, file: str | None = None) -> tuple[Path, str]:
     """The backup to send and its sha256: one that ``verify`` passed, unchanged since."""
-    verified: dict[Path, set[str]] = {}
+    verified: dict[Path, list[str]] = {}  # path -> sha256 of each passed verify, oldest first
     for record in worklog.read(settings.worklog_path):
         if record.get("task") == "verify" and record.get("result") == "ok" and record.get("file") \
                 and record.get("sha256"):
-            verified.setdefault(Path(record["file"]).resolve(), set()).add(record["sha256"])
+            verified.setdefault(Path(record["file"]).resolve(), []).append(record["sha256"])
     if file:
         candidates = [resolve_file(settings, file)]
     else:
@@ -449,13 +449,13 @@ def verified_backup(settings: Settings, file: str | None = None) -> tuple[Path, 
                 if b.env == settings.env]
         candidates = [b.path for b in reversed(mine)]
     for path in candidates:
-        passed = verified.get(path.resolve(), set())
+        passed = verified.get(path.resolve(), [])
         recorded_sha = read_checksum_sidecar(path.with_name(path.name + ".sha256"))
         if recorded_sha is not None:
             if recorded_sha in passed:
                 return path, recorded_sha
-        elif len(passed) == 1:  # an old hand-made file without a sidecar
-            return path, next(iter(passed))
+        elif passed:  # an old hand-made file without a sidecar: its latest verify
+            return path, passed[-1]
     if file:
         raise RunbookError(
             f"{candidates[0].name} は verify に合格した記録がありません（検証後に変わった可能性も）",
@@ -472,10 +472,10 @@ def push_backup(settings: Settings, file: str | None = None,
                 console: Console | None = None) -> PushResult:
     """Encrypt a verified backup for the env's recipients and upload it (never overwriting)."""
     console = console or Console([settings.db_password])
-    path, sha256 = verified_backup(settings, file)
-    entry = Entry("offsite-push", settings.env, settings.db_name, settings.db_container,
-                  file=str(path), sha256=sha256)
+    entry = Entry("offsite-push", settings.env, settings.db_name, settings.db_container, file=file)
     with recorded(settings.worklog_path, entry, console.redact):
+        path, sha256 = verified_backup(settings, file)
+        entry.file, entry.sha256 = str(path), sha256
         recipients = parse_recipients(settings.offsite_age_recipients)
         remote = Remote(settings)
         key = remote.key_for(path.name)
@@ -578,9 +578,9 @@ def pull_backup(settings: Settings, key_file: str | None, name: str | None = Non
     an existing one). Any failure removes what was written.
     """
     console = console or Console([settings.db_password])
-    identities = load_identities(key_file)
     entry = Entry("offsite-pull", settings.env, settings.db_name, settings.db_container)
     with recorded(settings.worklog_path, entry, console.redact):
+        identities = load_identities(key_file)
         remote = Remote(settings)
         remote.probe()
         target = remote.find(name)
