@@ -435,7 +435,8 @@ def _check_remote_separation(settings: Settings) -> None:
 # --- push -------------------------------------------------------------------
 
 
-def verified_backup(settings: Settings, file: str | None = None) -> tuple[Path, str]:
+def verified_backup(settings: Settings, file: str | None = None,
+                    console: Console | None = None) -> tuple[Path, str]:
     """The backup to send and its sha256: one that ``verify`` passed, unchanged since."""
     verified: dict[Path, list[str]] = {}  # path -> sha256 of each passed verify, oldest first
     for record in worklog.read(settings.worklog_path):
@@ -448,14 +449,14 @@ def verified_backup(settings: Settings, file: str | None = None) -> tuple[Path, 
         mine = [b for b in catalog.backups_in(settings.backup_dir, settings.backup_prefix)
                 if b.env == settings.env]
         candidates = [b.path for b in reversed(mine)]
-    for path in candidates:
+    for index, path in enumerate(candidates):
         passed = verified.get(path.resolve(), [])
         recorded_sha = read_checksum_sidecar(path.with_name(path.name + ".sha256"))
         if recorded_sha is not None:
             if recorded_sha in passed:
-                return path, recorded_sha
+                return _chosen(path, recorded_sha, candidates[:index], console)
         elif passed:  # an old hand-made file without a sidecar: its latest verify
-            return path, passed[-1]
+            return _chosen(path, passed[-1], candidates[:index], console)
     if file:
         raise RunbookError(
             f"{candidates[0].name} は verify に合格した記録がありません（検証後に変わった可能性も）",
@@ -468,13 +469,20 @@ def verified_backup(settings: Settings, file: str | None = None) -> tuple[Path, 
     )
 
 
+def _chosen(path: Path, sha256: str, newer: list[Path], console: Console | None) -> tuple[Path, str]:
+    if newer and console:
+        console.warn(f"より新しい {newer[0].name} は verify に合格していないため送りません"
+                     "（先に invoke verify を実行）")
+    return path, sha256
+
+
 def push_backup(settings: Settings, file: str | None = None,
                 console: Console | None = None) -> PushResult:
     """Encrypt a verified backup for the env's recipients and upload it (never overwriting)."""
     console = console or Console([settings.db_password])
     entry = Entry("offsite-push", settings.env, settings.db_name, settings.db_container, file=file)
     with recorded(settings.worklog_path, entry, console.redact):
-        path, sha256 = verified_backup(settings, file)
+        path, sha256 = verified_backup(settings, file, console)
         entry.file, entry.sha256 = str(path), sha256
         recipients = parse_recipients(settings.offsite_age_recipients)
         remote = Remote(settings)
@@ -484,6 +492,7 @@ def push_backup(settings: Settings, file: str | None = None,
         size = path.stat().st_size
         existing = remote.head(key)
         if existing is not None:
+            entry.details["already_there"] = True
             return _already_there(remote, key, path, sha256, size, existing, console)
         metadata = {META_SHA256: sha256, META_SIZE: str(size), META_ENV: settings.env}
         manifest_path = path.with_name(path.name + ".json")
