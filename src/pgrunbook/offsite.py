@@ -479,7 +479,7 @@ def _chosen(path: Path, sha256: str, newer: list[Path], console: Console | None)
 def push_backup(settings: Settings, file: str | None = None,
                 console: Console | None = None) -> PushResult:
     """Encrypt a verified backup for the env's recipients and upload it (never overwriting)."""
-    console = console or Console([settings.db_password])
+    console = console or Console(settings.secrets())
     entry = Entry("offsite-push", settings.env, settings.db_name, settings.db_container, file=file)
     with recorded(settings.worklog_path, entry, console.redact):
         path, sha256 = verified_backup(settings, file, console)
@@ -586,7 +586,7 @@ def pull_backup(settings: Settings, key_file: str | None, name: str | None = Non
     sidecars are written and the file is linked to its final name (never over
     an existing one). Any failure removes what was written.
     """
-    console = console or Console([settings.db_password])
+    console = console or Console(settings.secrets())
     entry = Entry("offsite-pull", settings.env, settings.db_name, settings.db_container)
     with recorded(settings.worklog_path, entry, console.redact):
         identities = load_identities(key_file)
@@ -707,7 +707,7 @@ def prune_remote(settings: Settings, dry_run: bool = False,
     a deletion leaves a delete marker; the bucket's lifecycle rule removes the
     old version later (runbooks/offsite.md).
     """
-    console = console or Console([settings.db_password])
+    console = console or Console(settings.secrets())
     entry = Entry("offsite-prune", settings.env, settings.db_name, settings.db_container)
     log = nullcontext() if dry_run else recorded(settings.worklog_path, entry, console.redact)
     with log:
