@@ -52,6 +52,7 @@ from pgrunbook.encryption import (
     parse_recipients,
 )
 from pgrunbook.errors import RunbookError
+from pgrunbook.inventory import verified_index
 from pgrunbook.settings import Settings, available_envs, load_settings
 from pgrunbook.verify import read_checksum_sidecar, resolve_file
 from pgrunbook.worklog import Entry, ensure_private_dir, recorded
@@ -438,11 +439,7 @@ def _check_remote_separation(settings: Settings) -> None:
 def verified_backup(settings: Settings, file: str | None = None,
                     console: Console | None = None) -> tuple[Path, str]:
     """The backup to send and its sha256: one that ``verify`` passed, unchanged since."""
-    verified: dict[Path, list[str]] = {}  # path -> sha256 of each passed verify, oldest first
-    for record in worklog.read(settings.worklog_path):
-        if record.get("task") == "verify" and record.get("result") == "ok" and record.get("file") \
-                and record.get("sha256"):
-            verified.setdefault(Path(record["file"]).resolve(), []).append(record["sha256"])
+    verified = verified_index(worklog.read(settings.worklog_path), settings.env)
     if file:
         candidates = [resolve_file(settings, file)]
     else:
@@ -450,13 +447,13 @@ def verified_backup(settings: Settings, file: str | None = None,
                 if b.env == settings.env]
         candidates = [b.path for b in reversed(mine)]
     for index, path in enumerate(candidates):
-        passed = verified.get(path.resolve(), [])
+        passed = sorted((when, sha) for (name, sha), when in verified.items() if name == path.name)
         recorded_sha = read_checksum_sidecar(path.with_name(path.name + ".sha256"))
         if recorded_sha is not None:
-            if recorded_sha in passed:
+            if (path.name, recorded_sha) in verified:
                 return _chosen(path, recorded_sha, candidates[:index], console)
         elif passed:  # an old hand-made file without a sidecar: its latest verify
-            return _chosen(path, passed[-1], candidates[:index], console)
+            return _chosen(path, passed[-1][1], candidates[:index], console)
     if file:
         raise RunbookError(
             f"{candidates[0].name} は verify に合格した記録がありません（検証後に変わった可能性も）",
