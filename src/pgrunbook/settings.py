@@ -56,6 +56,12 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "NOTIFY_WEBHOOK_URL": ("", "失敗時に JSON を POST する Webhook URL"),
     "NOTIFY_ON_SUCCESS": ("false", "成功時も通知するか"),
     "SANDBOX_IMAGE": ("postgres:15", "sandbox-up で使う PostgreSQL イメージ"),
+    "OFFSITE_BUCKET": ("", "オフサイトコピーを置く S3 互換ストレージのバケット名"),
+    "OFFSITE_PREFIX": ("{env}/", "バケット内の置き場所（既定: <env>/）"),
+    "OFFSITE_REGION": ("", "バケットのリージョン（例: ap-northeast-1）"),
+    "OFFSITE_ENDPOINT_URL": ("", "S3 互換エンドポイント（空: AWS S3。MinIO・GCS などは URL）"),
+    "OFFSITE_AGE_RECIPIENTS": ("", "暗号化の宛先 age 公開鍵（age1…、カンマ区切り）"),
+    "OFFSITE_RETENTION_DAYS": ("90", "オフサイトコピーを残す日数（最新の 1 つは常に残す）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 
@@ -87,6 +93,12 @@ class Settings:
     notify_on_success: bool
     sandbox_image: str
     db_password: str | None = field(default=None, repr=False)
+    offsite_bucket: str = ""
+    offsite_prefix: str = ""
+    offsite_region: str = ""
+    offsite_endpoint_url: str = ""
+    offsite_age_recipients: tuple[str, ...] = ()
+    offsite_retention_days: int = 90
 
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
@@ -156,6 +168,12 @@ def _read(path: Path) -> dict[str, str]:
     values = dotenv_values(path, interpolate=False)
     result: dict[str, str] = {}
     for key, value in values.items():
+        if key.startswith("AWS_"):
+            raise RunbookError(
+                f"{path.name} に {key} は書けません（AWS の認証情報を設定ファイルに置かない）",
+                "環境変数・~/.aws/credentials・インスタンスロールで渡す（runbooks/offsite.md）",
+                exit_code=2,
+            )
         if key not in KEYS:
             close = difflib.get_close_matches(key, list(KEYS), n=1)
             guess = f"（{close[0]} の誤記？）" if close else ""
@@ -286,6 +304,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         notify_on_success=_boolean("NOTIFY_ON_SUCCESS", get("NOTIFY_ON_SUCCESS")),
         sandbox_image=get("SANDBOX_IMAGE"),
         db_password=password or None,
+        **_offsite_values(env, get),
     )
     if check_siblings:
         _check_separation(settings)
@@ -315,3 +334,42 @@ def _check_separation(settings: Settings) -> None:
                 f".env.{settings.env} と .env.{other_env} の DB_CONTAINER / DB_NAME を見直す",
                 exit_code=2,
             )
+
+
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+OBJECT_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
+AGE_RECIPIENT = re.compile(r"^age1[0-9a-z]{20,}$")
+
+
+def _offsite_values(env: str, get) -> dict[str, object]:
+    """The OFFSITE_* keys (issue 7), validated; credentials never come from these files."""
+    bucket = get("OFFSITE_BUCKET")
+    if bucket and not BUCKET_NAME.match(bucket):
+        raise RunbookError(f"OFFSITE_BUCKET={bucket!r} はバケット名として不正です",
+                           "英小文字・数字・. - の 3〜63 文字", exit_code=2)
+    prefix = get("OFFSITE_PREFIX").replace("{env}", env)
+    if not OBJECT_PREFIX.match(prefix) or ".." in prefix.split("/"):
+        raise RunbookError(f"OFFSITE_PREFIX={prefix!r} が不正です", "例: prod/ や knot/prod/", 2)
+    endpoint = get("OFFSITE_ENDPOINT_URL")
+    if endpoint and not re.match(r"^https?://[^\s/]+(/\S*)?$", endpoint):
+        raise RunbookError(f"OFFSITE_ENDPOINT_URL={endpoint!r} が不正です",
+                           "例: https://storage.googleapis.com, http://127.0.0.1:9000", exit_code=2)
+    region = get("OFFSITE_REGION")
+    if region and not re.match(r"^[a-z0-9-]{1,32}$", region):
+        raise RunbookError(f"OFFSITE_REGION={region!r} が不正です", "例: ap-northeast-1", 2)
+    recipients = tuple(r.strip() for r in get("OFFSITE_AGE_RECIPIENTS").split(",") if r.strip())
+    for recipient in recipients:
+        if not AGE_RECIPIENT.match(recipient):
+            raise RunbookError(
+                f"OFFSITE_AGE_RECIPIENTS の {recipient[:16]!r}… は age の公開鍵ではありません",
+                "age-keygen -y <鍵ファイル> で表示される age1… を書く（秘密鍵は書かない）",
+                exit_code=2,
+            )
+    return {
+        "offsite_bucket": bucket,
+        "offsite_prefix": prefix.rstrip("/") + "/",
+        "offsite_region": region,
+        "offsite_endpoint_url": endpoint,
+        "offsite_age_recipients": recipients,
+        "offsite_retention_days": _integer("OFFSITE_RETENTION_DAYS", get("OFFSITE_RETENTION_DAYS"), 1),
+    }
