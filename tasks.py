@@ -293,9 +293,11 @@ def status(c, env=None, max_age="26h"):
     }
 )
 def prune(c, env=None, dry_run=False):
-    """保持期間（RETENTION_*）を過ぎたバックアップを削除する（キットが作ったものだけ）。"""
+    """保持期間（RETENTION_*）を過ぎたバックアップを削除する（キットが作ったものだけ。オフサイトも）。"""
     settings, console = settings_for(ROOT, env)
     guarded(lambda: retention.prune(settings, dry_run=dry_run, console=console), console)
+    if settings.offsite_bucket:
+        guarded(lambda: offsite_module.prune_remote(settings, dry_run, console), console)
 
 
 @task(
