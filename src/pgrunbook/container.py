@@ -157,10 +157,13 @@ class Container:
         sock = self.api.exec_start(exec_id, socket=True)
         raw = getattr(sock, "_sock", sock)
         writer_error: list[BaseException] = []
+        stop = threading.Event()
 
         def write_all() -> None:
             try:
                 for chunk in stdin:
+                    if stop.is_set():
+                        break
                     raw.sendall(chunk)
             except (BrokenPipeError, ConnectionResetError, OSError):
                 pass  # the process ended early (e.g. pg_restore --list): not our failure
@@ -179,10 +182,17 @@ class Container:
                 elif stream_id == 2:
                     deliver_stderr(data)
         finally:
+            # The process may end before reading all its input (pg_restore --list
+            # stops after the TOC). shutdown() wakes a writer blocked in sendall;
+            # close() alone would leave it hanging until the engine drops the
+            # connection.
+            stop.set()
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+            writer.join(timeout=30)
             with contextlib.suppress(OSError):
                 raw.close()
             sock.close()
-            writer.join(timeout=30)
         if writer_error:
             raise writer_error[0]
 
