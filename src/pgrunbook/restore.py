@@ -41,9 +41,6 @@ from pgrunbook.worklog import Entry, now_iso, operator, recorded
 
 MARK = "pgrunbook"
 ROLES = ("scratch", "staging", "previous", "verify", "rolledback")
-# Session settings for restores into a database nobody uses yet: faster, and
-# confined to the restoring sessions (the live database is not affected).
-RESTORE_PGOPTIONS = "-c synchronous_commit=off -c maintenance_work_mem=256MB"
 MAX_NAME = 63
 
 
@@ -351,15 +348,13 @@ def restore_into(
 
     Returns the sha256 of the bytes restored (hashed on the way); the caller
     compares it with the record before the result is used."""
-    environment = {"PGOPTIONS": RESTORE_PGOPTIONS}
     digest = Digest(source.path)
     started = time.monotonic()
     if source.format == "plain":
         console.step(f"psql（ON_ERROR_STOP、単一トランザクション）で {database} に復元")
         argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                 "-U", settings.db_user, "-d", database]
-        result = pg.run(argv, stdin=digest.chunks(), environment=environment,
-                        on_stdout=lambda _data: None)
+        result = pg.run(argv, stdin=digest.chunks(), on_stdout=lambda _data: None)
     else:
         no_owner = options.no_owner
         if no_owner is None:
@@ -373,10 +368,10 @@ def restore_into(
         if jobs > 1:
             with _file_in_container(pg, source, digest) as inside:
                 console.step(f"pg_restore -j {jobs} で {database} に復元")
-                result = pg.run(argv + ["-j", str(jobs), inside], environment=environment)
+                result = pg.run(argv + ["-j", str(jobs), inside])
         else:
             console.step(f"pg_restore で {database} に復元")
-            result = pg.run(argv, stdin=digest.chunks(), environment=environment)
+            result = pg.run(argv, stdin=digest.chunks())
     if not result.ok:
         check_digest(source, digest.hexdigest())  # a damaged file: say so, not just "failed"
         text = result.error_text()
