@@ -53,7 +53,7 @@ from pgrunbook.encryption import (
 )
 from pgrunbook.errors import RunbookError
 from pgrunbook.inventory import verified_index
-from pgrunbook.settings import Settings, available_envs, load_settings
+from pgrunbook.settings import Settings, sibling_settings
 from pgrunbook.verify import read_checksum_sidecar, resolve_file
 from pgrunbook.worklog import Entry, ensure_private_dir, recorded
 
@@ -414,19 +414,13 @@ def _plaintext_metadata(head: dict[str, Any]) -> tuple[str | None, int | None]:
 
 def _check_remote_separation(settings: Settings) -> None:
     """Two envs may not share a place in a bucket (prod and dev copies would mix)."""
-    for other_env in available_envs(settings.config_dir):
-        if other_env == settings.env:
-            continue
-        try:
-            other = load_settings(other_env, settings.config_dir, check_siblings=False)
-        except RunbookError:
-            continue
+    for other in sibling_settings(settings):
         same_store = (other.offsite_endpoint_url, other.offsite_bucket) == (
             settings.offsite_endpoint_url, settings.offsite_bucket)
         mine, theirs = settings.offsite_prefix, other.offsite_prefix
         if same_store and (mine.startswith(theirs) or theirs.startswith(mine)):
             raise RunbookError(
-                f"環境 {settings.env} と {other_env} のオフサイトの置き場所が重なっています"
+                f"環境 {settings.env} と {other.env} のオフサイトの置き場所が重なっています"
                 f"（s3://{settings.offsite_bucket}/{mine} と {theirs}）",
                 "OFFSITE_PREFIX を環境ごとに分ける（既定の <env>/ のままにする）",
                 exit_code=2,

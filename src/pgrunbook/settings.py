@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -311,15 +312,21 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
     return settings
 
 
-def _check_separation(settings: Settings) -> None:
-    """Refuse two envs that share a backup folder or a database."""
+def sibling_settings(settings: Settings) -> Iterator[Settings]:
+    """The other envs of the same folder (a broken one is skipped: it is reported when used)."""
     for other_env in available_envs(settings.config_dir):
         if other_env == settings.env:
             continue
         try:
-            other = load_settings(other_env, settings.config_dir, check_siblings=False)
+            yield load_settings(other_env, settings.config_dir, check_siblings=False)
         except RunbookError:
-            continue  # a broken sibling is reported when it is used
+            continue
+
+
+def _check_separation(settings: Settings) -> None:
+    """Refuse two envs that share a backup folder or a database."""
+    for other in sibling_settings(settings):
+        other_env = other.env
         if other.backup_dir == settings.backup_dir:
             raise RunbookError(
                 f"環境 {settings.env} と {other_env} の BACKUP_DIR が同じ {settings.backup_dir} です",
