@@ -33,7 +33,7 @@ from pgrunbook.backup import file_chunks
 from pgrunbook.console import Console, human_size
 from pgrunbook.container import CHUNK, Container, engine
 from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import Postgres, quote_ident, quote_literal
+from pgrunbook.postgres import Postgres, TableCount, quote_ident, quote_literal
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings, load_settings
 from pgrunbook.verify import check_file, read_checksum_sidecar, resolve_file
@@ -405,9 +405,33 @@ class DatabaseSummary:
         return lines
 
 
-def summarize_database(pg: Postgres, database: str) -> DatabaseSummary:
+# Live-row counts a fresh database already knows: the cumulative statistics of
+# the restoring sessions. Used only when they equal the expected counts exactly;
+# anything else (a late stats flush, an autoanalyze estimate) falls back to count(*).
+FRESH_ROW_COUNTS = """
+SELECT s.schemaname, s.relname, s.n_live_tup
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE c.relkind = 'r' ORDER BY 1, 2
+"""
+
+
+def _row_counts(pg: Postgres, database: str, expected: dict[str, int] | None) -> list[TableCount]:
+    if expected:
+        fresh = [TableCount(r[0], r[1], int(r[2])) for r in pg.query(FRESH_ROW_COUNTS, database)]
+        if {f"{c.schema}.{c.name}": c.rows for c in fresh} == expected:
+            return fresh
+    return pg.table_counts(database)
+
+
+def summarize_database(
+    pg: Postgres, database: str, expected: dict[str, int] | None = None
+) -> DatabaseSummary:
+    """Schemas, tables with their rows, Prisma's migration state.
+
+    ``expected`` (a freshly restored database's manifest counts) allows the
+    instant statistics path; without it every table is counted."""
     summary = DatabaseSummary(database)
-    counts = pg.table_counts(database)
+    counts = _row_counts(pg, database, expected)
     summary.schemas = sorted({c.schema for c in counts} | {
         row[0] for row in pg.query(
             "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
@@ -542,7 +566,7 @@ def restore_scratch(
         except BaseException:
             drop_kit_database(pg, target)
             raise
-        summary = summarize_database(pg, target)
+        summary = summarize_database(pg, target, source.table_counts())
         for line in summary.lines():
             console.step(line)
         for difference in compare_with_manifest(source, summary):
@@ -714,7 +738,7 @@ def _replace_locked(
         entry.sha256 = restore_into(pg, settings, source, staging, options, console)
         if personal:
             _apply_masking(pg, settings, staging, console)
-        summary = summarize_database(pg, staging)
+        summary = summarize_database(pg, staging, None if personal else source.table_counts())
         differences = compare_with_manifest(source, summary)
         if differences:
             raise RunbookError("復元結果がバックアップ時の記録と一致しません: " + "; ".join(differences[:5]),
@@ -846,7 +870,7 @@ def restore_test(settings: Settings, file: str | None, console: Console) -> Data
         _create_database(pg, target, mark_text("verify", settings, source.path.name))
         try:
             entry.sha256 = restore_into(pg, settings, source, target, RestoreOptions(), console)
-            summary = summarize_database(pg, target)
+            summary = summarize_database(pg, target, source.table_counts())
         finally:
             drop_kit_database(pg, target)
         differences = compare_with_manifest(source, summary)
