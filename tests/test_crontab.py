@@ -128,3 +128,13 @@ def test_a_broken_block_is_not_touched(tmp_path, cron_user):
     result = cli("crontab", "--env=prod", "--install", f"--user={cron_user}")
     assert result.returncode == 1 and "壊れています" in result.stderr
     assert crontab_of(cron_user) == "# BEGIN pgrunbook prod\n0 1 * * * true\n"
+
+
+def test_offsite_push_follows_the_verified_backup_when_a_bucket_is_set():
+    from pgrunbook.schedule import Target, render
+
+    plain = "\n".join(render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l")))
+    offsite = "\n".join(render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l",
+                                      offsite=True)))
+    assert "offsite-push" not in plain
+    assert "inv verify --env=prod && inv offsite-push --env=prod;" in offsite

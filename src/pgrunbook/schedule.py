@@ -53,6 +53,7 @@ class Target:
     log: str
     mailto: str = "root"
     home: str | None = None  # PGRUNBOOK_HOME when the settings live outside the checkout
+    offsite: bool = False  # OFFSITE_BUCKET set: the verified backup also goes offsite
 
 
 def cron_escape(text: str) -> str:
@@ -83,6 +84,9 @@ def render(target: Target) -> list[str]:
     if target.home:
         lines.append(f"PGRUNBOOK_HOME={target.home}")
     for schedule, comment, commands in JOBS:
+        if target.offsite and commands[0].startswith("backup "):
+            comment += "。検証できたらオフサイトへ暗号化して送る"
+            commands = (*commands, "offsite-push --env={env}")
         lines += [f"# {comment}", _job(target, schedule, commands)]
     lines.append(END.format(env=target.env))
     return lines
@@ -124,7 +128,8 @@ def target_for(settings: Settings, checkout: Path, mailto: str = "root") -> Targ
     checkout = checkout.resolve()
     home = None if settings.config_dir.resolve() == checkout else str(settings.config_dir)
     return Target(env=settings.env, checkout=str(checkout), invoke=current_invoke(),
-                  log=str(settings.backup_dir / "cron.log"), mailto=mailto, home=home)
+                  log=str(settings.backup_dir / "cron.log"), mailto=mailto, home=home,
+                  offsite=bool(settings.offsite_bucket))
 
 
 # ---- the user's crontab -------------------------------------------------------------
