@@ -73,7 +73,7 @@ def test_scratch_never_replaces_a_foreign_database(cli, pg, target):
     dump = backup(cli, "--env=prod")
     pg.create_database(f"{target}_foreign")
     result = cli("restore-scratch", "--env=prod", f"--file={dump}", f"--db={target}_foreign", "--replace")
-    assert result.returncode == 1 and "キットが作った" in result.stderr
+    assert result.returncode == 1 and "検証用 DB（scratch）ではない" in result.stderr
     live = cli("restore-scratch", "--env=prod", f"--file={dump}", f"--db={target}")
     assert live.returncode == 1
     assert table_fingerprints(pg, target)  # untouched and still there
@@ -90,7 +90,13 @@ def test_sql_with_an_error_in_the_middle_leaves_nothing_half_restored(cli, pg, t
     assert target + "_half" not in databases(pg)
 
 
+def comment_of(pg, database: str) -> str:
+    return pg.psql("SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
+                   f"WHERE datname = '{database}'", "postgres").strip()
+
+
 def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, target):
+    pg.psql(f"COMMENT ON DATABASE \"{target}\" IS 'knot 本番'", "postgres")
     dump = backup(cli, "--env=prod")
     before = table_fingerprints(pg, target)
     pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
@@ -111,10 +117,14 @@ def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, ta
     assert table_fingerprints(pg, previous) == after_backup
     assert not [d for d in databases(pg) if "_staging_" in d]
     assert "restore-rollback" in result.stderr
+    assert comment_of(pg, target) == "knot 本番"  # the live database keeps its own comment
+    assert comment_of(pg, previous).startswith("pgrunbook:previous:prod:")
+    assert pg.psql(f"SELECT datallowconn FROM pg_database WHERE datname = '{previous}'", "postgres").strip() == "t"
 
     rollback = cli("restore-rollback", "--env=prod", f"--previous={previous}", "--confirm=prod")
     assert rollback.returncode == 0, rollback.stderr
     assert table_fingerprints(pg, target) == after_backup
+    assert comment_of(pg, target) == "knot 本番"
     tasks = [line["task"] for line in log_lines(cli)]
     assert "restore-replace" in tasks and "restore-rollback" in tasks
 

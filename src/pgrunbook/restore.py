@@ -302,9 +302,35 @@ def kit_databases(pg: Postgres) -> list[KitDatabase]:
     return found
 
 
-def _create_database(pg: Postgres, name: str, comment: str) -> None:
-    pg.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0", "postgres")
-    pg.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(comment)}", "postgres")
+def _create_database(pg: Postgres, name: str, comment: str, like: str | None = None) -> None:
+    """Create a kit database (with the live database's encoding and locale when
+    ``like`` exists), marked by its comment. Unmarked, it is dropped at once."""
+    options = ""
+    if like:
+        rows = pg.query("SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+                        f"WHERE datname = {quote_literal(like)}", "postgres")
+        if rows:
+            encoding, collate, ctype = rows[0]
+            options = (f" ENCODING {quote_literal(encoding)} LC_COLLATE {quote_literal(collate)}"
+                       f" LC_CTYPE {quote_literal(ctype)}")
+    pg.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0{options}", "postgres")
+    try:
+        pg.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(comment)}", "postgres")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            drop_kit_database(pg, name)
+        raise
+
+
+def _cleanup(step: str, action: Callable[[], object], console: Console) -> str | None:
+    """Run a cleanup step; never let its failure hide the original error."""
+    try:
+        action()
+    except Exception as error:  # noqa: BLE001 - reported next to the original error
+        message = error.one_line() if isinstance(error, RunbookError) else str(error)
+        console.warn(f"後片付けに失敗: {step}: {message}")
+        return step
+    return None
 
 
 def drop_kit_database(pg: Postgres, name: str) -> None:
@@ -549,16 +575,18 @@ def restore_scratch(
         check_versions(pg, source)
         personal = warn_personal_data(settings, source, console)
         if pg.database_exists(target):
-            mine = {db.name: db for db in kit_databases(pg)}
+            mine = {db.name: db for db in kit_databases(pg)
+                    if db.env == settings.env and db.role == "scratch"}
             if not replace:
                 raise Refused(f"データベース {target} は既にあります",
                               "--replace で作り直す（キットが作った検証用 DB のみ）か --db=別名")
             if target not in mine:
-                raise Refused(f"データベース {target} はキットが作った検証用 DB ではないため消しません",
+                raise Refused(f"データベース {target} はこの環境の検証用 DB（scratch）ではないため消しません",
                               "--db=別名 を指定")
             console.step(f"既存の検証用 DB {target} を作り直します")
             drop_kit_database(pg, target)
-        _create_database(pg, target, mark_text("scratch", settings, source.path.name))
+        _create_database(pg, target, mark_text("scratch", settings, source.path.name),
+                         like=settings.db_name)
         try:
             entry.sha256 = restore_into(pg, settings, source, target, options, console)
             if personal:
@@ -615,8 +643,12 @@ class AppWrites:
             model.reload()
             if model.status == "running":
                 self.console.step(f"アプリのコンテナ {model.name} を停止（書き込み停止）")
-                model.stop(timeout=30)
-                self.stopped.append(model)
+                self.stopped.append(model)  # before stop(): an interrupted stop is still restarted
+                try:
+                    model.stop(timeout=30)
+                except Exception as error:  # noqa: BLE001 - docker errors become one line
+                    raise RunbookError(f"アプリのコンテナ {model.name} を停止できません: {error}",
+                                       "docker ps で状態を確認") from error
         if not self.settings.app_containers:
             self.console.warn("APP_CONTAINERS が未設定です。アプリの書き込みは止めていません"
                               "（切り替え時に接続は切断します）")
@@ -634,16 +666,27 @@ class AppWrites:
 
 
 # ---- the swap -------------------------------------------------------------------------
-def _swap(pg: Postgres, live: str, incoming: str, outgoing: str, console: Console) -> None:
-    """Block new sessions, end the old ones, rename both in one transaction.
-
-    On any failure before the commit the live database keeps its name and
-    accepts connections again.
-    """
+def _swap(
+    pg: Postgres, live: str, incoming: str, outgoing: str,
+    outgoing_comment: str, live_comment: str | None,
+) -> None:
+    """Block new sessions, end the old ones, then in ONE transaction: both renames,
+    the outgoing database open again, both comments. Either all of it happened or
+    none; in both cases the database named ``live`` accepts connections after."""
     live_q, incoming_q, outgoing_q = quote_ident(live), quote_ident(incoming), quote_ident(outgoing)
-    pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false", "postgres")
+    statements = [
+        f"ALTER DATABASE {live_q} RENAME TO {outgoing_q}",
+        f"ALTER DATABASE {incoming_q} RENAME TO {live_q}",
+        f"ALTER DATABASE {outgoing_q} WITH ALLOW_CONNECTIONS true",
+        f"COMMENT ON DATABASE {outgoing_q} IS {quote_literal(outgoing_comment)}",
+        f"COMMENT ON DATABASE {live_q} IS {quote_literal(live_comment) if live_comment else 'NULL'}",
+    ]
+    argv = pg.psql_argv("postgres") + ["--single-transaction"]
+    for statement in statements:
+        argv += ["-c", statement]
     try:
-        last_error: RunbookError | None = None
+        pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false", "postgres")
+        last_error = "unknown"
         for _attempt in range(5):
             pg.query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -651,22 +694,43 @@ def _swap(pg: Postgres, live: str, incoming: str, outgoing: str, console: Consol
                 "AND pid <> pg_backend_pid()",
                 "postgres",
             )
-            result = pg.run(pg.psql_argv("postgres") + [
-                "--single-transaction",
-                "-c", f"ALTER DATABASE {live_q} RENAME TO {outgoing_q}",
-                "-c", f"ALTER DATABASE {incoming_q} RENAME TO {live_q}",
-            ])
+            result = pg.run(argv)
             if result.ok:
-                break
-            last_error = RunbookError(f"名前の切り替えに失敗しました: {result.error_text()}")
+                return
+            last_error = result.error_text()
+            if pg.database_exists(outgoing):
+                return  # committed, only psql's answer was lost
             time.sleep(0.5)
-        else:
-            assert last_error is not None
-            raise last_error
-    except BaseException:
-        pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true", "postgres")
-        raise
-    pg.execute(f"ALTER DATABASE {outgoing_q} WITH ALLOW_CONNECTIONS true", "postgres")
+        raise RunbookError(f"名前の切り替えに失敗しました: {last_error}")
+    finally:
+        # after a swap this is the new database (already open); without one, the old
+        # database must not stay closed
+        with contextlib.suppress(Exception):
+            pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true", "postgres")
+
+
+def _swapped(pg: Postgres, outgoing: str) -> bool | None:
+    """Did the swap commit? None when the server cannot tell us."""
+    try:
+        return pg.database_exists(outgoing)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _database_level_notes(pg: Postgres, live: str) -> list[str]:
+    """Database-level settings and grants that pg_restore does not carry over."""
+    notes = []
+    rows = pg.query(
+        "SELECT coalesce(pg_get_userbyid(s.setrole), ''), array_to_string(s.setconfig, ', ') "
+        "FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+        f"WHERE d.datname = {quote_literal(live)}", "postgres")
+    for role, config in rows:
+        notes.append(f"ALTER {'ROLE ' + role + ' IN ' if role else ''}DATABASE ... SET {config}")
+    acl = pg.query("SELECT coalesce(datacl::text, '') FROM pg_database "
+                   f"WHERE datname = {quote_literal(live)}", "postgres")
+    if acl and acl[0][0]:
+        notes.append(f"データベースの権限 {acl[0][0]}")
+    return notes
 
 
 def _database_comment(pg: Postgres, name: str) -> str | None:
@@ -732,9 +796,12 @@ def _replace_locked(
     staging = kit_name(settings, "staging", now)
     previous = kit_name(settings, "previous", now)
     entry.details["staging"] = staging
-    _create_database(pg, staging, mark_text("staging", settings, source.path.name))
-    swapped = False
+    rollback = (f"invoke restore-rollback --env={settings.env} --previous={previous} "
+                f"--confirm={settings.env}")
+    failed_apps: list[str] = []
     try:
+        _create_database(pg, staging, mark_text("staging", settings, source.path.name),
+                         like=settings.db_name)
         entry.sha256 = restore_into(pg, settings, source, staging, options, console)
         if personal:
             _apply_masking(pg, settings, staging, console)
@@ -747,30 +814,44 @@ def _replace_locked(
             raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
         owner = _database_owner(pg, settings.db_name)
         comment = _database_comment(pg, settings.db_name)
-        with contextlib.suppress(RunbookError):
+        try:
             pg.execute(f"ALTER DATABASE {quote_ident(staging)} OWNER TO {quote_ident(owner)}",
                        "postgres")
-        apps.stop()
+        except RunbookError as error:
+            console.warn(f"DB の所有者を {owner} にできません（{error.message}）。"
+                         "置き換え後に確認してください")
+        for note in _database_level_notes(pg, settings.db_name):
+            console.warn(f"pg_restore は DB 単位の設定を戻しません。置き換え後に再設定してください: {note}")
+        console.step("プランナー統計を作成（ANALYZE）")
+        pg.execute("ANALYZE", staging)
         try:
+            apps.stop()
             console.step(f"切り替え: {settings.db_name} → {previous}、{staging} → {settings.db_name}")
-            _swap(pg, settings.db_name, staging, previous, console)
-            swapped = True
+            _swap(pg, settings.db_name, staging, previous,
+                  mark_text("previous", settings, "replaced by " + source.path.name), comment)
         finally:
             failed_apps = apps.start()
-    except BaseException:
-        if not swapped:
-            drop_kit_database(pg, staging)
+    except BaseException as error:
+        swapped = _swapped(pg, previous)
+        stopped = (f" 再開できなかったアプリ: {'; '.join(failed_apps)}（docker start で再開）"
+                   if failed_apps else "")
+        if swapped:
+            raise RunbookError(
+                f"切り替えは完了しています（{settings.db_name} は新しい DB、以前の DB は {previous}）が、"
+                f"その後に失敗しました: {error}.{stopped}",
+                f"元に戻すなら: {rollback}",
+            ) from error
+        left = _cleanup(f"検証用 DB {staging} の削除", lambda: drop_kit_database(pg, staging), console)
+        if swapped is None or left or failed_apps:
+            state = "不明（サーバーに問い合わせできません）" if swapped is None else "元のまま"
+            raise RunbookError(
+                f"置き換えに失敗しました: {error}。本番 DB {settings.db_name} は{state}。"
+                + (f" {staging} が残っています（invoke restore-drop --env={settings.env} --db={staging}）。"
+                   if left else "") + stopped,
+                f"invoke restore-list --env={settings.env} で状態を確認",
+            ) from error
         raise
     entry.details["previous"] = previous
-    pg.execute(
-        f"COMMENT ON DATABASE {quote_ident(previous)} IS "
-        f"{quote_literal(mark_text('previous', settings, 'replaced by ' + source.path.name))}",
-        "postgres",
-    )
-    pg.execute(f"COMMENT ON DATABASE {quote_ident(settings.db_name)} IS "
-               f"{quote_literal(comment) if comment else 'NULL'}", "postgres")
-    rollback = (f"invoke restore-rollback --env={settings.env} --previous={previous} "
-                f"--confirm={settings.env}")
     if failed_apps:
         raise RunbookError(
             f"DB は置き換えましたが、アプリのコンテナを再開できません: {'; '.join(failed_apps)}",
@@ -814,14 +895,15 @@ def restore_rollback(
         rolled = kit_name(settings, "rolledback")
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-rollback"):
-            apps.stop()
+            # the live database carries the original comment since the replace
+            live_comment = _database_comment(pg, settings.db_name)
+            failed: list[str] = []
             try:
-                _swap(pg, settings.db_name, previous, rolled, console)
+                apps.stop()
+                _swap(pg, settings.db_name, previous, rolled,
+                      mark_text("rolledback", settings, "rolled back"), live_comment)
             finally:
                 failed = apps.start()
-        pg.execute(f"COMMENT ON DATABASE {quote_ident(rolled)} IS "
-                   f"{quote_literal(mark_text('rolledback', settings, 'rolled back'))}", "postgres")
-        pg.execute(f"COMMENT ON DATABASE {quote_ident(settings.db_name)} IS NULL", "postgres")
         if failed:
             raise RunbookError(f"ロールバックしましたが、アプリを再開できません: {'; '.join(failed)}",
                                "docker start で再開")
@@ -867,7 +949,8 @@ def restore_test(settings: Settings, file: str | None, console: Console) -> Data
                           f"--env={source.env} で実行")
         check_versions(pg, source)
         target = kit_name(settings, "verify")
-        _create_database(pg, target, mark_text("verify", settings, source.path.name))
+        _create_database(pg, target, mark_text("verify", settings, source.path.name),
+                         like=settings.db_name)
         try:
             entry.sha256 = restore_into(pg, settings, source, target, RestoreOptions(), console)
             summary = summarize_database(pg, target, source.table_counts())
