@@ -112,3 +112,19 @@ def test_pg_dump_killed_mid_stream_leaves_no_backup(cli, pg):
 def test_no_docker_engine(cli, tmp_path):
     result = cli("backup", "--env=prod", env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
     assert_clean_failure(result, cli.backup_dir("prod"), "Docker Engine に接続できません")
+
+
+def test_a_held_lock_fails_the_backup_after_the_timeout_instead_of_hanging(cli, pg):
+    api = pg.client.api
+    locker = api.exec_create(
+        pg.container.id,
+        ["psql", "-U", "app", "-d", "app", "-c",
+         "BEGIN; LOCK TABLE public.votes IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;"],
+        environment={"PGPASSWORD": PASSWORD},
+    )["Id"]
+    api.exec_start(locker, detach=True)
+    time.sleep(0.5)
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD,
+                  DUMP_LOCK_WAIT_TIMEOUT="1s", ROW_COUNTS="false")
+    result = cli("backup", "--env=prod")
+    assert_clean_failure(result, cli.backup_dir("prod"), "pg_dump", "ロック", "DUMP_LOCK_WAIT_TIMEOUT")

@@ -9,12 +9,14 @@ existing one). Any failure removes the partial file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +28,13 @@ from pgrunbook.archive import MAGIC, SQL_HEAD, ArchiveError, parse_header, sql_t
 from pgrunbook.console import Console, human_size
 from pgrunbook.container import CHUNK, Container
 from pgrunbook.errors import RunbookError
-from pgrunbook.postgres import Postgres, SnapshotSession, TableCount, explain_failure
+from pgrunbook.postgres import (
+    Postgres,
+    SnapshotSession,
+    TableCount,
+    explain_failure,
+    quote_literal,
+)
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
 from pgrunbook.worklog import Entry, ensure_private_dir, now_iso, operator, recorded
@@ -173,13 +181,22 @@ def _backup_locked(
     started_at = now_iso()
     started = time.monotonic()
 
+    row_counts = "exact-same-snapshot" if settings.row_counts else "none"
+
     def finished(ok: bool) -> None:
+        nonlocal row_counts
         if session is None:
             return
-        if ok:
-            tables[:] = session.counts()
-        else:
+        if not ok:
             session.abort()
+            return
+        try:
+            tables[:] = session.counts()
+        except RunbookError as error:
+            # a complete dump is worth more than its row counts
+            console.warn(f"行数を数えられませんでした（{error.message}）。マニフェストには行数なしで記録します")
+            row_counts = "none"
+            tables[:] = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
 
     def check(partial: Path, stream: _Stream) -> dict[str, Any]:
         return _check_dump(settings, pg, partial, fmt, stream, tables, console)
@@ -207,7 +224,7 @@ def _backup_locked(
             "duration_seconds": round(time.monotonic() - started, 3),
             "operator": operator(),
             "host": socket.gethostname(),
-            "row_counts": "exact-same-snapshot" if settings.row_counts else "none",
+            "row_counts": row_counts,
             "tables": [t.as_dict() for t in tables],
             **checks,
         }
@@ -254,9 +271,16 @@ def write_dump(
     try:
         stream = _Stream(fd, console, on_first_data)
         result = None
+        application = f"pgrunbook-{uuid.uuid4().hex[:12]}"
         try:
-            result = pg.run(argv, on_stdout=stream)
+            result = pg.run(argv, on_stdout=stream, environment={"PGAPPNAME": application})
         finally:
+            if result is None:
+                # interrupted: the engine does not stop an exec whose client left, so
+                # end our dump's session (it would hold its locks and snapshot for hours)
+                with contextlib.suppress(Exception):
+                    pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             f"WHERE application_name = {quote_literal(application)}", "postgres")
             if finished is not None:
                 finished(result is not None and result.ok)
         console.clear_progress()

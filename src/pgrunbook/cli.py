@@ -28,7 +28,10 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def guarded(action: Callable[[], T], console: Console | None = None) -> T:
+    # SIGTERM (cron, shutdown) and SIGHUP (the ssh session dropped) unwind like
+    # Ctrl-C, so cleanups run: no partial file, no database left closed
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     try:
         return action()
     except RunbookError as error:

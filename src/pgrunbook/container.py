@@ -189,7 +189,9 @@ class Container:
             stop.set()
             with contextlib.suppress(OSError):
                 raw.shutdown(socket.SHUT_RDWR)
-            writer.join(timeout=30)
+            # the process has ended: a writer still inside its source (a generator
+            # waiting for something) is a daemon thread and is left behind
+            writer.join(timeout=2)
             with contextlib.suppress(OSError):
                 raw.close()
             sock.close()

@@ -31,6 +31,7 @@ def dump_argv(settings: Settings, fmt: str, no_owner: bool = False, no_acl: bool
             "-F", "c" if fmt == "custom" else "p"]
     if fmt == "custom":
         argv += ["-Z", settings.dump_compression]
+    argv.append(f"--lock-wait-timeout={settings.dump_lock_wait_timeout}")
     if no_owner:
         argv.append("--no-owner")
     if no_acl:

@@ -22,7 +22,7 @@ RECORD = "\x1e"
 USER_TABLES = """
 SELECT n.nspname, c.relname
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p')
+WHERE c.relkind = 'r'  -- as TABLE_ROW_COUNTS: partitions, not their parents
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
 ORDER BY 1, 2
@@ -82,13 +82,26 @@ def explain_failure(stderr: str, settings: Settings, database: str | None = None
             f"DB ユーザー {settings.db_user!r} が存在しません",
             f"{settings.files[-1].name} の DB_USER を確認",
         )
+    lock = re.search(r'could not obtain lock on (?:relation|table) "?([^"\n]+)"?', text)
+    if not lock and "timeout" in text:  # pg_dump --lock-wait-timeout cancels its LOCK TABLE
+        lock = re.search(r"Query was: LOCK TABLE (\S+)", text)
+    if lock or "due to lock timeout" in text:
+        table = lock.group(1) if lock else "テーブル"
+        return RunbookError(
+            f"{table} のロックを {settings.dump_lock_wait_timeout} 以内に取れませんでした"
+            "（長いトランザクションや DDL がロックを持っています）",
+            "pg_stat_activity で待たせているセッションを確認し、終わってから再実行"
+            "（待ち時間は DUMP_LOCK_WAIT_TIMEOUT）",
+        )
     if "could not connect" in text or "connection to server" in text:
         return RunbookError(
             f"コンテナ {settings.db_container} の PostgreSQL に接続できません",
             "サーバーが起動中か（docker logs）を確認",
         )
-    last = [line for line in text.splitlines() if line.strip()]
-    return RunbookError(last[-1] if last else "PostgreSQL のコマンドが失敗しました")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    named = [line for line in lines if re.search(r"\b(ERROR|FATAL|error|fatal):", line)]
+    chosen = named[0] if named else (lines[-1] if lines else "")
+    return RunbookError(chosen or "PostgreSQL のコマンドが失敗しました")
 
 
 class Postgres:
@@ -186,10 +199,12 @@ class SnapshotSession:
         self._thread = threading.Thread(target=self._run, name="snapshot-session", daemon=True)
 
     def _statements(self) -> Iterator[bytes]:
+        timeout = quote_literal(self.pg.settings.dump_lock_wait_timeout)
         yield (
-            b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
-            b"SELECT 'snapshot=' || pg_export_snapshot();\n"
-        )
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
+            f"SET LOCAL lock_timeout = {timeout};\n"
+            "SELECT 'snapshot=' || pg_export_snapshot();\n"
+        ).encode()
         self._release.wait()
         if self._abort:
             yield b"ROLLBACK;\n"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pgrunbook import catalog
 from pgrunbook.archive import ArchiveHeader, major_version, read_header
@@ -507,7 +507,7 @@ def database_url(settings: Settings, database: str, masked: bool) -> str:
         user, _, password = credentials.partition(":")
     else:
         user, password, host = settings.db_user, "", netloc
-    password = password or (settings.db_password or "")
+    password = password or quote(settings.db_password or "", safe="")
     netloc = f"{user}:{'***' if masked else password}@{host}" if password else f"{user}@{host}"
     return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, parts.fragment))
 

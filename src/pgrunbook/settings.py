@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from dotenv import dotenv_values
 
@@ -42,6 +43,7 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "BACKUP_DIR": (None, "バックアップの保存先（既定: backups/<env>）"),
     "BACKUP_PREFIX": ("knot", "バックアップファイル名の先頭"),
     "DUMP_COMPRESSION": ("1", "pg_dump -Z に渡す圧縮指定（0-9、16 以降は zstd:3 なども可）"),
+    "DUMP_LOCK_WAIT_TIMEOUT": ("15min", "ロックをこれ以上待たずに pg_dump を失敗させる（例: 15min）"),
     "MIN_BACKUP_BYTES": ("256", "これより小さいバックアップは不正とみなす（バイト）"),
     "ROW_COUNTS": ("true", "バックアップ時に各テーブルの行数を数えてマニフェストに残す"),
     "PROTECTED": (None, "保護環境か（既定: prod のみ true）。他環境からのリストアに承認が必要"),
@@ -78,6 +80,7 @@ class Settings:
     backup_dir: Path
     backup_prefix: str
     dump_compression: str
+    dump_lock_wait_timeout: str
     min_backup_bytes: int
     row_counts: bool
     protected: bool
@@ -104,9 +107,9 @@ class Settings:
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
         found = [self.db_password] if self.db_password else []
-        match = re.match(r"^[a-z+]+://[^:/@]*:([^@]+)@", self.app_database_url)
+        match = re.match(r"^[a-z+]+://[^:/@]*:(.+)@[^@]*$", self.app_database_url)
         if match:
-            found.append(match.group(1))
+            found += {match.group(1), unquote(match.group(1))}
         return found
 
     @property
@@ -194,7 +197,9 @@ def _raw_values(env: str, config_dir: Path) -> tuple[dict[str, str], tuple[Path,
     files: list[Path] = []
     if shared.is_file():
         shared_values = _read(shared)
-        for key in ("BACKUP_DIR", "DB_PASSWORD", "PROTECTED"):
+        per_env = ("BACKUP_DIR", "DB_PASSWORD", "PROTECTED", "APP_CONTAINERS", "APP_DATABASE_URL",
+                   "MASKING_SQL", "POST_RESTORE_COMMAND")
+        for key in per_env:
             if key in shared_values and (key != "BACKUP_DIR" or "{env}" not in shared_values[key]):
                 raise RunbookError(
                     f".env（全環境共通）に {key} は書けません（環境ごとに分けるべき値です）",
@@ -289,6 +294,8 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         backup_dir=_resolve_backup_dir(env, config_dir, raw.get("BACKUP_DIR", "")),
         backup_prefix=_checked("BACKUP_PREFIX", get("BACKUP_PREFIX"), PREFIX_NAME),
         dump_compression=compression,
+        dump_lock_wait_timeout=_checked("DUMP_LOCK_WAIT_TIMEOUT", get("DUMP_LOCK_WAIT_TIMEOUT"),
+                                        re.compile(r"^[0-9]+\s*(ms|s|min|h|d)?$")),
         min_backup_bytes=_integer("MIN_BACKUP_BYTES", get("MIN_BACKUP_BYTES"), 1),
         row_counts=_boolean("ROW_COUNTS", get("ROW_COUNTS")),
         protected=_boolean("PROTECTED", protected_text) if protected_text else env == "prod",
@@ -331,6 +338,14 @@ def _check_separation(settings: Settings) -> None:
             raise RunbookError(
                 f"環境 {settings.env} と {other_env} の BACKUP_DIR が同じ {settings.backup_dir} です",
                 "本番と開発は必ず別のディレクトリにする（例: backups/prod と backups/dev）",
+                exit_code=2,
+            )
+        shared_apps = set(other.app_containers) & set(settings.app_containers)
+        if shared_apps:
+            raise RunbookError(
+                f"環境 {settings.env} と {other_env} の APP_CONTAINERS に同じコンテナ "
+                f"{', '.join(sorted(shared_apps))} があります（別環境の作業で止めてしまいます）",
+                f".env.{settings.env} と .env.{other_env} の APP_CONTAINERS を見直す",
                 exit_code=2,
             )
         same_db = (other.db_container, other.db_name) == (settings.db_container, settings.db_name)
