@@ -127,3 +127,12 @@ def test_list_table_aligns_japanese_cells(tmp_path):
     assert "済 2026-01-28T02:01" in lines[2] and "globals" in lines[3] and "custom(旧形式)" in lines[4]
     assert plain_lines(items)[1].split("\t") == [
         "knot-prod-globals-20260128-020000.sql", "globals", "2.0 KiB", "2026-01-28 02:00:00", "未", "なし"]
+
+
+def test_a_series_with_nothing_valid_keeps_its_newest_files():
+    policy = Policy(days=30, weekly_days=90, monthly_days=365, min_keep=3)
+    unchecked = [Candidate(f"x-{d}", NOW - timedelta(days=d), "custom", False, False)
+                 for d in range(400, 410)]
+    decision = decide(unchecked, policy, NOW)
+    assert sorted(decision.keep) == ["x-400", "x-401", "x-402"]
+    assert len(decision.delete) == 7

@@ -106,6 +106,11 @@ def _decide_series(series: list[Candidate], policy: Policy, now: datetime, decis
         reasons[candidate.name].append(f"検証済みの最新 {policy.min_keep} 件")
     for candidate in valid[: policy.min_keep]:
         reasons[candidate.name].append(f"有効な最新 {policy.min_keep} 件")
+    if not valid:
+        # nothing checks out (sidecars lost in a copy?): deleting by age could
+        # remove every copy there is, so the newest ones stay until a person looks
+        for candidate in newest_first[: policy.min_keep]:
+            reasons[candidate.name].append(f"有効なものがないため最新 {policy.min_keep} 件を保持")
     for candidate in series:
         if reasons[candidate.name]:
             decision.keep[candidate.name] = reasons[candidate.name]
@@ -162,7 +167,8 @@ def stale_partials(settings: Settings, now_epoch: float) -> list[Path]:
     found = []
     for path in sorted(directory.glob(f"*{catalog.PARTIAL_SUFFIX}")):
         backup = catalog.parse(path.with_name(path.name[: -len(catalog.PARTIAL_SUFFIX)]))
-        if backup is None or backup.env != settings.env or not path.is_file():
+        if (backup is None or backup.env != settings.env or backup.prefix != settings.backup_prefix
+                or not path.is_file()):
             continue
         if now_epoch - path.stat().st_mtime > PARTIAL_MAX_AGE.total_seconds():
             found.append(path)
