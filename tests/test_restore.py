@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -332,3 +333,14 @@ def test_row_counts_match_the_dump_while_the_database_is_written_to(cli, pg, tar
     finally:
         pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{target}' "
                 "AND query LIKE 'DO %'", "postgres")
+
+
+def test_a_restore_the_disk_cannot_hold_is_refused_before_it_starts(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    huge = dump.with_name("knot-prod-20200104.dump")
+    huge.write_bytes(dump.read_bytes())
+    os.truncate(huge, 8 * 1024**4)  # sparse: 8 TiB on paper, a few KiB on disk
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target + "_absent", DB_PASSWORD=PASSWORD)
+    result = cli("restore-scratch", "--env=prod", f"--file={huge}", f"--db={target}_huge")
+    assert result.returncode == 1 and "ディスクの空きが足りません" in result.stderr, result.stderr
+    assert f"{target}_huge" not in databases(pg)

@@ -130,7 +130,7 @@ def run_backup(
     task: str | None = None,
 ) -> BackupResult | list[str]:
     """Back up the env's database. Returns the result, or the manual commands on dry_run."""
-    console = console or Console([settings.db_password])
+    console = console or Console(settings.secrets())
     task = task or ("backup" if fmt == "custom" else "backup-sql")
     when = datetime.now()
     if dry_run:

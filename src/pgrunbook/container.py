@@ -93,6 +93,15 @@ class Container:
             )
         return cls(client, model)
 
+    def engine_description(self) -> str:
+        """Which Docker Engine this is: a DOCKER_HOST left in a shell must show."""
+        where = os.environ.get("DOCKER_HOST") or "ローカル（/var/run/docker.sock）"
+        try:
+            name = self.client.info().get("Name", "")
+        except Exception:  # noqa: BLE001 - only a description
+            name = ""
+        return f"{where}{f'（ホスト {name}）' if name else ''}"
+
     # ---- exec -----------------------------------------------------------------
     def exec(
         self,

@@ -218,6 +218,7 @@ def confirm(
     console: Console,
     ask: Callable[[str], str] | None = None,
     interactive: bool | None = None,
+    engine: str = "",
 ) -> None:
     """The runbook's 声に出して確認 / 二重確認, or --confirm=<env> without a terminal."""
     interactive = sys.stdin.isatty() if interactive is None else interactive
@@ -226,6 +227,7 @@ def confirm(
         f"  {action}",
         f"  環境       : {settings.env}{'（保護環境）' if settings.protected else ''}",
         f"  コンテナ   : {settings.db_container}",
+        *([f"  Docker     : {engine}"] if engine else []),
         f"  データベース: {settings.db_name}",
         f"  ファイル   : {source.path}",
         f"  作成日時   : {source.created}  サイズ: {human_size(source.size)}"
@@ -366,6 +368,40 @@ def _file_in_container(pg: Postgres, source: Source, digest: Digest) -> Iterator
         pg.container.run(["rm", "-rf", directory])
 
 
+def check_free_space(pg: Postgres, settings: Settings, source: Source, archive_inside: bool) -> None:
+    """Refuse a restore the container's disk cannot hold: a full disk would also
+    stop the live cluster (its WAL lives there). Skipped when the server does not
+    tell where its data lives (no pg_read_all_settings)."""
+    try:
+        data_directory = pg.query("SHOW data_directory", "postgres")[0][0]
+    except (RunbookError, IndexError):
+        return
+    live = pg.query("SELECT pg_database_size(oid) FROM pg_database "
+                    f"WHERE datname = {quote_literal(settings.db_name)}", "postgres")
+    needed_data = int(live[0][0]) if live else source.size * 5  # no live DB: a rough guess
+    places = [data_directory] + (["/tmp"] if archive_inside else [])
+    result = pg.container.run(["df", "-Pk", *places])
+    if not result.ok:
+        return
+    rows = [line.split() for line in result.stdout.decode().splitlines()[1:] if line.strip()]
+    if len(rows) != len(places):
+        return
+    needs: dict[str, int] = {}
+    free: dict[str, int] = {}
+    for row, need in zip(rows, [needed_data, source.size][: len(rows)], strict=True):
+        filesystem = row[0] + row[-1]
+        needs[filesystem] = needs.get(filesystem, 0) + need
+        free[filesystem] = int(row[3]) * 1024
+    for filesystem, need in needs.items():
+        if free[filesystem] < need * 1.1:
+            raise RunbookError(
+                f"コンテナのディスクの空きが足りません（必要 約 {human_size(need)}、"
+                f"空き {human_size(free[filesystem])}）。満杯になると稼働中の DB も止まるため中止しました",
+                "不要な DB（invoke restore-list）や古いファイルを消して空きを作る"
+                + ("。--jobs=1 ならアーカイブをコンテナに置きません" if archive_inside else ""),
+            )
+
+
 def restore_into(
     pg: Postgres, settings: Settings, source: Source, database: str, options: RestoreOptions,
     console: Console,
@@ -377,6 +413,7 @@ def restore_into(
     digest = Digest(source.path)
     started = time.monotonic()
     if source.format == "plain":
+        check_free_space(pg, settings, source, archive_inside=False)
         console.step(f"psql（ON_ERROR_STOP、単一トランザクション）で {database} に復元")
         argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                 "-U", settings.db_user, "-d", database]
@@ -391,6 +428,7 @@ def restore_into(
         if options.no_acl:
             argv.append("--no-acl")
         jobs = options.jobs or _container_cpus(pg)
+        check_free_space(pg, settings, source, archive_inside=jobs > 1)
         if jobs > 1:
             with _file_in_container(pg, source, digest) as inside:
                 console.step(f"pg_restore -j {jobs} で {database} に復元")
@@ -781,7 +819,10 @@ def restore_replace(
                                "新規に作るなら restore-scratch の後で名前を変える手順を検討")
         apps = AppWrites(settings, console)
         apps.check()
-        confirm(settings, source, confirm_env, "既存 DB を置き換えます（DROP はしません）", console, ask)
+        engine = pg.container.engine_description()
+        entry.details["engine"] = engine
+        confirm(settings, source, confirm_env, "既存 DB を置き換えます（DROP はしません）", console, ask,
+                engine=engine)
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-replace"):
             result = _replace_locked(settings, pg, source, options, personal, apps, console, entry)
@@ -889,7 +930,8 @@ def restore_rollback(
             raise Refused(f"{previous} はこの環境の置き換え前 DB ではありません",
                           f"invoke restore-list --env={settings.env} で確認")
         placeholder = Source(Path(previous), "custom", settings.env, None, None, kit[previous].size, None)
-        confirm(settings, placeholder, confirm_env, f"{previous} に戻します（ロールバック）", console, ask)
+        confirm(settings, placeholder, confirm_env, f"{previous} に戻します（ロールバック）", console, ask,
+                engine=pg.container.engine_description())
         apps = AppWrites(settings, console)
         apps.check()
         rolled = kit_name(settings, "rolledback")

@@ -184,7 +184,7 @@ class PruneResult:
 
 
 def prune(settings: Settings, dry_run: bool = False, console: Console | None = None) -> PruneResult:
-    console = console or Console([settings.db_password])
+    console = console or Console(settings.secrets())
     if dry_run:
         result = PruneResult(plan(settings), [], 0, True)
         _report(result, console)

@@ -37,7 +37,7 @@ def run_backup_globals(
     dry_run: bool = False,
     console: Console | None = None,
 ) -> BackupResult | list[str]:
-    console = console or Console([settings.db_password])
+    console = console or Console(settings.secrets())
     when = datetime.now()
     if dry_run:
         target = settings.backup_dir / catalog.backup_name(

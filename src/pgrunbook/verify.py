@@ -134,7 +134,7 @@ def read_checksum_sidecar(path: Path) -> str | None:
 def verify_backup(
     settings: Settings, file: str | None = None, console: Console | None = None
 ) -> VerifyReport:
-    console = console or Console([settings.db_password])
+    console = console or Console(settings.secrets())
     path = resolve_file(settings, file)
     entry = Entry("verify", settings.env, settings.db_name, settings.db_container, file=str(path))
     with recorded(settings.worklog_path, entry, console.redact):
