@@ -119,6 +119,14 @@ def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, ta
     assert not [d for d in databases(pg) if "_staging_" in d]
     assert "restore-rollback" in result.stderr
     assert comment_of(pg, target) == "knot 本番"  # the live database keeps its own comment
+    analyzed = "0"
+    for _ in range(100):  # the background ANALYZE gives the new database planner statistics
+        analyzed = pg.psql("SELECT count(*) FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL",
+                           target).strip()
+        if analyzed != "0":
+            break
+        time.sleep(0.2)
+    assert analyzed != "0"
     assert comment_of(pg, previous).startswith("pgrunbook:previous:prod:")
     assert pg.psql(f"SELECT datallowconn FROM pg_database WHERE datname = '{previous}'", "postgres").strip() == "t"
 

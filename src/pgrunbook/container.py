@@ -156,6 +156,14 @@ class Container:
         exit_code = self._exit_code(exec_id)
         return ExecResult(exit_code, bytes(collected), stderr_tail.decode("utf-8", "replace"))
 
+    def start_detached(self, argv: list[str], environment: dict[str, str] | None = None) -> None:
+        """Start a command that goes on without us (best effort, no result)."""
+        try:
+            exec_id = self.api.exec_create(self.model.id, argv, environment=environment or None)["Id"]
+            self.api.exec_start(exec_id, detach=True)
+        except APIError as error:
+            raise self._exec_error(error) from error
+
     def _exec_with_stdin(
         self,
         exec_id: str,

@@ -863,8 +863,6 @@ def _replace_locked(
                          "置き換え後に確認してください")
         for note in _database_level_notes(pg, settings.db_name):
             console.warn(f"pg_restore は DB 単位の設定を戻しません。置き換え後に再設定してください: {note}")
-        console.step("プランナー統計を作成（ANALYZE）")
-        pg.execute("ANALYZE", staging)
         try:
             apps.stop()
             console.step(f"切り替え: {settings.db_name} → {previous}、{staging} → {settings.db_name}")
@@ -893,6 +891,12 @@ def _replace_locked(
             ) from error
         raise
     entry.details["previous"] = previous
+    # planner statistics for the new database right away (autovacuum would take a
+    # minute or more); in the background, so the app is not kept waiting for it
+    with contextlib.suppress(RunbookError):
+        pg.container.start_detached(pg.psql_argv(settings.db_name) + ["-c", "ANALYZE"],
+                                    settings.password_environment())
+        console.step("プランナー統計の作成（ANALYZE）をバックグラウンドで開始")
     if failed_apps:
         raise RunbookError(
             f"DB は置き換えましたが、アプリのコンテナを再開できません: {'; '.join(failed_apps)}",
