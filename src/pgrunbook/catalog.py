@@ -58,10 +58,25 @@ class BackupFile:
         return self.format == GLOBALS
 
     def manifest(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        return read_manifest(self.path)
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest beside a backup file (``<file>.json``), or None."""
+    try:
+        return json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_checksum(path: Path) -> str | None:
+    """The sha256 recorded beside a backup file (``<file>.sha256``): None when there
+    is no sidecar, "" when it is empty."""
+    try:
+        words = path.with_name(path.name + ".sha256").read_text(encoding="utf-8").split()
+    except OSError:
+        return None
+    return words[0].lower() if words else ""
 
 
 def backup_name(prefix: str, env: str, when: datetime, fmt: str, serial: int = 0) -> str:

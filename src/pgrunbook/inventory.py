@@ -54,21 +54,13 @@ class Inventoried:
         return self.made_by_kit and self.checksum == CHECKSUM_OK
 
 
-def read_checksum(path: Path) -> str | None:
-    try:
-        words = path.read_text(encoding="utf-8").split()
-    except OSError:
-        return None
-    return words[0].lower() if words else ""
-
-
 def manifest_matches(backup: catalog.BackupFile, manifest: dict[str, Any] | None, env: str) -> bool:
     """The manifest the kit wrote for exactly this file of this env."""
     return bool(manifest) and manifest.get("env") == env and manifest.get("file") == backup.name
 
 
 def checksum_state(backup: catalog.BackupFile, manifest: dict[str, Any] | None, size: int) -> str:
-    recorded = read_checksum(backup.checksum_path)
+    recorded = catalog.read_checksum(backup.path)
     if recorded is None:
         return CHECKSUM_MISSING
     if not manifest:
@@ -106,7 +98,7 @@ def inventory(settings: Settings, with_globals: bool = True) -> list[Inventoried
             continue  # removed while we looked
         manifest = backup.manifest()
         kit = not backup.legacy and manifest_matches(backup, manifest, settings.env)
-        recorded = read_checksum(backup.checksum_path)
+        recorded = catalog.read_checksum(backup.path)
         state = checksum_state(backup, manifest if kit else None, size)
         found.append(Inventoried(
             backup=backup,

@@ -54,7 +54,7 @@ from pgrunbook.encryption import (
 from pgrunbook.errors import RunbookError
 from pgrunbook.inventory import verified_index
 from pgrunbook.settings import Settings, sibling_settings
-from pgrunbook.verify import read_checksum_sidecar, resolve_file
+from pgrunbook.verify import resolve_file
 from pgrunbook.worklog import Entry, ensure_private_dir, recorded
 
 ARCHIVE_SUFFIX = ".age"
@@ -442,7 +442,7 @@ def verified_backup(settings: Settings, file: str | None = None,
         candidates = [b.path for b in reversed(mine)]
     for index, path in enumerate(candidates):
         passed = sorted((when, sha) for (name, sha), when in verified.items() if name == path.name)
-        recorded_sha = read_checksum_sidecar(path.with_name(path.name + ".sha256"))
+        recorded_sha = catalog.read_checksum(path)
         if recorded_sha is not None:
             if (path.name, recorded_sha) in verified:
                 return _chosen(path, recorded_sha, candidates[:index], console)

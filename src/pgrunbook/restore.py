@@ -36,7 +36,7 @@ from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import Postgres, TableCount, quote_ident, quote_literal
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings, load_settings
-from pgrunbook.verify import check_file, read_checksum_sidecar, resolve_file
+from pgrunbook.verify import check_file, resolve_file
 from pgrunbook.worklog import Entry, now_iso, operator, recorded
 
 MARK = "pgrunbook"
@@ -85,10 +85,10 @@ def inspect_source(settings: Settings, file: str | None, console: Console) -> So
             "ロールは新しいサーバーで psql -d postgres -f に流してから DB を戻す（手順書「運用」参照）",
         )
     parsed = catalog.parse(path)
-    manifest = _manifest_of(path)
+    manifest = catalog.read_manifest(path)
     env = (manifest or {}).get("env") or (parsed.env if parsed else None)
     header = read_header(path) if report.format == "custom" else None
-    expected = read_checksum_sidecar(path.with_name(path.name + ".sha256"))
+    expected = catalog.read_checksum(path)
     expected = expected or (manifest or {}).get("sha256")
     return Source(path, report.format or "custom", env, manifest, header, path.stat().st_size,
                   expected)
@@ -125,16 +125,6 @@ def check_digest(source: Source, digest: str) -> None:
             f"実際 {digest[:12]}…）",
             "ファイルが壊れているか差し替えられています。別のバックアップを使う",
         )
-
-
-def _manifest_of(path: Path) -> dict[str, Any] | None:
-    import json
-
-    sidecar = path.with_name(path.name + ".json")
-    try:
-        return json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 # ---- guards -------------------------------------------------------------------------

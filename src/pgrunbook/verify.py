@@ -123,14 +123,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_checksum_sidecar(path: Path) -> str | None:
-    try:
-        text = path.read_text(encoding="utf-8").split()
-    except OSError:
-        return None
-    return text[0].lower() if text else ""
-
-
 def verify_backup(
     settings: Settings, file: str | None = None, console: Console | None = None
 ) -> VerifyReport:
@@ -174,7 +166,7 @@ def check_file(
                    "完成したバックアップ（.dump / .sql）を指定")
         return report
     backup = catalog.parse(path)
-    manifest = backup.manifest() if backup else _manifest_near(path)
+    manifest = catalog.read_manifest(path)
     if backup is None:
         report.warnings.append(f"{path.name} は命名規則外です（環境をファイル名から確認できません）")
     elif expected_env is not None and backup.env != expected_env:
@@ -214,18 +206,6 @@ def check_file(
     return report
 
 
-def _manifest_near(path: Path) -> dict[str, Any] | None:
-    sidecar = path.with_name(path.name + ".json")
-    if not sidecar.is_file():
-        return None
-    import json
-
-    try:
-        return json.loads(sidecar.read_text(encoding="utf-8"))
-    except ValueError:
-        return None
-
-
 def _content_format(path: Path) -> str | None:
     with open(path, "rb") as handle:
         head = handle.read(len(MAGIC))
@@ -248,7 +228,7 @@ def _check_sidecars(
 ) -> None:
     path = report.path
     made_by_kit = backup is not None and not backup.legacy
-    expected = read_checksum_sidecar(path.with_name(path.name + ".sha256"))
+    expected = catalog.read_checksum(path)
     if expected is None:
         if made_by_kit:
             report.add("sha256", False, f"{path.name}.sha256 がありません",
