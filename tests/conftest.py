@@ -43,6 +43,15 @@ def docker_client():
     return client
 
 
+def wait_for(predicate, what: str, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
 def _tar_of(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -93,6 +102,27 @@ class PgContainer:
         if sample:
             self.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", self.user, "-d", name],
                       stdin=SAMPLE_SQL.read_bytes())
+
+    def run_detached(self, sql: str, database: str = "app", app_name: str = "") -> str:
+        """Start a psql session that goes on by itself (a sleeper, a writer, a lock holder)."""
+        app_name = app_name or f"pgrunbook-test-{uuid.uuid4().hex[:8]}"
+        exec_id = self.client.api.exec_create(
+            self.container.id, ["psql", "-U", self.user, "-d", database, "-c", sql],
+            environment={"PGPASSWORD": self.password, "PGAPPNAME": app_name},
+        )["Id"]
+        self.client.api.exec_start(exec_id, detach=True)
+        return app_name
+
+    def hold_table_lock(self, table: str, seconds: float, database: str = "app") -> str:
+        """Hold an ACCESS EXCLUSIVE lock on a table; return once it is granted."""
+        app_name = self.run_detached(
+            f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({seconds}); COMMIT;",
+            database)
+        wait_for(lambda: self.psql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            f"WHERE a.application_name = '{app_name}' AND l.mode = 'AccessExclusiveLock' "
+            "AND l.granted", "postgres").strip() != "0", "the table lock")
+        return app_name
 
     def put(self, data: bytes, path: str) -> None:
         directory, name = path.rsplit("/", 1)

@@ -115,15 +115,7 @@ def test_no_docker_engine(cli, tmp_path):
 
 
 def test_a_held_lock_fails_the_backup_after_the_timeout_instead_of_hanging(cli, pg):
-    api = pg.client.api
-    locker = api.exec_create(
-        pg.container.id,
-        ["psql", "-U", "app", "-d", "app", "-c",
-         "BEGIN; LOCK TABLE public.votes IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;"],
-        environment={"PGPASSWORD": PASSWORD},
-    )["Id"]
-    api.exec_start(locker, detach=True)
-    time.sleep(0.5)
+    pg.hold_table_lock("public.votes", 8)
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD,
                   DUMP_LOCK_WAIT_TIMEOUT="1s", ROW_COUNTS="false")
     result = cli("backup", "--env=prod")

@@ -8,10 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import uuid
 
-from conftest import PASSWORD, ROOT
+from conftest import PASSWORD, ROOT, wait_for
 
 HOLD_LOCK = """
 import sys, time
@@ -31,15 +29,6 @@ def start_backup(cli) -> subprocess.Popen:
     )
 
 
-def wait_for(predicate, what: str, limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 def lock_holder(path) -> dict:
     try:
         return json.loads(path.read_text() or "{}")
@@ -50,18 +39,7 @@ def lock_holder(path) -> dict:
 def test_two_concurrent_backups_one_fails_fast_naming_the_holder(cli, pg):
     # no row counts: pg_dump itself must be what waits on the held table lock
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD, ROW_COUNTS="false")
-    app_name = f"pgrunbook-locker-{uuid.uuid4().hex[:8]}"
-    api = pg.client.api
-    locker = api.exec_create(
-        pg.container.id,
-        ["psql", "-U", "app", "-d", "app", "-c",
-         "BEGIN; LOCK TABLE audit.audit_log IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120); COMMIT;"],
-        environment={"PGPASSWORD": PASSWORD, "PGAPPNAME": app_name},
-    )["Id"]
-    api.exec_start(locker, detach=True)
-    wait_for(lambda: pg.psql(f"SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                             f"WHERE a.application_name = '{app_name}' AND l.mode = 'AccessExclusiveLock' "
-                             f"AND l.granted", "postgres").strip() != "0", "the table lock")
+    app_name = pg.hold_table_lock("audit.audit_log", 120)
     lock_file = cli.backup_dir("prod") / f".lock-{pg.name}-app"
     first = start_backup(cli)
     try:

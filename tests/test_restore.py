@@ -103,12 +103,8 @@ def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, ta
     pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
             "('バックアップ後の投票', 1, '賛成', now())", target)
     after_backup = table_fingerprints(pg, target)
-    api = pg.client.api
     for _ in range(2):  # sessions that sit on the live database
-        sleeper = api.exec_create(pg.container.id, ["psql", "-U", "app", "-d", target, "-c",
-                                                    "SELECT pg_sleep(60)"],
-                                  environment={"PGPASSWORD": PASSWORD})["Id"]
-        api.exec_start(sleeper, detach=True)
+        pg.run_detached("SELECT pg_sleep(60)", target)
     time.sleep(0.5)
     result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
     assert result.returncode == 0, result.stderr
@@ -320,14 +316,8 @@ def test_row_counts_match_the_dump_while_the_database_is_written_to(cli, pg, tar
     """The manifest's counts come from pg_dump's own snapshot: a busy database still
     passes the restore test (counting before the dump would not)."""
     pg.psql("CREATE TABLE public.busy (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())", target)
-    writer = pg.client.api.exec_create(
-        pg.container.id,
-        ["psql", "-U", "app", "-d", target, "-c",
-         "DO $$ BEGIN FOR i IN 1..400000 LOOP INSERT INTO public.busy DEFAULT VALUES; COMMIT; "
-         "END LOOP; END $$"],
-        environment={"PGPASSWORD": PASSWORD},
-    )["Id"]
-    pg.client.api.exec_start(writer, detach=True)
+    pg.run_detached("DO $$ BEGIN FOR i IN 1..400000 LOOP INSERT INTO public.busy DEFAULT VALUES; "
+                    "COMMIT; END LOOP; END $$", target)
     try:
         time.sleep(0.5)
         results = [cli("backup", "--env=prod") for _ in range(3)]

@@ -16,15 +16,7 @@ def test_password_never_appears(cli, pg):
     # no row counts: the count(*) would wait for the lock instead of pg_dump
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD, ROW_COUNTS="false")
     # hold a lock so that pg_dump waits inside the container while we read every argv
-    api = pg.client.api
-    locker = api.exec_create(
-        pg.container.id,
-        ["psql", "-U", "app", "-d", "app", "-c",
-         "BEGIN; LOCK TABLE audit.audit_log IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT;"],
-        environment={"PGPASSWORD": PASSWORD},
-    )["Id"]
-    api.exec_start(locker, detach=True)
-    time.sleep(0.5)
+    pg.hold_table_lock("audit.audit_log", 3)
     process = subprocess.Popen(
         [sys.executable, "-m", "invoke", "-r", str(ROOT), "backup", "--env=prod"],
         cwd=cli.home, env={**os.environ, "PGRUNBOOK_HOME": str(cli.home)},
