@@ -77,17 +77,13 @@ class Example:
 
     settings: Settings
 
-    @property
-    def stamp(self) -> str:
-        return EXAMPLE_WHEN.strftime("%Y%m%d")
-
     def archive(self, fmt: str = "custom") -> Path:
         name = catalog.backup_name(self.settings.backup_prefix, self.settings.env, EXAMPLE_WHEN, fmt)
         return self.settings.backup_dir / name
 
     @property
     def scratch(self) -> str:
-        return f"{self.settings.db_name}_restore_{self.stamp}"
+        return restore.scratch_name(self.settings, EXAMPLE_WHEN)
 
     @property
     def staging(self) -> str:

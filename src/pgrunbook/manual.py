@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from pgrunbook.postgres import quote_literal
 from pgrunbook.settings import Settings
 
 
@@ -94,10 +95,6 @@ def _sql_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _shell_sql(statement: str) -> str:
     """SQL as one shell word, readable: "...'app'..." rather than '...'"'"'app'"'"'...'."""
     if "'" in statement and not any(ch in statement for ch in '"$`\\!'):
@@ -130,7 +127,7 @@ def _load(settings: Settings, archive: Path, database: str, no_owner: bool, no_a
 def terminate_sql(database: str) -> str:
     return (
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE datname = {_sql_text(database)} AND pid <> pg_backend_pid();"
+        f"WHERE datname = {quote_literal(database)} AND pid <> pg_backend_pid();"
     )
 
 
