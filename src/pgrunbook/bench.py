@@ -121,16 +121,20 @@ def _psql(container: Container, sql: str, database: str = "app") -> str:
 
 
 def settle(container: Container, timeout: float = 300) -> None:
-    """Let the server finish the previous step's after-work (autovacuum of freshly
-    loaded tables, dirty buffers) so that each timed step starts from the same state."""
-    _psql(container, "CHECKPOINT", "postgres")
+    """Let the server finish the previous step's after-work so that each timed step
+    starts from the same state: autovacuum of freshly loaded tables and the ANALYZE
+    the kit leaves running after a replace (either would slow the next step down),
+    then a checkpoint for the dirty buffers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         busy = _psql(container, "SELECT count(*) FROM pg_stat_activity "
-                                "WHERE backend_type = 'autovacuum worker'", "postgres")
+                                "WHERE pid <> pg_backend_pid() AND (backend_type = 'autovacuum worker'"
+                                " OR (backend_type = 'client backend' AND state <> 'idle'))",
+                     "postgres")
         if busy == "0":
-            return
-        time.sleep(1)
+            break
+        time.sleep(0.5)
+    _psql(container, "CHECKPOINT", "postgres")
 
 
 def start_container(image: str) -> Container:

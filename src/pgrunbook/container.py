@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import socket
@@ -71,6 +72,13 @@ class Container:
         self.model = model
         self.name: str = model.name
         self.api = client.api
+        self._info: dict | None = None
+
+    def engine_info(self) -> dict:
+        """The engine's ``docker info`` (asked once)."""
+        if self._info is None:
+            self._info = self.client.info()
+        return self._info
 
     @classmethod
     def find(cls, name: str, client: docker.DockerClient | None = None) -> Container:
@@ -97,10 +105,26 @@ class Container:
         """Which Docker Engine this is: a DOCKER_HOST left in a shell must show."""
         where = os.environ.get("DOCKER_HOST") or "ローカル（/var/run/docker.sock）"
         try:
-            name = self.client.info().get("Name", "")
+            name = self.engine_info().get("Name", "")
         except Exception:  # noqa: BLE001 - only a description
             name = ""
         return f"{where}{f'（ホスト {name}）' if name else ''}"
+
+    def cpu_count(self) -> int:
+        """The CPUs the container may use: its cpuset, --cpus or CPU quota, else the
+        engine's. From the Engine API, not an exec (no process in the container)."""
+        host = self.model.attrs.get("HostConfig") or {}
+        limits = []
+        if host.get("NanoCpus"):
+            limits.append(math.ceil(host["NanoCpus"] / 1e9))
+        if (host.get("CpuQuota") or 0) > 0:
+            limits.append(math.ceil(host["CpuQuota"] / (host.get("CpuPeriod") or 100_000)))
+        if host.get("CpusetCpus"):
+            limits.append(cpuset_size(host["CpusetCpus"]))
+        if not limits:
+            with contextlib.suppress(Exception):
+                limits.append(int(self.engine_info().get("NCPU") or 1))
+        return max(1, min(limits, default=1))
 
     # ---- exec -----------------------------------------------------------------
     def exec(
@@ -247,16 +271,27 @@ class Container:
     ) -> str:
         """Copy a host file into the container as one streamed tar (flat memory).
 
-        ``chunks`` may supply the file's bytes (e.g. hashed on the way)."""
+        ``name`` may be ``subdirectory/file``: the subdirectory is created by the
+        same archive with mode 0700 (no mkdir exec). ``chunks`` may supply the
+        file's bytes (e.g. hashed on the way)."""
         size = source.stat().st_size
+        now = int(time.time())
+        headers = b""
+        parent = os.path.dirname(name)
+        if parent:
+            folder = tarfile.TarInfo(parent)
+            folder.type = tarfile.DIRTYPE
+            folder.mode = 0o700
+            folder.mtime = now
+            headers += folder.tobuf(format=tarfile.PAX_FORMAT)
         info = tarfile.TarInfo(name)
         info.size = size
         info.mode = mode
-        info.mtime = int(time.time())
-        header = info.tobuf(format=tarfile.PAX_FORMAT)
+        info.mtime = now
+        headers += info.tobuf(format=tarfile.PAX_FORMAT)
 
         def tar_stream() -> Iterator[bytes]:
-            yield header
+            yield headers
             if chunks is not None:
                 yield from chunks
             else:
@@ -297,6 +332,16 @@ class Container:
                         written += len(chunk)
                 return written
         raise RunbookError(f"コンテナ内の {path} は通常のファイルではありません")
+
+
+def cpuset_size(cpuset: str) -> int:
+    """How many CPUs a cpuset like ``0-3,6`` names."""
+    count = 0
+    for part in cpuset.split(","):
+        low, _, high = part.strip().partition("-")
+        if low.isdigit():
+            count += int(high) - int(low) + 1 if high.isdigit() else 1
+    return max(1, count)
 
 
 class _IterableReader(io.RawIOBase):

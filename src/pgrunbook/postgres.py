@@ -7,10 +7,11 @@ environment (PGPASSWORD), never in argv.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pgrunbook.container import Container, ExecResult
 from pgrunbook.errors import RunbookError
@@ -104,6 +105,52 @@ def explain_failure(stderr: str, settings: Settings, database: str | None = None
     return RunbookError(chosen or "PostgreSQL のコマンドが失敗しました")
 
 
+# Everything a restore needs to know about the server and the live database,
+# in one round trip (each psql exec costs ~50 ms; a replace used to make 25).
+FACTS = """
+SELECT json_build_object(
+  'version', split_part(current_setting('server_version'), ' ', 1),
+  'data_directory', CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE')
+                         THEN current_setting('data_directory') END,
+  'database', (
+    SELECT json_build_object(
+      'size', pg_database_size(d.oid),
+      'encoding', pg_encoding_to_char(d.encoding),
+      'collate', d.datcollate, 'ctype', d.datctype,
+      'owner', pg_get_userbyid(d.datdba),
+      'comment', shobj_description(d.oid, 'pg_database'),
+      'acl', coalesce(d.datacl::text, ''),
+      'settings', (
+        SELECT coalesce(json_agg(json_build_array(
+                 CASE WHEN s.setrole = 0 THEN '' ELSE pg_get_userbyid(s.setrole) END,
+                 array_to_string(s.setconfig, ', '))), '[]'::json)
+        FROM pg_db_role_setting s WHERE s.setdatabase = d.oid))
+    FROM pg_database d WHERE d.datname = %s))
+"""
+
+
+@dataclass(frozen=True)
+class DatabaseFacts:
+    """The live database as pg_restore will not recreate it."""
+
+    name: str
+    size: int
+    encoding: str
+    collate: str
+    ctype: str
+    owner: str
+    comment: str | None
+    acl: str
+    settings: list[tuple[str, str]] = field(default_factory=list)  # (role or "", "a=b, c=d")
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    version: str
+    data_directory: str | None  # None without pg_read_all_settings
+    database: DatabaseFacts | None  # None: no such database
+
+
 class Postgres:
     """psql and friends, run inside the DB container as DB_USER."""
 
@@ -144,6 +191,19 @@ class Postgres:
         result = self.run(self.psql_argv(database) + ["-c", sql])
         if not result.ok:
             raise explain_failure(result.stderr, self.settings, database)
+
+    def facts(self, database: str) -> ServerFacts:
+        """The server's version and data directory and ``database``'s facts, one query."""
+        raw = json.loads(self.query(FACTS % quote_literal(database), "postgres")[0][0])
+        found = raw.get("database")
+        facts = None
+        if found:
+            facts = DatabaseFacts(
+                database, int(found["size"]), found["encoding"], found["collate"], found["ctype"],
+                found["owner"], found["comment"] or None, found["acl"],
+                [(role, config) for role, config in found["settings"]],
+            )
+        return ServerFacts(raw["version"], raw.get("data_directory"), facts)
 
     def server_version(self) -> str:
         return self.query("SHOW server_version")[0][0]

@@ -12,12 +12,16 @@ never dropped by any code path.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +37,15 @@ from pgrunbook.backup import file_chunks
 from pgrunbook.console import Console, human_size
 from pgrunbook.container import CHUNK, Container, engine
 from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import Postgres, TableCount, quote_ident, quote_literal
+from pgrunbook.postgres import (
+    DatabaseFacts,
+    Postgres,
+    ServerFacts,
+    TableCount,
+    explain_failure,
+    quote_ident,
+    quote_literal,
+)
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings, load_settings
 from pgrunbook.verify import check_file, resolve_file
@@ -94,22 +106,61 @@ def inspect_source(settings: Settings, file: str | None, console: Console) -> So
                   expected)
 
 
+def inspect_with_facts(
+    pg: Postgres, settings: Settings, file: str | None, console: Console
+) -> tuple[Source, ServerFacts]:
+    """The file's checks (a ``pg_restore --list`` in the container) and the server's
+    facts, side by side: two round trips for the price of one."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="facts") as pool:
+        facts = pool.submit(pg.facts, settings.db_name)
+        try:
+            source = inspect_source(settings, file, console)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                facts.result()
+            raise
+        return source, facts.result()
+
+
 class Digest:
-    """Hashes the file's bytes as they are sent, so the file is read once."""
+    """Hashes the file's bytes as they are sent, so the file is read once.
+
+    The hashing runs on its own thread, beside the upload (hashlib releases the
+    GIL): sha256 of 230 MiB costs ~0.25 s that would otherwise add to the send."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.hash = hashlib.sha256()
-        self.done = 0
+        self.done = 0  # bytes hashed (or queued for hashing)
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+
+    def _hash_queued(self, pending: queue.Queue[bytes | None]) -> None:
+        while (chunk := pending.get()) is not None:
+            self.hash.update(chunk)
 
     def chunks(self) -> Iterator[bytes]:
-        for chunk in file_chunks(self.path):
-            self.hash.update(chunk)
-            self.done += len(chunk)
-            yield chunk
+        self._queue = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._hash_queued, args=(self._queue,),
+                                        name="sha256", daemon=True)
+        self._thread.start()
+        try:
+            for chunk in file_chunks(self.path):
+                self._queue.put(chunk)
+                self.done += len(chunk)
+                yield chunk
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def hexdigest(self) -> str:
         """The whole file's sha256, also when the reader stopped early."""
+        self._finish()
         with open(self.path, "rb") as handle:
             handle.seek(self.done)
             while chunk := handle.read(CHUNK):
@@ -128,25 +179,24 @@ def check_digest(source: Source, digest: str) -> None:
 
 
 # ---- guards -------------------------------------------------------------------------
-def check_versions(pg: Postgres, source: Source) -> None:
-    """Refuse an archive from a newer pg_dump than the container's tools can read."""
+def check_versions(source: Source, server_version: str) -> None:
+    """Refuse an archive from a newer pg_dump than the server: its SQL is not
+    guaranteed to load into an older PostgreSQL. (That the container's
+    pg_restore can read the archive at all, ``pg_restore --list`` has shown.)"""
     if source.format == "custom":
         made_by = source.header.pg_dump_version if source.header else ""
-        tool = "pg_restore"
     else:
         with open(source.path, "rb") as handle:
             head = handle.read(2048).decode("utf-8", "replace")
         match = re.search(r"Dumped by pg_dump version (\S+)", head)
         made_by = match.group(1) if match else ""
-        tool = "psql"
     if not made_by:
         return
-    available = pg.tool_version(tool)
-    if major_version(made_by) > major_version(available):
+    if major_version(made_by) > major_version(server_version):
         raise Refused(
-            f"{source.path.name} は pg_dump {made_by} で作られており、コンテナの {tool} "
-            f"{available} では読めません",
-            f"PostgreSQL {major_version(made_by)} 以上のコンテナに戻すか、同じ版の {tool} を使う",
+            f"{source.path.name} は pg_dump {made_by} で作られており、コンテナの PostgreSQL "
+            f"{server_version} には戻せません（古い版のサーバーへの復元は保証されません）",
+            f"PostgreSQL {major_version(made_by)} 以上のコンテナに戻す",
         )
 
 
@@ -294,17 +344,13 @@ def kit_databases(pg: Postgres) -> list[KitDatabase]:
     return found
 
 
-def _create_database(pg: Postgres, name: str, comment: str, like: str | None = None) -> None:
+def _create_database(pg: Postgres, name: str, comment: str, like: DatabaseFacts | None) -> None:
     """Create a kit database (with the live database's encoding and locale when
-    ``like`` exists), marked by its comment. Unmarked, it is dropped at once."""
+    there is one), marked by its comment. Unmarked, it is dropped at once."""
     options = ""
     if like:
-        rows = pg.query("SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
-                        f"WHERE datname = {quote_literal(like)}", "postgres")
-        if rows:
-            encoding, collate, ctype = rows[0]
-            options = (f" ENCODING {quote_literal(encoding)} LC_COLLATE {quote_literal(collate)}"
-                       f" LC_CTYPE {quote_literal(ctype)}")
+        options = (f" ENCODING {quote_literal(like.encoding)} LC_COLLATE {quote_literal(like.collate)}"
+                   f" LC_CTYPE {quote_literal(like.ctype)}")
     pg.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0{options}", "postgres")
     try:
         pg.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(comment)}", "postgres")
@@ -337,38 +383,31 @@ class RestoreOptions:
     jobs: int | None = None
 
 
-def _container_cpus(pg: Postgres) -> int:
-    result = pg.container.run(["nproc"])
-    try:
-        return max(1, int(result.stdout.decode().strip()))
-    except ValueError:
-        return 1
-
-
 @contextlib.contextmanager
 def _file_in_container(pg: Postgres, source: Source, digest: Digest) -> Iterator[str]:
-    """Place the archive inside the container (needed by pg_restore -j); removed after."""
-    directory = f"/tmp/pgrunbook-{uuid.uuid4().hex[:12]}"
-    made = pg.container.run(["mkdir", "-m", "700", directory])
-    if not made.ok:
-        raise RunbookError(f"コンテナ内に作業ディレクトリを作れません: {made.error_text()}")
+    """Place the archive inside the container (needed by pg_restore -j) in a
+    private directory the same upload creates; removed after (after a success,
+    on a thread of its own while the caller goes on; the process waits for it)."""
+    private = f"pgrunbook-{uuid.uuid4().hex[:12]}"
+    remove = functools.partial(pg.container.run, ["rm", "-rf", f"/tmp/{private}"])
     try:
-        yield pg.container.put_file(source.path, directory, source.path.name, chunks=digest.chunks())
-    finally:
-        pg.container.run(["rm", "-rf", directory])
+        yield pg.container.put_file(source.path, "/tmp", f"{private}/{source.path.name}",
+                                    chunks=digest.chunks())
+    except BaseException:
+        remove()
+        raise
+    threading.Thread(target=remove, name="remove-archive").start()
 
 
-def check_free_space(pg: Postgres, settings: Settings, source: Source, archive_inside: bool) -> None:
+def check_free_space(pg: Postgres, facts: ServerFacts, source: Source, archive_inside: bool) -> None:
     """Refuse a restore the container's disk cannot hold: a full disk would also
     stop the live cluster (its WAL lives there). Skipped when the server does not
     tell where its data lives (no pg_read_all_settings)."""
-    try:
-        data_directory = pg.query("SHOW data_directory", "postgres")[0][0]
-    except (RunbookError, IndexError):
+    data_directory = facts.data_directory
+    if not data_directory:
         return
-    live = pg.query("SELECT pg_database_size(oid) FROM pg_database "
-                    f"WHERE datname = {quote_literal(settings.db_name)}", "postgres")
-    needed_data = int(live[0][0]) if live else source.size * 5  # no live DB: a rough guess
+    # no live DB: a rough guess from the archive
+    needed_data = facts.database.size if facts.database else source.size * 5
     places = [data_directory] + (["/tmp"] if archive_inside else [])
     result = pg.container.run(["df", "-Pk", *places])
     if not result.ok:
@@ -394,7 +433,7 @@ def check_free_space(pg: Postgres, settings: Settings, source: Source, archive_i
 
 def restore_into(
     pg: Postgres, settings: Settings, source: Source, database: str, options: RestoreOptions,
-    console: Console,
+    console: Console, facts: ServerFacts,
 ) -> str:
     """Restore the file into an existing empty database; raise on any error.
 
@@ -403,7 +442,7 @@ def restore_into(
     digest = Digest(source.path)
     started = time.monotonic()
     if source.format == "plain":
-        check_free_space(pg, settings, source, archive_inside=False)
+        check_free_space(pg, facts, source, archive_inside=False)
         console.step(f"psql（ON_ERROR_STOP、単一トランザクション）で {database} に復元")
         argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                 "-U", settings.db_user, "-d", database]
@@ -417,8 +456,8 @@ def restore_into(
             argv.append("--no-owner")
         if options.no_acl:
             argv.append("--no-acl")
-        jobs = options.jobs or _container_cpus(pg)
-        check_free_space(pg, settings, source, archive_inside=jobs > 1)
+        jobs = options.jobs or pg.container.cpu_count()
+        check_free_space(pg, facts, source, archive_inside=jobs > 1)
         if jobs > 1:
             with _file_in_container(pg, source, digest) as inside:
                 console.step(f"pg_restore -j {jobs} で {database} に復元")
@@ -459,22 +498,32 @@ class DatabaseSummary:
         return lines
 
 
-# Live-row counts a fresh database already knows: the cumulative statistics of
-# the restoring sessions. Used only when they equal the expected counts exactly;
-# anything else (a late stats flush, an autoanalyze estimate) falls back to count(*).
-FRESH_ROW_COUNTS = """
-SELECT s.schemaname, s.relname, s.n_live_tup
-FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-WHERE c.relkind = 'r' ORDER BY 1, 2
+# A database's schemas and the rows of each ordinary table, in one round trip.
+# {rows} is either the live-row count a freshly restored database already knows
+# (the cumulative statistics of the restoring sessions; trusted only when it
+# equals the expected counts exactly, anything else, a late stats flush or an
+# autoanalyze estimate, falls back to count(*)) or the exact count(*) itself.
+SUMMARY = """
+SELECT 'schema', nspname, '', 0 FROM pg_namespace
+WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+UNION ALL
+SELECT 'table', n.nspname, c.relname, {rows}
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+ORDER BY 1, 2, 3
 """
+FRESH_ROWS = "pg_stat_get_live_tuples(c.oid)"
+EXACT_ROWS = """(xpath('/row/c/text()', query_to_xml(
+    format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint"""
 
 
-def _row_counts(pg: Postgres, database: str, expected: dict[str, int] | None) -> list[TableCount]:
-    if expected:
-        fresh = [TableCount(r[0], r[1], int(r[2])) for r in pg.query(FRESH_ROW_COUNTS, database)]
-        if {f"{c.schema}.{c.name}": c.rows for c in fresh} == expected:
-            return fresh
-    return pg.table_counts(database)
+def _summary_rows(pg: Postgres, database: str, rows: str) -> tuple[set[str], list[TableCount]]:
+    result = pg.query(SUMMARY.format(rows=rows), database)
+    schemas = {row[1] for row in result if row[0] == "schema"}
+    counts = [TableCount(row[1], row[2], int(row[3])) for row in result if row[0] == "table"]
+    return schemas, counts
 
 
 def summarize_database(
@@ -485,12 +534,14 @@ def summarize_database(
     ``expected`` (a freshly restored database's manifest counts) allows the
     instant statistics path; without it every table is counted."""
     summary = DatabaseSummary(database)
-    counts = _row_counts(pg, database, expected)
-    summary.schemas = sorted({c.schema for c in counts} | {
-        row[0] for row in pg.query(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-            "AND nspname <> 'information_schema'", database)
-    })
+    counts = None
+    if expected:
+        schemas, fresh = _summary_rows(pg, database, FRESH_ROWS)
+        if {f"{c.schema}.{c.name}": c.rows for c in fresh} == expected:
+            counts = fresh
+    if counts is None:
+        schemas, counts = _summary_rows(pg, database, EXACT_ROWS)
+    summary.schemas = sorted(schemas | {c.schema for c in counts})
     summary.tables = {f"{c.schema}.{c.name}": c.rows for c in counts}
     prisma = [name for name in summary.tables if name.endswith("._prisma_migrations")]
     if prisma:
@@ -594,13 +645,13 @@ def restore_scratch(
     entry = Entry("restore-scratch", settings.env, settings.db_name, settings.db_container)
     with recorded(settings.worklog_path, entry, console.redact):
         pg = Postgres(Container.find(settings.db_container), settings)
-        source = inspect_source(settings, file, console)
+        source, facts = inspect_with_facts(pg, settings, file, console)
         entry.file = str(source.path)
         target = database or scratch_name(settings)
         _validate_target_name(settings, target)
         entry.details["target"] = target
         entry.details["source_env"] = source.env
-        check_versions(pg, source)
+        check_versions(source, facts.version)
         personal = warn_personal_data(settings, source, console)
         if pg.database_exists(target):
             mine = {db.name: db for db in kit_databases(pg)
@@ -614,9 +665,9 @@ def restore_scratch(
             console.step(f"既存の検証用 DB {target} を作り直します")
             drop_kit_database(pg, target)
         _create_database(pg, target, mark_text("scratch", settings, source.path.name),
-                         like=settings.db_name)
+                         like=facts.database)
         try:
-            entry.sha256 = restore_into(pg, settings, source, target, options, console)
+            entry.sha256 = restore_into(pg, settings, source, target, options, console, facts)
             if personal:
                 _apply_masking(pg, settings, target, console)
         except BaseException:
@@ -694,13 +745,19 @@ class AppWrites:
 
 
 # ---- the swap -------------------------------------------------------------------------
+CLOSED = "pgrunbook: closed"
+
+
 def _swap(
     pg: Postgres, live: str, incoming: str, outgoing: str,
-    outgoing_comment: str, live_comment: str | None,
+    outgoing_comment: str, live_comment: str | None, server_version: str,
 ) -> None:
     """Block new sessions, end the old ones, then in ONE transaction: both renames,
     the outgoing database open again, both comments. Either all of it happened or
-    none; in both cases the database named ``live`` accepts connections after."""
+    none; in both cases the database named ``live`` accepts connections after.
+
+    The first attempt is one psql run (each run costs ~50 ms); a retry, when a
+    session slipped in, ends the sessions again."""
     live_q, incoming_q, outgoing_q = quote_ident(live), quote_ident(incoming), quote_ident(outgoing)
     statements = [
         f"ALTER DATABASE {live_q} RENAME TO {outgoing_q}",
@@ -709,32 +766,36 @@ def _swap(
         f"COMMENT ON DATABASE {outgoing_q} IS {quote_literal(outgoing_comment)}",
         f"COMMENT ON DATABASE {live_q} IS {quote_literal(live_comment) if live_comment else 'NULL'}",
     ]
-    argv = pg.psql_argv("postgres") + ["--single-transaction"]
-    for statement in statements:
-        argv += ["-c", statement]
+    swap = ["-c", "BEGIN"] + [part for statement in statements for part in ("-c", statement)]
+    swap += ["-c", "COMMIT"]
+    # PostgreSQL 14+ can wait (up to 5 s) until the ended sessions are gone
+    wait = ", 5000" if major_version(server_version) >= 14 else ""
+    terminate = (f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
+                 f"WHERE datname IN ({quote_literal(live)}, {quote_literal(incoming)}) "
+                 "AND pid <> pg_backend_pid()")
+    swapped = False
     try:
-        pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false", "postgres")
+        result = pg.run(pg.psql_argv("postgres") + [
+            "-c", f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false",
+            "-c", terminate, "-c", f"\\echo {CLOSED}", *swap])
+        if not result.ok and CLOSED.encode() not in result.stdout:
+            raise explain_failure(result.stderr, pg.settings, "postgres")
         last_error = "unknown"
-        for _attempt in range(5):
-            pg.query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                f"WHERE datname IN ({quote_literal(live)}, {quote_literal(incoming)}) "
-                "AND pid <> pg_backend_pid()",
-                "postgres",
-            )
-            result = pg.run(argv)
-            if result.ok:
+        for attempt in range(5):
+            if attempt:
+                time.sleep(0.5)
+                result = pg.run(pg.psql_argv("postgres") + ["-c", terminate, *swap])
+            if result.ok or pg.database_exists(outgoing):  # committed, maybe only psql's answer lost
+                swapped = True
                 return
             last_error = result.error_text()
-            if pg.database_exists(outgoing):
-                return  # committed, only psql's answer was lost
-            time.sleep(0.5)
         raise RunbookError(f"名前の切り替えに失敗しました: {last_error}")
     finally:
-        # after a swap this is the new database (already open); without one, the old
-        # database must not stay closed
-        with contextlib.suppress(Exception):
-            pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true", "postgres")
+        # after a swap the live name is the new database, already open; without one,
+        # the old database must not stay closed
+        if not swapped:
+            with contextlib.suppress(Exception):
+                pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true", "postgres")
 
 
 def _swapped(pg: Postgres, outgoing: str) -> bool | None:
@@ -745,31 +806,13 @@ def _swapped(pg: Postgres, outgoing: str) -> bool | None:
         return None
 
 
-def _database_level_notes(pg: Postgres, live: str) -> list[str]:
+def _database_level_notes(live: DatabaseFacts) -> list[str]:
     """Database-level settings and grants that pg_restore does not carry over."""
-    notes = []
-    rows = pg.query(
-        "SELECT coalesce(pg_get_userbyid(s.setrole), ''), array_to_string(s.setconfig, ', ') "
-        "FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-        f"WHERE d.datname = {quote_literal(live)}", "postgres")
-    for role, config in rows:
-        notes.append(f"ALTER {'ROLE ' + role + ' IN ' if role else ''}DATABASE ... SET {config}")
-    acl = pg.query("SELECT coalesce(datacl::text, '') FROM pg_database "
-                   f"WHERE datname = {quote_literal(live)}", "postgres")
-    if acl and acl[0][0]:
-        notes.append(f"データベースの権限 {acl[0][0]}")
+    notes = [f"ALTER {'ROLE ' + role + ' IN ' if role else ''}DATABASE ... SET {config}"
+             for role, config in live.settings]
+    if live.acl:
+        notes.append(f"データベースの権限 {live.acl}")
     return notes
-
-
-def _database_comment(pg: Postgres, name: str) -> str | None:
-    rows = pg.query("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                    f"WHERE datname = {quote_literal(name)}", "postgres")
-    return rows[0][0] if rows and rows[0][0] else None
-
-
-def _database_owner(pg: Postgres, name: str) -> str:
-    return pg.query("SELECT pg_get_userbyid(datdba) FROM pg_database "
-                    f"WHERE datname = {quote_literal(name)}", "postgres")[0][0]
 
 
 # ---- restore-replace --------------------------------------------------------------------
@@ -799,12 +842,12 @@ def restore_replace(
             raise Refused("置き換えリストアには --file の指定が必要です",
                           f"invoke verify --env={settings.env} などで戻すファイルを確かめて指定")
         pg = Postgres(Container.find(settings.db_container), settings)
-        source = inspect_source(settings, file, console)
+        source, facts = inspect_with_facts(pg, settings, file, console)
         entry.file = str(source.path)
         entry.details["source_env"] = source.env
-        check_versions(pg, source)
+        check_versions(source, facts.version)
         personal = guard_environment(settings, source, approved_by, console)
-        if not pg.database_exists(settings.db_name):
+        if facts.database is None:
             raise RunbookError(f"置き換え対象の {settings.db_name} がありません",
                                "新規に作るなら restore-scratch の後で名前を変える手順を検討")
         apps = AppWrites(settings, console)
@@ -815,13 +858,14 @@ def restore_replace(
                 engine=engine)
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-replace"):
-            result = _replace_locked(settings, pg, source, options, personal, apps, console, entry)
+            result = _replace_locked(settings, pg, facts, source, options, personal, apps, console,
+                                     entry)
         return result
 
 
 def _replace_locked(
-    settings: Settings, pg: Postgres, source: Source, options: RestoreOptions, personal: bool,
-    apps: AppWrites, console: Console, entry: Entry,
+    settings: Settings, pg: Postgres, facts: ServerFacts, source: Source, options: RestoreOptions,
+    personal: bool, apps: AppWrites, console: Console, entry: Entry,
 ) -> ReplaceResult:
     now = datetime.now()
     staging = kit_name(settings, "staging", now)
@@ -831,9 +875,10 @@ def _replace_locked(
                 f"--confirm={settings.env}")
     failed_apps: list[str] = []
     try:
-        _create_database(pg, staging, mark_text("staging", settings, source.path.name),
-                         like=settings.db_name)
-        entry.sha256 = restore_into(pg, settings, source, staging, options, console)
+        live = facts.database
+        assert live is not None  # checked by restore_replace
+        _create_database(pg, staging, mark_text("staging", settings, source.path.name), like=live)
+        entry.sha256 = restore_into(pg, settings, source, staging, options, console, facts)
         if personal:
             _apply_masking(pg, settings, staging, console)
         summary = summarize_database(pg, staging, None if personal else source.table_counts())
@@ -843,21 +888,21 @@ def _replace_locked(
                                "ファイルを invoke verify で確認。本番 DB は変更していません")
         if not summary.tables and (source.manifest or {}).get("tables"):
             raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
-        owner = _database_owner(pg, settings.db_name)
-        comment = _database_comment(pg, settings.db_name)
-        try:
-            pg.execute(f"ALTER DATABASE {quote_ident(staging)} OWNER TO {quote_ident(owner)}",
-                       "postgres")
-        except RunbookError as error:
-            console.warn(f"DB の所有者を {owner} にできません（{error.message}）。"
-                         "置き換え後に確認してください")
-        for note in _database_level_notes(pg, settings.db_name):
+        if live.owner != settings.db_user:  # the staging DB is the kit user's own
+            try:
+                pg.execute(f"ALTER DATABASE {quote_ident(staging)} OWNER TO {quote_ident(live.owner)}",
+                           "postgres")
+            except RunbookError as error:
+                console.warn(f"DB の所有者を {live.owner} にできません（{error.message}）。"
+                             "置き換え後に確認してください")
+        for note in _database_level_notes(live):
             console.warn(f"pg_restore は DB 単位の設定を戻しません。置き換え後に再設定してください: {note}")
         try:
             apps.stop()
             console.step(f"切り替え: {settings.db_name} → {previous}、{staging} → {settings.db_name}")
             _swap(pg, settings.db_name, staging, previous,
-                  mark_text("previous", settings, "replaced by " + source.path.name), comment)
+                  mark_text("previous", settings, "replaced by " + source.path.name), live.comment,
+                  facts.version)
         finally:
             failed_apps = apps.start()
     except BaseException as error:
@@ -932,12 +977,13 @@ def restore_rollback(
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-rollback"):
             # the live database carries the original comment since the replace
-            live_comment = _database_comment(pg, settings.db_name)
+            facts = pg.facts(settings.db_name)
+            live_comment = facts.database.comment if facts.database else None
             failed: list[str] = []
             try:
                 apps.stop()
                 _swap(pg, settings.db_name, previous, rolled,
-                      mark_text("rolledback", settings, "rolled back"), live_comment)
+                      mark_text("rolledback", settings, "rolled back"), live_comment, facts.version)
             finally:
                 failed = apps.start()
         if failed:
@@ -978,17 +1024,19 @@ def restore_test(settings: Settings, file: str | None, console: Console) -> Data
     entry = Entry("verify-restore-test", settings.env, settings.db_name, settings.db_container)
     with recorded(settings.worklog_path, entry, console.redact):
         pg = Postgres(Container.find(settings.db_container), settings)
-        source = inspect_source(settings, file, console)
+        source, facts = inspect_with_facts(pg, settings, file, console)
         entry.file = str(source.path)
         if source.env not in (None, settings.env):
             raise Refused(f"{source.path.name} は環境 {source.env} のファイルです",
                           f"--env={source.env} で実行")
-        check_versions(pg, source)
+        check_versions(source, facts.version)
         target = kit_name(settings, "verify")
+
         _create_database(pg, target, mark_text("verify", settings, source.path.name),
-                         like=settings.db_name)
+                         like=facts.database)
         try:
-            entry.sha256 = restore_into(pg, settings, source, target, RestoreOptions(), console)
+            entry.sha256 = restore_into(pg, settings, source, target, RestoreOptions(), console,
+                                        facts)
             summary = summarize_database(pg, target, source.table_counts())
         finally:
             drop_kit_database(pg, target)
