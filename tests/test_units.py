@@ -143,3 +143,30 @@ def test_sql_completion_comment():
     assert sql_tail_is_complete("...\n--\n-- PostgreSQL database dump complete\n--\n\n")
     assert sql_tail_is_complete("-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n\n")
     assert not sql_tail_is_complete("COPY public.t (id) FROM stdin;\n1\n2\n")
+
+
+def test_digest_hashes_the_whole_file_however_much_was_sent(tmp_path):
+    import hashlib
+    import itertools
+    import os
+
+    from pgrunbook.verify import Digest
+
+    path = tmp_path / "archive.dump"
+    path.write_bytes(os.urandom(5 * (1 << 20) + 123))  # several chunks and a short tail
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert Digest(path).hexdigest() == expected  # nothing sent
+    whole = Digest(path)
+    assert b"".join(whole.chunks()) == path.read_bytes()
+    assert whole.hexdigest() == expected
+    partial = Digest(path)  # the reader (pg_restore on a broken file) stopped early
+    assert len(list(itertools.islice(partial.chunks(), 2))) == 2
+    assert partial.hexdigest() == expected
+
+
+def test_cpuset_size():
+    from pgrunbook.container import cpuset_size
+
+    assert cpuset_size("0") == 1
+    assert cpuset_size("0-3") == 4
+    assert cpuset_size("0-1,4,6-7") == 5

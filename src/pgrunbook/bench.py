@@ -124,7 +124,8 @@ def settle(container: Container, timeout: float = 300) -> None:
     """Let the server finish the previous step's after-work so that each timed step
     starts from the same state: autovacuum of freshly loaded tables and the ANALYZE
     the kit leaves running after a replace (either would slow the next step down),
-    then a checkpoint for the dirty buffers."""
+    then a VACUUM ANALYZE of every database (so that autovacuum finds nothing to
+    start in the middle of the next step) and a checkpoint for the dirty buffers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         busy = _psql(container, "SELECT count(*) FROM pg_stat_activity "
@@ -134,6 +135,9 @@ def settle(container: Container, timeout: float = 300) -> None:
         if busy == "0":
             break
         time.sleep(0.5)
+    done = container.exec(["vacuumdb", "-U", USER, "--all", "--analyze", "--quiet"])
+    if not done.ok:
+        raise RuntimeError(done.stderr)
     _psql(container, "CHECKPOINT", "postgres")
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import hashlib
 import os
-import queue
 import re
 import subprocess
 import sys
@@ -35,7 +33,7 @@ from pgrunbook import catalog
 from pgrunbook.archive import ArchiveHeader, major_version, read_header
 from pgrunbook.backup import file_chunks
 from pgrunbook.console import Console, human_size
-from pgrunbook.container import CHUNK, Container, engine
+from pgrunbook.container import Container, engine
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import (
     DatabaseFacts,
@@ -48,7 +46,7 @@ from pgrunbook.postgres import (
 )
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings, load_settings
-from pgrunbook.verify import check_file, resolve_file
+from pgrunbook.verify import Digest, check_file, resolve_file
 from pgrunbook.worklog import Entry, now_iso, operator, recorded
 
 MARK = "pgrunbook"
@@ -120,53 +118,6 @@ def inspect_with_facts(
                 facts.result()
             raise
         return source, facts.result()
-
-
-class Digest:
-    """Hashes the file's bytes as they are sent, so the file is read once.
-
-    The hashing runs on its own thread, beside the upload (hashlib releases the
-    GIL): sha256 of 230 MiB costs ~0.25 s that would otherwise add to the send."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.hash = hashlib.sha256()
-        self.done = 0  # bytes hashed (or queued for hashing)
-        self._queue: queue.Queue[bytes | None] | None = None
-        self._thread: threading.Thread | None = None
-
-    def _hash_queued(self, pending: queue.Queue[bytes | None]) -> None:
-        while (chunk := pending.get()) is not None:
-            self.hash.update(chunk)
-
-    def chunks(self) -> Iterator[bytes]:
-        self._queue = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._hash_queued, args=(self._queue,),
-                                        name="sha256", daemon=True)
-        self._thread.start()
-        try:
-            for chunk in file_chunks(self.path):
-                self._queue.put(chunk)
-                self.done += len(chunk)
-                yield chunk
-        finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        if self._thread is not None and self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def hexdigest(self) -> str:
-        """The whole file's sha256, also when the reader stopped early."""
-        self._finish()
-        with open(self.path, "rb") as handle:
-            handle.seek(self.done)
-            while chunk := handle.read(CHUNK):
-                self.hash.update(chunk)
-                self.done += len(chunk)
-        return self.hash.hexdigest()
 
 
 def check_digest(source: Source, digest: str) -> None:
