@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from itertools import repeat
 
+import pytest
+
 from pgrunbook.container import Container
 
 
@@ -35,3 +37,14 @@ def test_archives_in_and_out(pg, tmp_path):
     assert container.get_file(inside, copied) == source.stat().st_size
     assert copied.read_bytes() == source.read_bytes()
     container.exec(["rm", "-f", inside])
+
+
+def test_a_command_missing_in_the_container_is_a_setup_error_not_a_failed_command(pg):
+    from pgrunbook.errors import RunbookError
+
+    container = Container(pg.client, pg.container)
+    with pytest.raises(RunbookError) as raised:
+        container.run(["pg_restore_not_installed", "--list"])
+    assert "pg_restore_not_installed" in raised.value.message
+    assert "DB_CONTAINER" in raised.value.hint
+    assert container.run(["sh", "-c", "exit 127"]).exit_code == 127  # a command's own 127 stays a result

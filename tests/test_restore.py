@@ -107,10 +107,13 @@ def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, ta
     for _ in range(2):  # sessions that sit on the live database
         pg.run_detached("SELECT pg_sleep(60)", target)
     time.sleep(0.5)
-    result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    # --jobs=2: the archive goes into the container whatever the CPU count of the machine
+    result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", "--jobs=2")
     assert result.returncode == 0, result.stderr
     previous = last_line(result.stdout)
     assert previous.startswith(f"{target}_pgrunbook_previous_")
+    _, listing, _ = pg.exec(["ls", "-A", "/tmp"])
+    assert b"pgrunbook-" not in listing  # the archive's copy is gone when the task returns
     assert table_fingerprints(pg, target) == before
     assert table_fingerprints(pg, previous) == after_backup
     assert not [d for d in databases(pg) if "_staging_" in d]

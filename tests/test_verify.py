@@ -109,3 +109,15 @@ def test_verify_rejects_sql_without_completion(cli):
 def test_verify_without_backups(cli):
     result = cli("verify", "--env=prod")
     assert result.returncode == 1 and "invoke backup --env=prod" in result.stderr
+
+
+def test_verify_names_an_archive_from_a_newer_postgresql(cli, good):
+    newer = good.with_name("knot-prod-20200101-000003.dump")
+    copy_set(good, newer)
+    data = bytearray(good.read_bytes())
+    data[6] = 16  # archive format 1.16 (PostgreSQL 17): this container's pg_restore cannot read it
+    newer.write_bytes(bytes(data))
+    result = cli("verify", "--env=prod", f"--file={newer}")
+    assert result.returncode == 1
+    assert "この pg_restore では読めません" in result.stderr
+    assert "壊れたファイルです" not in result.stderr  # a good newer file is not called broken

@@ -110,6 +110,18 @@ class Container:
             name = ""
         return f"{where}{f'（ホスト {name}）' if name else ''}"
 
+    def exec_owner(self) -> tuple[int, int]:
+        """uid and gid of the container's exec user: files put into the container
+        belong to it, so that its pg_restore can read them and its rm remove them."""
+        user = (self.model.attrs.get("Config") or {}).get("User") or ""
+        if user in ("", "root", "0", "0:0"):
+            return 0, 0
+        ids = self.run(["id", "-u"]), self.run(["id", "-g"])
+        try:
+            return int(ids[0].stdout), int(ids[1].stdout)
+        except ValueError:
+            return 0, 0
+
     def cpu_count(self) -> int:
         """The CPUs the container may use: its cpuset, --cpus or CPU quota, else the
         engine's. From the Engine API, not an exec (no process in the container)."""
@@ -156,8 +168,11 @@ class Container:
             raise self._exec_error(error) from error
         collected = bytearray()
         stderr_tail = bytearray()
+        head = bytearray()  # the runtime's own complaint arrives on stdout
 
         def deliver_stdout(data: bytes) -> None:
+            if len(head) < 512:
+                head.extend(data[: 512 - len(head)])
             if on_stdout is None:
                 collected.extend(data)
             else:
@@ -178,6 +193,14 @@ class Container:
         else:
             self._exec_with_stdin(exec_id, stdin, deliver_stdout, deliver_stderr)
         exit_code = self._exit_code(exec_id)
+        if exit_code in (126, 127) and head.startswith(b"OCI runtime exec failed"):
+            # not the command's failure: it never ran (not installed, not executable)
+            raise RunbookError(
+                f"コンテナ {self.name} で {argv[0]} を実行できません: "
+                f"{head.decode('utf-8', 'replace').strip()}",
+                "PostgreSQL のクライアントツール（pg_dump, pg_restore, psql）が入った DB のコンテナを "
+                "DB_CONTAINER に指定",
+            )
         return ExecResult(exit_code, bytes(collected), stderr_tail.decode("utf-8", "replace"))
 
     def start_detached(self, argv: list[str], environment: dict[str, str] | None = None) -> None:
@@ -276,18 +299,19 @@ class Container:
         file's bytes (e.g. hashed on the way)."""
         size = source.stat().st_size
         now = int(time.time())
+        uid, gid = self.exec_owner()
         headers = b""
         parent = os.path.dirname(name)
         if parent:
             folder = tarfile.TarInfo(parent)
             folder.type = tarfile.DIRTYPE
             folder.mode = 0o700
-            folder.mtime = now
+            folder.mtime, folder.uid, folder.gid = now, uid, gid
             headers += folder.tobuf(format=tarfile.PAX_FORMAT)
         info = tarfile.TarInfo(name)
         info.size = size
         info.mode = mode
-        info.mtime = now
+        info.mtime, info.uid, info.gid = now, uid, gid
         headers += info.tobuf(format=tarfile.PAX_FORMAT)
 
         def tar_stream() -> Iterator[bytes]:

@@ -114,7 +114,9 @@ SELECT json_build_object(
                          THEN current_setting('data_directory') END,
   'database', (
     SELECT json_build_object(
-      'size', pg_database_size(d.oid),
+      'size', CASE WHEN has_database_privilege(d.oid, 'CONNECT')
+                        OR pg_has_role('pg_read_all_stats', 'USAGE')
+                   THEN pg_database_size(d.oid) END,
       'encoding', pg_encoding_to_char(d.encoding),
       'collate', d.datcollate, 'ctype', d.datctype,
       'owner', pg_get_userbyid(d.datdba),
@@ -134,7 +136,7 @@ class DatabaseFacts:
     """The live database as pg_restore will not recreate it."""
 
     name: str
-    size: int
+    size: int | None  # None without the privilege to ask
     encoding: str
     collate: str
     ctype: str
@@ -199,7 +201,8 @@ class Postgres:
         facts = None
         if found:
             facts = DatabaseFacts(
-                database, int(found["size"]), found["encoding"], found["collate"], found["ctype"],
+                database, None if found["size"] is None else int(found["size"]),
+                found["encoding"], found["collate"], found["ctype"],
                 found["owner"], found["comment"] or None, found["acl"],
                 [(role, config) for role, config in found["settings"]],
             )

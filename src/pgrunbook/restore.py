@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import os
 import re
 import subprocess
@@ -26,14 +25,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pgrunbook import catalog
 from pgrunbook.archive import ArchiveHeader, major_version, read_header
 from pgrunbook.backup import file_chunks
 from pgrunbook.console import Console, human_size
-from pgrunbook.container import Container, engine
+from pgrunbook.container import Container, ExecResult, engine
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import (
     DatabaseFacts,
@@ -104,20 +103,31 @@ def inspect_source(settings: Settings, file: str | None, console: Console) -> So
                   expected)
 
 
+First = TypeVar("First")
+Second = TypeVar("Second")
+
+
+def side_by_side(first: Callable[[], First], second: Callable[[], Second]) -> tuple[First, Second]:
+    """Two independent round trips to the container at once (each costs ~50 ms).
+    ``first``'s error wins; ``second`` is always waited for."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="beside") as pool:
+        pending = pool.submit(second)
+        try:
+            result = first()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                pending.result()
+            raise
+        return result, pending.result()
+
+
 def inspect_with_facts(
     pg: Postgres, settings: Settings, file: str | None, console: Console
 ) -> tuple[Source, ServerFacts]:
-    """The file's checks (a ``pg_restore --list`` in the container) and the server's
-    facts, side by side: two round trips for the price of one."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="facts") as pool:
-        facts = pool.submit(pg.facts, settings.db_name)
-        try:
-            source = inspect_source(settings, file, console)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                facts.result()
-            raise
-        return source, facts.result()
+    """The file's checks (a ``pg_restore --list`` in the container) beside the
+    server's facts."""
+    return side_by_side(lambda: inspect_source(settings, file, console),
+                        lambda: pg.facts(settings.db_name))
 
 
 def check_digest(source: Source, digest: str) -> None:
@@ -340,7 +350,11 @@ def _file_in_container(pg: Postgres, source: Source, digest: Digest) -> Iterator
     private directory the same upload creates; removed after (after a success,
     on a thread of its own while the caller goes on; the process waits for it)."""
     private = f"pgrunbook-{uuid.uuid4().hex[:12]}"
-    remove = functools.partial(pg.container.run, ["rm", "-rf", f"/tmp/{private}"])
+
+    def remove() -> None:
+        with contextlib.suppress(Exception):  # never hides the restore's own outcome
+            pg.container.run(["rm", "-rf", f"/tmp/{private}"])
+
     try:
         yield pg.container.put_file(source.path, "/tmp", f"{private}/{source.path.name}",
                                     chunks=digest.chunks())
@@ -357,10 +371,13 @@ def check_free_space(pg: Postgres, facts: ServerFacts, source: Source, archive_i
     data_directory = facts.data_directory
     if not data_directory:
         return
-    # no live DB: a rough guess from the archive
-    needed_data = facts.database.size if facts.database else source.size * 5
+    live = facts.database.size if facts.database else None
+    needed_data = live if live is not None else source.size * 5  # no live DB (size): a rough guess
     places = [data_directory] + (["/tmp"] if archive_inside else [])
-    result = pg.container.run(["df", "-Pk", *places])
+    try:
+        result = pg.container.run(["df", "-Pk", *places])
+    except RunbookError:  # no df in the image: the check is skipped, as without privileges
+        return
     if not result.ok:
         return
     rows = [line.split() for line in result.stdout.decode().splitlines()[1:] if line.strip()]
@@ -704,15 +721,18 @@ def _swap(
     outgoing_comment: str, live_comment: str | None, server_version: str,
 ) -> None:
     """Block new sessions, end the old ones, then in ONE transaction: both renames,
-    the outgoing database open again, both comments. Either all of it happened or
-    none; in both cases the database named ``live`` accepts connections after.
+    both databases open, both comments. Either all of it happened or none; in both
+    cases the database named ``live`` accepts connections after.
 
     The first attempt is one psql run (each run costs ~50 ms); a retry, when a
-    session slipped in, ends the sessions again."""
+    session slipped in, ends the sessions again. Interrupted (Ctrl-C, SIGTERM, a
+    dropped ssh), the swap's own session is ended before anything is decided: the
+    engine would otherwise let it run on and commit after we said it did not."""
     live_q, incoming_q, outgoing_q = quote_ident(live), quote_ident(incoming), quote_ident(outgoing)
     statements = [
         f"ALTER DATABASE {live_q} RENAME TO {outgoing_q}",
         f"ALTER DATABASE {incoming_q} RENAME TO {live_q}",
+        f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true",
         f"ALTER DATABASE {outgoing_q} WITH ALLOW_CONNECTIONS true",
         f"COMMENT ON DATABASE {outgoing_q} IS {quote_literal(outgoing_comment)}",
         f"COMMENT ON DATABASE {live_q} IS {quote_literal(live_comment) if live_comment else 'NULL'}",
@@ -724,35 +744,54 @@ def _swap(
     terminate = (f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
                  f"WHERE datname IN ({quote_literal(live)}, {quote_literal(incoming)}) "
                  "AND pid <> pg_backend_pid()")
-    swapped = False
+    application = f"pgrunbook-swap-{uuid.uuid4().hex[:12]}"
+
+    def run(arguments: list[str]) -> ExecResult:
+        result = None
+        try:
+            result = pg.run(pg.psql_argv("postgres") + arguments,
+                            environment={"PGAPPNAME": application})
+        finally:
+            if result is None:  # interrupted: end our session (an open transaction rolls back)
+                with contextlib.suppress(Exception):
+                    pg.query(f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
+                             f"WHERE application_name = {quote_literal(application)}", "postgres")
+        return result
+
+    swapped: bool | None = False
     try:
-        result = pg.run(pg.psql_argv("postgres") + [
-            "-c", f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false",
-            "-c", terminate, "-c", f"\\echo {CLOSED}", *swap])
+        result = run(["-c", f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false",
+                      "-c", terminate, "-c", f"\\echo {CLOSED}", *swap])
         if not result.ok and CLOSED.encode() not in result.stdout:
-            raise explain_failure(result.stderr, pg.settings, "postgres")
+            raise explain_failure(result.stderr, pg.settings, live)
         last_error = "unknown"
         for attempt in range(5):
             if attempt:
                 time.sleep(0.5)
-                result = pg.run(pg.psql_argv("postgres") + ["-c", terminate, *swap])
-            if result.ok or pg.database_exists(outgoing):  # committed, maybe only psql's answer lost
+                result = run(["-c", terminate, *swap])
+            if result.ok or _swapped(pg, incoming, outgoing):  # committed, maybe only psql's answer lost
                 swapped = True
                 return
             last_error = result.error_text()
         raise RunbookError(f"名前の切り替えに失敗しました: {last_error}")
     finally:
-        # after a swap the live name is the new database, already open; without one,
-        # the old database must not stay closed
+        if not swapped:
+            swapped = _swapped(pg, incoming, outgoing)
+        # swapped: the new database is open (same transaction); otherwise the old
+        # database must not stay closed
         if not swapped:
             with contextlib.suppress(Exception):
                 pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true", "postgres")
 
 
-def _swapped(pg: Postgres, outgoing: str) -> bool | None:
-    """Did the swap commit? None when the server cannot tell us."""
+def _swapped(pg: Postgres, incoming: str, outgoing: str) -> bool | None:
+    """Did the swap commit (``incoming`` gone, ``outgoing`` there)? None when the
+    server cannot tell us."""
     try:
-        return pg.database_exists(outgoing)
+        rows = pg.query(f"SELECT count(*) FILTER (WHERE datname = {quote_literal(incoming)}), "
+                        f"count(*) FILTER (WHERE datname = {quote_literal(outgoing)}) FROM pg_database",
+                        "postgres")
+        return rows[0] == ["0", "1"]
     except Exception:  # noqa: BLE001
         return None
 
@@ -832,7 +871,12 @@ def _replace_locked(
         entry.sha256 = restore_into(pg, settings, source, staging, options, console, facts)
         if personal:
             _apply_masking(pg, settings, staging, console)
-        summary = summarize_database(pg, staging, None if personal else source.table_counts())
+        # the live database's owner, comment and settings as they are now, not as they
+        # were before a restore that may have taken hours
+        summary, current = side_by_side(
+            lambda: summarize_database(pg, staging, None if personal else source.table_counts()),
+            lambda: pg.facts(settings.db_name))
+        live = current.database or live
         differences = compare_with_manifest(source, summary)
         if differences:
             raise RunbookError("復元結果がバックアップ時の記録と一致しません: " + "; ".join(differences[:5]),
@@ -857,7 +901,7 @@ def _replace_locked(
         finally:
             failed_apps = apps.start()
     except BaseException as error:
-        swapped = _swapped(pg, previous)
+        swapped = _swapped(pg, staging, previous)
         stopped = (f" 再開できなかったアプリ: {'; '.join(failed_apps)}（docker start で再開）"
                    if failed_apps else "")
         if swapped:

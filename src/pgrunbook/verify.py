@@ -25,6 +25,7 @@ from pgrunbook.archive import (
     MAGIC,
     SQL_COMPLETE,
     ArchiveError,
+    major_version,
     parse_header,
     read_sql_tail,
     sql_head_is_dump,
@@ -125,37 +126,49 @@ class Digest:
     ``pg_restore -f /dev/null`` for verify), so the file is read once.
 
     The hashing runs on its own thread, beside the sending (hashlib releases the
-    GIL): sha256 of 230 MiB costs ~0.25 s that would otherwise add to the send."""
+    GIL): sha256 of 230 MiB costs ~0.25 s that would otherwise add to the send.
+    ``hexdigest`` may be called from another thread than the sender's, also while
+    the sender is still running: what the sender queues after that is not counted,
+    and the rest of the file is read from where the hashing stopped."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.hash = hashlib.sha256()
-        self.done = 0  # bytes hashed (or queued for hashing)
-        self._queue: queue.Queue[bytes | None] | None = None
+        self.done = 0  # bytes queued for hashing (all of them hashed once finished)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._thread: threading.Thread | None = None
 
-    def _hash_queued(self, pending: queue.Queue[bytes | None]) -> None:
-        while (chunk := pending.get()) is not None:
+    def _hash_queued(self) -> None:
+        while (chunk := self._queue.get()) is not None:
             self.hash.update(chunk)
 
     def chunks(self) -> Iterator[bytes]:
-        self._queue = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._hash_queued, args=(self._queue,),
-                                        name="sha256", daemon=True)
-        self._thread.start()
+        with self._lock:
+            if self._closed or self._thread is not None:
+                raise RuntimeError("a Digest sends its file once")
+            self._thread = threading.Thread(target=self._hash_queued, name="sha256", daemon=True)
+            self._thread.start()
         try:
             for chunk in file_chunks(self.path):
-                self._queue.put(chunk)
-                self.done += len(chunk)
+                with self._lock:  # the hashing thread never takes it: put() cannot deadlock
+                    if self._closed:
+                        return
+                    self._queue.put(chunk)
+                    self.done += len(chunk)
                 yield chunk
         finally:
             self._finish()
 
     def _finish(self) -> None:
-        if self._thread is not None and self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        with self._lock:
+            if not self._closed and self._thread is not None:
+                self._queue.put(None)
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
     def hexdigest(self) -> str:
         """The whole file's sha256, also when the reader stopped early."""
@@ -347,6 +360,16 @@ def _check_archive(
                f"pg_dump {header.pg_dump_version}")
     tools = _Tools(settings, console)
     listing = tools.run(["pg_restore", "--list"], path)
+    if not listing.ok and "unsupported version" in listing.stderr:
+        # a good file from a newer PostgreSQL: say so, or it gets thrown away as broken
+        made_by = header.pg_dump_version
+        newer = f"PostgreSQL {major_version(made_by)} 以上" if made_by else "より新しい PostgreSQL"
+        report.add("toc", False,
+                   f"{'pg_dump ' + made_by if made_by else '新しい pg_dump'} で作られた形式 "
+                   f"{'.'.join(map(str, header.version))} のファイルで、この pg_restore では読めません",
+                   f"ファイルは壊れていないかもしれません。{newer}のコンテナ"
+                   "（またはホストの同じ版の pg_restore）で扱う")
+        return
     if not report.add("toc", listing.ok,
                       "目次を読めました" if listing.ok else f"目次を読めません: {listing.error_text()}",
                       "壊れたファイルです。別のバックアップを使う"):
