@@ -13,15 +13,20 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from pgrunbook import backup as backup_module
-from pgrunbook import docs as docs_module
-from pgrunbook import encryption as encryption_module
-from pgrunbook import inventory, retention, roles, schedule
-from pgrunbook import offsite as offsite_module
-from pgrunbook import restore as restore_module
-from pgrunbook import sandbox as sandbox_module
-from pgrunbook import verify as verify_module
-from pgrunbook.cli import guarded, print_lines, settings_for
+from pgrunbook.cli import LazyModule, guarded, print_lines, settings_for
 from pgrunbook.console import Console, human_size
+
+# imported when a task first needs them (a backup's start-up stays short)
+docs_module = LazyModule("docs")
+encryption_module = LazyModule("encryption")
+inventory = LazyModule("inventory")
+retention = LazyModule("retention")
+roles = LazyModule("roles")
+schedule = LazyModule("schedule")
+offsite_module = LazyModule("offsite")
+restore_module = LazyModule("restore")
+sandbox_module = LazyModule("sandbox")
+verify_module = LazyModule("verify")
 
 ROOT = Path(__file__).resolve().parent
 ENV_HELP = "対象環境（必須）: .env.<env> の <env>。例: prod, dev"
