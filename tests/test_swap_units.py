@@ -51,6 +51,9 @@ class ScriptedServer:
     def execute(self, sql, database=None):
         self.sql.append(sql)
 
+    def end_sessions_of(self, application, wait_ms=0):
+        self.sql.append(f"END SESSIONS application_name={application} wait={wait_ms}")
+
 
 def swap(server):
     _swap(server, "app", "staging", "previous", "old", None, "15.4")
@@ -113,7 +116,8 @@ def test_an_interrupt_ends_the_swap_session_before_deciding(tmp_path):
     server = ScriptedServer(tmp_path, [KeyboardInterrupt()])
     with pytest.raises(KeyboardInterrupt):
         swap(server)
-    ended = [s for s in server.sql if "application_name" in s and "pg_terminate_backend" in s]
+    ended = [s for s in server.sql if s.startswith("END SESSIONS application_name=pgrunbook-swap-")
+             and s.endswith("wait=5000")]
     assert ended, "the swap's own session must be ended"
     assert reopened(server)  # not swapped: the old database is open again
 

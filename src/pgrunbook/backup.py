@@ -33,7 +33,6 @@ from pgrunbook.postgres import (
     SnapshotSession,
     TableCount,
     explain_failure,
-    quote_literal,
 )
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
@@ -279,8 +278,7 @@ def write_dump(
                 # interrupted: the engine does not stop an exec whose client left, so
                 # end our dump's session (it would hold its locks and snapshot for hours)
                 with contextlib.suppress(Exception):
-                    pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             f"WHERE application_name = {quote_literal(application)}", "postgres")
+                    pg.end_sessions_of(application)
             if finished is not None:
                 finished(result is not None and result.ok)
         console.clear_progress()

@@ -20,28 +20,21 @@ from pgrunbook.settings import Settings
 FIELD = "\x1f"
 RECORD = "\x1e"
 
-USER_TABLES = """
-SELECT n.nspname, c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r'  -- as TABLE_ROW_COUNTS: partitions, not their parents
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
-ORDER BY 1, 2
-"""
-
-# One round trip: exact count(*) of every ordinary table, with identifiers
-# quoted by the server's own format(%I).
-TABLE_ROW_COUNTS = """
-SELECT n.nspname, c.relname,
-       (xpath('/row/c/text()', query_to_xml(
-           format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname),
-           false, true, '')))[1]::text::bigint
+# The tables the kit lists and counts: ordinary tables (partitions, not their
+# parents) outside the system schemas, as "FROM pg_class c JOIN pg_namespace n".
+USER_TABLES_FROM = """
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
-ORDER BY 1, 2
 """
+# The exact count(*) of the table in the row, with identifiers quoted by the
+# server's own format(%I): every table counted in one round trip.
+EXACT_ROWS = """(xpath('/row/c/text()', query_to_xml(
+    format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint"""
+
+USER_TABLES = f"SELECT n.nspname, c.relname {USER_TABLES_FROM} ORDER BY 1, 2"
+TABLE_ROW_COUNTS = f"SELECT n.nspname, c.relname, {EXACT_ROWS} {USER_TABLES_FROM} ORDER BY 1, 2"
 
 
 def quote_ident(name: str) -> str:
@@ -224,9 +217,13 @@ class Postgres:
     def user_tables(self, database: str | None = None) -> list[tuple[str, str]]:
         return [(row[0], row[1]) for row in self.query(USER_TABLES, database)]
 
-    def table_counts(self, database: str | None = None) -> list[TableCount]:
-        rows = self.query(TABLE_ROW_COUNTS, database)
-        return [TableCount(row[0], row[1], int(row[2])) for row in rows]
+    def end_sessions_of(self, application: str, wait_ms: int = 0) -> None:
+        """End the server sessions of one of our own runs, found by the PGAPPNAME it
+        was given: the engine lets an exec run on after its client left (Ctrl-C,
+        SIGTERM). ``wait_ms`` (PostgreSQL 14+) waits until they are gone."""
+        wait = f", {wait_ms}" if wait_ms else ""
+        self.query(f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
+                   f"WHERE application_name = {quote_literal(application)}", "postgres")
 
     def database_exists(self, name: str) -> bool:
         sql = f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(name)}"

@@ -35,6 +35,8 @@ from pgrunbook.console import Console, human_size
 from pgrunbook.container import Container, ExecResult, engine
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import (
+    EXACT_ROWS,
+    USER_TABLES_FROM,
     DatabaseFacts,
     Postgres,
     ServerFacts,
@@ -475,16 +477,8 @@ SUMMARY = """
 SELECT 'schema', nspname, '', 0 FROM pg_namespace
 WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
 UNION ALL
-SELECT 'table', n.nspname, c.relname, {rows}
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
-ORDER BY 1, 2, 3
-"""
+SELECT 'table', n.nspname, c.relname, {rows}""" + USER_TABLES_FROM + "ORDER BY 1, 2, 3"
 FRESH_ROWS = "pg_stat_get_live_tuples(c.oid)"
-EXACT_ROWS = """(xpath('/row/c/text()', query_to_xml(
-    format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint"""
 
 
 def _summary_rows(pg: Postgres, database: str, rows: str) -> tuple[set[str], list[TableCount]]:
@@ -740,7 +734,8 @@ def _swap(
     swap = ["-c", "BEGIN"] + [part for statement in statements for part in ("-c", statement)]
     swap += ["-c", "COMMIT"]
     # PostgreSQL 14+ can wait (up to 5 s) until the ended sessions are gone
-    wait = ", 5000" if major_version(server_version) >= 14 else ""
+    wait_ms = 5000 if major_version(server_version) >= 14 else 0
+    wait = f", {wait_ms}" if wait_ms else ""
     terminate = (f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
                  f"WHERE datname IN ({quote_literal(live)}, {quote_literal(incoming)}) "
                  "AND pid <> pg_backend_pid()")
@@ -754,8 +749,7 @@ def _swap(
         finally:
             if result is None:  # interrupted: end our session (an open transaction rolls back)
                 with contextlib.suppress(Exception):
-                    pg.query(f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
-                             f"WHERE application_name = {quote_literal(application)}", "postgres")
+                    pg.end_sessions_of(application, wait_ms)
         return result
 
     swapped: bool | None = False

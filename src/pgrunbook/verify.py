@@ -181,13 +181,6 @@ class Digest:
         return self.hash.hexdigest()
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    for chunk in file_chunks(path, CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_backup(
     settings: Settings, file: str | None = None, console: Console | None = None
 ) -> VerifyReport:
@@ -262,7 +255,7 @@ def check_file(
     digest = Digest(path) if checksum and fmt == "custom" and full_read else None
     sidecars_at = len(report.checks)
     if digest is None:
-        report.sha256 = sha256_of(path) if checksum else None
+        report.sha256 = Digest(path).hexdigest() if checksum else None
         _check_sidecars(settings, report, backup, manifest, size, expected_env)
 
     if fmt == "custom":
