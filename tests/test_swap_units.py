@@ -11,7 +11,8 @@ import pytest
 
 from pgrunbook.container import ExecResult
 from pgrunbook.errors import RunbookError
-from pgrunbook.restore import CLOSED, _swap
+from pgrunbook.restore.swap import CLOSED
+from pgrunbook.restore.swap import swap_databases as _swap
 from pgrunbook.settings import load_settings
 
 

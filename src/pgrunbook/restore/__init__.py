@@ -1,0 +1,31 @@
+"""Restores that are safer than the hand procedure.
+
+The runbook's procedure A drops the live database first and restores after:
+a bad archive then leaves nothing. Here every restore goes into a database of
+its own first (scratch, staging or verify), is checked, and only a replace
+then swaps names in one transaction, keeping the previous database.
+
+Databases the kit creates carry a comment ``pgrunbook:<role>:...``; only
+those can be listed, replaced or dropped by the kit. The live database is
+never dropped by any code path.
+
+One module per concern: ``source`` (the file), ``guards`` (versions, env
+rules, confirmation), ``databases`` (kit-made databases), ``staging`` (the
+restore itself), ``checks`` (after a restore), ``appcheck`` (DATABASE_URL,
+host check, masking), ``apps`` (app containers), ``swap``, and the tasks:
+``scratch``, ``replace``, ``kitops`` (rollback, list, drop), ``drill``
+(verify --restore-test).
+"""
+
+from pgrunbook.restore.databases import KitDatabase, kit_name, scratch_name
+from pgrunbook.restore.drill import restore_test
+from pgrunbook.restore.kitops import drop_database, list_kit_databases, restore_rollback
+from pgrunbook.restore.replace import ReplaceResult, restore_replace
+from pgrunbook.restore.scratch import ScratchResult, restore_scratch
+from pgrunbook.restore.staging import RestoreOptions
+
+__all__ = [
+    "KitDatabase", "ReplaceResult", "RestoreOptions", "ScratchResult", "drop_database", "kit_name",
+    "list_kit_databases", "restore_replace", "restore_rollback", "restore_scratch", "restore_test",
+    "scratch_name",
+]

@@ -1,0 +1,59 @@
+"""The app containers stopped during a replace and started again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgrunbook.console import Console
+from pgrunbook.container import engine
+from pgrunbook.errors import RunbookError
+from pgrunbook.settings import Settings
+
+
+class AppWrites:
+    """Stops the app containers named in the settings and starts them again."""
+
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self.settings = settings
+        self.console = console
+        self.stopped: list[Any] = []
+        self.models: list[Any] = []
+
+    def check(self) -> None:
+        if not self.settings.app_containers:
+            return
+        client = engine()
+        from docker.errors import NotFound
+
+        for name in self.settings.app_containers:
+            try:
+                self.models.append(client.containers.get(name))
+            except NotFound:
+                raise RunbookError(f"APP_CONTAINERS のコンテナ {name} がありません",
+                                   f".env.{self.settings.env} の APP_CONTAINERS を確認") from None
+
+    def stop(self) -> None:
+        for model in self.models:
+            model.reload()
+            if model.status == "running":
+                self.console.step(f"アプリのコンテナ {model.name} を停止（書き込み停止）")
+                self.stopped.append(model)  # before stop(): an interrupted stop is still restarted
+                try:
+                    model.stop(timeout=30)
+                except Exception as error:  # noqa: BLE001 - docker errors become one line
+                    raise RunbookError(f"アプリのコンテナ {model.name} を停止できません: {error}",
+                                       "docker ps で状態を確認") from error
+        if not self.settings.app_containers:
+            self.console.warn("APP_CONTAINERS が未設定です。アプリの書き込みは止めていません"
+                              "（切り替え時に接続は切断します）")
+
+    def start(self) -> list[str]:
+        failed = []
+        for model in self.stopped:
+            try:
+                model.start()
+                self.console.step(f"アプリのコンテナ {model.name} を再開")
+            except Exception as error:  # noqa: BLE001 - reported, never masks the restore's outcome
+                failed.append(f"{model.name}: {error}")
+        self.stopped = []
+        return failed

@@ -1,0 +1,103 @@
+"""Checks after a restore (the runbook's 動作確認): schemas, row counts, Prisma state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pgrunbook.postgres import (
+    EXACT_ROWS,
+    USER_TABLES_FROM,
+    Postgres,
+    TableCount,
+    quote_ident,
+)
+from pgrunbook.restore.source import Source
+
+
+@dataclass
+class DatabaseSummary:
+    database: str
+    schemas: list[str] = field(default_factory=list)
+    tables: dict[str, int] = field(default_factory=dict)
+    prisma_latest: str | None = None
+    prisma_problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        total = sum(self.tables.values())
+        lines = [f"{self.database}: スキーマ {len(self.schemas)}（{', '.join(self.schemas)}）、"
+                 f"テーブル {len(self.tables)}、行数合計 {total}"]
+        lines += [f"  {name}: {rows} 行" for name, rows in sorted(self.tables.items())]
+        if self.prisma_latest is not None:
+            lines.append(f"  Prisma の最新適用マイグレーション: {self.prisma_latest}")
+        lines += [f"  Prisma の要確認マイグレーション: {p}" for p in self.prisma_problems]
+        return lines
+
+
+# A database's schemas and the rows of each ordinary table, in one round trip.
+# {rows} is either the live-row count a freshly restored database already knows
+# (the cumulative statistics of the restoring sessions; trusted only when it
+# equals the expected counts exactly, anything else, a late stats flush or an
+# autoanalyze estimate, falls back to count(*)) or the exact count(*) itself.
+SUMMARY = """
+SELECT 'schema', nspname, '', 0 FROM pg_namespace
+WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+UNION ALL
+SELECT 'table', n.nspname, c.relname, {rows}""" + USER_TABLES_FROM + "ORDER BY 1, 2, 3"
+FRESH_ROWS = "pg_stat_get_live_tuples(c.oid)"
+
+
+def _summary_rows(pg: Postgres, database: str, rows: str) -> tuple[set[str], list[TableCount]]:
+    result = pg.query(SUMMARY.format(rows=rows), database)
+    schemas = {row[1] for row in result if row[0] == "schema"}
+    counts = [TableCount(row[1], row[2], int(row[3])) for row in result if row[0] == "table"]
+    return schemas, counts
+
+
+def summarize_database(
+    pg: Postgres, database: str, expected: dict[str, int] | None = None
+) -> DatabaseSummary:
+    """Schemas, tables with their rows, Prisma's migration state.
+
+    ``expected`` (a freshly restored database's manifest counts) allows the
+    instant statistics path; without it every table is counted."""
+    summary = DatabaseSummary(database)
+    counts = None
+    if expected:
+        schemas, fresh = _summary_rows(pg, database, FRESH_ROWS)
+        if {f"{c.schema}.{c.name}": c.rows for c in fresh} == expected:
+            counts = fresh
+    if counts is None:
+        schemas, counts = _summary_rows(pg, database, EXACT_ROWS)
+    summary.schemas = sorted(schemas | {c.schema for c in counts})
+    summary.tables = {f"{c.schema}.{c.name}": c.rows for c in counts}
+    prisma = [name for name in summary.tables if name.endswith("._prisma_migrations")]
+    if prisma:
+        table = ".".join(quote_ident(part) for part in prisma[0].split(".", 1))
+        latest = pg.query(
+            f"SELECT migration_name FROM {table} WHERE finished_at IS NOT NULL "
+            "AND rolled_back_at IS NULL ORDER BY finished_at DESC LIMIT 1", database)
+        summary.prisma_latest = latest[0][0] if latest else "（なし）"
+        problems = pg.query(
+            f"SELECT migration_name, CASE WHEN rolled_back_at IS NOT NULL THEN 'rolled back' "
+            f"ELSE 'failed' END FROM {table} WHERE rolled_back_at IS NOT NULL "
+            "OR finished_at IS NULL ORDER BY started_at", database)
+        summary.prisma_problems = [f"{name}（{state}）" for name, state in problems]
+    return summary
+
+
+def compare_with_manifest(source: Source, summary: DatabaseSummary) -> list[str]:
+    expected = source.table_counts()
+    if expected is None:
+        tables = (source.manifest or {}).get("tables")
+        if tables:
+            missing = [f"{t['schema']}.{t['name']}" for t in tables
+                       if f"{t['schema']}.{t['name']}" not in summary.tables]
+            return [f"テーブル {name} がありません" for name in missing]
+        return []
+    differences = []
+    for name, rows in sorted(expected.items()):
+        if name not in summary.tables:
+            differences.append(f"テーブル {name} がありません")
+        elif rows >= 0 and summary.tables[name] != rows:
+            differences.append(f"{name}: 行数 {summary.tables[name]}（バックアップ時 {rows}）")
+    return differences

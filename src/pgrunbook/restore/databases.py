@@ -1,0 +1,99 @@
+"""Databases the kit creates: their names, the comment that marks them, create and drop."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from pgrunbook.console import Console
+from pgrunbook.errors import RunbookError
+from pgrunbook.postgres import (
+    DatabaseFacts,
+    Postgres,
+    quote_ident,
+    quote_literal,
+)
+from pgrunbook.settings import Settings
+from pgrunbook.worklog import now_iso, operator
+
+MARK = "pgrunbook"
+ROLES = ("scratch", "staging", "previous", "verify", "rolledback")
+MAX_NAME = 63
+
+
+def kit_name(settings: Settings, role: str, when: datetime | None = None) -> str:
+    stamp = (when or datetime.now()).strftime("%Y%m%d%H%M%S")
+    name = f"{settings.db_name}_{MARK}_{role}_{stamp}"
+    if len(name.encode()) > MAX_NAME:
+        name = f"{MARK}_{role}_{stamp}_{uuid.uuid4().hex[:6]}"
+    return name
+
+
+def scratch_name(settings: Settings, when: datetime | None = None) -> str:
+    """The runbook's own name: <DB_NAME>_restore_<YYYYMMDD>."""
+    return f"{settings.db_name}_restore_{(when or datetime.now()).strftime('%Y%m%d')}"
+
+
+@dataclass(frozen=True)
+class KitDatabase:
+    name: str
+    role: str
+    env: str
+    created_at: str
+    detail: str
+    size: int
+
+
+def mark_text(role: str, settings: Settings, detail: str) -> str:
+    return f"{MARK}:{role}:{settings.env}:{now_iso()}:{operator()}:{detail}"
+
+
+def kit_databases(pg: Postgres) -> list[KitDatabase]:
+    rows = pg.query(
+        "SELECT datname, shobj_description(oid, 'pg_database'), pg_database_size(oid) "
+        "FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE "
+        f"{quote_literal(MARK + ':%')} ORDER BY 1",
+        "postgres",
+    )
+    found = []
+    for name, comment, size in rows:
+        parts = comment.split(":", 5)
+        if len(parts) >= 4 and parts[1] in ROLES:
+            # created_at holds colons itself: role, env, then "time:operator:detail"
+            rest = comment.split(":", 3)[3]
+            found.append(KitDatabase(name, parts[1], parts[2], rest[:25], rest, int(size)))
+    return found
+
+
+def create_database(pg: Postgres, name: str, comment: str, like: DatabaseFacts | None) -> None:
+    """Create a kit database (with the live database's encoding and locale when
+    there is one), marked by its comment. Unmarked, it is dropped at once."""
+    options = ""
+    if like:
+        options = (f" ENCODING {quote_literal(like.encoding)} LC_COLLATE {quote_literal(like.collate)}"
+                   f" LC_CTYPE {quote_literal(like.ctype)}")
+    pg.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0{options}", "postgres")
+    try:
+        pg.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(comment)}", "postgres")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            drop_kit_database(pg, name)
+        raise
+
+
+def cleanup_step(step: str, action: Callable[[], object], console: Console) -> str | None:
+    """Run a cleanup step; never let its failure hide the original error."""
+    try:
+        action()
+    except Exception as error:  # noqa: BLE001 - reported next to the original error
+        message = error.one_line() if isinstance(error, RunbookError) else str(error)
+        console.warn(f"後片付けに失敗: {step}: {message}")
+        return step
+    return None
+
+
+def drop_kit_database(pg: Postgres, name: str) -> None:
+    pg.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)", "postgres")

@@ -1,0 +1,133 @@
+"""Guards before a restore: versions, env rules (protected envs, personal data), confirmation."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+
+from pgrunbook.archive import major_version
+from pgrunbook.console import Console, human_size
+from pgrunbook.errors import Refused, RunbookError
+from pgrunbook.restore.source import Source
+from pgrunbook.settings import Settings, load_settings
+
+
+def check_versions(source: Source, server_version: str) -> None:
+    """Refuse an archive from a newer pg_dump than the server: its SQL is not
+    guaranteed to load into an older PostgreSQL. (That the container's
+    pg_restore can read the archive at all, ``pg_restore --list`` has shown.)"""
+    if source.format == "custom":
+        made_by = source.header.pg_dump_version if source.header else ""
+    else:
+        with open(source.path, "rb") as handle:
+            head = handle.read(2048).decode("utf-8", "replace")
+        match = re.search(r"Dumped by pg_dump version (\S+)", head)
+        made_by = match.group(1) if match else ""
+    if not made_by:
+        return
+    if major_version(made_by) > major_version(server_version):
+        raise Refused(
+            f"{source.path.name} は pg_dump {made_by} で作られており、コンテナの PostgreSQL "
+            f"{server_version} には戻せません（古い版のサーバーへの復元は保証されません）",
+            f"PostgreSQL {major_version(made_by)} 以上のコンテナに戻す",
+        )
+
+
+def source_is_protected(settings: Settings, source_env: str) -> bool:
+    if source_env == settings.env:
+        return settings.protected
+    try:
+        return load_settings(source_env, settings.config_dir, check_siblings=False).protected
+    except RunbookError:
+        return source_env == "prod"
+
+
+def brings_personal_data(settings: Settings, source: Source) -> bool:
+    """Data of a protected env (prod) coming into a non-protected one."""
+    return bool(
+        source.env and source.env != settings.env and not settings.protected
+        and source_is_protected(settings, source.env)
+    )
+
+
+def guard_environment(
+    settings: Settings, source: Source, approved_by: str | None, console: Console
+) -> bool:
+    """The runbook's env rules for a replace. Returns True when personal data is
+    coming into a non-protected env (masking applies)."""
+    if source.env != settings.env and settings.protected:
+        origin = source.env or "不明"
+        if not approved_by:
+            raise Refused(
+                f"環境 {origin} のバックアップを保護環境 {settings.env} に戻すことは原則禁止です",
+                "事前に承認を取り、--approved-by=<承認者名> を付けて再実行（承認者は作業ログに残ります）",
+            )
+        console.warn(f"{origin} → {settings.env} のリストアを {approved_by} の承認で実行します")
+    return warn_personal_data(settings, source, console)
+
+
+def warn_personal_data(settings: Settings, source: Source, console: Console) -> bool:
+    if not brings_personal_data(settings, source):
+        return False
+    console.warn(
+        f"{source.env} のデータ（個人情報を含む可能性）を {settings.env} に戻します。"
+        "取り扱いに注意し、不要になったら削除してください"
+    )
+    return True
+
+
+def ask_on_stderr(prompt: str) -> str:
+    """Like input(), but the prompt goes to stderr: stdout carries results only."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    return sys.stdin.readline()
+
+
+def confirm(
+    settings: Settings,
+    source: Source,
+    confirm_env: str | None,
+    action: str,
+    console: Console,
+    ask: Callable[[str], str] | None = None,
+    interactive: bool | None = None,
+    engine: str = "",
+) -> None:
+    """The runbook's 声に出して確認 / 二重確認, or --confirm=<env> without a terminal."""
+    interactive = sys.stdin.isatty() if interactive is None else interactive
+    banner = [
+        "=" * 64,
+        f"  {action}",
+        f"  環境       : {settings.env}{'（保護環境）' if settings.protected else ''}",
+        f"  コンテナ   : {settings.db_container}",
+        *([f"  Docker     : {engine}"] if engine else []),
+        f"  データベース: {settings.db_name}",
+        f"  ファイル   : {source.path}",
+        f"  作成日時   : {source.created}  サイズ: {human_size(source.size)}"
+        f"  元の環境: {source.env or '不明'}",
+        "=" * 64,
+    ]
+    if confirm_env is not None:
+        if confirm_env != settings.env:
+            raise Refused(
+                f"--confirm={confirm_env} が対象環境 {settings.env} と一致しません",
+                f"対象を確かめ、--confirm={settings.env} で再実行",
+            )
+        for line in banner:
+            console.step(line)
+        return
+    if not interactive:
+        raise Refused(
+            "端末がないため確認できません（何も変更していません）",
+            f"内容を確かめたうえで --confirm={settings.env} を付けて再実行",
+        )
+    ask = ask or ask_on_stderr
+    for line in banner:
+        console.summary(line)
+    typed_env = ask(f"対象の環境名を入力してください（{settings.env}）: ").strip()
+    if typed_env != settings.env:
+        raise Refused(f"環境名が一致しません（入力: {typed_env!r}）。中止しました")
+    typed_db = ask("対象のデータベース名をもう一度入力してください: ").strip()
+    if typed_db != settings.db_name:
+        raise Refused(f"データベース名が一致しません（入力: {typed_db!r}）。中止しました")

@@ -1,0 +1,84 @@
+"""Rollback, list and drop of the kit's databases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pgrunbook.console import Console
+from pgrunbook.container import Container
+from pgrunbook.errors import Refused, RunbookError
+from pgrunbook.postgres import (
+    Postgres,
+)
+from pgrunbook.restore.apps import AppWrites
+from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
+from pgrunbook.restore.guards import confirm
+from pgrunbook.restore.source import Source
+from pgrunbook.restore.swap import swap_databases
+from pgrunbook.safety import exclusive_lock
+from pgrunbook.settings import Settings
+from pgrunbook.worklog import Entry, recorded
+
+
+def restore_rollback(
+    settings: Settings, previous: str, confirm_env: str | None, console: Console,
+    ask: Callable[[str], str] | None = None,
+) -> str:
+    entry = Entry("restore-rollback", settings.env, settings.db_name, settings.db_container)
+    entry.details["previous"] = previous
+    with recorded(settings.worklog_path, entry, console.redact):
+        pg = Postgres(Container.find(settings.db_container), settings)
+        kit = {db.name: db for db in kit_databases(pg)}
+        if previous not in kit or kit[previous].role != "previous" or kit[previous].env != settings.env:
+            raise Refused(f"{previous} はこの環境の置き換え前 DB ではありません",
+                          f"invoke restore-list --env={settings.env} で確認")
+        placeholder = Source(Path(previous), "custom", settings.env, None, None, kit[previous].size, None)
+        confirm(settings, placeholder, confirm_env, f"{previous} に戻します（ロールバック）", console, ask,
+                engine=pg.container.engine_description())
+        apps = AppWrites(settings, console)
+        apps.check()
+        rolled = kit_name(settings, "rolledback")
+        with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
+                            "restore-rollback"):
+            # the live database carries the original comment since the replace
+            facts = pg.facts(settings.db_name)
+            live_comment = facts.database.comment if facts.database else None
+            failed: list[str] = []
+            try:
+                apps.stop()
+                swap_databases(pg, settings.db_name, previous, rolled,
+                      mark_text("rolledback", settings, "rolled back"), live_comment, facts.version)
+            finally:
+                failed = apps.start()
+        if failed:
+            raise RunbookError(f"ロールバックしましたが、アプリを再開できません: {'; '.join(failed)}",
+                               "docker start で再開")
+        console.summary(f"ロールバック完了: {previous} を {settings.db_name} に戻しました。"
+                        f"置き換え後の DB は {rolled} に保管")
+        return rolled
+
+
+def list_kit_databases(settings: Settings, console: Console) -> list[KitDatabase]:
+    pg = Postgres(Container.find(settings.db_container), settings)
+    return [db for db in kit_databases(pg) if db.env == settings.env]
+
+
+def drop_database(
+    settings: Settings, name: str, confirm_env: str | None, console: Console
+) -> None:
+    entry = Entry("restore-drop", settings.env, settings.db_name, settings.db_container)
+    entry.details["target"] = name
+    with recorded(settings.worklog_path, entry, console.redact):
+        pg = Postgres(Container.find(settings.db_container), settings)
+        if name == settings.db_name:
+            raise Refused("稼働中の DB は削除できません", "キットが作った DB だけを指定")
+        kit = {db.name: db for db in kit_databases(pg) if db.env == settings.env}
+        if name not in kit:
+            raise Refused(f"{name} はキットが作ったこの環境の DB ではないため削除しません",
+                          f"invoke restore-list --env={settings.env} で確認")
+        if kit[name].role in ("previous", "rolledback") and confirm_env != settings.env:
+            raise Refused(f"{name} は置き換え前の DB です。削除すると元に戻せません",
+                          f"確かめたうえで --confirm={settings.env} を付けて再実行")
+        drop_kit_database(pg, name)
+        console.summary(f"{name} を削除しました")

@@ -1,0 +1,95 @@
+"""restore-scratch (the runbook's B): restore into a database of its own, never the live one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgrunbook.console import Console
+from pgrunbook.container import Container
+from pgrunbook.errors import Refused, RunbookError
+from pgrunbook.postgres import (
+    Postgres,
+)
+from pgrunbook.restore.appcheck import apply_masking, database_url, run_post_restore_command
+from pgrunbook.restore.checks import DatabaseSummary, compare_with_manifest, summarize_database
+from pgrunbook.restore.databases import (
+    create_database,
+    drop_kit_database,
+    kit_databases,
+    mark_text,
+    scratch_name,
+)
+from pgrunbook.restore.guards import check_versions, warn_personal_data
+from pgrunbook.restore.source import inspect_with_facts
+from pgrunbook.restore.staging import RestoreOptions, restore_into
+from pgrunbook.settings import Settings
+from pgrunbook.worklog import Entry, recorded
+
+
+@dataclass(frozen=True)
+class ScratchResult:
+    database: str
+    url: str
+    summary: DatabaseSummary
+
+
+def restore_scratch(
+    settings: Settings,
+    file: str | None,
+    database: str | None = None,
+    replace: bool = False,
+    options: RestoreOptions | None = None,
+    console: Console | None = None,
+) -> ScratchResult:
+    console = console or Console(settings.secrets())
+    options = options or RestoreOptions()
+    entry = Entry("restore-scratch", settings.env, settings.db_name, settings.db_container)
+    with recorded(settings.worklog_path, entry, console.redact):
+        pg = Postgres(Container.find(settings.db_container), settings)
+        source, facts = inspect_with_facts(pg, settings, file, console)
+        entry.file = str(source.path)
+        target = database or scratch_name(settings)
+        _validate_target_name(settings, target)
+        entry.details["target"] = target
+        entry.details["source_env"] = source.env
+        check_versions(source, facts.version)
+        personal = warn_personal_data(settings, source, console)
+        if pg.database_exists(target):
+            mine = {db.name: db for db in kit_databases(pg)
+                    if db.env == settings.env and db.role == "scratch"}
+            if not replace:
+                raise Refused(f"データベース {target} は既にあります",
+                              "--replace で作り直す（キットが作った検証用 DB のみ）か --db=別名")
+            if target not in mine:
+                raise Refused(f"データベース {target} はこの環境の検証用 DB（scratch）ではないため消しません",
+                              "--db=別名 を指定")
+            console.step(f"既存の検証用 DB {target} を作り直します")
+            drop_kit_database(pg, target)
+        create_database(pg, target, mark_text("scratch", settings, source.path.name),
+                         like=facts.database)
+        try:
+            entry.sha256 = restore_into(pg, settings, source, target, options, console, facts)
+            if personal:
+                apply_masking(pg, settings, target, console)
+        except BaseException:
+            drop_kit_database(pg, target)
+            raise
+        summary = summarize_database(pg, target, source.table_counts())
+        for line in summary.lines():
+            console.step(line)
+        for difference in compare_with_manifest(source, summary):
+            console.warn(difference)
+        url = database_url(settings, target, masked=True)
+        run_post_restore_command(settings, target, console)
+        console.summary(f"検証用 DB {target} に復元しました。確認用: DATABASE_URL={url}")
+        return ScratchResult(target, url, summary)
+
+
+def _validate_target_name(settings: Settings, name: str) -> None:
+    from pgrunbook.settings import SQL_NAME
+
+    if not SQL_NAME.match(name):
+        raise RunbookError(f"DB 名 {name!r} は使えません", "英数字と _ のみ、63 文字以内")
+    if name in (settings.db_name, "postgres", "template0", "template1"):
+        raise Refused(f"{name} には検証用の復元はできません（本番 DB・システム DB）",
+                      "--db に別の名前を指定")
