@@ -113,15 +113,22 @@ def verify(c, env=None, file=None, restore_test=False):
 
 
 RESTORE_HELP = {
-    "no_owner": "所有者を復元しない（pg_restore --no-owner）。既定: バックアップ時の指定に従う",
-    "no_acl": "権限（GRANT）を復元しない（pg_restore --no-acl）",
-    "jobs": "pg_restore の並列数（既定: コンテナの CPU 数）",
+    "ownership": "オブジェクトの所有者: auto（既定。記録があればバックアップのとおり、なければ置き換えでは"
+                 "稼働中の DB と同じ）/ archive / live（稼働中の DB と同じ）/ restorer（すべて DB_USER）",
+    "no_owner": "--ownership=restorer と同じ（pg_restore --no-owner）",
+    "no_acl": "権限（GRANT）を復元しない（pg_restore --no-acl。置き換えでは稼働中の DB の権限を写す）",
+    "jobs": "pg_restore の並列数（既定: RESTORE_JOBS。auto はコンテナの CPU の半分、最大 4）",
 }
 
 
-def _restore_options(no_owner, no_acl, jobs):
+def _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes=False):
+    chosen = "restorer" if no_owner else (ownership or "auto")
+    if chosen not in restore_module.OWNERSHIP:
+        raise Exit(f"エラー: --ownership={chosen} は使えません → {' / '.join(restore_module.OWNERSHIP)}",
+                   code=2)
     return restore_module.RestoreOptions(
-        no_owner=True if no_owner else None, no_acl=no_acl, jobs=int(jobs) if jobs else None
+        ownership=chosen, no_acl=no_acl, jobs=int(jobs) if jobs else None,
+        accept_privilege_changes=accept_privilege_changes,
     )
 
 
@@ -135,13 +142,13 @@ def _restore_options(no_owner, no_acl, jobs):
         **RESTORE_HELP,
     },
 )
-def restore_scratch(c, env=None, file=None, db=None, replace=False, no_owner=False, no_acl=False,
-                    jobs=None):
+def restore_scratch(c, env=None, file=None, db=None, replace=False, ownership=None, no_owner=False,
+                    no_acl=False, jobs=None):
     """B. 別 DB に戻して安全に確認する（本番 DB には触れない）。"""
     settings, console = settings_for(ROOT, env)
     result = guarded(
         lambda: restore_module.restore_scratch(
-            settings, file, db, replace, _restore_options(no_owner, no_acl, jobs), console
+            settings, file, db, replace, _restore_options(ownership, no_owner, no_acl, jobs), console
         ),
         console,
     )
@@ -155,16 +162,19 @@ def restore_scratch(c, env=None, file=None, db=None, replace=False, no_owner=Fal
         "file": "戻すファイル（必須）",
         "confirm": "端末がないときの確認: 対象の環境名（例: --confirm=dev）",
         "approved_by": "他の環境のバックアップを保護環境に戻すときの承認者名（作業ログに記録）",
+        "accept_privilege_changes": "置き換えでアプリから見える所有者・権限が変わることを承知で進める"
+                                    "（作業ログに記録）",
         **RESTORE_HELP,
     },
 )
-def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, no_owner=False,
-                    no_acl=False, jobs=None):
+def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, ownership=None,
+                    no_owner=False, no_acl=False, jobs=None, accept_privilege_changes=False):
     """A. 既存 DB を置き換える（別 DB に復元・確認してから名前を切り替え、以前の DB は保管）。"""
     settings, console = settings_for(ROOT, env)
     result = guarded(
         lambda: restore_module.restore_replace(
-            settings, file, confirm, approved_by, _restore_options(no_owner, no_acl, jobs), console
+            settings, file, confirm, approved_by,
+            _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes), console
         ),
         console,
     )
@@ -184,7 +194,27 @@ def restore_rollback(c, env=None, previous=None, confirm=None):
     settings, console = settings_for(ROOT, env)
     if not previous:
         raise Exit(f"エラー: --previous が必要です → invoke restore-list --env={env} で確認", code=2)
-    guarded(lambda: restore_module.restore_rollback(settings, previous, confirm, console), console)
+    rolled = guarded(lambda: restore_module.restore_rollback(settings, previous, confirm, console),
+                     console)
+    console.result(rolled)
+
+
+@task(
+    name="restore-recover",
+    help={
+        "env": ENV_HELP,
+        "confirm": "端末がないときの確認: 対象の環境名",
+        "dry_run": "直すものを表示し、手作業のコマンドを出すだけ（何も変更しない）",
+    },
+)
+def restore_recover(c, env=None, confirm=None, dry_run=False):
+    """中断された置き換え・ロールバックの残したもの（閉じた DB・staging・停止中のアプリ等）を直す
+
+    端末では環境名を入力、端末なしは --confirm=E。--dry-run で手作業のコマンドを表示。"""
+    settings, console = settings_for(ROOT, env)
+    done = guarded(lambda: restore_module.restore_recover(settings, confirm, console, dry_run), console)
+    if not dry_run:
+        console.result(f"{len(done)} 件修復")
 
 
 @task(name="restore-list", help={"env": ENV_HELP})
@@ -349,6 +379,7 @@ namespace = Collection(
     restore_scratch,
     restore_replace,
     restore_rollback,
+    restore_recover,
     restore_list,
     restore_drop,
     sandbox_up,

@@ -138,10 +138,13 @@ def ensure_image(client) -> None:
         client.images.pull(IMAGE)  # a laptop with a registry; CI builds the image instead
 
 
-def start_postgres(client, name: str, password: str = PASSWORD) -> PgContainer:
+def start_postgres(client, name: str, password: str = PASSWORD,
+                   command: list[str] | None = None) -> PgContainer:
+    """``command``: e.g. ["postgres", "-c", "max_prepared_transactions=10"]."""
     ensure_image(client)
     container = client.containers.create(
         IMAGE,
+        command=command,
         name=name,
         environment={"POSTGRES_USER": "app", "POSTGRES_PASSWORD": password, "POSTGRES_DB": "app"},
         network_mode="none",

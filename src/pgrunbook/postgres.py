@@ -65,6 +65,12 @@ def explain_failure(stderr: str, settings: Settings, database: str | None = None
             f"{settings.files[-1].name} の DB_PASSWORD "
             f"（または PGRUNBOOK_{settings.env.upper()}_DB_PASSWORD）を確認",
         )
+    if "is not currently accepting connections" in text:
+        return RunbookError(
+            f"データベース {database!r} が接続を受け付けない状態です（ALLOW_CONNECTIONS false。"
+            "置き換えが途中で止まった可能性）",
+            f"invoke restore-recover --env={settings.env} で確認・修復",
+        )
     if re.search(r'database "[^"]*" does not exist', text):
         return RunbookError(
             f"データベース {database!r} がコンテナ {settings.db_container} にありません",
@@ -118,9 +124,23 @@ SELECT json_build_object(
       'settings', (
         SELECT coalesce(json_agg(json_build_array(
                  CASE WHEN s.setrole = 0 THEN '' ELSE pg_get_userbyid(s.setrole) END,
-                 array_to_string(s.setconfig, ', '))), '[]'::json)
-        FROM pg_db_role_setting s WHERE s.setdatabase = d.oid))
-    FROM pg_database d WHERE d.datname = %s))
+                 array_to_string(s.setconfig, chr(29)))), '[]'::json)
+        FROM pg_db_role_setting s WHERE s.setdatabase = d.oid),
+      'acl_items', CASE WHEN d.datacl IS NOT NULL THEN (
+        SELECT coalesce(json_agg(json_build_array(
+                 CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee) END,
+                 a.privilege_type, a.is_grantable)), '[]'::json)
+        FROM aclexplode(d.datacl) a) END,
+      'allow_connections', d.datallowconn,
+      'prepared', (SELECT count(*) FROM pg_prepared_xacts p WHERE p.database = d.datname),
+      'logical_slots', (SELECT coalesce(json_agg(r.slot_name ORDER BY r.slot_name), '[]'::json)
+                        FROM pg_replication_slots r WHERE r.database = d.datname),
+      'user_owns', pg_has_role(d.datdba, 'MEMBER'))
+    FROM pg_database d WHERE d.datname = %s),
+  'user', (SELECT json_build_object('name', r.rolname, 'superuser', r.rolsuper,
+                                    'createdb', r.rolcreatedb,
+                                    'signal', pg_has_role('pg_signal_backend', 'MEMBER'))
+           FROM pg_roles r WHERE r.rolname = current_user))
 """
 
 
@@ -136,7 +156,23 @@ class DatabaseFacts:
     owner: str
     comment: str | None
     acl: str
-    settings: list[tuple[str, str]] = field(default_factory=list)  # (role or "", "a=b, c=d")
+    settings: list[tuple[str, str]] = field(default_factory=list)  # (role or "", "a=b\x1dc=d")
+    acl_items: list[tuple[str, str, bool]] | None = None  # (grantee or "" for PUBLIC, privilege,
+    #                                                        grantable); None: the default privileges
+    allow_connections: bool = True
+    prepared_transactions: int = 0
+    logical_slots: tuple[str, ...] = ()
+    user_owns: bool = True  # the kit user is (a member of) the owner
+
+
+@dataclass(frozen=True)
+class KitUser:
+    """The kit's DB_USER as the server sees it."""
+
+    name: str
+    superuser: bool
+    createdb: bool
+    signal_backend: bool  # member of pg_signal_backend: may end other roles' sessions
 
 
 @dataclass(frozen=True)
@@ -144,6 +180,7 @@ class ServerFacts:
     version: str
     data_directory: str | None  # None without pg_read_all_settings
     database: DatabaseFacts | None  # None: no such database
+    user: KitUser | None = None
 
 
 class Postgres:
@@ -198,8 +235,16 @@ class Postgres:
                 found["encoding"], found["collate"], found["ctype"],
                 found["owner"], found["comment"] or None, found["acl"],
                 [(role, config) for role, config in found["settings"]],
+                None if found.get("acl_items") is None
+                else [(grantee, privilege, bool(grantable))
+                      for grantee, privilege, grantable in found["acl_items"]],
+                bool(found.get("allow_connections", True)), int(found.get("prepared") or 0),
+                tuple(found.get("logical_slots") or ()), bool(found.get("user_owns", True)),
             )
-        return ServerFacts(raw["version"], raw.get("data_directory"), facts)
+        user = raw.get("user")
+        kit_user = (KitUser(user["name"], bool(user["superuser"]), bool(user["createdb"]),
+                            bool(user["signal"])) if user else None)
+        return ServerFacts(raw["version"], raw.get("data_directory"), facts, kit_user)
 
     def server_version(self) -> str:
         return self.query("SHOW server_version")[0][0]

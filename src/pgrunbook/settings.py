@@ -51,6 +51,7 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "MASKING_SQL": ("", "本番データをこの環境に戻した後に流すマスキング SQL ファイル"),
     "POST_RESTORE_COMMAND": ("", "リストア後にホストで実行する確認コマンド"),
     "APP_DATABASE_URL": ("", "アプリの DATABASE_URL（リストア先を確認するときの接続先の元）"),
+    "RESTORE_JOBS": ("auto", "pg_restore の並列数（auto: コンテナの CPU の半分、最大 4）"),
     "RETENTION_DAYS": ("30", "この日数より新しいバックアップはすべて残す"),
     "RETENTION_WEEKLY_DAYS": ("90", "この日数までは週に 1 つ残す"),
     "RETENTION_MONTHLY_DAYS": ("365", "この日数までは月に 1 つ残す"),
@@ -103,6 +104,7 @@ class Settings:
     offsite_endpoint_url: str = ""
     offsite_age_recipients: tuple[str, ...] = ()
     offsite_retention_days: int = 90
+    restore_jobs: int | None = None  # None: auto (half of the container's CPUs, at most 4)
 
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
@@ -312,6 +314,8 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         notify_on_success=_boolean("NOTIFY_ON_SUCCESS", get("NOTIFY_ON_SUCCESS")),
         sandbox_image=get("SANDBOX_IMAGE"),
         db_password=password or None,
+        restore_jobs=None if get("RESTORE_JOBS") == "auto" else _integer(
+            "RESTORE_JOBS", get("RESTORE_JOBS"), 1),
         **_offsite_values(env, get),
     )
     if check_siblings:

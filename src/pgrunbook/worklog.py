@@ -90,6 +90,20 @@ class Entry:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def append_started(log_path: Path, entry: Entry, stage: str) -> None:
+    """A line written before an irreversible step: a run killed there (kill -9,
+    power cut) is still visible in the log, as "started" with no end."""
+    record = {
+        "time": now_iso(), "operator": operator(), "host": socket.gethostname(),
+        "task": entry.task, "env": entry.env, "container": entry.container,
+        "database": entry.database, "file": entry.file, "sha256": entry.sha256,
+        "result": "started", "stage": stage, "pid": os.getpid(),
+    }
+    for key, value in entry.details.items():
+        record.setdefault(key, value)
+    append(log_path, record)
+
+
 @contextmanager
 def recorded(
     log_path: Path, entry: Entry, redact=lambda text: text, notify: Notifier | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pgrunbook.console import Console
@@ -32,11 +33,13 @@ class AppWrites:
                 raise RunbookError(f"APP_CONTAINERS のコンテナ {name} がありません",
                                    f".env.{self.settings.env} の APP_CONTAINERS を確認") from None
 
-    def stop(self) -> None:
+    def stop(self, before_each: Callable[[str], None] | None = None) -> None:
         for model in self.models:
             model.reload()
             if model.status == "running":
                 self.console.step(f"アプリのコンテナ {model.name} を停止（書き込み停止）")
+                if before_each:  # the journal: a killed run's stopped apps are restarted by the recovery
+                    before_each(model.name)
                 self.stopped.append(model)  # before stop(): an interrupted stop is still restarted
                 try:
                     model.stop(timeout=30)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pgrunbook.archive import major_version
 from pgrunbook.console import Console, human_size
 from pgrunbook.errors import Refused, RunbookError
+from pgrunbook.postgres import ServerFacts
 from pgrunbook.restore.source import Source
 from pgrunbook.settings import Settings, load_settings
 
@@ -93,8 +94,10 @@ def confirm(
     ask: Callable[[str], str] | None = None,
     interactive: bool | None = None,
     engine: str = "",
+    extra_lines: list[str] | None = None,
 ) -> None:
     """The runbook's 声に出して確認 / 二重確認, or --confirm=<env> without a terminal."""
+    extra_lines = extra_lines or []
     interactive = sys.stdin.isatty() if interactive is None else interactive
     banner = [
         "=" * 64,
@@ -108,14 +111,14 @@ def confirm(
         f"  元の環境: {source.env or '不明'}",
         "=" * 64,
     ]
+    for line in banner + extra_lines:  # on stderr whatever the case: cron mail and logs show it
+        console.summary(line)
     if confirm_env is not None:
         if confirm_env != settings.env:
             raise Refused(
                 f"--confirm={confirm_env} が対象環境 {settings.env} と一致しません",
                 f"対象を確かめ、--confirm={settings.env} で再実行",
             )
-        for line in banner:
-            console.step(line)
         return
     if not interactive:
         raise Refused(
@@ -123,11 +126,47 @@ def confirm(
             f"内容を確かめたうえで --confirm={settings.env} を付けて再実行",
         )
     ask = ask or ask_on_stderr
-    for line in banner:
-        console.summary(line)
     typed_env = ask(f"対象の環境名を入力してください（{settings.env}）: ").strip()
     if typed_env != settings.env:
         raise Refused(f"環境名が一致しません（入力: {typed_env!r}）。中止しました")
-    typed_db = ask("対象のデータベース名をもう一度入力してください: ").strip()
+    typed_db = ask("対象のデータベース名を入力してください（上の「データベース」）: ").strip()
     if typed_db != settings.db_name:
         raise Refused(f"データベース名が一致しません（入力: {typed_db!r}）。中止しました")
+
+
+def preflight_replace(settings: Settings, facts: ServerFacts) -> list[str]:
+    """What would stop a replace halfway, checked before anything is restored:
+    a closed live database, prepared transactions (they block the rename), a
+    DB_USER that cannot rename the database, end other roles' sessions or carry
+    per-role settings. Returns warnings (logical replication slots)."""
+    live = facts.database
+    assert live is not None
+    name, user = settings.db_name, facts.user
+    if not live.allow_connections:
+        raise RunbookError(
+            f"{name} は接続を受け付けない状態です（ALLOW_CONNECTIONS false。置き換えが途中で止まった可能性）",
+            f"invoke restore-recover --env={settings.env} で確認・修復")
+    if live.prepared_transactions:
+        raise Refused(
+            f"{name} に準備済みトランザクション（PREPARE TRANSACTION）が {live.prepared_transactions} 件"
+            "あり、置き換えると名前の切り替えで止まります（何も変更していません）",
+            f"SELECT gid, prepared, owner FROM pg_prepared_xacts WHERE database = '{name}' で確認し、"
+            "アプリ側で COMMIT PREPARED / ROLLBACK PREPARED してから再実行")
+    if user and not user.superuser:
+        if not (live.user_owns and user.createdb):
+            raise Refused(
+                f"DB_USER {user.name} は {name} の名前を変えられません（所有者 {live.owner} のメンバーで"
+                "かつ CREATEDB が必要）",
+                f"superuser で: ALTER ROLE {user.name} CREATEDB; GRANT {live.owner} TO {user.name};")
+        if not user.signal_backend:
+            raise Refused(
+                f"DB_USER {user.name} は他のロールのセッションを終了できず、切り替えで止まります",
+                f"superuser で: GRANT pg_signal_backend TO {user.name};（何も変更していません）")
+        if any(role for role, _config in live.settings):
+            raise Refused(
+                f"{name} には ALTER ROLE … IN DATABASE の設定があり、新しい DB に移すには "
+                "superuser が必要です",
+                "superuser の DB_USER で実行するか、設定を控えて置き換え後に手で戻す")
+    return [f"論理レプリケーションスロット {slot} は以前の DB に残り、WAL を保持し続けます。"
+            "置き換え後にサブスクライバー側で作り直し、以前の DB の削除前に "
+            f"SELECT pg_drop_replication_slot('{slot}') で削除" for slot in live.logical_slots]

@@ -5,20 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pgrunbook import journal
 from pgrunbook.console import Console
 from pgrunbook.container import Container
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import (
     Postgres,
+    quote_literal,
 )
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
-from pgrunbook.restore.guards import confirm
+from pgrunbook.restore.guards import confirm, preflight_replace
 from pgrunbook.restore.source import Source
 from pgrunbook.restore.swap import swap_databases
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
-from pgrunbook.worklog import Entry, recorded
+from pgrunbook.worklog import Entry, append_started, recorded
 
 
 def restore_rollback(
@@ -28,6 +30,9 @@ def restore_rollback(
     entry = Entry("restore-rollback", settings.env, settings.db_name, settings.db_container)
     entry.details["previous"] = previous
     with recorded(settings.worklog_path, entry, console.redact):
+        if journal.leftover(settings):
+            raise Refused("前回の置き換え・ロールバックが途中で止まったままです（何も変更していません）",
+                          f"invoke restore-recover --env={settings.env} で修復してから再実行")
         pg = Postgres(Container.find(settings.db_container), settings)
         kit = {db.name: db for db in kit_databases(pg)}
         if previous not in kit or kit[previous].role != "previous" or kit[previous].env != settings.env:
@@ -43,14 +48,24 @@ def restore_rollback(
                             "restore-rollback"):
             # the live database carries the original comment since the replace
             facts = pg.facts(settings.db_name)
+            if facts.database:
+                for warning in preflight_replace(settings, facts):
+                    console.warn(warning)
             live_comment = facts.database.comment if facts.database else None
             failed: list[str] = []
+            record = journal.Journal.begin(settings, "restore-rollback", previous=previous)
             try:
-                apps.stop()
+                append_started(settings.worklog_path, entry, stage="swap")
+                record.update(stage="apps-stop")
+                apps.stop(before_each=record.app_stopping)
+                record.update(stage="swap")
                 swap_databases(pg, settings.db_name, previous, rolled,
-                      mark_text("rolledback", settings, "rolled back"), live_comment, facts.version)
+                               mark_text("rolledback", settings, "rolled back"), live_comment,
+                               facts.version)
             finally:
                 failed = apps.start()
+                if not failed:
+                    record.finish()
         if failed:
             raise RunbookError(f"ロールバックしましたが、アプリを再開できません: {'; '.join(failed)}",
                                "docker start で再開")
@@ -74,11 +89,22 @@ def drop_database(
         if name == settings.db_name:
             raise Refused("稼働中の DB は削除できません", "キットが作った DB だけを指定")
         kit = {db.name: db for db in kit_databases(pg) if db.env == settings.env}
+        if name not in kit and not pg.database_exists(name):
+            raise Refused(f"データベース {name} はありません",
+                          f"invoke restore-list --env={settings.env} で名前を確認")
         if name not in kit:
             raise Refused(f"{name} はキットが作ったこの環境の DB ではないため削除しません",
                           f"invoke restore-list --env={settings.env} で確認")
         if kit[name].role in ("previous", "rolledback") and confirm_env != settings.env:
             raise Refused(f"{name} は置き換え前の DB です。削除すると元に戻せません",
                           f"確かめたうえで --confirm={settings.env} を付けて再実行")
+        slots = [row[0] for row in pg.query(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = "
+            f"{quote_literal(name)} ORDER BY 1", "postgres")]
+        if slots:
+            raise Refused(
+                f"{name} には論理レプリケーションスロット {', '.join(slots)} があります（削除しません）",
+                "サブスクライバーを確かめ、不要なら SELECT pg_drop_replication_slot('<名前>') で"
+                "消してから再実行")
         drop_kit_database(pg, name)
         console.summary(f"{name} を削除しました")

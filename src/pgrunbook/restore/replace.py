@@ -1,31 +1,42 @@
-"""restore-replace (the runbook's A, made safe): staging restore, checks, then the swap."""
+"""restore-replace (the runbook's A, made safe): staging restore, checks, then the swap.
+
+Order of a replace, and what an interruption at each step leaves (the journal,
+journal.py, records each step before it starts; restore-recover repairs):
+1. checks that need no change: file, versions, env rules, prepared
+   transactions and DB_USER's privileges (they would stop the swap), banner
+2. the staging database, the upload, the staging restore    -> staging DB, upload
+3. row counts against the manifest (before any masking), masking SQL, owners
+   and privileges made and checked equal to the live database's
+4. the work log's "started" line, the app containers stopped -> stopped apps
+5. the swap (one script inside the container that cannot leave the live
+   database closed), the apps started again
+6. the database-level settings and privileges checked on the new database
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from pgrunbook import faults, journal
 from pgrunbook.console import Console
 from pgrunbook.container import Container
 from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import (
-    Postgres,
-    ServerFacts,
-    quote_ident,
-)
+from pgrunbook.postgres import DatabaseFacts, Postgres, ServerFacts, quote_ident
+from pgrunbook.restore import privileges
 from pgrunbook.restore.appcheck import apply_masking, run_post_restore_command
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.checks import DatabaseSummary, compare_with_manifest, summarize_database
 from pgrunbook.restore.databases import cleanup_step, create_database, drop_kit_database, kit_name, mark_text
-from pgrunbook.restore.guards import check_versions, confirm, guard_environment
+from pgrunbook.restore.guards import check_versions, confirm, guard_environment, preflight_replace
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import RestoreOptions, restore_into
-from pgrunbook.restore.swap import database_level_notes, swap_committed, swap_databases
+from pgrunbook.restore.swap import database_level_statements, swap_committed, swap_databases
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
-from pgrunbook.worklog import Entry, recorded
+from pgrunbook.worklog import Entry, append_started, recorded
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,36 @@ class ReplaceResult:
     database: str
     previous: str
     summary: DatabaseSummary
+
+
+@dataclass
+class Replace:
+    """One replace run: what it works on and what it has done so far."""
+
+    settings: Settings
+    pg: Postgres
+    facts: ServerFacts
+    source: Source
+    options: RestoreOptions
+    personal: bool  # a protected env's data into a non-protected env: masking applies
+    apps: AppWrites
+    console: Console
+    entry: Entry
+    staging: str = ""
+    previous: str = ""
+    record: journal.Journal | None = None
+    failed_apps: list[str] = field(default_factory=list)
+    left_behind: bool = False  # a failure left something for restore-recover
+
+    @property
+    def live(self) -> DatabaseFacts:
+        assert self.facts.database is not None  # checked before the run starts
+        return self.facts.database
+
+    @property
+    def rollback(self) -> str:
+        return (f"invoke restore-rollback --env={self.settings.env} --previous={self.previous} "
+                f"--confirm={self.settings.env}")
 
 
 def restore_replace(
@@ -53,6 +94,9 @@ def restore_replace(
         if not file:
             raise Refused("置き換えリストアには --file の指定が必要です",
                           f"invoke verify --env={settings.env} などで戻すファイルを確かめて指定")
+        if journal.leftover(settings):
+            raise Refused("前回の置き換えが途中で止まったままです（何も変更していません）",
+                          f"invoke restore-recover --env={settings.env} で修復してから再実行")
         pg = Postgres(Container.find(settings.db_container), settings)
         source, facts = inspect_with_facts(pg, settings, file, console)
         entry.file = str(source.path)
@@ -62,111 +106,205 @@ def restore_replace(
         if facts.database is None:
             raise RunbookError(f"置き換え対象の {settings.db_name} がありません",
                                "新規に作るなら restore-scratch の後で名前を変える手順を検討")
+        for warning in preflight_replace(settings, facts):
+            console.warn(warning)
         apps = AppWrites(settings, console)
         apps.check()
         engine = pg.container.engine_description()
         entry.details["engine"] = engine
+        ownership = options.resolved_ownership(source, replace=True)
+        entry.details["ownership"] = ownership
         confirm(settings, source, confirm_env, "既存 DB を置き換えます（DROP はしません）", console, ask,
-                engine=engine)
+                engine=engine, extra_lines=[f"  所有者     : {OWNERSHIP_TEXT[ownership]}"])
+        run = Replace(settings, pg, facts, source, options, personal, apps, console, entry)
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-replace"):
-            result = _replace_locked(settings, pg, facts, source, options, personal, apps, console,
-                                     entry)
+            run.record = journal.Journal.begin(settings, "restore-replace", file=str(source.path))
+            try:
+                result = _replace_locked(run)
+            except BaseException:
+                if not run.left_behind:  # the failure was put right: nothing to recover
+                    run.record.finish()
+                raise
+            run.record.finish()
         return result
 
 
-def _replace_locked(
-    settings: Settings, pg: Postgres, facts: ServerFacts, source: Source, options: RestoreOptions,
-    personal: bool, apps: AppWrites, console: Console, entry: Entry,
-) -> ReplaceResult:
+OWNERSHIP_TEXT = {
+    "archive": "バックアップのとおり",
+    "live": "稼働中の DB と同じにする（バックアップに所有者の記録なし）",
+    "restorer": "すべて DB_USER（--ownership=restorer）",
+}
+
+
+def _replace_locked(run: Replace) -> ReplaceResult:
+    settings, pg, console, entry = run.settings, run.pg, run.console, run.entry
     now = datetime.now()
-    staging = kit_name(settings, "staging", now)
-    previous = kit_name(settings, "previous", now)
-    entry.details["staging"] = staging
-    rollback = (f"invoke restore-rollback --env={settings.env} --previous={previous} "
-                f"--confirm={settings.env}")
-    failed_apps: list[str] = []
+    run.staging = kit_name(settings, "staging", now)
+    run.previous = kit_name(settings, "previous", now)
+    entry.details["staging"] = run.staging
+    assert run.record is not None
     try:
-        live = facts.database
-        assert live is not None  # checked by restore_replace
-        create_database(pg, staging, mark_text("staging", settings, source.path.name), like=live)
-        entry.sha256 = restore_into(pg, settings, source, staging, options, console, facts)
-        if personal:
-            apply_masking(pg, settings, staging, console)
-        # the live database's owner, comment and settings as they are now, not as they
-        # were before a restore that may have taken hours
-        summary, current = side_by_side(
-            lambda: summarize_database(pg, staging, None if personal else source.table_counts()),
-            lambda: pg.facts(settings.db_name))
-        live = current.database or live
-        differences = compare_with_manifest(source, summary)
-        if differences:
-            raise RunbookError("復元結果がバックアップ時の記録と一致しません: " + "; ".join(differences[:5]),
-                               "ファイルを invoke verify で確認。本番 DB は変更していません")
-        if not summary.tables and (source.manifest or {}).get("tables"):
-            raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
-        if live.owner != settings.db_user:  # the staging DB is the kit user's own
-            try:
-                pg.execute(f"ALTER DATABASE {quote_ident(staging)} OWNER TO {quote_ident(live.owner)}",
-                           "postgres")
-            except RunbookError as error:
-                console.warn(f"DB の所有者を {live.owner} にできません（{error.message}）。"
-                             "置き換え後に確認してください")
-        for note in database_level_notes(live):
-            console.warn(f"pg_restore は DB 単位の設定を戻しません。置き換え後に再設定してください: {note}")
+        run.record.update(stage="staging-restore", staging=run.staging, previous=run.previous)
+        create_database(pg, run.staging, mark_text("staging", settings, run.source.path.name),
+                        like=run.live)
+        entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
+                                    run.facts, replace=True,
+                                    on_upload=lambda path: run.record.update(upload=path))
+        faults.kill_point("checks")
+        run.record.update(stage="checks")
+        summary = _check_staging(run)
+        carried = database_level_statements(settings.db_name, run.live)
         try:
-            apps.stop()
-            console.step(f"切り替え: {settings.db_name} → {previous}、{staging} → {settings.db_name}")
-            swap_databases(pg, settings.db_name, staging, previous,
-                  mark_text("previous", settings, "replaced by " + source.path.name), live.comment,
-                  facts.version)
+            append_started(settings.worklog_path, entry, stage="swap")
+            run.record.update(stage="apps-stop")
+            run.apps.stop(before_each=run.record.app_stopping)
+            faults.kill_point("apps-stopped")
+            run.record.update(stage="swap")
+            console.step(f"切り替え: {settings.db_name} → {run.previous}、{run.staging} → {settings.db_name}")
+            swap_databases(pg, settings.db_name, run.staging, run.previous,
+                           mark_text("previous", settings, "replaced by " + run.source.path.name),
+                           run.live.comment, run.facts.version, carried)
         finally:
-            failed_apps = apps.start()
+            run.failed_apps = run.apps.start()
+            run.record.update(stage="apps-started" if not run.failed_apps else "apps-failed")
     except BaseException as error:
-        swapped = swap_committed(pg, staging, previous)
-        stopped = (f" 再開できなかったアプリ: {'; '.join(failed_apps)}（docker start で再開）"
-                   if failed_apps else "")
-        if swapped:
-            raise RunbookError(
-                f"切り替えは完了しています（{settings.db_name} は新しい DB、以前の DB は {previous}）が、"
-                f"その後に失敗しました: {error}.{stopped}",
-                f"元に戻すなら: {rollback}",
-            ) from error
-        left = cleanup_step(f"検証用 DB {staging} の削除", lambda: drop_kit_database(pg, staging), console)
-        if swapped is None or left or failed_apps:
-            state = "不明（サーバーに問い合わせできません）" if swapped is None else "元のまま"
-            raise RunbookError(
-                f"置き換えに失敗しました: {error}。本番 DB {settings.db_name} は{state}。"
-                + (f" {staging} が残っています（invoke restore-drop --env={settings.env} --db={staging}）。"
-                   if left else "") + stopped,
-                f"invoke restore-list --env={settings.env} で状態を確認",
-            ) from error
+        _after_failure(run, error)
         raise
-    entry.details["previous"] = previous
+    entry.details["previous"] = run.previous
+    run.record.update(stage="after-swap")
     # planner statistics for the new database right away (autovacuum would take a
     # minute or more); in the background, so the app is not kept waiting for it
     with contextlib.suppress(RunbookError):
         pg.container.start_detached(pg.psql_argv(settings.db_name) + ["-c", "ANALYZE"],
                                     settings.password_environment())
         console.step("プランナー統計の作成（ANALYZE）をバックグラウンドで開始")
-    if failed_apps:
+    if run.failed_apps:
         raise RunbookError(
-            f"DB は置き換えましたが、アプリのコンテナを再開できません: {'; '.join(failed_apps)}",
-            f"docker start で再開。元に戻すなら: {rollback}",
+            f"DB は置き換えましたが、アプリのコンテナを再開できません: {'; '.join(run.failed_apps)}",
+            f"docker start で再開。元に戻すなら: {run.rollback}",
         )
     try:
+        _check_database_level(run)
         # the live database is the staging database renamed: its summary stands
         for line in summary.lines():
-            console.step(line.replace(staging, settings.db_name, 1))
+            console.step(line.replace(run.staging, settings.db_name, 1))
         run_post_restore_command(settings, settings.db_name, console)
     except RunbookError as error:
         raise RunbookError(
             f"置き換えは完了しましたが、事後確認で失敗しました: {error.message}",
-            f"以前の DB は {previous} に残っています。元に戻すなら: {rollback}",
+            f"以前の DB は {run.previous} に残っています。元に戻すなら: {run.rollback}",
         ) from None
     console.summary(
-        f"置き換え完了: {settings.db_name} ← {source.path.name}。以前の DB は {previous} に保管。"
-        f" 元に戻す: {rollback} / 不要になったら: invoke restore-drop --env={settings.env} "
-        f"--db={previous} --confirm={settings.env}"
+        f"置き換え完了: {settings.db_name} ← {run.source.path.name}。以前の DB は {run.previous} に保管。"
+        f" 元に戻す: {run.rollback} / 不要になったら: invoke restore-drop --env={settings.env} "
+        f"--db={run.previous} --confirm={settings.env}"
     )
-    return ReplaceResult(settings.db_name, previous, summary)
+    return ReplaceResult(settings.db_name, run.previous, summary)
+
+
+def _check_staging(run: Replace) -> DatabaseSummary:
+    """The restored database against the manifest (before masking changes rows),
+    then masking, then owners and privileges against the live database."""
+    settings, pg, console = run.settings, run.pg, run.console
+    summary, current = side_by_side(
+        lambda: summarize_database(pg, run.staging, run.source.table_counts()),
+        lambda: pg.facts(settings.db_name))
+    # the live database's owner, comment and settings as they are now, not as they
+    # were before a restore that may have taken hours
+    if current.database:
+        run.facts = current
+    differences = compare_with_manifest(run.source, summary)
+    if differences:
+        raise RunbookError("復元結果がバックアップ時の記録と一致しません: " + "; ".join(differences[:5]),
+                           "ファイルを invoke verify で確認。本番 DB は変更していません")
+    if not summary.tables and (run.source.manifest or {}).get("tables"):
+        raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
+    if run.personal:
+        apply_masking(pg, settings, run.staging, console)
+    live = run.live
+    if live.owner != settings.db_user:  # the staging DB is the kit user's own
+        pg.execute(f"ALTER DATABASE {quote_ident(run.staging)} OWNER TO {quote_ident(live.owner)}",
+                   "postgres")
+    _match_privileges(run)
+    return summary
+
+
+def _match_privileges(run: Replace) -> None:
+    """What the app can do must not change with the replace."""
+    settings, pg, console = run.settings, run.pg, run.console
+    live_rights, staged_rights = side_by_side(lambda: privileges.rights_of(pg, settings.db_name),
+                                              lambda: privileges.rights_of(pg, run.staging))
+    ownership = run.options.resolved_ownership(run.source, replace=True)
+    copy_owners = ownership == "live"
+    copy_acl = ownership != "restorer" and (run.options.no_acl
+                                            or not run.options.archive_has_acl(run.source))
+    statements = privileges.copy_statements(live_rights, staged_rights, copy_owners, copy_acl)
+    if statements:
+        console.step(f"所有者・権限を稼働中の DB と同じにします（{len(statements)} 文）")
+        privileges.apply(pg, run.staging, statements)
+        staged_rights = privileges.rights_of(pg, run.staging)
+    differences = privileges.differences(live_rights, staged_rights)
+    only_live = sorted(live_rights.keys() - staged_rights.keys())
+    only_new = sorted(staged_rights.keys() - live_rights.keys())
+    if only_live or only_new:
+        console.step(f"稼働中の DB にだけある: {len(only_live)} 件、戻すデータにだけある: {len(only_new)} 件"
+                     "（スキーマの違い。権限は比べられません）")
+    if not differences:
+        return
+    run.entry.details["privilege_differences"] = differences[:50]
+    if run.options.accept_privilege_changes:
+        for line in differences[:10]:
+            console.warn(f"権限が変わります（--accept-privilege-changes で承知済み）: {line}")
+        return
+    raise Refused(
+        f"置き換えるとアプリから見える所有者・権限が {len(differences)} 件変わります: "
+        + "; ".join(differences[:3]) + "（本番 DB は変更していません）",
+        "バックアップ後に権限を変えたなら --accept-privilege-changes（作業ログに記録）、"
+        "所有者をそろえるなら --ownership=live")
+
+
+def _check_database_level(run: Replace) -> None:
+    """The new live database has the previous one's own settings and privileges."""
+    new, old = side_by_side(lambda: run.pg.facts(run.settings.db_name),
+                            lambda: run.pg.facts(run.previous))
+    if not (new.database and old.database):
+        raise RunbookError("置き換え後の DB の状態を確かめられません")
+    differences = []
+    if sorted(new.database.settings) != sorted(old.database.settings):
+        differences.append(f"DB 単位の設定 {new.database.settings} ≠ 以前 {old.database.settings}")
+    if sorted(new.database.acl_items or []) != sorted(old.database.acl_items or []) or (
+            (new.database.acl_items is None) != (old.database.acl_items is None)):
+        differences.append(f"DB の権限 {new.database.acl or '（既定）'} ≠ "
+                           f"以前 {old.database.acl or '（既定）'}")
+    if new.database.owner != old.database.owner:
+        differences.append(f"DB の所有者 {new.database.owner} ≠ 以前 {old.database.owner}")
+    if differences:
+        raise RunbookError("新しい DB の設定・権限が以前の DB と違います: " + "; ".join(differences))
+
+
+def _after_failure(run: Replace, error: BaseException) -> None:
+    """Say exactly what state things are in; remove what a failed run made."""
+    settings, pg = run.settings, run.pg
+    swapped = swap_committed(pg, run.staging, run.previous)
+    stopped = (f" 再開できなかったアプリ: {'; '.join(run.failed_apps)}（docker start で再開）"
+               if run.failed_apps else "")
+    if swapped:
+        run.entry.details["previous"] = run.previous
+        raise RunbookError(
+            f"切り替えは完了しています（{settings.db_name} は新しい DB、以前の DB は {run.previous}）が、"
+            f"その後に失敗しました: {error}.{stopped}",
+            f"元に戻すなら: {run.rollback}",
+        ) from error
+    left = cleanup_step(f"検証用 DB {run.staging} の削除", lambda: drop_kit_database(pg, run.staging),
+                        run.console)
+    if swapped is None or left or run.failed_apps:
+        run.left_behind = True
+        state = "不明（サーバーに問い合わせできません）" if swapped is None else "元のまま"
+        raise RunbookError(
+            f"置き換えに失敗しました: {error}。本番 DB {settings.db_name} は{state}。"
+            + (f" {run.staging} が残っています"
+               f"（invoke restore-drop --env={settings.env} --db={run.staging}）。" if left else "")
+            + stopped,
+            f"invoke restore-recover --env={settings.env} で確認・修復",
+        ) from error

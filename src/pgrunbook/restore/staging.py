@@ -7,9 +7,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from pgrunbook import faults
 from pgrunbook.console import Console, human_size
 from pgrunbook.errors import RunbookError
 from pgrunbook.postgres import (
@@ -17,35 +18,77 @@ from pgrunbook.postgres import (
     ServerFacts,
 )
 from pgrunbook.restore.source import Source, check_digest
+from pgrunbook.restore.sqlfilter import without_owner_and_acl
 from pgrunbook.settings import Settings
 from pgrunbook.verify import Digest
+
+OWNERSHIP = ("auto", "archive", "live", "restorer")
 
 
 @dataclass
 class RestoreOptions:
-    no_owner: bool | None = None  # None: what the backup's manifest asked for
+    """``ownership``: whose objects the restored database's are.
+    archive: as the archive says (pg_restore's default); restorer: all DB_USER's
+    (pg_restore --no-owner); live: as in the live database (a replace only:
+    restored --no-owner, then the live owners copied); auto: archive when the
+    archive carries owners, else live for a replace and restorer elsewhere."""
+
+    ownership: str = "auto"
     no_acl: bool = False
     jobs: int | None = None
+    accept_privilege_changes: bool = False
+
+    def archive_has_owners(self, source: Source) -> bool:
+        return not (source.manifest or {}).get("options", {}).get("no_owner")
+
+    def archive_has_acl(self, source: Source) -> bool:
+        return not (source.manifest or {}).get("options", {}).get("no_acl")
+
+    def resolved_ownership(self, source: Source, replace: bool) -> str:
+        if self.ownership != "auto":
+            return self.ownership
+        if self.archive_has_owners(source):
+            return "archive"
+        return "live" if replace else "restorer"
+
+    def restores_owners(self, source: Source, replace: bool) -> bool:
+        return self.resolved_ownership(source, replace) == "archive"
+
+
+def default_jobs(cpus: int) -> int:
+    """The staging restore shares the server with the live database, which keeps
+    serving the app until the swap: half of the container's CPUs, at most 4."""
+    return max(1, min(4, cpus // 2))
 
 
 @contextlib.contextmanager
-def file_in_container(pg: Postgres, source: Source, digest: Digest) -> Iterator[str]:
+def file_in_container(pg: Postgres, source: Source, digest: Digest,
+                      on_upload: Callable[[str], None] | None = None) -> Iterator[str]:
     """Place the archive inside the container (needed by pg_restore -j) in a
     private directory the same upload creates; removed after (after a success,
     on a thread of its own while the caller goes on; the process waits for it)."""
-    private = f"pgrunbook-{uuid.uuid4().hex[:12]}"
+    private = upload_prefix(pg.settings.env) + uuid.uuid4().hex[:12]
 
     def remove() -> None:
         with contextlib.suppress(Exception):  # never hides the restore's own outcome
             pg.container.run(["rm", "-rf", f"/tmp/{private}"])
 
     try:
-        yield pg.container.put_file(source.path, "/tmp", f"{private}/{source.path.name}",
-                                    chunks=digest.chunks())
+        if on_upload:
+            on_upload(f"/tmp/{private}")
+        inside = pg.container.put_file(source.path, "/tmp", f"{private}/{source.path.name}",
+                                       chunks=digest.chunks())
+        faults.kill_point("upload")
+        yield inside
     except BaseException:
         remove()
         raise
     threading.Thread(target=remove, name="remove-archive").start()
+
+
+def upload_prefix(env: str) -> str:
+    """Uploads carry their env: a recovery removes only its own env's."""
+    return f"pgrunbook-upload-{env}-"
 
 
 def check_free_space(pg: Postgres, facts: ServerFacts, source: Source, archive_inside: bool) -> None:
@@ -85,7 +128,8 @@ def check_free_space(pg: Postgres, facts: ServerFacts, source: Source, archive_i
 
 def restore_into(
     pg: Postgres, settings: Settings, source: Source, database: str, options: RestoreOptions,
-    console: Console, facts: ServerFacts,
+    console: Console, facts: ServerFacts, replace: bool = False,
+    on_upload: Callable[[str], None] | None = None,
 ) -> str:
     """Restore the file into an existing empty database; raise on any error.
 
@@ -93,38 +137,51 @@ def restore_into(
     compares it with the record before the result is used."""
     digest = Digest(source.path)
     started = time.monotonic()
+    no_owner = not options.restores_owners(source, replace)
     if source.format == "plain":
         check_free_space(pg, facts, source, archive_inside=False)
-        console.step(f"psql（ON_ERROR_STOP、単一トランザクション）で {database} に復元")
+        skipped = (["所有者"] if no_owner and options.archive_has_owners(source) else []) + (
+            ["権限"] if options.no_acl else [])
+        console.step(f"psql（ON_ERROR_STOP、単一トランザクション）で {database} に復元"
+                     + (f"（{'・'.join(skipped)}の文は流さない）" if skipped else ""))
         argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                 "-U", settings.db_user, "-d", database]
-        result = pg.run(argv, stdin=digest.chunks(), on_stdout=lambda _data: None)
+        chunks = digest.chunks()
+        if skipped:
+            chunks = without_owner_and_acl(chunks, owners=no_owner, acl=options.no_acl)
+        faults.kill_point("staging-restore", delay=0.1)
+        result = pg.run(argv, stdin=chunks, on_stdout=lambda _data: None)
     else:
-        no_owner = options.no_owner
-        if no_owner is None:
-            no_owner = bool((source.manifest or {}).get("options", {}).get("no_owner"))
         argv = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
         if no_owner:
             argv.append("--no-owner")
         if options.no_acl:
             argv.append("--no-acl")
-        jobs = options.jobs or pg.container.cpu_count()
+        jobs = options.jobs or settings_jobs(settings, pg)
         check_free_space(pg, facts, source, archive_inside=jobs > 1)
         if jobs > 1:
-            with file_in_container(pg, source, digest) as inside:
+            with file_in_container(pg, source, digest, on_upload) as inside:
                 console.step(f"pg_restore -j {jobs} で {database} に復元")
+                faults.kill_point("staging-restore", delay=0.1)
                 result = pg.run(argv + ["-j", str(jobs), inside])
         else:
             console.step(f"pg_restore で {database} に復元")
+            faults.kill_point("staging-restore", delay=0.1)
             result = pg.run(argv, stdin=digest.chunks())
     if not result.ok:
         check_digest(source, digest.hexdigest())  # a damaged file: say so, not just "failed"
         text = result.error_text()
         hint = "ファイルが壊れていないか invoke verify で確認"
         if re.search(r'role "[^"]+" does not exist|must be owner|permission denied', result.stderr):
-            hint = "役割（ロール）の差による権限エラーです。--no-owner --no-acl を付けて再実行"
+            hint = "役割（ロール）の差による権限エラーです。--ownership=restorer --no-acl を付けて再実行"
         raise RunbookError(f"復元に失敗しました（{database}）: {text}", hint)
     console.step(f"復元完了（{time.monotonic() - started:.1f} 秒）")
     sha256 = digest.hexdigest()
     check_digest(source, sha256)
     return sha256
+
+
+def settings_jobs(settings: Settings, pg: Postgres) -> int:
+    if settings.restore_jobs:
+        return settings.restore_jobs
+    return default_jobs(pg.container.cpu_count())

@@ -1,37 +1,151 @@
-"""The swap: both renames, both databases open and both comments in one transaction."""
+"""The swap: both renames, both databases open and both comments in one transaction.
+
+The whole sequence (check for prepared transactions, close the live database
+to new sessions, end its sessions, the swap transaction with retries, and
+reopening the old database when the swap did not happen) is ONE shell script
+that runs inside the DB container. The engine lets an exec run on after its
+client is gone, so a ``kill -9`` of the kit, a dropped ssh or a crashed host
+shell can no longer leave the live database closed: the script finishes by
+itself within seconds and either the swap committed or the old database is
+open again. The kit only reads the script's verdict.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
+from dataclasses import dataclass
 
+from pgrunbook import faults
 from pgrunbook.archive import major_version
-from pgrunbook.container import ExecResult
-from pgrunbook.errors import RunbookError
-from pgrunbook.postgres import (
-    DatabaseFacts,
-    Postgres,
-    explain_failure,
-    quote_ident,
-    quote_literal,
-)
+from pgrunbook.errors import Refused, RunbookError
+from pgrunbook.postgres import DatabaseFacts, Postgres, quote_ident, quote_literal
 
 CLOSED = "pgrunbook: closed"
+VERDICTS = ("swapped", "refused-prepared", "close-failed", "reopened", "still-closed")
+
+# Runs as `sh -c SCRIPT` with the SQL in the exec's environment (no quoting in
+# a shell line). psql's output goes to a private file printed at the end: if
+# the kit is gone, nothing blocks on a pipe nobody reads (SIGPIPE ignored).
+SCRIPT = r"""
+set -u
+trap '' PIPE HUP INT TERM
+dir="$PGRUNBOOK_SWAP_DIR"
+mkdir -m 700 "$dir" || { echo "pgrunbook:verdict:close-failed"; exit 1; }
+log="$dir/log"
+q() { psql -X -q -v ON_ERROR_STOP=1 -A -t -d postgres "$@" >>"$log" 2>&1; }
+verdict() { echo "pgrunbook:verdict:$1" >>"$log"; cat "$log"; rm -rf "$dir"; exit 0; }
+prepared=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_PREPARED" 2>>"$log") || verdict close-failed
+[ "$prepared" = "0" ] || { echo "pgrunbook:prepared:$prepared" >>"$log"; verdict refused-prepared; }
+q -c "$PGRUNBOOK_CLOSE" || { q -c "$PGRUNBOOK_REOPEN"; verdict close-failed; }
+echo "pgrunbook: closed" >>"$log"
+attempt=0
+while [ "$attempt" -lt 5 ]; do
+  attempt=$((attempt + 1))
+  : >"$dir/attempt"
+  if psql -X -q -v ON_ERROR_STOP=1 -A -t -d postgres -c "$PGRUNBOOK_TERMINATE" \
+       -c "$PGRUNBOOK_SWAP" >>"$dir/attempt" 2>&1; then
+    cat "$dir/attempt" >>"$log"; verdict swapped
+  fi
+  cat "$dir/attempt" >>"$log"
+  state=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_STATE" 2>>"$log")
+  [ "$state" = "swapped" ] && verdict swapped
+  grep -q "being accessed by other users" "$dir/attempt" || break
+  sleep 0.5
+done
+tries=0
+while [ "$tries" -lt 20 ]; do
+  tries=$((tries + 1))
+  state=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_STATE" 2>>"$log")
+  [ "$state" = "swapped" ] && verdict swapped
+  q -c "$PGRUNBOOK_REOPEN" && verdict reopened
+  sleep 1
+done
+verdict still-closed
+"""
+
+
+@dataclass(frozen=True)
+class SwapOutcome:
+    verdict: str
+    output: str
+
+    def errors(self) -> str:
+        """The server's own lines (ERROR and its DETAIL), not the kit's markers."""
+        lines = [line.strip() for line in self.output.splitlines()
+                 if line.strip() and not line.startswith("pgrunbook")]
+        wanted = [line for line in lines if line.startswith(("ERROR", "DETAIL", "HINT", "FATAL"))
+                  or "psql:" in line]
+        return " / ".join(dict.fromkeys(wanted or lines[-2:]))
+
+
+def database_level_statements(database: str, live: DatabaseFacts) -> list[str]:
+    """What pg_restore does not carry, as statements for the new ``database``:
+    ALTER DATABASE / ALTER ROLE ... IN DATABASE settings and the database's
+    own privileges (CONNECT, TEMP, CREATE)."""
+    target = quote_ident(database)
+    statements = []
+    for role, config in live.settings:
+        for name, value in split_config(config):
+            prefix = f"ALTER ROLE {quote_ident(role)} IN DATABASE" if role else "ALTER DATABASE"
+            statements.append(f"{prefix} {target} SET {quote_ident(name)} = {setting_value(name, value)}")
+    if live.acl_items is not None:
+        statements.append(f"REVOKE ALL ON DATABASE {target} FROM PUBLIC")
+        if live.owner:
+            statements.append(f"REVOKE ALL ON DATABASE {target} FROM {quote_ident(live.owner)}")
+        for grantee, privilege, grantable in live.acl_items:
+            who = "PUBLIC" if grantee == "" else quote_ident(grantee)
+            statements.append(f"GRANT {privilege} ON DATABASE {target} TO {who}"
+                              + (" WITH GRANT OPTION" if grantable else ""))
+    return statements
+
+
+# GUCs whose value is a list of names (pg_dump's variable_is_guc_list_quote)
+LIST_SETTINGS = {"local_preload_libraries", "search_path", "session_preload_libraries",
+                 "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"}
+
+
+def split_config(config: str) -> list[tuple[str, str]]:
+    """pg_db_role_setting's array as FACTS joins it ("a=1, b=x") back into pairs.
+    Values holding ", " are kept whole: a pair starts only at ``name=``."""
+    pairs: list[tuple[str, str]] = []
+    for item in config.split("\x1d"):
+        if "=" in item:
+            name, value = item.split("=", 1)
+            pairs.append((name.strip(), value))
+    return pairs
+
+
+def setting_value(name: str, value: str) -> str:
+    """The value as pg_dump writes it: list settings element by element."""
+    if name.lower() not in LIST_SETTINGS:
+        return quote_literal(value)
+    elements, current, quoted = [], "", False
+    for char in value:
+        if char == '"':
+            quoted = not quoted
+            current += char
+        elif char == "," and not quoted:
+            elements.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        elements.append(current.strip())
+    cleaned = [e[1:-1].replace('""', '"') if len(e) > 1 and e[0] == e[-1] == '"' else e for e in elements]
+    return ", ".join(quote_literal(e) for e in cleaned) or "''"
 
 
 def swap_databases(
     pg: Postgres, live: str, incoming: str, outgoing: str,
     outgoing_comment: str, live_comment: str | None, server_version: str,
+    carried: list[str] | None = None,
 ) -> None:
     """Block new sessions, end the old ones, then in ONE transaction: both renames,
-    both databases open, both comments. Either all of it happened or none; in both
-    cases the database named ``live`` accepts connections after.
-
-    The first attempt is one psql run (each run costs ~50 ms); a retry, when a
-    session slipped in, ends the sessions again. Interrupted (Ctrl-C, SIGTERM, a
-    dropped ssh), the swap's own session is ended before anything is decided: the
-    engine would otherwise let it run on and commit after we said it did not."""
+    both databases open, both comments, and ``carried`` (the live database's own
+    settings and privileges, now for the new one). Either all of it happened or
+    none; in both cases the database named ``live`` accepts connections after,
+    whatever happens to this process meanwhile (see SCRIPT)."""
     live_q, incoming_q, outgoing_q = quote_ident(live), quote_ident(incoming), quote_ident(outgoing)
     statements = [
         f"ALTER DATABASE {live_q} RENAME TO {outgoing_q}",
@@ -40,52 +154,80 @@ def swap_databases(
         f"ALTER DATABASE {outgoing_q} WITH ALLOW_CONNECTIONS true",
         f"COMMENT ON DATABASE {outgoing_q} IS {quote_literal(outgoing_comment)}",
         f"COMMENT ON DATABASE {live_q} IS {quote_literal(live_comment) if live_comment else 'NULL'}",
+        *(carried or []),
     ]
-    swap = ["-c", "BEGIN"] + [part for statement in statements for part in ("-c", statement)]
-    swap += ["-c", "COMMIT"]
     # PostgreSQL 14+ can wait (up to 5 s) until the ended sessions are gone
-    wait_ms = 5000 if major_version(server_version) >= 14 else 0
-    wait = f", {wait_ms}" if wait_ms else ""
-    terminate = (f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
-                 f"WHERE datname IN ({quote_literal(live)}, {quote_literal(incoming)}) "
-                 "AND pid <> pg_backend_pid()")
+    wait = ", 5000" if major_version(server_version) >= 14 else ""
     application = f"pgrunbook-swap-{uuid.uuid4().hex[:12]}"
-
-    def run(arguments: list[str]) -> ExecResult:
-        result = None
-        try:
-            result = pg.run(pg.psql_argv("postgres") + arguments,
-                            environment={"PGAPPNAME": application})
-        finally:
-            if result is None:  # interrupted: end our session (an open transaction rolls back)
-                with contextlib.suppress(Exception):
-                    pg.end_sessions_of(application, wait_ms)
-        return result
-
-    swapped: bool | None = False
+    work_dir = f"/tmp/{application}"
+    environment = {
+        "PGRUNBOOK_SWAP_DIR": work_dir,
+        "PGUSER": pg.settings.db_user,
+        "PGAPPNAME": application,
+        "PGOPTIONS": "-c lock_timeout=5s -c statement_timeout=60s",
+        "PGRUNBOOK_PREPARED": ("SELECT count(*) FROM pg_prepared_xacts "
+                               f"WHERE database = {quote_literal(live)}"),
+        "PGRUNBOOK_CLOSE": f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false",
+        "PGRUNBOOK_REOPEN": f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true",
+        "PGRUNBOOK_TERMINATE": (
+            f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
+            f"WHERE datname IN ({quote_literal(live)}, {quote_literal(incoming)}) "
+            "AND pid <> pg_backend_pid()"),
+        "PGRUNBOOK_SWAP": "BEGIN; " + "; ".join(statements) + "; COMMIT;",
+        "PGRUNBOOK_STATE": (
+            f"SELECT CASE WHEN count(*) FILTER (WHERE datname = {quote_literal(incoming)}) = 0 "
+            f"AND count(*) FILTER (WHERE datname = {quote_literal(outgoing)}) = 1 "
+            "THEN 'swapped' ELSE 'not' END FROM pg_database"),
+    }
+    faults.kill_point("swap", delay=0.3)
     try:
-        result = run(["-c", f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false",
-                      "-c", terminate, "-c", f"\\echo {CLOSED}", *swap])
-        if not result.ok and CLOSED.encode() not in result.stdout:
-            raise explain_failure(result.stderr, pg.settings, live)
-        last_error = "unknown"
-        for attempt in range(5):
-            if attempt:
-                time.sleep(0.5)
-                result = run(["-c", terminate, *swap])
-            if result.ok or swap_committed(pg, incoming, outgoing):  # committed; psql's answer lost?
-                swapped = True
-                return
-            last_error = result.error_text()
-        raise RunbookError(f"名前の切り替えに失敗しました: {last_error}")
-    finally:
-        if not swapped:
-            swapped = swap_committed(pg, incoming, outgoing)
-        # swapped: the new database is open (same transaction); otherwise the old
-        # database must not stay closed
-        if not swapped:
-            with contextlib.suppress(Exception):
-                pg.execute(f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true", "postgres")
+        result = pg.run(["sh", "-c", SCRIPT], environment=environment)
+    except BaseException:
+        # interrupted: the script goes on by itself; wait (bounded) for its verdict
+        # so that what we say next is true
+        wait_for_script(pg, work_dir)
+        raise
+    text = result.stdout.decode("utf-8", "replace") + result.stderr
+    verdict = next((v for v in VERDICTS if f"pgrunbook:verdict:{v}" in text), "")
+    outcome = SwapOutcome(verdict, text)
+    if verdict == "swapped":
+        return
+    if verdict == "refused-prepared":
+        count = next((line.split(":")[-1] for line in text.splitlines()
+                      if line.startswith("pgrunbook:prepared:")), "?")
+        raise Refused(
+            f"{live} に準備済みトランザクション（PREPARE TRANSACTION）が {count} 件あり、名前を"
+            "切り替えられません（DB は閉じていません）",
+            f"SELECT gid FROM pg_prepared_xacts WHERE database = '{live}' で確認し、"
+            "アプリ側で COMMIT PREPARED か ROLLBACK PREPARED してから再実行")
+    if verdict == "still-closed":
+        raise RunbookError(
+            f"名前の切り替えに失敗し、{live} を再び開けませんでした（接続を受け付けない状態）: "
+            f"{outcome.errors()}",
+            f"invoke restore-recover --env={pg.settings.env} で修復"
+            f"（手作業: ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true）")
+    if verdict in ("reopened", "close-failed"):
+        raise RunbookError(f"名前の切り替えに失敗しました（{live} は元のまま開いています）: "
+                           f"{outcome.errors()}")
+    raise RunbookError(f"名前の切り替えの結果が分かりません: {outcome.errors() or result.stderr}",
+                       f"invoke restore-recover --env={pg.settings.env} で状態を確認")
+
+
+def wait_for_script(pg: Postgres, work_dir: str, limit: float = 120) -> None:
+    """Until the swap script has given its verdict (it removes its folder then)."""
+    deadline = time.monotonic() + limit
+    seen = False
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            present = pg.container.run(["test", "-e", work_dir]).ok
+        except Exception:  # noqa: BLE001 - the engine is gone: nothing to wait for
+            return
+        if present:
+            seen = True
+        elif seen or time.monotonic() - started > 2:
+            return
+        time.sleep(0.3)
 
 
 def swap_committed(pg: Postgres, incoming: str, outgoing: str) -> bool | None:
@@ -98,12 +240,3 @@ def swap_committed(pg: Postgres, incoming: str, outgoing: str) -> bool | None:
         return rows[0] == ["0", "1"]
     except Exception:  # noqa: BLE001
         return None
-
-
-def database_level_notes(live: DatabaseFacts) -> list[str]:
-    """Database-level settings and grants that pg_restore does not carry over."""
-    notes = [f"ALTER {'ROLE ' + role + ' IN ' if role else ''}DATABASE ... SET {config}"
-             for role, config in live.settings]
-    if live.acl:
-        notes.append(f"データベースの権限 {live.acl}")
-    return notes

@@ -1,0 +1,25 @@
+"""Kill points for the tests' ``kill -9`` matrix.
+
+A test sets ``PGRUNBOOK_TEST_KILL_AT=<stage>``; when the run reaches that
+stage, the process sends itself SIGKILL (after ``delay`` seconds, on a timer,
+for a stage that is one long call: the kill then lands inside it). Nothing
+runs after a SIGKILL, no ``finally`` and no cleanup: exactly what an operator's
+``kill -9``, an OOM kill or a power cut does. Unset, this costs one lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+VARIABLE = "PGRUNBOOK_TEST_KILL_AT"
+
+
+def kill_point(stage: str, delay: float = 0.0) -> None:
+    if os.environ.get(VARIABLE) != stage:
+        return
+    if delay:
+        threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    else:
+        os.kill(os.getpid(), signal.SIGKILL)

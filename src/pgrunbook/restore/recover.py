@@ -1,0 +1,166 @@
+"""restore-recover: find what an interrupted run left and put it right.
+
+What a ``kill -9`` (or a power cut, an OOM kill, a dropped ssh without its
+SIGHUP) can leave, and what is done about it:
+
+* the live database closed to connections     -> ALLOW_CONNECTIONS true
+* staging / verify databases of this env       -> their sessions ended (an
+  orphaned pg_restore stops), dropped
+* archives uploaded into the container's /tmp  -> removed (this env's only)
+* app containers the run stopped               -> started (the journal names them)
+* the journal itself                           -> removed once all is done
+
+Never touched: the live database's data, the previous databases kept by a
+replace (they are the way back) and scratch databases (an operator's work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pgrunbook import journal
+from pgrunbook.console import Console
+from pgrunbook.container import Container, engine
+from pgrunbook.errors import Refused, RunbookError
+from pgrunbook.postgres import Postgres, quote_ident
+from pgrunbook.restore.databases import drop_kit_database, kit_databases
+from pgrunbook.restore.staging import upload_prefix
+from pgrunbook.restore.swap import wait_for_script
+from pgrunbook.safety import exclusive_lock
+from pgrunbook.settings import Settings
+from pgrunbook.worklog import Entry, recorded
+
+LEFTOVER_ROLES = ("staging",)  # verify DBs: a restore test may be running (no lock); restore-drop
+
+
+@dataclass(frozen=True)
+class Repair:
+    what: str  # shown to the operator
+    manual: str  # the same by hand
+    action: Callable[[], None]
+
+
+def find_repairs(settings: Settings, pg: Postgres, record: dict | None) -> list[Repair]:
+    repairs: list[Repair] = []
+    # a swap script that is still finishing by itself decides the state: wait for it
+    swaps = pg.container.run(["sh", "-c", "ls -d /tmp/pgrunbook-swap-* 2>/dev/null || true"])
+    for work_dir in swaps.stdout.decode().split():
+        wait_for_script(pg, work_dir)
+    facts = pg.facts(settings.db_name)
+    live_q = quote_ident(settings.db_name)
+    if facts.database is None:
+        raise RunbookError(
+            f"稼働中の DB {settings.db_name} がありません（キットの置き換えは名前を 1 トランザクションで"
+            "入れ替えるため、キットが消したものではありません）",
+            f"invoke restore-list --env={settings.env} で以前の DB を確かめ、restore-rollback で戻す")
+    if not facts.database.allow_connections:
+        sql = f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true"
+        repairs.append(Repair(f"{settings.db_name} が接続を受け付けない状態 → 開く", sql,
+                              lambda: pg.execute(sql, "postgres")))
+    for db in kit_databases(pg):
+        if db.env == settings.env and db.role in LEFTOVER_ROLES:
+            sql = f"DROP DATABASE {quote_ident(db.name)} WITH (FORCE)"
+            repairs.append(Repair(f"途中で残った {db.role} DB {db.name} → セッションを終了して削除", sql,
+                                  lambda name=db.name: drop_kit_database(pg, name)))
+    prefix = upload_prefix(settings.env)
+    listing = pg.container.run(["sh", "-c", f"ls -d /tmp/{prefix}* 2>/dev/null || true"])
+    uploads = listing.stdout.decode().split()
+    if record and record.get("upload") and record["upload"] not in uploads:
+        exists = pg.container.run(["test", "-e", record["upload"]]).ok
+        uploads += [record["upload"]] if exists else []
+    for path in uploads:
+        repairs.append(Repair(f"コンテナ内に残ったアップロード {path} → 削除",
+                              f"docker exec {pg.container.name} rm -rf {path}",
+                              lambda path=path: _remove(pg, path)))
+    for name in (record or {}).get("apps_stopped", []):
+        repairs.append(_app_repair(name))
+    return [repair for repair in repairs if repair is not None]
+
+
+def _remove(pg: Postgres, path: str) -> None:
+    result = pg.container.run(["rm", "-rf", path])
+    if not result.ok:
+        raise RunbookError(f"{path} を削除できません: {result.error_text()}")
+
+
+def _app_repair(name: str) -> Repair | None:
+    from docker.errors import NotFound
+
+    try:
+        model = engine().containers.get(name)
+    except NotFound:
+        return Repair(f"停止したアプリのコンテナ {name} が見つかりません（確認のみ）",
+                      f"docker ps -a | grep {name}",
+                      lambda: None)
+    if model.status == "running":
+        return None
+    return Repair(f"停止したままのアプリのコンテナ {name} → 起動", f"docker start {name}", model.start)
+
+
+def restore_recover(
+    settings: Settings, confirm_env: str | None, console: Console, dry_run: bool = False,
+    ask: Callable[[str], str] | None = None,
+) -> list[str]:
+    """Repair what an interrupted run of this env left; return what was done."""
+    entry = Entry("restore-recover", settings.env, settings.db_name, settings.db_container)
+    with recorded(settings.worklog_path, entry, console.redact):
+        record = journal.read(settings)
+        if record and journal.is_alive(record):
+            raise Refused(f"{record.get('task')} が実行中です"
+                          f"（pid {record.get('pid')}、{record.get('host')}）",
+                          "その作業の終了を待つ。止まっているなら ps で確かめる")
+        if record:
+            entry.details["interrupted"] = {k: record.get(k) for k in ("task", "stage", "started_at",
+                                                                        "operator", "file")}
+            console.summary(f"中断された {record.get('task')}: 開始 {record.get('started_at')}、"
+                            f"{record.get('operator')}、段階 {record.get('stage')}、"
+                            f"ファイル {record.get('file')}")
+        with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
+                            "restore-recover"):
+            pg = Postgres(Container.find(settings.db_container), settings)
+            repairs = find_repairs(settings, pg, record)
+            if not repairs:
+                if record and not dry_run:
+                    journal.Journal(journal.path_of(settings), record).finish()
+                console.summary("修復が必要なものはありません"
+                                + ("（中断の記録を消しました）" if record and not dry_run else ""))
+                return []
+            for repair in repairs:
+                console.summary(f"  - {repair.what}")
+            if dry_run:
+                for repair in repairs:
+                    console.result(repair.manual)
+                return [repair.what for repair in repairs]
+            _confirm(settings, confirm_env, console, ask)
+            done = []
+            for repair in repairs:
+                repair.action()
+                console.step(f"済: {repair.what}")
+                done.append(repair.what)
+            entry.details["repaired"] = done
+            if record:
+                journal.Journal(journal.path_of(settings), record).finish()
+            console.summary(f"修復しました（{len(done)} 件）。{settings.db_name} は接続を受け付けます")
+            return done
+
+
+def _confirm(settings: Settings, confirm_env: str | None, console: Console,
+             ask: Callable[[str], str] | None) -> None:
+    import sys
+
+    from pgrunbook.restore.guards import ask_on_stderr
+
+    if confirm_env is not None:
+        if confirm_env != settings.env:
+            raise Refused(f"--confirm={confirm_env} が対象環境 {settings.env} と一致しません",
+                          f"--confirm={settings.env} で再実行")
+        return
+    if ask is None and not sys.stdin.isatty():
+        raise Refused("端末がないため確認できません（何も変更していません）",
+                      f"内容を確かめたうえで --confirm={settings.env} を付けて再実行"
+                      f"（--dry-run で手作業のコマンドを表示）")
+    prompt = f"上の修復を行います。環境名を入力してください（{settings.env}）: "
+    typed = (ask or ask_on_stderr)(prompt).strip()
+    if typed != settings.env:
+        raise Refused(f"環境名が一致しません（入力: {typed!r}）。中止しました")
