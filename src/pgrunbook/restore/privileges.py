@@ -26,20 +26,24 @@ WITH objects AS (
                         ELSE 'TABLE' END AS kind,
          n.nspname AS schema, c.relname AS name, c.relowner AS owner,
          coalesce(c.relacl, acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char",
-                                       c.relowner)) AS acl
+                                       c.relowner)) AS acl,
+         -- a serial/identity sequence: its owner follows its table's
+         c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d
+             WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+               AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')) AS linked
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
     AND n.nspname NOT IN ('pg_catalog', 'information_schema')
     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
   UNION ALL
-  SELECT 'SCHEMA', '', n.nspname, n.nspowner, coalesce(n.nspacl, acldefault('n', n.nspowner))
+  SELECT 'SCHEMA', '', n.nspname, n.nspowner, coalesce(n.nspacl, acldefault('n', n.nspowner)), false
   FROM pg_namespace n
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
   UNION ALL
   SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, n.nspname,
          p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.proowner,
-         coalesce(p.proacl, acldefault('f', p.proowner))
+         coalesce(p.proacl, acldefault('f', p.proowner)), false
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p')
     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
@@ -49,7 +53,7 @@ SELECT coalesce(json_agg(json_build_array(kind, schema, name, pg_get_userbyid(ow
          SELECT coalesce(json_agg(DISTINCT
                   CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee) END
                   || ':' || a.privilege_type || ':' || a.is_grantable::text), '[]'::json)
-         FROM aclexplode(acl) a)) ORDER BY kind, schema, name), '[]'::json)
+         FROM aclexplode(acl) a), linked) ORDER BY kind, schema, name), '[]'::json)
 FROM objects
 """
 
@@ -61,6 +65,7 @@ class ObjectRights:
     name: str
     owner: str
     privileges: tuple[str, ...]
+    linked: bool = False  # a sequence owned by a table column: ALTER TABLE moves it
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -82,8 +87,8 @@ class ObjectRights:
 def rights_of(pg: Postgres, database: str) -> dict[tuple[str, str, str], ObjectRights]:
     raw = json.loads(pg.query(OBJECTS, database)[0][0])
     found = {}
-    for kind, schema, name, owner, privileges in raw:
-        item = ObjectRights(kind, schema, name, owner, tuple(sorted(privileges)))
+    for kind, schema, name, owner, privileges, linked in raw:
+        item = ObjectRights(kind, schema, name, owner, tuple(sorted(privileges)), bool(linked))
         found[item.key] = item
     return found
 
@@ -119,7 +124,7 @@ def copy_statements(live: dict, incoming: dict, owners: bool, privileges: bool) 
     for key in sorted(live.keys() & incoming.keys()):
         before, after = live[key], incoming[key]
         alter_kind = before.kind
-        if owners and before.owner != after.owner:
+        if owners and before.owner != after.owner and not after.linked:
             statements.append(f"ALTER {alter_kind} {before.sql_name()} OWNER TO {quote_ident(before.owner)}")
         if privileges and before.privileges != after.privileges:
             kind = GRANT_KIND.get(before.kind, before.kind)
