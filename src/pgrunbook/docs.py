@@ -128,6 +128,7 @@ def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
         ),
         "rollback": lambda: manual.rollback_commands(s, example.previous, example.failed),
         "drop-previous": lambda: manual.drop_database_commands(s, example.previous),
+        "recover": lambda: manual.recover_commands(s),
         "drop-scratch": lambda: manual.drop_database_commands(s, example.scratch),
         "restore-test": lambda: manual.restore_test_commands(
             s, example.archive("custom"), example.restore_test

@@ -220,6 +220,27 @@ def rollback_commands(settings: Settings, previous: str, failed: str) -> list[st
     ]
 
 
+def recover_commands(settings: Settings) -> list[str]:
+    """restore-recover by hand: look, then reopen, drop the staging DB, remove uploads, start apps."""
+    live = settings.db_name
+    container = settings.db_container
+    apps = " ".join(settings.app_containers) or "<アプリのコンテナ>"
+    return [
+        "# 1. 状態を見る: 接続を受け付けるか（f なら閉じたまま）、キットが作った DB、コンテナ内のアップロード",
+        _psql(settings, "postgres",
+              f"SELECT datname, datallowconn, shobj_description(oid, 'pg_database') FROM pg_database "
+              f"WHERE datname = {quote_literal(live)} OR shobj_description(oid, 'pg_database') LIKE "
+              f"'pgrunbook:staging:{settings.env}:%';"),
+        f"docker exec {container} sh -c 'ls -d /tmp/pgrunbook-* 2>/dev/null'",
+        "docker ps -a --filter status=exited",
+        "# 2. 直す: 閉じた本番 DB を開く、残った staging DB を消す、アップロードを消す、止めたアプリを起動",
+        _psql(settings, "postgres", f"ALTER DATABASE {_sql_name(live)} WITH ALLOW_CONNECTIONS true;"),
+        _psql(settings, "postgres", "DROP DATABASE \"<残った staging DB>\" WITH (FORCE);"),
+        f"docker exec {container} sh -c 'rm -rf /tmp/pgrunbook-upload-{settings.env}-*'",
+        f"docker start {apps}",
+    ]
+
+
 def drop_database_commands(settings: Settings, database: str) -> list[str]:
     """Remove a scratch or kept-previous database (never the live one)."""
     if database == settings.db_name:
