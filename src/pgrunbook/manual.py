@@ -226,7 +226,7 @@ def recover_commands(settings: Settings) -> list[str]:
     container = settings.db_container
     apps = " ".join(settings.app_containers) or "<アプリのコンテナ>"
     return [
-        "# 1. 状態を見る: 接続を受け付けるか（f なら閉じたまま）、キットが作った DB、コンテナ内のアップロード",
+        "# 2. 直す: 本番 DB を開く・staging DB を消す・アップロードを消す・アプリを起動",
         _psql(settings, "postgres",
               f"SELECT datname, datallowconn, shobj_description(oid, 'pg_database') FROM pg_database "
               f"WHERE datname = {quote_literal(live)} OR shobj_description(oid, 'pg_database') LIKE "
