@@ -98,7 +98,8 @@ def render(target: Target) -> list[str]:
         "# 出力はログに追記し、失敗したときだけ末尾を表示します（cron が MAILTO に送ります）。",
         "SHELL=/bin/bash",
         f"PATH={PATH_LINE}",
-        f"MAILTO={target.mailto}",
+        # an empty MAILTO= is a syntax error for Debian's cron ("bad minute"); "" is no mail
+        f"MAILTO={target.mailto}" if target.mailto else 'MAILTO=""',
     ]
     if target.home:
         lines.append(f"PGRUNBOOK_HOME={target.home}")
