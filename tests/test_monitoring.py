@@ -318,3 +318,20 @@ def test_chat_formats_carry_the_file_of_a_success(cli, pg, server):
     text = json.loads(server.requests[-1].body)["text"]
     assert f"ファイル: {last_line(result.stdout)}" in text.splitlines() and "成功" in text
     assert PASSWORD not in text
+
+
+def test_without_the_metrics_extra_status_says_what_to_install(tmp_path):
+    cli = Cli(tmp_path)
+    shadow = tmp_path / "no-extra" / "prometheus_client"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed')\n")
+    cli.write_env("prod", DB_CONTAINER="knot-db", METRICS_FILE=str(tmp_path / "pgrunbook.prom"))
+    hidden = {"PYTHONPATH": str(shadow.parent)}
+    printed = cli("status", "--env=prod", "--format=prometheus", env=hidden)
+    assert printed.returncode == 2 and printed.stdout == ""
+    assert "prometheus-client" in printed.stderr and ".[metrics]" in printed.stderr
+    assert "Traceback" not in printed.stderr
+    plain = cli("status", "--env=prod", env=hidden)  # the freshness line still works
+    assert plain.returncode == 2 and plain.stdout.startswith("CRITICAL")
+    assert "警告" in plain.stderr and ".[metrics]" in plain.stderr
+    assert not (tmp_path / "pgrunbook.prom").exists()
