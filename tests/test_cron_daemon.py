@@ -125,6 +125,8 @@ def test_printed_block_works_under_real_cron_on_a_fresh_checkout(pg, tmp_path, c
         assert any(r["task"] == "verify" and r["result"] == "ok" for r in records), log.read_text()
     finally:
         schedule.remove(env)
+        if not before and schedule.read_crontab() == []:
+            subprocess.run(["crontab", "-r"], capture_output=True)  # root had none: leave none
         gone = time.monotonic() + 60
         while _jobs_of(env) and time.monotonic() < gone:
             time.sleep(1)  # a run that began before the removal ends by itself
