@@ -20,6 +20,8 @@ from pgrunbook.console import Console, human_size
 docs_module = LazyModule("docs")
 encryption_module = LazyModule("encryption")
 inventory = LazyModule("inventory")
+metrics_module = LazyModule("metrics")
+ping_module = LazyModule("ping")
 retention = LazyModule("retention")
 roles = LazyModule("roles")
 schedule = LazyModule("schedule")
@@ -308,11 +310,19 @@ def list_backups(c, env=None):
     help={
         "env": ENV_HELP,
         "max_age": "最新の検証済みバックアップの許容経過時間（例: 26h, 90m, 2d。既定 26h）",
+        "format": "text（既定: 1 行と終了コード 0/1/2）か prometheus（メトリクスを表示、終了コード 0）",
     }
 )
-def status(c, env=None, max_age="26h"):
-    """監視用に 1 行表示: 0=新しい検証済みバックアップあり、1=古い、2=ない。"""
+def status(c, env=None, max_age="26h", format="text"):
+    """監視用に 1 行表示: 0=新しい検証済みバックアップあり、1=古い、2=ない。METRICS_FILE も更新する。"""
     settings, console = settings_for(ROOT, env)
+    if format not in ("text", "prometheus"):
+        raise Exit(f"エラー: --format={format} は使えません → text か prometheus", code=2)
+    if settings.metrics_file is not None:
+        metrics_module.write(settings, console)  # hourly from cron: the textfile stays current
+    if format == "prometheus":
+        sys.stdout.write(guarded(lambda: metrics_module.text(settings), console))
+        return
     result = guarded(
         lambda: inventory.freshness(settings, inventory.parse_duration(max_age)), console
     )
@@ -508,3 +518,31 @@ def _required_path(value):
 for _offsite_task in (offsite_push, offsite_list, offsite_pull, offsite_prune, encrypt, decrypt,
                       offsite_keygen):
     namespace.add_task(_offsite_task)
+
+
+# --- monitoring: dead-man's-switch pings (issue 13) ---------------------------
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "start": "ジョブの開始を知らせる（<PING_URL>/start）",
+        "exit_code": "ジョブの終了コード（crontab では $?）。0 なら成功、それ以外は失敗（/fail）を送り、"
+                     "この値で終了する",
+        "since": "ジョブの開始時刻（UNIX 秒）。失敗時、これ以後の作業ログから 1 行のエラーを探す",
+        "message": "失敗時に送る文（既定: 作業ログの 1 行のエラー）",
+    }
+)
+def ping(c, env=None, start=False, exit_code=None, since=None, message=None):
+    """死活監視（healthchecks.io / Uptime Kuma）に開始・成功・失敗を送る。PING_URL が空なら何もしない。"""
+    settings, console = settings_for(ROOT, env)
+    code = guarded(
+        lambda: ping_module.run(settings, console, start=start, exit_code=exit_code, since=since,
+                                message=message),
+        console,
+    )
+    if code:
+        raise Exit(code=code)
+
+
+namespace.add_task(ping)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import ROOT, Cli
 from pgrunbook import schedule
+from pgrunbook.schedule import Target
 
 
 def test_crontab_example_is_generated_from_the_template():
@@ -138,3 +140,38 @@ def test_offsite_push_follows_the_verified_backup_when_a_bucket_is_set():
                                       offsite=True)))
     assert "offsite-push" not in plain
     assert "inv verify --env=prod && inv offsite-push --env=prod;" in offsite
+
+
+def test_every_job_creates_its_log_folder_before_appending_to_it():
+    # a fresh checkout has no backups/<env>/: `>> backups/prod/cron.log` alone fails every job
+    for target in (schedule.example_target(),
+                   Target(env="prod", checkout="/srv/kit", invoke="inv", log="/srv/b p/prod/cron.log")):
+        jobs = [line for line in schedule.render(target) if line[:1].isdigit() or line.startswith("*")]
+        folder = shlex.quote(os.path.dirname(target.log))
+        for job in jobs:
+            command = job.split(None, 5)[5]
+            assert command.index(f"mkdir -p -m 0700 {folder} && ") < command.index(">> "), job
+
+
+def test_ping_wraps_only_the_daily_backup_and_passes_its_exit_code_on():
+    lines = schedule.render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l", ping=True))
+    pinged = [line for line in lines if "inv ping" in line]
+    assert len(pinged) == 1 and pinged[0].startswith("0 2 * * * ")
+    assert ("since=$(date +\\%s); inv ping --env=prod --start; inv backup --env=prod && inv verify "
+            "--env=prod; inv ping --env=prod --exit-code=$? --since=$since; }") in pinged[0]
+
+
+def test_docker_host_and_an_empty_mailto_are_written_so_cron_accepts_them(tmp_path, monkeypatch):
+    cli = Cli(tmp_path)
+    cli.write_env("prod", DB_CONTAINER="knot-db")
+    printed = cli("crontab", "--env=prod", "--mailto=", env={"DOCKER_HOST": "unix:///run/other.sock"})
+    assert printed.returncode == 0, printed.stderr
+    assert "DOCKER_HOST=unix:///run/other.sock" in printed.stdout.splitlines()
+    assert 'MAILTO=""' in printed.stdout.splitlines()
+    if shutil.which("crontab"):
+        (tmp_path / "block.cron").write_text(printed.stdout)
+        checked = subprocess.run(["crontab", "-n", str(tmp_path / "block.cron")],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr  # Debian's own syntax check, nothing installed
+    bad = cli("crontab", "--env=prod", env={"DOCKER_HOST": "tcp://h:1 %x"})
+    assert bad.returncode == 2 and "DOCKER_HOST" in bad.stderr

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from invoke import Exit
 
-from pgrunbook import journal, notify
+from pgrunbook import journal, metrics, notify
 from pgrunbook.console import Console
 from pgrunbook.errors import RunbookError
 from pgrunbook.settings import Settings, config_dir_from, load_settings
@@ -61,6 +61,7 @@ def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console
     except RunbookError as error:
         raise Exit(error.one_line(), code=error.exit_code) from None
     console = Console(settings.secrets())
+    metrics.install(settings, console)  # every work-log line rewrites METRICS_FILE (when set)
     notify.install(settings, console)  # every work-log line of this env notifies
     left = journal.notice(settings)  # what an interrupted run left: one line, at every task
     if left:

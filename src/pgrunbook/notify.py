@@ -9,6 +9,13 @@ A notification that fails is a warning on stderr: it never changes the
 task's outcome or exit code. The command is split with ``shlex`` and run
 without a shell, with the JSON on stdin and no password variables in its
 environment; the webhook is a plain POST with a short timeout.
+
+NOTIFY_FORMAT shapes the webhook's body (the command always gets the generic
+JSON): ``generic`` (the record + summary), ``slack`` (``{"text": ...}``, which
+Slack's incoming webhooks, Mattermost and Rocket.Chat accept) or ``teams``
+(a Microsoft Teams Workflows message with one Adaptive Card). Chat formats
+carry the summary, env, task, file and the repair hint (the part of the
+one-line error after "→").
 """
 
 from __future__ import annotations
@@ -51,19 +58,74 @@ def message(record: dict[str, Any]) -> dict[str, Any]:
     return {"source": "pgrunbook", "kit_version": __version__, "summary": summary, **record}
 
 
-def encoded(record: dict[str, Any], console: Console) -> bytes:
-    return console.redact(json.dumps(message(record), ensure_ascii=False)).encode("utf-8")
+def repair_hint(record: dict[str, Any]) -> str:
+    """What to do, from the one-line error ("エラー: what → what to do")."""
+    error = str(record.get("error") or "")
+    return error.split(" → ", 1)[1].strip() if " → " in error else ""
+
+
+def _facts(record: dict[str, Any]) -> list[tuple[str, str]]:
+    result = str(record.get("result"))
+    facts = [
+        ("環境", str(record.get("env"))),
+        ("タスク", str(record.get("task"))),
+        ("結果", RESULT_WORDS.get(result, result)),
+        ("ファイル", str(record.get("file") or "—")),
+        ("ホスト", str(record.get("host") or socket.gethostname())),
+    ]
+    if record.get("error"):
+        facts.append(("エラー", str(record["error"]).split(" → ", 1)[0]))
+    hint = repair_hint(record)
+    if hint:
+        facts.append(("対処", hint))
+    return facts
+
+
+def slack_message(record: dict[str, Any]) -> dict[str, Any]:
+    """Slack incoming webhook; Mattermost and Rocket.Chat take the same ``text``."""
+    lines = [message(record)["summary"]] + [f"{name}: {value}" for name, value in _facts(record)]
+    return {"text": "\n".join(lines)}
+
+
+def teams_message(record: dict[str, Any]) -> dict[str, Any]:
+    """A Teams Workflows ("Post to a channel when a webhook request is received") message."""
+    failed = record.get("result") != "ok"
+    card = {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "body": [
+            {"type": "TextBlock", "text": message(record)["summary"], "wrap": True,
+             "weight": "Bolder", "color": "Attention" if failed else "Good"},
+            {"type": "FactSet",
+             "facts": [{"title": name, "value": value} for name, value in _facts(record)]},
+        ],
+    }
+    return {
+        "type": "message",
+        "attachments": [
+            {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None,
+             "content": card},
+        ],
+    }
+
+
+FORMATTERS = {"generic": message, "slack": slack_message, "teams": teams_message}
+
+
+def encoded(record: dict[str, Any], console: Console, notify_format: str = "generic") -> bytes:
+    body = FORMATTERS[notify_format](record)
+    return console.redact(json.dumps(body, ensure_ascii=False)).encode("utf-8")
 
 
 def send(settings: Settings, record: dict[str, Any], console: Console) -> None:
     """Deliver one record; every failure becomes a warning."""
     if not wanted(settings, record):
         return
-    body = encoded(record, console)
     if settings.notify_command:
-        _run_command(settings.notify_command, body, console)
+        _run_command(settings.notify_command, encoded(record, console), console)
     if settings.notify_webhook_url:
-        _post(settings.notify_webhook_url, body, console)
+        _post(settings.notify_webhook_url, encoded(record, console, settings.notify_format), console)
 
 
 def _clean_environment() -> dict[str, str]:

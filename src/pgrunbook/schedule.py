@@ -8,11 +8,22 @@ a second install is a no-op. ``crontab`` itself checks the syntax and
 refuses a bad file.
 
 Every job appends its output to a log file and, only when it fails, prints
-the log's last lines, which cron mails to MAILTO.
+the log's last lines, which cron mails to MAILTO. Each line first creates the
+log's folder (``mkdir -p -m 0700``): on a fresh checkout, before any backup,
+``backups/<env>/`` does not exist yet and a bare ``>> backups/<env>/cron.log``
+would fail every job at once, whether the block was installed by
+``--install``, pasted from ``invoke crontab`` or copied from crontab.example.
+
+With PING_URL set, the daily backup job is wrapped in ``invoke ping`` (start,
+then success or fail with the job's exit code passed through; see ping.py).
+DOCKER_HOST, when set in the shell that prints the block, is written into it:
+cron's environment has none, and the jobs must talk to the same engine.
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -54,6 +65,8 @@ class Target:
     mailto: str = "root"
     home: str | None = None  # PGRUNBOOK_HOME when the settings live outside the checkout
     offsite: bool = False  # OFFSITE_BUCKET set: the verified backup also goes offsite
+    ping: bool = False  # PING_URL set: the daily backup job pings start / success / fail
+    docker_host: str | None = None  # DOCKER_HOST of the shell that printed the block
 
 
 def cron_escape(text: str) -> str:
@@ -61,12 +74,18 @@ def cron_escape(text: str) -> str:
     return text.replace("%", "\\%")
 
 
-def _job(target: Target, schedule: str, commands: tuple[str, ...]) -> str:
+def _job(target: Target, schedule: str, commands: tuple[str, ...], ping: bool = False) -> str:
     log = shlex.quote(target.log)
     steps = " && ".join(f"{target.invoke} {c.format(env=target.env)}" for c in commands)
     label = commands[0].split()[0] + ("+" + commands[1].split()[0] if len(commands) > 1 else "")
     stamp = f"echo \"== $(date '+%F %T') {label}\""
-    line = (f"cd {shlex.quote(target.checkout)} && {{ {stamp}; {steps}; }} >> {log} 2>&1"
+    if ping:
+        ping_command = f"{target.invoke} ping --env={target.env}"
+        steps = (f"since=$(date +%s); {ping_command} --start; {steps}; "
+                 f"{ping_command} --exit-code=$? --since=$since")
+    folder = posixpath.dirname(target.log)
+    make_folder = f"mkdir -p -m 0700 {shlex.quote(folder)} && " if folder else ""
+    line = (f"cd {shlex.quote(target.checkout)} && {make_folder}{{ {stamp}; {steps}; }} >> {log} 2>&1"
             f" || tail -n {TAIL_LINES} {log}")
     return f"{schedule} {cron_escape(line)}"
 
@@ -79,15 +98,21 @@ def render(target: Target) -> list[str]:
         "# 出力はログに追記し、失敗したときだけ末尾を表示します（cron が MAILTO に送ります）。",
         "SHELL=/bin/bash",
         f"PATH={PATH_LINE}",
-        f"MAILTO={target.mailto}",
+        # an empty MAILTO= is a syntax error for Debian's cron ("bad minute"); "" is no mail
+        f"MAILTO={target.mailto}" if target.mailto else 'MAILTO=""',
     ]
     if target.home:
         lines.append(f"PGRUNBOOK_HOME={target.home}")
+    if target.docker_host:
+        lines.append(f"DOCKER_HOST={target.docker_host}")
     for schedule, comment, commands in JOBS:
-        if target.offsite and commands[0].startswith("backup "):
+        daily_backup = commands[0].startswith("backup ")
+        if target.offsite and daily_backup:
             comment += "。検証できたらオフサイトへ暗号化して送る"
             commands = (*commands, "offsite-push --env={env}")
-        lines += [f"# {comment}", _job(target, schedule, commands)]
+        if target.ping and daily_backup:
+            comment += "。開始・成功・失敗を PING_URL（死活監視）に知らせる"
+        lines += [f"# {comment}", _job(target, schedule, commands, ping=target.ping and daily_backup)]
     lines.append(END.format(env=target.env))
     return lines
 
@@ -97,7 +122,8 @@ EXAMPLE_HEADER = [
     "# このファイルは src/pgrunbook/schedule.py から生成しています（invoke crontab --example）。",
     "# このチェックアウトの絶対パスを埋めた版は invoke crontab --env=prod で表示、",
     "# invoke crontab --env=prod --install でこのユーザーの crontab に登録できます。",
-    "# 手で使う場合は /path/to/pgrunbook を置き換え、ログの置き場所（backups/prod）を先に作ってください。",
+    "# 手で使う場合は /path/to/pgrunbook を置き換えます。各行がログの置き場所（backups/prod、0700）を",
+    "# 自分で作るので、バックアップがまだ 1 つもない新しいチェックアウトでもそのまま動きます。",
     "# SHELL / PATH / MAILTO はこれより後の行すべてに効くため、crontab の末尾に置きます。",
     "",
 ]
@@ -127,9 +153,14 @@ def target_for(settings: Settings, checkout: Path, mailto: str = "root") -> Targ
         )
     checkout = checkout.resolve()
     home = None if settings.config_dir.resolve() == checkout else str(settings.config_dir)
+    docker_host = os.environ.get("DOCKER_HOST", "").strip()
+    if docker_host and not re.match(r"^[A-Za-z0-9+.-]+://[^\s%]+$", docker_host):
+        raise RunbookError(f"DOCKER_HOST={docker_host!r} は crontab に書けません",
+                           "unix:///var/run/docker.sock や tcp://127.0.0.1:2375 の形にする", 2)
     return Target(env=settings.env, checkout=str(checkout), invoke=current_invoke(),
                   log=str(settings.backup_dir / "cron.log"), mailto=mailto, home=home,
-                  offsite=bool(settings.offsite_bucket))
+                  offsite=bool(settings.offsite_bucket), ping=bool(settings.ping_url),
+                  docker_host=docker_host or None)
 
 
 # ---- the user's crontab -------------------------------------------------------------

@@ -66,6 +66,10 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "OFFSITE_ENDPOINT_URL": ("", "S3 互換エンドポイント（空: AWS S3。MinIO・GCS などは URL）"),
     "OFFSITE_AGE_RECIPIENTS": ("", "暗号化の宛先 age 公開鍵（age1…、カンマ区切り）"),
     "OFFSITE_RETENTION_DAYS": ("90", "オフサイトコピーを残す日数（最新の 1 つは常に残す）"),
+    # monitoring (issue 13): dead-man's-switch pings, Prometheus textfile, chat formats
+    "PING_URL": ("", "定期バックアップの死活監視 ping 先（healthchecks.io / Uptime Kuma の URL）"),
+    "METRICS_FILE": ("", "Prometheus（node_exporter textfile collector）用メトリクスファイル（.prom）"),
+    "NOTIFY_FORMAT": ("generic", "Webhook の形式: generic（JSON）/ slack / teams"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 
@@ -105,6 +109,9 @@ class Settings:
     offsite_age_recipients: tuple[str, ...] = ()
     offsite_retention_days: int = 90
     restore_jobs: int | None = None  # None: auto (half of the container's CPUs, at most 4)
+    ping_url: str = field(default="", repr=False)  # its path is the check's secret token
+    metrics_file: Path | None = None
+    notify_format: str = "generic"
 
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
@@ -200,7 +207,7 @@ def _raw_values(env: str, config_dir: Path) -> tuple[dict[str, str], tuple[Path,
     if shared.is_file():
         shared_values = _read(shared)
         per_env = ("BACKUP_DIR", "DB_PASSWORD", "PROTECTED", "APP_CONTAINERS", "APP_DATABASE_URL",
-                   "MASKING_SQL", "POST_RESTORE_COMMAND")
+                   "MASKING_SQL", "POST_RESTORE_COMMAND", "PING_URL")
         for key in per_env:
             if key in shared_values and (key != "BACKUP_DIR" or "{env}" not in shared_values[key]):
                 raise RunbookError(
@@ -317,6 +324,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         restore_jobs=None if get("RESTORE_JOBS") == "auto" else _integer(
             "RESTORE_JOBS", get("RESTORE_JOBS"), 1),
         **_offsite_values(env, get),
+        **_monitoring_values(env, config_dir, get),
     )
     if check_siblings:
         _check_separation(settings)
@@ -399,3 +407,29 @@ def _offsite_values(env: str, get) -> dict[str, object]:
         "offsite_age_recipients": recipients,
         "offsite_retention_days": _integer("OFFSITE_RETENTION_DAYS", get("OFFSITE_RETENTION_DAYS"), 1),
     }
+
+
+NOTIFY_FORMATS = ("generic", "slack", "teams")
+
+
+def _monitoring_values(env: str, config_dir: Path, get) -> dict[str, object]:
+    """PING_URL, METRICS_FILE and NOTIFY_FORMAT (issue 13), validated."""
+    ping = get("PING_URL")
+    if ping and not re.match(r"^https?://[^\s/?#]+(/\S*)?$", ping):
+        raise RunbookError("PING_URL は http:// か https:// で始まる URL で指定してください",
+                           "例: https://hc-ping.com/<uuid>、https://kuma.example.jp/api/push/<token>",
+                           exit_code=2)
+    metrics_text = get("METRICS_FILE").replace("{env}", env)
+    metrics = None
+    if metrics_text:
+        metrics = Path(metrics_text).expanduser()
+        metrics = (metrics if metrics.is_absolute() else config_dir / metrics).resolve()
+        if metrics.suffix != ".prom":
+            raise RunbookError(f"METRICS_FILE={metrics_text!r} は .prom で終わる名前にしてください",
+                               "node_exporter の textfile collector は *.prom だけを読みます"
+                               "（例: /var/lib/prometheus/node-exporter/pgrunbook.prom）", exit_code=2)
+    notify_format = get("NOTIFY_FORMAT").lower()
+    if notify_format not in NOTIFY_FORMATS:
+        raise RunbookError(f"NOTIFY_FORMAT={notify_format!r} は使えません",
+                           f"{' / '.join(NOTIFY_FORMATS)} のどれかを指定", exit_code=2)
+    return {"ping_url": ping, "metrics_file": metrics, "notify_format": notify_format}

@@ -57,15 +57,18 @@ def read(path: Path) -> list[dict[str, Any]]:
 
 
 Notifier = Callable[[dict[str, Any]], None]
-_notifiers: dict[str, Notifier] = {}
+# env -> name -> what to call with each finished record ("notify", "metrics", ...)
+_notifiers: dict[str, dict[str, Notifier]] = {}
 
 
-def set_notifier(env: str, notifier: Notifier | None) -> None:
-    """Register what to call with each finished record of an env (see notify.install)."""
+def set_notifier(env: str, notifier: Notifier | None, name: str = "notify") -> None:
+    """Register what to call with each finished record of an env (see notify.install,
+    metrics.install). One callable per (env, name); None removes it."""
+    registered = _notifiers.setdefault(env, {})
     if notifier is None:
-        _notifiers.pop(env, None)
+        registered.pop(name, None)
     else:
-        _notifiers[env] = notifier
+        registered[name] = notifier
 
 
 def _notify(notifier: Notifier | None, record: dict[str, Any]) -> None:
@@ -110,8 +113,9 @@ def recorded(
 ) -> Iterator[Entry]:
     """Append one line for the run, whatever its outcome, then re-raise failures.
 
-    Then notify: ``notify`` if given, else the notifier registered for the
-    entry's env (the CLI registers one per env from NOTIFY_* settings).
+    Then notify: ``notify`` if given, else everything registered for the
+    entry's env (the CLI registers the NOTIFY_* notifier and the METRICS_FILE
+    writer per env), in the order registered.
     """
     started = time.monotonic()
     started_at = now_iso()
@@ -151,4 +155,6 @@ def recorded(
         for key, value in entry.details.items():
             record.setdefault(key, redact(value) if isinstance(value, str) else value)
         append(log_path, record)
-        _notify(notify or _notifiers.get(entry.env), record)
+        listeners = [notify] if notify else list(_notifiers.get(entry.env, {}).values())
+        for listener in listeners:
+            _notify(listener, record)
