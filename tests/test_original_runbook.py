@@ -125,6 +125,8 @@ def test_step_tabs_are_task_manual_and_original(site, runbook):
             panel = text_of(panels[-1])
             if "の原文です" in panel:
                 assert "キットとの違い" in panel, (name, panel[:200])
+                # tabs are linked and remembered: the original must not pass for what to run
+                assert "手で行うときは「手作業」タブのコマンドを使います" in panel, name
                 shown += 1
             else:  # a step the team's runbook has no section for: where it says something near
                 assert 'href="original.html#' in panels[-1], (name, panel[:200])

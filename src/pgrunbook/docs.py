@@ -367,8 +367,10 @@ class SiteContent:
         link = posixpath.relpath(ORIGINAL_PAGE, posixpath.dirname(page or "") or ".")
         if section.anchor:
             link += f"#{section.anchor}"
+        # Linked tabs remember 元の手順書 across pages: say on each block that it is not what to run.
         caption = (f"元の手順書「{' › '.join(section.path)}」の原文です"
-                   f"（[元の手順書の全文]({link})）。")
+                   f"（[元の手順書の全文]({link})）。"
+                   "**参考のための原文です。手で行うときは「手作業」タブのコマンドを使います。**")
         return f"{caption}\n\n{runbook.body(section)}"
 
     def check_original_coverage(self) -> None:
