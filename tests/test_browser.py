@@ -287,8 +287,12 @@ def ime_commit(browser, text: str) -> None:
         "type": "keyUp", "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13})
 
 
-def search(browser, url: str, word: str) -> list[str]:
-    """Open the page, click the search box, type word as a person does; the result titles."""
+def search(browser, url: str, word: str, marked: str) -> list[str]:
+    """Open the page, click the search box, type word as a person does; the result titles.
+
+    Each key sends a query (r, り, りs, ...): the results count once they highlight marked,
+    a word only the whole query finds.
+    """
     open_page(browser, url)
     box = browser.find_element(By.CSS_SELECTOR, "input.md-search__input")
     box.click()
@@ -301,6 +305,9 @@ def search(browser, url: str, word: str) -> list[str]:
     assert box.get_attribute("value") == word
 
     def titles(driver):
+        marks = driver.find_elements(By.CSS_SELECTOR, ".md-search-result__item mark")
+        if not any(mark.get_attribute("textContent").startswith(marked) for mark in marks):
+            return False
         headings = driver.find_elements(By.CSS_SELECTOR, ".md-search-result__item :is(h1, h2)")
         return [heading.get_attribute("textContent").strip() for heading in headings] or False
 
@@ -343,15 +350,15 @@ def test_original_page_is_linked_from_home(browser, base, no_other_host):
     assert "pg_terminate_backend(pid)" in article
 
 
-@pytest.mark.parametrize("word, expected", [
-    ("リストア", "リストア"),
-    ("空ファイル", "バックアップを取ったつもりで空ファイルだった"),
-    ("本番", "A. 既存 DB を置き換えて戻す（本番復旧用）"),
+@pytest.mark.parametrize("word, marked, expected", [
+    ("リストア", "リストア", "リストア"),
+    ("空ファイル", "ファイル", "バックアップを取ったつもりで空ファイルだった"),
+    ("本番", "本番", "A. 既存 DB を置き換えて戻す（本番復旧用）"),
     # the team's own command, found on the page 元の手順書 (its procedure A)
-    ("pg_terminate_backend", "A. 既存 DB を消して戻す（本番復旧用）"),
+    ("pg_terminate_backend", "pg_terminate_backend", "A. 既存 DB を消して戻す（本番復旧用）"),
 ], ids=["restore", "empty-file", "production", "pg_terminate_backend"])
-def test_search_typed_by_a_person_lists_results(browser, base, no_other_host, word, expected):
-    titles = search(browser, base + "index.html", word)
+def test_search_typed_by_a_person_lists_results(browser, base, no_other_host, word, marked, expected):
+    titles = search(browser, base + "index.html", word, marked)
     assert expected in titles, titles
 
 
