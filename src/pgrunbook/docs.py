@@ -11,6 +11,12 @@ with what this module renders:
 * ``<!-- pgrunbook:settings-reference -->``: every key of ``.env.example``
   with its example value, built-in default and Japanese comment.
 * ``<!-- pgrunbook:file NAME -->``: a file of the checkout, verbatim.
+* ``<!-- pgrunbook:original KEY -->``: one section of the team's own runbook
+  (``runbooks/original/``), as written, under a line naming it; KEY from
+  ``pgrunbook.original.SECTIONS``. ``<!-- pgrunbook:original-runbook -->``:
+  the whole runbook; ``<!-- pgrunbook:original-digest -->``: its path and
+  sha256. ``check_original_coverage`` fails the build when a code block of
+  the runbook is on no step page.
 
 A marker keeps its indentation, so it works inside content tabs and
 admonitions. An unknown marker or a missing file raises ``DocsError``: the
@@ -26,6 +32,7 @@ import dataclasses
 import html
 import inspect
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -37,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import catalog, manual, restore
+from pgrunbook import catalog, manual, original, restore
 from pgrunbook.errors import RunbookError
 from pgrunbook.settings import KEYS, Settings, load_settings
 
@@ -48,6 +55,7 @@ MARKER = re.compile(
 EXAMPLE_ENV = "prod"
 EXAMPLE_WHEN = datetime(2026, 1, 28, 2, 0, 0)  # the runbook's own example date
 EMBEDDABLE = {".env.example": "text", "crontab.example": "text"}
+ORIGINAL_PAGE = "original.md"  # the page that shows the team's runbook whole
 
 
 class DocsError(Exception):
@@ -317,11 +325,14 @@ def _code_or_dash(value: str) -> str:
 class SiteContent:
     """Renders the markers of one build; the namespace is loaded only when asked for."""
 
-    def __init__(self, root: Path, load_namespace: Callable[[], Any]) -> None:
+    def __init__(self, root: Path, load_namespace: Callable[[], Any],
+                 slugify: Callable[[str, str], str] | None = None) -> None:
         self.root = root
         self._load_namespace = load_namespace
         self._namespace: Any = None
         self._example: Example | None = None
+        self._slugify = slugify  # the site's heading ids, to link into the page 元の手順書
+        self._coverage: original.Coverage | None = None
 
     @property
     def example(self) -> Example:
@@ -335,6 +346,40 @@ class SiteContent:
             self._namespace = self._load_namespace()
         return self._namespace
 
+    @property
+    def coverage(self) -> original.Coverage:
+        if self._coverage is None:
+            try:
+                runbook = original.Runbook.load(self.root / original.ORIGINAL_RUNBOOK, self._slugify)
+            except original.OriginalError as error:
+                raise DocsError(str(error)) from error
+            self._coverage = original.Coverage(runbook)
+        return self._coverage
+
+    def original_section(self, key: str | None, page: str | None) -> str:
+        if key not in original.SECTIONS:
+            raise DocsError(f"元の手順書の節 {key!r} はありません（{', '.join(original.SECTIONS)}）")
+        runbook = self.coverage.runbook
+        try:
+            section = runbook.section(original.SECTIONS[key])
+        except original.OriginalError as error:
+            raise DocsError(str(error)) from error
+        self.coverage.record(section, page or "?")
+        link = posixpath.relpath(ORIGINAL_PAGE, posixpath.dirname(page or "") or ".")
+        if section.anchor:
+            link += f"#{section.anchor}"
+        # Linked tabs remember 元の手順書 across pages: say on each block that it is not what to run.
+        caption = (f"元の手順書「{' › '.join(section.path)}」の原文です"
+                   f"（[元の手順書の全文]({link})）。"
+                   "**参考のための原文です。手で行うときは「手作業」タブのコマンドを使います。**")
+        return f"{caption}\n\n{runbook.body(section)}"
+
+    def check_original_coverage(self) -> None:
+        try:
+            self.coverage.check()
+        except original.OriginalError as error:
+            raise DocsError(str(error)) from error
+
     def read(self, name: str) -> str:
         if name not in EMBEDDABLE:
             raise DocsError(f"埋め込めないファイルです: {name}（{', '.join(sorted(EMBEDDABLE))}）")
@@ -343,7 +388,7 @@ class SiteContent:
             raise DocsError(f"{path} がありません（手順書に埋め込むファイルです）")
         return path.read_text(encoding="utf-8")
 
-    def render(self, kind: str, argument: str | None) -> str:
+    def render(self, kind: str, argument: str | None, page: str | None = None) -> str:
         if kind == "manual":
             steps = manual_steps(self.example)
             if argument not in steps:
@@ -355,11 +400,20 @@ class SiteContent:
             return settings_reference(self.read(".env.example"))
         if kind == "file" and argument:
             return fenced(self.read(argument), EMBEDDABLE[argument])
+        if kind == "original":
+            return self.original_section(argument, page)
+        if kind == "original-runbook" and not argument:
+            return self.coverage.runbook.text.rstrip("\n")
+        if kind == "original-digest" and not argument:
+            return (f"`{original.ORIGINAL_RUNBOOK.as_posix()}`"
+                    f"（sha256 `{self.coverage.runbook.digest()}`）")
         raise DocsError(f"不明なマーカー pgrunbook:{kind} {argument or ''}".rstrip())
 
-    def expand(self, markdown: str) -> str:
+    def expand(self, markdown: str, page: str | None = None) -> str:
+        """Replace the markers of one page (page: its path under docs_dir, for relative links)."""
+
         def replace(match: re.Match[str]) -> str:
-            rendered = self.render(match.group("kind"), match.group("arg"))
+            rendered = self.render(match.group("kind"), match.group("arg"), page)
             indent = match.group("indent")
             return "\n".join(indent + line if line else line for line in rendered.split("\n"))
 
