@@ -180,6 +180,7 @@ def _replace_locked(run: Replace) -> ReplaceResult:
                                     settings.password_environment())
         console.step("プランナー統計の作成（ANALYZE）をバックグラウンドで開始")
     if run.failed_apps:
+        run.left_behind = True  # the journal keeps them: restore-recover starts them
         raise RunbookError(
             f"DB は置き換えましたが、アプリのコンテナを再開できません: {'; '.join(run.failed_apps)}",
             f"docker start で再開。元に戻すなら: {run.rollback}",
