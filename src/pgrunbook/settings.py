@@ -65,6 +65,10 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "OFFSITE_ENDPOINT_URL": ("", "S3 互換エンドポイント（空: AWS S3。MinIO・GCS などは URL）"),
     "OFFSITE_AGE_RECIPIENTS": ("", "暗号化の宛先 age 公開鍵（age1…、カンマ区切り）"),
     "OFFSITE_RETENTION_DAYS": ("90", "オフサイトコピーを残す日数（最新の 1 つは常に残す）"),
+    # --- content drift and undeletable offsite copies (issue 12)
+    "DRIFT_MAX_DROP": ("50", "前回より行数がこの % を超えて減ったら疑わしいバックアップにする（100 で無効）"),
+    "DRIFT_MIN_ROWS": ("100", "行数の減少を判定するのは、前回この行数以上あったテーブルだけ"),
+    "OFFSITE_OBJECT_LOCK": ("", "オフサイトのオブジェクトロック: governance / compliance（空: 使わない）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 
@@ -103,6 +107,9 @@ class Settings:
     offsite_endpoint_url: str = ""
     offsite_age_recipients: tuple[str, ...] = ()
     offsite_retention_days: int = 90
+    drift_max_drop: int = 50
+    drift_min_rows: int = 100
+    offsite_object_lock: str = ""
 
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
@@ -313,6 +320,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         sandbox_image=get("SANDBOX_IMAGE"),
         db_password=password or None,
         **_offsite_values(env, get),
+        **_guard_values(get),
     )
     if check_siblings:
         _check_separation(settings)
@@ -394,4 +402,23 @@ def _offsite_values(env: str, get) -> dict[str, object]:
         "offsite_endpoint_url": endpoint,
         "offsite_age_recipients": recipients,
         "offsite_retention_days": _integer("OFFSITE_RETENTION_DAYS", get("OFFSITE_RETENTION_DAYS"), 1),
+    }
+
+
+OBJECT_LOCK_MODES = ("governance", "compliance")
+
+
+def _guard_values(get) -> dict[str, object]:
+    """The keys of issue 12: drift thresholds and the offsite object lock."""
+    lock = get("OFFSITE_OBJECT_LOCK").lower()
+    if lock and lock not in OBJECT_LOCK_MODES:
+        raise RunbookError(f"OFFSITE_OBJECT_LOCK={lock!r} が不正です",
+                           "governance か compliance（使わないなら空）", exit_code=2)
+    drop = _integer("DRIFT_MAX_DROP", get("DRIFT_MAX_DROP"), 1)
+    if drop > 100:
+        raise RunbookError(f"DRIFT_MAX_DROP={drop} は 1〜100 で指定してください", exit_code=2)
+    return {
+        "drift_max_drop": drop,
+        "drift_min_rows": _integer("DRIFT_MIN_ROWS", get("DRIFT_MIN_ROWS"), 0),
+        "offsite_object_lock": lock,
     }
