@@ -268,7 +268,8 @@ def _backup_locked(
 
 def _drift_fields(previous: tuple[str, dict[str, Any]] | None, tables: list[dict[str, Any]],
                   identity: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    block = drift.assess(previous, tables, identity, drift.Thresholds.from_settings(settings))
+    block = drift.assess(previous, tables, identity, drift.Thresholds.from_settings(settings),
+                         lambda: drift.replaced_since(settings, previous[1]) if previous else None)
     return {"suspect": block["status"] == "suspect", "drift": block}
 
 

@@ -24,12 +24,13 @@ the same thresholds and wording to compare an archive with the live database.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import catalog
+from pgrunbook import catalog, worklog
 from pgrunbook.console import Console
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.safety import exclusive_lock
@@ -108,7 +109,7 @@ def compare(previous_counts: Mapping[str, int], incoming_counts: Mapping[str, in
     if known and all(count >= 0 for count in incoming_counts.values()):
         before_total = sum(previous_counts[t] for t in known)
         after_total = sum(max(0, c) for c in incoming_counts.values())
-        nearly_empty = (before_total >= max(1, thresholds.min_rows)
+        nearly_empty = (limit < 100 and before_total >= max(1, thresholds.min_rows)
                         and after_total * 100 <= before_total * NEARLY_EMPTY_PERCENT)
         if nearly_empty:
             findings.append(Finding(NEARLY_EMPTY, f"DB がほぼ空です: 全テーブルの合計 {before_total:,} 行 → "
@@ -129,13 +130,21 @@ IDENTITY_FIELDS = (
 )
 
 
+DATABASE_FIELDS = ("database_oid", "database_created")
+
+
 def compare_identity(previous: Mapping[str, Any] | None,
-                     incoming: Mapping[str, Any] | None) -> list[Finding]:
+                     incoming: Mapping[str, Any] | None,
+                     ignore: Iterable[str] = ()) -> list[Finding]:
     """A different database: the first identity field known on both sides that differs
-    (a new cluster also has a new OID and creation time: one finding says it)."""
+    (a new cluster also has a new OID and creation time: one finding says it).
+    ``ignore`` names fields whose change is explained (a logged restore-replace)."""
     if not previous or not incoming:
         return []
+    skipped = set(ignore)
     for key, label, meaning in IDENTITY_FIELDS:
+        if key in skipped:
+            continue
         before, after = previous.get(key), incoming.get(key)
         if before and after and str(before) != str(after):
             return [Finding(IDENTITY, f"別のデータベースです: {label} {before} → {after}（{meaning}）",
@@ -184,17 +193,53 @@ def baseline(settings: Settings, fmt: str) -> tuple[str, dict[str, Any]] | None:
 
 
 def assess(previous: tuple[str, Mapping[str, Any]] | None, tables: list[dict[str, Any]],
-           identity: Mapping[str, Any] | None, thresholds: Thresholds) -> dict[str, Any]:
-    """The manifest's ``drift`` block for a new backup."""
+           identity: Mapping[str, Any] | None, thresholds: Thresholds,
+           replaced_since: Callable[[], str | None] | None = None) -> dict[str, Any]:
+    """The manifest's ``drift`` block for a new backup.
+
+    ``replaced_since`` is asked (only when the database's OID or creation time
+    changed) whether the kit itself swapped the database in since the previous
+    backup (restore-replace, restore-rollback): then that change is expected. The
+    rows and tables are compared all the same.
+    """
     block: dict[str, Any] = {"checked_at": now_iso(), "thresholds": asdict(thresholds)}
     if previous is None:
         return {**block, "status": "first", "compared_with": None, "findings": []}
     name, manifest = previous
     findings = compare_identity(manifest.get("identity"), identity)
+    if findings and replaced_since is not None \
+            and not compare_identity(manifest.get("identity"), identity, DATABASE_FIELDS):
+        explanation = replaced_since()
+        if explanation:
+            block["identity_change_explained_by"] = explanation
+            findings = []
     findings += compare(counts_of_tables(manifest.get("tables") or []), counts_of_tables(tables),
                         thresholds)
     return {**block, "status": "suspect" if findings else "ok", "compared_with": name,
             "findings": [f.as_dict() for f in findings]}
+
+
+SWAP_TASKS = ("restore-replace", "restore-rollback")
+
+
+def replaced_since(settings: Settings, previous: Mapping[str, Any]) -> str | None:
+    """The kit's own logged swap of this env's database after ``previous`` was taken."""
+    try:
+        since = datetime.fromisoformat(str(previous.get("finished_at")))
+    except ValueError:
+        return None
+    records, _ = worklog.read_trusted(settings.worklog_path)
+    for record in reversed(records):
+        if record.get("task") not in SWAP_TASKS or record.get("result") != "ok" \
+                or record.get("env") != settings.env:
+            continue
+        try:
+            when = datetime.fromisoformat(str(record.get("time")))
+        except ValueError:
+            continue
+        if when >= since:
+            return f"{record['task']} {record['time']} ({record.get('operator')})"
+    return None
 
 
 # Identity of the cluster and the database, without failing for a role that may not
