@@ -203,7 +203,7 @@ class Remote:
                 "認証情報と、その IAM ポリシー（s3:ListBucket / GetObject / PutObject / "
                 "DeleteObject）を確認",
             )
-        if code == "InvalidRequest" and "object lock" in str(info.get("Message", "")).lower():
+        if code == "InvalidRequest" and "objectlock" in str(info.get("Message", "")).lower().replace(" ", ""):
             return RunbookError(
                 f"{action}: バケット {self.bucket} はオブジェクトロックが有効ではありません",
                 "オブジェクトロック有効のバケットを作る（runbooks/guards.md）か、"
