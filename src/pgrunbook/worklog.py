@@ -151,10 +151,15 @@ def check_chain(lines: list[str]) -> ChainReport:
 
 
 def raw_lines(path: Path) -> list[str]:
+    """The log's lines, read under a shared flock: never half of a line being appended."""
     if not path.is_file():
         return []
     with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        try:
+            return [line.rstrip("\n") for line in handle if line.strip()]
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def verify_chain(path: Path) -> ChainReport:
