@@ -473,6 +473,15 @@ def test_locked_push_cannot_be_deleted_and_prune_skips_it(cli, s3, keys, locked_
         if r["task"] == "offsite-push"][-1]
     assert line["object_lock"] == "governance" and line["retain_until"]
 
+    pinned = runner("pin", "--env=prod", f"--file={name}", "--keep=2y")  # the lock follows the pin
+    assert pinned.returncode == 0, pinned.stderr
+    until = json.loads((runner.backup_dir("prod") / f"{name}.json").read_text())["keep_until"]
+    assert f"オフサイトのロックを {until} まで延ばしました: s3://{locked_bucket}/{prefix}{name}.age" \
+        in pinned.stderr
+    for key in (f"{prefix}{name}.age", f"{prefix}{name}.json.age"):
+        head = s3.client.head_object(Bucket=locked_bucket, Key=key)
+        assert head["ObjectLockRetainUntilDate"].astimezone().date().isoformat() == until
+
     # an old locked copy (pushed long ago with a long lock) and an old unlocked one
     locked_old = "knot-prod-20200101-000000.dump"
     plain_old = "knot-prod-20200201-000000.dump"

@@ -555,6 +555,31 @@ def lock_arguments(settings: Settings, path: Path, manifest: dict[str, Any] | No
             "ObjectLockRetainUntilDate": retain_until(settings, path, manifest)}
 
 
+def extend_lock(settings: Settings, name: str, until: datetime) -> list[str]:
+    """Extend the object lock of an offsite copy and its manifest to ``until`` (a pin):
+    never shortens, keeps each object's own mode. Returns the URLs extended."""
+    remote = Remote(settings)
+    target = until.astimezone(timezone.utc).replace(microsecond=0)
+    extended = []
+    archive = remote.key_for(name)
+    for key in (archive, archive[: -len(ARCHIVE_SUFFIX)] + MANIFEST_SUFFIX):
+        head = remote.head(key)
+        if head is None:
+            continue
+        current = head.get("ObjectLockRetainUntilDate")
+        if current is not None and current >= target:
+            continue
+        mode = str(head.get("ObjectLockMode") or settings.offsite_object_lock).upper()
+        with remote.errors("保持期限の延長", key):
+            arguments: dict[str, Any] = {"Bucket": remote.bucket, "Key": key,
+                                         "Retention": {"Mode": mode, "RetainUntilDate": target}}
+            if head.get("VersionId"):
+                arguments["VersionId"] = head["VersionId"]
+            remote.client.put_object_retention(**arguments)
+        extended.append(remote.url(key))
+    return extended
+
+
 def _already_there(remote: Remote, key: str, path: Path, sha256: str, size: int,
                    head: dict[str, Any], console: Console) -> PushResult:
     remote_sha, _ = _plaintext_metadata(head)

@@ -138,7 +138,24 @@ def pin(settings: Settings, file: str | None, keep: str | None, label: str | Non
 
     path, _ = _change(settings, "pin", file, console, update)
     console.summary(f"{path.name} を {until.isoformat()} まで保管します（prune・offsite-prune で消えません）")
+    if settings.offsite_bucket and settings.offsite_object_lock:
+        _extend_offsite_lock(settings, path, until, console)
     return path, until
+
+
+def _extend_offsite_lock(settings: Settings, path: Path, until: date, console: Console) -> None:
+    """A copy already offsite gets its lock extended to the pin (the local pin stands
+    whatever happens here: a failure is a warning with the manual command)."""
+    from pgrunbook import offsite
+
+    try:
+        extended = offsite.extend_lock(settings, path.name, datetime.combine(until, time.max))
+    except RunbookError as error:
+        console.warn(f"オフサイトのロックを延ばせませんでした（{error.message}）。ローカルの固定は済んでいます。"
+                     "手で: aws s3api put-object-retention（runbooks/guards.md）")
+        return
+    for url in extended:
+        console.summary(f"オフサイトのロックを {until.isoformat()} まで延ばしました: {url}")
 
 
 def unpin(settings: Settings, file: str | None, console: Console | None = None) -> Path:
