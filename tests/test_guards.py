@@ -175,6 +175,8 @@ def test_forty_days_of_backups_of_a_database_emptied_on_day_10_keep_day_9(tmp_pa
     for day in range(11, 41):  # suspect, but recent: kept for a person to look at
         assert names[day] in left, day
     assert cli("status", "--env=prod", "--max-age=1000d").returncode == 3
+    make_backup(folder, datetime.now(), "plain")  # a newer good SQL dump hides nothing
+    assert cli("status", "--env=prod", "--max-age=1000d").returncode == 3
 
 
 def test_pinned_backup_survives_prune_until_unpinned(tmp_path):

@@ -226,8 +226,12 @@ class Freshness:
 def _warnings(settings: Settings, items: list[Inventoried]) -> list[tuple[int, str]]:
     """(exit code, text) of what status must warn about besides freshness."""
     found = []
-    newest = items[-1] if items else None
-    if newest is not None and newest.suspect:
+    newest_of_series: dict[str, Inventoried] = {}
+    for item in items:  # oldest first: the last one of each format wins
+        newest_of_series[item.backup.format] = item
+    for newest in sorted(newest_of_series.values(), key=lambda i: (i.backup.created, i.name)):
+        if not newest.suspect:
+            continue
         manifest = newest.backup.manifest() or {}
         reasons = drift.describe((manifest.get("drift") or {}).get("findings") or [])
         found.append((SUSPECT_EXIT, f"最新のバックアップ {newest.name} は疑わしい内容です"
