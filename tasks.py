@@ -18,6 +18,7 @@ from pgrunbook.console import Console, human_size
 
 # imported when a task first needs them (a backup's start-up stays short)
 docs_module = LazyModule("docs")
+drift_module = LazyModule("drift")
 encryption_module = LazyModule("encryption")
 inventory = LazyModule("inventory")
 metrics_module = LazyModule("metrics")
@@ -40,11 +41,17 @@ ENV_HELP = "対象環境（必須）: .env.<env> の <env>。例: prod, dev"
         "no_owner": "所有者を保存しない（pg_dump --no-owner）。役割が違う DB に戻すとき",
         "no_acl": "権限（GRANT）を保存しない（pg_dump --no-acl）",
         "dry_run": "何もせず、同じことを手で行うコマンドを表示する",
+        "label": "ファイル名とマニフェストに付けるラベル（例: fy2025-close, release-2026-04）",
+        "keep": "この期間・日付まで prune で消さない（例: 10y, 7y, 18m, 2036-03-31）",
     }
 )
-def backup(c, env=None, no_owner=False, no_acl=False, dry_run=False):
-    """フルバックアップ（カスタム形式 pg_dump -F c）を backups/<env>/ に作成する。"""
-    _backup(env, "custom", no_owner, no_acl, dry_run)
+def backup(c, env=None, no_owner=False, no_acl=False, dry_run=False, label=None, keep=None):
+    """フルバックアップ（カスタム形式 pg_dump -F c）を backups/<env>/ に作成する。
+
+    前回の正常なバックアップと内容（テーブル・行数・DB の同一性）を比べ、急に減っていれば
+    疑わしいバックアップとして残し、警告して終了コード 3 で終わる。
+    """
+    _backup(env, "custom", no_owner, no_acl, dry_run, label, keep)
 
 
 @task(
@@ -54,18 +61,21 @@ def backup(c, env=None, no_owner=False, no_acl=False, dry_run=False):
         "no_owner": "所有者を保存しない（pg_dump --no-owner）",
         "no_acl": "権限（GRANT）を保存しない（pg_dump --no-acl）",
         "dry_run": "何もせず、同じことを手で行うコマンドを表示する",
+        "label": "ファイル名とマニフェストに付けるラベル（例: fy2025-close）",
+        "keep": "この期間・日付まで prune で消さない（例: 10y, 7y, 18m, 2036-03-31）",
     },
 )
-def backup_sql(c, env=None, no_owner=False, no_acl=False, dry_run=False):
+def backup_sql(c, env=None, no_owner=False, no_acl=False, dry_run=False, label=None, keep=None):
     """SQL 形式（pg_dump -F p）のバックアップを作成する（psql で復元できる）。"""
-    _backup(env, "plain", no_owner, no_acl, dry_run)
+    _backup(env, "plain", no_owner, no_acl, dry_run, label, keep)
 
 
-def _backup(env, fmt, no_owner, no_acl, dry_run):
+def _backup(env, fmt, no_owner, no_acl, dry_run, label=None, keep=None):
     settings, console = settings_for(ROOT, env)
     result = guarded(
         lambda: backup_module.run_backup(
-            settings, fmt, no_owner=no_owner, no_acl=no_acl, dry_run=dry_run, console=console
+            settings, fmt, no_owner=no_owner, no_acl=no_acl, dry_run=dry_run, console=console,
+            label=label, keep=keep,
         ),
         console,
     )
@@ -73,6 +83,8 @@ def _backup(env, fmt, no_owner, no_acl, dry_run):
         print_lines(result)
     else:
         console.result(str(result.path))
+        if result.manifest.get("suspect"):
+            raise Exit(code=drift_module.SUSPECT_EXIT_CODE)
 
 
 @task(
@@ -314,7 +326,10 @@ def list_backups(c, env=None):
     }
 )
 def status(c, env=None, max_age="26h", format="text"):
-    """監視用に 1 行表示: 0=新しい検証済みバックアップあり、1=古い、2=ない。METRICS_FILE も更新する。"""
+    """監視用に 1 行表示: 0=新しい検証済みバックアップあり、1=古い、2=ない。METRICS_FILE も更新する。
+
+    3=最新のバックアップが疑わしい（行数の急減・別 DB）、4=作業ログに改ざんの疑い。
+    """
     settings, console = settings_for(ROOT, env)
     if format not in ("text", "prometheus"):
         raise Exit(f"エラー: --format={format} は使えません → text か prometheus", code=2)
@@ -546,3 +561,63 @@ def ping(c, env=None, start=False, exit_code=None, since=None, message=None):
 
 
 namespace.add_task(ping)
+
+
+# --- guards against silent disasters (issue 12) --------------------------------------
+
+pinning_module = LazyModule("pinning")
+worklog_module = LazyModule("worklog")
+
+
+@task(
+    name="accept-drift",
+    help={
+        "env": ENV_HELP,
+        "file": "承認する疑わしいバックアップ（invoke list で「疑わしい」のもの）",
+        "reason": "減った理由（必須。作業ログに実行者と一緒に残る）",
+    },
+)
+def accept_drift(c, env=None, file=None, reason=None):
+    """疑わしいバックアップ（行数の急減・別 DB）を、意図した変化として承認する。以後の比較の基準になる。"""
+    settings, console = settings_for(ROOT, env)
+    path = guarded(lambda: drift_module.accept_drift(settings, file, reason, console), console)
+    console.result(str(path))
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "file": "固定するバックアップ",
+        "keep": "保管期限: 今日からの期間か日付（例: 10y, 7y, 18m, 2036-03-31）",
+        "label": "マニフェストに記録するラベル（例: fy2025-close。ファイル名は変えない）",
+    }
+)
+def pin(c, env=None, file=None, keep=None, label=None):
+    """既存のバックアップを期限まで固定する（prune・offsite-prune で消えない）。年度締め・リリース前に。"""
+    settings, console = settings_for(ROOT, env)
+    path, _ = guarded(lambda: pinning_module.pin(settings, file, keep, label, console), console)
+    console.result(str(path))
+
+
+@task(help={"env": ENV_HELP, "file": "固定を外すバックアップ"})
+def unpin(c, env=None, file=None):
+    """バックアップの固定を外す（次の prune から通常の保持期間の規則に従う）。"""
+    settings, console = settings_for(ROOT, env)
+    path = guarded(lambda: pinning_module.unpin(settings, file, console), console)
+    console.result(str(path))
+
+
+@task(name="worklog-verify", help={"env": ENV_HELP})
+def worklog_verify(c, env=None):
+    """作業ログのハッシュの鎖を確かめ、書き換え・削除・差し込みがあれば最初の行番号を示す（終了コード 1）。"""
+    settings, console = settings_for(ROOT, env)
+    report = worklog_module.verify_chain(settings.worklog_path)
+    line = f"{settings.worklog_path}: {report.describe()}"
+    if not report.intact:
+        raise Exit(f"エラー: {line} → git などに控えた写しやオフサイトの記録と比べ、"
+                   "いつ誰が書き換えたかを調べる（runbooks/guards.md）", code=1)
+    console.result(line)
+
+
+for _guard_task in (accept_drift, pin, unpin, worklog_verify):
+    namespace.add_task(_guard_task)

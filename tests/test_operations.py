@@ -14,7 +14,7 @@ from pgrunbook import catalog
 
 def columns(stdout: str) -> dict[str, list[str]]:
     rows = [line.split("\t") for line in stdout.splitlines() if line.strip()]
-    assert all(len(row) == 6 for row in rows), stdout
+    assert all(len(row) == 9 for row in rows), stdout  # ... checksum, label, keep-until, content
     return {row[0]: row for row in rows}
 
 

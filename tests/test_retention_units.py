@@ -119,14 +119,16 @@ def test_list_table_aligns_japanese_cells(tmp_path):
              item("knot-prod-globals-20260128-020000.sql", None, "なし"),
              item("knot-prod-20250101.dump", None, "なし")]
     lines = table(items)
-    assert lines[0].split() == ["name", "format", "size", "created", "verified", "checksum"]
+    assert lines[0].split() == ["name", "format", "size", "created", "verified", "checksum", "label",
+                                "keep-until", "content"]
     starts = {lines[i].index("2026-01-28 02:00:00") for i in (2, 3)}
     assert len(starts) == 1
     checksum_column = {_width(line[: line.rindex(" ") + 1]) for line in lines[2:]}
     assert len(checksum_column) == 1, lines
     assert "済 2026-01-28T02:01" in lines[2] and "globals" in lines[3] and "custom(旧形式)" in lines[4]
     assert plain_lines(items)[1].split("\t") == [
-        "knot-prod-globals-20260128-020000.sql", "globals", "2.0 KiB", "2026-01-28 02:00:00", "未", "なし"]
+        "knot-prod-globals-20260128-020000.sql", "globals", "2.0 KiB", "2026-01-28 02:00:00", "未", "なし",
+        "-", "-", "-"]
 
 
 def test_a_series_with_nothing_valid_keeps_its_newest_files():

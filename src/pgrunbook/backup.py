@@ -19,11 +19,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import __version__, catalog, manual
+from pgrunbook import __version__, catalog, drift, manual, pinning
 from pgrunbook.archive import MAGIC, SQL_HEAD, ArchiveError, parse_header, sql_tail_is_complete
 from pgrunbook.console import Console, human_size
 from pgrunbook.container import CHUNK, Container
@@ -127,14 +127,22 @@ def run_backup(
     dry_run: bool = False,
     console: Console | None = None,
     task: str | None = None,
+    label: str | None = None,
+    keep: str | None = None,
 ) -> BackupResult | list[str]:
-    """Back up the env's database. Returns the result, or the manual commands on dry_run."""
+    """Back up the env's database. Returns the result, or the manual commands on dry_run.
+
+    ``label`` goes into the file name and the manifest; ``keep`` ("10y", "18m",
+    "2036-03-31") pins the backup until that date (prune keeps it).
+    """
     console = console or Console(settings.secrets())
     task = task or ("backup" if fmt == "custom" else "backup-sql")
     when = datetime.now()
+    label = pinning.check_label(label)
+    keep_until = pinning.parse_keep(keep, when.date()) if keep else None
     if dry_run:
         target = settings.backup_dir / catalog.backup_name(
-            settings.backup_prefix, settings.env, when, fmt
+            settings.backup_prefix, settings.env, when, fmt, label=label
         )
         return manual.backup_commands(settings, fmt, target, no_owner, no_acl)
 
@@ -143,7 +151,8 @@ def run_backup(
         settings.backup_dir, settings.db_container, settings.db_name, task
     ):
         pg = Postgres(Container.find(settings.db_container), settings)
-        return _backup_locked(settings, pg, fmt, when, no_owner, no_acl, console, entry)
+        return _backup_locked(settings, pg, fmt, when, no_owner, no_acl, console, entry,
+                              label, keep_until)
 
 
 def _backup_locked(
@@ -155,6 +164,8 @@ def _backup_locked(
     no_acl: bool,
     console: Console,
     entry: Entry,
+    label: str | None = None,
+    keep_until: date | None = None,
 ) -> BackupResult:
     if fmt == "custom" and no_owner:
         console.warn(
@@ -172,9 +183,11 @@ def _backup_locked(
     else:
         tables = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
 
+    identity = drift.database_identity(pg)
+    previous = drift.baseline(settings, fmt)  # the previous good backup, before ours exists
     ensure_private_dir(settings.backup_dir)
     final = catalog.free_name(
-        settings.backup_dir, settings.backup_prefix, settings.env, when, fmt
+        settings.backup_dir, settings.backup_prefix, settings.env, when, fmt, label
     )
     entry.file = str(final)
     started_at = now_iso()
@@ -226,6 +239,10 @@ def _backup_locked(
             "row_counts": row_counts,
             "tables": [t.as_dict() for t in tables],
             **checks,
+            "label": label,
+            "keep_until": keep_until.isoformat() if keep_until else None,
+            "identity": identity,
+            **_drift_fields(previous, [t.as_dict() for t in tables], identity, settings),
         }
 
     console.step(f"pg_dump -F {'c' if fmt == 'custom' else 'p'} → {final.name}{catalog.PARTIAL_SUFFIX}")
@@ -237,11 +254,41 @@ def _backup_locked(
     sha256 = stream.hash.hexdigest()
     entry.sha256 = sha256
     entry.details["size"] = stream.size
+    if keep_until:
+        entry.details.update(label=label, keep_until=keep_until.isoformat())
+    if manifest["suspect"]:
+        _warn_suspect(settings, final, manifest, console, entry)
+    done = "バックアップ完了（要確認: 疑わしい内容）" if manifest["suspect"] else "バックアップ完了"
     console.summary(
-        f"バックアップ完了: {final} ({human_size(stream.size)}, sha256 {sha256[:12]}…, "
+        f"{done}: {final} ({human_size(stream.size)}, sha256 {sha256[:12]}…, "
         f"{manifest['duration_seconds']:.1f} 秒)"
     )
     return BackupResult(final, stream.size, sha256, manifest)
+
+
+def _drift_fields(previous: tuple[str, dict[str, Any]] | None, tables: list[dict[str, Any]],
+                  identity: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    block = drift.assess(previous, tables, identity, drift.Thresholds.from_settings(settings),
+                         lambda: drift.replaced_since(settings, previous[1]) if previous else None)
+    return {"suspect": block["status"] == "suspect", "drift": block}
+
+
+def _warn_suspect(settings: Settings, final: Path, manifest: dict[str, Any], console: Console,
+                  entry: Entry) -> None:
+    """The backup is kept, but says loudly that its content looks wrong (issue 12)."""
+    reasons = drift.describe(manifest["drift"]["findings"])
+    entry.outcome = "suspect"
+    entry.details["suspect_reasons"] = reasons
+    entry.details["compared_with"] = manifest["drift"]["compared_with"]
+    console.warn(f"このバックアップは疑わしい内容です（前回の正常なバックアップ "
+                 f"{manifest['drift']['compared_with']} と比較）:")
+    for reason in reasons:
+        console.warn(f"  - {reason}")
+    console.warn(
+        "バックアップは残しましたが、保持期間の計算には数えません。DB の状態（コンテナ・DB_NAME・"
+        f"データ）を確認し、意図した変化なら invoke accept-drift --env={settings.env} "
+        f"--file={final.name} --reason='理由' で承認"
+    )
 
 
 def write_dump(

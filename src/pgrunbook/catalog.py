@@ -1,11 +1,13 @@
 """Backup file names and the backups of an env's folder.
 
-Name: ``<prefix>-<env>-<YYYYMMDD>-<HHMMSS>[-<n>].<dump|sql>`` beside
+Name: ``<prefix>-<env>-<YYYYMMDD>-<HHMMSS>[-<n>][-<label>].<dump|sql>`` beside
 ``<name>.sha256`` and ``<name>.json``. The runbook's older hand-made names
 (``knot-prod-20260128.dump``) are recognised as ``legacy``. Roles and other
 cluster-wide objects (``pg_dumpall --globals-only``) are saved as
 ``<prefix>-<env>-globals-<YYYYMMDD>-<HHMMSS>[-<n>].sql``, format ``globals``:
 never a database backup, so ``backups_in`` leaves them out unless asked.
+A label (``backup --label=fy2025-close``) starts with a letter, so it never
+reads as the serial number.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ FORMAT_OF_EXTENSION = {"dump": "custom", "sql": "plain"}
 GLOBALS = "globals"
 NAME = re.compile(
     r"^(?P<prefix>[A-Za-z0-9][A-Za-z0-9_]*)-(?P<env>[a-z][a-z0-9_]*)(?P<globals>-globals)?"
-    r"-(?P<date>\d{8})(?:-(?P<time>\d{6}))?(?:-(?P<serial>\d+))?\.(?P<ext>dump|sql)$"
+    r"-(?P<date>\d{8})(?:-(?P<time>\d{6}))?(?:-(?P<serial>\d+))?"
+    r"(?:-(?P<label>[a-z][a-z0-9]*(?:-[a-z0-9]+)*))?\.(?P<ext>dump|sql)$"
 )
+LABEL = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+LABEL_MAX = 40
 PARTIAL_SUFFIX = ".partial"
 SIDECAR_SUFFIXES = (".sha256", ".json")
 
@@ -36,6 +41,7 @@ class BackupFile:
     created: datetime
     format: str
     legacy: bool
+    label: str | None = None
 
     @property
     def name(self) -> str:
@@ -79,11 +85,13 @@ def read_checksum(path: Path) -> str | None:
     return words[0].lower() if words else ""
 
 
-def backup_name(prefix: str, env: str, when: datetime, fmt: str, serial: int = 0) -> str:
+def backup_name(prefix: str, env: str, when: datetime, fmt: str, serial: int = 0,
+                label: str | None = None) -> str:
     stamp = when.strftime("%Y%m%d-%H%M%S")
     suffix = f"-{serial}" if serial else ""
     kind = f"-{GLOBALS}" if fmt == GLOBALS else ""
-    return f"{prefix}-{env}{kind}-{stamp}{suffix}.{EXTENSIONS[fmt]}"
+    tag = f"-{label}" if label else ""
+    return f"{prefix}-{env}{kind}-{stamp}{suffix}{tag}.{EXTENSIONS[fmt]}"
 
 
 def parse(path: Path) -> BackupFile | None:
@@ -94,6 +102,8 @@ def parse(path: Path) -> BackupFile | None:
     is_globals = match.group("globals") is not None
     if is_globals and (time is None or match.group("ext") != "sql"):
         return None  # the kit always writes globals with a time, as .sql
+    if match.group("label") and time is None:
+        return None  # the kit writes labels only after a time
     try:
         created = datetime.strptime(date + (time or "000000"), "%Y%m%d%H%M%S")
     except ValueError:
@@ -105,6 +115,7 @@ def parse(path: Path) -> BackupFile | None:
         created=created,
         format=GLOBALS if is_globals else FORMAT_OF_EXTENSION[match.group("ext")],
         legacy=time is None,
+        label=match.group("label"),
     )
 
 
@@ -129,10 +140,11 @@ def backups_in(
     return sorted(found, key=lambda b: (b.created, b.name))
 
 
-def free_name(directory: Path, prefix: str, env: str, when: datetime, fmt: str) -> Path:
+def free_name(directory: Path, prefix: str, env: str, when: datetime, fmt: str,
+              label: str | None = None) -> Path:
     """A final name that no file (or sidecar) uses yet: never overwrite."""
     for serial in range(0, 1000):
-        candidate = directory / backup_name(prefix, env, when, fmt, serial)
+        candidate = directory / backup_name(prefix, env, when, fmt, serial, label)
         siblings = (candidate, candidate.with_name(candidate.name + ".sha256"),
                     candidate.with_name(candidate.name + ".json"))
         if not any(p.exists() for p in siblings):

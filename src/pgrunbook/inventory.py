@@ -8,7 +8,11 @@ Checksum state (cheap, no hashing unless asked): the ``.sha256`` sidecar is
 there, agrees with the manifest, and the file has the recorded size.
 "Verified": the work log holds a ``verify`` line with result ``ok`` for a file
 of this name with the same sha256, so a file replaced after its check is not
-counted as verified.
+counted as verified. Only the work log's lines before a broken hash chain are
+trusted (issue 12): a forged ``verify ok`` line appended by hand counts for nothing.
+
+Issue 12 adds what the manifest says: the backup's label, its pin
+(``keep_until``) and whether its content looked wrong (``suspect``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import catalog, worklog
+from pgrunbook import catalog, drift, pinning, worklog
 from pgrunbook.console import human_size
 from pgrunbook.errors import RunbookError
 from pgrunbook.settings import Settings
@@ -39,6 +43,10 @@ class Inventoried:
     recorded_sha256: str | None
     made_by_kit: bool
     verified_at: str | None
+    label: str | None = None
+    keep_until: str | None = None  # ISO date of the pin
+    suspect: bool = False
+    drift_accepted: bool = False
 
     @property
     def name(self) -> str:
@@ -89,7 +97,8 @@ def inventory(settings: Settings, with_globals: bool = True) -> list[Inventoried
         for b in catalog.backups_in(settings.backup_dir, settings.backup_prefix, with_globals=with_globals)
         if b.env == settings.env
     ]
-    verified = verified_index(worklog.read(settings.worklog_path), settings.env)
+    records, _ = worklog.read_trusted(settings.worklog_path)
+    verified = verified_index(records, settings.env)
     found = []
     for backup in backups:
         try:
@@ -100,6 +109,8 @@ def inventory(settings: Settings, with_globals: bool = True) -> list[Inventoried
         kit = not backup.legacy and manifest_matches(backup, manifest, settings.env)
         recorded = catalog.read_checksum(backup.path)
         state = checksum_state(backup, manifest if kit else None, size)
+        own = manifest if kit else None
+        until = pinning.keep_until(own)
         found.append(Inventoried(
             backup=backup,
             size=size,
@@ -107,13 +118,18 @@ def inventory(settings: Settings, with_globals: bool = True) -> list[Inventoried
             recorded_sha256=recorded,
             made_by_kit=kit,
             verified_at=verified.get((backup.name, recorded)) if recorded else None,
+            label=(own or {}).get("label") or backup.label,
+            keep_until=until.isoformat() if until else None,
+            suspect=drift.is_suspect(own),
+            drift_accepted=bool(((own or {}).get("drift") or {}).get("accepted")),
         ))
     return found
 
 
 # ---- list ---------------------------------------------------------------------------
 
-HEADERS = ("name", "format", "size", "created", "verified", "checksum")
+HEADERS = ("name", "format", "size", "created", "verified", "checksum", "label", "keep-until",
+           "content")
 
 
 def rows(items: list[Inventoried]) -> list[tuple[str, ...]]:
@@ -125,9 +141,21 @@ def rows(items: list[Inventoried]) -> list[tuple[str, ...]]:
             item.backup.created.strftime("%Y-%m-%d %H:%M:%S"),
             f"済 {item.verified_at[:16]}" if item.verified_at else "未",
             item.checksum,
+            item.label or "-",
+            item.keep_until or "-",
+            content_state(item),
         )
         for item in items
     ]
+
+
+def content_state(item: Inventoried) -> str:
+    """The drift check's verdict as list shows it."""
+    if item.suspect:
+        return "疑わしい"
+    if item.drift_accepted:
+        return "承認済み"
+    return "-"
 
 
 def _width(text: str) -> int:
@@ -185,24 +213,55 @@ def describe_age(age: timedelta) -> str:
     return f"{minutes}分"
 
 
+SUSPECT_EXIT = 3  # the newest backup's content looks wrong (issue 12)
+WORKLOG_EXIT = 4  # the work log's hash chain is broken (issue 12)
+
+
 @dataclass(frozen=True)
 class Freshness:
-    exit_code: int  # 0 fresh, 1 stale, 2 none
+    exit_code: int  # 0 fresh, 1 stale, 2 none, 3 newest suspect, 4 work log broken
     line: str
 
 
+def _warnings(settings: Settings, items: list[Inventoried]) -> list[tuple[int, str]]:
+    """(exit code, text) of what status must warn about besides freshness."""
+    found = []
+    newest_of_series: dict[str, Inventoried] = {}
+    for item in items:  # oldest first: the last one of each format wins
+        newest_of_series[item.backup.format] = item
+    for newest in sorted(newest_of_series.values(), key=lambda i: (i.backup.created, i.name)):
+        if not newest.suspect:
+            continue
+        manifest = newest.backup.manifest() or {}
+        reasons = drift.describe((manifest.get("drift") or {}).get("findings") or [])
+        found.append((SUSPECT_EXIT, f"最新のバックアップ {newest.name} は疑わしい内容です"
+                      f"（{'; '.join(reasons[:3])}{' ほか' if len(reasons) > 3 else ''}）→ DB を確認し、"
+                      f"意図した変化なら invoke accept-drift --env={settings.env} --file={newest.name} "
+                      "--reason=..."))
+    chain = worklog.verify_chain(settings.worklog_path)
+    if not chain.intact:
+        found.append((WORKLOG_EXIT, f"{chain.describe()}（それ以降の行は信用しません）→ "
+                      f"invoke worklog-verify --env={settings.env}"))
+    return found
+
+
 def freshness(settings: Settings, max_age: timedelta, now: datetime | None = None) -> Freshness:
-    """The newest verified database backup against max_age (globals do not count)."""
+    """The newest verified, non-suspect database backup against max_age (globals do not
+    count), then the warnings: a suspect newest backup, a broken work log."""
     now = now or datetime.now()
-    items = [i for i in inventory(settings, with_globals=False) if i.verified and i.valid]
+    everything = inventory(settings, with_globals=False)
+    items = [i for i in everything if i.verified and i.valid and not i.suspect]
     label = f"env={settings.env}"
+    warnings = _warnings(settings, [i for i in everything if i.made_by_kit])
+    extra = "".join(f" / WARNING: {text}" for _, text in warnings)
     if not items:
-        unverified = inventory(settings, with_globals=False)
-        extra = f"（未検証のバックアップは {len(unverified)} 件）" if unverified else ""
+        suspects = sum(1 for i in everything if i.suspect)
+        more = (f"（未検証のバックアップは {len(everything) - suspects} 件"
+                + (f"、疑わしいものは {suspects} 件" if suspects else "") + "）") if everything else ""
         return Freshness(
             2,
-            f"CRITICAL {label}: 検証済みのバックアップがありません{extra} → "
-            f"invoke backup --env={settings.env} && invoke verify --env={settings.env}",
+            f"CRITICAL {label}: 検証済みのバックアップがありません{more} → "
+            f"invoke backup --env={settings.env} && invoke verify --env={settings.env}{extra}",
         )
     newest = items[-1]
     age = now - newest.backup.created
@@ -211,8 +270,11 @@ def freshness(settings: Settings, max_age: timedelta, now: datetime | None = Non
         return Freshness(
             1,
             f"STALE {label}: 最新の検証済みバックアップ {newest.name} は "
-            f"{describe_age(age)}前（上限 {limit}）→ cron とログを確認",
+            f"{describe_age(age)}前（上限 {limit}）→ cron とログを確認{extra}",
         )
-    return Freshness(
-        0, f"OK {label}: 最新の検証済みバックアップ {newest.name}（{describe_age(age)}前、上限 {limit}）"
-    )
+    fresh = f"最新の検証済みバックアップ {newest.name}（{describe_age(age)}前、上限 {limit}）"
+    if warnings:
+        code, text = warnings[0]
+        rest = "".join(f" / {other}" for _, other in warnings[1:])
+        return Freshness(code, f"WARNING {label}: {text}{rest}（{fresh}）")
+    return Freshness(0, f"OK {label}: {fresh}")

@@ -36,7 +36,8 @@ from pgrunbook.settings import Settings
 
 COMMAND_TIMEOUT = 30
 WEBHOOK_TIMEOUT = 10
-RESULT_WORDS = {"ok": "成功", "failed": "失敗", "interrupted": "中断", "refused": "拒否"}
+RESULT_WORDS = {"ok": "成功", "failed": "失敗", "interrupted": "中断", "refused": "拒否",
+                "suspect": "要確認（内容が急に減った・別の DB）"}
 
 
 def wanted(settings: Settings, record: dict[str, Any]) -> bool:
@@ -53,6 +54,8 @@ def message(record: dict[str, Any]) -> dict[str, Any]:
     )
     if record.get("error"):
         summary += f" — {record['error']}"
+    elif record.get("suspect_reasons"):
+        summary += " — " + "; ".join(str(r) for r in record["suspect_reasons"])
     elif record.get("file"):
         summary += f" — {record['file']}"
     return {"source": "pgrunbook", "kit_version": __version__, "summary": summary, **record}

@@ -22,6 +22,11 @@ Credentials come only from the usual AWS sources (environment, ~/.aws,
 instance roles); the .env files may not hold them. The endpoint comes only
 from the settings: AWS_ENDPOINT_URL in a shell is ignored.
 
+Object Lock (issue 12, OFFSITE_OBJECT_LOCK=governance|compliance): each pushed
+object and its manifest carry a retain-until date (the backup's pin, else its
+creation + OFFSITE_RETENTION_DAYS), so the backup host's key cannot destroy
+them before that date; ``prune_remote`` leaves locked and pinned objects alone.
+
 Memory stays flat: the encryption runs in a thread writing into a pipe that
 boto3's multipart upload reads part by part; a download streams through the
 decryption straight into ``<name>.partial``.
@@ -37,11 +42,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import catalog, worklog
+from pgrunbook import catalog, pinning, worklog
 from pgrunbook.backup import fsync_directory, write_private
 from pgrunbook.console import Console, human_size
 from pgrunbook.encryption import (
@@ -62,6 +67,7 @@ MANIFEST_SUFFIX = ".json.age"
 META_SHA256 = "pgrunbook-sha256"
 META_SIZE = "pgrunbook-size"
 META_ENV = "pgrunbook-env"
+META_KEEP_UNTIL = "pgrunbook-keep-until"
 MIB = 1 << 20
 MAX_PARTS = 9000  # S3 allows 10,000 parts; keep a margin for the age overhead
 CREDENTIAL_CODES = {
@@ -197,6 +203,12 @@ class Remote:
                 "認証情報と、その IAM ポリシー（s3:ListBucket / GetObject / PutObject / "
                 "DeleteObject）を確認",
             )
+        if code == "InvalidRequest" and "objectlock" in str(info.get("Message", "")).lower().replace(" ", ""):
+            return RunbookError(
+                f"{action}: バケット {self.bucket} はオブジェクトロックが有効ではありません",
+                "オブジェクトロック有効のバケットを作る（runbooks/guards.md）か、"
+                "OFFSITE_OBJECT_LOCK を空にする",
+            )
         if code in ("NoSuchKey", "404", "NotFound"):
             return RunbookError(f"{action}: {self.url(key or '')} がありません",
                                 f"invoke offsite-list --env={self.settings.env} で確認")
@@ -269,10 +281,11 @@ class Remote:
         raise RunbookError(f"{self.location} に {wanted} がありません",
                            f"invoke offsite-list --env={self.settings.env} で名前を確認")
 
-    def put_small(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
+    def put_small(self, key: str, data: bytes, metadata: dict[str, str],
+                  extra: dict[str, Any] | None = None) -> None:
         with self.errors("マニフェストのアップロード", key):
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata,
-                                   ContentType="application/octet-stream")
+                                   ContentType="application/octet-stream", **(extra or {}))
 
     def get_small(self, key: str) -> bytes | None:
         if self.head(key) is None:
@@ -289,7 +302,8 @@ class Remote:
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def upload_encrypted(self, path: Path, key: str, recipients: list[Any],
-                         metadata: dict[str, str], console: Console) -> tuple[Digest, int]:
+                         metadata: dict[str, str], console: Console,
+                         extra: dict[str, Any] | None = None) -> tuple[Digest, int]:
         """Encrypt ``path`` in a thread into a pipe that the multipart upload reads."""
         read_fd, write_fd = os.pipe()
         sealed_out = os.fdopen(write_fd, "wb")
@@ -314,7 +328,8 @@ class Remote:
             with self.errors("アップロード", key):
                 self.client.upload_fileobj(
                     stream, self.bucket, key,
-                    ExtraArgs={"Metadata": metadata, "ContentType": "application/octet-stream"},
+                    ExtraArgs={"Metadata": metadata, "ContentType": "application/octet-stream",
+                               **(extra or {})},
                     Config=_transfer_config(path.stat().st_size),
                 )
         finally:
@@ -433,7 +448,7 @@ def _check_remote_separation(settings: Settings) -> None:
 def verified_backup(settings: Settings, file: str | None = None,
                     console: Console | None = None) -> tuple[Path, str]:
     """The backup to send and its sha256: one that ``verify`` passed, unchanged since."""
-    verified = verified_index(worklog.read(settings.worklog_path), settings.env)
+    verified = verified_index(worklog.read_trusted(settings.worklog_path)[0], settings.env)
     if file:
         candidates = [resolve_file(settings, file)]
     else:
@@ -486,25 +501,83 @@ def push_backup(settings: Settings, file: str | None = None,
             entry.details["already_there"] = True
             return _already_there(remote, key, path, sha256, size, existing, console)
         metadata = {META_SHA256: sha256, META_SIZE: str(size), META_ENV: settings.env}
+        local_manifest = catalog.read_manifest(path)
+        pin = pinning.keep_until(local_manifest)
+        if pin:
+            metadata[META_KEEP_UNTIL] = pin.isoformat()
+        lock = lock_arguments(settings, path, local_manifest)
+        if lock:
+            entry.details.update(object_lock=settings.offsite_object_lock,
+                                 retain_until=lock["ObjectLockRetainUntilDate"].isoformat())
         manifest_path = path.with_name(path.name + ".json")
         manifest_key = key[: -len(ARCHIVE_SUFFIX)] + MANIFEST_SUFFIX
         if manifest_path.is_file():
             console.step(f"マニフェストを暗号化してアップロード → {remote.url(manifest_key)}")
             remote.put_small(manifest_key, _encrypt_bytes(manifest_path.read_bytes(), recipients),
-                             metadata)
+                             metadata, lock)
         committed = False
         try:
             console.step(f"暗号化しながらアップロード → {remote.url(key)}")
-            digest, stored = remote.upload_encrypted(path, key, recipients, metadata, console)
+            digest, stored = remote.upload_encrypted(path, key, recipients, metadata, console, lock)
             _check_uploaded(remote, key, path, sha256, digest, stored)
             committed = True
         finally:
             if not committed:
                 _remove_quietly(remote, key, manifest_key if manifest_path.is_file() else None)
         entry.details.update(size=size, stored_size=stored)
+    locked = (f"、{settings.offsite_object_lock} ロック {lock['ObjectLockRetainUntilDate']:%Y-%m-%d} まで"
+              if lock else "")
     console.summary(f"オフサイトへ送信完了: {remote.url(key)} ({human_size(stored)}、"
-                    f"平文 sha256 {sha256[:12]}… を送信後に確認)")
+                    f"平文 sha256 {sha256[:12]}… を送信後に確認{locked})")
     return PushResult(path, remote.url(key), sha256, size, stored)
+
+
+def retain_until(settings: Settings, path: Path, manifest: dict[str, Any] | None,
+                 now: datetime | None = None) -> datetime:
+    """When the object lock of a pushed backup ends (aware, UTC): its pin, else its
+    creation + OFFSITE_RETENTION_DAYS (when offsite-prune would delete it), and at
+    least a day from now."""
+    now = now or datetime.now()
+    parsed = catalog.parse(path)
+    created = parsed.created if parsed else now
+    candidates = [created + timedelta(days=settings.offsite_retention_days), now + timedelta(days=1)]
+    pin = pinning.pinned_until(manifest)
+    if pin:
+        candidates.append(pin)
+    return max(candidates).astimezone(timezone.utc).replace(microsecond=0)
+
+
+def lock_arguments(settings: Settings, path: Path, manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """The put/upload arguments of OFFSITE_OBJECT_LOCK, or {} when it is off."""
+    if not settings.offsite_object_lock:
+        return {}
+    return {"ObjectLockMode": settings.offsite_object_lock.upper(),
+            "ObjectLockRetainUntilDate": retain_until(settings, path, manifest)}
+
+
+def extend_lock(settings: Settings, name: str, until: datetime) -> list[str]:
+    """Extend the object lock of an offsite copy and its manifest to ``until`` (a pin):
+    never shortens, keeps each object's own mode. Returns the URLs extended."""
+    remote = Remote(settings)
+    target = until.astimezone(timezone.utc).replace(microsecond=0)
+    extended = []
+    archive = remote.key_for(name)
+    for key in (archive, archive[: -len(ARCHIVE_SUFFIX)] + MANIFEST_SUFFIX):
+        head = remote.head(key)
+        if head is None:
+            continue
+        current = head.get("ObjectLockRetainUntilDate")
+        if current is not None and current >= target:
+            continue
+        mode = str(head.get("ObjectLockMode") or settings.offsite_object_lock).upper()
+        with remote.errors("保持期限の延長", key):
+            arguments: dict[str, Any] = {"Bucket": remote.bucket, "Key": key,
+                                         "Retention": {"Mode": mode, "RetainUntilDate": target}}
+            if head.get("VersionId"):
+                arguments["VersionId"] = head["VersionId"]
+            remote.client.put_object_retention(**arguments)
+        extended.append(remote.url(key))
+    return extended
 
 
 def _already_there(remote: Remote, key: str, path: Path, sha256: str, size: int,
@@ -706,7 +779,13 @@ def prune_remote(settings: Settings, dry_run: bool = False,
         remote.probe()
         backups = remote.list()
         cutoff = datetime.now() - timedelta(days=settings.offsite_retention_days)
-        doomed = [b for b in backups[:-1] if b.created < cutoff]
+        doomed = []
+        for backup in (b for b in backups[:-1] if b.created < cutoff):
+            reason = protection(settings, remote, backup)
+            if reason:
+                console.summary(f"残します: {remote.url(backup.key)}（{reason}）")
+                continue
+            doomed.append(backup)
         entry.details.update(remote=remote.location, kept=len(backups) - len(doomed))
         for backup in doomed:
             if dry_run:
@@ -718,6 +797,27 @@ def prune_remote(settings: Settings, dry_run: bool = False,
     console.summary(f"オフサイトの保持期間 {settings.offsite_retention_days} 日: {verb} {len(doomed)} 件、"
                     f"残す {len(backups) - len(doomed)} 件（{remote.location}）")
     return doomed
+
+
+def protection(settings: Settings, remote: Remote, backup: RemoteBackup,
+               now: datetime | None = None) -> str | None:
+    """Why an old offsite copy must stay (locked, on legal hold, pinned), or None."""
+    now_aware = (now or datetime.now()).astimezone()
+    head = remote.head(backup.key) or {}
+    until = head.get("ObjectLockRetainUntilDate")
+    if until is not None and until > now_aware:
+        return (f"オブジェクトロック {str(head.get('ObjectLockMode', '')).lower()} "
+                f"{until.astimezone():%Y-%m-%d} まで。削除できないので触りません")
+    if str(head.get("ObjectLockLegalHoldStatus", "")).upper() == "ON":
+        return "リーガルホールド中"
+    today = now_aware.date()
+    metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+    pins = [pinning.keep_until({"keep_until": metadata.get(META_KEEP_UNTIL)}),
+            pinning.keep_until(catalog.read_manifest(settings.backup_dir / backup.name))]
+    pin = max((p for p in pins if p), default=None)
+    if pin and pin >= today:
+        return f"固定 {pin:%Y-%m-%d} まで"
+    return None
 
 
 def _delete_logged(settings: Settings, remote: Remote, backup: RemoteBackup, console: Console) -> None:

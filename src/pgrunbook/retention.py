@@ -9,6 +9,12 @@ Policy, per series (custom dumps, SQL dumps and globals are separate series):
   newest RETENTION_MIN_KEEP valid ones (so a team that never ran verify, or a
   backup job that stopped months ago, still keeps its last good copies).
 
+Issue 12: a *suspect* backup (its content fell sharply or it is of another
+database, see drift.py) is kept while it is recent but never trusted: it never
+counts towards RETENTION_MIN_KEEP nor stands in for a week or a month, and the
+newest trusted backup stays while only suspect ones are newer. A *pinned*
+backup (``keep_until`` in its manifest) is kept until that date, whatever else.
+
 Only files the kit made are candidates at all: the name follows the kit's
 pattern and a manifest names this env and this very file. Anything else
 (hand-made, foreign, renamed) stays untouched. A deletion that would leave a
@@ -21,7 +27,8 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 
 from pgrunbook import catalog, worklog
@@ -56,6 +63,8 @@ class Candidate:
     series: str
     valid: bool
     verified: bool
+    suspect: bool = False
+    pinned_until: datetime | None = None
 
 
 @dataclass
@@ -83,10 +92,11 @@ def _week(created: datetime) -> tuple[int, int]:
 def _decide_series(series: list[Candidate], policy: Policy, now: datetime, decision: Decision) -> None:
     newest_first = list(reversed(series))
     valid = [c for c in newest_first if c.valid]
-    # the representative of a period is its newest valid backup, whatever its age
+    trusted = [c for c in valid if not c.suspect]  # a suspect backup never stands in for others
+    # the representative of a period is its newest trusted backup, whatever its age
     week_of: dict[tuple[int, int], str] = {}
     month_of: dict[tuple[int, int], str] = {}
-    for candidate in valid:
+    for candidate in trusted:
         week_of.setdefault(_week(candidate.created), candidate.name)
         month_of.setdefault((candidate.created.year, candidate.created.month), candidate.name)
     reasons: dict[str, list[str]] = {c.name: [] for c in series}
@@ -101,11 +111,22 @@ def _decide_series(series: list[Candidate], policy: Policy, now: datetime, decis
             kept.append(f"週 {week[0]}-W{week[1]:02d} の代表")
         if age < timedelta(days=policy.monthly_days) and month_of.get(month) == candidate.name:
             kept.append(f"月 {month[0]}-{month[1]:02d} の代表")
-    verified = [c for c in valid if c.verified]
+        if candidate.pinned_until is not None and candidate.pinned_until >= now:
+            kept.append(f"固定（{candidate.pinned_until:%Y-%m-%d} まで）")
+    verified = [c for c in trusted if c.verified]
     for candidate in verified[: policy.min_keep]:
         reasons[candidate.name].append(f"検証済みの最新 {policy.min_keep} 件")
-    for candidate in valid[: policy.min_keep]:
+    for candidate in trusted[: policy.min_keep]:
         reasons[candidate.name].append(f"有効な最新 {policy.min_keep} 件")
+    for last_good in (verified[:1] + trusted[:1]):
+        newer = newest_first[: newest_first.index(last_good)]
+        if any(c.suspect for c in newer) and all(c.suspect for c in newer if c.valid):
+            reasons[last_good.name].append("これより新しいものは疑わしいものだけ")
+    if valid and not trusted:
+        # every valid backup is suspect (nothing to compare with was ever good?):
+        # keep the newest ones until a person looks
+        for candidate in valid[: policy.min_keep]:
+            reasons[candidate.name].append(f"正常なものがないため最新 {policy.min_keep} 件を保持")
     if not valid:
         # nothing checks out (sidecars lost in a copy?): deleting by age could
         # remove every copy there is, so the newest ones stay until a person looks
@@ -137,7 +158,8 @@ def plan(settings: Settings, now: datetime | None = None) -> PrunePlan:
     now = now or datetime.now()
     items = inventory(settings, with_globals=True)
     kit = [i for i in items if i.made_by_kit]
-    candidates = [Candidate(i.name, i.backup.created, series_of(i), i.valid, i.verified) for i in kit]
+    candidates = [Candidate(i.name, i.backup.created, series_of(i), i.valid, i.verified, i.suspect,
+                            _pin_of(i)) for i in kit]
     decision = decide(candidates, Policy.from_settings(settings), now)
     _refuse_losing_the_last_valid(kit, decision)
     return PrunePlan(
@@ -146,6 +168,12 @@ def plan(settings: Settings, now: datetime | None = None) -> PrunePlan:
         foreign=[i.name for i in items if not i.made_by_kit],
         stale_partials=stale_partials(settings, time.time()),
     )
+
+
+def _pin_of(item: Inventoried) -> datetime | None:
+    if not item.keep_until:
+        return None
+    return datetime.combine(date.fromisoformat(item.keep_until), dt_time.max)
 
 
 def _refuse_losing_the_last_valid(kit: list[Inventoried], decision: Decision) -> None:

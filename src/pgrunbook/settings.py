@@ -70,6 +70,10 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "PING_URL": ("", "定期バックアップの死活監視 ping 先（healthchecks.io / Uptime Kuma の URL）"),
     "METRICS_FILE": ("", "Prometheus（node_exporter textfile collector）用メトリクスファイル（.prom）"),
     "NOTIFY_FORMAT": ("generic", "Webhook の形式: generic（JSON）/ slack / teams"),
+    # --- content drift and undeletable offsite copies (issue 12)
+    "DRIFT_MAX_DROP": ("50", "前回より行数がこの % を超えて減ったら疑わしいバックアップにする（100 で無効）"),
+    "DRIFT_MIN_ROWS": ("100", "行数の減少を判定するのは、前回この行数以上あったテーブルだけ"),
+    "OFFSITE_OBJECT_LOCK": ("", "オフサイトのオブジェクトロック: governance / compliance（空: 使わない）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 
@@ -112,6 +116,9 @@ class Settings:
     ping_url: str = field(default="", repr=False)  # its path is the check's secret token
     metrics_file: Path | None = None
     notify_format: str = "generic"
+    drift_max_drop: int = 50
+    drift_min_rows: int = 100
+    offsite_object_lock: str = ""
 
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
@@ -325,6 +332,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
             "RESTORE_JOBS", get("RESTORE_JOBS"), 1),
         **_offsite_values(env, get),
         **_monitoring_values(env, config_dir, get),
+        **_guard_values(get),
     )
     if check_siblings:
         _check_separation(settings)
@@ -433,3 +441,22 @@ def _monitoring_values(env: str, config_dir: Path, get) -> dict[str, object]:
         raise RunbookError(f"NOTIFY_FORMAT={notify_format!r} は使えません",
                            f"{' / '.join(NOTIFY_FORMATS)} のどれかを指定", exit_code=2)
     return {"ping_url": ping, "metrics_file": metrics, "notify_format": notify_format}
+
+
+OBJECT_LOCK_MODES = ("governance", "compliance")
+
+
+def _guard_values(get) -> dict[str, object]:
+    """The keys of issue 12: drift thresholds and the offsite object lock."""
+    lock = get("OFFSITE_OBJECT_LOCK").lower()
+    if lock and lock not in OBJECT_LOCK_MODES:
+        raise RunbookError(f"OFFSITE_OBJECT_LOCK={lock!r} が不正です",
+                           "governance か compliance（使わないなら空）", exit_code=2)
+    drop = _integer("DRIFT_MAX_DROP", get("DRIFT_MAX_DROP"), 1)
+    if drop > 100:
+        raise RunbookError(f"DRIFT_MAX_DROP={drop} は 1〜100 で指定してください", exit_code=2)
+    return {
+        "drift_max_drop": drop,
+        "drift_min_rows": _integer("DRIFT_MIN_ROWS", get("DRIFT_MIN_ROWS"), 0),
+        "offsite_object_lock": lock,
+    }
