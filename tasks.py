@@ -135,14 +135,15 @@ RESTORE_HELP = {
 }
 
 
-def _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes=False):
+def _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes=False,
+                     accept_shrink=False):
     chosen = "restorer" if no_owner else (ownership or "auto")
     if chosen not in restore_module.OWNERSHIP:
         raise Exit(f"エラー: --ownership={chosen} は使えません → {' / '.join(restore_module.OWNERSHIP)}",
                    code=2)
     return restore_module.RestoreOptions(
         ownership=chosen, no_acl=no_acl, jobs=int(jobs) if jobs else None,
-        accept_privilege_changes=accept_privilege_changes,
+        accept_privilege_changes=accept_privilege_changes, accept_shrink=accept_shrink,
     )
 
 
@@ -178,17 +179,21 @@ def restore_scratch(c, env=None, file=None, db=None, replace=False, ownership=No
         "approved_by": "他の環境のバックアップを保護環境に戻すときの承認者名（作業ログに記録）",
         "accept_privilege_changes": "置き換えでアプリから見える所有者・権限が変わることを承知で進める"
                                     "（作業ログに記録）",
+        "accept_shrink": "戻すデータが現在の DB より大幅に少ない（テーブルの消失・行数の急減）ことを"
+                         "承知で進める（端末なしで必要。作業ログに記録）",
         **RESTORE_HELP,
     },
 )
 def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, ownership=None,
-                    no_owner=False, no_acl=False, jobs=None, accept_privilege_changes=False):
+                    no_owner=False, no_acl=False, jobs=None, accept_privilege_changes=False,
+                    accept_shrink=False):
     """A. 既存 DB を置き換える（別 DB に復元・確認してから名前を切り替え、以前の DB は保管）。"""
     settings, console = settings_for(ROOT, env)
     result = guarded(
         lambda: restore_module.restore_replace(
             settings, file, confirm, approved_by,
-            _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes), console
+            _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes, accept_shrink),
+            console
         ),
         console,
     )

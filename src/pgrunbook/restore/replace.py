@@ -16,21 +16,28 @@ journal.py, records each step before it starts; restore-recover repairs):
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pgrunbook import faults, journal
+from pgrunbook import drift, faults, journal
 from pgrunbook.console import Console
 from pgrunbook.container import Container
 from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import DatabaseFacts, Postgres, ServerFacts, quote_ident
+from pgrunbook.postgres import USER_TABLES_FROM, DatabaseFacts, Postgres, ServerFacts, quote_ident
 from pgrunbook.restore import privileges
 from pgrunbook.restore.appcheck import apply_masking, run_post_restore_command
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.checks import DatabaseSummary, compare_with_manifest, summarize_database
 from pgrunbook.restore.databases import cleanup_step, create_database, drop_kit_database, kit_name, mark_text
-from pgrunbook.restore.guards import check_versions, confirm, guard_environment, preflight_replace
+from pgrunbook.restore.guards import (
+    ask_on_stderr,
+    check_versions,
+    confirm,
+    guard_environment,
+    preflight_replace,
+)
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import RestoreOptions, restore_into
 from pgrunbook.restore.swap import database_level_statements, swap_committed, swap_databases
@@ -114,8 +121,16 @@ def restore_replace(
         entry.details["engine"] = engine
         ownership = options.resolved_ownership(source, replace=True)
         entry.details["ownership"] = ownership
+        shrink = shrink_findings(pg, settings, source)
+        extra = [f"  所有者     : {OWNERSHIP_TEXT[ownership]}"]
+        if shrink:
+            entry.details["shrink"] = shrink[:20]
+            extra += ["  注意: 戻すデータは現在の DB より大幅に少なくなります（現在の DB → 戻すアーカイブ）:"]
+            extra += [f"    {line}" for line in shrink[:10]]
         confirm(settings, source, confirm_env, "既存 DB を置き換えます（DROP はしません）", console, ask,
-                engine=engine, extra_lines=[f"  所有者     : {OWNERSHIP_TEXT[ownership]}"])
+                engine=engine, extra_lines=extra)
+        if shrink:
+            confirm_shrink(settings, options, confirm_env, console, ask)
         run = Replace(settings, pg, facts, source, options, personal, apps, console, entry)
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-replace"):
@@ -128,6 +143,34 @@ def restore_replace(
                 raise
             run.record.finish()
         return result
+
+
+def shrink_findings(pg: Postgres, settings: Settings, source: Source) -> list[str]:
+    """The archive against the live database, by the drift check's thresholds:
+    missing tables, per-table and total drops, a nearly empty archive. The live
+    side uses the server's own estimates (no count(*) of a large database)."""
+    incoming = source.table_counts()
+    if not incoming:
+        return []
+    rows = pg.query("SELECT n.nspname, c.relname, greatest(c.reltuples::bigint, "
+                    "pg_stat_get_live_tuples(c.oid), 0)" + USER_TABLES_FROM, settings.db_name)
+    live = {f"{schema}.{name}": int(count) for schema, name, count in rows}
+    return drift.describe(drift.compare(live, incoming, drift.Thresholds.from_settings(settings)))
+
+
+def confirm_shrink(settings: Settings, options: RestoreOptions, confirm_env: str | None,
+                   console: Console, ask: Callable[[str], str] | None) -> None:
+    """A second, explicit yes for data that is far smaller than the live database's."""
+    if options.accept_shrink:
+        console.warn("戻すデータが大幅に少ないことを --accept-shrink で承知のうえ進めます（作業ログに記録）")
+        return
+    if confirm_env is None and (ask is not None or sys.stdin.isatty()):
+        typed = (ask or ask_on_stderr)("データが減ることを承知で続けるなら「減ってよい」と入力してください: ")
+        if typed.strip() == "減ってよい":
+            return
+    raise Refused("戻すデータは現在の DB より大幅に少なくなります（上の一覧。何も変更していません）",
+                  "ファイルが正しいか invoke verify と restore-scratch で確かめ、"
+                  "意図したものなら --accept-shrink を付けて再実行（作業ログに記録）")
 
 
 OWNERSHIP_TEXT = {

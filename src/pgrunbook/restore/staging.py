@@ -37,6 +37,7 @@ class RestoreOptions:
     no_acl: bool = False
     jobs: int | None = None
     accept_privilege_changes: bool = False
+    accept_shrink: bool = False  # restore-replace: data far smaller than the live DB's is intended
 
     def archive_has_owners(self, source: Source) -> bool:
         return not (source.manifest or {}).get("options", {}).get("no_owner")
