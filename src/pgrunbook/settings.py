@@ -65,6 +65,10 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "OFFSITE_ENDPOINT_URL": ("", "S3 互換エンドポイント（空: AWS S3。MinIO・GCS などは URL）"),
     "OFFSITE_AGE_RECIPIENTS": ("", "暗号化の宛先 age 公開鍵（age1…、カンマ区切り）"),
     "OFFSITE_RETENTION_DAYS": ("90", "オフサイトコピーを残す日数（最新の 1 つは常に残す）"),
+    # --- point-in-time recovery with pgBackRest (issue 15)
+    "PITR_STANZA": ("", "pgBackRest のスタンザ名（空: PITR を使わない）"),
+    "PITR_REPO_PATH": ("/var/lib/pgbackrest", "DB コンテナ内で pgBackRest のリポジトリ（ボリューム）がある場所"),
+    "PITR_SCRATCH_NETWORK": ("none", "PITR の検証用コンテナのネットワーク（none: なし）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 
@@ -103,6 +107,9 @@ class Settings:
     offsite_endpoint_url: str = ""
     offsite_age_recipients: tuple[str, ...] = ()
     offsite_retention_days: int = 90
+    pitr_stanza: str = ""
+    pitr_repo_path: str = "/var/lib/pgbackrest"
+    pitr_scratch_network: str = "none"
 
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
@@ -313,6 +320,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         sandbox_image=get("SANDBOX_IMAGE"),
         db_password=password or None,
         **_offsite_values(env, get),
+        **_pitr_values(get),
     )
     if check_siblings:
         _check_separation(settings)
@@ -394,4 +402,29 @@ def _offsite_values(env: str, get) -> dict[str, object]:
         "offsite_endpoint_url": endpoint,
         "offsite_age_recipients": recipients,
         "offsite_retention_days": _integer("OFFSITE_RETENTION_DAYS", get("OFFSITE_RETENTION_DAYS"), 1),
+    }
+
+
+STANZA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CONTAINER_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+/?$")
+
+
+def _pitr_values(get) -> dict[str, object]:
+    """The PITR_* keys (issue 15): pgBackRest's stanza, its repository, the scratch network."""
+    stanza = get("PITR_STANZA")
+    if stanza and not STANZA_NAME.match(stanza):
+        raise RunbookError(f"PITR_STANZA={stanza!r} はスタンザ名として不正です",
+                           "英数字と _ - . の 64 文字まで（pgbackrest.conf の [セクション名]）", 2)
+    repo_path = get("PITR_REPO_PATH")
+    if not CONTAINER_PATH.match(repo_path) or ".." in repo_path.split("/"):
+        raise RunbookError(f"PITR_REPO_PATH={repo_path!r} はコンテナ内の絶対パスではありません",
+                           "例: /var/lib/pgbackrest（pgbackrest.conf の repo1-path）", 2)
+    network = get("PITR_SCRATCH_NETWORK")
+    if not CONTAINER_NAME.match(network):
+        raise RunbookError(f"PITR_SCRATCH_NETWORK={network!r} が不正です",
+                           "none（ネットワークなし）か Docker のネットワーク名", 2)
+    return {
+        "pitr_stanza": stanza,
+        "pitr_repo_path": repo_path.rstrip("/"),
+        "pitr_scratch_network": network,
     }
