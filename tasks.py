@@ -537,7 +537,8 @@ def pitr_status(c, env=None, max_age="15m", backup_max_age="8d"):
     name="pitr-restore-scratch",
     help={
         "env": ENV_HELP,
-        "target_time": "戻す時刻（必須）。例: '2026-01-28 10:15:00'（この端末の時刻帯）、'2026-01-28T01:15:00Z'",
+        "target_time": "戻す時刻（必須）。例: '2026-01-28 10:15:00'（この端末の時刻帯）、"
+                       "'2026-01-28T01:15:00Z'",
         "dry_run": "何もせず、同じことを手で行うコマンドを表示する",
     },
 )
@@ -564,7 +565,7 @@ def pitr_restore_scratch(c, env=None, target_time=None, dry_run=False):
     },
 )
 def pitr_drill(c, env=None, minutes=5.0, target_time=None, dry_run=False):
-    """訓練: N 分前の状態を別コンテナに戻し、本番とテーブルごとの行数を比べ、かかった時間を記録して削除する。"""
+    """訓練: N 分前の状態を別コンテナに戻し、本番と行数を比べ、かかった時間を記録して削除する。"""
     settings, console = settings_for(ROOT, env)
     result = guarded(
         lambda: pitr_module.pitr_drill(settings, float(minutes), target_time, dry_run, console), console

@@ -158,8 +158,9 @@ def server_time(container) -> str:
 
 def test_setup_refuses_without_archive_mode_and_says_what_to_set(cli, pg):
     """The kit's ordinary test server (no archiving, no pgBackRest): nothing is done."""
+    notified = cli.home / "notified.json"
     with open(cli.home / ".env.prod", "a", encoding="utf-8") as handle:
-        handle.write(f"PITR_STANZA={STANZA}\n")
+        handle.write(f"PITR_STANZA={STANZA}\nNOTIFY_COMMAND=tee {notified}\n")
     done = cli("pitr-setup", "--env=prod")
     assert done.returncode == 1
     error = done.stderr.strip().splitlines()[-1]
@@ -167,6 +168,8 @@ def test_setup_refuses_without_archive_mode_and_says_what_to_set(cli, pg):
     assert f"-c archive_mode=on -c 'archive_command=pgbackrest --stanza={STANZA} archive-push %p'" in error
     record = json.loads((cli.backup_dir("prod") / "worklog.jsonl").read_text().splitlines()[-1])
     assert record["task"] == "pitr-setup" and record["result"] == "refused"
+    message = json.loads(notified.read_text(encoding="utf-8"))
+    assert message["task"] == "pitr-setup" and "archive_mode=off" in message["summary"]
 
 
 def test_without_stanza_or_with_a_bad_type_nothing_runs(tmp_path):
@@ -231,6 +234,15 @@ def test_restore_to_a_time_keeps_exactly_the_rows_before_it(engine, home, live, 
     assert refused.returncode == 1 and "PITR 検証用ではありません" in refused.stderr
     live.reload()
     assert live.status == "running"
+
+
+def test_a_target_before_the_oldest_backup_leaves_nothing_behind(engine, home, live, backed_up):
+    done = home("pitr-restore-scratch", "--env=prod", "--target-time=2020-01-01T00:00:00Z")
+    assert done.returncode == 2, done.stderr
+    assert "いちばん古いベースバックアップ" in done.stderr.strip().splitlines()[-1]
+    assert not engine.containers.list(all=True, filters={"label": f"pgrunbook.pitr-source={live.name}"})
+    assert not engine.volumes.list(filters={"label": f"pgrunbook.pitr-source={live.name}"})
+    assert worklog(home)[-1]["result"] == "failed"
 
 
 def test_status_is_ok_after_setup_and_backup(home, live, backed_up):

@@ -66,6 +66,22 @@ COPIED_OPTION_DROPPED = re.compile(r"^(archive_mode|archive_command|archive_libr
 PGBACKREST_ERROR = re.compile(r"ERROR: \[(\d+)\]: (.+)")
 
 
+def pgbackrest_error(text: str) -> str | None:
+    """The last ``ERROR: [NNN]: ...`` of pgBackRest's output as one line, with the
+    first continuation line when the message ends in a colon (the reason)."""
+    lines = text.splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        match = PGBACKREST_ERROR.search(lines[index])
+        if not match:
+            continue
+        message = match.group(2).strip()
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if message.endswith(":") and following.startswith((" ", "\t")):
+            message = f"{message} {following.strip()}"
+        return f"[{match.group(1)}] {message}"[:300]
+    return None
+
+
 # --- settings and hand commands ------------------------------------------------
 
 
@@ -96,8 +112,9 @@ def _pgbackrest_line(settings: Settings, *args: str) -> str:
 
 def _psql_line(settings: Settings, sql: str, database: str = "postgres") -> str:
     password = " -e PGPASSWORD" if settings.db_password else ""
+    quoted = f'"{sql}"' if not any(ch in sql for ch in '"$`\\!') else shlex.quote(sql)
     return (f"docker exec{password} {shlex.quote(settings.db_container)} psql -X "
-            f"-U {shlex.quote(settings.db_user)} -d {shlex.quote(database)} -Atc {shlex.quote(sql)}")
+            f"-U {shlex.quote(settings.db_user)} -d {shlex.quote(database)} -Atc {quoted}")
 
 
 ARCHIVE_SETTINGS_SQL = ("SELECT name, setting FROM pg_settings WHERE name IN "
@@ -132,7 +149,8 @@ def restore_commands(settings: Settings, target: str, scratch: str) -> list[str]
     repo = settings.pitr_repo_path
     volume = f"{scratch}-data"
     mounts = f"-v {volume}:{data} -v \"$REPO\":{repo}:ro"
-    run = f"docker run --rm --network {settings.pitr_scratch_network} {mounts} -e PGBACKREST_REPO1_CIPHER_PASS"
+    network = settings.pitr_scratch_network
+    run = f"docker run --rm --network {network} {mounts} -e PGBACKREST_REPO1_CIPHER_PASS"
     restore = shlex.join([
         "pgbackrest", f"--stanza={stanza}", f"--pg1-path={data}", "--type=time",
         f"--target={target}", "--target-action=promote", "--archive-mode=off", "restore",
@@ -170,10 +188,9 @@ class Output:
     text: str
 
     def error_line(self) -> str:
-        found = PGBACKREST_ERROR.findall(self.text)
+        found = pgbackrest_error(self.text)
         if found:
-            code, message = found[-1]
-            return f"[{code}] {message.strip()}"
+            return found
         lines = [line.strip() for line in self.text.splitlines() if line.strip()]
         return lines[-1] if lines else f"終了コード {self.exit_code}"
 
@@ -276,24 +293,29 @@ def check_archiving(found: ArchiveSettings, stanza: str, console: Console | None
     if found.wal_level == "minimal":
         raise Refused(
             "wal_level=minimal では WAL をアーカイブできません",
-            f"DB コンテナを -c wal_level=replica {options} で起動し直す（examples/pitr/compose.yaml の command）",
+            f"DB コンテナを -c wal_level=replica {options} で起動し直す"
+            "（examples/pitr/compose.yaml の command）",
         )
     if found.archive_mode not in ("on", "always"):
         raise Refused(
-            f"archive_mode={found.archive_mode} です（WAL をアーカイブしていないので、ある時点へは戻せません）",
+            f"archive_mode={found.archive_mode} です"
+            "（WAL をアーカイブしていないので、ある時点へは戻せません）",
             f"DB コンテナを {options} で起動し直す（archive_mode は再起動が必要。"
             "examples/pitr/compose.yaml の command）",
         )
     if found.archive_command is None:
         if console:
-            console.warn("archive_command を読めません（pg_read_all_settings がない）: 確認は pgbackrest check に任せます")
+            console.warn("archive_command を読めません（pg_read_all_settings がない）: "
+                         "確認は pgbackrest check に任せます")
         return
     words = found.archive_command.split()
     if "pgbackrest" not in " ".join(words) or f"--stanza={stanza}" not in words \
             or "archive-push" not in words:
         raise Refused(
-            f"archive_command={found.archive_command!r} は pgBackRest のスタンザ {stanza} に WAL を送っていません",
-            f"-c 'archive_command={expected}' にして DB コンテナを起動し直す（または ALTER SYSTEM と再読み込み）",
+            f"archive_command={found.archive_command!r} は pgBackRest のスタンザ {stanza} に"
+            " WAL を送っていません",
+            f"-c 'archive_command={expected}' にして DB コンテナを起動し直す"
+            "（または ALTER SYSTEM と再読み込み）",
         )
 
 
@@ -466,18 +488,21 @@ def status_label(env: str, stanza: str) -> str:
     return f"env={env} stanza={stanza or '-'}"
 
 
-def archiving_failure(env: str, stanza: str, state: ArchiverState, reason: str | None = None) -> Status | None:
+def archiving_failure(env: str, stanza: str, state: ArchiverState,
+                      reason: str | None = None) -> Status | None:
     """The errors pg_stat_archiver shows on its own (pure): archiving off, failing, never done."""
     label = status_label(env, stanza)
     if state.archive_mode not in ("on", "always"):
-        return Status(2, f"CRITICAL {label}: archive_mode={state.archive_mode}（WAL をアーカイブしていません）"
+        return Status(2, f"CRITICAL {label}: archive_mode={state.archive_mode}"
+                         "（WAL をアーカイブしていません）"
                          f" → invoke pitr-setup --env={env} の案内どおりに設定")
     failing = state.last_failed_time is not None and (
         state.last_archived_time is None or state.last_failed_time > state.last_archived_time)
     if failing:
         why = f": {reason}" if reason else ""
+        since = describe_age(state.now - state.last_failed_time)
         return Status(2, f"CRITICAL {label}: WAL {state.last_failed_wal} のアーカイブが失敗しています"
-                         f"（失敗 {state.failed_count} 回、最後 {describe_age(state.now - state.last_failed_time)}前）"
+                         f"（失敗 {state.failed_count} 回、最後 {since}前）"
                          f"{why} → archive_command とリポジトリ（pgbackrest.conf の repo1-*）を確認し、"
                          f"docker logs で pgBackRest の ERROR を見る")
     if state.last_archived_wal is None or state.last_archived_time is None:
@@ -520,11 +545,8 @@ def last_pgbackrest_error(container: Container, redact) -> str | None:
         logs = container.model.logs(tail=400).decode("utf-8", "replace")
     except Exception:  # noqa: BLE001 - only an explanation
         return None
-    found = PGBACKREST_ERROR.findall(logs)
-    if not found:
-        return None
-    code, message = found[-1]
-    return redact(f"ERROR [{code}] {message.strip()}")[:300]
+    found = pgbackrest_error(logs)
+    return redact(f"ERROR {found}") if found else None
 
 
 def pitr_status(settings: Settings, max_age: timedelta, backup_max_age: timedelta,
@@ -677,7 +699,8 @@ class ScratchBuilder:
         copied = []
         for mount in live.attrs.get("Mounts") or []:
             destination = mount.get("Destination", "")
-            holds_data = data_directory == destination or data_directory.startswith(destination.rstrip("/") + "/")
+            holds_data = data_directory == destination or data_directory.startswith(
+                destination.rstrip("/") + "/")
             if holds_data:
                 data_target = destination
                 continue
@@ -799,8 +822,8 @@ def restore_scratch(settings: Settings, target: datetime, console: Console, task
         console.warn(f"コンテナ {settings.db_container} は停止中です: リポジトリにある WAL の範囲で戻します")
     now = server_now or datetime.now(timezone.utc)
     if target > now:
-        raise RunbookError(f"対象時刻 {target_literal(target)} は未来です（サーバーの現在 {target_literal(now)}）",
-                           "過去の時刻を指定", exit_code=2)
+        raise RunbookError(f"対象時刻 {target_literal(target)} は未来です"
+                           f"（サーバーの現在 {target_literal(now)}）", "過去の時刻を指定", exit_code=2)
     name = builder.free_name(datetime.now())
     scratch = Scratch(name, f"{name}-data", target)
     if entry is not None:
@@ -838,7 +861,7 @@ def restore_scratch(settings: Settings, target: datetime, console: Console, task
             f"--pg1-path={data_directory}", "--type=time", f"--target={target_literal(target)}",
             "--target-action=promote", "--archive-mode=off", "restore",
         ], console, "restore")
-        scratch.backup_set = output.value(r"restore backup set (\S+?),") or output.value(r"restore backup set (\S+)")
+        scratch.backup_set = output.value(r"restore backup set ([^\s,]+)")
         scratch.restore_seconds = time.monotonic() - started
         builder.remove_container(helper)
         console.step("PostgreSQL を起動して対象時刻まで WAL を適用（archive_mode=off）")
@@ -871,8 +894,8 @@ def pitr_restore_scratch(settings: Settings, target_text: str | None, dry_run: b
         return restore_commands(settings, target_literal(target),
                                 f"{settings.db_container}-pitr-{datetime.now():%Y%m%d-%H%M%S}")
     entry = _entry(settings, "pitr-restore-scratch")
-    with worklog.recorded(settings.worklog_path, entry, console.redact), \
-            exclusive_lock(settings.backup_dir, settings.db_container, "pitr-restore", "pitr-restore-scratch"):
+    with worklog.recorded(settings.worklog_path, entry, console.redact), exclusive_lock(
+            settings.backup_dir, settings.db_container, "pitr-restore", "pitr-restore-scratch"):
         scratch = restore_scratch(settings, target, console, "pitr-restore-scratch", entry=entry)
         entry.file = scratch.name
     console.summary(f"{target_literal(target)} の時点を {scratch.name} に戻しました。確認後に "
@@ -893,7 +916,8 @@ def drop_scratch(settings: Settings, name: str | None, console: Console) -> None
         raise RunbookError(f"コンテナ {name!r} はありません",
                            f"docker ps -a --filter label={SCRATCH_LABEL}={settings.env} で一覧") from None
     if (model.labels or {}).get(SCRATCH_LABEL) != settings.env:
-        raise Refused(f"コンテナ {name} はこの環境（{settings.env}）の PITR 検証用ではありません（削除しません）",
+        raise Refused(f"コンテナ {name} はこの環境（{settings.env}）の PITR 検証用ではありません"
+                      "（削除しません）",
                       f"docker ps -a --filter label={SCRATCH_LABEL}={settings.env} で一覧")
     entry = _entry(settings, "pitr-scratch-drop")
     entry.file = name
@@ -940,7 +964,8 @@ class TableCheck:
                 f"{cell(self.live_as_of)}\t{words[self.verdict]}")
 
 
-def compare_tables(restored: list[TableCount], live: list[tuple[str, str, int, int | None]]) -> list[TableCheck]:
+def compare_tables(restored: list[TableCount],
+                   live: list[tuple[str, str, int, int | None]]) -> list[TableCheck]:
     """Restored counts against the live database (pure).
 
     ``live``: (schema, table, rows now, rows whose current version committed at
@@ -1023,7 +1048,8 @@ def pitr_drill(settings: Settings, minutes: float, target_text: str | None, dry_
         finally:
             _remove_scratch(builder_client, scratch)
         entry.details.update(total_seconds=round(time.monotonic() - started, 1),
-                             tables=len(result.checks), lost_tables=[f"{c.schema}.{c.name}" for c in result.lost],
+                             tables=len(result.checks),
+                             lost_tables=[f"{c.schema}.{c.name}" for c in result.lost],
                              commit_times=with_commit_times)
         for line in scratch.report_lines(settings.db_name)[:5]:
             console.summary(line)
@@ -1033,11 +1059,13 @@ def pitr_drill(settings: Settings, minutes: float, target_text: str | None, dry_
             names = ", ".join(f"{c.schema}.{c.name}" for c in result.lost)
             raise RunbookError(
                 f"訓練: 対象時刻までにコミットされた行が復元先で足りません（{names}）",
-                "WAL の欠け（pitr-status）・対象時刻より後の名前変更や TRUNCATE を確認し、pgBackRest の出力を保存して報告")
+                "WAL の欠け（pitr-status）を確認し、出力と作業ログを保存して報告")
         if not with_commit_times:
-            console.warn("track_commit_timestamp=off: 対象時刻の行数は本番側で数えられないため、現在の行数だけを並べました")
-    console.summary(f"訓練 OK: {target_literal(target)} の時点を {scratch.restore_seconds + scratch.recovery_seconds:.1f} 秒で"
-                    f"復元し（テーブル {len(result.checks)} 個、行の欠落なし）、検証用コンテナは削除しました")
+            console.warn("track_commit_timestamp=off: 対象時刻の行数は本番側で数えられないため、"
+                         "現在の行数だけを並べました")
+    seconds = scratch.restore_seconds + scratch.recovery_seconds
+    console.summary(f"訓練 OK: {target_literal(target)} の時点を {seconds:.1f} 秒で復元し"
+                    f"（テーブル {len(result.checks)} 個、行の欠落なし）、検証用コンテナは削除しました")
     return result
 
 

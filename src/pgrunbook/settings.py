@@ -67,7 +67,7 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "OFFSITE_RETENTION_DAYS": ("90", "オフサイトコピーを残す日数（最新の 1 つは常に残す）"),
     # --- point-in-time recovery with pgBackRest (issue 15)
     "PITR_STANZA": ("", "pgBackRest のスタンザ名（空: PITR を使わない）"),
-    "PITR_REPO_PATH": ("/var/lib/pgbackrest", "DB コンテナ内で pgBackRest のリポジトリ（ボリューム）がある場所"),
+    "PITR_REPO_PATH": ("/var/lib/pgbackrest", "DB コンテナ内のリポジトリ（ボリューム）の場所"),
     "PITR_SCRATCH_NETWORK": ("none", "PITR の検証用コンテナのネットワーク（none: なし）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
