@@ -58,6 +58,8 @@ BACKUP_TYPES = ("full", "diff")
 SCRATCH_LABEL = "pgrunbook.pitr-scratch"  # value: the env
 SOURCE_LABEL = "pgrunbook.pitr-source"  # value: the live container's name
 DEFAULT_DATA_DIRECTORY = "/var/lib/postgresql/data"
+# never shared with a copy: the copy's server would meet the live one's socket
+SOCKET_DIRECTORIES = ("/var/run/postgresql", "/run/postgresql", "/tmp")
 RECOVERY_LIMIT_SECONDS = 6 * 3600
 # options of the live server that must not reach a restored copy: it would
 # archive into the live stanza or recover again
@@ -642,6 +644,7 @@ class Scratch:
     recovery_seconds: float = 0.0
     counts: list[TableCount] = field(default_factory=list)
     database_found: bool = True
+    databases: list[str] = field(default_factory=list)
 
     def report_lines(self, database: str) -> list[str]:
         lines = [
@@ -653,6 +656,8 @@ class Scratch:
             lines.append(f"リカバリの停止: {self.stop_line}")
         if self.last_transaction:
             lines.append(f"最後に反映したトランザクション: {self.last_transaction}")
+        if self.databases:
+            lines.append(f"データベース: {', '.join(self.databases)}")
         if not self.database_found:
             lines.append(f"DB {database} はこの時点にはありません")
         else:
@@ -692,7 +697,8 @@ class ScratchBuilder:
         return name
 
     def mounts(self, live, data_directory: str) -> tuple[list[Any], str]:
-        """The live mounts read-only, except the data directory's: a new volume there."""
+        """The live mounts read-only (the repository, pgbackrest.conf, a postgresql.conf),
+        except the data directory's (a new volume there) and socket directories."""
         from docker.types import Mount
 
         data_target = data_directory
@@ -703,6 +709,8 @@ class ScratchBuilder:
                 destination.rstrip("/") + "/")
             if holds_data:
                 data_target = destination
+                continue
+            if destination.rstrip("/") in SOCKET_DIRECTORIES:
                 continue
             if mount.get("Type") == "volume":
                 copied.append(Mount(destination, mount["Name"], type="volume", read_only=True))
@@ -872,7 +880,8 @@ def restore_scratch(settings: Settings, target: datetime, console: Console, task
         scratch.recovery_seconds = time.monotonic() - started
         scratch.stop_line, scratch.last_transaction = _recovery_lines(
             model.logs().decode("utf-8", "replace"))
-        scratch.database_found = copy.database_exists(settings.db_name)
+        scratch.databases = copy.databases()
+        scratch.database_found = settings.db_name in scratch.databases
         if scratch.database_found:
             scratch.counts = [TableCount(row[0], row[1], int(row[2]))
                               for row in copy.query(TABLE_ROW_COUNTS, settings.db_name)]
