@@ -43,7 +43,6 @@ from pgrunbook.console import Console
 from pgrunbook.container import Container, ExecResult, engine
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import (
-    EXACT_ROWS,
     TABLE_ROW_COUNTS,
     USER_TABLES_FROM,
     Postgres,
@@ -999,11 +998,15 @@ def live_counts_as_of(pg: Postgres, target: datetime,
     a row older than the tracking)."""
     as_of = "NULL::bigint"
     if with_commit_times:
-        # the server's format(%I, %L) quotes the names and the time
-        as_of = f"""(xpath('/row/c/text()', query_to_xml(format(
-    'SELECT count(*) AS c FROM %I.%I WHERE coalesce(pg_xact_commit_timestamp(xmin) <= %L::timestamptz, true)',
-    n.nspname, c.relname, {quote_literal(target_literal(target))}), false, true, '')))[1]::text::bigint"""
-    sql = f"SELECT n.nspname, c.relname, {EXACT_ROWS}, {as_of} {USER_TABLES_FROM} ORDER BY 1, 2"
+        as_of = ("count(*) FILTER (WHERE coalesce(pg_xact_commit_timestamp(xmin) <= "
+                 f"{quote_literal(target_literal(target))}::timestamptz, true))")
+    # one scan per table for both counts; format(%I) quotes the names
+    counted = f"""query_to_xml(format(
+    'SELECT count(*) AS c, %s AS a FROM %I.%I', {quote_literal(as_of)}, n.nspname, c.relname),
+    false, true, '')"""
+    sql = f"""SELECT nspname, relname, (xpath('/row/c/text()', x))[1]::text::bigint,
+       (xpath('/row/a/text()', x))[1]::text::bigint
+FROM (SELECT n.nspname, c.relname, {counted} AS x {USER_TABLES_FROM}) AS t ORDER BY 1, 2"""
     rows = pg.query(sql)
     return [(r[0], r[1], int(r[2]), None if r[3] in ("", None) else int(r[3])) for r in rows]
 
