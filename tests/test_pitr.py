@@ -291,3 +291,29 @@ def test_status_fails_clearly_when_archiving_is_broken(engine, pitr_image, tmp_p
         assert CIPHER_PASS not in done.stdout + done.stderr
     finally:
         remove_with_volumes(engine, container)
+
+
+def test_a_hole_in_the_archived_wal_fails_clearly_and_leaves_nothing(engine, home, live, backed_up):
+    """A WAL segment lost from the repository (after the newest base backup): the
+    copy cannot reach the target. Last in this file: it damages the repository."""
+    segment = psql(live, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    psql(live, "CREATE TABLE hole (id int)")
+    psql(live, "INSERT INTO hole VALUES (1)")
+    psql(live, "SELECT pg_switch_wal()")
+    wait_for(lambda: psql(live, "SELECT last_archived_wal FROM pg_stat_archiver") >= segment,
+             "the segment to be archived", 60)
+    time.sleep(1)
+    target = server_time(live)
+    psql(live, "INSERT INTO hole VALUES (2)")
+    code, output = exec_in(live, ["find", "/var/lib/pgbackrest/archive", "-name", f"{segment}-*",
+                                  "-print", "-delete"], user="postgres")
+    assert code == 0 and segment in output, output
+
+    done = home("pitr-restore-scratch", "--env=prod", f"--target-time={target}")
+    assert done.returncode == 1, done.stdout + done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("エラー: 検証用コンテナで PostgreSQL のリカバリが失敗しました: "), error
+    assert "recovery target" in error and "→ リポジトリの WAL が対象時刻まで届いていません" in error, error
+    assert not engine.containers.list(all=True, filters={"label": f"pgrunbook.pitr-source={live.name}"})
+    assert not engine.volumes.list(filters={"label": f"pgrunbook.pitr-source={live.name}"})
+    assert worklog(home)[-1]["result"] == "failed"
