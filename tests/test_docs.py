@@ -286,3 +286,19 @@ def test_search_works_from_a_file_server(site):
     polyfills = re.findall(r'<script src="(assets/javascripts/(?:iframe-worker|search-ja)\.js)"', index)
     assert polyfills == ["assets/javascripts/iframe-worker.js", "assets/javascripts/search-ja.js"]
     assert "unpkg" not in index
+
+
+def test_pitr_page_embeds_the_files_the_tests_run_and_the_hand_commands(site):
+    """runbooks/pitr.md shows examples/pitr/* verbatim (tests/test_pitr.py builds and runs
+    the same files) and the pitr tasks' own hand commands."""
+    from pgrunbook import pitr
+
+    text = page_text(site / "pitr.html")  # highlighted code: the text without its tags
+    for name in ("compose.yaml", "Dockerfile", "pgbackrest.conf"):
+        content = (ROOT / "examples" / "pitr" / name).read_text(encoding="utf-8").rstrip("\n")
+        assert content in text, name
+    example = docs.Example(docs.example_settings(ROOT / ".env.example"))
+    for lines in pitr.manual_steps(example.settings).values():
+        for line in lines():
+            assert line in text, line
+    assert "pg_dump を卒業するとき" in page_text(site / "index.html")

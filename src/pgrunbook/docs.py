@@ -44,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import catalog, manual, original, restore
+from pgrunbook import catalog, manual, original, pitr, restore
 from pgrunbook.errors import RunbookError
 from pgrunbook.settings import KEYS, Settings, load_settings
 
@@ -54,7 +54,10 @@ MARKER = re.compile(
 )
 EXAMPLE_ENV = "prod"
 EXAMPLE_WHEN = datetime(2026, 1, 28, 2, 0, 0)  # the runbook's own example date
-EMBEDDABLE = {".env.example": "text", "crontab.example": "text"}
+EMBEDDABLE = {".env.example": "text", "crontab.example": "text",
+              # the PITR set-up the tests build and run (runbooks/pitr.md)
+              "examples/pitr/compose.yaml": "yaml", "examples/pitr/Dockerfile": "dockerfile",
+              "examples/pitr/pgbackrest.conf": "ini"}
 ORIGINAL_PAGE = "original.md"  # the page that shows the team's runbook whole
 
 
@@ -142,6 +145,7 @@ def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
             s, example.archive("custom"), example.restore_test
         ),
         "check": lambda: manual.table_summary_commands(s, s.db_name),
+        **pitr.manual_steps(s),
     }
 
 

@@ -74,6 +74,10 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "DRIFT_MAX_DROP": ("50", "前回より行数がこの % を超えて減ったら疑わしいバックアップにする（100 で無効）"),
     "DRIFT_MIN_ROWS": ("100", "行数の減少を判定するのは、前回この行数以上あったテーブルだけ"),
     "OFFSITE_OBJECT_LOCK": ("", "オフサイトのオブジェクトロック: governance / compliance（空: 使わない）"),
+    # --- point-in-time recovery with pgBackRest (issue 15)
+    "PITR_STANZA": ("", "pgBackRest のスタンザ名（空: PITR を使わない）"),
+    "PITR_REPO_PATH": ("/var/lib/pgbackrest", "DB コンテナ内のリポジトリ（ボリューム）の場所"),
+    "PITR_SCRATCH_NETWORK": ("none", "PITR の検証用コンテナのネットワーク（none: なし）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 
@@ -119,6 +123,9 @@ class Settings:
     drift_max_drop: int = 50
     drift_min_rows: int = 100
     offsite_object_lock: str = ""
+    pitr_stanza: str = ""
+    pitr_repo_path: str = "/var/lib/pgbackrest"
+    pitr_scratch_network: str = "none"
 
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
@@ -333,6 +340,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         **_offsite_values(env, get),
         **_monitoring_values(env, config_dir, get),
         **_guard_values(get),
+        **_pitr_values(get),
     )
     if check_siblings:
         _check_separation(settings)
@@ -459,4 +467,29 @@ def _guard_values(get) -> dict[str, object]:
         "drift_max_drop": drop,
         "drift_min_rows": _integer("DRIFT_MIN_ROWS", get("DRIFT_MIN_ROWS"), 0),
         "offsite_object_lock": lock,
+    }
+
+
+STANZA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CONTAINER_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+/?$")
+
+
+def _pitr_values(get) -> dict[str, object]:
+    """The PITR_* keys (issue 15): pgBackRest's stanza, its repository, the scratch network."""
+    stanza = get("PITR_STANZA")
+    if stanza and not STANZA_NAME.match(stanza):
+        raise RunbookError(f"PITR_STANZA={stanza!r} はスタンザ名として不正です",
+                           "英数字と _ - . の 64 文字まで（pgbackrest.conf の [セクション名]）", 2)
+    repo_path = get("PITR_REPO_PATH")
+    if not CONTAINER_PATH.match(repo_path) or ".." in repo_path.split("/"):
+        raise RunbookError(f"PITR_REPO_PATH={repo_path!r} はコンテナ内の絶対パスではありません",
+                           "例: /var/lib/pgbackrest（pgbackrest.conf の repo1-path）", 2)
+    network = get("PITR_SCRATCH_NETWORK")
+    if not CONTAINER_NAME.match(network):
+        raise RunbookError(f"PITR_SCRATCH_NETWORK={network!r} が不正です",
+                           "none（ネットワークなし）か Docker のネットワーク名", 2)
+    return {
+        "pitr_stanza": stanza,
+        "pitr_repo_path": repo_path.rstrip("/"),
+        "pitr_scratch_network": network,
     }
