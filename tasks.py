@@ -60,7 +60,7 @@ def backup_sql(c, env=None, no_owner=False, no_acl=False, dry_run=False):
 
 
 def _backup(env, fmt, no_owner, no_acl, dry_run):
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True)
     result = guarded(
         lambda: backup_module.run_backup(
             settings, fmt, no_owner=no_owner, no_acl=no_acl, dry_run=dry_run, console=console
@@ -83,7 +83,7 @@ def _backup(env, fmt, no_owner, no_acl, dry_run):
 )
 def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
     """ロール等のクラスタ全体の定義（pg_dumpall --globals-only）を保存する。pg_dump には含まれない。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True)
     result = guarded(
         lambda: roles.run_backup_globals(
             settings, with_role_passwords=with_role_passwords, dry_run=dry_run, console=console
@@ -105,7 +105,8 @@ def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
 )
 def verify(c, env=None, file=None, restore_test=False):
     """バックアップが本当に使えるか検証する（サイズ・形式・sha256・目次・全体の読み通し）。"""
-    settings, console = settings_for(ROOT, env)
+    # a file check works with the server down (host pg_restore); a restore test needs it
+    settings, console = settings_for(ROOT, env, resolve=restore_test)
     report = guarded(lambda: verify_module.verify_backup(settings, file, console), console)
     if restore_test:
         guarded(lambda: restore_module.restore_test(settings, str(report.path), console), console)
@@ -138,7 +139,7 @@ def _restore_options(no_owner, no_acl, jobs):
 def restore_scratch(c, env=None, file=None, db=None, replace=False, no_owner=False, no_acl=False,
                     jobs=None):
     """B. 別 DB に戻して安全に確認する（本番 DB には触れない）。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True)
     result = guarded(
         lambda: restore_module.restore_scratch(
             settings, file, db, replace, _restore_options(no_owner, no_acl, jobs), console
@@ -161,7 +162,7 @@ def restore_scratch(c, env=None, file=None, db=None, replace=False, no_owner=Fal
 def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, no_owner=False,
                     no_acl=False, jobs=None):
     """A. 既存 DB を置き換える（別 DB に復元・確認してから名前を切り替え、以前の DB は保管）。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, apps=True)
     result = guarded(
         lambda: restore_module.restore_replace(
             settings, file, confirm, approved_by, _restore_options(no_owner, no_acl, jobs), console
@@ -181,7 +182,7 @@ def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, no_o
 )
 def restore_rollback(c, env=None, previous=None, confirm=None):
     """restore-replace を取り消し、保管しておいた以前の DB に戻す。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True)
     if not previous:
         raise Exit(f"エラー: --previous が必要です → invoke restore-list --env={env} で確認", code=2)
     guarded(lambda: restore_module.restore_rollback(settings, previous, confirm, console), console)
@@ -190,7 +191,7 @@ def restore_rollback(c, env=None, previous=None, confirm=None):
 @task(name="restore-list", help={"env": ENV_HELP})
 def restore_list(c, env=None):
     """キットが作った DB（検証用・置き換え前など）を一覧する。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True)
     databases = guarded(lambda: restore_module.list_kit_databases(settings, console), console)
     for db in databases:
         console.result(f"{db.name}\t{db.role}\t{human_size(db.size)}\t{db.created_at}")
@@ -207,7 +208,7 @@ def restore_list(c, env=None):
 )
 def restore_drop(c, env=None, db=None, confirm=None):
     """キットが作った DB（検証用・置き換え前）を削除する。本番 DB は削除できない。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True)
     if not db:
         raise Exit(f"エラー: --db が必要です → invoke restore-list --env={env} で確認", code=2)
     guarded(lambda: restore_module.drop_database(settings, db, confirm, console), console)

@@ -138,14 +138,15 @@ def ensure_image(client) -> None:
         client.images.pull(IMAGE)  # a laptop with a registry; CI builds the image instead
 
 
-def start_postgres(client, name: str, password: str = PASSWORD) -> PgContainer:
+def start_postgres(client, name: str, password: str = PASSWORD,
+                   labels: dict[str, str] | None = None) -> PgContainer:
     ensure_image(client)
     container = client.containers.create(
         IMAGE,
         name=name,
         environment={"POSTGRES_USER": "app", "POSTGRES_PASSWORD": password, "POSTGRES_DB": "app"},
         network_mode="none",
-        labels={"pgrunbook.test": "1"},
+        labels={"pgrunbook.test": "1", **(labels or {})},
     )
     container.put_archive("/docker-entrypoint-initdb.d", _tar_of({"10-scram.sh": SCRAM_EVERYWHERE}))
     container.start()

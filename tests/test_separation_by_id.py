@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+
 from conftest import PASSWORD, last_line, start_postgres
 
 

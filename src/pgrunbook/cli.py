@@ -54,10 +54,22 @@ def guarded(action: Callable[[], T], console: Console | None = None) -> T:
         raise Exit("中断しました（作成途中のファイルは削除済み）", code=130) from None
 
 
-def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console]:
-    """Load an env's settings, or exit with the one-line reason."""
+def settings_for(
+    project_root: Path, env: str | None, resolve: bool = False, apps: bool = False
+) -> tuple[Settings, Console]:
+    """Load an env's settings, or exit with the one-line reason.
+
+    ``resolve`` (tasks that touch the database): find the env's container
+    (DB_CONTAINER, or DB_SERVICE by Compose's labels) and refuse an env that
+    resolves to the same container and database as another env; ``apps``
+    resolves APP_SERVICES too (restore-replace stops them).
+    """
     try:
         settings = load_settings(env, config_dir_from(project_root))
+        if resolve or apps:
+            from pgrunbook import discovery
+
+            settings = discovery.bind(settings, apps=apps)
     except RunbookError as error:
         raise Exit(error.one_line(), code=error.exit_code) from None
     console = Console(settings.secrets())
