@@ -18,6 +18,7 @@ from pgrunbook.console import Console, human_size
 
 # imported when a task first needs them (a backup's start-up stays short)
 docs_module = LazyModule("docs")
+drill_module = LazyModule("drill")
 encryption_module = LazyModule("encryption")
 inventory = LazyModule("inventory")
 retention = LazyModule("retention")
@@ -109,7 +110,8 @@ def verify(c, env=None, file=None, restore_test=False):
     settings, console = settings_for(ROOT, env, resolve=restore_test)
     report = guarded(lambda: verify_module.verify_backup(settings, file, console), console)
     if restore_test:
-        guarded(lambda: restore_module.restore_test(settings, str(report.path), console), console)
+        # the restore test, recorded as a drill (time to recover, rows compared) for the report
+        guarded(lambda: drill_module.run_drill(settings, str(report.path), console), console)
     console.result(str(report.path))
 
 
@@ -478,3 +480,42 @@ def _required_path(value):
 for _offsite_task in (offsite_push, offsite_list, offsite_pull, offsite_prune, encrypt, decrypt,
                       offsite_keygen):
     namespace.add_task(_offsite_task)
+
+
+# --- know the state: check, drills, report (issue 13) ----------------------------------
+check_module = LazyModule("check")
+report_module = LazyModule("report")
+
+
+@task(name="check", help={"env": ENV_HELP})
+def check_task(c, env=None):
+    """1. 事前確認: 接続先・コンテナ・DB・権限・バックアップ先・最新のバックアップ・cron を 1 画面で確認する。
+    終了コード 0=すべて OK、1=WARN あり、2=NG あり。何も変更しない。"""
+    settings, console = settings_for(ROOT, env)
+    lines = guarded(lambda: check_module.run_check(settings), console)
+    for line in lines:
+        console.result(line.render())
+    code = check_module.exit_code(lines)
+    counts = {level: sum(1 for line in lines if line.level == level) for level in ("OK", "WARN", "NG")}
+    console.result(f"事前確認 env={settings.env}: OK {counts['OK']} / WARN {counts['WARN']} / "
+                   f"NG {counts['NG']}" + ("（NG を直すまで作業しない）" if code == 2 else ""))
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "output": "HTML の出力先（既定: <BACKUP_DIR>/report-<env>.html）",
+    }
+)
+def report(c, env=None, output=None):
+    """バックアップのサイズ・所要時間、復元訓練の結果・復旧時間、鮮度の履歴を 1 枚の HTML にする。"""
+    settings, console = settings_for(ROOT, env)
+    target = Path(output).expanduser().resolve() if output else None
+    path = guarded(lambda: report_module.write_report(settings, target), console)
+    console.result(str(path))
+
+
+for _state_task in (check_task, report):
+    namespace.add_task(_state_task)
