@@ -276,17 +276,19 @@ def check_commands(settings: Settings) -> list[str]:
     container = shlex.quote(settings.db_container)
     compose = ("{{.Label \"com.docker.compose.project\"}}/{{.Label \"com.docker.compose.service\"}}")
     return [
-        "echo \"DOCKER_HOST=${DOCKER_HOST:-ローカル}\" && docker info --format '{{.Name}} {{.ServerVersion}}'",
-        f"docker ps --format 'table {{{{.Names}}}}\\t{{{{.ID}}}}\\t{{{{.Image}}}}\\t{{{{.Status}}}}\\t{compose}'",
+        "echo \"DOCKER_HOST=${DOCKER_HOST:-ローカル}\" && "
+        "docker info --format '{{.Name}} {{.ServerVersion}}'",
+        "docker ps --format 'table {{.Names}}\\t{{.ID}}\\t{{.Image}}\\t{{.Status}}\\t"
+        f"{compose}'",
         "docker ps --filter label=com.docker.compose.service=db   # Compose: サービス db のコンテナ",
-        f"docker inspect --format '{{{{.Id}}}} {{{{.Config.Image}}}} {{{{.State.StartedAt}}}} "
-        f"{{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{end}}}}' {container}",
+        f"docker inspect --format '{{{{.Id}}}} {{{{.Config.Image}}}} {{{{json .State}}}}' {container}"
+        "   # ID・イメージ・StartedAt・Health",
         f"docker inspect --format '{{{{range .Mounts}}}}{{{{.Source}}}} -> {{{{.Destination}}}}"
         f"{{{{println}}}}{{{{end}}}}' {container}   # DB のボリューム",
         f"{_exec(settings, interactive_stdin=False)} psql -X -U {shlex.quote(settings.db_user)} "
         f"-d {shlex.quote(settings.db_name)} -x -c \"{CHECK_QUERY}\"",
         f"ls -ld {folder} && df -h {folder}   # 0700・自分の所有・空き容量",
         f"ls -lt {folder} | head -5   # 最新のバックアップ",
-        "stat -c '%a %n' .env .env.* 2>/dev/null   # 600 であること",
+        "stat -c '%a %n' .env*   # .env と .env.<環境> は 600 であること",
         f"crontab -l | grep -A8 '# BEGIN pgrunbook {settings.env}'",
     ]
