@@ -61,7 +61,9 @@ def backup_sql(c, env=None, no_owner=False, no_acl=False, dry_run=False):
 
 
 def _backup(env, fmt, no_owner, no_acl, dry_run):
-    settings, console = settings_for(ROOT, env, resolve=True)
+    task_name = "backup" if fmt == "custom" else "backup-sql"
+    # a dry run only prints commands: it needs no engine
+    settings, console = settings_for(ROOT, env, resolve=not dry_run, task=task_name)
     result = guarded(
         lambda: backup_module.run_backup(
             settings, fmt, no_owner=no_owner, no_acl=no_acl, dry_run=dry_run, console=console
@@ -84,7 +86,7 @@ def _backup(env, fmt, no_owner, no_acl, dry_run):
 )
 def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
     """ロール等のクラスタ全体の定義（pg_dumpall --globals-only）を保存する。pg_dump には含まれない。"""
-    settings, console = settings_for(ROOT, env, resolve=True)
+    settings, console = settings_for(ROOT, env, resolve=not dry_run, task="backup-globals")
     result = guarded(
         lambda: roles.run_backup_globals(
             settings, with_role_passwords=with_role_passwords, dry_run=dry_run, console=console
@@ -107,7 +109,8 @@ def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
 def verify(c, env=None, file=None, restore_test=False):
     """バックアップが本当に使えるか検証する（サイズ・形式・sha256・目次・全体の読み通し）。"""
     # a file check works with the server down (host pg_restore); a restore test needs it
-    settings, console = settings_for(ROOT, env, resolve=restore_test)
+    settings, console = settings_for(ROOT, env, resolve=restore_test,
+                                     task="verify-restore-test" if restore_test else None)
     report = guarded(lambda: verify_module.verify_backup(settings, file, console), console)
     if restore_test:
         # the restore test, recorded as a drill (time to recover, rows compared) for the report
@@ -141,7 +144,7 @@ def _restore_options(no_owner, no_acl, jobs):
 def restore_scratch(c, env=None, file=None, db=None, replace=False, no_owner=False, no_acl=False,
                     jobs=None):
     """B. 別 DB に戻して安全に確認する（本番 DB には触れない）。"""
-    settings, console = settings_for(ROOT, env, resolve=True)
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-scratch")
     result = guarded(
         lambda: restore_module.restore_scratch(
             settings, file, db, replace, _restore_options(no_owner, no_acl, jobs), console
@@ -164,7 +167,7 @@ def restore_scratch(c, env=None, file=None, db=None, replace=False, no_owner=Fal
 def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, no_owner=False,
                     no_acl=False, jobs=None):
     """A. 既存 DB を置き換える（別 DB に復元・確認してから名前を切り替え、以前の DB は保管）。"""
-    settings, console = settings_for(ROOT, env, apps=True)
+    settings, console = settings_for(ROOT, env, apps=True, task="restore-replace")
     result = guarded(
         lambda: restore_module.restore_replace(
             settings, file, confirm, approved_by, _restore_options(no_owner, no_acl, jobs), console
@@ -184,7 +187,7 @@ def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, no_o
 )
 def restore_rollback(c, env=None, previous=None, confirm=None):
     """restore-replace を取り消し、保管しておいた以前の DB に戻す。"""
-    settings, console = settings_for(ROOT, env, resolve=True)
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-rollback")
     if not previous:
         raise Exit(f"エラー: --previous が必要です → invoke restore-list --env={env} で確認", code=2)
     guarded(lambda: restore_module.restore_rollback(settings, previous, confirm, console), console)
@@ -210,7 +213,7 @@ def restore_list(c, env=None):
 )
 def restore_drop(c, env=None, db=None, confirm=None):
     """キットが作った DB（検証用・置き換え前）を削除する。本番 DB は削除できない。"""
-    settings, console = settings_for(ROOT, env, resolve=True)
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-drop")
     if not db:
         raise Exit(f"エラー: --db が必要です → invoke restore-list --env={env} で確認", code=2)
     guarded(lambda: restore_module.drop_database(settings, db, confirm, console), console)

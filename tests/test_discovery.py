@@ -66,7 +66,8 @@ def test_db_service_finds_the_labelled_container(cli, compose_db, names):
     assert done.returncode == 0, done.stderr
     manifest = json.loads(open(last_line(done.stdout) + ".json").read())
     assert manifest["container"] == compose_db.name
-    assert worklog(cli, "prod")[-1]["container"] == compose_db.name
+    lines = worklog(cli, "prod")
+    assert len(lines) == 1 and lines[0]["container"] == compose_db.name  # resolving logs nothing
     # without COMPOSE_PROJECT, a service name found in one project only is enough
     cli.write_env("prod", DB_SERVICE=names["db"], DB_NAME="app", DB_PASSWORD=PASSWORD)
     assert cli("backup", "--env=prod").returncode == 0
@@ -110,6 +111,14 @@ def test_stopped_or_missing_service_says_what_to_do(cli, names, docker_engine, e
     done = cli("backup", "--env=prod")
     assert done.returncode == 2
     assert "見つかりません" in done.stderr and "docker compose ps" in done.stderr
+    # logged (and so notified) like any failed backup: cron's webhook hears of a DB that is down
+    last = worklog(cli, "prod")[-1]
+    assert last["task"] == "backup" and last["result"] == "failed" and "見つかりません" in last["error"]
+    assert last["container"] == f"DB_SERVICE=nothing{names['tag']}"
+    # a dry run needs no engine: it prints the hand commands that find the container by label
+    dry = cli("backup", "--env=prod", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"docker ps -q --filter label=com.docker.compose.service=nothing{names['tag']}" in dry.stdout
 
 
 def test_db_container_and_db_service_together_are_a_settings_error(cli, names):

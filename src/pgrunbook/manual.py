@@ -21,10 +21,21 @@ def _relative(settings: Settings, path: Path) -> str:
         return str(path)
 
 
+def container_reference(settings: Settings) -> str:
+    """The container as a shell word: its name, or (DB_SERVICE not yet resolved) the
+    docker ps that finds it by Compose's labels."""
+    if settings.db_container:
+        return shlex.quote(settings.db_container)
+    labels = f" --filter label=com.docker.compose.service={shlex.quote(settings.db_service)}"
+    if settings.compose_project:
+        labels += f" --filter label=com.docker.compose.project={shlex.quote(settings.compose_project)}"
+    return f'"$(docker ps -q{labels})"'
+
+
 def _exec(settings: Settings, interactive_stdin: bool = True) -> str:
     password = " -e PGPASSWORD" if settings.db_password else ""
     flag = " -i" if interactive_stdin else ""
-    return f"docker exec{flag}{password} {shlex.quote(settings.db_container)}"
+    return f"docker exec{flag}{password} {container_reference(settings)}"
 
 
 def dump_argv(settings: Settings, fmt: str, no_owner: bool = False, no_acl: bool = False) -> list[str]:
@@ -273,7 +284,7 @@ CHECK_QUERY = (
 def check_commands(settings: Settings) -> list[str]:
     """The runbook's 事前確認 by hand: what ``invoke check`` looks at, one command each."""
     folder = shlex.quote(_relative(settings, settings.backup_dir))
-    container = shlex.quote(settings.db_container)
+    container = container_reference(settings)
     compose = ("{{.Label \"com.docker.compose.project\"}}/{{.Label \"com.docker.compose.service\"}}")
     return [
         "echo \"DOCKER_HOST=${DOCKER_HOST:-ローカル}\" && "
