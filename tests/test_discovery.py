@@ -107,7 +107,9 @@ def test_stopped_or_missing_service_says_what_to_do(cli, names, docker_engine, e
     assert done.returncode == 1
     assert "稼働していません" in done.stderr and f"docker compose -p {names['other']} up -d" in done.stderr
 
-    cli.write_env("prod", DB_SERVICE="nothing" + names["tag"], DB_NAME="app", DB_PASSWORD=PASSWORD)
+    notified = cli.home / "notified.json"
+    cli.write_env("prod", DB_SERVICE="nothing" + names["tag"], DB_NAME="app", DB_PASSWORD=PASSWORD,
+                  NOTIFY_COMMAND=f"tee {notified}")
     done = cli("backup", "--env=prod")
     assert done.returncode == 2
     assert "見つかりません" in done.stderr and "docker compose ps" in done.stderr
@@ -115,6 +117,8 @@ def test_stopped_or_missing_service_says_what_to_do(cli, names, docker_engine, e
     last = worklog(cli, "prod")[-1]
     assert last["task"] == "backup" and last["result"] == "failed" and "見つかりません" in last["error"]
     assert last["container"] == f"DB_SERVICE=nothing{names['tag']}"
+    message = json.loads(notified.read_text())
+    assert message["task"] == "backup" and message["result"] == "failed"
     # a dry run needs no engine: it prints the hand commands that find the container by label
     dry = cli("backup", "--env=prod", "--dry-run")
     assert dry.returncode == 0, dry.stderr
