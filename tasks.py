@@ -18,6 +18,7 @@ from pgrunbook.console import Console, human_size
 
 # imported when a task first needs them (a backup's start-up stays short)
 docs_module = LazyModule("docs")
+drill_module = LazyModule("drill")
 drift_module = LazyModule("drift")
 encryption_module = LazyModule("encryption")
 inventory = LazyModule("inventory")
@@ -71,7 +72,9 @@ def backup_sql(c, env=None, no_owner=False, no_acl=False, dry_run=False, label=N
 
 
 def _backup(env, fmt, no_owner, no_acl, dry_run, label=None, keep=None):
-    settings, console = settings_for(ROOT, env)
+    task_name = "backup" if fmt == "custom" else "backup-sql"
+    # a dry run only prints commands: it needs no engine
+    settings, console = settings_for(ROOT, env, resolve=not dry_run, task=task_name)
     result = guarded(
         lambda: backup_module.run_backup(
             settings, fmt, no_owner=no_owner, no_acl=no_acl, dry_run=dry_run, console=console,
@@ -97,7 +100,7 @@ def _backup(env, fmt, no_owner, no_acl, dry_run, label=None, keep=None):
 )
 def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
     """ロール等のクラスタ全体の定義（pg_dumpall --globals-only）を保存する。pg_dump には含まれない。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=not dry_run, task="backup-globals")
     result = guarded(
         lambda: roles.run_backup_globals(
             settings, with_role_passwords=with_role_passwords, dry_run=dry_run, console=console
@@ -119,10 +122,13 @@ def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
 )
 def verify(c, env=None, file=None, restore_test=False):
     """バックアップが本当に使えるか検証する（サイズ・形式・sha256・目次・全体の読み通し）。"""
-    settings, console = settings_for(ROOT, env)
+    # a file check works with the server down (host pg_restore); a restore test needs it
+    settings, console = settings_for(ROOT, env, resolve=restore_test,
+                                     task="verify-restore-test" if restore_test else None)
     report = guarded(lambda: verify_module.verify_backup(settings, file, console), console)
     if restore_test:
-        guarded(lambda: restore_module.restore_test(settings, str(report.path), console), console)
+        # the restore test, recorded as a drill (time to recover, rows compared) for the report
+        guarded(lambda: drill_module.run_drill(settings, str(report.path), console), console)
     console.result(str(report.path))
 
 
@@ -160,7 +166,7 @@ def _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes
 def restore_scratch(c, env=None, file=None, db=None, replace=False, ownership=None, no_owner=False,
                     no_acl=False, jobs=None):
     """B. 別 DB に戻して安全に確認する（本番 DB には触れない）。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-scratch")
     result = guarded(
         lambda: restore_module.restore_scratch(
             settings, file, db, replace, _restore_options(ownership, no_owner, no_acl, jobs), console
@@ -188,7 +194,7 @@ def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, owne
                     no_owner=False, no_acl=False, jobs=None, accept_privilege_changes=False,
                     accept_shrink=False):
     """A. 既存 DB を置き換える（別 DB に復元・確認してから名前を切り替え、以前の DB は保管）。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, apps=True, task="restore-replace")
     result = guarded(
         lambda: restore_module.restore_replace(
             settings, file, confirm, approved_by,
@@ -210,7 +216,7 @@ def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, owne
 )
 def restore_rollback(c, env=None, previous=None, confirm=None):
     """restore-replace を取り消し、保管しておいた以前の DB に戻す。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-rollback")
     if not previous:
         raise Exit(f"エラー: --previous が必要です → invoke restore-list --env={env} で確認", code=2)
     rolled = guarded(lambda: restore_module.restore_rollback(settings, previous, confirm, console),
@@ -230,7 +236,7 @@ def restore_recover(c, env=None, confirm=None, dry_run=False):
     """中断された置き換え・ロールバックの残したもの（閉じた DB・staging・停止中のアプリ等）を直す
 
     端末では環境名を入力、端末なしは --confirm=E。--dry-run で手作業のコマンドを表示。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-recover")
     done = guarded(lambda: restore_module.restore_recover(settings, confirm, console, dry_run), console)
     if not dry_run:
         console.result(f"{len(done)} 件修復")
@@ -239,7 +245,7 @@ def restore_recover(c, env=None, confirm=None, dry_run=False):
 @task(name="restore-list", help={"env": ENV_HELP})
 def restore_list(c, env=None):
     """キットが作った DB（検証用・置き換え前など）を一覧する。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True)
     databases = guarded(lambda: restore_module.list_kit_databases(settings, console), console)
     for db in databases:
         console.result(f"{db.name}\t{db.role}\t{human_size(db.size)}\t{db.created_at}")
@@ -256,7 +262,7 @@ def restore_list(c, env=None):
 )
 def restore_drop(c, env=None, db=None, confirm=None):
     """キットが作った DB（検証用・置き換え前）を削除する。本番 DB は削除できない。"""
-    settings, console = settings_for(ROOT, env)
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-drop")
     if not db:
         raise Exit(f"エラー: --db が必要です → invoke restore-list --env={env} で確認", code=2)
     guarded(lambda: restore_module.drop_database(settings, db, confirm, console), console)
@@ -736,3 +742,42 @@ def pitr_scratch_drop(c, env=None, name=None):
 for _pitr_task in (pitr_setup, pitr_backup, pitr_status, pitr_restore_scratch, pitr_drill,
                    pitr_scratch_drop):
     namespace.add_task(_pitr_task)
+
+
+# --- know the state: check, drills, report (issue 13) ----------------------------------
+check_module = LazyModule("check")
+report_module = LazyModule("report")
+
+
+@task(name="check", help={"env": ENV_HELP})
+def check_task(c, env=None):
+    """1. 事前確認: 接続先・コンテナ・DB・権限・バックアップ先・最新のバックアップ・cron を 1 画面で確認する。
+    終了コード 0=すべて OK、1=WARN あり、2=NG あり。何も変更しない。"""
+    settings, console = settings_for(ROOT, env)
+    lines = guarded(lambda: check_module.run_check(settings), console)
+    for line in lines:
+        console.result(line.render())
+    code = check_module.exit_code(lines)
+    counts = {level: sum(1 for line in lines if line.level == level) for level in ("OK", "WARN", "NG")}
+    console.result(f"事前確認 env={settings.env}: OK {counts['OK']} / WARN {counts['WARN']} / "
+                   f"NG {counts['NG']}" + ("（NG を直すまで作業しない）" if code == 2 else ""))
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "output": "HTML の出力先（既定: <BACKUP_DIR>/report-<env>.html）",
+    }
+)
+def report(c, env=None, output=None):
+    """バックアップのサイズ・所要時間、復元訓練の結果・復旧時間、鮮度の履歴を 1 枚の HTML にする。"""
+    settings, console = settings_for(ROOT, env)
+    target = Path(output).expanduser().resolve() if output else None
+    path = guarded(lambda: report_module.write_report(settings, target), console)
+    console.result(str(path))
+
+
+for _state_task in (check_task, report):
+    namespace.add_task(_state_task)

@@ -139,7 +139,8 @@ def ensure_image(client) -> None:
 
 
 def start_postgres(client, name: str, password: str = PASSWORD,
-                   command: list[str] | None = None) -> PgContainer:
+                   command: list[str] | None = None,
+                   labels: dict[str, str] | None = None) -> PgContainer:
     """``command``: e.g. ["postgres", "-c", "max_prepared_transactions=10"]."""
     ensure_image(client)
     container = client.containers.create(
@@ -148,7 +149,7 @@ def start_postgres(client, name: str, password: str = PASSWORD,
         name=name,
         environment={"POSTGRES_USER": "app", "POSTGRES_PASSWORD": password, "POSTGRES_DB": "app"},
         network_mode="none",
-        labels={"pgrunbook.test": "1"},
+        labels={"pgrunbook.test": "1", **(labels or {})},
     )
     container.put_archive("/docker-entrypoint-initdb.d", _tar_of({"10-scram.sh": SCRAM_EVERYWHERE}))
     container.start()

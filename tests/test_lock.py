@@ -40,7 +40,7 @@ def test_two_concurrent_backups_one_fails_fast_naming_the_holder(cli, pg):
     # no row counts: pg_dump itself must be what waits on the held table lock
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD, ROW_COUNTS="false")
     app_name = pg.hold_table_lock("audit.audit_log", 120)
-    lock_file = cli.backup_dir("prod") / f".lock-{pg.name}-app"
+    lock_file = cli.backup_dir("prod") / ".lock-app"
     first = start_backup(cli)
     try:
         wait_for(lambda: lock_holder(lock_file).get("pid") == first.pid, "the first backup's lock")
@@ -77,7 +77,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(cli, pg):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-    lock_file = directory / f".lock-{pg.name}-app"
+    lock_file = directory / ".lock-app"
     assert lock_holder(lock_file).get("pid") == holder.pid  # the dead holder's note is still there
     result = cli("backup", "--env=prod")
     assert result.returncode == 0, result.stderr

@@ -111,3 +111,15 @@ def test_hand_sql_backup_and_restore(procedure, pg, tmp_path):
     run_lines(manual.restore_scratch_commands(settings, sql, scratch), tmp_path)
     assert counts(pg, scratch) == original
 
+
+
+def test_hand_check_commands_run(procedure, pg, tmp_path):
+    """The 事前確認 manual tab: every line runs (crontab may be absent or empty)."""
+    lines = manual.check_commands(procedure)
+    folder = procedure.backup_dir
+    folder.mkdir(parents=True, mode=0o700)
+    runnable = [line for line in lines if not line.startswith("crontab")]
+    out = run_lines(runnable, tmp_path)
+    assert pg.container.id in out and "signal_backend" in out and "rolsuper" in out
+    mode = oct(procedure.files[-1].stat().st_mode & 0o777)[2:]
+    assert f"{mode} .env.prod" in out

@@ -7,6 +7,7 @@ unwinds like Ctrl-C so partial files are removed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import signal
 import sys
@@ -16,7 +17,7 @@ from typing import TypeVar
 
 from invoke import Exit
 
-from pgrunbook import journal, metrics, notify
+from pgrunbook import journal, metrics, notify, worklog
 from pgrunbook.console import Console
 from pgrunbook.errors import RunbookError
 from pgrunbook.settings import Settings, config_dir_from, load_settings
@@ -54,8 +55,20 @@ def guarded(action: Callable[[], T], console: Console | None = None) -> T:
         raise Exit("中断しました（作成途中のファイルは削除済み）", code=130) from None
 
 
-def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console]:
-    """Load an env's settings, or exit with the one-line reason."""
+def settings_for(
+    project_root: Path, env: str | None, resolve: bool = False, apps: bool = False,
+    task: str | None = None,
+) -> tuple[Settings, Console]:
+    """Load an env's settings, or exit with the one-line reason.
+
+    ``resolve`` (tasks that touch the database): find the env's container
+    (DB_CONTAINER, or DB_SERVICE by Compose's labels) and refuse an env that
+    resolves to the same container and database as another env; ``apps``
+    resolves APP_SERVICES too (restore-replace stops them). ``task``: the
+    work-log name of the task, so that a container that cannot be found is
+    logged and notified like any other failure of that task (cron's backup
+    with the DB container down must still reach the webhook).
+    """
     try:
         settings = load_settings(env, config_dir_from(project_root))
     except RunbookError as error:
@@ -66,7 +79,30 @@ def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console
     left = journal.notice(settings)  # what an interrupted run left: one line, at every task
     if left:
         console.warn(left)
+    if resolve or apps:
+        from pgrunbook import discovery
+
+        try:
+            settings = _bound(settings, apps, task, console, discovery)
+        except RunbookError as error:
+            raise Exit(console.redact(error.one_line()), code=error.exit_code) from None
     return settings, console
+
+
+def _bound(settings: Settings, apps: bool, task: str | None, console: Console, discovery) -> Settings:
+    """The resolved settings; a failure is logged (and notified) as the task's failure,
+    a success writes nothing (the task writes its own line)."""
+    try:
+        return discovery.bind(settings, apps=apps)
+    except RunbookError:
+        if task is not None:
+            entry = worklog.Entry(task, settings.env, settings.db_name,
+                                  settings.db_container or discovery.reference(settings))
+            with contextlib.suppress(RunbookError), worklog.recorded(
+                settings.worklog_path, entry, console.redact
+            ):
+                raise
+        raise
 
 
 def print_lines(lines: list[str]) -> None:

@@ -50,8 +50,17 @@ class ExecResult:
         return lines[-1] if lines else f"exit code {self.exit_code}"
 
 
+_clients: dict[str, docker.DockerClient] = {}
+
+
 def engine() -> docker.DockerClient:
-    """A connected client, or one clear message when there is no engine."""
+    """A connected client, or one clear message when there is no engine.
+
+    One per process and DOCKER_HOST: a task resolves its container (discovery)
+    and then works with it; a second client and ping would cost ~20 ms each."""
+    where = os.environ.get("DOCKER_HOST", "")
+    if where in _clients:
+        return _clients[where]
     try:
         client = docker.from_env(timeout=600)
         client.ping()
@@ -61,6 +70,7 @@ def engine() -> docker.DockerClient:
             "Docker が起動しているか（systemctl status docker / docker version）、"
             "このユーザーが docker グループにいるかを確認",
         ) from error
+    _clients[where] = client
     return client
 
 

@@ -118,6 +118,7 @@ def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
     s = example.settings
     return {
         "preflight": lambda: manual.preflight_commands(s),
+        "preflight-check": lambda: manual.check_commands(s),
         "backup": lambda: manual.backup_commands(s, "custom", example.archive("custom")),
         "backup-sql": lambda: manual.backup_commands(s, "plain", example.archive("plain")),
         "backup-no-owner": lambda: manual.backup_commands(

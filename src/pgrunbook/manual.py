@@ -21,10 +21,21 @@ def _relative(settings: Settings, path: Path) -> str:
         return str(path)
 
 
+def container_reference(settings: Settings) -> str:
+    """The container as a shell word: its name, or (DB_SERVICE not yet resolved) the
+    docker ps that finds it by Compose's labels."""
+    if settings.db_container:
+        return shlex.quote(settings.db_container)
+    labels = f" --filter label=com.docker.compose.service={shlex.quote(settings.db_service)}"
+    if settings.compose_project:
+        labels += f" --filter label=com.docker.compose.project={shlex.quote(settings.compose_project)}"
+    return f'"$(docker ps -q{labels})"'
+
+
 def _exec(settings: Settings, interactive_stdin: bool = True) -> str:
     password = " -e PGPASSWORD" if settings.db_password else ""
     flag = " -i" if interactive_stdin else ""
-    return f"docker exec{flag}{password} {shlex.quote(settings.db_container)}"
+    return f"docker exec{flag}{password} {container_reference(settings)}"
 
 
 def dump_argv(settings: Settings, fmt: str, no_owner: bool = False, no_acl: bool = False) -> list[str]:
@@ -278,4 +289,38 @@ def globals_commands(settings: Settings, target: Path, with_role_passwords: bool
         f"mv -n {partial} {final}",
         f"(cd {directory} && sha256sum {shlex.quote(target.name)} > "
         f"{shlex.quote(target.name + '.sha256')})",
+    ]
+
+
+# The check's questions to the server as one readable psql query (the task's own
+# query, check.DATABASE_QUERY, also counts unreadable tables and returns JSON).
+CHECK_QUERY = (
+    "SELECT current_database(), pg_size_pretty(pg_database_size(current_database())), "
+    "current_setting('server_version'), pg_get_userbyid(d.datdba) AS owner, current_user, "
+    "r.rolsuper, r.rolcreatedb, pg_has_role('pg_signal_backend', 'MEMBER') AS signal_backend "
+    "FROM pg_database d, pg_roles r WHERE d.datname = current_database() AND r.rolname = current_user;"
+)
+
+
+def check_commands(settings: Settings) -> list[str]:
+    """The runbook's 事前確認 by hand: what ``invoke check`` looks at, one command each."""
+    folder = shlex.quote(_relative(settings, settings.backup_dir))
+    container = container_reference(settings)
+    compose = ("{{.Label \"com.docker.compose.project\"}}/{{.Label \"com.docker.compose.service\"}}")
+    return [
+        "echo \"DOCKER_HOST=${DOCKER_HOST:-ローカル}\" && "
+        "docker info --format '{{.Name}} {{.ServerVersion}}'",
+        "docker ps --format 'table {{.Names}}\\t{{.ID}}\\t{{.Image}}\\t{{.Status}}\\t"
+        f"{compose}'",
+        "docker ps --filter label=com.docker.compose.service=db   # Compose: サービス db のコンテナ",
+        f"docker inspect --format '{{{{.Id}}}} {{{{.Config.Image}}}} {{{{json .State}}}}' {container}"
+        "   # ID・イメージ・StartedAt・Health",
+        f"docker inspect --format '{{{{range .Mounts}}}}{{{{.Source}}}} -> {{{{.Destination}}}}"
+        f"{{{{println}}}}{{{{end}}}}' {container}   # DB のボリューム",
+        f"{_exec(settings, interactive_stdin=False)} psql -X -U {shlex.quote(settings.db_user)} "
+        f"-d {shlex.quote(settings.db_name)} -x -c \"{CHECK_QUERY}\"",
+        f"ls -ld {folder} && df -h {folder}   # 0700・自分の所有・空き容量",
+        f"ls -lt {folder} | head -5   # 最新のバックアップ",
+        "stat -c '%a %n' .env*   # .env と .env.<環境> は 600 であること",
+        f"crontab -l | grep -A8 '# BEGIN pgrunbook {settings.env}'",
     ]

@@ -16,13 +16,19 @@ from pgrunbook.worklog import ensure_private_dir, now_iso, operator
 
 @contextmanager
 def exclusive_lock(directory: Path, container: str, database: str, task: str) -> Iterator[Path]:
-    """One writer per (container, database). The kernel drops a dead holder's lock.
+    """One writer per env's database. The kernel drops a dead holder's lock.
+
+    The key is the database inside the env's own folder, never the container
+    as written in the settings: a name, an ID or a Compose service of one
+    container must take one lock (issue 11, defect 11); two envs never reach
+    one database (settings and ``discovery.bind`` refuse it). ``container``
+    only names the holder.
 
     ``flock`` is released when the holding process dies, however it dies, so a
     stale lock file is simply taken over; its content only names the holder.
     """
     ensure_private_dir(directory)
-    path = directory / f".lock-{container}-{database}"
+    path = directory / f".lock-{database}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -40,6 +46,7 @@ def exclusive_lock(directory: Path, container: str, database: str, task: str) ->
             "host": socket.gethostname(),
             "operator": operator(),
             "task": task,
+            "container": container,
             "started_at": now_iso(),
         }
         os.pwrite(fd, json.dumps(holder, ensure_ascii=False).encode(), 0)

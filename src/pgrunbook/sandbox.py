@@ -41,7 +41,17 @@ def _ensure_image(client, image: str, console: Console) -> None:
         ) from error
 
 
+def _named_only(settings: Settings) -> None:
+    if settings.db_service:
+        raise RunbookError(
+            f"環境 {settings.env} は DB_SERVICE（Compose）で DB を探す設定のため、サンドボックスは使えません",
+            "練習用には DB_CONTAINER=knot-sandbox の環境（例: .env.dev）を別に作る",
+            exit_code=2,
+        )
+
+
 def sandbox_up(settings: Settings, console: Console) -> str:
+    _named_only(settings)
     if settings.protected:
         raise RunbookError(
             f"保護環境 {settings.env} にはサンドボックスを作れません", "--env=dev などで実行"
@@ -113,6 +123,7 @@ def _wait_ready(container: Container, settings: Settings, timeout: float = 120) 
 
 
 def sandbox_down(settings: Settings, console: Console) -> None:
+    _named_only(settings)
     client = engine()
     try:
         model = client.containers.get(settings.db_container)

@@ -9,7 +9,8 @@ Rules (documented in the README and in .env.example):
   password of that one env, used only when its files hold no DB_PASSWORD).
 * Unknown keys are errors (a misspelt key silently falling back to a default
   is how a prod backup ends up in the dev folder).
-* Two envs may not share a backup folder or a (container, database) pair.
+* Two envs may not share a backup folder or a (container, database) pair
+  (here as written; ``discovery.bind`` compares the resolved container IDs).
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "PITR_STANZA": ("", "pgBackRest のスタンザ名（空: PITR を使わない）"),
     "PITR_REPO_PATH": ("/var/lib/pgbackrest", "DB コンテナ内のリポジトリ（ボリューム）の場所"),
     "PITR_SCRATCH_NETWORK": ("none", "PITR の検証用コンテナのネットワーク（none: なし）"),
+    # --- Compose-aware discovery (issue 13) ---
+    "DB_SERVICE": ("", "DB の Compose サービス名（DB_CONTAINER の代わりにラベルで探す）"),
+    "COMPOSE_PROJECT": ("", "Compose のプロジェクト名（DB_SERVICE / APP_SERVICES を絞る）"),
+    "APP_SERVICES": ("", "置き換えリストア中に止めるアプリの Compose サービス名（カンマ区切り）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 
@@ -126,6 +131,10 @@ class Settings:
     pitr_stanza: str = ""
     pitr_repo_path: str = "/var/lib/pgbackrest"
     pitr_scratch_network: str = "none"
+    db_service: str = ""
+    compose_project: str = ""
+    app_services: tuple[str, ...] = ()
+    db_container_id: str = ""  # set by discovery.bind once the container is resolved
 
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
@@ -144,8 +153,9 @@ class Settings:
         return {"PGPASSWORD": self.db_password} if self.db_password else {}
 
     def describe(self) -> str:
+        container = self.db_container or f"service:{self.db_service}"
         return (
-            f"env={self.env} container={self.db_container} "
+            f"env={self.env} container={container} "
             f"database={self.db_name} user={self.db_user}"
         )
 
@@ -221,7 +231,7 @@ def _raw_values(env: str, config_dir: Path) -> tuple[dict[str, str], tuple[Path,
     if shared.is_file():
         shared_values = _read(shared)
         per_env = ("BACKUP_DIR", "DB_PASSWORD", "PROTECTED", "APP_CONTAINERS", "APP_DATABASE_URL",
-                   "MASKING_SQL", "POST_RESTORE_COMMAND", "PING_URL")
+                   "MASKING_SQL", "POST_RESTORE_COMMAND", "PING_URL", "APP_SERVICES")
         for key in per_env:
             if key in shared_values and (key != "BACKUP_DIR" or "{env}" not in shared_values[key]):
                 raise RunbookError(
@@ -307,11 +317,13 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
     if not re.match(r"^[A-Za-z0-9:=,_-]{1,32}$", compression):
         raise RunbookError(f"DUMP_COMPRESSION={compression!r} が不正です", "例: 1, 6, zstd:3", 2)
 
+    compose = _compose_values(raw, get)
     settings = Settings(
         env=env,
         config_dir=config_dir,
         files=files,
-        db_container=_checked("DB_CONTAINER", get("DB_CONTAINER"), CONTAINER_NAME),
+        db_container=("" if compose["db_service"]
+                      else _checked("DB_CONTAINER", get("DB_CONTAINER"), CONTAINER_NAME)),
         db_user=_checked("DB_USER", get("DB_USER"), SQL_NAME),
         db_name=_checked("DB_NAME", get("DB_NAME"), SQL_NAME),
         backup_dir=_resolve_backup_dir(env, config_dir, raw.get("BACKUP_DIR", "")),
@@ -341,6 +353,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         **_monitoring_values(env, config_dir, get),
         **_guard_values(get),
         **_pitr_values(get),
+        **compose,
     )
     if check_siblings:
         _check_separation(settings)
@@ -376,14 +389,45 @@ def _check_separation(settings: Settings) -> None:
                 f".env.{settings.env} と .env.{other_env} の APP_CONTAINERS を見直す",
                 exit_code=2,
             )
-        same_db = (other.db_container, other.db_name) == (settings.db_container, settings.db_name)
-        if same_db:
+        shared_services = set(other.app_services) & set(settings.app_services)
+        if shared_services and other.compose_project == settings.compose_project:
             raise RunbookError(
-                f"環境 {settings.env} と {other_env} が同じ DB "
-                f"（{settings.db_container} の {settings.db_name}）を指しています",
-                f".env.{settings.env} と .env.{other_env} の DB_CONTAINER / DB_NAME を見直す",
+                f"環境 {settings.env} と {other_env} の APP_SERVICES に同じサービス "
+                f"{', '.join(sorted(shared_services))} があります（別環境の作業で止めてしまいます）",
+                f".env.{settings.env} と .env.{other_env} の APP_SERVICES / COMPOSE_PROJECT を見直す",
                 exit_code=2,
             )
+        # the same text; a name and an ID of one container are found by discovery.bind
+        if _container_text(other) == _container_text(settings) and other.db_name == settings.db_name:
+            raise RunbookError(
+                f"環境 {settings.env} と {other_env} が同じ DB "
+                f"（{_container_text(settings)} の {settings.db_name}）を指しています",
+                f".env.{settings.env} と .env.{other_env} の DB_CONTAINER / DB_SERVICE / DB_NAME を見直す",
+                exit_code=2,
+            )
+
+
+def _container_text(settings: Settings) -> str:
+    if settings.db_service:
+        return f"サービス {settings.compose_project or '*'}/{settings.db_service}"
+    return settings.db_container
+
+
+def _compose_values(raw: dict[str, str], get) -> dict[str, object]:
+    """DB_SERVICE, COMPOSE_PROJECT, APP_SERVICES (issue 13): the labels Compose sets."""
+    service = get("DB_SERVICE")
+    if service and raw.get("DB_CONTAINER"):
+        raise RunbookError(
+            "DB_CONTAINER と DB_SERVICE は片方だけ指定してください（どちらのコンテナか決まりません）",
+            "Compose で動かしているなら DB_SERVICE（と COMPOSE_PROJECT）、そうでなければ DB_CONTAINER",
+            exit_code=2,
+        )
+    services = tuple(s.strip() for s in get("APP_SERVICES").split(",") if s.strip())
+    for name in (service, get("COMPOSE_PROJECT"), *services):
+        if name:
+            _checked("DB_SERVICE / COMPOSE_PROJECT / APP_SERVICES", name, CONTAINER_NAME)
+    return {"db_service": service, "compose_project": get("COMPOSE_PROJECT"),
+            "app_services": services}
 
 
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

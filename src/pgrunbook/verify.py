@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import catalog
+from pgrunbook import catalog, discovery
 from pgrunbook.archive import (
     GLOBALS_COMPLETE,
     MAGIC,
@@ -34,7 +34,7 @@ from pgrunbook.archive import (
 )
 from pgrunbook.backup import file_chunks
 from pgrunbook.console import Console, human_size
-from pgrunbook.container import CHUNK, Container, ExecResult
+from pgrunbook.container import CHUNK, ExecResult
 from pgrunbook.errors import RunbookError
 from pgrunbook.postgres import Postgres
 from pgrunbook.settings import Settings
@@ -83,7 +83,7 @@ class _Tools:
         if self._pg or self._host:
             return
         try:
-            self._pg = Postgres(Container.find(self.settings.db_container), self.settings)
+            self._pg = Postgres(discovery.db_container(self.settings), self.settings)
         except RunbookError as error:
             if shutil.which("pg_restore"):
                 self.console.warn(f"{error.message}: ホストの pg_restore で検証します")

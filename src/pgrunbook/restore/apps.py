@@ -21,17 +21,12 @@ class AppWrites:
         self.models: list[Any] = []
 
     def check(self) -> None:
-        if not self.settings.app_containers:
+        """APP_CONTAINERS and APP_SERVICES (Compose) as containers; a missing one is an error."""
+        if not (self.settings.app_containers or self.settings.app_services):
             return
-        client = engine()
-        from docker.errors import NotFound
+        from pgrunbook import discovery
 
-        for name in self.settings.app_containers:
-            try:
-                self.models.append(client.containers.get(name))
-            except NotFound:
-                raise RunbookError(f"APP_CONTAINERS のコンテナ {name} がありません",
-                                   f".env.{self.settings.env} の APP_CONTAINERS を確認") from None
+        self.models = discovery.find_app_containers(self.settings, engine())
 
     def stop(self, before_each: Callable[[str], None] | None = None) -> None:
         for model in self.models:

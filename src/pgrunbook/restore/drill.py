@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pgrunbook import discovery
 from pgrunbook.console import Console
-from pgrunbook.container import Container
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import (
     Postgres,
@@ -20,7 +20,7 @@ from pgrunbook.worklog import Entry, recorded
 def restore_test(settings: Settings, file: str | None, console: Console) -> DatabaseSummary:
     entry = Entry("verify-restore-test", settings.env, settings.db_name, settings.db_container)
     with recorded(settings.worklog_path, entry, console.redact):
-        pg = Postgres(Container.find(settings.db_container), settings)
+        pg = Postgres(discovery.db_container(settings), settings)
         source, facts = inspect_with_facts(pg, settings, file, console)
         entry.file = str(source.path)
         if source.env not in (None, settings.env):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pgrunbook import journal
+from pgrunbook import discovery, journal
 from pgrunbook.console import Console
-from pgrunbook.container import Container
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import (
     Postgres,
@@ -33,7 +32,7 @@ def restore_rollback(
         if journal.leftover(settings):
             raise Refused("前回の置き換え・ロールバックが途中で止まったままです（何も変更していません）",
                           f"invoke restore-recover --env={settings.env} で修復してから再実行")
-        pg = Postgres(Container.find(settings.db_container), settings)
+        pg = Postgres(discovery.db_container(settings), settings)
         kit = {db.name: db for db in kit_databases(pg)}
         if previous not in kit or kit[previous].role != "previous" or kit[previous].env != settings.env:
             raise Refused(f"{previous} はこの環境の置き換え前 DB ではありません",
@@ -75,7 +74,7 @@ def restore_rollback(
 
 
 def list_kit_databases(settings: Settings, console: Console) -> list[KitDatabase]:
-    pg = Postgres(Container.find(settings.db_container), settings)
+    pg = Postgres(discovery.db_container(settings), settings)
     return [db for db in kit_databases(pg) if db.env == settings.env]
 
 
@@ -85,7 +84,7 @@ def drop_database(
     entry = Entry("restore-drop", settings.env, settings.db_name, settings.db_container)
     entry.details["target"] = name
     with recorded(settings.worklog_path, entry, console.redact):
-        pg = Postgres(Container.find(settings.db_container), settings)
+        pg = Postgres(discovery.db_container(settings), settings)
         if name == settings.db_name:
             raise Refused("稼働中の DB は削除できません", "キットが作った DB だけを指定")
         kit = {db.name: db for db in kit_databases(pg) if db.env == settings.env}

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pgrunbook import journal
+from pgrunbook import discovery, journal
 from pgrunbook.console import Console
-from pgrunbook.container import Container, engine
+from pgrunbook.container import engine
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import Postgres, quote_ident
 from pgrunbook.restore.databases import drop_kit_database, kit_databases
@@ -118,7 +118,7 @@ def restore_recover(
                             f"ファイル {record.get('file')}")
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-recover"):
-            pg = Postgres(Container.find(settings.db_container), settings)
+            pg = Postgres(discovery.db_container(settings), settings)
             repairs = find_repairs(settings, pg, record)
             if not repairs:
                 if record and not dry_run:

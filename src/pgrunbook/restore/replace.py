@@ -21,9 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pgrunbook import drift, faults, journal
+from pgrunbook import discovery, drift, faults, journal
 from pgrunbook.console import Console
-from pgrunbook.container import Container
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import USER_TABLES_FROM, DatabaseFacts, Postgres, ServerFacts, quote_ident
 from pgrunbook.restore import privileges
@@ -104,7 +103,7 @@ def restore_replace(
         if journal.leftover(settings):
             raise Refused("前回の置き換えが途中で止まったままです（何も変更していません）",
                           f"invoke restore-recover --env={settings.env} で修復してから再実行")
-        pg = Postgres(Container.find(settings.db_container), settings)
+        pg = Postgres(discovery.db_container(settings), settings)
         source, facts = inspect_with_facts(pg, settings, file, console)
         entry.file = str(source.path)
         entry.details["source_env"] = source.env

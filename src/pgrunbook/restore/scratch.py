@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pgrunbook import discovery
 from pgrunbook.console import Console
-from pgrunbook.container import Container
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import (
     Postgres,
@@ -45,7 +45,7 @@ def restore_scratch(
     options = options or RestoreOptions()
     entry = Entry("restore-scratch", settings.env, settings.db_name, settings.db_container)
     with recorded(settings.worklog_path, entry, console.redact):
-        pg = Postgres(Container.find(settings.db_container), settings)
+        pg = Postgres(discovery.db_container(settings), settings)
         source, facts = inspect_with_facts(pg, settings, file, console)
         entry.file = str(source.path)
         target = database or scratch_name(settings)
