@@ -61,6 +61,8 @@ def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console
     except RunbookError as error:
         raise Exit(error.one_line(), code=error.exit_code) from None
     console = Console(settings.secrets())
+    for warning in settings.warnings():
+        console.warn(warning)
     notify.install(settings, console)  # every work-log line of this env notifies
     return settings, console
 
