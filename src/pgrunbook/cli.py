@@ -7,6 +7,7 @@ unwinds like Ctrl-C so partial files are removed.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import signal
 import sys
@@ -52,6 +53,14 @@ def guarded(action: Callable[[], T], console: Console | None = None) -> T:
         raise Exit(text, code=error.exit_code) from None
     except KeyboardInterrupt:
         raise Exit("中断しました（作成途中のファイルは削除済み）", code=130) from None
+    except OSError as error:
+        # a full disk anywhere (the work log, the lock file, a download): not a bug
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        text = (f"エラー: ホストのディスクがいっぱいで書き込めません（{where}{error.strerror}） → "
+                "df -h で確かめ、空きを作ってから再実行（バックアップなら invoke prune --env=...）")
+        raise Exit(console.redact(text) if console else text, code=1) from None
 
 
 def settings_for(project_root: Path, env: str | None) -> tuple[Settings, Console]:
