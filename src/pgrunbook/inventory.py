@@ -56,7 +56,8 @@ class Inventoried:
 
 def manifest_matches(backup: catalog.BackupFile, manifest: dict[str, Any] | None, env: str) -> bool:
     """The manifest the kit wrote for exactly this file of this env."""
-    return bool(manifest) and manifest.get("env") == env and manifest.get("file") == backup.name
+    return (bool(manifest) and manifest.get("env") == env
+            and manifest.get("file") in catalog.names_of(backup.path))
 
 
 def checksum_state(backup: catalog.BackupFile, manifest: dict[str, Any] | None, size: int) -> str:

@@ -10,6 +10,7 @@ archive reads to the end (a truncated or corrupt file fails here).
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import shutil
 import subprocess
@@ -110,7 +111,8 @@ def resolve_file(settings: Settings, file: str | None) -> Path:
             path = in_folder if in_folder.exists() else path
         if not path.exists():
             raise RunbookError(f"{file} がありません", "invoke list --env=... でファイルを確認")
-        return path.resolve()
+        # absolute, but a symlink stays the link: its sidecars are beside it (catalog.sidecar)
+        return Path(os.path.abspath(path))
     backups = catalog.backups_in(settings.backup_dir, settings.backup_prefix)
     mine = [b for b in backups if b.env == settings.env]
     if not mine:
