@@ -129,7 +129,7 @@ def _restore_options(no_owner, no_acl, jobs):
     name="restore-scratch",
     help={
         "env": ENV_HELP,
-        "file": "戻すファイル（既定: その環境の最新バックアップ）",
+        "file": "戻すファイル（既定: 検証済みで最新のカスタム形式のバックアップ）",
         "db": "復元先 DB 名（既定: <DB_NAME>_restore_<YYYYMMDD>）",
         "replace": "同名の検証用 DB（キットが作ったもの）があれば作り直す",
         **RESTORE_HELP,
@@ -139,6 +139,8 @@ def restore_scratch(c, env=None, file=None, db=None, replace=False, no_owner=Fal
                     jobs=None):
     """B. 別 DB に戻して安全に確認する（本番 DB には触れない）。"""
     settings, console = settings_for(ROOT, env)
+    # no --file: the newest verified custom-format backup, named in a step line
+    file = file or str(guarded(lambda: verify_module.resolve_file(settings, None, console), console))
     result = guarded(
         lambda: restore_module.restore_scratch(
             settings, file, db, replace, _restore_options(no_owner, no_acl, jobs), console

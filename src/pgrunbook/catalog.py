@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ NAME = re.compile(
     r"-(?P<date>\d{8})(?:-(?P<time>\d{6}))?(?:-(?P<serial>\d+))?\.(?P<ext>dump|sql)$"
 )
 PARTIAL_SUFFIX = ".partial"
+# a backup dated later than now + this was made under a clock that was wrong (or the
+# clock is wrong now): it is never "the newest" (it would hide every later backup)
+FUTURE_TOLERANCE = timedelta(minutes=10)
 SIDECAR_SUFFIXES = (".sha256", ".json")
 
 
@@ -98,6 +101,26 @@ def read_checksum(path: Path) -> str | None:
     except OSError:
         return None
     return words[0].lower() if words else ""
+
+
+def manifest_time(manifest: dict[str, Any] | None) -> datetime | None:
+    """When the manifest says the backup started, as local time without a zone (as in names)."""
+    text = (manifest or {}).get("started_at")
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when.astimezone().replace(tzinfo=None) if when.tzinfo else when
+
+
+def ahead_of(backup: BackupFile, manifest: dict[str, Any] | None, now: datetime) -> timedelta | None:
+    """How far in the future the backup is dated (by its name or its manifest), when that
+    is beyond FUTURE_TOLERANCE; None for a backup dated in the past (the normal case)."""
+    dates = [backup.created] + [t for t in (manifest_time(manifest),) if t is not None]
+    ahead = max(dates) - now
+    return ahead if ahead > FUTURE_TOLERANCE else None
 
 
 def backup_name(prefix: str, env: str, when: datetime, fmt: str, serial: int = 0) -> str:

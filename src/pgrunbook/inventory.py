@@ -39,6 +39,7 @@ class Inventoried:
     recorded_sha256: str | None
     made_by_kit: bool
     verified_at: str | None
+    ahead: timedelta | None = None  # dated this far in the future (a clock was wrong)
 
     @property
     def name(self) -> str:
@@ -46,7 +47,13 @@ class Inventoried:
 
     @property
     def verified(self) -> bool:
-        return self.verified_at is not None
+        """A successful verify of exactly these bytes: never for a file that no longer
+        has the size and checksum its manifest records (truncated after its check)."""
+        return self.verified_at is not None and self.checksum != CHECKSUM_MISMATCH
+
+    @property
+    def future(self) -> bool:
+        return self.ahead is not None
 
     @property
     def valid(self) -> bool:
@@ -83,8 +90,11 @@ def verified_index(records: Iterable[dict[str, Any]], env: str) -> dict[tuple[st
     return index
 
 
-def inventory(settings: Settings, with_globals: bool = True) -> list[Inventoried]:
+def inventory(
+    settings: Settings, with_globals: bool = True, now: datetime | None = None
+) -> list[Inventoried]:
     """Every backup of this env in its folder, oldest first."""
+    now = now or datetime.now()
     backups = [
         b
         for b in catalog.backups_in(settings.backup_dir, settings.backup_prefix, with_globals=with_globals)
@@ -108,13 +118,43 @@ def inventory(settings: Settings, with_globals: bool = True) -> list[Inventoried
             recorded_sha256=recorded,
             made_by_kit=kit,
             verified_at=verified.get((backup.name, recorded)) if recorded else None,
+            ahead=catalog.ahead_of(backup, manifest, now),
         ))
     return found
 
 
+def newest_of(items: list[Inventoried]) -> Inventoried | None:
+    """The newest that is not dated in the future (a clock that jumped must not hide
+    every later backup)."""
+    dated = [item for item in items if not item.future]
+    return dated[-1] if dated else None
+
+
+def future_note(items: list[Inventoried]) -> str | None:
+    """One sentence about backups dated in the future, with what to do; None if none."""
+    future = [item for item in items if item.future]
+    if not future:
+        return None
+    worst = max(future, key=lambda item: item.ahead or timedelta(0))
+    more = f" ほか {len(future) - 1} 件" if len(future) > 1 else ""
+    return (
+        f"未来の日時のバックアップ {worst.name}（{describe_age(worst.ahead or timedelta(0))}先）{more}"
+        "があり、最新とはみなしません → ホストの時計を確認（timedatectl）。時計が正しければ"
+        "ファイルの日時が誤りなので、その一式（.sha256・.json も）を別の場所へ移す"
+    )
+
+
 # ---- list ---------------------------------------------------------------------------
 
-HEADERS = ("name", "format", "size", "created", "verified", "checksum")
+HEADERS = ("名前", "形式", "サイズ", "作成日時", "検証", "チェックサム")
+
+
+def verified_cell(item: Inventoried) -> str:
+    if item.verified and item.verified_at:
+        return f"済 {item.verified_at[:16]}"
+    if item.verified_at:
+        return "未（検証後に変化）"  # truncated or replaced after its check
+    return "未"
 
 
 def rows(items: list[Inventoried]) -> list[tuple[str, ...]]:
@@ -123,8 +163,8 @@ def rows(items: list[Inventoried]) -> list[tuple[str, ...]]:
             item.name,
             item.backup.format + ("(旧形式)" if item.backup.legacy else ""),
             human_size(item.size),
-            item.backup.created.strftime("%Y-%m-%d %H:%M:%S"),
-            f"済 {item.verified_at[:16]}" if item.verified_at else "未",
+            item.backup.created.strftime("%Y-%m-%d %H:%M:%S") + ("（未来）" if item.future else ""),
+            verified_cell(item),
             item.checksum,
         )
         for item in items
@@ -193,12 +233,19 @@ class Freshness:
 
 
 def freshness(settings: Settings, max_age: timedelta, now: datetime | None = None) -> Freshness:
-    """The newest verified database backup against max_age (globals do not count)."""
+    """The newest verified database backup against max_age (globals do not count).
+
+    A backup dated in the future (beyond catalog.FUTURE_TOLERANCE) is an error of its
+    own: it would otherwise read as fresh for as long as it is ahead."""
     now = now or datetime.now()
-    items = [i for i in inventory(settings, with_globals=False) if i.verified and i.valid]
+    everything = inventory(settings, with_globals=True, now=now)
     label = f"env={settings.env}"
+    note = future_note(everything)
+    if note:
+        return Freshness(2, f"CRITICAL {label}: {note}")
+    items = [i for i in everything if i.verified and i.valid and not i.backup.is_globals]
     if not items:
-        unverified = inventory(settings, with_globals=False)
+        unverified = [i for i in everything if not i.backup.is_globals]
         extra = f"（未検証のバックアップは {len(unverified)} 件）" if unverified else ""
         return Freshness(
             2,
@@ -206,7 +253,7 @@ def freshness(settings: Settings, max_age: timedelta, now: datetime | None = Non
             f"invoke backup --env={settings.env} && invoke verify --env={settings.env}",
         )
     newest = items[-1]
-    age = now - newest.backup.created
+    age = max(now - newest.backup.created, timedelta(0))  # within the tolerance: "0分前"
     limit = describe_age(max_age)
     if age > max_age:
         return Freshness(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import catalog
+from pgrunbook import catalog, inventory
 from pgrunbook.archive import (
     GLOBALS_COMPLETE,
     MAGIC,
@@ -103,7 +103,14 @@ class _Tools:
         return ExecResult(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
 
 
-def resolve_file(settings: Settings, file: str | None) -> Path:
+def resolve_file(
+    settings: Settings, file: str | None, console: Console | None = None, *, newest: bool = False
+) -> Path:
+    """The file given (relative to the backup folder if not found as is), or the
+    env's default backup: with ``newest``, the newest one whatever its format (verify
+    checks the backup just made); otherwise the one a restore should take
+    (``restore_default``). Never one dated in the future. With a console, says which
+    file was chosen and why."""
     if file:
         path = Path(file).expanduser()
         if not path.exists() and not path.is_absolute():
@@ -113,14 +120,42 @@ def resolve_file(settings: Settings, file: str | None) -> Path:
             raise RunbookError(f"{file} がありません", "invoke list --env=... でファイルを確認")
         # absolute, but a symlink stays the link: its sidecars are beside it (catalog.sidecar)
         return Path(os.path.abspath(path))
-    backups = catalog.backups_in(settings.backup_dir, settings.backup_prefix)
-    mine = [b for b in backups if b.env == settings.env]
-    if not mine:
+    items = inventory.inventory(settings, with_globals=False)
+    note = inventory.future_note(items)
+    if note and console:
+        console.warn(note)
+    usable = [item for item in items if not item.future]
+    if not usable:
         raise RunbookError(
-            f"{settings.backup_dir} に環境 {settings.env} のバックアップがありません",
+            f"{settings.backup_dir} に環境 {settings.env} のバックアップがありません"
+            + ("（未来の日時のものを除く）" if items else ""),
             f"invoke backup --env={settings.env} で作成",
         )
-    return mine[-1].path
+    if newest:
+        return usable[-1].backup.path
+    chosen, why = restore_default(usable)
+    if console:
+        console.step(f"--file の指定がないため {why} {chosen.name} を使います")
+    return chosen.backup.path
+
+
+def restore_default(items: list[inventory.Inventoried]) -> tuple[inventory.Inventoried, str]:
+    """What a restore takes without --file: the newest verified custom-format backup,
+    else the newest verified one, else the newest custom-format one, else the newest;
+    never one whose checksum disagrees with its manifest (unless nothing else is left).
+    Returns the item and the reason in words."""
+    sound = [item for item in items if item.checksum != inventory.CHECKSUM_MISMATCH] or items
+    preferences = (
+        (lambda i: i.verified and i.backup.format == "custom", "検証済みで最新のカスタム形式"),
+        (lambda i: i.verified, "検証済みで最新の"),
+        (lambda i: i.backup.format == "custom", "最新のカスタム形式（未検証）"),
+        (lambda i: True, "最新の（未検証）"),
+    )
+    for wanted, why in preferences:
+        matching = [item for item in sound if wanted(item)]
+        if matching:
+            return matching[-1], why
+    raise AssertionError("restore_default needs at least one item")  # pragma: no cover
 
 
 class Digest:
@@ -187,7 +222,7 @@ def verify_backup(
     settings: Settings, file: str | None = None, console: Console | None = None
 ) -> VerifyReport:
     console = console or Console(settings.secrets())
-    path = resolve_file(settings, file)
+    path = resolve_file(settings, file, console, newest=True)
     entry = Entry("verify", settings.env, settings.db_name, settings.db_container, file=str(path))
     with recorded(settings.worklog_path, entry, console.redact):
         report = check_file(settings, path, console, expected_env=settings.env)
