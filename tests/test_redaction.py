@@ -62,7 +62,8 @@ def test_a_short_secret_is_masked_as_a_word_never_inside_a_longer_name():
     console = Console(["app"], interactive=False)
     assert console.redact("--previous=app_pgrunbook_previous_20261202") == (
         "--previous=app_pgrunbook_previous_20261202")
-    assert console.redact("happy apps app1 $app") == "happy apps app1 $app"
+    assert console.redact("happy apps app1 $app app-1 knot-app-20261202.dump") == (
+        "happy apps app1 $app app-1 knot-app-20261202.dump")
     assert console.redact("password app, user=app; x:app@host") == "password ***, user=***; x:***@host"
 
 

@@ -15,9 +15,9 @@ import sys
 import time
 from collections.abc import Iterable
 
-# characters of an identifier (SQL names, shell and Python words): a secret is
-# never masked inside a longer run of them
-IDENTIFIER_CHARACTER = "A-Za-z0-9_$"
+# characters of an identifier (SQL names, which the kit lets contain $ and -, container
+# and file names): a secret is never masked inside a longer run of them
+IDENTIFIER_CHARACTER = "A-Za-z0-9_$-"
 
 
 def _character_forms(character: str) -> str:
