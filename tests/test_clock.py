@@ -66,3 +66,19 @@ def test_a_future_dated_backup_hides_nothing_and_turns_status_red(cli, pg, tmp_p
     fresh = cli("status", "--env=prod")
     assert fresh.returncode == 0, fresh.stdout
     assert just_made.name in fresh.stdout
+
+
+def test_only_a_date_beyond_the_tolerance_counts_as_future(tmp_path):
+    from pgrunbook import catalog
+
+    now = datetime(2026, 12, 2, 12, 0, 0)
+    soon = catalog.parse(tmp_path / catalog.backup_name("knot", "prod", now + timedelta(minutes=9), "custom"))
+    late = catalog.parse(tmp_path / catalog.backup_name("knot", "prod", now + timedelta(minutes=11), "custom"))
+    past = catalog.parse(tmp_path / catalog.backup_name("knot", "prod", now - timedelta(days=1), "custom"))
+    assert catalog.ahead_of(soon, None, now) is None
+    assert catalog.ahead_of(late, None, now) == timedelta(minutes=11)
+    assert catalog.ahead_of(past, None, now) is None
+    # a name of the past with a manifest of the future (the clock jumped mid-run, or a rename)
+    skewed = {"started_at": (now + timedelta(days=200)).astimezone().isoformat()}
+    assert catalog.ahead_of(past, skewed, now) == timedelta(days=200)
+    assert catalog.ahead_of(past, {"started_at": "not a date"}, now) is None

@@ -123,13 +123,6 @@ def inventory(
     return found
 
 
-def newest_of(items: list[Inventoried]) -> Inventoried | None:
-    """The newest that is not dated in the future (a clock that jumped must not hide
-    every later backup)."""
-    dated = [item for item in items if not item.future]
-    return dated[-1] if dated else None
-
-
 def future_note(items: list[Inventoried]) -> str | None:
     """One sentence about backups dated in the future, with what to do; None if none."""
     future = [item for item in items if item.future]
