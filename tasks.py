@@ -157,7 +157,7 @@ def _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes
     name="restore-scratch",
     help={
         "env": ENV_HELP,
-        "file": "戻すファイル（既定: その環境の最新バックアップ）",
+        "file": "戻すファイル（既定: 検証済みで最新のカスタム形式のバックアップ）",
         "db": "復元先 DB 名（既定: <DB_NAME>_restore_<YYYYMMDD>）",
         "replace": "同名の検証用 DB（キットが作ったもの）があれば作り直す",
         **RESTORE_HELP,

@@ -547,3 +547,25 @@ def test_pinned_offsite_copies_survive_offsite_prune(cli, s3, keys):
     assert f"固定 {future} まで" in pruned.stderr
     assert bucket_objects(s3, BUCKET, prefix) == {f"{prefix}{pinned_by_metadata}.age",
                                            f"{prefix}{pinned_locally}.age", f"{prefix}{recent}.age"}
+def test_push_never_takes_a_backup_dated_in_the_future(new_server, s3, keys):
+    """Issue 11, defect 6: a backup made under a clock 200 days ahead is not "the newest"."""
+    import shutil as shell_tools
+
+    from test_clock import at_offset
+
+    if shell_tools.which("faketime") is None:
+        pytest.skip("faketime (Debian package faketime) is not installed")
+    offsite_env(new_server, s3, keys, "prod", OFFSITE_PREFIX="clock/")  # a place of its own
+    ahead = at_offset(new_server, "+200d", "backup", "--env=prod")
+    assert ahead.returncode == 0, ahead.stderr
+    future = Path(last_line(ahead.stdout))
+    assert new_server("verify", "--env=prod", f"--file={future}").returncode == 0
+    made = new_server("backup", "--env=prod")
+    assert made.returncode == 0, made.stderr
+    just_made = Path(last_line(made.stdout))
+    assert new_server("verify", "--env=prod").returncode == 0
+
+    pushed = new_server("offsite-push", "--env=prod")
+    assert pushed.returncode == 0, pushed.stderr
+    assert last_line(pushed.stdout) == f"s3://{BUCKET}/clock/{just_made.name}.age"
+    assert future.name in pushed.stderr and "未来" in pushed.stderr

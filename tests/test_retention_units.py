@@ -119,8 +119,8 @@ def test_list_table_aligns_japanese_cells(tmp_path):
              item("knot-prod-globals-20260128-020000.sql", None, "なし"),
              item("knot-prod-20250101.dump", None, "なし")]
     lines = table(items)
-    assert lines[0].split() == ["name", "format", "size", "created", "verified", "checksum", "label",
-                                "keep-until", "content"]
+    assert lines[0].split() == ["名前", "形式", "サイズ", "作成日時", "検証", "チェックサム", "ラベル",
+                                "保管期限", "内容"]
     starts = {lines[i].index("2026-01-28 02:00:00") for i in (2, 3)}
     assert len(starts) == 1
     checksum_column = {_width(line[: line.rindex(" ") + 1]) for line in lines[2:]}

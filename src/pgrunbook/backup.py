@@ -10,10 +10,12 @@ existing one). Any failure removes the partial file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -70,14 +72,60 @@ def table_data_count(entries: list[str]) -> int:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write a small sidecar atomically with mode 0600."""
+    """Write a small sidecar atomically with mode 0600 (nothing is left if it fails)."""
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def host_write_error(error: OSError, directory: Path, env: str, written: int = 0) -> RunbookError:
+    """The host's disk said no (full, quota, read-only, permissions): one line with
+    what to do. The caller has removed (or is removing) what it wrote."""
+    if error.errno in DISK_FULL:
+        try:
+            size = f"、容量 {human_size(shutil.disk_usage(directory).total)}"
+        except OSError:
+            size = ""
+        done = f"{human_size(written)} 書いたところで" if written else ""
+        return RunbookError(
+            f"バックアップ先 {directory} のディスクが{done}いっぱいになりました"
+            f"（{error.strerror}{size}）。作成途中のファイルは削除しました",
+            f"古いバックアップを削除（invoke prune --env={env}）するか別の場所へ移して空きを作る、"
+            "または BACKUP_DIR を空きのあるディスクにして再実行（df -h で確認）",
+        )
+    return RunbookError(
+        f"バックアップ先 {directory} に書き込めません（{error.strerror}）",
+        "ディレクトリの権限とマウント状態（読み取り専用など）を確認して再実行",
+    )
+
+
+@contextlib.contextmanager
+def host_writes(directory: Path, env: str, written: Callable[[], int] = lambda: 0) -> Iterator[None]:
+    """Turn an OSError of the host's files into host_write_error."""
+    try:
+        yield
+    except OSError as error:
+        raise host_write_error(error, directory, env, written()) from None
+
+
+class _HostWriteFailed(Exception):
+    """os.write into the partial file failed. Not an OSError, so that nothing on the way
+    up through the exec (which treats socket OSErrors as its own) swallows it."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def fsync_directory(directory: Path) -> None:
@@ -109,7 +157,10 @@ class _Stream:
             self.on_first_data = None
         view = memoryview(data)
         while view:
-            written = os.write(self.fd, view)
+            try:
+                written = os.write(self.fd, view)
+            except OSError as error:
+                raise _HostWriteFailed(error) from None
             view = view[written:]
         self.hash.update(data)
         if len(self.head) < HEAD_BYTES:
@@ -312,14 +363,22 @@ def write_dump(
     (also when the run raised), before any check.
     """
     partial = final.with_name(final.name + catalog.PARTIAL_SUFFIX)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with host_writes(final.parent, settings.env):
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     committed = False
     try:
         stream = _Stream(fd, console, on_first_data)
+
+        def on_host() -> contextlib.AbstractContextManager[None]:
+            return host_writes(final.parent, settings.env, lambda: stream.size)
+
         result = None
         application = f"pgrunbook-{uuid.uuid4().hex[:12]}"
         try:
             result = pg.run(argv, on_stdout=stream, environment={"PGAPPNAME": application})
+        except _HostWriteFailed as failure:
+            console.clear_progress()
+            raise host_write_error(failure.error, final.parent, settings.env, stream.size) from None
         finally:
             if result is None:
                 # interrupted: the engine does not stop an exec whose client left, so
@@ -334,25 +393,29 @@ def write_dump(
         for line in result.stderr.splitlines():
             if line.strip():
                 console.warn(f"{tool}: {line.strip()}")
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
+        with on_host():
+            os.fsync(fd)
+            closing, fd = fd, -1
+            os.close(closing)
         checks = check(partial, stream)
         manifest = describe(stream, checks)
         sha256 = stream.hash.hexdigest()
-        write_private(final.with_name(final.name + ".sha256"), f"{sha256}  {final.name}\n")
-        write_private(
-            final.with_name(final.name + ".json"),
-            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
-        )
-        try:
-            os.link(partial, final)  # the commit point; fails rather than overwrite
-        except FileExistsError:
-            raise RunbookError(
-                f"{final.name} が既に存在します（上書きはしません）", "時間をおいて再実行"
-            ) from None
+        with on_host():
+            write_private(final.with_name(final.name + ".sha256"), f"{sha256}  {final.name}\n")
+            write_private(
+                final.with_name(final.name + ".json"),
+                json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
+            )
+        with on_host():
+            try:
+                os.link(partial, final)  # the commit point; fails rather than overwrite
+            except FileExistsError:
+                raise RunbookError(
+                    f"{final.name} が既に存在します（上書きはしません）", "時間をおいて再実行"
+                ) from None
         committed = True
-        fsync_directory(final.parent)
+        with on_host():
+            fsync_directory(final.parent)
     finally:
         if fd >= 0:
             os.close(fd)

@@ -8,6 +8,9 @@ cluster-wide objects (``pg_dumpall --globals-only``) are saved as
 never a database backup, so ``backups_in`` leaves them out unless asked.
 A label (``backup --label=fy2025-close``) starts with a letter, so it never
 reads as the serial number.
+
+A backup may be a symlink in the folder (the file itself moved to a bigger
+disk): its sidecars are read beside the link, else beside the link's target.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,9 @@ NAME = re.compile(
 LABEL = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 LABEL_MAX = 40
 PARTIAL_SUFFIX = ".partial"
+# a backup dated later than now + this was made under a clock that was wrong (or the
+# clock is wrong now): it is never "the newest" (it would hide every later backup)
+FUTURE_TOLERANCE = timedelta(minutes=10)
 SIDECAR_SUFFIXES = (".sha256", ".json")
 
 
@@ -49,14 +55,15 @@ class BackupFile:
 
     @property
     def checksum_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".sha256")
+        return sidecar(self.path, ".sha256")
 
     @property
     def manifest_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".json")
+        return sidecar(self.path, ".json")
 
     @property
     def sidecars(self) -> list[Path]:
+        """The sidecars in the folder, beside the path (what goes with it when it is removed)."""
         return [self.path.with_name(self.path.name + suffix) for suffix in SIDECAR_SUFFIXES]
 
     @property
@@ -67,22 +74,59 @@ class BackupFile:
         return read_manifest(self.path)
 
 
+def sidecar(path: Path, suffix: str) -> Path:
+    """A backup's ``<file><suffix>``: beside the path given, which may be a symlink in
+    the backup folder; when there is none there, beside the link's target (the whole
+    set moved elsewhere, only the link left)."""
+    beside = path.with_name(path.name + suffix)
+    if beside.exists() or not path.is_symlink():
+        return beside
+    target = path.resolve()
+    at_target = target.with_name(target.name + suffix)
+    return at_target if at_target.exists() else beside
+
+
+def names_of(path: Path) -> set[str]:
+    """The names a manifest may give the file: the path's, and its target's if a symlink."""
+    return {path.name, path.resolve().name} if path.is_symlink() else {path.name}
+
+
 def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The manifest beside a backup file (``<file>.json``), or None."""
+    """The manifest of a backup file (``<file>.json``, see ``sidecar``), or None."""
     try:
-        return json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+        return json.loads(sidecar(path, ".json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
 
 def read_checksum(path: Path) -> str | None:
-    """The sha256 recorded beside a backup file (``<file>.sha256``): None when there
-    is no sidecar, "" when it is empty."""
+    """The sha256 recorded for a backup file (``<file>.sha256``, see ``sidecar``): None
+    when there is no sidecar, "" when it is empty."""
     try:
-        words = path.with_name(path.name + ".sha256").read_text(encoding="utf-8").split()
+        words = sidecar(path, ".sha256").read_text(encoding="utf-8").split()
     except OSError:
         return None
     return words[0].lower() if words else ""
+
+
+def manifest_time(manifest: dict[str, Any] | None) -> datetime | None:
+    """When the manifest says the backup started, as local time without a zone (as in names)."""
+    text = (manifest or {}).get("started_at")
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when.astimezone().replace(tzinfo=None) if when.tzinfo else when
+
+
+def ahead_of(backup: BackupFile, manifest: dict[str, Any] | None, now: datetime) -> timedelta | None:
+    """How far in the future the backup is dated (by its name or its manifest), when that
+    is beyond FUTURE_TOLERANCE; None for a backup dated in the past (the normal case)."""
+    dates = [backup.created] + [t for t in (manifest_time(manifest),) if t is not None]
+    ahead = max(dates) - now
+    return ahead if ahead > FUTURE_TOLERANCE else None
 
 
 def backup_name(prefix: str, env: str, when: datetime, fmt: str, serial: int = 0,

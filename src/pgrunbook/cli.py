@@ -8,6 +8,7 @@ unwinds like Ctrl-C so partial files are removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import signal
 import sys
@@ -37,8 +38,20 @@ class LazyModule:
         return getattr(importlib.import_module(self._name), attribute)
 
 
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C (every cleanup runs, the work log says
+    "interrupted"), then ends with 128 + the signal's number and one line saying so."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
 def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+    raise Terminated(signum)
+
+
+INTERRUPTED = "中断しました（{}。作成途中のファイルは削除済み）"
 
 
 def guarded(action: Callable[[], T], console: Console | None = None) -> T:
@@ -52,7 +65,17 @@ def guarded(action: Callable[[], T], console: Console | None = None) -> T:
         text = console.redact(error.one_line()) if console else error.one_line()
         raise Exit(text, code=error.exit_code) from None
     except KeyboardInterrupt:
-        raise Exit("中断しました（作成途中のファイルは削除済み）", code=130) from None
+        raise Exit(INTERRUPTED.format("Ctrl-C"), code=130) from None
+    except Terminated as stop:
+        raise Exit(INTERRUPTED.format(f"{stop.signal_name} を受信"), code=int(stop.code or 1)) from None
+    except OSError as error:
+        # a full disk anywhere (the work log, the lock file, a download): not a bug
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        text = (f"エラー: ホストのディスクがいっぱいで書き込めません（{where}{error.strerror}） → "
+                "df -h で確かめ、空きを作ってから再実行（バックアップなら invoke prune --env=...）")
+        raise Exit(console.redact(text) if console else text, code=1) from None
 
 
 def settings_for(
@@ -75,6 +98,8 @@ def settings_for(
         raise Exit(error.one_line(), code=error.exit_code) from None
     console = Console(settings.secrets())
     metrics.install(settings, console)  # every work-log line rewrites METRICS_FILE (when set)
+    for warning in settings.warnings():
+        console.warn(warning)
     notify.install(settings, console)  # every work-log line of this env notifies
     left = journal.notice(settings)  # what an interrupted run left: one line, at every task
     if left:

@@ -47,6 +47,7 @@ class Inventoried:
     keep_until: str | None = None  # ISO date of the pin
     suspect: bool = False
     drift_accepted: bool = False
+    ahead: timedelta | None = None  # dated this far in the future (a clock was wrong)
 
     @property
     def name(self) -> str:
@@ -54,7 +55,13 @@ class Inventoried:
 
     @property
     def verified(self) -> bool:
-        return self.verified_at is not None
+        """A successful verify of exactly these bytes: never for a file that no longer
+        has the size and checksum its manifest records (truncated after its check)."""
+        return self.verified_at is not None and self.checksum != CHECKSUM_MISMATCH
+
+    @property
+    def future(self) -> bool:
+        return self.ahead is not None
 
     @property
     def valid(self) -> bool:
@@ -64,7 +71,8 @@ class Inventoried:
 
 def manifest_matches(backup: catalog.BackupFile, manifest: dict[str, Any] | None, env: str) -> bool:
     """The manifest the kit wrote for exactly this file of this env."""
-    return bool(manifest) and manifest.get("env") == env and manifest.get("file") == backup.name
+    return (bool(manifest) and manifest.get("env") == env
+            and manifest.get("file") in catalog.names_of(backup.path))
 
 
 def checksum_state(backup: catalog.BackupFile, manifest: dict[str, Any] | None, size: int) -> str:
@@ -90,8 +98,11 @@ def verified_index(records: Iterable[dict[str, Any]], env: str) -> dict[tuple[st
     return index
 
 
-def inventory(settings: Settings, with_globals: bool = True) -> list[Inventoried]:
+def inventory(
+    settings: Settings, with_globals: bool = True, now: datetime | None = None
+) -> list[Inventoried]:
     """Every backup of this env in its folder, oldest first."""
+    now = now or datetime.now()
     backups = [
         b
         for b in catalog.backups_in(settings.backup_dir, settings.backup_prefix, with_globals=with_globals)
@@ -122,14 +133,36 @@ def inventory(settings: Settings, with_globals: bool = True) -> list[Inventoried
             keep_until=until.isoformat() if until else None,
             suspect=drift.is_suspect(own),
             drift_accepted=bool(((own or {}).get("drift") or {}).get("accepted")),
+            ahead=catalog.ahead_of(backup, manifest, now),
         ))
     return found
 
 
+def future_note(items: list[Inventoried]) -> str | None:
+    """One sentence about backups dated in the future, with what to do; None if none."""
+    future = [item for item in items if item.future]
+    if not future:
+        return None
+    worst = max(future, key=lambda item: item.ahead or timedelta(0))
+    more = f" ほか {len(future) - 1} 件" if len(future) > 1 else ""
+    return (
+        f"未来の日時のバックアップ {worst.name}（{describe_age(worst.ahead or timedelta(0))}先）{more}"
+        "があり、最新とはみなしません → ホストの時計を確認（timedatectl）。時計が正しければ"
+        "ファイルの日時が誤りなので、その一式（.sha256・.json も）を別の場所へ移す"
+    )
+
+
 # ---- list ---------------------------------------------------------------------------
 
-HEADERS = ("name", "format", "size", "created", "verified", "checksum", "label", "keep-until",
-           "content")
+HEADERS = ("名前", "形式", "サイズ", "作成日時", "検証", "チェックサム", "ラベル", "保管期限", "内容")
+
+
+def verified_cell(item: Inventoried) -> str:
+    if item.verified and item.verified_at:
+        return f"済 {item.verified_at[:16]}"
+    if item.verified_at:
+        return "未（検証後に変化）"  # truncated or replaced after its check
+    return "未"
 
 
 def rows(items: list[Inventoried]) -> list[tuple[str, ...]]:
@@ -138,8 +171,8 @@ def rows(items: list[Inventoried]) -> list[tuple[str, ...]]:
             item.name,
             item.backup.format + ("(旧形式)" if item.backup.legacy else ""),
             human_size(item.size),
-            item.backup.created.strftime("%Y-%m-%d %H:%M:%S"),
-            f"済 {item.verified_at[:16]}" if item.verified_at else "未",
+            item.backup.created.strftime("%Y-%m-%d %H:%M:%S") + ("（未来）" if item.future else ""),
+            verified_cell(item),
             item.checksum,
             item.label or "-",
             item.keep_until or "-",
@@ -247,11 +280,17 @@ def _warnings(settings: Settings, items: list[Inventoried]) -> list[tuple[int, s
 
 def freshness(settings: Settings, max_age: timedelta, now: datetime | None = None) -> Freshness:
     """The newest verified, non-suspect database backup against max_age (globals do not
-    count), then the warnings: a suspect newest backup, a broken work log."""
+    count), then the warnings: a suspect newest backup, a broken work log.
+
+    A backup dated in the future (beyond catalog.FUTURE_TOLERANCE) is an error of its
+    own: it would otherwise read as fresh for as long as it is ahead."""
     now = now or datetime.now()
-    everything = inventory(settings, with_globals=False)
-    items = [i for i in everything if i.verified and i.valid and not i.suspect]
     label = f"env={settings.env}"
+    note = future_note(inventory(settings, with_globals=True, now=now))
+    if note:
+        return Freshness(2, f"CRITICAL {label}: {note}")
+    everything = inventory(settings, with_globals=False, now=now)
+    items = [i for i in everything if i.verified and i.valid and not i.suspect]
     warnings = _warnings(settings, [i for i in everything if i.made_by_kit])
     extra = "".join(f" / WARNING: {text}" for _, text in warnings)
     if not items:
@@ -264,7 +303,7 @@ def freshness(settings: Settings, max_age: timedelta, now: datetime | None = Non
             f"invoke backup --env={settings.env} && invoke verify --env={settings.env}{extra}",
         )
     newest = items[-1]
-    age = now - newest.backup.created
+    age = max(now - newest.backup.created, timedelta(0))  # within the tolerance: "0分前"
     limit = describe_age(max_age)
     if age > max_age:
         return Freshness(

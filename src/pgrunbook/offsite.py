@@ -57,7 +57,7 @@ from pgrunbook.encryption import (
     parse_recipients,
 )
 from pgrunbook.errors import RunbookError
-from pgrunbook.inventory import verified_index
+from pgrunbook.inventory import future_note, inventory, verified_index
 from pgrunbook.settings import Settings, sibling_settings
 from pgrunbook.verify import resolve_file
 from pgrunbook.worklog import Entry, ensure_private_dir, recorded
@@ -452,9 +452,12 @@ def verified_backup(settings: Settings, file: str | None = None,
     if file:
         candidates = [resolve_file(settings, file)]
     else:
-        mine = [b for b in catalog.backups_in(settings.backup_dir, settings.backup_prefix)
-                if b.env == settings.env]
-        candidates = [b.path for b in reversed(mine)]
+        # never one dated in the future: it would be "the newest" for months
+        items = inventory(settings, with_globals=False)
+        note = future_note(items)
+        if note and console:
+            console.warn(note)
+        candidates = [item.backup.path for item in reversed(items) if not item.future]
     for index, path in enumerate(candidates):
         passed = sorted((when, sha) for (name, sha), when in verified.items() if name == path.name)
         recorded_sha = catalog.read_checksum(path)

@@ -85,6 +85,7 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "APP_SERVICES": ("", "置き換えリストア中に止めるアプリの Compose サービス名（カンマ区切り）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
+MIN_PASSWORD_LENGTH = 8  # shorter: a settings warning (a short secret masks common words)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,26 @@ class Settings:
         match = re.match(r"^[a-z+]+://[^:/@]*:(.+)@[^@]*$", self.app_database_url)
         if match:
             found += {match.group(1), unquote(match.group(1))}
+        return found
+
+    def warnings(self) -> list[str]:
+        """Weak settings that still work: said on every task of the env (stderr)."""
+        found = []
+        if self.db_password is not None:
+            same = [key for key, value in (("DB_USER", self.db_user), ("DB_NAME", self.db_name))
+                    if value == self.db_password]
+            if same:
+                found.append(
+                    f"DB_PASSWORD が {' と '.join(same)} と同じです（推測されやすく、画面・ログでは"
+                    f"その名前も *** で隠れます）→ ALTER ROLE {self.db_user} PASSWORD で強いものに変え、"
+                    f".env.{self.env} を直す"
+                )
+            elif len(self.db_password) < MIN_PASSWORD_LENGTH:
+                found.append(
+                    f"DB_PASSWORD が {MIN_PASSWORD_LENGTH} 文字未満です（推測されやすく、画面・ログで"
+                    f"同じ綴りの語も *** で隠れます）→ ALTER ROLE {self.db_user} PASSWORD で長いものに変え、"
+                    f".env.{self.env} を直す"
+                )
         return found
 
     @property

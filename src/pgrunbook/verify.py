@@ -10,6 +10,7 @@ archive reads to the end (a truncated or corrupt file fails here).
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import catalog, discovery
+from pgrunbook import catalog, discovery, inventory
 from pgrunbook.archive import (
     GLOBALS_COMPLETE,
     MAGIC,
@@ -102,7 +103,14 @@ class _Tools:
         return ExecResult(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
 
 
-def resolve_file(settings: Settings, file: str | None) -> Path:
+def resolve_file(
+    settings: Settings, file: str | None, console: Console | None = None, *, newest: bool = False
+) -> Path:
+    """The file given (relative to the backup folder if not found as is), or the
+    env's default backup: with ``newest``, the newest one whatever its format (verify
+    checks the backup just made); otherwise the one a restore should take
+    (``restore_default``). Never one dated in the future. With a console, says which
+    file was chosen and why."""
     if file:
         path = Path(file).expanduser()
         if not path.exists() and not path.is_absolute():
@@ -110,15 +118,46 @@ def resolve_file(settings: Settings, file: str | None) -> Path:
             path = in_folder if in_folder.exists() else path
         if not path.exists():
             raise RunbookError(f"{file} がありません", "invoke list --env=... でファイルを確認")
-        return path.resolve()
-    backups = catalog.backups_in(settings.backup_dir, settings.backup_prefix)
-    mine = [b for b in backups if b.env == settings.env]
-    if not mine:
+        # absolute, but a symlink stays the link: its sidecars are beside it (catalog.sidecar)
+        return Path(os.path.abspath(path))
+    items = inventory.inventory(settings, with_globals=False)
+    note = inventory.future_note(items)
+    if note and console:
+        console.warn(note)
+    usable = [item for item in items if not item.future]
+    if not usable:
         raise RunbookError(
-            f"{settings.backup_dir} に環境 {settings.env} のバックアップがありません",
+            f"{settings.backup_dir} に環境 {settings.env} のバックアップがありません"
+            + ("（未来の日時のものを除く）" if items else ""),
             f"invoke backup --env={settings.env} で作成",
         )
-    return mine[-1].path
+    if newest:
+        return usable[-1].backup.path
+    chosen, why = restore_default(usable)
+    if console:
+        console.step(f"--file の指定がないため {why} {chosen.name} を使います")
+    return chosen.backup.path
+
+
+def restore_default(items: list[inventory.Inventoried]) -> tuple[inventory.Inventoried, str]:
+    """What a restore takes without --file: the newest verified custom-format backup,
+    else the newest verified one, else the newest custom-format one, else the newest;
+    never one whose checksum disagrees with its manifest nor a suspect one (content
+    drift: an emptied or other database) unless nothing else is left.
+    Returns the item and the reason in words."""
+    sound = [item for item in items if item.checksum != inventory.CHECKSUM_MISMATCH
+             and not item.suspect] or items
+    preferences = (
+        (lambda i: i.verified and i.backup.format == "custom", "検証済みで最新のカスタム形式"),
+        (lambda i: i.verified, "検証済みで最新の"),
+        (lambda i: i.backup.format == "custom", "最新のカスタム形式（未検証）"),
+        (lambda i: True, "最新の（未検証）"),
+    )
+    for wanted, why in preferences:
+        matching = [item for item in sound if wanted(item)]
+        if matching:
+            return matching[-1], why
+    raise AssertionError("restore_default needs at least one item")  # pragma: no cover
 
 
 class Digest:
@@ -185,7 +224,7 @@ def verify_backup(
     settings: Settings, file: str | None = None, console: Console | None = None
 ) -> VerifyReport:
     console = console or Console(settings.secrets())
-    path = resolve_file(settings, file)
+    path = resolve_file(settings, file, console, newest=True)
     entry = Entry("verify", settings.env, settings.db_name, settings.db_container, file=str(path))
     with recorded(settings.worklog_path, entry, console.redact):
         report = check_file(settings, path, console, expected_env=settings.env)

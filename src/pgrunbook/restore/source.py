@@ -46,7 +46,7 @@ class Source:
 
 def inspect_source(settings: Settings, file: str | None, console: Console) -> Source:
     """Check the file (no env decision here) and describe it."""
-    path = resolve_file(settings, file)
+    path = resolve_file(settings, file, console)  # without --file: named in a step line
     # The sha256 is computed while the file is sent to the container (one read,
     # not two) and compared before anything is swapped: see restore_into.
     report = check_file(settings, path, console, expected_env=None, full_read=False, checksum=False)
