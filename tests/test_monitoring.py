@@ -238,9 +238,12 @@ def test_metrics_file_follows_every_task_and_status_prints_the_same(cli, pg, tmp
     # a manifest marked suspect (issue 12's field) shows as a gauge; status refreshes the file
     manifest = path.with_name(path.name + ".json")
     data = json.loads(manifest.read_text())
-    data["suspect"] = {"reasons": ["rows of orders fell by 90 %"]}
+    data["suspect"] = True
+    data["drift"] = {"findings": [{"kind": "table_drop", "message": "public.orders: 1,000 行 → 100 行",
+                                   "table": "public.orders", "before": 1000, "after": 100}]}
     manifest.write_text(json.dumps(data))
-    assert cli("status", "--env=prod").returncode == 0
+    # a suspect backup is not trusted as the newest good one: status is no longer OK
+    assert cli("status", "--env=prod").returncode != 0
     suspect = samples(metrics_file.read_text())
     assert suspect[("pgrunbook_backup_last_suspect", "prod")] == 1
     assert suspect[("pgrunbook_backups_suspect", "prod")] == 1

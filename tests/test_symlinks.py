@@ -45,7 +45,7 @@ def link_to(backup: Path, elsewhere: Path, *, move_sidecars: bool) -> Path:
 def check_all_ways(cli, pg, link: Path) -> None:
     listing = cli("list", "--env=prod")
     row = next(line for line in listing.stdout.splitlines() if line.startswith(link.name))
-    assert row.split("\t")[-1] == "ok", row
+    assert row.split("\t")[5] == "ok", row  # the checksum column
     for args in ([f"--file={link}"], [f"--file={link.name}"], []):
         verify = cli("verify", "--env=prod", *args)
         assert verify.returncode == 0, (args, verify.stderr)

@@ -244,14 +244,20 @@ def replaced_since(settings: Settings, previous: Mapping[str, Any]) -> str | Non
 
 # Identity of the cluster and the database, without failing for a role that may not
 # call pg_control_system() or pg_stat_file() (then that field is null).
+# EXECUTE of a function is checked when the query starts, whatever branch of a
+# CASE would call it: the privileged calls run through query_to_xml, only when granted
 IDENTITY_QUERY = """
 SELECT json_build_object(
-  'system_identifier', CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
-      THEN (SELECT system_identifier::text FROM pg_control_system()) END,
+  'system_identifier', (xpath('/row/v/text()', query_to_xml(
+      CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+           THEN 'SELECT system_identifier::text AS v FROM pg_control_system()'
+           ELSE 'SELECT NULL::text AS v' END, false, true, '')))[1]::text,
   'database_oid', d.oid::text,
-  'database_created', CASE WHEN has_function_privilege('pg_stat_file(text, boolean)', 'EXECUTE')
-      THEN (SELECT to_char((pg_stat_file('base/' || d.oid || '/PG_VERSION', true)).modification
-                           AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')) END)
+  'database_created', (xpath('/row/v/text()', query_to_xml(
+      CASE WHEN has_function_privilege('pg_stat_file(text, boolean)', 'EXECUTE')
+           THEN format('SELECT to_char((pg_stat_file(%L, true)).modification AT TIME ZONE %L, '
+                       '%L) AS v', 'base/' || d.oid || '/PG_VERSION', 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+           ELSE 'SELECT NULL::text AS v' END, false, true, '')))[1]::text)
 FROM pg_database d WHERE d.datname = current_database()
 """
 
