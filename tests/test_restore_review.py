@@ -51,3 +51,38 @@ def test_ctrl_c_or_sigterm_at_each_stage_leaves_nothing_to_recover(
 def stderr_of(result) -> str:
     return result.stderr or ""
 
+
+def test_recover_leaves_a_staging_database_another_run_is_restoring_into(cli, pg, target):  # noqa: F811
+    """No journal here names it, and sessions are writing into it: a restore of the
+    same env from another host or another checkout. restore-recover must not end
+    those sessions and drop the database under that run."""
+    other = f"{target}_pgrunbook_staging_20260101000000"
+    pg.psql(f'CREATE DATABASE "{other}"', "postgres")
+    pg.psql(f"COMMENT ON DATABASE \"{other}\" IS "
+            "'pgrunbook:staging:prod:2026-12-02T02:00:00+09:00:ops:knot.dump'", "postgres")
+    pg.run_detached("SELECT pg_sleep(60)", other, app_name="pg_restore")
+    upload = "/tmp/pgrunbook-upload-prod-0123456789ab"
+    pg.exec(["mkdir", "-p", upload])
+    pg.put(b"PGDMP", f"{upload}/knot.dump")
+    reader = pg.client.api.exec_create(pg.container.id, ["timeout", "90", "tail", "-f", f"{upload}/knot.dump"])["Id"]
+    pg.client.api.exec_start(reader, detach=True)  # what a pg_restore -j reading it looks like
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and pg.psql(
+            f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{other}'", "postgres").strip() == "0":
+        time.sleep(0.2)
+    try:
+        result = cli("restore-recover", "--env=prod", "--confirm=prod")
+        assert result.returncode == 0, result.stderr
+        assert other in databases(pg)  # left alone
+        assert pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{other}'",
+                       "postgres").strip() != "0"
+        assert other in result.stderr and "DROP DATABASE" in result.stderr  # named, with the manual way
+        assert upload in uploads_of(pg) and upload in result.stderr
+    finally:
+        pg.psql(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)', "postgres")
+        pg.exec(["rm", "-rf", upload], check=False)
+
+
+def uploads_of(pg) -> list[str]:
+    return ["/tmp/" + name for name in uploads(pg)]
+
