@@ -4,7 +4,10 @@ journal's idea of a run that is still alive."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -85,4 +88,28 @@ def test_recover_leaves_a_staging_database_another_run_is_restoring_into(cli, pg
 
 def uploads_of(pg) -> list[str]:
     return ["/tmp/" + name for name in uploads(pg)]
+
+
+def test_a_reused_pid_does_not_hide_an_interrupted_replace(cli, pg, target):  # noqa: F811
+    """After a reboot (or in a fresh container) the journal's pid is soon some other
+    python process: the kit must still see the run as interrupted."""
+    dump = backup(cli, "--env=prod")
+    killed = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
+                 env={"PGRUNBOOK_TEST_KILL_AT": "checks"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    path = cli.backup_dir("prod") / JOURNAL
+    record = json.loads(path.read_text())
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        record["pid"] = other.pid  # a python process alive now, not the run that wrote this
+        path.write_text(json.dumps(record))
+        noticed = cli("list", "--env=prod")
+        assert "restore-recover --env=prod" in noticed.stderr, noticed.stderr
+        repaired = cli("restore-recover", "--env=prod", "--confirm=prod")
+        assert repaired.returncode == 0, repaired.stderr
+        assert not path.exists()
+        assert not [d for d in databases(pg) if d.startswith(target) and "_staging_" in d]
+    finally:
+        other.kill()
+        other.wait()
 
