@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -113,3 +114,27 @@ def test_a_reused_pid_does_not_hide_an_interrupted_replace(cli, pg, target):  # 
         other.kill()
         other.wait()
 
+
+def test_column_privileges_are_carried_and_compared(cli, pg, target):  # noqa: F811
+    """GRANT SELECT (column): a --no-acl backup replaced on its own server must not
+    report success while the app gets permission denied on that column, and a
+    column grant made after the backup is a difference like a table grant."""
+    reader = f"Col Reader {uuid.uuid4().hex[:6]}"  # capitals and a space: quoted everywhere
+    pg.psql(f'CREATE ROLE "{reader}" NOLOGIN', "postgres")
+    pg.psql(f'GRANT SELECT (name), UPDATE ("joined_on") ON public.members TO "{reader}"', target)
+
+    def can(privilege: str, column: str) -> str:
+        return pg.psql(f"SELECT has_column_privilege('\"{reader}\"', 'public.members', '{column}', "
+                       f"'{privilege}')", target).strip()
+
+    dump = backup(cli, "--env=prod", "--no-acl")
+    result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    assert result.returncode == 0, result.stderr
+    assert (can("SELECT", "name"), can("UPDATE", "joined_on"), can("SELECT", "email")) == ("t", "t", "f")
+
+    dump = backup(cli, "--env=prod")
+    pg.psql(f'GRANT SELECT (email) ON public.members TO "{reader}"', target)  # after the backup
+    refused = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    assert refused.returncode == 1, refused.stderr
+    assert "public.members.email" in refused.stderr and reader in refused.stderr
+    assert can("SELECT", "email") == "t"

@@ -41,6 +41,16 @@ WITH objects AS (
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
   UNION ALL
+  -- column privileges (GRANT SELECT (col) ...): their own ACL, nothing by default;
+  -- the name is table, chr(31), column
+  SELECT 'COLUMN', n.nspname, c.relname || chr(31) || a.attname, c.relowner,
+         coalesce(a.attacl, '{}'::aclitem[]), false
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+  UNION ALL
   SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, n.nspname,
          p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.proowner,
          coalesce(p.proacl, acldefault('f', p.proowner)), false
@@ -58,6 +68,9 @@ FROM objects
 """
 
 
+COLUMN_SEPARATOR = "\x1f"
+
+
 @dataclass(frozen=True)
 class ObjectRights:
     kind: str
@@ -73,9 +86,12 @@ class ObjectRights:
 
     @property
     def label(self) -> str:
-        return f"{self.schema}.{self.name}" if self.schema else self.name
+        name = self.name.replace(COLUMN_SEPARATOR, ".")
+        return f"{self.schema}.{name}" if self.schema else name
 
     def sql_name(self) -> str:
+        if self.kind == "COLUMN":  # its table's (GRANT SELECT (column) ON TABLE ...)
+            return f"{quote_ident(self.schema)}.{quote_ident(self.name.partition(COLUMN_SEPARATOR)[0])}"
         if self.kind == "SCHEMA":
             return quote_ident(self.name)
         if self.kind in ("FUNCTION", "PROCEDURE"):
@@ -98,7 +114,7 @@ def differences(live: dict, incoming: dict) -> list[str]:
     found = []
     for key in sorted(live.keys() & incoming.keys()):
         before, after = live[key], incoming[key]
-        if before.owner != after.owner:
+        if before.owner != after.owner and before.kind != "COLUMN":  # the table's, said once
             found.append(f"{before.kind} {before.label} の所有者 {before.owner} → {after.owner}")
         if before.privileges != after.privileges:
             lost = sorted(set(before.privileges) - set(after.privileges))
@@ -121,21 +137,26 @@ def copy_statements(live: dict, incoming: dict, owners: bool, privileges: bool) 
     """Statements that give ``incoming``'s objects the live database's owners
     and/or privileges (objects only one side has are left alone)."""
     statements = []
-    for key in sorted(live.keys() & incoming.keys()):
+    # columns last: a REVOKE on a table also revokes its columns' privileges
+    for key in sorted(live.keys() & incoming.keys(), key=lambda k: (k[0] == "COLUMN", k)):
         before, after = live[key], incoming[key]
         alter_kind = before.kind
-        if owners and before.owner != after.owner and not after.linked:
+        if (owners and before.owner != after.owner and not after.linked
+                and before.kind != "COLUMN"):  # a column's owner is its table's
             statements.append(f"ALTER {alter_kind} {before.sql_name()} OWNER TO {quote_ident(before.owner)}")
         if privileges and before.privileges != after.privileges:
             kind = GRANT_KIND.get(before.kind, before.kind)
+            columns = ""
+            if before.kind == "COLUMN":
+                kind, columns = "TABLE", f" ({quote_ident(before.name.partition(COLUMN_SEPARATOR)[2])})"
             target = f"{kind} {before.sql_name()}"
             holders = {p.rsplit(":", 2)[0] for p in after.privileges} | {
                 p.rsplit(":", 2)[0] for p in before.privileges}
             for holder in sorted(holders):
-                statements.append(f"REVOKE ALL ON {target} FROM {_grantee(holder)}")
+                statements.append(f"REVOKE ALL{columns} ON {target} FROM {_grantee(holder)}")
             for item in before.privileges:
                 grantee, privilege, grantable = item.rsplit(":", 2)
-                statements.append(f"GRANT {privilege} ON {target} TO {_grantee(grantee)}"
+                statements.append(f"GRANT {privilege}{columns} ON {target} TO {_grantee(grantee)}"
                                   + (" WITH GRANT OPTION" if grantable == "true" else ""))
     return statements
 
