@@ -41,10 +41,9 @@ WITH objects AS (
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
   UNION ALL
-  -- column privileges (GRANT SELECT (col) ...): their own ACL, nothing by default;
-  -- the name is table, chr(31), column
-  SELECT 'COLUMN', n.nspname, c.relname || chr(31) || a.attname, c.relowner,
-         coalesce(a.attacl, '{}'::aclitem[]), false
+  -- column privileges (GRANT SELECT (col) ...): their own ACL, NULL (none) by default
+  -- (aclexplode(NULL) is no rows); the name is table, chr(31), column
+  SELECT 'COLUMN', n.nspname, c.relname || chr(31) || a.attname, c.relowner, a.attacl, false
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
        JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
