@@ -124,7 +124,7 @@ def test_column_privileges_are_carried_and_compared(cli, pg, target):  # noqa: F
     pg.psql(f'GRANT SELECT (name), UPDATE ("joined_on") ON public.members TO "{reader}"', target)
 
     def can(privilege: str, column: str) -> str:
-        return pg.psql(f"SELECT has_column_privilege('\"{reader}\"', 'public.members', '{column}', "
+        return pg.psql(f"SELECT has_column_privilege('{reader}', 'public.members', '{column}', "
                        f"'{privilege}')", target).strip()
 
     dump = backup(cli, "--env=prod", "--no-acl")
@@ -138,3 +138,4 @@ def test_column_privileges_are_carried_and_compared(cli, pg, target):  # noqa: F
     assert refused.returncode == 1, refused.stderr
     assert "public.members.email" in refused.stderr and reader in refused.stderr
     assert can("SELECT", "email") == "t"
+
