@@ -58,7 +58,7 @@ def find_repairs(settings: Settings, pg: Postgres, record: dict | None) -> list[
     if not facts.database.allow_connections:
         sql = f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true"
         repairs.append(Repair(f"{settings.db_name} が接続を受け付けない状態 → 開く", sql,
-                              lambda: pg.execute(sql, "postgres")))
+                              lambda sql=sql: pg.execute(sql, "postgres")))  # bound now: sql is reused below
     ours = (record or {}).get("staging")
     for db in kit_databases(pg):
         if db.env == settings.env and db.role in LEFTOVER_ROLES:
@@ -171,6 +171,11 @@ def restore_recover(
                 console.step(f"済: {repair.what}")
                 done.append(repair.what)
             entry.details["repaired"] = done
+            after = pg.facts(settings.db_name).database  # say it only once it is true
+            if after is None or not after.allow_connections:
+                raise RunbookError(
+                    f"修復後も {settings.db_name} が接続を受け付けません（中断の記録は残しています）",
+                    f"手作業: ALTER DATABASE {quote_ident(settings.db_name)} WITH ALLOW_CONNECTIONS true")
             if record:
                 journal.Journal(journal.path_of(settings), record).finish()
             console.summary(f"修復しました（{len(done)} 件）。{settings.db_name} は接続を受け付けます")
