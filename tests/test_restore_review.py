@@ -5,6 +5,7 @@ journal's idea of a run that is still alive."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import PASSWORD
+from conftest import PASSWORD, ROOT
 from test_backup import table_fingerprints
 from test_recovery import allows_connections, app_container, uploads  # noqa: F401 - fixture
 from test_restore import backup, databases, log_lines, target  # noqa: F401 - fixture
@@ -138,4 +139,49 @@ def test_column_privileges_are_carried_and_compared(cli, pg, target):  # noqa: F
     assert refused.returncode == 1, refused.stderr
     assert "public.members.email" in refused.stderr and reader in refused.stderr
     assert can("SELECT", "email") == "t"
+
+
+def test_container_killed_mid_swap_then_one_recover_repairs_without_waiting(tmp_path, docker_engine):
+    """The DB container dies (OOM kill, a panicked docker restart) while the live DB
+    is closed for the swap: it comes back closed, with the swap script's folder in
+    its /tmp and no script. restore-recover opens the DB and removes the folder
+    at once, instead of waiting two minutes for a script that is gone, every time."""
+    from conftest import Cli, start_postgres, wait_for
+
+    server = start_postgres(docker_engine, f"pgrunbook-test-review-{uuid.uuid4().hex[:8]}")
+    try:
+        cli = Cli(tmp_path)
+        server.create_database("live", sample=True)
+        cli.write_env("prod", DB_CONTAINER=server.name, DB_NAME="live", DB_PASSWORD=PASSWORD)
+        dump = backup(cli, "--env=prod")
+        before = table_fingerprints(server, "live")
+        # a session holding a lock on the live DB's name: the rename waits (lock_timeout 5 s)
+        server.run_detached("BEGIN; COMMENT ON DATABASE live IS 'busy'; SELECT pg_sleep(30); COMMIT;",
+                            "postgres")
+        environment = dict(os.environ, PGRUNBOOK_HOME=str(tmp_path))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-replace", "--env=prod",
+             f"--file={dump}", "--confirm=prod"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=tmp_path)
+        wait_for(lambda: allows_connections(server, "live") == "f", "the swap closing the live DB", 120)
+        server.container.kill()
+        _, stderr = process.communicate(timeout=180)
+        assert process.returncode == 1, stderr
+        assert "Traceback" not in stderr
+        server.container.start()
+        wait_for(lambda: server.exec(["pg_isready", "-q", "-U", "app"], check=False)[0] == 0,
+                 "the server back", 120)
+        assert allows_connections(server, "live") == "f"  # what the kill left
+        assert (cli.backup_dir("prod") / JOURNAL).exists()
+        started = time.monotonic()
+        repaired = cli("restore-recover", "--env=prod", "--confirm=prod")
+        assert repaired.returncode == 0, repaired.stderr
+        assert time.monotonic() - started < 60, repaired.stderr
+        assert allows_connections(server, "live") == "t", stderr + repaired.stderr
+        assert table_fingerprints(server, "live") == before
+        assert not [d for d in databases(server) if "_staging_" in d]
+        assert not [n for n in uploads(server) if n.startswith("pgrunbook-swap-")]
+        assert not (cli.backup_dir("prod") / JOURNAL).exists()
+    finally:
+        server.container.remove(force=True, v=True)
 

@@ -47,7 +47,11 @@ def find_repairs(settings: Settings, pg: Postgres, record: dict | None) -> list[
     # a swap script that is still finishing by itself decides the state: wait for it
     swaps = pg.container.run(["sh", "-c", "ls -d /tmp/pgrunbook-swap-* 2>/dev/null || true"])
     for work_dir in swaps.stdout.decode().split():
-        wait_for_script(pg, work_dir)
+        if wait_for_script(pg, work_dir) == "stale":  # its script died with the container
+            repairs.append(Repair(f"中断された切り替えスクリプトの作業フォルダ {work_dir}"
+                                  "（コンテナの停止・再起動で中断）→ 削除",
+                                  f"docker exec {pg.container.name} rm -rf {work_dir}",
+                                  lambda path=work_dir: _remove(pg, path)))
     facts = pg.facts(settings.db_name)
     live_q = quote_ident(settings.db_name)
     if facts.database is None:
