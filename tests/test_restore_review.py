@@ -185,3 +185,40 @@ def test_container_killed_mid_swap_then_one_recover_repairs_without_waiting(tmp_
     finally:
         server.container.remove(force=True, v=True)
 
+
+def test_live_db_that_could_not_be_reopened_keeps_the_journal(cli, pg, target):  # noqa: F811
+    """The swap fails and the script cannot reopen the live DB (its pg_database row
+    is locked by another session for minutes): the run fails saying so, and the
+    journal stays, so every later task names the closed DB and restore-recover
+    opens it. (Slow: the script tries to reopen for about two minutes.)"""
+    dump = backup(cli, "--env=prod")
+    pg.run_detached(f"BEGIN; COMMENT ON DATABASE \"{target}\" IS 'busy'; SELECT pg_sleep(20); COMMIT;",
+                    "postgres")  # the rename waits for this lock (lock_timeout 5 s)
+    environment = dict(os.environ, PGRUNBOOK_HOME=str(cli.home))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-replace", "--env=prod",
+         f"--file={dump}", "--confirm=prod"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=cli.home)
+    from conftest import wait_for
+
+    wait_for(lambda: allows_connections(pg, target) == "f", "the swap closing the live DB", 120)
+    holder = pg.run_detached(f'BEGIN; ALTER DATABASE "{target}" CONNECTION LIMIT 77; '
+                             "SELECT pg_sleep(400); COMMIT;", "postgres")
+    try:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1, stderr
+        assert "再び開けません" in stderr and "restore-recover --env=prod" in stderr, stderr
+    finally:
+        pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+                f"'{holder}'", "postgres")
+    try:
+        assert allows_connections(pg, target) == "f"
+        assert (cli.backup_dir("prod") / JOURNAL).exists(), stderr
+        noticed = cli("list", "--env=prod")
+        assert "restore-recover --env=prod" in noticed.stderr
+        repaired = cli("restore-recover", "--env=prod", "--confirm=prod")
+        assert repaired.returncode == 0, repaired.stderr
+        assert allows_connections(pg, target) == "t"
+    finally:
+        pg.psql(f'ALTER DATABASE "{target}" WITH ALLOW_CONNECTIONS true', "postgres")
+

@@ -292,6 +292,7 @@ def _after_failure(run: Replace, error: BaseException) -> None:
                if run.failed_apps else "")
     if swapped:
         run.entry.details["previous"] = run.previous
+        run.left_behind = bool(run.failed_apps)  # the journal keeps them for restore-recover
         raise RunbookError(
             f"切り替えは完了しています（{settings.db_name} は新しい DB、以前の DB は {run.previous}）が、"
             f"その後に失敗しました: {error}.{stopped}",
@@ -299,9 +300,11 @@ def _after_failure(run: Replace, error: BaseException) -> None:
         ) from error
     left = cleanup_step(f"検証用 DB {run.staging} の削除", lambda: drop_kit_database(pg, run.staging),
                         run.console)
-    if swapped is None or left or run.failed_apps:
+    closed = swapped is not None and _live_closed(run)
+    if swapped is None or left or run.failed_apps or closed:
         run.left_behind = True
-        state = "不明（サーバーに問い合わせできません）" if swapped is None else "元のまま"
+        state = ("不明（サーバーに問い合わせできません）" if swapped is None
+                 else "元のデータのままですが接続を受け付けない状態" if closed else "元のまま")
         raise RunbookError(
             f"置き換えに失敗しました: {error}。本番 DB {settings.db_name} は{state}。"
             + (f" {run.staging} が残っています"
@@ -309,3 +312,13 @@ def _after_failure(run: Replace, error: BaseException) -> None:
             + stopped,
             f"invoke restore-recover --env={settings.env} で確認・修復",
         ) from error
+
+
+def _live_closed(run: Replace) -> bool:
+    """Is the live database left closed to connections (or can we not tell)?"""
+    try:
+        facts = run.pg.facts(run.settings.db_name).database
+    except Exception:  # noqa: BLE001 - cannot tell: keep the journal
+        return True
+    return facts is not None and not facts.allow_connections
+
