@@ -295,7 +295,7 @@ def _after_failure(run: Replace, error: BaseException) -> None:
         run.left_behind = bool(run.failed_apps)  # the journal keeps them for restore-recover
         raise RunbookError(
             f"切り替えは完了しています（{settings.db_name} は新しい DB、以前の DB は {run.previous}）が、"
-            f"その後に失敗しました: {error}.{stopped}",
+            f"その後に失敗しました: {_describe(error)}。{stopped}",
             f"元に戻すなら: {run.rollback}",
         ) from error
     left = cleanup_step(f"検証用 DB {run.staging} の削除", lambda: drop_kit_database(pg, run.staging),
@@ -306,7 +306,7 @@ def _after_failure(run: Replace, error: BaseException) -> None:
         state = ("不明（サーバーに問い合わせできません）" if swapped is None
                  else "元のデータのままですが接続を受け付けない状態" if closed else "元のまま")
         raise RunbookError(
-            f"置き換えに失敗しました: {error}。本番 DB {settings.db_name} は{state}。"
+            f"置き換えに失敗しました: {_describe(error)}。本番 DB {settings.db_name} は{state}。"
             + (f" {run.staging} が残っています"
                f"（invoke restore-drop --env={settings.env} --db={run.staging}）。" if left else "")
             + stopped,
@@ -322,3 +322,11 @@ def _live_closed(run: Replace) -> bool:
         return True
     return facts is not None and not facts.allow_connections
 
+
+def _describe(error: BaseException) -> str:
+    """The failure in words: an interruption has no message of its own."""
+    if isinstance(error, KeyboardInterrupt):
+        return "中断されました（Ctrl-C）"
+    if isinstance(error, SystemExit):
+        return f"終了シグナルで中断されました（終了コード {error.code}）"
+    return str(error) or type(error).__name__
