@@ -224,3 +224,30 @@ def test_live_db_that_could_not_be_reopened_keeps_the_journal(cli, pg, target): 
     finally:
         pg.psql(f'ALTER DATABASE "{target}" WITH ALLOW_CONNECTIONS true', "postgres")
 
+
+def test_no_owner_replace_keeps_the_owners_of_types_domains_and_aggregates(cli, pg, target):  # noqa: F811
+    """With a --no-owner backup the app's enum, domain and aggregate must stay the
+    app owner's: its next migration (ALTER TYPE ... ADD VALUE) needs to own them."""
+    owner = f"Type Owner {uuid.uuid4().hex[:6]}"
+    pg.psql(f'CREATE ROLE "{owner}" NOLOGIN', "postgres")
+    pg.psql(f'CREATE TYPE public."Mood Kind" AS ENUM (\'happy\', \'sad\'); '
+            f'ALTER TYPE public."Mood Kind" OWNER TO "{owner}"; '
+            f'CREATE DOMAIN public.score AS integer CHECK (VALUE >= 0); '
+            f'ALTER DOMAIN public.score OWNER TO "{owner}"; '
+            "CREATE AGGREGATE public.total_of(integer) (SFUNC = int4pl, STYPE = integer); "
+            f'ALTER AGGREGATE public.total_of(integer) OWNER TO "{owner}"', target)
+
+    def type_owners() -> set[str]:
+        return set(pg.psql(
+            "SELECT pg_get_userbyid(typowner) FROM pg_type WHERE typname IN ('Mood Kind', 'score') "
+            "UNION ALL SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'total_of'",
+            target).strip().splitlines())
+
+    assert type_owners() == {owner}
+    dump = backup(cli, "--env=prod", "--no-owner")
+    result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    assert result.returncode == 0, result.stderr
+    assert type_owners() == {owner}
+    refused = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
+                  "--ownership=restorer")  # every object the kit user's: the check names them
+    assert refused.returncode == 1 and "public.total_of(integer)" in refused.stderr, refused.stderr

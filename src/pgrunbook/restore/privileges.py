@@ -2,8 +2,8 @@
 
 A replace that "succeeds" while the app gets ``permission denied`` is a
 failure. Before anything is stopped, the staging database is compared with
-the live one object by object (schemas, tables, views, sequences,
-functions): owner and effective privileges (defaults made explicit with
+the live one object by object (schemas, tables, views, sequences, columns,
+functions, aggregates, types and domains): owner and effective privileges (defaults made explicit with
 ``acldefault``, grantor left out). When the archive carried no owners or no
 privileges (``pg_dump --no-owner`` / ``--no-acl``), they are first copied
 from the live database onto the objects both have.
@@ -50,13 +50,28 @@ WITH objects AS (
     AND n.nspname NOT IN ('pg_catalog', 'information_schema')
     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
   UNION ALL
-  SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, n.nspname,
+  SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+         n.nspname,
          p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.proowner,
          coalesce(p.proacl, acldefault('f', p.proowner)), false
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p')
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p', 'a', 'w')
     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
                     AND d.objid = p.oid AND d.deptype = 'e')
+  UNION ALL
+  -- enums, domains, ranges, composite and base types (an app's migration alters
+  -- them as their owner); not arrays and multiranges (they follow their type),
+  -- not a table's row type, not an extension's
+  SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname, t.typowner,
+         coalesce(t.typacl, acldefault('T', t.typowner)), false
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  WHERE t.typtype IN ('b', 'c', 'd', 'e', 'r')
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+    AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+    AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                    AND d.objid = t.oid AND d.deptype = 'e')
 )
 SELECT coalesce(json_agg(json_build_array(kind, schema, name, pg_get_userbyid(owner), (
          SELECT coalesce(json_agg(DISTINCT
@@ -93,7 +108,7 @@ class ObjectRights:
             return f"{quote_ident(self.schema)}.{quote_ident(self.name.partition(COLUMN_SEPARATOR)[0])}"
         if self.kind == "SCHEMA":
             return quote_ident(self.name)
-        if self.kind in ("FUNCTION", "PROCEDURE"):
+        if self.kind in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
             name, _, arguments = self.name.partition("(")
             return f"{quote_ident(self.schema)}.{quote_ident(name)}({arguments}"
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
@@ -129,7 +144,8 @@ def _readable(item: str) -> str:
     return f"{grantee or 'PUBLIC'}:{privilege}{'（付与可）' if grantable == 'true' else ''}"
 
 
-GRANT_KIND = {"VIEW": "TABLE", "MATERIALIZED VIEW": "TABLE", "FOREIGN TABLE": "TABLE"}
+GRANT_KIND = {"VIEW": "TABLE", "MATERIALIZED VIEW": "TABLE", "FOREIGN TABLE": "TABLE",
+              "AGGREGATE": "FUNCTION"}
 
 
 def copy_statements(live: dict, incoming: dict, owners: bool, privileges: bool) -> list[str]:
