@@ -173,6 +173,20 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         raise
     entry.details["previous"] = run.previous
     run.record.update(stage="after-swap")
+    try:
+        return _after_swap(run, summary)
+    except (KeyboardInterrupt, SystemExit) as error:
+        # the replace is done: an interruption now must not read as "nothing happened"
+        raise RunbookError(
+            f"置き換えは完了しています（{settings.db_name} は新しい DB、以前の DB は {run.previous}）が、"
+            f"その後の確認の途中で{_describe(error)}",
+            f"事後確認は済んでいません。アプリを確かめ、元に戻すなら: {run.rollback}",
+        ) from None
+
+
+def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
+    settings, pg, console = run.settings, run.pg, run.console
+    faults.kill_point("after-swap")
     # planner statistics for the new database right away (autovacuum would take a
     # minute or more); in the background, so the app is not kept waiting for it
     with contextlib.suppress(RunbookError):
