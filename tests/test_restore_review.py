@@ -260,3 +260,41 @@ def test_no_owner_replace_keeps_the_owners_of_types_domains_and_aggregates(cli, 
     refused = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
                   "--ownership=restorer")  # every object the kit user's: the check names them
     assert refused.returncode == 1 and "public.total_of(integer)" in refused.stderr, refused.stderr
+
+
+def test_rollback_that_leaves_the_live_db_closed_keeps_the_journal(cli, pg, target):  # noqa: F811
+    """The same as above for restore-rollback: its swap could not reopen the live DB,
+    so the journal stays and restore-recover opens it. (Slow, like the one above.)"""
+    from conftest import last_line, wait_for
+
+    dump = backup(cli, "--env=prod")
+    replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    assert replaced.returncode == 0, replaced.stderr
+    previous = last_line(replaced.stdout)
+    pg.run_detached(f"BEGIN; COMMENT ON DATABASE \"{target}\" IS 'busy'; SELECT pg_sleep(20); COMMIT;",
+                    "postgres")
+    environment = dict(os.environ, PGRUNBOOK_HOME=str(cli.home))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-rollback", "--env=prod",
+         f"--previous={previous}", "--confirm=prod"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=cli.home)
+    wait_for(lambda: allows_connections(pg, target) == "f", "the swap closing the live DB", 120)
+    holder = pg.run_detached(f'BEGIN; ALTER DATABASE "{target}" CONNECTION LIMIT 77; '
+                             "SELECT pg_sleep(400); COMMIT;", "postgres")
+    try:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1, stderr
+        assert "再び開けません" in stderr, stderr
+    finally:
+        pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+                f"'{holder}'", "postgres")
+    try:
+        assert allows_connections(pg, target) == "f"
+        assert (cli.backup_dir("prod") / JOURNAL).exists(), stderr
+        assert "restore-recover --env=prod" in cli("list", "--env=prod").stderr
+        repaired = cli("restore-recover", "--env=prod", "--confirm=prod")
+        assert repaired.returncode == 0, repaired.stderr
+        assert allows_connections(pg, target) == "t"
+        assert previous in databases(pg)  # the way back is kept
+    finally:
+        pg.psql(f'ALTER DATABASE "{target}" WITH ALLOW_CONNECTIONS true', "postgres")

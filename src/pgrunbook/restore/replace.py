@@ -33,7 +33,7 @@ from pgrunbook.restore.databases import cleanup_step, create_database, drop_kit_
 from pgrunbook.restore.guards import check_versions, confirm, guard_environment, preflight_replace
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import RestoreOptions, restore_into
-from pgrunbook.restore.swap import database_level_statements, swap_committed, swap_databases
+from pgrunbook.restore.swap import database_level_statements, live_closed, swap_committed, swap_databases
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
 from pgrunbook.worklog import Entry, append_started, recorded
@@ -314,7 +314,7 @@ def _after_failure(run: Replace, error: BaseException) -> None:
         ) from error
     left = cleanup_step(f"検証用 DB {run.staging} の削除", lambda: drop_kit_database(pg, run.staging),
                         run.console)
-    closed = swapped is not None and _live_closed(run)
+    closed = swapped is not None and live_closed(pg, settings.db_name)
     if swapped is None or left or run.failed_apps or closed:
         run.left_behind = True
         state = ("不明（サーバーに問い合わせできません）" if swapped is None
@@ -326,15 +326,6 @@ def _after_failure(run: Replace, error: BaseException) -> None:
             + stopped,
             f"invoke restore-recover --env={settings.env} で確認・修復",
         ) from error
-
-
-def _live_closed(run: Replace) -> bool:
-    """Is the live database left closed to connections (or can we not tell)?"""
-    try:
-        facts = run.pg.facts(run.settings.db_name).database
-    except Exception:  # noqa: BLE001 - cannot tell: keep the journal
-        return True
-    return facts is not None and not facts.allow_connections
 
 
 def _describe(error: BaseException) -> str:

@@ -263,3 +263,13 @@ def swap_committed(pg: Postgres, incoming: str, outgoing: str) -> bool | None:
         return rows[0] == ["0", "1"]
     except Exception:  # noqa: BLE001
         return None
+
+
+def live_closed(pg: Postgres, database: str) -> bool:
+    """Is ``database`` left closed to connections? True also when the server cannot
+    tell us: a run that fails then keeps its journal for restore-recover."""
+    try:
+        facts = pg.facts(database).database
+    except Exception:  # noqa: BLE001
+        return True
+    return facts is not None and not facts.allow_connections
