@@ -40,3 +40,39 @@ def test_each_option_alone():
     acl_only = run(owners=False, acl=True, size=1000)
     assert "ALTER FUNCTION public.f() OWNER TO other" in acl_only
     assert "GRANT SELECT ON TABLE public.t TO other" not in acl_only
+
+
+def strip(sql: bytes, size: int = 5) -> str:
+    chunks = [sql[i:i + size] for i in range(0, len(sql), size)]
+    return b"".join(without_owner_and_acl(chunks, owners=True, acl=True)).decode()
+
+
+def test_dollar_signs_in_strings_and_identifiers_open_no_dollar_quote():
+    sql = (b"\\restrict Zq8k\n"
+           b"SET standard_conforming_strings = on;\n"
+           b"CREATE TABLE public.\"price$usd$x\" (note text DEFAULT 'costs $$'::text);\n"
+           b"COMMENT ON TABLE public.\"price$usd$x\" IS E'it\\'s $$ too';\n"
+           b"CREATE TABLE public.a$b$c (id int);\n"
+           b"ALTER TABLE public.a$b$c OWNER TO other;\n"
+           b"GRANT SELECT ON TABLE public.\"price$usd$x\" TO other;\n"
+           b"\\unrestrict Zq8k\n")
+    out = strip(sql)
+    assert "OWNER TO other" not in out and "GRANT SELECT" not in out, out
+    assert out.startswith("\\restrict Zq8k\n") and out.endswith("\\unrestrict Zq8k\n")
+    assert out.count("\n") == sql.count(b"\n") - 2
+
+
+def test_lines_inside_a_string_that_spans_lines_are_data():
+    sql = (b"COMMENT ON TABLE public.t IS 'Access for reporting:\n"
+           b"GRANT SELECT ON public.t TO reporting;\n"
+           b"ALTER TABLE public.t OWNER TO nobody;';\n"
+           b"INSERT INTO public.t VALUES (1, 'a -- not a comment', \"x\"\"y\");\n"
+           b"/* a block comment\n"
+           b"GRANT ALL ON public.t TO PUBLIC;\n"
+           b"*/\n"
+           b"ALTER TABLE public.t OWNER TO other;\n")
+    out = strip(sql, size=3)
+    assert "GRANT SELECT ON public.t TO reporting;\n" in out
+    assert "ALTER TABLE public.t OWNER TO nobody;';" in out
+    assert "GRANT ALL ON public.t TO PUBLIC;" in out
+    assert "OWNER TO other" not in out

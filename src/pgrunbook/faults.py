@@ -4,7 +4,9 @@ A test sets ``PGRUNBOOK_TEST_KILL_AT=<stage>``; when the run reaches that
 stage, the process sends itself SIGKILL (after ``delay`` seconds, on a timer,
 for a stage that is one long call: the kill then lands inside it). Nothing
 runs after a SIGKILL, no ``finally`` and no cleanup: exactly what an operator's
-``kill -9``, an OOM kill or a power cut does. Unset, this costs one lookup.
+``kill -9``, an OOM kill or a power cut does. ``PGRUNBOOK_TEST_KILL_SIGNAL=TERM``
+(or INT, HUP) sends that signal instead: Ctrl-C, cron or a shutdown at that
+stage. Unset, this costs one lookup.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import signal
 import threading
 
 VARIABLE = "PGRUNBOOK_TEST_KILL_AT"
+SIGNAL = "PGRUNBOOK_TEST_KILL_SIGNAL"
 
 
 def kill_point(stage: str, delay: float = 0.0) -> None:
     if os.environ.get(VARIABLE) != stage:
         return
+    number = getattr(signal, "SIG" + (os.environ.get(SIGNAL) or "KILL").upper())
     if delay:
-        threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        threading.Timer(delay, os.kill, (os.getpid(), number)).start()
     else:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), number)

@@ -36,6 +36,7 @@ class Journal:
         data = {
             "task": task, "env": settings.env, "database": settings.db_name,
             "container": settings.db_container, "pid": os.getpid(), "host": socket.gethostname(),
+            "boot_id": boot_id(), "process_started": process_started(os.getpid()),
             "operator": operator(), "started_at": now_iso(), "stage": "start",
             "apps_stopped": [], **fields,
         }
@@ -77,13 +78,35 @@ def read(settings: Settings) -> dict[str, Any] | None:
         return {"stage": "不明（記録が読めません）", "task": "?"}
 
 
+def boot_id() -> str | None:
+    """This boot of the kernel: a pid written before a reboot means nothing after it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_started(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, /proc/PID/stat field 22): with
+    the pid, it names one process; a pid alone is soon reused by another."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
 def is_alive(data: dict[str, Any]) -> bool:
-    """Is the run that wrote ``data`` still going (same host, process alive)?"""
+    """Is the run that wrote ``data`` still going (same host, same process alive)?"""
     if data.get("host") != socket.gethostname():
         return True  # another host's run: we cannot tell, so we do not call it dead
     pid = data.get("pid")
-    if not isinstance(pid, int):
+    if not isinstance(pid, int) or pid == os.getpid():
         return False
+    if data.get("boot_id") and boot_id() and data["boot_id"] != boot_id():
+        return False  # written before a reboot (a power cut): that process is gone
+    if data.get("process_started"):
+        return process_started(pid) == data["process_started"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

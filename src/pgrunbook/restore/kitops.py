@@ -16,7 +16,7 @@ from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
 from pgrunbook.restore.guards import confirm, preflight_replace
 from pgrunbook.restore.source import Source
-from pgrunbook.restore.swap import swap_databases
+from pgrunbook.restore.swap import live_closed, swap_databases
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
 from pgrunbook.worklog import Entry, append_started, recorded
@@ -63,7 +63,9 @@ def restore_rollback(
                                facts.version)
             finally:
                 failed = apps.start()
-                if not failed:
+                # kept while the live DB is closed (the swap could not reopen it): every
+                # task names it and restore-recover opens it
+                if not failed and not live_closed(pg, settings.db_name):
                     record.finish()
         if failed:
             raise RunbookError(f"ロールバックしましたが、アプリを再開できません: {'; '.join(failed)}",

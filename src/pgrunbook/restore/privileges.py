@@ -2,8 +2,8 @@
 
 A replace that "succeeds" while the app gets ``permission denied`` is a
 failure. Before anything is stopped, the staging database is compared with
-the live one object by object (schemas, tables, views, sequences,
-functions): owner and effective privileges (defaults made explicit with
+the live one object by object (schemas, tables, views, sequences, columns,
+functions, aggregates, types and domains): owner and effective privileges (defaults made explicit with
 ``acldefault``, grantor left out). When the archive carried no owners or no
 privileges (``pg_dump --no-owner`` / ``--no-acl``), they are first copied
 from the live database onto the objects both have.
@@ -41,13 +41,37 @@ WITH objects AS (
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
   UNION ALL
-  SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, n.nspname,
+  -- column privileges (GRANT SELECT (col) ...): their own ACL, NULL (none) by default
+  -- (aclexplode(NULL) is no rows); the name is table, chr(31), column
+  SELECT 'COLUMN', n.nspname, c.relname || chr(31) || a.attname, c.relowner, a.attacl, false
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+  UNION ALL
+  SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+         n.nspname,
          p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.proowner,
          coalesce(p.proacl, acldefault('f', p.proowner)), false
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p')
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p', 'a', 'w')
     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
                     AND d.objid = p.oid AND d.deptype = 'e')
+  UNION ALL
+  -- enums, domains, ranges, composite and base types (an app's migration alters
+  -- them as their owner); not arrays and multiranges (they follow their type),
+  -- not a table's row type, not an extension's
+  SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname, t.typowner,
+         coalesce(t.typacl, acldefault('T', t.typowner)), false
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  WHERE t.typtype IN ('b', 'c', 'd', 'e', 'r')
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+    AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+    AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                    AND d.objid = t.oid AND d.deptype = 'e')
 )
 SELECT coalesce(json_agg(json_build_array(kind, schema, name, pg_get_userbyid(owner), (
          SELECT coalesce(json_agg(DISTINCT
@@ -56,6 +80,9 @@ SELECT coalesce(json_agg(json_build_array(kind, schema, name, pg_get_userbyid(ow
          FROM aclexplode(acl) a), linked) ORDER BY kind, schema, name), '[]'::json)
 FROM objects
 """
+
+
+COLUMN_SEPARATOR = "\x1f"
 
 
 @dataclass(frozen=True)
@@ -73,12 +100,15 @@ class ObjectRights:
 
     @property
     def label(self) -> str:
-        return f"{self.schema}.{self.name}" if self.schema else self.name
+        name = self.name.replace(COLUMN_SEPARATOR, ".")
+        return f"{self.schema}.{name}" if self.schema else name
 
     def sql_name(self) -> str:
+        if self.kind == "COLUMN":  # its table's (GRANT SELECT (column) ON TABLE ...)
+            return f"{quote_ident(self.schema)}.{quote_ident(self.name.partition(COLUMN_SEPARATOR)[0])}"
         if self.kind == "SCHEMA":
             return quote_ident(self.name)
-        if self.kind in ("FUNCTION", "PROCEDURE"):
+        if self.kind in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
             name, _, arguments = self.name.partition("(")
             return f"{quote_ident(self.schema)}.{quote_ident(name)}({arguments}"
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
@@ -98,7 +128,7 @@ def differences(live: dict, incoming: dict) -> list[str]:
     found = []
     for key in sorted(live.keys() & incoming.keys()):
         before, after = live[key], incoming[key]
-        if before.owner != after.owner:
+        if before.owner != after.owner and before.kind != "COLUMN":  # the table's, said once
             found.append(f"{before.kind} {before.label} の所有者 {before.owner} → {after.owner}")
         if before.privileges != after.privileges:
             lost = sorted(set(before.privileges) - set(after.privileges))
@@ -114,28 +144,34 @@ def _readable(item: str) -> str:
     return f"{grantee or 'PUBLIC'}:{privilege}{'（付与可）' if grantable == 'true' else ''}"
 
 
-GRANT_KIND = {"VIEW": "TABLE", "MATERIALIZED VIEW": "TABLE", "FOREIGN TABLE": "TABLE"}
+GRANT_KIND = {"VIEW": "TABLE", "MATERIALIZED VIEW": "TABLE", "FOREIGN TABLE": "TABLE",
+              "AGGREGATE": "FUNCTION"}
 
 
 def copy_statements(live: dict, incoming: dict, owners: bool, privileges: bool) -> list[str]:
     """Statements that give ``incoming``'s objects the live database's owners
     and/or privileges (objects only one side has are left alone)."""
     statements = []
-    for key in sorted(live.keys() & incoming.keys()):
+    # columns last: a REVOKE on a table also revokes its columns' privileges
+    for key in sorted(live.keys() & incoming.keys(), key=lambda k: (k[0] == "COLUMN", k)):
         before, after = live[key], incoming[key]
         alter_kind = before.kind
-        if owners and before.owner != after.owner and not after.linked:
+        if (owners and before.owner != after.owner and not after.linked
+                and before.kind != "COLUMN"):  # a column's owner is its table's
             statements.append(f"ALTER {alter_kind} {before.sql_name()} OWNER TO {quote_ident(before.owner)}")
         if privileges and before.privileges != after.privileges:
             kind = GRANT_KIND.get(before.kind, before.kind)
+            columns = ""
+            if before.kind == "COLUMN":
+                kind, columns = "TABLE", f" ({quote_ident(before.name.partition(COLUMN_SEPARATOR)[2])})"
             target = f"{kind} {before.sql_name()}"
             holders = {p.rsplit(":", 2)[0] for p in after.privileges} | {
                 p.rsplit(":", 2)[0] for p in before.privileges}
             for holder in sorted(holders):
-                statements.append(f"REVOKE ALL ON {target} FROM {_grantee(holder)}")
+                statements.append(f"REVOKE ALL{columns} ON {target} FROM {_grantee(holder)}")
             for item in before.privileges:
                 grantee, privilege, grantable = item.rsplit(":", 2)
-                statements.append(f"GRANT {privilege} ON {target} TO {_grantee(grantee)}"
+                statements.append(f"GRANT {privilege}{columns} ON {target} TO {_grantee(grantee)}"
                                   + (" WITH GRANT OPTION" if grantable == "true" else ""))
     return statements
 

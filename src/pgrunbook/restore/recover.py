@@ -16,6 +16,7 @@ replace (they are the way back) and scratch databases (an operator's work).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from pgrunbook import discovery, journal
 from pgrunbook.console import Console
 from pgrunbook.container import engine
 from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import Postgres, quote_ident
+from pgrunbook.postgres import Postgres, quote_ident, quote_literal
 from pgrunbook.restore.databases import drop_kit_database, kit_databases
 from pgrunbook.restore.staging import upload_prefix
 from pgrunbook.restore.swap import wait_for_script
@@ -46,7 +47,11 @@ def find_repairs(settings: Settings, pg: Postgres, record: dict | None) -> list[
     # a swap script that is still finishing by itself decides the state: wait for it
     swaps = pg.container.run(["sh", "-c", "ls -d /tmp/pgrunbook-swap-* 2>/dev/null || true"])
     for work_dir in swaps.stdout.decode().split():
-        wait_for_script(pg, work_dir)
+        if wait_for_script(pg, work_dir) == "stale":  # its script died with the container
+            repairs.append(Repair(f"中断された切り替えスクリプトの作業フォルダ {work_dir}"
+                                  "（コンテナの停止・再起動で中断）→ 削除",
+                                  f"docker exec {pg.container.name} rm -rf {work_dir}",
+                                  lambda path=work_dir: _remove(pg, path)))
     facts = pg.facts(settings.db_name)
     live_q = quote_ident(settings.db_name)
     if facts.database is None:
@@ -57,10 +62,20 @@ def find_repairs(settings: Settings, pg: Postgres, record: dict | None) -> list[
     if not facts.database.allow_connections:
         sql = f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true"
         repairs.append(Repair(f"{settings.db_name} が接続を受け付けない状態 → 開く", sql,
-                              lambda: pg.execute(sql, "postgres")))
+                              lambda sql=sql: pg.execute(sql, "postgres")))  # bound now: sql is reused below
+    ours = (record or {}).get("staging")
     for db in kit_databases(pg):
         if db.env == settings.env and db.role in LEFTOVER_ROLES:
             sql = f"DROP DATABASE {quote_ident(db.name)} WITH (FORCE)"
+            sessions = 0 if db.name == ours else _sessions(pg, db.name)
+            if sessions:
+                # not the interrupted run's (its journal names its own), and in use: a
+                # replace of this env from another host or checkout may be restoring into it
+                repairs.append(Repair(
+                    f"{db.role} DB {db.name} は使用中です（セッション {sessions}、中断の記録にない DB）: "
+                    "別のホストか別の作業の置き換えの可能性があるため残します。"
+                    f"止まっていると確かめたら手作業で: {sql}", sql, lambda: None))
+                continue
             repairs.append(Repair(f"途中で残った {db.role} DB {db.name} → セッションを終了して削除", sql,
                                   lambda name=db.name: drop_kit_database(pg, name)))
     prefix = upload_prefix(settings.env)
@@ -69,13 +84,31 @@ def find_repairs(settings: Settings, pg: Postgres, record: dict | None) -> list[
     if record and record.get("upload") and record["upload"] not in uploads:
         exists = pg.container.run(["test", "-e", record["upload"]]).ok
         uploads += [record["upload"]] if exists else []
+    in_use = _paths_in_use(pg) if any(path != (record or {}).get("upload") for path in uploads) else ""
     for path in uploads:
-        repairs.append(Repair(f"コンテナ内に残ったアップロード {path} → 削除",
-                              f"docker exec {pg.container.name} rm -rf {path}",
+        manual = f"docker exec {pg.container.name} rm -rf {path}"
+        if path != (record or {}).get("upload") and path + "/" in in_use:
+            repairs.append(Repair(f"コンテナ内のアップロード {path} は使用中です（中断の記録にないもの）: "
+                                  f"別の作業が読んでいる可能性があるため残します。手作業なら: {manual}",
+                                  manual, lambda: None))
+            continue
+        repairs.append(Repair(f"コンテナ内に残ったアップロード {path} → 削除", manual,
                               lambda path=path: _remove(pg, path)))
     for name in (record or {}).get("apps_stopped", []):
         repairs.append(_app_repair(name))
     return [repair for repair in repairs if repair is not None]
+
+
+def _sessions(pg: Postgres, database: str) -> int:
+    rows = pg.query("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                    f"{quote_literal(database)} AND pid <> pg_backend_pid()", "postgres")
+    return int(rows[0][0])
+
+
+def _paths_in_use(pg: Postgres) -> str:
+    """The command lines of the container's processes (a pg_restore names its archive)."""
+    script = ('for p in /proc/[0-9]*; do tr "\\000" " " < "$p/cmdline" 2>/dev/null; echo; done')
+    return pg.container.run(["sh", "-c", script]).stdout.decode("utf-8", "replace")
 
 
 def _remove(pg: Postgres, path: str) -> None:
@@ -107,8 +140,11 @@ def restore_recover(
     with recorded(settings.worklog_path, entry, console.redact):
         record = journal.read(settings)
         if record and journal.is_alive(record):
+            other_host = record.get("host") != socket.gethostname()
             raise Refused(f"{record.get('task')} が実行中です"
                           f"（pid {record.get('pid')}、{record.get('host')}）",
+                          f"ホスト {record.get('host')} で終わっていると確かめたら "
+                          f"{journal.path_of(settings)} を消してから再実行" if other_host else
                           "その作業の終了を待つ。止まっているなら ps で確かめる")
         if record:
             entry.details["interrupted"] = {k: record.get(k) for k in ("task", "stage", "started_at",
@@ -139,6 +175,11 @@ def restore_recover(
                 console.step(f"済: {repair.what}")
                 done.append(repair.what)
             entry.details["repaired"] = done
+            after = pg.facts(settings.db_name).database  # say it only once it is true
+            if after is None or not after.allow_connections:
+                raise RunbookError(
+                    f"修復後も {settings.db_name} が接続を受け付けません（中断の記録は残しています）",
+                    f"手作業: ALTER DATABASE {quote_ident(settings.db_name)} WITH ALLOW_CONNECTIONS true")
             if record:
                 journal.Journal(journal.path_of(settings), record).finish()
             console.summary(f"修復しました（{len(done)} 件）。{settings.db_name} は接続を受け付けます")

@@ -39,7 +39,7 @@ from pgrunbook.restore.guards import (
 )
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import RestoreOptions, restore_into
-from pgrunbook.restore.swap import database_level_statements, swap_committed, swap_databases
+from pgrunbook.restore.swap import database_level_statements, live_closed, swap_committed, swap_databases
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
 from pgrunbook.worklog import Entry, append_started, recorded
@@ -215,6 +215,20 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         raise
     entry.details["previous"] = run.previous
     run.record.update(stage="after-swap")
+    try:
+        return _after_swap(run, summary)
+    except (KeyboardInterrupt, SystemExit) as error:
+        # the replace is done: an interruption now must not read as "nothing happened"
+        raise RunbookError(
+            f"置き換えは完了しています（{settings.db_name} は新しい DB、以前の DB は {run.previous}）が、"
+            f"その後の確認の途中で{_describe(error)}",
+            f"事後確認は済んでいません。アプリを確かめ、元に戻すなら: {run.rollback}",
+        ) from None
+
+
+def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
+    settings, pg, console = run.settings, run.pg, run.console
+    faults.kill_point("after-swap")
     # planner statistics for the new database right away (autovacuum would take a
     # minute or more); in the background, so the app is not kept waiting for it
     with contextlib.suppress(RunbookError):
@@ -334,20 +348,32 @@ def _after_failure(run: Replace, error: BaseException) -> None:
                if run.failed_apps else "")
     if swapped:
         run.entry.details["previous"] = run.previous
+        run.left_behind = bool(run.failed_apps)  # the journal keeps them for restore-recover
         raise RunbookError(
             f"切り替えは完了しています（{settings.db_name} は新しい DB、以前の DB は {run.previous}）が、"
-            f"その後に失敗しました: {error}.{stopped}",
+            f"その後に失敗しました: {_describe(error)}。{stopped}",
             f"元に戻すなら: {run.rollback}",
         ) from error
     left = cleanup_step(f"検証用 DB {run.staging} の削除", lambda: drop_kit_database(pg, run.staging),
                         run.console)
-    if swapped is None or left or run.failed_apps:
+    closed = swapped is not None and live_closed(pg, settings.db_name)
+    if swapped is None or left or run.failed_apps or closed:
         run.left_behind = True
-        state = "不明（サーバーに問い合わせできません）" if swapped is None else "元のまま"
+        state = ("不明（サーバーに問い合わせできません）" if swapped is None
+                 else "元のデータのままですが接続を受け付けない状態" if closed else "元のまま")
         raise RunbookError(
-            f"置き換えに失敗しました: {error}。本番 DB {settings.db_name} は{state}。"
+            f"置き換えに失敗しました: {_describe(error)}。本番 DB {settings.db_name} は{state}。"
             + (f" {run.staging} が残っています"
                f"（invoke restore-drop --env={settings.env} --db={run.staging}）。" if left else "")
             + stopped,
             f"invoke restore-recover --env={settings.env} で確認・修復",
         ) from error
+
+
+def _describe(error: BaseException) -> str:
+    """The failure in words: an interruption has no message of its own."""
+    if isinstance(error, KeyboardInterrupt):
+        return "中断されました（Ctrl-C）"
+    if isinstance(error, SystemExit):
+        return f"終了シグナルで中断されました（終了コード {error.code}）"
+    return str(error) or type(error).__name__

@@ -32,6 +32,7 @@ set -u
 trap '' PIPE HUP INT TERM
 dir="$PGRUNBOOK_SWAP_DIR"
 mkdir -m 700 "$dir" || { echo "pgrunbook:verdict:close-failed"; exit 1; }
+echo $$ >"$dir/pid"
 log="$dir/log"
 q() { psql -X -q -v ON_ERROR_STOP=1 -A -t -d postgres "$@" >>"$log" 2>&1; }
 verdict() { echo "pgrunbook:verdict:$1" >>"$log"; cat "$log"; rm -rf "$dir"; exit 0; }
@@ -213,21 +214,43 @@ def swap_databases(
                        f"invoke restore-recover --env={pg.settings.env} で状態を確認")
 
 
-def wait_for_script(pg: Postgres, work_dir: str, limit: float = 120) -> None:
-    """Until the swap script has given its verdict (it removes its folder then)."""
+# "gone" (no folder), "running" (its shell is alive) or "stale": a folder whose
+# script is gone (the container was killed or restarted mid-swap)
+SCRIPT_STATE = r"""
+test -d "$1" || { echo gone; exit 0; }
+pid=$(cat "$1/pid" 2>/dev/null)
+if [ -n "$pid" ] && grep -q "pgrunbook:verdict" "/proc/$pid/cmdline" 2>/dev/null; then
+  echo running
+else
+  echo stale
+fi
+"""
+
+
+def script_state(pg: Postgres, work_dir: str) -> str:
+    return pg.container.run(["sh", "-c", SCRIPT_STATE, "sh", work_dir]).stdout.decode().strip()
+
+
+def wait_for_script(pg: Postgres, work_dir: str, limit: float = 120) -> str:
+    """Until the swap script has given its verdict (it removes its folder then), or
+    is found gone without one. Returns the last state (see SCRIPT_STATE)."""
     deadline = time.monotonic() + limit
     seen = False
     started = time.monotonic()
+    state = "gone"
     while time.monotonic() < deadline:
         try:
-            present = pg.container.run(["test", "-e", work_dir]).ok
+            state = script_state(pg, work_dir)
         except Exception:  # noqa: BLE001 - the engine is gone: nothing to wait for
-            return
-        if present:
+            return "gone"
+        if state == "running":
             seen = True
-        elif seen or time.monotonic() - started > 2:
-            return
+        elif state == "stale" and time.monotonic() - started > 2:
+            return state  # (a moment's grace: the folder is made just before its pid file)
+        elif state == "gone" and (seen or time.monotonic() - started > 2):
+            return state
         time.sleep(0.3)
+    return state
 
 
 def swap_committed(pg: Postgres, incoming: str, outgoing: str) -> bool | None:
@@ -240,3 +263,13 @@ def swap_committed(pg: Postgres, incoming: str, outgoing: str) -> bool | None:
         return rows[0] == ["0", "1"]
     except Exception:  # noqa: BLE001
         return None
+
+
+def live_closed(pg: Postgres, database: str) -> bool:
+    """Is ``database`` left closed to connections? True also when the server cannot
+    tell us: a run that fails then keeps its journal for restore-recover."""
+    try:
+        facts = pg.facts(database).database
+    except Exception:  # noqa: BLE001
+        return True
+    return facts is not None and not facts.allow_connections
