@@ -27,3 +27,13 @@ def kill_point(stage: str, delay: float = 0.0) -> None:
         threading.Timer(delay, os.kill, (os.getpid(), number)).start()
     else:
         os.kill(os.getpid(), number)
+
+
+REOPEN_TRIES = "PGRUNBOOK_TEST_REOPEN_TRIES"
+
+
+def reopen_tries(default: int = 20) -> int:
+    """How often the swap script tries to reopen a live DB it closed (about 6 s
+    each). Tests that hold the DB's catalog row on purpose lower it."""
+    value = os.environ.get(REOPEN_TRIES, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default

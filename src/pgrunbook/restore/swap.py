@@ -55,7 +55,7 @@ while [ "$attempt" -lt 5 ]; do
   sleep 0.5
 done
 tries=0
-while [ "$tries" -lt 20 ]; do
+while [ "$tries" -lt "$PGRUNBOOK_REOPEN_TRIES" ]; do
   tries=$((tries + 1))
   state=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_STATE" 2>>"$log")
   [ "$state" = "swapped" ] && verdict swapped
@@ -163,6 +163,7 @@ def swap_databases(
     work_dir = f"/tmp/{application}"
     environment = {
         "PGRUNBOOK_SWAP_DIR": work_dir,
+        "PGRUNBOOK_REOPEN_TRIES": str(faults.reopen_tries()),
         "PGUSER": pg.settings.db_user,
         "PGAPPNAME": application,
         "PGOPTIONS": "-c lock_timeout=5s -c statement_timeout=60s",
