@@ -288,15 +288,18 @@ def sandbox_down(c, env=None):
         "rounds": "手作業とキットを交互に何回ずつ測るか",
         "image": "使う PostgreSQL イメージ（既定: PGRUNBOOK_TEST_IMAGE または postgres:15）",
         "output": "レポート（bench.json / bench.md）の出力先",
+        "compressions": "キットで測る圧縮形式（カンマ区切り。既定: 16 以降は gzip:1,lz4,zstd:1,zstd:3）",
     }
 )
-def bench(c, size_mb=900, rounds=3, image=None, output="bench-results"):
-    """手順書の手作業とキットの速度・メモリを使い捨てコンテナで比較する。"""
+def bench(c, size_mb=900, rounds=3, image=None, output="bench-results", compressions=""):
+    """手順書の手作業とキットの速度・書き込み停止時間・メモリを使い捨てコンテナで比較する。"""
     from pgrunbook import bench as bench_module
 
     argv = ["--size-mb", str(size_mb), "--rounds", str(rounds), "--output", output]
     if image:
         argv += ["--image", image]
+    if compressions:
+        argv += ["--compressions", compressions]
     raise Exit(code=bench_module.main(argv))
 
 

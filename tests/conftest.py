@@ -4,6 +4,12 @@ The image comes from PGRUNBOOK_TEST_IMAGE (default: the official postgres:15;
 CI builds kit-postgres:15 from Debian's packages). Containers have no network
 (network_mode="none"): everything goes through the Engine API.
 
+The version matrix: tests marked ``matrix`` run once per image of
+PGRUNBOOK_TEST_IMAGES (comma-separated; default: PGRUNBOOK_TEST_IMAGE alone
+when that is set, else the official postgres:13,15,17,18). Their ``pg`` is a
+server of that image; every other test runs on PGRUNBOOK_TEST_IMAGE only.
+One server per image for the whole session, started when first needed.
+
 The container enforces passwords on local connections too (scram-sha-256),
 so a wrong DB_PASSWORD really fails and the password really travels.
 """
@@ -24,9 +30,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = os.environ.get("PGRUNBOOK_TEST_IMAGE", "postgres:15")
+OFFICIAL_MATRIX = "postgres:13,postgres:15,postgres:17,postgres:18"
+
+
+def matrix_images() -> list[str]:
+    listed = os.environ.get("PGRUNBOOK_TEST_IMAGES") or (
+        IMAGE if "PGRUNBOOK_TEST_IMAGE" in os.environ else OFFICIAL_MATRIX)
+    images = [image.strip() for image in listed.split(",") if image.strip()]
+    return list(dict.fromkeys(images))
+
+
+MATRIX = matrix_images()
 PASSWORD = "Marker-Pw-7f3a91c2e4"
 SAMPLE_SQL = ROOT / "src" / "pgrunbook" / "data" / "sample.sql"
-SCRAM_EVERYWHERE = b"""cat > "$PGDATA/pg_hba.conf" <<'HBA'
+# PostgreSQL 13 stores passwords as md5 by default, which scram-sha-256 in
+# pg_hba.conf does not accept: store them as SCRAM on every version.
+SCRAM_EVERYWHERE = b"""psql -X -q -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d postgres \\
+  -c "ALTER SYSTEM SET password_encryption = 'scram-sha-256'" \\
+  -c "SET password_encryption = 'scram-sha-256'" \\
+  -c "ALTER ROLE \\"$POSTGRES_USER\\" PASSWORD '$POSTGRES_PASSWORD'" >/dev/null
+cat > "$PGDATA/pg_hba.conf" <<'HBA'
 local all all scram-sha-256
 host all all all scram-sha-256
 HBA
@@ -70,6 +93,12 @@ class PgContainer:
     name: str
     user: str = "app"
     password: str = PASSWORD
+    image: str = IMAGE
+    version: str = ""  # the server's version, e.g. "17.6"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
 
     def exec(self, argv, *, stdin: bytes | None = None, check: bool = True) -> tuple[int, bytes, bytes]:
         api = self.client.api
@@ -129,28 +158,41 @@ class PgContainer:
         self.client.api.put_archive(self.container.id, directory, _tar_of({name: data}))
 
 
-def ensure_image(client) -> None:
+def ensure_image(client, image: str = IMAGE) -> None:
     from docker.errors import ImageNotFound
 
     try:
-        client.images.get(IMAGE)
+        client.images.get(image)
     except ImageNotFound:
-        client.images.pull(IMAGE)  # a laptop with a registry; CI builds the image instead
+        client.images.pull(image)  # a laptop with a registry; CI builds the image instead
 
 
 def start_postgres(client, name: str, password: str = PASSWORD,
                    command: list[str] | None = None,
-                   labels: dict[str, str] | None = None) -> PgContainer:
-    """``command``: e.g. ["postgres", "-c", "max_prepared_transactions=10"]."""
-    ensure_image(client)
+                   labels: dict[str, str] | None = None, image: str = IMAGE,
+                   environment: dict[str, str] | None = None, **create: object) -> PgContainer:
+    """A server of ``image``. ``command``: e.g. ["postgres", "-c", "max_prepared_transactions=10"];
+    ``environment`` adds to the image's env contract (e.g. PGDATA), ``create`` goes to the
+    Engine's container create (e.g. tmpfs)."""
+    ensure_image(client, image)
     container = client.containers.create(
-        IMAGE,
+        image,
         command=command,
         name=name,
-        environment={"POSTGRES_USER": "app", "POSTGRES_PASSWORD": password, "POSTGRES_DB": "app"},
+        environment={"POSTGRES_USER": "app", "POSTGRES_PASSWORD": password, "POSTGRES_DB": "app",
+                     **(environment or {})},
         network_mode="none",
         labels={"pgrunbook.test": "1", **(labels or {})},
+        **create,
     )
+    try:
+        return _ready(client, container, name, image, password)
+    except BaseException:
+        container.remove(force=True, v=True)  # never leave a half-started server behind
+        raise
+
+
+def _ready(client, container, name: str, image: str, password: str) -> PgContainer:
     container.put_archive("/docker-entrypoint-initdb.d", _tar_of({"10-scram.sh": SCRAM_EVERYWHERE}))
     container.start()
     deadline = time.monotonic() + 120
@@ -163,7 +205,9 @@ def start_postgres(client, name: str, password: str = PASSWORD,
             client.api.exec_start(exec_id)
             code = client.api.exec_inspect(exec_id)["ExitCode"]
             if code == 0:
-                return PgContainer(client, container, name)
+                server = PgContainer(client, container, name, password=password, image=image)
+                server.version = server.psql("SHOW server_version", "postgres").split()[0]
+                return server
         time.sleep(0.3)
     raise RuntimeError("PostgreSQL did not become ready: " + container.logs().decode()[-2000:])
 
@@ -173,14 +217,45 @@ def docker_engine():
     return docker_client()
 
 
+class Servers:
+    """One server per image for the whole session, started on first use."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.started: dict[str, PgContainer] = {}
+
+    def __call__(self, image: str = IMAGE) -> PgContainer:
+        if image not in self.started:
+            name = f"pgrunbook-test-{uuid.uuid4().hex[:8]}"
+            server = start_postgres(self.client, name, image=image)
+            self.started[image] = server
+            server.create_database("app", sample=True)
+            server.create_database("app_dev", sample=True)
+        return self.started[image]
+
+    def close(self) -> None:
+        for server in self.started.values():
+            server.container.remove(force=True, v=True)
+
+
 @pytest.fixture(scope="session")
-def pg(docker_engine):
-    name = f"pgrunbook-test-{uuid.uuid4().hex[:8]}"
-    server = start_postgres(docker_engine, name)
-    server.create_database("app", sample=True)
-    server.create_database("app_dev", sample=True)
-    yield server
-    server.container.remove(force=True, v=True)
+def servers(docker_engine):
+    found = Servers(docker_engine)
+    yield found
+    found.close()
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked ``matrix`` run once per image of PGRUNBOOK_TEST_IMAGES."""
+    if metafunc.definition.get_closest_marker("matrix") and "pg" in metafunc.fixturenames:
+        # function scope: no reordering of the session's tests, the servers are shared anyway
+        metafunc.parametrize("pg", MATRIX, indirect=True, ids=MATRIX, scope="function")
+
+
+@pytest.fixture(scope="session")
+def pg(request, servers):
+    """The test's server: the matrix image of a ``matrix`` test, else PGRUNBOOK_TEST_IMAGE."""
+    return servers(getattr(request, "param", IMAGE))
 
 
 @dataclass

@@ -6,6 +6,8 @@ import json
 import stat
 import subprocess
 
+import pytest
+
 from conftest import PASSWORD, backup_like_files, last_line
 
 CONTENT_QUERY = """
@@ -43,6 +45,7 @@ def structure(pg, database: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.matrix
 def test_backup_custom_restores_every_table_exactly(cli, pg):
     result = cli("backup", "--env=prod")
     assert result.returncode == 0, result.stderr
@@ -61,7 +64,7 @@ def test_backup_custom_restores_every_table_exactly(cli, pg):
     assert manifest["env"] == "prod" and manifest["database"] == "app"
     assert manifest["format"] == "custom" and manifest["size"] == path.stat().st_size
     assert manifest["container"] == pg.name
-    assert manifest["server_version"].startswith("15")
+    assert manifest["server_version"].split()[0] == pg.version
     counts = {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest["tables"]}
     assert counts["accounting.journal_entries"] == 600
     assert counts["audit.audit_log"] == 900
@@ -75,6 +78,7 @@ def test_backup_custom_restores_every_table_exactly(cli, pg):
     assert "山田" in pg.psql("SELECT string_agg(name, ',') FROM members", "independent_restore")
 
 
+@pytest.mark.matrix
 def test_backup_sql_restores_with_psql(cli, pg):
     result = cli("backup-sql", "--env=prod")
     assert result.returncode == 0, result.stderr

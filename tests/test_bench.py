@@ -18,9 +18,29 @@ def test_benchmark_smoke_run(tmp_path, docker_engine):
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
-    for name in ("hand_backup_app", "kit_backup_bench", "hand_restore", "kit_restore",
-                 "hand_backup_tiny", "kit_backup_tiny"):
-        assert len(report["times_seconds"][name]) == 1
-    assert set(report["ratios"]) == {"backup", "restore_replace", "tiny_overhead_seconds", "peak_rss_mb"}
-    assert report["archive_bytes"]["kit_archive"] > 0 and report["archive_bytes"]["hand_archive"] > 0
-    assert "| バックアップ |" in (tmp_path / "bench.md").read_text()
+    formats = list(report["formats"])
+    assert formats == (["gzip:1", "lz4", "zstd:1", "zstd:3"] if int(report["server_version"].split(".")[0]) >= 16 else ["1"])
+    kit = report["kit_compression"]
+    assert report["downtime_at_a_quarter"]["kit_seconds"] > 0  # measured in the same run, smaller
+    assert len(report["times_seconds"][f"kit_downtime[{kit}]@quarter"]) == 1
+    for name in ("hand_backup_app", "hand_restore", "hand_downtime", "hand_backup_tiny", "kit_backup_tiny",
+                 *(f"kit_{step}[{spec}]" for spec in formats for step in ("backup", "restore", "downtime"))):
+        assert len(report["times_seconds"][name]) == 1, name
+    # the app container really was stopped and started: a downtime, shorter than the whole replace
+    for spec in formats:
+        assert 0 < report["times_seconds"][f"kit_downtime[{spec}]"][0] < \
+            report["times_seconds"][f"kit_restore[{spec}]"][0]
+    assert set(report["ratios"]) == {"backup", "restore_replace", "downtime_seconds", "hand_downtime_seconds",
+                                     "downtime", "tiny_overhead_seconds", "peak_rss_mb"}
+    assert report["archive_bytes"]["hand_archive"] > 0
+    assert all(report["archive_bytes"][f"kit_archive[{spec}]"] > 0 for spec in formats)
+    text = (tmp_path / "bench.md").read_text()
+    assert text.startswith("**書き込みが止まる時間") and "| 置き換えリストア 手作業 → キット |" in text
+
+    # two reports side by side, nothing run
+    combined = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--combine",
+         "--beside", str(tmp_path / "bench.json"), "--beside", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=60)
+    assert combined.returncode == 0, combined.stderr
+    assert combined.stdout.count("PostgreSQL " + report["server_version"]) >= 4

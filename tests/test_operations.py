@@ -8,6 +8,8 @@ import stat
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from conftest import PASSWORD, last_line
 from pgrunbook import catalog
 
@@ -18,6 +20,7 @@ def columns(stdout: str) -> dict[str, list[str]]:
     return {row[0]: row for row in rows}
 
 
+@pytest.mark.matrix
 def test_backup_globals_saves_roles_without_passwords_unless_asked(cli, pg):
     result = cli("backup-globals", "--env=prod")
     assert result.returncode == 0, result.stderr

@@ -45,6 +45,7 @@ def log_lines(cli, env="prod") -> list[dict]:
     return [json.loads(x) for x in (cli.backup_dir(env) / "worklog.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.matrix
 def test_scratch_restore_of_dump_and_sql_reproduces_every_table(cli, pg, target):
     dump = backup(cli, "--env=prod")
     result = cli("restore-scratch", "--env=prod", f"--file={dump}", env={"PGRUNBOOK_VERBOSE": "1"})
@@ -97,6 +98,7 @@ def comment_of(pg, database: str) -> str:
                    f"WHERE datname = '{database}'", "postgres").strip()
 
 
+@pytest.mark.matrix
 def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, target):
     pg.psql(f"COMMENT ON DATABASE \"{target}\" IS 'knot 本番'", "postgres")
     dump = backup(cli, "--env=prod")
@@ -138,6 +140,7 @@ def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, ta
     assert "restore-replace" in tasks and "restore-rollback" in tasks
 
 
+@pytest.mark.matrix
 def test_replace_with_a_corrupt_archive_leaves_the_live_database_as_it_was(cli, pg, target):
     dump = backup(cli, "--env=prod")
     before = table_fingerprints(pg, target)
@@ -248,6 +251,7 @@ def test_version_guard_refuses_a_newer_archive(cli, pg, target):
     assert not [d for d in databases(pg) if d.startswith(target + "_restore")]
 
 
+@pytest.mark.matrix
 def test_verify_restore_test(cli, pg, target):
     dump = backup(cli, "--env=prod")
     ok = cli("verify", "--env=prod", "--restore-test")

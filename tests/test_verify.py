@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -24,6 +25,7 @@ def copy_set(source, target):
         shutil.copy(str(source) + suffix, str(target) + suffix)
 
 
+@pytest.mark.matrix
 def test_verify_newest_backup_ok(cli, good):
     sql = cli("backup-sql", "--env=prod")
     assert sql.returncode == 0
@@ -43,6 +45,7 @@ def test_verify_rejects_empty_file(cli, good):
     assert "[size]" in result.stderr
 
 
+@pytest.mark.matrix
 def test_verify_rejects_truncated_file(cli, good):
     truncated = good.with_name("knot-prod-20200101-000001.dump")
     copy_set(good, truncated)
@@ -119,5 +122,5 @@ def test_verify_names_an_archive_from_a_newer_postgresql(cli, good):
     newer.write_bytes(bytes(data))
     result = cli("verify", "--env=prod", f"--file={newer}")
     assert result.returncode == 1
-    assert "この pg_restore では読めません" in result.stderr
+    assert re.search(r"pg_restore \d+\.\d+ では読めません", result.stderr), result.stderr  # its own version
     assert "壊れたファイルです" not in result.stderr  # a good newer file is not called broken

@@ -9,6 +9,7 @@ existing one). Any failure removes the partial file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -25,7 +26,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from pgrunbook import __version__, catalog, drift, manual, pinning
+from pgrunbook import __version__, catalog, drift, manual, pinning, versions
 from pgrunbook.archive import MAGIC, SQL_HEAD, ArchiveError, parse_header, sql_tail_is_complete
 from pgrunbook.console import Console, human_size
 from pgrunbook.container import CHUNK, Container
@@ -227,12 +228,23 @@ def _backup_locked(
     tables: list[TableCount] = []
     session: SnapshotSession | None = None
     snapshot_argv: list[str] = []
+    # the server's version picks the default compression (a dump runs only with a
+    # pg_dump of the server's major or newer): read with the snapshot, or asked
+    # beside the table list
     if settings.row_counts:
         console.step("pg_dump とスナップショットを共有し、同じ時点の行数を記録")
         session = SnapshotSession(pg)
         snapshot_argv = [f"--snapshot={session.start()}"]
+        try:
+            compression = _compression(settings, fmt, session.server_version)
+        except BaseException:
+            session.abort()
+            raise
     else:
-        tables = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="server-version") as pool:
+            version = pool.submit(pg.server_version)
+            tables = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
+            compression = _compression(settings, fmt, version.result().split()[0])
 
     identity = drift.database_identity(pg)
     previous = drift.baseline(settings, fmt)  # the previous good backup, before ours exists
@@ -276,7 +288,8 @@ def _backup_locked(
             "user": settings.db_user,
             "file": final.name,
             "format": fmt,
-            "compression": settings.dump_compression if fmt == "custom" else "none",
+            "compression": compression.spec if compression else "none",
+            "compression_chosen_by": compression.chosen_by if compression else "",
             "options": {"no_owner": no_owner, "no_acl": no_acl},
             "size": stream.size,
             "sha256": stream.hash.hexdigest(),
@@ -297,7 +310,8 @@ def _backup_locked(
         }
 
     console.step(f"pg_dump -F {'c' if fmt == 'custom' else 'p'} → {final.name}{catalog.PARTIAL_SUFFIX}")
-    argv = manual.dump_argv(settings, fmt, no_owner, no_acl) + snapshot_argv
+    argv = manual.dump_argv(settings, fmt, no_owner, no_acl,
+                            compression.spec if compression else None) + snapshot_argv
     stream, manifest = write_dump(
         pg, argv, final, settings, console, check, describe, "pg_dump",
         on_first_data=session.release if session else None, finished=finished,
@@ -340,6 +354,13 @@ def _warn_suspect(settings: Settings, final: Path, manifest: dict[str, Any], con
         f"データ）を確認し、意図した変化なら invoke accept-drift --env={settings.env} "
         f"--file={final.name} --reason='理由' で承認"
     )
+
+
+def _compression(settings: Settings, fmt: str, server_version: str) -> versions.Compression | None:
+    """The -Z of a custom dump (None for a plain one)."""
+    if fmt != "custom":
+        return None
+    return versions.dump_compression(settings.dump_compression, server_version)
 
 
 def write_dump(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from pgrunbook import versions
 from pgrunbook.postgres import quote_literal
 from pgrunbook.settings import Settings
 
@@ -38,11 +39,15 @@ def _exec(settings: Settings, interactive_stdin: bool = True) -> str:
     return f"docker exec{flag}{password} {container_reference(settings)}"
 
 
-def dump_argv(settings: Settings, fmt: str, no_owner: bool = False, no_acl: bool = False) -> list[str]:
+def dump_argv(settings: Settings, fmt: str, no_owner: bool = False, no_acl: bool = False,
+              compression: str | None = None) -> list[str]:
+    """pg_dump's argv. ``compression``: the -Z the kit chose for this server's pg_dump;
+    without it (no server asked: --dry-run, the docs) DUMP_COMPRESSION or the
+    default of pg_dump 15 and older."""
     argv = ["pg_dump", "-U", settings.db_user, "-d", settings.db_name,
             "-F", "c" if fmt == "custom" else "p"]
     if fmt == "custom":
-        argv += ["-Z", settings.dump_compression]
+        argv += ["-Z", compression or settings.dump_compression or versions.DEFAULT_BEFORE_16]
     argv.append(f"--lock-wait-timeout={settings.dump_lock_wait_timeout}")
     if no_owner:
         argv.append("--no-owner")
@@ -58,10 +63,11 @@ def backup_commands(
     final = shlex.quote(_relative(settings, target))
     partial = shlex.quote(_relative(settings, target) + ".partial")
     dump = shlex.join(dump_argv(settings, fmt, no_owner, no_acl))
-    lines = [
-        f"mkdir -p {directory} && chmod 700 {directory}",
-        f"{_exec(settings)} {dump} > {partial}",
-    ]
+    lines = [f"mkdir -p {directory} && chmod 700 {directory}"]
+    if fmt == "custom" and not settings.dump_compression:
+        lines.append(f"# PostgreSQL 16 以降の pg_dump では -Z {versions.DEFAULT_FROM_16}"
+                     "（キットの既定。DUMP_COMPRESSION が空のとき）")
+    lines.append(f"{_exec(settings)} {dump} > {partial}")
     if fmt == "custom":
         lines.append(f"{_exec(settings)} pg_restore --list < {partial} > /dev/null")
     else:

@@ -290,7 +290,8 @@ class SnapshotSession:
     and they cost no extra time on a machine with a spare core.
     """
 
-    SNAPSHOT = re.compile(rb"snapshot=([0-9A-Fa-f-]+)[\x1e\n]")
+    # the server's version rides along (the default compression follows it): no round trip of its own
+    SNAPSHOT = re.compile(rb"server_version=(\S*) snapshot=([0-9A-Fa-f-]+)[\x1e\n]")
 
     def __init__(self, pg: Postgres) -> None:
         self.pg = pg
@@ -299,6 +300,7 @@ class SnapshotSession:
         self._abort = False
         self._output = bytearray()
         self._snapshot: str | None = None
+        self.server_version = ""  # e.g. "17.6", known once start() returned
         self._result: ExecResult | None = None
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="snapshot-session", daemon=True)
@@ -308,7 +310,8 @@ class SnapshotSession:
         yield (
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
             f"SET LOCAL lock_timeout = {timeout};\n"
-            "SELECT 'snapshot=' || pg_export_snapshot();\n"
+            "SELECT 'server_version=' || split_part(current_setting('server_version'), ' ', 1)"
+            " || ' snapshot=' || pg_export_snapshot();\n"
         ).encode()
         self._release.wait()
         if self._abort:
@@ -321,7 +324,8 @@ class SnapshotSession:
         if self._snapshot is None:
             match = self.SNAPSHOT.search(self._output)
             if match:
-                self._snapshot = match.group(1).decode()
+                self.server_version = match.group(1).decode()
+                self._snapshot = match.group(2).decode()
                 self._started.set()
 
     def _run(self) -> None:

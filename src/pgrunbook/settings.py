@@ -43,7 +43,7 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "DB_PASSWORD": (None, "DB ユーザーのパスワード（任意）"),
     "BACKUP_DIR": (None, "バックアップの保存先（既定: backups/<env>）"),
     "BACKUP_PREFIX": ("knot", "バックアップファイル名の先頭"),
-    "DUMP_COMPRESSION": ("1", "pg_dump -Z に渡す圧縮指定（0-9、16 以降は zstd:3 なども可）"),
+    "DUMP_COMPRESSION": ("", "pg_dump -Z の圧縮指定（空: 版ごとの既定。0-9、16 以降は lz4 や zstd:3 も）"),
     "DUMP_LOCK_WAIT_TIMEOUT": ("15min", "ロックをこれ以上待たずに pg_dump を失敗させる（例: 15min）"),
     "MIN_BACKUP_BYTES": ("256", "これより小さいバックアップは不正とみなす（バイト）"),
     "ROW_COUNTS": ("true", "バックアップ時に各テーブルの行数を数えてマニフェストに残す"),
@@ -335,8 +335,9 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
     for name in apps:
         _checked("APP_CONTAINERS", name, CONTAINER_NAME)
     compression = get("DUMP_COMPRESSION")
-    if not re.match(r"^[A-Za-z0-9:=,_-]{1,32}$", compression):
-        raise RunbookError(f"DUMP_COMPRESSION={compression!r} が不正です", "例: 1, 6, zstd:3", 2)
+    if not re.match(r"^[A-Za-z0-9:=,_-]{0,32}$", compression):
+        raise RunbookError(f"DUMP_COMPRESSION={compression!r} が不正です",
+                           "例: 1, 6, lz4, zstd:3（空: 版ごとの既定）", 2)
 
     compose = _compose_values(raw, get)
     settings = Settings(

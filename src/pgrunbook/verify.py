@@ -92,6 +92,17 @@ class _Tools:
             else:
                 raise
 
+    def pg_restore_version(self) -> str:
+        """The version of the pg_restore that ``run`` uses ("" when it cannot tell)."""
+        self._resolve()
+        try:
+            if self._pg:
+                return self._pg.tool_version("pg_restore")
+            done = subprocess.run(["pg_restore", "--version"], capture_output=True, text=True, check=False)
+            return done.stdout.split()[-1] if done.returncode == 0 and done.stdout.split() else ""
+        except RunbookError:
+            return ""
+
     def run(self, argv: list[str], path: Path, digest: Digest | None = None) -> ExecResult:
         """``digest`` hashes the bytes sent to the container (on the host fallback
         it reads the file by itself later)."""
@@ -396,9 +407,11 @@ def _check_archive(
         # a good file from a newer PostgreSQL: say so, or it gets thrown away as broken
         made_by = header.pg_dump_version
         newer = f"PostgreSQL {major_version(made_by)} 以上" if made_by else "より新しい PostgreSQL"
+        reader = tools.pg_restore_version()
         report.add("toc", False,
                    f"{'pg_dump ' + made_by if made_by else '新しい pg_dump'} で作られた形式 "
-                   f"{'.'.join(map(str, header.version))} のファイルで、この pg_restore では読めません",
+                   f"{'.'.join(map(str, header.version))} のファイルで、"
+                   f"{'pg_restore ' + reader if reader else 'この pg_restore'} では読めません",
                    f"ファイルは壊れていないかもしれません。{newer}のコンテナ"
                    "（またはホストの同じ版の pg_restore）で扱う")
         return
