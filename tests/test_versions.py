@@ -190,8 +190,6 @@ def test_the_free_space_check_looks_where_the_server_keeps_its_data(cli, docker_
         server.container.remove(force=True, v=True)
 
 
-@pytest.mark.xfail(strict=True, reason="restore.guards.check_versions does not call versions.check_sql_for_psql "
-                                       "yet (restore code is the lead's; see the issue 14 report)")
 def test_a_sql_dump_with_restrict_is_refused_by_a_psql_that_does_not_know_it(cli, matrix):
     """pg_dump 13.22 / 14.19 / 15.14 / 16.10 / 17.6 and later write ``\\restrict`` at the top of a
     plain dump; an older psql of the same major stops on that first line. The refusal must

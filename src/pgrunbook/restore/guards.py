@@ -25,14 +25,16 @@ def check_versions(source: Source, server_version: str) -> None:
             head = handle.read(2048).decode("utf-8", "replace")
         match = re.search(r"Dumped by pg_dump version (\S+)", head)
         made_by = match.group(1) if match else ""
-    if not made_by:
-        return
-    if major_version(made_by) > major_version(server_version):
+    if made_by and major_version(made_by) > major_version(server_version):
         raise Refused(
             f"{source.path.name} は pg_dump {made_by} で作られており、コンテナの PostgreSQL "
             f"{server_version} には戻せません（古い版のサーバーへの復元は保証されません）",
             f"PostgreSQL {major_version(made_by)} 以上のコンテナに戻す",
         )
+    if source.format == "plain":  # psql comes with the server's own package
+        from pgrunbook.versions import check_sql_for_psql
+
+        check_sql_for_psql(source.path.name, head, server_version)
 
 
 def source_is_protected(settings: Settings, source_env: str) -> bool:
