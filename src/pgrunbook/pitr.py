@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pgrunbook import worklog
+from pgrunbook import inventory, worklog
 from pgrunbook.console import Console
 from pgrunbook.container import Container, ExecResult, engine
 from pgrunbook.errors import Refused, RunbookError
@@ -464,19 +464,11 @@ def backup_sets(info_json: str, stanza: str) -> list[BackupSet]:
 
 
 def describe_age(age: timedelta) -> str:
+    """As inventory.describe_age, with seconds under two minutes (WAL archiving is that quick)."""
     seconds = int(age.total_seconds())
-    if seconds < 0:
-        return "未来の日時"
-    if seconds < 120:
+    if 0 <= seconds < 120:
         return f"{seconds}秒"
-    minutes = seconds // 60
-    days, rest = divmod(minutes, 1440)
-    hours, minutes = divmod(rest, 60)
-    if days:
-        return f"{days}日{hours}時間"
-    if hours:
-        return f"{hours}時間{minutes}分"
-    return f"{minutes}分"
+    return inventory.describe_age(age)
 
 
 @dataclass(frozen=True)
