@@ -31,6 +31,18 @@ def app_container(docker_engine):
     app.remove(force=True)
 
 
+def replace_scenario(cli, pg, database: str, app) -> tuple:
+    """prod aimed at ``database`` with ``app`` in APP_CONTAINERS; a backup, then one more
+    row: returns the backup and the fingerprints before (old) and after (live) that row."""
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=database, DB_PASSWORD=PASSWORD,
+                  APP_CONTAINERS=app.name)
+    dump = backup(cli, "--env=prod")
+    old = table_fingerprints(pg, database)
+    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
+            "('バックアップ後の投票', 1, '賛成', now())", database)
+    return dump, old, table_fingerprints(pg, database)
+
+
 def allows_connections(pg, database: str) -> str:
     return pg.psql(f"SELECT datallowconn FROM pg_database WHERE datname = '{database}'",
                    "postgres").strip()
@@ -43,13 +55,7 @@ def uploads(pg) -> list[str]:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_at_each_stage_then_one_command_repairs(cli, pg, target, app_container, stage):  # noqa: F811
-    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD,
-                  APP_CONTAINERS=app_container.name)
-    dump = backup(cli, "--env=prod")
-    old = table_fingerprints(pg, target)
-    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
-            "('バックアップ後の投票', 1, '賛成', now())", target)
-    live = table_fingerprints(pg, target)
+    dump, old, live = replace_scenario(cli, pg, target, app_container)
     killed = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", "--jobs=2",
                  env={"PGRUNBOOK_TEST_KILL_AT": stage})
     assert killed.returncode == -signal.SIGKILL, killed.stderr

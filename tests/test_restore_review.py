@@ -16,7 +16,12 @@ import pytest
 
 from conftest import PASSWORD, ROOT
 from test_backup import table_fingerprints
-from test_recovery import allows_connections, app_container, uploads  # noqa: F401 - fixture
+from test_recovery import (  # noqa: F401 - fixture
+    allows_connections,
+    app_container,
+    replace_scenario,
+    uploads,
+)
 from test_restore import backup, databases, log_lines, target  # noqa: F401 - fixture
 
 JOURNAL = ".restore-in-progress.json"
@@ -31,13 +36,7 @@ def test_ctrl_c_or_sigterm_at_each_stage_leaves_nothing_to_recover(
     """A signal the kit can catch is not a kill -9: the run puts everything right
     itself, says so, and leaves no journal that would send the operator to
     restore-recover for nothing (nor removes one while something is left)."""
-    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD,
-                  APP_CONTAINERS=app_container.name)
-    dump = backup(cli, "--env=prod")
-    old = table_fingerprints(pg, target)
-    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
-            "('バックアップ後の投票', 1, '賛成', now())", target)
-    live = table_fingerprints(pg, target)
+    dump, old, live = replace_scenario(cli, pg, target, app_container)
     # a run started in the background by a shell ignores SIGINT (and so would the kit):
     # give the kit a SIGINT it can receive, as on a terminal
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
