@@ -42,6 +42,9 @@ def matrix_images() -> list[str]:
 
 MATRIX = matrix_images()
 PASSWORD = "Marker-Pw-7f3a91c2e4"
+# a stand-in app container: stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it,
+# and every `docker stop` of the swap would then wait its whole timeout)
+APP_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]
 SAMPLE_SQL = ROOT / "src" / "pgrunbook" / "data" / "sample.sql"
 # PostgreSQL 13 stores passwords as md5 by default, which scram-sha-256 in
 # pg_hba.conf does not accept: store them as SCRAM on every version.

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import IMAGE, PASSWORD, last_line, start_postgres
+from conftest import APP_COMMAND, IMAGE, PASSWORD, last_line, start_postgres
 
 PROJECT = "com.docker.compose.project"
 SERVICE = "com.docker.compose.service"
@@ -39,7 +39,7 @@ def compose_db(docker_engine, names):
 
 def sleeper(client, name: str, labels: dict[str, str], start: bool = True):
     """A small stand-in for an app container (or a second replica)."""
-    model = client.containers.create(IMAGE, ["sleep", "600"], name=name, network_mode="none",
+    model = client.containers.create(IMAGE, APP_COMMAND, name=name, network_mode="none",
                                      labels={"pgrunbook.test": "1", **labels}, entrypoint=[])
     if start:
         model.start()

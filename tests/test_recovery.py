@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import IMAGE, PASSWORD, ROOT, last_line, start_postgres
+from conftest import APP_COMMAND, IMAGE, PASSWORD, ROOT, last_line, start_postgres
 from test_backup import table_fingerprints
 from test_restore import backup, databases, log_lines, target  # noqa: F401 - fixture
 
@@ -25,7 +25,7 @@ def app_container(docker_engine):
     """A small app that stops at once on SIGTERM."""
     name = f"pgrunbook-app-{uuid.uuid4().hex[:6]}"
     app = docker_engine.containers.run(
-        IMAGE, ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"],
+        IMAGE, APP_COMMAND,
         entrypoint=[], name=name, detach=True, network_mode="none", labels={"pgrunbook.test": "1"})
     yield app
     app.remove(force=True)

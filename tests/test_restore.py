@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE, PASSWORD, last_line
+from conftest import APP_COMMAND, IMAGE, PASSWORD, last_line
 from test_backup import table_fingerprints
 
 
@@ -212,8 +212,8 @@ def test_prod_data_into_dev_is_masked(cli, pg, target, tmp_path):
 
 def test_app_containers_are_stopped_for_the_swap_and_started_again(cli, pg, target, docker_engine):
     app_name = f"pgrunbook-app-{uuid.uuid4().hex[:6]}"
-    app = docker_engine.containers.run(IMAGE, ["sleep", "3600"], name=app_name, detach=True,
-                                       network_mode="none")
+    app = docker_engine.containers.run(IMAGE, APP_COMMAND, name=app_name, detach=True,
+                                       network_mode="none", entrypoint=[])
     try:
         cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD,
                       APP_CONTAINERS=app_name)
