@@ -43,6 +43,18 @@ def replace_scenario(cli, pg, database: str, app) -> tuple:
     return dump, old, table_fingerprints(pg, database)
 
 
+def assert_clean_env(cli, pg, database: str, app, data, why: str = "") -> None:
+    """Never neither: the live DB is open and serves one of ``data`` (old or new),
+    nothing of the run is left (staging DB, upload, stopped app, journal)."""
+    assert allows_connections(pg, database) == "t"
+    assert table_fingerprints(pg, database) in data
+    assert not [d for d in databases(pg) if d.startswith(database) and "_staging_" in d]
+    assert not uploads(pg)
+    app.reload()
+    assert app.status == "running"
+    assert not (cli.backup_dir("prod") / ".restore-in-progress.json").exists(), why
+
+
 def allows_connections(pg, database: str) -> str:
     return pg.psql(f"SELECT datallowconn FROM pg_database WHERE datname = '{database}'",
                    "postgres").strip()
@@ -74,13 +86,7 @@ def test_kill_9_at_each_stage_then_one_command_repairs(cli, pg, target, app_cont
     repaired = cli("restore-recover", "--env=prod", "--confirm=prod")
     assert repaired.returncode == 0, repaired.stderr
     # never neither: the live database serves the old data or the new, and is open
-    assert allows_connections(pg, target) == "t"
-    assert table_fingerprints(pg, target) in (old, live)
-    assert not [d for d in databases(pg) if d.startswith(target) and "_staging_" in d]
-    assert not uploads(pg)
-    app_container.reload()
-    assert app_container.status == "running"
-    assert not (cli.backup_dir("prod") / ".restore-in-progress.json").exists()
+    assert_clean_env(cli, pg, target, app_container, (old, live))
     assert [r for r in log_lines(cli) if r["task"] == "restore-recover"][-1]["result"] == "ok"
 
     again = cli("restore-recover", "--env=prod", "--confirm=prod")

@@ -19,6 +19,7 @@ from test_backup import table_fingerprints
 from test_recovery import (  # noqa: F401 - fixture
     allows_connections,
     app_container,
+    assert_clean_env,
     replace_scenario,
     uploads,
 )
@@ -53,13 +54,7 @@ def test_ctrl_c_or_sigterm_at_each_stage_leaves_nothing_to_recover(
         assert "置き換えは完了しています" in stopped.stderr and "restore-rollback" in stopped.stderr, \
             stopped.stderr
     time.sleep(0.5)
-    assert allows_connections(pg, target) == "t"
-    assert table_fingerprints(pg, target) in (old, live)
-    assert not [d for d in databases(pg) if d.startswith(target) and "_staging_" in d]
-    assert not uploads(pg)
-    app_container.reload()
-    assert app_container.status == "running"
-    assert not (cli.backup_dir("prod") / JOURNAL).exists(), stopped.stderr
+    assert_clean_env(cli, pg, target, app_container, (old, live), stopped.stderr)
     assert log_lines(cli)[-1]["result"] != "started"
 
 
