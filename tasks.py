@@ -187,20 +187,19 @@ def restore_scratch(c, env=None, file=None, db=None, replace=False, ownership=No
                                     "（作業ログに記録）",
         "accept_shrink": "戻すデータが現在の DB より大幅に少ない（テーブルの消失・行数の急減）ことを"
                          "承知で進める（端末なしで必要。作業ログに記録）",
+        "prestaged": "事前展開 DB（RESTORE_PRESTAGE）があれば使う。--no-prestaged でファイルから復元",
         **RESTORE_HELP,
     },
 )
 def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, ownership=None,
                     no_owner=False, no_acl=False, jobs=None, accept_privilege_changes=False,
-                    accept_shrink=False):
+                    accept_shrink=False, prestaged=True):
     """A. 既存 DB を置き換える（別 DB に復元・確認してから名前を切り替え、以前の DB は保管）。"""
     settings, console = settings_for(ROOT, env, apps=True, task="restore-replace")
+    options = _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes, accept_shrink)
+    options.prestaged = prestaged
     result = guarded(
-        lambda: restore_module.restore_replace(
-            settings, file, confirm, approved_by,
-            _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes, accept_shrink),
-            console
-        ),
+        lambda: restore_module.restore_replace(settings, file, confirm, approved_by, options, console),
         console,
     )
     console.result(result.previous)
@@ -248,7 +247,8 @@ def restore_list(c, env=None):
     settings, console = settings_for(ROOT, env, resolve=True)
     databases = guarded(lambda: restore_module.list_kit_databases(settings, console), console)
     for db in databases:
-        console.result(f"{db.name}\t{db.role}\t{human_size(db.size)}\t{db.created_at}")
+        console.result(f"{db.name}\t{db.role}\t{human_size(db.size)}\t{db.created_at}"
+                       + (f"\t{db.note}" if db.note else ""))
     console.summary(f"{len(databases)} 件")
 
 

@@ -27,6 +27,7 @@ from pgrunbook.console import human_size
 from pgrunbook.container import Container
 from pgrunbook.errors import RunbookError
 from pgrunbook.postgres import Postgres
+from pgrunbook.restore import prestage
 from pgrunbook.settings import Settings, available_envs
 
 OK, WARN, NG = "OK", "WARN", "NG"
@@ -56,7 +57,13 @@ SELECT json_build_object(
                    AND NOT (has_schema_privilege(n.oid, 'USAGE')
                             AND has_table_privilege(c.oid, 'SELECT'))),
   'data_directory', CASE WHEN pg_has_role('pg_read_all_settings', 'MEMBER')
-                         THEN current_setting('data_directory') END)
+                         THEN current_setting('data_directory') END,
+  'prestaged', (SELECT coalesce(json_agg(json_build_array(
+                  p.datname, shobj_description(p.oid, 'pg_database'), p.datallowconn,
+                  CASE WHEN has_database_privilege(p.oid, 'CONNECT') THEN pg_database_size(p.oid) END)),
+                  '[]'::json)
+                FROM pg_database p
+                WHERE shobj_description(p.oid, 'pg_database') LIKE 'pgrunbook:prestaged:%'))
 FROM pg_database d, pg_roles r
 WHERE d.datname = current_database() AND r.rolname = current_user
 """
@@ -108,6 +115,8 @@ class Checker:
         if self.model is not None:
             self.probe("分離", self.separation)
             self.probe("DB", self.query_database)
+        if self.database is not None:
+            self.probe("事前展開", self.prestaged)
         self.probe("バックアップ先", self.backup_folder)
         self.probe("設定ファイル", self.env_files)
         self.probe("最新のバックアップ", self.newest_backup)
@@ -205,6 +214,36 @@ class Checker:
                                          + "、".join(missing), "スーパーユーザーで上の GRANT / ALTER を実行")
         else:
             self.add(OK, "権限（置き換え）", f"{user} は所有者・CREATEDB・pg_signal_backend を持っています")
+
+    def prestaged(self) -> None:
+        """RESTORE_PRESTAGE: is the newest backup ready to be swapped in (prestage.py)?"""
+        assert self.database is not None
+        s = self.settings
+        found = prestage.from_rows(s.env, [(name, comment, bool(allow), int(size or 0))
+                                           for name, comment, allow, size in self.database["prestaged"]])
+        if not s.restore_prestage:
+            for p in found:
+                self.add(WARN, "事前展開", f"RESTORE_PRESTAGE=false ですが {p.describe()} が残っています",
+                         f"不要なら invoke restore-drop --env={s.env} --db={p.name}")
+            return
+        if not found:
+            self.add(WARN, "事前展開", "事前展開 DB はありません（置き換えはファイルからの復元になります）",
+                     f"invoke verify --env={s.env} --restore-test（最新のバックアップで作ります）")
+            return
+        newest = [i for i in self._inventory() if not i.future and not i.suspect
+                  and i.checksum != inventory.CHECKSUM_MISMATCH]
+        current = found[-1]
+        redo = f"invoke verify --env={s.env} --restore-test で作り直す"
+        if current.open:
+            self.add(WARN, "事前展開", f"{current.describe()} は接続を受け付ける状態にされています"
+                                   "（書き込まれた可能性があるため置き換えでは使いません）", redo)
+        elif not newest or newest[-1].name != current.file:
+            latest = newest[-1].name if newest else "なし"
+            self.add(WARN, "事前展開", f"{current.describe()} は最新のバックアップ（{latest}）のものでは"
+                                   "ありません", redo)
+        else:
+            self.add(OK, "事前展開", f"{current.describe()}: restore-replace --file={current.file} は"
+                                 "復元を省いて切り替えます（ディスクを DB 1 つ分使用）")
 
     # ---- where the backups go ------------------------------------------------------
     def backup_folder(self) -> None:

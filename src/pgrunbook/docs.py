@@ -112,6 +112,10 @@ class Example:
     def restore_test(self) -> str:
         return restore.kit_name(self.settings, "verify", EXAMPLE_WHEN)
 
+    @property
+    def prestaged(self) -> str:
+        return restore.kit_name(self.settings, "prestaged", EXAMPLE_WHEN)
+
 
 def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
     """Step name (as used in page markers) -> the hand commands of that step."""
@@ -144,6 +148,9 @@ def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
         "drop-scratch": lambda: manual.drop_database_commands(s, example.scratch),
         "restore-test": lambda: manual.restore_test_commands(
             s, example.archive("custom"), example.restore_test
+        ),
+        "prestage": lambda: manual.prestage_commands(
+            s, example.archive("custom"), example.prestaged, example.staging, example.previous
         ),
         "check": lambda: manual.table_summary_commands(s, s.db_name),
         **pitr.manual_steps(s),

@@ -276,6 +276,27 @@ def restore_test_commands(settings: Settings, archive: Path, database: str) -> l
     ]
 
 
+def prestage_commands(settings: Settings, archive: Path, prestaged: str, staging: str,
+                      previous: str) -> list[str]:
+    """RESTORE_PRESTAGE by hand: keep a tested restore closed, later swap it in."""
+    replace = restore_replace_commands(settings, archive, staging, previous)
+    swap_from = next(i for i, line in enumerate(replace) if line.startswith("# 2."))
+    return [
+        "# 準備（夜間の復元テストで）: 最新のバックアップを別 DB に復元して行数を確かめ、接続を閉じて残す",
+        *restore_scratch_commands(settings, archive, prestaged)[:2],
+        *table_summary_commands(settings, prestaged)[:1],
+        _psql(settings, "postgres",
+              f"COMMENT ON DATABASE {_sql_name(prestaged)} IS "
+              f"{quote_literal('prestaged: ' + archive.name)};",
+              f"ALTER DATABASE {_sql_name(prestaged)} WITH ALLOW_CONNECTIONS false;"),
+        "# 置き換えるとき: 開いて行数をもう一度確かめてから、staging DB として名前を入れ替える",
+        _psql(settings, "postgres", f"ALTER DATABASE {_sql_name(prestaged)} RENAME TO {_sql_name(staging)};",
+              f"ALTER DATABASE {_sql_name(staging)} WITH ALLOW_CONNECTIONS true;"),
+        *table_summary_commands(settings, staging)[:1],
+        *replace[swap_from:],
+    ]
+
+
 def globals_argv(settings: Settings, with_role_passwords: bool = False) -> list[str]:
     argv = ["pg_dumpall", "-U", settings.db_user, "--globals-only"]
     if not with_role_passwords:

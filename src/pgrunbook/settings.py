@@ -83,6 +83,8 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "DB_SERVICE": ("", "DB の Compose サービス名（DB_CONTAINER の代わりにラベルで探す）"),
     "COMPOSE_PROJECT": ("", "Compose のプロジェクト名（DB_SERVICE / APP_SERVICES を絞る）"),
     "APP_SERVICES": ("", "置き換えリストア中に止めるアプリの Compose サービス名（カンマ区切り）"),
+    # --- prestaged replace (issue 14)
+    "RESTORE_PRESTAGE": ("false", "復元テストした最新のバックアップを閉じた DB で残し、置き換えを速くする"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 MIN_PASSWORD_LENGTH = 8  # shorter: a settings warning (a short secret masks common words)
@@ -135,6 +137,7 @@ class Settings:
     db_service: str = ""
     compose_project: str = ""
     app_services: tuple[str, ...] = ()
+    restore_prestage: bool = False
     db_container_id: str = ""  # set by discovery.bind once the container is resolved
 
     def secrets(self) -> list[str]:
@@ -371,6 +374,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         db_password=password or None,
         restore_jobs=None if get("RESTORE_JOBS") == "auto" else _integer(
             "RESTORE_JOBS", get("RESTORE_JOBS"), 1),
+        restore_prestage=_boolean("RESTORE_PRESTAGE", get("RESTORE_PRESTAGE")),
         **_offsite_values(env, get),
         **_monitoring_values(env, config_dir, get),
         **_guard_values(get),

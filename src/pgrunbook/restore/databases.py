@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pgrunbook.settings import Settings
 from pgrunbook.worklog import now_iso, operator
 
 MARK = "pgrunbook"
-ROLES = ("scratch", "staging", "previous", "verify", "rolledback")
+ROLES = ("scratch", "staging", "previous", "verify", "rolledback", "prestaged")
 MAX_NAME = 63
 
 
@@ -45,6 +46,12 @@ class KitDatabase:
     created_at: str
     detail: str
     size: int
+
+    @property
+    def note(self) -> str:
+        """What restore-list adds: a prestaged database's file."""
+        found = re.search(r"\bfile=(\S+)", self.detail) if self.role == "prestaged" else None
+        return f"事前展開: {found[1]}（接続不可で保管）" if found else ""
 
 
 def mark_text(role: str, settings: Settings, detail: str) -> str:

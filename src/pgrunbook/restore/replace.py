@@ -5,6 +5,8 @@ journal.py, records each step before it starts; restore-recover repairs):
 1. checks that need no change: file, versions, env rules, prepared
    transactions and DB_USER's privileges (they would stop the swap), banner
 2. the staging database, the upload, the staging restore    -> staging DB, upload
+   (or, with a prestaged database of the same file, that one claimed as the
+   staging database: prestage.py; every later step is the same)
 3. row counts against the manifest (before any masking), masking SQL, owners
    and privileges made and checked equal to the live database's
 4. the work log's "started" line, the app containers stopped -> stopped apps
@@ -25,7 +27,7 @@ from pgrunbook import discovery, drift, faults, journal
 from pgrunbook.console import Console
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import USER_TABLES_FROM, DatabaseFacts, Postgres, ServerFacts, quote_ident
-from pgrunbook.restore import privileges
+from pgrunbook.restore import prestage, privileges
 from pgrunbook.restore.appcheck import apply_masking, run_post_restore_command
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.checks import DatabaseSummary, compare_with_manifest, summarize_database
@@ -68,6 +70,7 @@ class Replace:
     staging: str = ""
     previous: str = ""
     record: journal.Journal | None = None
+    prestage: prestage.Choice = field(default_factory=prestage.Choice)
     failed_apps: list[str] = field(default_factory=list)
     left_behind: bool = False  # a failure left something for restore-recover
 
@@ -121,7 +124,9 @@ def restore_replace(
         ownership = options.resolved_ownership(source, replace=True)
         entry.details["ownership"] = ownership
         shrink = shrink_findings(pg, settings, source)
-        extra = [f"  所有者     : {OWNERSHIP_TEXT[ownership]}"]
+        choice = prestage.choose(pg, settings, source, options)
+        extra = [f"  所有者     : {OWNERSHIP_TEXT[ownership]}", choice.banner()]
+        extra = [line for line in extra if line]
         if shrink:
             entry.details["shrink"] = shrink[:20]
             extra += ["  注意: 戻すデータは現在の DB より大幅に少なくなります（現在の DB → 戻すアーカイブ）:"]
@@ -130,7 +135,8 @@ def restore_replace(
                 engine=engine, extra_lines=extra)
         if shrink:
             confirm_shrink(settings, options, confirm_env, console, ask)
-        run = Replace(settings, pg, facts, source, options, personal, apps, console, entry)
+        run = Replace(settings, pg, facts, source, options, personal, apps, console, entry,
+                      prestage=choice)
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-replace"):
             run.record = journal.Journal.begin(settings, "restore-replace", file=str(source.path))
@@ -187,12 +193,18 @@ def _replace_locked(run: Replace) -> ReplaceResult:
     entry.details["staging"] = run.staging
     assert run.record is not None
     try:
-        run.record.update(stage="staging-restore", staging=run.staging, previous=run.previous)
-        create_database(pg, run.staging, mark_text("staging", settings, run.source.path.name),
-                        like=run.live)
-        entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
-                                    run.facts, replace=True,
-                                    on_upload=lambda path: run.record.update(upload=path))
+        if run.prestage.discard:
+            console.step(f"信用できない事前展開 DB {run.prestage.discard.name} を削除")
+            drop_kit_database(pg, run.prestage.discard.name)
+        if run.prestage.use:
+            _claim_prestaged(run)
+        if not run.prestage.use:
+            run.record.update(stage="staging-restore", staging=run.staging, previous=run.previous)
+            create_database(pg, run.staging, mark_text("staging", settings, run.source.path.name),
+                            like=run.live)
+            entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
+                                        run.facts, replace=True,
+                                        on_upload=lambda path: run.record.update(upload=path))
         faults.kill_point("checks")
         run.record.update(stage="checks")
         summary = _check_staging(run)
@@ -226,6 +238,30 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         ) from None
 
 
+def _claim_prestaged(run: Replace) -> None:
+    """The prestaged database becomes the staging database, its rows checked
+    against the manifest; one that fails the check is dropped and the file is
+    restored as usual (run.prestage.use is cleared)."""
+    settings, pg, console = run.settings, run.pg, run.console
+    chosen = run.prestage.use
+    assert chosen is not None and run.record is not None
+    run.staging = chosen.name
+    run.record.update(stage="prestaged-claim", staging=run.staging, previous=run.previous)
+    prestage.claim(pg, chosen.name, mark_text("staging", settings, f"{run.source.path.name} (prestaged)"))
+    console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
+    summary = summarize_database(pg, chosen.name, run.source.table_counts())
+    differences = compare_with_manifest(run.source, summary)
+    if not differences:
+        run.entry.sha256 = chosen.sha256
+        run.entry.details["prestaged"] = chosen.name
+        return
+    console.warn(f"事前展開 DB {chosen.name} が記録と一致しません（{'; '.join(differences[:3])}）: "
+                 "削除してファイルから復元します")
+    drop_kit_database(pg, chosen.name)
+    run.prestage = prestage.Choice()
+    run.staging = kit_name(settings, "staging")
+
+
 def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
     settings, pg, console = run.settings, run.pg, run.console
     faults.kill_point("after-swap")
@@ -253,7 +289,9 @@ def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
             f"以前の DB は {run.previous} に残っています。元に戻すなら: {run.rollback}",
         ) from None
     console.summary(
-        f"置き換え完了: {settings.db_name} ← {run.source.path.name}。以前の DB は {run.previous} に保管。"
+        f"置き換え完了: {settings.db_name} ← {run.source.path.name}"
+        + (f"（事前展開 DB {run.staging} を使用、復元は省略）" if run.prestage.use else "")
+        + f"。以前の DB は {run.previous} に保管。"
         f" 元に戻す: {run.rollback} / 不要になったら: invoke restore-drop --env={settings.env} "
         f"--db={run.previous} --confirm={settings.env}"
     )
@@ -354,8 +392,15 @@ def _after_failure(run: Replace, error: BaseException) -> None:
             f"その後に失敗しました: {_describe(error)}。{stopped}",
             f"元に戻すなら: {run.rollback}",
         ) from error
-    left = cleanup_step(f"検証用 DB {run.staging} の削除", lambda: drop_kit_database(pg, run.staging),
-                        run.console)
+    kept = run.prestage.use if isinstance(error, Refused) and swapped is False else None
+    if kept:  # refused before any row changed: the prestaged database stays for the retry
+        left = cleanup_step(f"事前展開 DB {kept.name} を元に戻す", lambda: prestage.put_back(pg, kept),
+                            run.console)
+        if not left:
+            run.console.step(f"事前展開 DB {kept.name} は閉じて残しました（再実行でも使えます）")
+    if not kept or left:
+        left = cleanup_step(f"検証用 DB {run.staging} の削除", lambda: drop_kit_database(pg, run.staging),
+                            run.console)
     closed = swapped is not None and live_closed(pg, settings.db_name)
     if swapped is None or left or run.failed_apps or closed:
         run.left_behind = True

@@ -38,6 +38,7 @@ class RestoreOptions:
     jobs: int | None = None
     accept_privilege_changes: bool = False
     accept_shrink: bool = False  # restore-replace: data far smaller than the live DB's is intended
+    prestaged: bool = True  # restore-replace: claim a prestaged database of the file (prestage.py)
 
     def archive_has_owners(self, source: Source) -> bool:
         return not (source.manifest or {}).get("options", {}).get("no_owner")

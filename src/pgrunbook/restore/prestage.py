@@ -1,0 +1,200 @@
+"""Prestaged replace (RESTORE_PRESTAGE): the restore test's database kept for the night.
+
+The commonest 2 a.m. restore is "the newest good backup", and the scheduled
+``verify --restore-test`` has just restored exactly that in full. With
+RESTORE_PRESTAGE=true that database is kept instead of dropped:
+
+* only when the file tested is this env's newest usable backup (not future-dated,
+  not suspect, its checksum not in disagreement with its manifest);
+* marked by its comment with the file's name, the sha256 of the bytes restored
+  (equal to the recorded one: restore_into checks it), the pg_restore flags
+  that shape owners and privileges, and its row total;
+* closed to connections (ALLOW_CONNECTIONS false) so that nothing writes to it;
+* replacing this env's older prestaged databases once it is in place (or before,
+  when the disk cannot hold both).
+
+``restore-replace --file=<that backup>`` then claims it (the mark matches the
+file's recorded sha256, the database is still closed, the flags match) and
+goes on as any replace does: row counts against the manifest, owners and
+privileges against the live database, the shrink check, the journal, the
+swap. Only the restore itself is skipped. A prestaged database that fails a
+check is dropped and the file is restored as usual.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pgrunbook import inventory
+from pgrunbook.console import Console, human_size
+from pgrunbook.errors import RunbookError
+from pgrunbook.postgres import Postgres, ServerFacts, quote_ident, quote_literal
+from pgrunbook.restore.databases import (
+    MARK,
+    cleanup_step,
+    drop_kit_database,
+    mark_text,
+)
+from pgrunbook.restore.source import Source
+from pgrunbook.restore.staging import RestoreOptions, check_free_space
+from pgrunbook.settings import Settings
+
+ROLE = "prestaged"
+DETAIL = re.compile(r"file=(?P<file>\S+) sha256=(?P<sha256>[0-9a-f]{64}) "
+                    r"no_owner=(?P<no_owner>[01]) no_acl=(?P<no_acl>[01]) rows=(?P<rows>\d+)")
+
+
+@dataclass(frozen=True)
+class Prestaged:
+    name: str
+    file: str
+    sha256: str
+    no_owner: bool
+    no_acl: bool
+    rows: int
+    created_at: str
+    size: int
+    open: bool  # accepting connections: someone opened it, it is not trusted
+    comment: str  # the mark as written, put back when a refused replace leaves it as it was
+
+    def describe(self) -> str:
+        return f"{self.name}（{self.file} から {self.created_at} に復元・照合、{human_size(self.size)}）"
+
+
+def restore_flags(source: Source, options: RestoreOptions, replace: bool) -> tuple[bool, bool]:
+    """What pg_restore is told about owners and privileges (--no-owner, --no-acl)."""
+    return not options.restores_owners(source, replace), options.no_acl
+
+
+def detail(source: Source, sha256: str, flags: tuple[bool, bool], rows: int) -> str:
+    no_owner, no_acl = flags
+    return (f"file={source.path.name} sha256={sha256} no_owner={int(no_owner)} "
+            f"no_acl={int(no_acl)} rows={rows}")
+
+
+def prestaged_databases(pg: Postgres, settings: Settings) -> list[Prestaged]:
+    """This env's prestaged databases, oldest first."""
+    rows = pg.query(PRESTAGED_QUERY, "postgres")
+    return from_rows(settings.env, [(name, comment, allow == "t", int(size or 0))
+                                    for name, comment, allow, size in rows])
+
+
+# the kit user owns what it prestaged; CONNECT is asked first so that a database it
+# may not size never fails the query (`invoke check` folds this into its own)
+PRESTAGED_QUERY = (
+    "SELECT datname, shobj_description(oid, 'pg_database'), datallowconn, "
+    "CASE WHEN has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) END "
+    f"FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE '{MARK}:{ROLE}:%' ORDER BY 1")
+
+
+def from_rows(env: str, rows: list[tuple[str, str, bool, int]]) -> list[Prestaged]:
+    """(name, comment, datallowconn, size) of marked databases -> this env's, oldest first.
+    A mark the kit did not write in full is never claimed (restore-list shows it)."""
+    found = []
+    for name, comment, allow, size in rows:
+        parts = comment.split(":", 3)
+        match = DETAIL.search(comment)
+        if len(parts) < 4 or parts[2] != env or not match:
+            continue
+        found.append(Prestaged(name, match["file"], match["sha256"], match["no_owner"] == "1",
+                               match["no_acl"] == "1", int(match["rows"]), parts[3][:25], size,
+                               allow, comment))
+    return sorted(found, key=lambda p: p.created_at)
+
+
+def wanted_for(settings: Settings, source: Source) -> str | None:
+    """None when the file tested should be kept prestaged, else why not (in words)."""
+    if not settings.restore_prestage:
+        return "RESTORE_PRESTAGE が無効"
+    if source.env not in (None, settings.env):
+        return f"環境 {source.env} のファイル"
+    if not source.expected_sha256:
+        return "sha256 の記録がないファイル"
+    items = [item for item in inventory.inventory(settings, with_globals=False)
+             if not item.future and not item.suspect
+             and item.checksum != inventory.CHECKSUM_MISMATCH]
+    if not items or items[-1].backup.path.name != source.path.name:
+        return "この環境の最新のバックアップではない"
+    return None
+
+
+def make_room(pg: Postgres, settings: Settings, facts: ServerFacts, source: Source,
+              console: Console) -> None:
+    """Before a restore test that will be kept: when the disk cannot hold it beside
+    the older prestaged databases it is to replace, drop those first."""
+    older = prestaged_databases(pg, settings)
+    if not older:
+        return
+    try:
+        check_free_space(pg, facts, source, archive_inside=False)
+    except RunbookError:
+        for old in older:
+            console.step(f"空きを作るため、置き換えられる古い事前展開 DB {old.name} を先に削除")
+            drop_kit_database(pg, old.name)
+
+
+def keep(pg: Postgres, settings: Settings, database: str, source: Source, sha256: str,
+         flags: tuple[bool, bool], rows: int, console: Console) -> None:
+    """The restore test passed: mark ``database`` prestaged and close it, in one
+    transaction, then drop the older prestaged databases of this env."""
+    comment = mark_text(ROLE, settings, detail(source, sha256, flags, rows))
+    _mark(pg, database, comment, allow_connections=False)
+    mine = comment.split(":", 3)[3][:25]
+    for old in prestaged_databases(pg, settings):
+        if old.name != database and old.created_at <= mine:
+            cleanup_step(f"古い事前展開 DB {old.name} の削除",
+                         lambda name=old.name: drop_kit_database(pg, name), console)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a replace of a file does about this env's prestaged databases."""
+
+    use: Prestaged | None = None  # claimed: the restore is skipped
+    discard: Prestaged | None = None  # matches the file but is not trusted: dropped, then restored
+    why: str = ""  # in words, for the banner
+
+    def banner(self) -> str:
+        if self.use:
+            return (f"  復元       : 事前展開 DB {self.use.name} を使う"
+                    f"（{self.use.created_at} に復元・照合済み。復元を省き、行数・権限の確認と切り替えのみ）")
+        return f"  復元       : ファイルから（{self.why}）" if self.why else ""
+
+
+def choose(pg: Postgres, settings: Settings, source: Source, options: RestoreOptions) -> Choice:
+    """The prestaged database a replace of ``source`` may claim. Changes nothing."""
+    if not options.prestaged or source.env not in (None, settings.env) or not source.expected_sha256:
+        return Choice()
+    candidates = [p for p in prestaged_databases(pg, settings) if p.file == source.path.name]
+    if not candidates:
+        return Choice()
+    chosen = candidates[-1]
+    if chosen.sha256 != source.expected_sha256:
+        return Choice(discard=chosen, why=f"事前展開 DB {chosen.name} はファイルの sha256 の記録と"
+                                          "合わないため削除して使いません")
+    if chosen.open:
+        return Choice(discard=chosen, why=f"事前展開 DB {chosen.name} は後から接続を受け付ける状態にされ、"
+                                          "書き込まれた可能性があるため削除して使いません")
+    if (chosen.no_owner, chosen.no_acl) != restore_flags(source, options, replace=True):
+        return Choice(why=f"事前展開 DB {chosen.name} は所有者・権限の指定が今回と違うため使いません")
+    return Choice(use=chosen)
+
+
+def claim(pg: Postgres, database: str, staging_comment: str) -> None:
+    """The prestaged database becomes this run's staging database (its mark, open):
+    from here on an interruption leaves a staging database that restore-recover drops."""
+    _mark(pg, database, staging_comment, allow_connections=True)
+
+
+def put_back(pg: Postgres, prestaged: Prestaged) -> None:
+    """A replace refused before the swap (privileges, prepared transactions) changed
+    no rows: the database is prestaged again, closed, with its original mark."""
+    _mark(pg, prestaged.name, prestaged.comment, allow_connections=False)
+
+
+def _mark(pg: Postgres, database: str, comment: str, allow_connections: bool) -> None:
+    target = quote_ident(database)
+    pg.execute(f"BEGIN; COMMENT ON DATABASE {target} IS {quote_literal(comment)}; "
+               f"ALTER DATABASE {target} WITH ALLOW_CONNECTIONS {str(allow_connections).lower()}; "
+               "COMMIT;", "postgres")

@@ -1,0 +1,172 @@
+"""RESTORE_PRESTAGE (issue 14, deliverable 7): the restore test keeps the newest
+backup restored and closed; restore-replace of that file only checks and swaps."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+
+import pytest
+
+from conftest import PASSWORD
+
+VERBOSE = {"PGRUNBOOK_VERBOSE": "1"}  # the steps too (silent under cron)
+from test_backup import table_fingerprints
+from test_recovery import allows_connections, app_container, assert_clean_env  # noqa: F401 - fixture
+from test_restore import backup, databases, log_lines, target  # noqa: F401 - fixture
+from test_restore_trust import role
+
+
+@pytest.fixture
+def prod(cli, pg, target):  # noqa: F811
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD,
+                  RESTORE_PRESTAGE="true")
+    return target
+
+
+def prestaged(pg, database: str) -> list[str]:
+    return [d for d in databases(pg) if d.startswith(database) and "_prestaged_" in d]
+
+
+def comment_of(pg, database: str) -> str:
+    return pg.psql(f"SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                   f"WHERE datname = '{database}'", "postgres").strip()
+
+
+def restore_test(cli, *args: str):
+    result = cli("verify", "--env=prod", "--restore-test", *args, env=VERBOSE)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def add_vote(pg, database: str) -> None:
+    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
+            f"('バックアップ後の投票 {uuid.uuid4().hex[:8]}', 1, '賛成', now())", database)
+
+
+def test_the_restore_test_prestages_the_newest_backup_and_the_replace_only_swaps(cli, pg, prod):
+    first = backup(cli, "--env=prod")
+    restore_test(cli)
+    add_vote(pg, prod)
+    dump = backup(cli, "--env=prod")
+    wanted = table_fingerprints(pg, prod)
+    tested = restore_test(cli)
+    assert "事前展開 DB" in tested.stderr + tested.stdout
+    # one prestaged database: the newest backup's, closed, marked with its file and sha256
+    [kept] = prestaged(pg, prod)
+    assert allows_connections(pg, kept) == "f"
+    sha256 = dump.with_name(dump.name + ".sha256").read_text().split()[0]
+    mark = comment_of(pg, kept)
+    assert f"file={dump.name}" in mark and f"sha256={sha256}" in mark and first.name not in mark
+    listed = cli("restore-list", "--env=prod")
+    assert f"事前展開: {dump.name}" in listed.stdout
+    checked = cli("check", "--env=prod")
+    assert any("事前展開" in line and "OK" in line and dump.name in line
+               for line in checked.stdout.splitlines()), checked.stdout
+
+    add_vote(pg, prod)  # the live DB moves on after the backup
+    replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=VERBOSE)
+    assert replaced.returncode == 0, replaced.stderr
+    assert f"事前展開 DB {kept} を使います" in replaced.stderr, replaced.stderr
+    assert "pg_restore" not in replaced.stderr  # no restore: only the checks and the swap
+    assert table_fingerprints(pg, prod) == wanted
+    assert allows_connections(pg, prod) == "t"
+    assert not prestaged(pg, prod)  # it became the live database
+    entry = [r for r in log_lines(cli) if r["task"] == "restore-replace"][-1]
+    assert entry["result"] == "ok" and entry["prestaged"] == kept and entry["sha256"] == sha256
+    # the way back is the same as after any replace
+    rolled = cli("restore-rollback", "--env=prod", f"--previous={entry['previous']}",
+                 "--confirm=prod", env=VERBOSE)
+    assert rolled.returncode == 0, rolled.stderr
+
+
+def test_only_the_newest_backup_is_prestaged_and_no_prestaged_restores_from_the_file(cli, pg, prod):
+    older = backup(cli, "--env=prod")
+    backup(cli, "--env=prod")
+    tested = restore_test(cli, f"--file={older}")
+    assert "事前展開はしません（この環境の最新のバックアップではない）" in tested.stderr
+    assert not prestaged(pg, prod)
+    restore_test(cli)
+    assert len(prestaged(pg, prod)) == 1
+    checked = cli("check", "--env=prod")
+    assert "事前展開" in checked.stdout
+    newest = backup(cli, "--env=prod")  # the prestaged one is no longer the newest
+    stale = cli("check", "--env=prod")
+    assert any("事前展開" in line and "WARN" in line and newest.name in line
+               for line in stale.stdout.splitlines()), stale.stdout
+
+
+def test_a_prestaged_database_that_was_opened_or_changed_is_not_used(cli, pg, prod):
+    dump = backup(cli, "--env=prod")
+    wanted = table_fingerprints(pg, prod)
+    restore_test(cli)
+    [kept] = prestaged(pg, prod)
+    # somebody opens it and deletes rows: the replace must not take it
+    pg.psql(f'ALTER DATABASE "{kept}" WITH ALLOW_CONNECTIONS true', "postgres")
+    pg.psql("DELETE FROM public.votes", kept)
+    add_vote(pg, prod)
+    replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=VERBOSE)
+    assert replaced.returncode == 0, replaced.stderr
+    assert "書き込まれた可能性がある" in replaced.stderr and "pg_restore" in replaced.stderr
+    assert table_fingerprints(pg, prod) == wanted
+    assert kept not in databases(pg)
+
+    # closed again after the change: the row counts catch it, the file is restored
+    restore_test(cli)
+    [kept] = prestaged(pg, prod)
+    pg.psql(f'ALTER DATABASE "{kept}" WITH ALLOW_CONNECTIONS true', "postgres")
+    pg.psql("DELETE FROM public.votes WHERE id IN (SELECT min(id) FROM public.votes)", kept)
+    pg.psql(f'ALTER DATABASE "{kept}" WITH ALLOW_CONNECTIONS false', "postgres")
+    add_vote(pg, prod)
+    again = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=VERBOSE)
+    assert again.returncode == 0, again.stderr
+    assert "記録と一致しません" in again.stderr and "pg_restore" in again.stderr
+    assert table_fingerprints(pg, prod) == wanted
+    assert not prestaged(pg, prod)
+
+
+def test_a_refused_replace_keeps_the_prestaged_database_for_the_retry(cli, pg, prod):
+    dump = backup(cli, "--env=prod")
+    wanted = table_fingerprints(pg, prod)
+    restore_test(cli)
+    [kept] = prestaged(pg, prod)
+    mark = comment_of(pg, kept)
+    reader = role(pg, f"reader_{uuid.uuid4().hex[:6]}")
+    pg.psql(f'GRANT SELECT ON public.votes TO "{reader}"', prod)  # granted after the backup
+    refused = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=VERBOSE)
+    assert refused.returncode == 1 and reader in refused.stderr, refused.stderr
+    assert "閉じて残しました" in refused.stderr
+    assert prestaged(pg, prod) == [kept] and allows_connections(pg, kept) == "f"
+    assert comment_of(pg, kept) == mark
+    no_prestaged = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
+                       "--accept-privilege-changes", "--no-prestaged", env=VERBOSE)
+    assert no_prestaged.returncode == 0 and "pg_restore" in no_prestaged.stderr, no_prestaged.stderr
+    assert prestaged(pg, prod) == [kept]  # not claimed
+    accepted = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
+                   "--accept-privilege-changes", env=VERBOSE)
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"事前展開 DB {kept} を使います" in accepted.stderr and "pg_restore" not in accepted.stderr
+    assert table_fingerprints(pg, prod) == wanted
+
+
+def test_kill_9_after_the_claim_is_repaired_by_restore_recover(cli, pg, prod, app_container):  # noqa: F811
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=prod, DB_PASSWORD=PASSWORD,
+                  RESTORE_PRESTAGE="true", APP_CONTAINERS=app_container.name)
+    dump = backup(cli, "--env=prod")
+    old = table_fingerprints(pg, prod)
+    restore_test(cli)
+    add_vote(pg, prod)
+    live = table_fingerprints(pg, prod)
+    killed = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
+                 env={"PGRUNBOOK_TEST_KILL_AT": "checks"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    time.sleep(0.5)
+    repaired = cli("restore-recover", "--env=prod", "--confirm=prod", env=VERBOSE)
+    assert repaired.returncode == 0, repaired.stderr
+    assert_clean_env(cli, pg, prod, app_container, (live,))
+    assert not prestaged(pg, prod)  # claimed, then dropped as the run's staging DB
+    restore_test(cli)  # the next restore test prestages it again
+    replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=VERBOSE)
+    assert replaced.returncode == 0 and "を使います" in replaced.stderr, replaced.stderr
+    assert table_fingerprints(pg, prod) == old
