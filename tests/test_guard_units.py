@@ -92,10 +92,24 @@ def test_assess_marks_suspect_and_a_logged_replace_explains_a_new_oid():
     assert emptied["findings"][0]["message"].startswith("audit.audit_log: 900 行 → 0 行")
     swapped = {"system_identifier": "1", "database_oid": "99999"}
     assert drift.assess(previous, tables, swapped, DEFAULT)["status"] == "suspect"
-    explained = drift.assess(previous, tables, swapped, DEFAULT, lambda: "restore-replace t (ops)")
+    explained = drift.assess(previous, tables, swapped, DEFAULT,
+                             lambda: drift.Swap("restore-replace t (ops)"))
     assert explained["status"] == "ok" and explained["identity_change_explained_by"]
-    other_cluster = {"system_identifier": "2", "database_oid": "99999"}  # a replace never explains it
-    assert drift.assess(previous, tables, other_cluster, DEFAULT, lambda: "x")["status"] == "suspect"
+    # another cluster: explained only by a swap that logged exactly this database
+    other_cluster = {"system_identifier": "2", "database_oid": "99999"}
+    assert drift.assess(previous, tables, other_cluster, DEFAULT, lambda: drift.Swap("x"))["status"] == "suspect"
+    moved = drift.assess(previous, tables, other_cluster, DEFAULT,
+                         lambda: drift.Swap("restore-replace t (ops)", dict(other_cluster)))
+    assert moved["status"] == "ok" and moved["identity_change_explained_by"] == "restore-replace t (ops)"
+    elsewhere = {"system_identifier": "2", "database_oid": "12345"}  # not the database swapped in
+    assert drift.assess(previous, tables, other_cluster, DEFAULT,
+                        lambda: drift.Swap("x", elsewhere))["status"] == "suspect"
+    unknown = {"system_identifier": None, "database_oid": "99999"}  # no pg_control_system(): not enough
+    assert drift.assess(previous, tables, other_cluster, DEFAULT,
+                        lambda: drift.Swap("x", unknown))["status"] == "suspect"
+    # the rows are compared all the same
+    assert drift.assess(previous, [{**tables[0], "rows": 0}], other_cluster, DEFAULT,
+                        lambda: drift.Swap("x", dict(other_cluster)))["status"] == "suspect"
 
 
 # --- the work log's hash chain ------------------------------------------------------

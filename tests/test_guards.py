@@ -133,6 +133,39 @@ def test_a_recreated_container_is_a_different_database(tmp_path, docker_engine):
         server.container.remove(force=True, v=True)
 
 
+def test_a_move_to_a_new_cluster_made_by_the_kits_replace_is_not_suspect(tmp_path, pg, docker_engine):
+    """The runbook's way to move majors or hosts: back up on the old server, restore-replace
+    on the new one. The next backup is of another cluster, but the kit made it so and
+    logged the identity it swapped in: not suspect (the counts are still compared)."""
+    name = f"pgrunbook-test-move-{uuid.uuid4().hex[:8]}"
+    source = f"move_{uuid.uuid4().hex[:8]}"
+    pg.create_database(source, sample=True)
+    new = start_postgres(docker_engine, name)
+    try:
+        cli = Cli(tmp_path)
+        cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=source, DB_PASSWORD=PASSWORD)
+        old = cli("backup", "--env=prod")
+        assert old.returncode == 0, old.stderr
+        new.create_database(source, sample=False)  # the new server's own empty database
+        cli.write_env("prod", DB_CONTAINER=name, DB_NAME=source, DB_PASSWORD=PASSWORD)
+        replaced = cli("restore-replace", "--env=prod", f"--file={last_line(old.stdout)}", "--confirm=prod")
+        assert replaced.returncode == 0, replaced.stderr
+        moved = cli("backup", "--env=prod")
+        assert moved.returncode == 0, moved.stderr
+        block = manifest_of(Path(last_line(moved.stdout)))["drift"]
+        assert block["status"] == "ok" and block["identity_change_explained_by"].startswith("restore-replace")
+
+        # another cluster the kit did not swap in is still a different database
+        new.container.remove(force=True, v=True)
+        new = start_postgres(docker_engine, name)
+        new.create_database(source, sample=True)
+        recreated = cli("backup", "--env=prod")
+        assert recreated.returncode == 3 and "システム識別子" in recreated.stderr, recreated.stderr
+    finally:
+        new.container.remove(force=True, v=True)
+        pg.psql(f'DROP DATABASE IF EXISTS "{source}" WITH (FORCE)', "postgres")
+
+
 def test_forty_days_of_backups_of_a_database_emptied_on_day_10_keep_day_9(tmp_path):
     cli = Cli(tmp_path)
     cli.write_env("prod", DB_CONTAINER="knot-db-not-needed", RETENTION_DAYS="30",

@@ -192,37 +192,55 @@ def baseline(settings: Settings, fmt: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
+@dataclass(frozen=True)
+class Swap:
+    """The kit's own logged swap of the env's database (restore-replace, restore-rollback)."""
+
+    text: str
+    identity: Mapping[str, Any] | None = None  # what it swapped in (logged since issue 14)
+
+
 def assess(previous: tuple[str, Mapping[str, Any]] | None, tables: list[dict[str, Any]],
            identity: Mapping[str, Any] | None, thresholds: Thresholds,
-           replaced_since: Callable[[], str | None] | None = None) -> dict[str, Any]:
+           replaced_since: Callable[[], Swap | None] | None = None) -> dict[str, Any]:
     """The manifest's ``drift`` block for a new backup.
 
-    ``replaced_since`` is asked (only when the database's OID or creation time
-    changed) whether the kit itself swapped the database in since the previous
-    backup (restore-replace, restore-rollback): then that change is expected. The
-    rows and tables are compared all the same.
+    ``replaced_since`` is asked (only when the identity changed) whether the kit
+    itself swapped the database in since the previous backup: then a new OID or
+    creation time is expected, and so is a new cluster (a move to another server
+    or major by restore-replace) when the swap logged exactly the identity seen
+    now. The rows and tables are compared all the same.
     """
     block: dict[str, Any] = {"checked_at": now_iso(), "thresholds": asdict(thresholds)}
     if previous is None:
         return {**block, "status": "first", "compared_with": None, "findings": []}
     name, manifest = previous
     findings = compare_identity(manifest.get("identity"), identity)
-    if findings and replaced_since is not None \
-            and not compare_identity(manifest.get("identity"), identity, DATABASE_FIELDS):
-        explanation = replaced_since()
-        if explanation:
-            block["identity_change_explained_by"] = explanation
-            findings = []
+    swap = replaced_since() if findings and replaced_since is not None else None
+    if swap and (not compare_identity(manifest.get("identity"), identity, DATABASE_FIELDS)
+                 or _same_database(swap.identity, identity)):
+        block["identity_change_explained_by"] = swap.text
+        findings = []
     findings += compare(counts_of_tables(manifest.get("tables") or []), counts_of_tables(tables),
                         thresholds)
     return {**block, "status": "suspect" if findings else "ok", "compared_with": name,
             "findings": [f.as_dict() for f in findings]}
 
 
+def _same_database(swapped_in: Mapping[str, Any] | None, seen: Mapping[str, Any] | None) -> bool:
+    """The database backed up now is the one the swap logged: every field known on
+    both sides, the cluster's and the database's, equal."""
+    if not swapped_in or not seen:
+        return False
+    known = [key for key, _, _ in IDENTITY_FIELDS if swapped_in.get(key) and seen.get(key)]
+    return "system_identifier" in known and "database_oid" in known \
+        and all(str(swapped_in[key]) == str(seen[key]) for key in known)
+
+
 SWAP_TASKS = ("restore-replace", "restore-rollback")
 
 
-def replaced_since(settings: Settings, previous: Mapping[str, Any]) -> str | None:
+def replaced_since(settings: Settings, previous: Mapping[str, Any]) -> Swap | None:
     """The kit's own logged swap of this env's database after ``previous`` was taken."""
     try:
         since = datetime.fromisoformat(str(previous.get("finished_at")))
@@ -238,7 +256,9 @@ def replaced_since(settings: Settings, previous: Mapping[str, Any]) -> str | Non
         except ValueError:
             continue
         if when >= since:
-            return f"{record['task']} {record['time']} ({record.get('operator')})"
+            identity = record.get("identity")
+            return Swap(f"{record['task']} {record['time']} ({record.get('operator')})",
+                        identity if isinstance(identity, Mapping) else None)
     return None
 
 

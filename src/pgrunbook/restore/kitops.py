@@ -16,7 +16,7 @@ from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
 from pgrunbook.restore.guards import confirm, preflight_replace
 from pgrunbook.restore.source import Source
-from pgrunbook.restore.swap import live_closed, swap_databases
+from pgrunbook.restore.swap import live_closed, record_identity, swap_databases
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
 from pgrunbook.worklog import Entry, append_started, recorded
@@ -67,6 +67,7 @@ def restore_rollback(
                 # task names it and restore-recover opens it
                 if not failed and not live_closed(pg, settings.db_name):
                     record.finish()
+        record_identity(pg, entry)
         if failed:
             raise RunbookError(f"ロールバックしましたが、アプリを再開できません: {'; '.join(failed)}",
                                "docker start で再開")

@@ -41,7 +41,13 @@ from pgrunbook.restore.guards import (
 )
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import RestoreOptions, restore_into
-from pgrunbook.restore.swap import database_level_statements, live_closed, swap_committed, swap_databases
+from pgrunbook.restore.swap import (
+    database_level_statements,
+    live_closed,
+    record_identity,
+    swap_committed,
+    swap_databases,
+)
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
 from pgrunbook.worklog import Entry, append_started, recorded
@@ -265,6 +271,7 @@ def _claim_prestaged(run: Replace) -> None:
 def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
     settings, pg, console = run.settings, run.pg, run.console
     faults.kill_point("after-swap")
+    record_identity(pg, run.entry)
     # planner statistics for the new database right away (autovacuum would take a
     # minute or more); in the background, so the app is not kept waiting for it
     with contextlib.suppress(RunbookError):

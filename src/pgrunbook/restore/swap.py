@@ -12,14 +12,16 @@ open again. The kit only reads the script's verdict.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
 
-from pgrunbook import faults
+from pgrunbook import drift, faults
 from pgrunbook.archive import major_version
 from pgrunbook.errors import Refused, RunbookError
 from pgrunbook.postgres import DatabaseFacts, Postgres, quote_ident, quote_literal
+from pgrunbook.worklog import Entry
 
 CLOSED = "pgrunbook: closed"
 VERDICTS = ("swapped", "refused-prepared", "close-failed", "reopened", "still-closed")
@@ -264,6 +266,13 @@ def swap_committed(pg: Postgres, incoming: str, outgoing: str) -> bool | None:
         return rows[0] == ["0", "1"]
     except Exception:  # noqa: BLE001
         return None
+
+
+def record_identity(pg: Postgres, entry: Entry) -> None:
+    """The identity of the database just swapped in, for the next backup's drift check:
+    a new cluster is then known to be the kit's own move (drift.replaced_since)."""
+    with contextlib.suppress(RunbookError):
+        entry.details["identity"] = drift.database_identity(pg)
 
 
 def live_closed(pg: Postgres, database: str) -> bool:
