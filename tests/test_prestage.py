@@ -9,13 +9,13 @@ import uuid
 
 import pytest
 
-from conftest import PASSWORD
-
-VERBOSE = {"PGRUNBOOK_VERBOSE": "1"}  # the steps too (silent under cron)
+from conftest import PASSWORD, start_postgres
 from test_backup import table_fingerprints
 from test_recovery import allows_connections, app_container, assert_clean_env  # noqa: F401 - fixture
 from test_restore import backup, databases, log_lines, target  # noqa: F401 - fixture
 from test_restore_trust import role
+
+VERBOSE = {"PGRUNBOOK_VERBOSE": "1"}  # the steps too (silent under cron)
 
 
 @pytest.fixture
@@ -170,3 +170,32 @@ def test_kill_9_after_the_claim_is_repaired_by_restore_recover(cli, pg, prod, ap
     replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=VERBOSE)
     assert replaced.returncode == 0 and "を使います" in replaced.stderr, replaced.stderr
     assert table_fingerprints(pg, prod) == old
+
+
+def test_when_the_disk_cannot_hold_two_copies_the_old_prestaged_database_goes_first(cli, docker_engine):
+    """The data directory on a small tmpfs: live + prestaged fill it so that a new restore
+    test fits only once the prestaged database it replaces is dropped."""
+    name = f"pgrunbook-test-prestage-disk-{uuid.uuid4().hex[:6]}"
+    data = "/var/lib/postgresql/data"
+    server = start_postgres(docker_engine, name, environment={"PGDATA": data}, tmpfs={data: "size=184m"},
+                            command=["postgres", "-c", "max_wal_size=32MB", "-c", "min_wal_size=32MB"])
+    try:
+        server.create_database("big", sample=True)
+        server.psql("CREATE TABLE filler AS SELECT g AS id, repeat(md5(g::text), 16) AS payload "
+                    "FROM generate_series(1, 60000) AS g; CHECKPOINT", "big")
+        cli.write_env("prod", DB_CONTAINER=name, DB_NAME="big", DB_PASSWORD=PASSWORD, RESTORE_PRESTAGE="true")
+        backup(cli, "--env=prod")
+        restore_test(cli)
+        [old] = prestaged(server, "big")
+        server.psql("CHECKPOINT", "postgres")
+        backup(cli, "--env=prod")
+        size = int(server.psql("SELECT pg_database_size('big')", "postgres"))
+        _, df, _ = server.exec(["df", "-Pk", data])
+        free = int(df.decode().splitlines()[1].split()[3]) * 1024
+        assert free < size * 1.1 < free + size, (free, size)  # the setup this test is about
+        tested = restore_test(cli)
+        assert f"古い事前展開 DB {old} を先に削除" in tested.stderr, tested.stderr
+        [new] = prestaged(server, "big")
+        assert new != old
+    finally:
+        server.container.remove(force=True, v=True)
