@@ -325,11 +325,12 @@ def list_backups(c, env=None):
     """その環境のバックアップ一覧（名前・形式・サイズ・作成日時・検証済みか・チェックサム）。"""
     settings, console = settings_for(ROOT, env)
     items = guarded(lambda: inventory.inventory(settings), console)
+    prestaged = restore_module.prestaged_by_file(settings, console) if settings.restore_prestage else None
     if sys.stdout.isatty():
         empty = [f"{settings.backup_dir} にバックアップはありません"]
-        print_lines(inventory.table(items) if items else empty)
+        print_lines(inventory.table(items, prestaged) if items else empty)
     else:
-        print_lines(inventory.plain_lines(items))
+        print_lines(inventory.plain_lines(items, prestaged))
 
 
 @task(

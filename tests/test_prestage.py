@@ -61,6 +61,8 @@ def test_the_restore_test_prestages_the_newest_backup_and_the_replace_only_swaps
     assert f"file={dump.name}" in mark and f"sha256={sha256}" in mark and first.name not in mark
     listed = cli("restore-list", "--env=prod")
     assert f"事前展開: {dump.name}" in listed.stdout
+    backups = {line.split("\t")[0]: line.split("\t") for line in cli("list", "--env=prod").stdout.splitlines()}
+    assert backups[dump.name][-1] == kept and backups[first.name][-1] == "-"
     checked = cli("check", "--env=prod")
     assert any("事前展開" in line and "OK" in line and dump.name in line
                for line in checked.stdout.splitlines()), checked.stdout

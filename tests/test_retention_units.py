@@ -138,3 +138,17 @@ def test_a_series_with_nothing_valid_keeps_its_newest_files():
     decision = decide(unchecked, policy, NOW)
     assert sorted(decision.keep) == ["x-400", "x-401", "x-402"]
     assert len(decision.delete) == 7
+
+
+def test_two_backups_of_the_same_second_sort_by_their_serial(tmp_path):
+    """backup twice within a second: the second is named ...-1.dump, and "-" sorts before
+    "." — by name alone the newer file came first (and counted as the older one)."""
+    from pgrunbook import catalog
+
+    names = ["knot-prod-20260128-020000.dump", "knot-prod-20260128-020000-1.dump",
+             "knot-prod-20260128-020000-2-before-upgrade.dump", "knot-prod-20260128-015959-3.dump"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert [b.name for b in catalog.backups_in(tmp_path)] == [
+        "knot-prod-20260128-015959-3.dump", "knot-prod-20260128-020000.dump",
+        "knot-prod-20260128-020000-1.dump", "knot-prod-20260128-020000-2-before-upgrade.dump"]

@@ -129,6 +129,14 @@ def ahead_of(backup: BackupFile, manifest: dict[str, Any] | None, now: datetime)
     return ahead if ahead > FUTURE_TOLERANCE else None
 
 
+def order_key(name: str, created: datetime) -> tuple[datetime, int, str]:
+    """Oldest first: by time, then by the serial of backups made in the same second
+    (``…-020000.dump`` before ``…-020000-1.dump``: by name alone "-" sorts first)."""
+    match = NAME.match(name)
+    serial = int(match.group("serial")) if match and match.group("serial") else 0
+    return created, serial, name
+
+
 def backup_name(prefix: str, env: str, when: datetime, fmt: str, serial: int = 0,
                 label: str | None = None) -> str:
     stamp = when.strftime("%Y%m%d-%H%M%S")
@@ -181,7 +189,7 @@ def backups_in(
         wanted = backup and (prefix is None or backup.prefix == prefix)
         if wanted and (with_globals or not backup.is_globals):
             found.append(backup)
-    return sorted(found, key=lambda b: (b.created, b.name))
+    return sorted(found, key=lambda b: order_key(b.name, b.created))
 
 
 def free_name(directory: Path, prefix: str, env: str, when: datetime, fmt: str,

@@ -165,7 +165,7 @@ def verified_cell(item: Inventoried) -> str:
     return "未"
 
 
-def rows(items: list[Inventoried]) -> list[tuple[str, ...]]:
+def rows(items: list[Inventoried], prestaged: dict[str, str] | None = None) -> list[tuple[str, ...]]:
     return [
         (
             item.name,
@@ -177,7 +177,7 @@ def rows(items: list[Inventoried]) -> list[tuple[str, ...]]:
             item.label or "-",
             item.keep_until or "-",
             content_state(item),
-        )
+        ) + ((prestaged.get(item.name, "-"),) if prestaged is not None else ())
         for item in items
     ]
 
@@ -196,20 +196,22 @@ def _width(text: str) -> int:
     return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
 
 
-def table(items: list[Inventoried]) -> list[str]:
-    """An aligned table for a terminal."""
-    body = rows(items)
-    widths = [max([_width(h)] + [_width(row[i]) for row in body]) for i, h in enumerate(HEADERS)]
+def table(items: list[Inventoried], prestaged: dict[str, str] | None = None) -> list[str]:
+    """An aligned table for a terminal (``prestaged``: file name -> prestaged database,
+    a last column when RESTORE_PRESTAGE is on)."""
+    body = rows(items, prestaged)
+    headers = HEADERS + (("事前展開",) if prestaged is not None else ())
+    widths = [max([_width(h)] + [_width(row[i]) for row in body]) for i, h in enumerate(headers)]
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(c + " " * (w - _width(c)) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    return [line(HEADERS), line(tuple("-" * w for w in widths))] + [line(row) for row in body]
+    return [line(headers), line(tuple("-" * w for w in widths))] + [line(row) for row in body]
 
 
-def plain_lines(items: list[Inventoried]) -> list[str]:
+def plain_lines(items: list[Inventoried], prestaged: dict[str, str] | None = None) -> list[str]:
     """One tab-separated line per backup (for grep, awk and cron mail), no header."""
-    return ["\t".join(row) for row in rows(items)]
+    return ["\t".join(row) for row in rows(items, prestaged)]
 
 
 # ---- status -------------------------------------------------------------------------
@@ -262,7 +264,8 @@ def _warnings(settings: Settings, items: list[Inventoried]) -> list[tuple[int, s
     newest_of_series: dict[str, Inventoried] = {}
     for item in items:  # oldest first: the last one of each format wins
         newest_of_series[item.backup.format] = item
-    for newest in sorted(newest_of_series.values(), key=lambda i: (i.backup.created, i.name)):
+    for newest in sorted(newest_of_series.values(),
+                         key=lambda i: catalog.order_key(i.name, i.backup.created)):
         if not newest.suspect:
             continue
         manifest = newest.backup.manifest() or {}

@@ -244,7 +244,7 @@ class Remote:
                     backup = self._remote_backup(item)
                     if backup:
                         found.append(backup)
-        found.sort(key=lambda b: (b.created, b.name))
+        found.sort(key=lambda b: catalog.order_key(b.name, b.created))
         if detailed:
             found = [self._with_metadata(b) for b in found]
         return found

@@ -80,7 +80,8 @@ def decide(candidates: Iterable[Candidate], policy: Policy, now: datetime) -> De
     for candidate in candidates:
         by_series.setdefault(candidate.series, []).append(candidate)
     for series in by_series.values():
-        _decide_series(sorted(series, key=lambda c: (c.created, c.name)), policy, now, decision)
+        ordered = sorted(series, key=lambda c: catalog.order_key(c.name, c.created))
+        _decide_series(ordered, policy, now, decision)
     return decision
 
 

@@ -14,7 +14,8 @@ rules, confirmation), ``databases`` (kit-made databases), ``staging`` (the
 restore itself), ``checks`` (after a restore), ``appcheck`` (DATABASE_URL,
 host check, masking), ``privileges`` (owners and privileges compared and
 copied), ``sqlfilter`` (--no-owner/--no-acl for .sql), ``apps`` (app
-containers), ``swap``, and the tasks: ``scratch``, ``replace``, ``kitops``
+containers), ``swap``, ``prestage`` (RESTORE_PRESTAGE), and the tasks:
+``scratch``, ``replace``, ``kitops``
 (rollback, list, drop), ``recover`` (what an interrupted run left),
 ``drill`` (verify --restore-test).
 """
@@ -22,6 +23,7 @@ containers), ``swap``, and the tasks: ``scratch``, ``replace``, ``kitops``
 from pgrunbook.restore.databases import KitDatabase, kit_name, scratch_name
 from pgrunbook.restore.drill import restore_test
 from pgrunbook.restore.kitops import drop_database, list_kit_databases, restore_rollback
+from pgrunbook.restore.prestage import by_file as prestaged_by_file
 from pgrunbook.restore.recover import restore_recover
 from pgrunbook.restore.replace import ReplaceResult, restore_replace
 from pgrunbook.restore.scratch import ScratchResult, restore_scratch
@@ -29,7 +31,7 @@ from pgrunbook.restore.staging import OWNERSHIP, RestoreOptions
 
 __all__ = [
     "OWNERSHIP", "KitDatabase", "ReplaceResult", "RestoreOptions", "ScratchResult", "drop_database",
-    "kit_name", "list_kit_databases", "restore_recover", "restore_replace", "restore_rollback",
-    "restore_scratch", "restore_test",
+    "kit_name", "list_kit_databases", "prestaged_by_file", "restore_recover", "restore_replace",
+    "restore_rollback", "restore_scratch", "restore_test",
     "scratch_name",
 ]

@@ -103,6 +103,20 @@ def from_rows(env: str, rows: list[tuple[str, str, bool, int]]) -> list[Prestage
     return sorted(found, key=lambda p: p.created_at)
 
 
+def by_file(settings: Settings, console: Console) -> dict[str, str] | None:
+    """For ``invoke list``: backup file -> its prestaged database (None: the server
+    cannot be asked; the list itself never needs it)."""
+    from pgrunbook import discovery
+
+    try:
+        pg = Postgres(discovery.db_container(settings), settings)
+        found = prestaged_databases(pg, settings)
+    except RunbookError as error:
+        console.warn(f"事前展開 DB の有無は分かりません（{error.message}）")
+        return None
+    return {p.file: p.name + ("（接続可: 使われません）" if p.open else "") for p in found}
+
+
 def wanted_for(settings: Settings, source: Source) -> str | None:
     """None when the file tested should be kept prestaged, else why not (in words)."""
     if not settings.restore_prestage:
