@@ -97,6 +97,12 @@ def test_only_the_newest_backup_is_prestaged_and_no_prestaged_restores_from_the_
     stale = cli("check", "--env=prod")
     assert any("事前展開" in line and "WARN" in line and newest.name in line
                for line in stale.stdout.splitlines()), stale.stdout
+    # a replace of the newest says which file would have been a swap only
+    [kept] = prestaged(pg, prod)
+    replaced = cli("restore-replace", "--env=prod", f"--file={newest}", "--confirm=prod", env=VERBOSE)
+    assert replaced.returncode == 0, replaced.stderr
+    assert "事前展開 DB は knot-prod-" in replaced.stderr and "pg_restore" in replaced.stderr
+    assert prestaged(pg, prod) == [kept]
 
 
 def test_a_prestaged_database_that_was_opened_or_changed_is_not_used(cli, pg, prod):

@@ -180,9 +180,12 @@ def choose(pg: Postgres, settings: Settings, source: Source, options: RestoreOpt
     """The prestaged database a replace of ``source`` may claim. Changes nothing."""
     if not options.prestaged or source.env not in (None, settings.env) or not source.expected_sha256:
         return Choice()
-    candidates = [p for p in prestaged_databases(pg, settings) if p.file == source.path.name]
+    found = prestaged_databases(pg, settings)
+    candidates = [p for p in found if p.file == source.path.name]
     if not candidates:
-        return Choice()
+        usable = [p for p in found if not p.open]
+        return Choice(why=f"事前展開 DB は {usable[-1].file} のもの。そのファイルに戻すなら復元を省けます"
+                      if usable else "")
     chosen = candidates[-1]
     if chosen.sha256 != source.expected_sha256:
         return Choice(discard=chosen, why=f"事前展開 DB {chosen.name} はファイルの sha256 の記録と"

@@ -251,6 +251,11 @@ def _claim_prestaged(run: Replace) -> None:
     settings, pg, console = run.settings, run.pg, run.console
     chosen = run.prestage.use
     assert chosen is not None and run.record is not None
+    now = [(p.name, p.comment, p.open) for p in prestage.prestaged_databases(pg, settings)]
+    if (chosen.name, chosen.comment, False) not in now:  # a restore test replaced it meanwhile
+        console.warn(f"事前展開 DB {chosen.name} がなくなったか変わりました: ファイルから復元します")
+        run.prestage = prestage.Choice()
+        return
     run.staging = chosen.name
     run.record.update(stage="prestaged-claim", staging=run.staging, previous=run.previous)
     prestage.claim(pg, chosen.name, mark_text("staging", settings, f"{run.source.path.name} (prestaged)"))
