@@ -142,6 +142,20 @@ def test_offsite_push_follows_the_verified_backup_when_a_bucket_is_set():
     assert "inv verify --env=prod && inv offsite-push --env=prod;" in offsite
 
 
+def test_with_prestage_the_restore_test_follows_every_backup_instead_of_weekly():
+    from pgrunbook.schedule import Target, render
+
+    plain = render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l"))
+    prestaged = render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l", offsite=True,
+                              prestage=True))
+    assert [line for line in plain if line.startswith("0 4 * * 0 ")]
+    assert not [line for line in prestaged if "0 4 * * 0" in line]
+    [daily] = [line for line in prestaged if line.startswith("0 2 * * * ")]
+    # the copy goes offsite first; a failed restore test still fails the job (mail, ping)
+    assert ("inv backup --env=prod && inv verify --env=prod && inv offsite-push --env=prod && "
+            "inv verify --env=prod --restore-test;") in daily
+
+
 def test_every_job_creates_its_log_folder_before_appending_to_it():
     # a fresh checkout has no backups/<env>/: `>> backups/prod/cron.log` alone fails every job
     for target in (schedule.example_target(),

@@ -67,6 +67,7 @@ class Target:
     offsite: bool = False  # OFFSITE_BUCKET set: the verified backup also goes offsite
     ping: bool = False  # PING_URL set: the daily backup job pings start / success / fail
     docker_host: str | None = None  # DOCKER_HOST of the shell that printed the block
+    prestage: bool = False  # RESTORE_PRESTAGE: the restore test follows every backup (prestage.py)
 
 
 def cron_escape(text: str) -> str:
@@ -107,9 +108,14 @@ def render(target: Target) -> list[str]:
         lines.append(f"DOCKER_HOST={target.docker_host}")
     for schedule, comment, commands in JOBS:
         daily_backup = commands[0].startswith("backup ")
+        if target.prestage and commands[0].endswith("--restore-test"):
+            continue  # it runs every night with the backup instead
         if target.offsite and daily_backup:
             comment += "。検証できたらオフサイトへ暗号化して送る"
             commands = (*commands, "offsite-push --env={env}")
+        if target.prestage and daily_backup:
+            comment += "。続けて復元テストし、その DB を事前展開 DB として残す（RESTORE_PRESTAGE）"
+            commands = (*commands, "verify --env={env} --restore-test")
         if target.ping and daily_backup:
             comment += "。開始・成功・失敗を PING_URL（死活監視）に知らせる"
         lines += [f"# {comment}", _job(target, schedule, commands, ping=target.ping and daily_backup)]
@@ -160,6 +166,7 @@ def target_for(settings: Settings, checkout: Path, mailto: str = "root") -> Targ
     return Target(env=settings.env, checkout=str(checkout), invoke=current_invoke(),
                   log=str(settings.backup_dir / "cron.log"), mailto=mailto, home=home,
                   offsite=bool(settings.offsite_bucket), ping=bool(settings.ping_url),
+                  prestage=settings.restore_prestage,
                   docker_host=docker_host or None)
 
 
