@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -212,3 +213,23 @@ def test_journal_of_a_live_run_is_not_called_interrupted(cli, pg, target):  # no
     (folder / ".restore-in-progress.json").write_text(json.dumps(record))
     listing = cli("list", "--env=prod")
     assert "restore-recover --env=prod" in listing.stderr
+
+
+def test_an_idle_staging_database_of_another_hosts_run_is_named_not_dropped(cli, pg, target):  # noqa: F811
+    """Between its restore and its swap another host's replace holds no session on its
+    staging DB; this host's journal does not name it. Dropping it would fail that run's
+    swap: recover names it with the manual command instead. This host's own leftovers
+    (an idle staging DB with its host in the mark) are still dropped."""
+    other = f"{target}_pgrunbook_staging_20260101020000"
+    mine = f"{target}_pgrunbook_staging_20260101020001"
+    when = "2026-01-01T02:00:00+09:00"
+    pg.psql(f'CREATE DATABASE "{other}"', "postgres")
+    pg.psql(f"COMMENT ON DATABASE \"{other}\" IS 'pgrunbook:staging:prod:{when}:ops@db-admin-2:x.dump'",
+            "postgres")
+    pg.psql(f'CREATE DATABASE "{mine}"', "postgres")
+    pg.psql(f"COMMENT ON DATABASE \"{mine}\" IS 'pgrunbook:staging:prod:{when}:ops@{socket.gethostname()}:"
+            "x.dump'", "postgres")
+    repaired = cli("restore-recover", "--env=prod", "--confirm=prod")
+    assert repaired.returncode == 0, repaired.stderr
+    assert other in databases(pg) and mine not in databases(pg)
+    assert "db-admin-2" in repaired.stderr and "DROP DATABASE" in repaired.stderr, repaired.stderr

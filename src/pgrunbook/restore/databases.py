@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,13 @@ class KitDatabase:
     size: int
 
     @property
+    def host(self) -> str | None:
+        """The host whose run made it (marks written before the host was recorded: None)."""
+        found = MARK_FIELDS.match(f"{MARK}:{self.role}:{self.env}:{self.detail}")
+        operator_field = found["operator"] if found else ""
+        return operator_field.rsplit("@", 1)[1] if "@" in operator_field else None
+
+    @property
     def note(self) -> str:
         """What restore-list adds: a prestaged database's file."""
         found = re.search(r"\bfile=(\S+)", self.detail) if self.role == "prestaged" else None
@@ -55,7 +63,13 @@ class KitDatabase:
 
 
 def mark_text(role: str, settings: Settings, detail: str) -> str:
-    return f"{MARK}:{role}:{settings.env}:{now_iso()}:{operator()}:{detail}"
+    """``pgrunbook:<role>:<env>:<time>:<operator>@<host>:<detail>``: the host tells
+    restore-recover whose run a leftover staging database is."""
+    return f"{MARK}:{role}:{settings.env}:{now_iso()}:{operator()}@{socket.gethostname()}:{detail}"
+
+
+MARK_FIELDS = re.compile(r"^[^:]+:[^:]+:[^:]+:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)?:"
+                         r"(?P<operator>[^:]*):")
 
 
 def kit_databases(pg: Postgres) -> list[KitDatabase]:

@@ -67,6 +67,13 @@ def find_repairs(settings: Settings, pg: Postgres, record: dict | None) -> list[
     for db in kit_databases(pg):
         if db.env == settings.env and db.role in LEFTOVER_ROLES:
             sql = f"DROP DATABASE {quote_ident(db.name)} WITH (FORCE)"
+            if db.name != ours and db.host not in (None, socket.gethostname()):
+                # another host's run, perhaps between its restore and its swap (no session)
+                repairs.append(Repair(
+                    f"{db.role} DB {db.name} はホスト {db.host} の作業のものです（このホストの中断の記録に"
+                    f"ない DB）: そのホストで invoke restore-recover --env={settings.env} を実行するか、"
+                    f"止まっていると確かめたら手作業で: {sql}", sql, lambda: None))
+                continue
             sessions = 0 if db.name == ours else _sessions(pg, db.name)
             if sessions:
                 # not the interrupted run's (its journal names its own), and in use: a
