@@ -134,3 +134,20 @@ def test_backup_sets_and_errors_from_pgbackrest_output():
     assert pitr.pgbackrest_error(text) == ("[103] unable to find a valid repository: repo1: "
                                            "[FileMissingError] unable to load info file '/x/archive.info'")
     assert pitr.pgbackrest_error("all fine") is None
+
+
+def test_the_reason_a_recovery_stopped_is_never_a_refused_connection_of_the_kits_own():
+    """On a loaded machine the kit's own connection attempt can be refused after the
+    startup process's FATAL: the diagnosis must still be the startup process's."""
+    from pgrunbook.pitr import recovery_failure
+
+    logs = "\n".join([
+        "2026-12-02 16:59:01 UTC [40] LOG:  starting point-in-time recovery to 2026-12-02 16:58:59+00",
+        "2026-12-02 16:59:02 UTC [40] FATAL:  recovery ended before configured recovery target was reached",
+        "2026-12-02 16:59:02 UTC [41] FATAL:  the database system is in recovery mode",
+        "2026-12-02 16:59:02 UTC [1] LOG:  startup process (PID 40) exited with exit code 1",
+    ])
+    error = recovery_failure(logs, "exited", "prod")
+    assert "recovery target was reached" in error.message and "WAL が対象時刻まで届いていません" in error.hint
+    assert "状態 exited" in recovery_failure("LOG: nothing\nFATAL:  the database system is starting up",
+                                            "exited", "prod").message

@@ -769,6 +769,26 @@ def _flush_archive(settings: Settings, stanza: str, console: Console, strict: bo
         return None
 
 
+# FATALs of the kit's own connection attempts while the copy recovers: never the
+# reason it stopped (on a loaded machine one can come after the startup process's)
+CONNECTION_REFUSALS = ("the database system is starting up", "the database system is in recovery mode",
+                       "the database system is shutting down", "the database system is not yet accepting",
+                       "the database system is not accepting connections")
+
+
+def recovery_failure(logs: str, status: str, env: str) -> RunbookError:
+    """Why the copy's server stopped, from its log: the last FATAL or PANIC that is not
+    a refused connection of the kit's own."""
+    fatal = [line for line in logs.splitlines() if ("FATAL:" in line or "PANIC:" in line)
+             and not any(refusal in line for refusal in CONNECTION_REFUSALS)]
+    detail = fatal[-1].split("FATAL:", 1)[-1].strip() if fatal else f"状態 {status}"
+    hint = "docker logs で確認"
+    if "recovery target was reached" in detail or "before configured recovery target" in detail:
+        hint = ("リポジトリの WAL が対象時刻まで届いていません: 対象時刻を早めるか、"
+                f"invoke pitr-status --env={env} でアーカイブを確認")
+    return RunbookError(f"検証用コンテナで PostgreSQL のリカバリが失敗しました: {detail}", hint)
+
+
 def _wait_for_recovery(builder: ScratchBuilder, model, settings: Settings, console: Console) -> Postgres:
     """Until the copy has reached the target and is promoted; the server's FATAL if it dies."""
     scratch = Postgres(Container(builder.client, model), settings)
@@ -776,14 +796,8 @@ def _wait_for_recovery(builder: ScratchBuilder, model, settings: Settings, conso
     while time.monotonic() < deadline:
         model.reload()
         if model.status not in ("running", "created"):
-            logs = model.logs(tail=200).decode("utf-8", "replace")
-            fatal = [line for line in logs.splitlines() if "FATAL:" in line or "PANIC:" in line]
-            detail = fatal[-1].split("FATAL:", 1)[-1].strip() if fatal else f"状態 {model.status}"
-            hint = "docker logs で確認"
-            if "recovery target was reached" in detail or "before configured recovery target" in detail:
-                hint = ("リポジトリの WAL が対象時刻まで届いていません: 対象時刻を早めるか、"
-                        f"invoke pitr-status --env={settings.env} でアーカイブを確認")
-            raise RunbookError(f"検証用コンテナで PostgreSQL のリカバリが失敗しました: {detail}", hint)
+            raise recovery_failure(model.logs(tail=200).decode("utf-8", "replace"), model.status,
+                                   settings.env)
         try:
             rows = scratch.query("SELECT pg_is_in_recovery()", "postgres")
         except RunbookError:
