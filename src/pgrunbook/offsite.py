@@ -493,6 +493,8 @@ def push_backup(settings: Settings, file: str | None = None,
     with recorded(settings.worklog_path, entry, console.redact):
         path, sha256 = verified_backup(settings, file, console)
         entry.file, entry.sha256 = str(path), sha256
+        local_manifest = catalog.read_manifest(path)  # beside the path, else its link's target
+        _refuse_a_manifest_of_another_name(settings, path, local_manifest)
         recipients = parse_recipients(settings.offsite_age_recipients)
         remote = Remote(settings)
         key = remote.key_for(path.name)
@@ -504,7 +506,6 @@ def push_backup(settings: Settings, file: str | None = None,
             entry.details["already_there"] = True
             return _already_there(remote, key, path, sha256, size, existing, console)
         metadata = {META_SHA256: sha256, META_SIZE: str(size), META_ENV: settings.env}
-        local_manifest = catalog.read_manifest(path)
         pin = pinning.keep_until(local_manifest)
         if pin:
             metadata[META_KEEP_UNTIL] = pin.isoformat()
@@ -512,7 +513,7 @@ def push_backup(settings: Settings, file: str | None = None,
         if lock:
             entry.details.update(object_lock=settings.offsite_object_lock,
                                  retain_until=lock["ObjectLockRetainUntilDate"].isoformat())
-        manifest_path = path.with_name(path.name + ".json")
+        manifest_path = catalog.sidecar(path, ".json")  # a symlink's may sit beside its target
         manifest_key = key[: -len(ARCHIVE_SUFFIX)] + MANIFEST_SUFFIX
         if manifest_path.is_file():
             console.step(f"マニフェストを暗号化してアップロード → {remote.url(manifest_key)}")
@@ -533,6 +534,29 @@ def push_backup(settings: Settings, file: str | None = None,
     console.summary(f"オフサイトへ送信完了: {remote.url(key)} ({human_size(stored)}、"
                     f"平文 sha256 {sha256[:12]}… を送信後に確認{locked})")
     return PushResult(path, remote.url(key), sha256, size, stored)
+
+
+def _refuse_a_manifest_of_another_name(settings: Settings, path: Path,
+                                       manifest: dict[str, Any] | None) -> None:
+    """The copy goes offsite under the path's name; a pull checks that its manifest
+    names that very file. A link (or file) renamed away from what its manifest
+    says would make a copy that can never come back: refuse before sending anything."""
+    recorded = (manifest or {}).get("file")
+    if not recorded or recorded == path.name:
+        return
+    if path.is_symlink():
+        target = path.resolve()
+        raise RunbookError(
+            f"{path.name} はシンボリックリンクで、マニフェストは本体の {recorded} を指しています"
+            "（この名前で送ると offsite-pull で取り戻せません。何も送っていません）",
+            f"リンクを本体と同じ名前で作り直す（ln -s {target} {path.with_name(recorded)}）→ "
+            f"invoke verify --env={settings.env} --file={recorded} → もう一度 offsite-push",
+        )
+    raise RunbookError(
+        f"{path.name} のマニフェストは別のファイル {recorded} を指しています"
+        "（名前を変えたファイルは送りません。何も送っていません）",
+        f"ファイルとその .sha256・.json を元の名前 {recorded} に戻してから verify と offsite-push",
+    )
 
 
 def retain_until(settings: Settings, path: Path, manifest: dict[str, Any] | None,
