@@ -60,3 +60,37 @@ def test_default_privileges_are_copied_from_live_or_the_replace_is_refused(cli, 
                    "--accept-privilege-changes")
     assert accepted.returncode == 0, accepted.stderr
     assert default_acl(pg, target) == before
+
+
+def large_objects(pg, database: str) -> list[str]:
+    return pg.psql("SELECT oid::text || ' ' || pg_get_userbyid(lomowner) || ' ' || coalesce("
+                   "(SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(lomacl) a), '-')"
+                   " FROM pg_largeobject_metadata ORDER BY oid", database).splitlines()
+
+
+def test_large_objects_keep_their_owners_and_grants(cli, pg, target):  # noqa: F811
+    """Large objects (lo_create, pg_largeobject_metadata) have an owner and grants of
+    their own; an app reading them as another role gets permission denied without them."""
+    suffix = uuid.uuid4().hex[:6]
+    owner, reader = f"lo_owner_{suffix}", f"LO Reader {suffix}"
+    pg.psql(f'CREATE ROLE "{owner}" NOLOGIN; CREATE ROLE "{reader}" NOLOGIN', "postgres")
+    oid = pg.psql("SELECT lo_from_bytea(0, 'scanned contract'::bytea)", target).strip()
+    pg.psql(f'ALTER LARGE OBJECT {oid} OWNER TO "{owner}"; '
+            f'GRANT SELECT ON LARGE OBJECT {oid} TO "{reader}"', target)
+    before = large_objects(pg, target)
+    assert owner in before[0] and reader in before[0], before
+
+    # no owners, no privileges in the archive: both are copied from the live database
+    dump = backup(cli, "--env=prod", "--no-owner", "--no-acl")
+    replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    assert replaced.returncode == 0, replaced.stderr
+    assert large_objects(pg, target) == before
+
+    # a grant made after the backup is a difference like any other
+    dump = backup(cli, "--env=prod")
+    pg.psql(f'GRANT UPDATE ON LARGE OBJECT {oid} TO "{reader}"', target)
+    now = large_objects(pg, target)
+    refused = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    assert refused.returncode == 1, refused.stderr
+    assert f"LARGE OBJECT {oid}" in refused.stderr and "UPDATE" in refused.stderr, refused.stderr
+    assert large_objects(pg, target) == now

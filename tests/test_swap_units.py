@@ -73,8 +73,8 @@ def test_default_privileges_compare_as_changes_from_the_builtin_default():
     staged = rights(f"app{us}public{us}r{us}+other:INSERT:true")
     found = differences(live, staged)
     assert len(found) == 1 and found[0].startswith("既定の権限"), found
-    assert "FOR ROLE app ON FUNCTIONS PUBLIC:EXECUTE の取り消し" in found[0]
-    assert "FOR ROLE app IN SCHEMA public ON TABLES Report Reader:SELECT" in found[0]
+    assert "FOR ROLE app ON FUNCTIONS（PUBLIC:EXECUTE の取り消し）" in found[0]
+    assert "FOR ROLE app IN SCHEMA public ON TABLES（Report Reader:SELECT）" in found[0]
     assert "other:INSERT（付与可）" in found[0] and "gone" not in found[0]
     assert copy_statements(live, staged, owners=True, privileges=False) == []
     assert copy_statements(live, staged, owners=False, privileges=True) == [

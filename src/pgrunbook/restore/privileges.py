@@ -3,10 +3,11 @@
 A replace that "succeeds" while the app gets ``permission denied`` is a
 failure. Before anything is stopped, the staging database is compared with
 the live one object by object (schemas, tables, views, sequences, columns,
-functions, aggregates, types and domains): owner and effective privileges (defaults made explicit with
-``acldefault``, grantor left out). When the archive carried no owners or no
-privileges (``pg_dump --no-owner`` / ``--no-acl``), they are first copied
-from the live database onto the objects both have.
+functions, aggregates, types and domains, large objects by OID): owner and
+effective privileges (defaults made explicit with ``acldefault``, grantor left
+out). When the archive carried no owners or no privileges (``pg_dump
+--no-owner`` / ``--no-acl``), they are first copied from the live database
+onto the objects both have.
 
 Default privileges (``ALTER DEFAULT PRIVILEGES``, ``pg_default_acl``: what a
 role's *future* tables, sequences, functions, types and schemas get) are part of
@@ -81,6 +82,11 @@ WITH objects AS (
     AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
                     AND d.objid = t.oid AND d.deptype = 'e')
+  UNION ALL
+  -- large objects (lo_create): a restore keeps their OIDs, so the OID is the name
+  SELECT 'LARGE OBJECT', '', m.oid::text, m.lomowner, coalesce(m.lomacl, acldefault('L', m.lomowner)),
+         false
+  FROM pg_largeobject_metadata m
 )
 SELECT coalesce(json_agg(json_build_array(kind, schema, name, pg_get_userbyid(owner), (
          SELECT coalesce(json_agg(DISTINCT
@@ -147,6 +153,8 @@ class ObjectRights:
             return f"{quote_ident(self.schema)}.{quote_ident(self.name.partition(COLUMN_SEPARATOR)[0])}"
         if self.kind == "SCHEMA":
             return quote_ident(self.name)
+        if self.kind == "LARGE OBJECT":
+            return str(int(self.name))  # its OID
         if self.kind in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
             name, _, arguments = self.name.partition("(")
             return f"{quote_ident(self.schema)}.{quote_ident(name)}({arguments}"
@@ -188,7 +196,7 @@ class DefaultEntry:
 
     def readable(self) -> str:
         holder = f"{self.grantee or 'PUBLIC'}:{self.privilege}{'（付与可）' if self.grantable else ''}"
-        return f"{self.scope()} {holder}" + ("" if self.sign == "+" else " の取り消し")
+        return f"{self.scope()}（{holder}{'' if self.sign == '+' else ' の取り消し'}）"
 
     def statement(self, undo: bool = False) -> str:
         """The ALTER DEFAULT PRIVILEGES that makes this entry (or, with undo, takes it back)."""
