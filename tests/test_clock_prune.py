@@ -9,13 +9,16 @@ under ``faketime`` (Debian package), so names and manifests agree.
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import PASSWORD, last_line
 from test_clock import at_offset
+from test_restore import target  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.skipif(shutil.which("faketime") is None,
                                 reason="faketime (Debian package faketime) is not installed")
@@ -78,3 +81,48 @@ def test_check_names_the_real_newest_backup_and_the_future_one(cli, pg):
     assert len(skewed) == 1 and skewed[0].startswith("NG"), checked.stdout
     assert "未来" in skewed[0] and "時計" in skewed[0] and "未来の日時前" not in skewed[0], skewed
     assert checked.returncode == 2, checked.stdout
+
+
+def test_metrics_never_read_a_future_dated_backup_as_fresh(cli, pg):
+    """An alert on time() - pgrunbook_backup_last_verified_timestamp_seconds would stay
+    quiet for 200 days if the skewed backup counted; the count of such backups is a
+    metric of its own, to alert on."""
+    from test_monitoring import samples
+
+    real = made_at(cli, "-30h")  # the job stopped: the newest real backup is stale
+    assert cli("verify", "--env=prod", f"--file={real}").returncode == 0
+    future = made_at(cli, "+200d")
+    assert cli("verify", "--env=prod", f"--file={future}").returncode == 0
+
+    printed = cli("status", "--env=prod", "--format=prometheus")
+    assert printed.returncode == 0, printed.stderr
+    values = samples(printed.stdout)
+    stamp = values[("pgrunbook_backup_last_verified_timestamp_seconds", "prod")]
+    assert stamp == pytest.approx(datetime_of(real).timestamp()), printed.stdout
+    assert values[("pgrunbook_backups_future", "prod")] == 1
+    # the run logged under the skewed clock is not "the last successful run" either
+    assert values[("pgrunbook_backup_last_success_timestamp_seconds", "prod")] < time.time()
+    assert values[("pgrunbook_backups", "prod")] == 2
+
+
+def datetime_of(path: Path):
+    from pgrunbook import catalog
+
+    parsed = catalog.parse(path)
+    assert parsed is not None
+    return parsed.created
+
+
+def test_the_content_check_never_compares_with_a_future_dated_backup(cli, pg, target):  # noqa: F811
+    """The drift check compares a new backup with the previous good one: never with one
+    dated in the future, which would be "the previous one" for 200 days."""
+    pg.psql("CREATE TABLE public.bulk AS SELECT g AS id FROM generate_series(1, 10) g", target)
+    made_at(cli, "-1h")                                      # 10 rows
+    pg.psql("INSERT INTO public.bulk SELECT g FROM generate_series(11, 1000) g", target)
+    future = made_at(cli, "+200d")                           # 1000 rows, under a clock 200 days ahead
+    pg.psql("DELETE FROM public.bulk WHERE id > 10", target)
+    made = cli("backup", "--env=prod")                       # 10 rows again: as the real previous one
+    assert made.returncode == 0, made.stdout + made.stderr
+    manifest = json.loads(Path(f"{last_line(made.stdout)}.json").read_text())
+    assert not manifest.get("suspect"), manifest.get("drift")
+    assert (manifest.get("drift") or {}).get("compared_with") != future.name, manifest.get("drift")
