@@ -81,3 +81,31 @@ def test_push_of_a_link_renamed_away_from_its_target_is_refused(tmp_path, pg, s3
     assert "Traceback" not in refused.stderr
     assert s3.objects(prefix) == {}  # nothing half-sent
     assert backup_like_files(site.backup_dir("prod")) == [link.name]  # nothing left behind
+
+
+def test_offsite_copies_dated_in_the_future_are_never_the_newest(tmp_path, pg, s3, keys):  # noqa: F811
+    """Copies pushed from a host whose clock was ahead: offsite-prune must not delete
+    the real newest copy because of them (it keeps "the newest" whatever its age), and
+    offsite-pull without --name must not take one of them."""
+    from datetime import datetime, timedelta
+
+    prefix = f"clock-{uuid.uuid4().hex[:6]}/"
+    runner = OffsiteCli(tmp_path / "server", s3, pg.name)
+    runner.home.mkdir()
+    offsite_env(runner, s3, keys, "prod", OFFSITE_PREFIX=prefix, OFFSITE_RETENTION_DAYS="30")
+    old = ["knot-prod-20200101-000000.dump", "knot-prod-20200201-000000.dump"]
+    ahead = f"knot-prod-{datetime.now() + timedelta(days=200):%Y%m%d-%H%M%S}.dump"
+    for name in old + [ahead]:
+        s3.client.put_object(Bucket=BUCKET, Key=f"{prefix}{name}.age", Body=b"x")
+        s3.client.put_object(Bucket=BUCKET, Key=f"{prefix}{name}.json.age", Body=b"x")
+
+    pruned = runner("offsite-prune", "--env=prod")
+    assert pruned.returncode == 0, pruned.stderr
+    assert set(s3.objects(prefix)) == {f"{prefix}{name}{suffix}" for name in (old[1], ahead)
+                                       for suffix in (".age", ".json.age")}, pruned.stderr
+    assert ahead in pruned.stderr and "時計" in pruned.stderr, pruned.stderr
+
+    pulled = runner("offsite-pull", "--env=prod", f"--key={keys.private}")
+    assert pulled.returncode == 1  # the real newest is a stand-in object: but it is the one chosen
+    assert old[1] in pulled.stderr and ahead in pulled.stderr, pulled.stderr
+    assert backup_like_files(runner.backup_dir("prod")) == []

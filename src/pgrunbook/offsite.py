@@ -272,7 +272,12 @@ class Remote:
             raise RunbookError(f"{self.location} にオフサイトコピーがありません",
                                f"invoke offsite-push --env={self.settings.env} で作成")
         if not name:
-            return backups[-1]
+            real = [b for b in backups if b not in dated_ahead(backups)]
+            if not real:
+                raise RunbookError(
+                    f"{self.location} のオフサイトコピーはどれも日時が未来です（{backups[-1].name} など）",
+                    "ホストの時計を確認（timedatectl）し、中身を確かめたうえで --name=<名前> で指定する")
+            return real[-1]
         wanted = Path(name).name
         wanted = wanted[: -len(ARCHIVE_SUFFIX)] if wanted.endswith(ARCHIVE_SUFFIX) else wanted
         for backup in backups:
@@ -683,6 +688,10 @@ def pull_backup(settings: Settings, key_file: str | None, name: str | None = Non
         identities = load_identities(key_file)
         remote = Remote(settings)
         remote.probe()
+        if not name:
+            note = future_remote_note(remote.list())
+            if note:
+                console.warn(note)
         target = remote.find(name)
         entry.details["remote"] = remote.url(target.key)
         _check_belongs(settings, target)
@@ -806,8 +815,13 @@ def prune_remote(settings: Settings, dry_run: bool = False,
         remote.probe()
         backups = remote.list()
         cutoff = datetime.now() - timedelta(days=settings.offsite_retention_days)
+        ahead = dated_ahead(backups)
+        if ahead:
+            console.warn(future_remote_note(backups) or "")
+        # the newest real copy stays whatever its age; one dated in the future is never it
+        real = [b for b in backups if b not in ahead]
         doomed = []
-        for backup in (b for b in backups[:-1] if b.created < cutoff):
+        for backup in (b for b in real[:-1] if b.created < cutoff):
             reason = protection(settings, remote, backup)
             if reason:
                 console.summary(f"残します: {remote.url(backup.key)}（{reason}）")
@@ -824,6 +838,22 @@ def prune_remote(settings: Settings, dry_run: bool = False,
     console.summary(f"オフサイトの保持期間 {settings.offsite_retention_days} 日: {verb} {len(doomed)} 件、"
                     f"残す {len(backups) - len(doomed)} 件（{remote.location}）")
     return doomed
+
+
+def dated_ahead(backups: list[RemoteBackup], now: datetime | None = None) -> list[RemoteBackup]:
+    """The copies whose name is dated beyond now + catalog.FUTURE_TOLERANCE (a clock was ahead)."""
+    horizon = (now or datetime.now()) + catalog.FUTURE_TOLERANCE
+    return [b for b in backups if b.created > horizon]
+
+
+def future_remote_note(backups: list[RemoteBackup]) -> str | None:
+    """One sentence about offsite copies dated in the future, with what to do; None if none."""
+    ahead = dated_ahead(backups)
+    if not ahead:
+        return None
+    more = f" ほか {len(ahead) - 1} 件" if len(ahead) > 1 else ""
+    return (f"日時が未来のオフサイトコピー {ahead[-1].name}{more} があり、最新とはみなしません"
+            "（削除もしません）→ 送ったホストの時計を確認（timedatectl）。不要なら中身を確かめて手で削除")
 
 
 def protection(settings: Settings, remote: Remote, backup: RemoteBackup,
