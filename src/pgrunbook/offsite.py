@@ -272,7 +272,8 @@ class Remote:
             raise RunbookError(f"{self.location} にオフサイトコピーがありません",
                                f"invoke offsite-push --env={self.settings.env} で作成")
         if not name:
-            real = [b for b in backups if b not in dated_ahead(backups)]
+            ahead = dated_ahead(backups)
+            real = [b for b in backups if b not in ahead]
             if not real:
                 raise RunbookError(
                     f"{self.location} のオフサイトコピーはどれも日時が未来です（{backups[-1].name} など）",
