@@ -152,3 +152,17 @@ def test_two_backups_of_the_same_second_sort_by_their_serial(tmp_path):
     assert [b.name for b in catalog.backups_in(tmp_path)] == [
         "knot-prod-20260128-015959-3.dump", "knot-prod-20260128-020000.dump",
         "knot-prod-20260128-020000-1.dump", "knot-prod-20260128-020000-2-before-upgrade.dump"]
+
+
+def test_a_future_dated_backup_is_kept_but_counts_for_nothing():
+    """A clock 200 days ahead: the skewed backup stays (a person decides), but the real
+    newest ones keep their RETENTION_MIN_KEEP places and their week and month."""
+    real = daily(range(40, 50))  # the job stopped 40 days ago
+    skewed = Candidate("skewed", NOW + timedelta(days=200), "custom", True, True, future=True)
+    with_it = decide(real + [skewed], POLICY, NOW)
+    without = decide(real, POLICY, NOW)
+    assert set(with_it.delete) == set(without.delete)
+    assert {n: r for n, r in with_it.keep.items() if n != "skewed"} == without.keep
+    assert with_it.keep["skewed"] == ["未来の日時（最新とはみなさず、削除もしません。時計を確認）"]
+    only_skewed = decide([skewed], POLICY, NOW)
+    assert only_skewed.delete == [] and list(only_skewed.keep) == ["skewed"]

@@ -57,3 +57,29 @@ def test_the_swap_outcome_keeps_the_servers_detail():
 
 def test_default_jobs_leave_cpus_to_the_live_database():
     assert [default_jobs(n) for n in (1, 2, 4, 8, 64)] == [1, 1, 2, 4, 4]
+
+
+def test_default_privileges_compare_as_changes_from_the_builtin_default():
+    from pgrunbook.restore.privileges import DEFAULTS_KEY
+
+    def rights(*items: str) -> dict:
+        return {("SCHEMA", "", "public"): ObjectRights("SCHEMA", "", "public", "app", ()),
+                DEFAULTS_KEY: ObjectRights(*DEFAULTS_KEY, "", tuple(sorted(items)))}
+
+    us = "\x1f"
+    live = rights(f"app{us}public{us}r{us}+Report Reader:SELECT:false",
+                  f"app{us}{us}f{us}-:EXECUTE:false",
+                  f"app{us}gone{us}r{us}+x:SELECT:false")  # a schema the archive lacks: not compared
+    staged = rights(f"app{us}public{us}r{us}+other:INSERT:true")
+    found = differences(live, staged)
+    assert len(found) == 1 and found[0].startswith("既定の権限"), found
+    assert "FOR ROLE app ON FUNCTIONS（PUBLIC:EXECUTE の取り消し）" in found[0]
+    assert "FOR ROLE app IN SCHEMA public ON TABLES（Report Reader:SELECT）" in found[0]
+    assert "other:INSERT（付与可）" in found[0] and "gone" not in found[0]
+    assert copy_statements(live, staged, owners=True, privileges=False) == []
+    assert copy_statements(live, staged, owners=False, privileges=True) == [
+        'ALTER DEFAULT PRIVILEGES FOR ROLE "app" IN SCHEMA "public" REVOKE INSERT ON TABLES FROM "other"',
+        'ALTER DEFAULT PRIVILEGES FOR ROLE "app" REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC',
+        'ALTER DEFAULT PRIVILEGES FOR ROLE "app" IN SCHEMA "public" GRANT SELECT ON TABLES TO "Report Reader"',
+    ]
+    assert differences(rights(), rights()) == []

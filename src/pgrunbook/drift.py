@@ -181,11 +181,16 @@ def _consistent(backup: catalog.BackupFile, manifest: Mapping[str, Any] | None, 
 
 
 def baseline(settings: Settings, fmt: str) -> tuple[str, dict[str, Any]] | None:
-    """The previous good backup of this env and series: kit-made, consistent, not suspect."""
+    """The previous good backup of this env and series: kit-made, consistent, not suspect,
+    and not dated in the future (a clock that was ahead: it would stand for "the last one"
+    for months, and a copy from another host would make every new backup look wrong)."""
     backups = [b for b in catalog.backups_in(settings.backup_dir, settings.backup_prefix)
                if b.env == settings.env and b.format == fmt and not b.legacy]
+    now = datetime.now()
     for backup in reversed(backups):
         manifest = backup.manifest()
+        if catalog.ahead_of(backup, manifest, now) is not None:
+            continue
         if _consistent(backup, manifest, settings.env) and not is_suspect(manifest):
             assert manifest is not None
             return backup.name, manifest

@@ -19,6 +19,7 @@ it is imported only when metrics are asked for.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,8 @@ METRICS: dict[str, str] = {
     "pgrunbook_backups_verified": "Number of those that passed verify (same sha256)",
     "pgrunbook_backups_suspect": "Number of those whose manifest marks them suspect",
     "pgrunbook_backup_last_suspect": "1 if the newest backup's manifest marks it suspect, else 0",
+    "pgrunbook_backups_future":
+        "Number of backups dated in the future (a clock was wrong); never counted as the newest",
 }
 
 
@@ -84,14 +87,20 @@ class EnvMetrics:
 def collect_env(settings: Settings) -> EnvMetrics:
     """One env's values, from its work log and its backup folder."""
     from pgrunbook import inventory  # imported when metrics are written (a task's start-up stays short)
+    from pgrunbook.catalog import FUTURE_TOLERANCE
 
-    records = [r for r in worklog.read(settings.worklog_path) if r.get("env") == settings.env]
+    # a run logged under a clock that was ahead is never "the last run" (it would read as
+    # fresh for as long as it is ahead), as a backup dated in the future is never the newest
+    horizon = time.time() + FUTURE_TOLERANCE.total_seconds()
+    records = [r for r in worklog.read(settings.worklog_path)
+               if r.get("env") == settings.env and _started(r) <= horizon]
     backups = [r for r in records if r.get("task") in BACKUP_TASKS]
     good = [r for r in backups if r.get("result") in SUCCESS_RESULTS]
     tests = [r for r in records if r.get("task") == RESTORE_TEST_TASK]
     last, last_good = (backups[-1] if backups else None), (good[-1] if good else None)
     last_test = tests[-1] if tests else None
-    items = inventory.inventory(settings, with_globals=False)
+    everything = inventory.inventory(settings, with_globals=False)
+    items = [i for i in everything if not i.future]
     verified = [i for i in items if i.verified and i.valid]
     return EnvMetrics(settings.env, {
         "pgrunbook_backup_last_timestamp_seconds": _ended(last),
@@ -105,10 +114,11 @@ def collect_env(settings: Settings) -> EnvMetrics:
         "pgrunbook_restore_test_last_duration_seconds":
             float((last_test or {}).get("duration_seconds") or 0),
         "pgrunbook_restore_test_last_success": float(bool(last_test and last_test.get("result") == "ok")),
-        "pgrunbook_backups": float(len(items)),
-        "pgrunbook_backups_verified": float(sum(1 for i in items if i.verified)),
-        "pgrunbook_backups_suspect": float(sum(1 for i in items if _suspect(i))),
+        "pgrunbook_backups": float(len(everything)),
+        "pgrunbook_backups_verified": float(sum(1 for i in everything if i.verified)),
+        "pgrunbook_backups_suspect": float(sum(1 for i in everything if _suspect(i))),
         "pgrunbook_backup_last_suspect": float(bool(items and _suspect(items[-1]))),
+        "pgrunbook_backups_future": float(len(everything) - len(items)),
     })
 
 

@@ -272,7 +272,13 @@ class Remote:
             raise RunbookError(f"{self.location} にオフサイトコピーがありません",
                                f"invoke offsite-push --env={self.settings.env} で作成")
         if not name:
-            return backups[-1]
+            ahead = dated_ahead(backups)
+            real = [b for b in backups if b not in ahead]
+            if not real:
+                raise RunbookError(
+                    f"{self.location} のオフサイトコピーはどれも日時が未来です（{backups[-1].name} など）",
+                    "ホストの時計を確認（timedatectl）し、中身を確かめたうえで --name=<名前> で指定する")
+            return real[-1]
         wanted = Path(name).name
         wanted = wanted[: -len(ARCHIVE_SUFFIX)] if wanted.endswith(ARCHIVE_SUFFIX) else wanted
         for backup in backups:
@@ -493,6 +499,8 @@ def push_backup(settings: Settings, file: str | None = None,
     with recorded(settings.worklog_path, entry, console.redact):
         path, sha256 = verified_backup(settings, file, console)
         entry.file, entry.sha256 = str(path), sha256
+        local_manifest = catalog.read_manifest(path)  # beside the path, else its link's target
+        _refuse_a_manifest_of_another_name(settings, path, local_manifest)
         recipients = parse_recipients(settings.offsite_age_recipients)
         remote = Remote(settings)
         key = remote.key_for(path.name)
@@ -504,7 +512,6 @@ def push_backup(settings: Settings, file: str | None = None,
             entry.details["already_there"] = True
             return _already_there(remote, key, path, sha256, size, existing, console)
         metadata = {META_SHA256: sha256, META_SIZE: str(size), META_ENV: settings.env}
-        local_manifest = catalog.read_manifest(path)
         pin = pinning.keep_until(local_manifest)
         if pin:
             metadata[META_KEEP_UNTIL] = pin.isoformat()
@@ -512,7 +519,7 @@ def push_backup(settings: Settings, file: str | None = None,
         if lock:
             entry.details.update(object_lock=settings.offsite_object_lock,
                                  retain_until=lock["ObjectLockRetainUntilDate"].isoformat())
-        manifest_path = path.with_name(path.name + ".json")
+        manifest_path = catalog.sidecar(path, ".json")  # a symlink's may sit beside its target
         manifest_key = key[: -len(ARCHIVE_SUFFIX)] + MANIFEST_SUFFIX
         if manifest_path.is_file():
             console.step(f"マニフェストを暗号化してアップロード → {remote.url(manifest_key)}")
@@ -533,6 +540,29 @@ def push_backup(settings: Settings, file: str | None = None,
     console.summary(f"オフサイトへ送信完了: {remote.url(key)} ({human_size(stored)}、"
                     f"平文 sha256 {sha256[:12]}… を送信後に確認{locked})")
     return PushResult(path, remote.url(key), sha256, size, stored)
+
+
+def _refuse_a_manifest_of_another_name(settings: Settings, path: Path,
+                                       manifest: dict[str, Any] | None) -> None:
+    """The copy goes offsite under the path's name; a pull checks that its manifest
+    names that very file. A link (or file) renamed away from what its manifest
+    says would make a copy that can never come back: refuse before sending anything."""
+    recorded = (manifest or {}).get("file")
+    if not recorded or recorded == path.name:
+        return
+    if path.is_symlink():
+        target = path.resolve()
+        raise RunbookError(
+            f"{path.name} はシンボリックリンクで、マニフェストは本体の {recorded} を指しています"
+            "（この名前で送ると offsite-pull で取り戻せません。何も送っていません）",
+            f"リンクを本体と同じ名前で作り直す（ln -s {target} {path.with_name(recorded)}）→ "
+            f"invoke verify --env={settings.env} --file={recorded} → もう一度 offsite-push",
+        )
+    raise RunbookError(
+        f"{path.name} のマニフェストは別のファイル {recorded} を指しています"
+        "（名前を変えたファイルは送りません。何も送っていません）",
+        f"ファイルとその .sha256・.json を元の名前 {recorded} に戻してから verify と offsite-push",
+    )
 
 
 def retain_until(settings: Settings, path: Path, manifest: dict[str, Any] | None,
@@ -659,6 +689,10 @@ def pull_backup(settings: Settings, key_file: str | None, name: str | None = Non
         identities = load_identities(key_file)
         remote = Remote(settings)
         remote.probe()
+        if not name:
+            note = future_remote_note(remote.list())
+            if note:
+                console.warn(note)
         target = remote.find(name)
         entry.details["remote"] = remote.url(target.key)
         _check_belongs(settings, target)
@@ -782,8 +816,13 @@ def prune_remote(settings: Settings, dry_run: bool = False,
         remote.probe()
         backups = remote.list()
         cutoff = datetime.now() - timedelta(days=settings.offsite_retention_days)
+        ahead = dated_ahead(backups)
+        if ahead:
+            console.warn(future_remote_note(backups) or "")
+        # the newest real copy stays whatever its age; one dated in the future is never it
+        real = [b for b in backups if b not in ahead]
         doomed = []
-        for backup in (b for b in backups[:-1] if b.created < cutoff):
+        for backup in (b for b in real[:-1] if b.created < cutoff):
             reason = protection(settings, remote, backup)
             if reason:
                 console.summary(f"残します: {remote.url(backup.key)}（{reason}）")
@@ -800,6 +839,22 @@ def prune_remote(settings: Settings, dry_run: bool = False,
     console.summary(f"オフサイトの保持期間 {settings.offsite_retention_days} 日: {verb} {len(doomed)} 件、"
                     f"残す {len(backups) - len(doomed)} 件（{remote.location}）")
     return doomed
+
+
+def dated_ahead(backups: list[RemoteBackup], now: datetime | None = None) -> list[RemoteBackup]:
+    """The copies whose name is dated beyond now + catalog.FUTURE_TOLERANCE (a clock was ahead)."""
+    horizon = (now or datetime.now()) + catalog.FUTURE_TOLERANCE
+    return [b for b in backups if b.created > horizon]
+
+
+def future_remote_note(backups: list[RemoteBackup]) -> str | None:
+    """One sentence about offsite copies dated in the future, with what to do; None if none."""
+    ahead = dated_ahead(backups)
+    if not ahead:
+        return None
+    more = f" ほか {len(ahead) - 1} 件" if len(ahead) > 1 else ""
+    return (f"日時が未来のオフサイトコピー {ahead[-1].name}{more} があり、最新とはみなしません"
+            "（削除もしません）→ 送ったホストの時計を確認（timedatectl）。不要なら中身を確かめて手で削除")
 
 
 def protection(settings: Settings, remote: Remote, backup: RemoteBackup,

@@ -15,6 +15,12 @@ counts towards RETENTION_MIN_KEEP nor stands in for a week or a month, and the
 newest trusted backup stays while only suspect ones are newer. A *pinned*
 backup (``keep_until`` in its manifest) is kept until that date, whatever else.
 
+A backup dated in the *future* (its name or manifest beyond catalog.FUTURE_TOLERANCE
+ahead: the clock was wrong when it was made, or it was copied in from a host
+whose clock was) is kept until a person looks, and counts for nothing: never
+one of the newest RETENTION_MIN_KEEP, never a week's or a month's
+representative, so it cannot push a real recent backup out. prune says so.
+
 Only files the kit made are candidates at all: the name follows the kit's
 pattern and a manifest names this env and this very file. Anything else
 (hand-made, foreign, renamed) stays untouched. A deletion that would leave a
@@ -34,7 +40,7 @@ from pathlib import Path
 from pgrunbook import catalog, worklog
 from pgrunbook.console import Console, human_size
 from pgrunbook.errors import RunbookError
-from pgrunbook.inventory import Inventoried, inventory
+from pgrunbook.inventory import Inventoried, future_note, inventory
 from pgrunbook.safety import exclusive_lock
 from pgrunbook.settings import Settings
 
@@ -65,6 +71,10 @@ class Candidate:
     verified: bool
     suspect: bool = False
     pinned_until: datetime | None = None
+    future: bool = False  # dated beyond now + catalog.FUTURE_TOLERANCE
+
+
+FUTURE_REASON = "未来の日時（最新とはみなさず、削除もしません。時計を確認）"
 
 
 @dataclass
@@ -91,7 +101,10 @@ def _week(created: datetime) -> tuple[int, int]:
 
 
 def _decide_series(series: list[Candidate], policy: Policy, now: datetime, decision: Decision) -> None:
-    newest_first = list(reversed(series))
+    reasons: dict[str, list[str]] = {c.name: [] for c in series}
+    for skewed in (c for c in series if c.future):  # kept, and left out of everything below
+        reasons[skewed.name].append(FUTURE_REASON)
+    newest_first = [c for c in reversed(series) if not c.future]
     valid = [c for c in newest_first if c.valid]
     trusted = [c for c in valid if not c.suspect]  # a suspect backup never stands in for others
     # the representative of a period is its newest trusted backup, whatever its age
@@ -100,8 +113,7 @@ def _decide_series(series: list[Candidate], policy: Policy, now: datetime, decis
     for candidate in trusted:
         week_of.setdefault(_week(candidate.created), candidate.name)
         month_of.setdefault((candidate.created.year, candidate.created.month), candidate.name)
-    reasons: dict[str, list[str]] = {c.name: [] for c in series}
-    for candidate in series:
+    for candidate in newest_first:
         age = now - candidate.created
         kept = reasons[candidate.name]
         week = _week(candidate.created)
@@ -149,6 +161,7 @@ class PrunePlan:
     items: dict[str, Inventoried]
     foreign: list[str]
     stale_partials: list[Path]
+    future_note: str | None = None  # backups dated in the future: what to do about them
 
 
 def series_of(item: Inventoried) -> str:
@@ -157,10 +170,10 @@ def series_of(item: Inventoried) -> str:
 
 def plan(settings: Settings, now: datetime | None = None) -> PrunePlan:
     now = now or datetime.now()
-    items = inventory(settings, with_globals=True)
+    items = inventory(settings, with_globals=True, now=now)
     kit = [i for i in items if i.made_by_kit]
     candidates = [Candidate(i.name, i.backup.created, series_of(i), i.valid, i.verified, i.suspect,
-                            _pin_of(i)) for i in kit]
+                            _pin_of(i), i.future) for i in kit]
     decision = decide(candidates, Policy.from_settings(settings), now)
     _refuse_losing_the_last_valid(kit, decision)
     return PrunePlan(
@@ -168,6 +181,7 @@ def plan(settings: Settings, now: datetime | None = None) -> PrunePlan:
         items={i.name: i for i in kit},
         foreign=[i.name for i in items if not i.made_by_kit],
         stale_partials=stale_partials(settings, time.time()),
+        future_note=future_note(kit),
     )
 
 
@@ -231,6 +245,9 @@ def prune(settings: Settings, dry_run: bool = False, console: Console | None = N
             result.deleted.append(partial.name)
         entry.details.update({"deleted": len(result.deleted), "kept": len(result.plan.decision.keep),
                               "freed_bytes": result.freed})
+        future = [name for name, item in result.plan.items.items() if item.future]
+        if future:
+            entry.details["future_dated"] = sorted(future)
         _report(result, console)
         return result
 
@@ -280,6 +297,8 @@ def _report(result: PruneResult, console: Console) -> None:
         console.result(f"{verb}\t{partial.name}\t作成途中のまま 1 日以上経過")
     for name in result.plan.foreign:
         console.result(f"対象外\t{name}\tキットが作ったものではない（触りません）")
+    if result.plan.future_note:
+        console.warn(result.plan.future_note)
     count = len(decision.delete) + len(result.plan.stale_partials)
     if result.dry_run:
         console.summary(f"prune（試行）: {count} 件を削除予定、{len(decision.keep)} 件を保持"
