@@ -12,6 +12,7 @@ Skipped when the pgBackRest base image is absent (see test_pitr.py).
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import time
@@ -214,6 +215,37 @@ def test_an_env_without_a_stanza_has_no_pitr_metrics(engine, live, tmp_path):
     refused = home("pitr-status", "--env=prod")
     assert refused.returncode == 2 and "PITR_STANZA" in refused.stdout
     assert not (home.backup_dir("prod") / ".pitr-status.json").exists()
+
+
+def test_an_unreachable_db_shows_as_status_2_and_a_bad_metrics_file_only_warns(tmp_path):
+    """No pgBackRest needed: the container is missing. What was seen before stays as last seen."""
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    home = Cli(tmp_path)
+    home.write_env("prod", DB_CONTAINER=f"pgrunbook-pitrops-missing-{RUN}", PITR_STANZA=STANZA,
+                   METRICS_FILE=str(textfile / "pgrunbook.prom"))
+    observation = home.backup_dir("prod") / ".pitr-status.json"
+    observation.parent.mkdir(parents=True)
+    observation.write_text(json.dumps({"checked": 1.0, "exit_code": 0, "archiver": {
+        "last_archived": 1700000000.0, "failed_count": 0, "failing": False, "waiting": 0},
+        "backups": [{"label": "20231114-221320F", "type": "full", "stop": 1699999000.0}]}))
+    began = time.time()
+    done = home("pitr-status", "--env=prod")
+    assert done.returncode == 2 and last_line(done.stdout).startswith("CRITICAL env=prod"), done.stdout
+    found = pitr_only(samples(textfile / "pgrunbook.prom"))
+    assert found["pgrunbook_pitr_status_exit_code"] == 2
+    assert began - 1 <= found["pgrunbook_pitr_status_timestamp_seconds"] <= time.time()
+    assert found["pgrunbook_pitr_wal_last_archived_timestamp_seconds"] == 1700000000  # kept: not read
+    assert found["pgrunbook_pitr_backup_last_timestamp_seconds{full}"] == 1699999000
+
+    home.write_env("prod", DB_CONTAINER=f"pgrunbook-pitrops-missing-{RUN}", PITR_STANZA=STANZA,
+                   METRICS_FILE=str(tmp_path / "missing-folder" / "pgrunbook.prom"))
+    again = home("pitr-status", "--env=prod")
+    assert again.returncode == 2, again.stdout + again.stderr  # the verdict, not the metrics' trouble
+    assert "警告" in again.stderr and "missing-folder" in again.stderr
+    assert not (tmp_path / "missing-folder").exists()
+    assert json.loads(observation.read_text())["checked"] > found["pgrunbook_pitr_status_timestamp_seconds"]
+    assert sorted(p.name for p in observation.parent.iterdir()) == [".pitr-status.json"]  # no temporary
 
 
 # --- the printed pitr-status line under Debian's real cron daemon -------------------------------

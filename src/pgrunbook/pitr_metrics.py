@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,12 +111,23 @@ def load(settings: Settings) -> dict[str, Any]:
 
 
 def _save(settings: Settings, changes: dict[str, Any]) -> None:
-    """Merge into the observation: what was not read this time stays as last seen."""
-    from pgrunbook.backup import write_private  # atomic, 0600
+    """Merge into the observation: what was not read this time stays as last seen.
 
+    Written to a temporary file of its own (pitr-status from cron and a pitr-backup may
+    write at once), then renamed: a reader sees the old file or the new one."""
     data = {**load(settings), **changes, "env": settings.env, "stanza": settings.pitr_stanza}
     worklog.ensure_private_dir(settings.backup_dir)
-    write_private(observation_path(settings), json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n")
+    path = observation_path(settings)
+    fd, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _warn(console: Console, error: OSError, settings: Settings) -> None:
