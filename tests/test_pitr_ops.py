@@ -280,8 +280,8 @@ def test_printed_pitr_status_line_works_under_real_cron(engine, live, tmp_path):
     log = home.backup_dir(env) / "cron.log"
     try:
         deadline = time.monotonic() + WAIT_SECONDS
-        while time.monotonic() < deadline and not (observation.exists() and metrics_file.exists()
-                                                   and "pitr-status" in _text(log) and "OK " in _text(log)):
+        done_line = f"OK env={env} stanza={STANZA}: "  # printed after the metrics are written
+        while time.monotonic() < deadline and done_line not in _text(log):
             time.sleep(2)
         assert observation.exists(), f"cron did not run pitr-status within {WAIT_SECONDS} s: {_text(log)}"
     finally:
