@@ -24,7 +24,16 @@ import pytest
 from conftest import PASSWORD, Cli, docker_client, last_line, wait_for
 from pgrunbook import schedule
 from test_cron_daemon import WAIT_SECONDS, _jobs_of, cron_daemon  # noqa: F401 - its fixture
-from test_pitr import BASE_IMAGE, EXAMPLE, STANZA, exec_in, psql, remove_with_volumes, start_from_compose
+from test_pitr import (
+    BASE_IMAGE,
+    CIPHER_PASS,
+    EXAMPLE,
+    STANZA,
+    exec_in,
+    psql,
+    remove_with_volumes,
+    start_from_compose,
+)
 
 RUN = uuid.uuid4().hex[:8]
 ARCHIVE = "/var/lib/pgbackrest/archive"
@@ -161,6 +170,8 @@ def test_metrics_show_archiving_backups_drills_and_a_broken_archive(engine, live
         assert began <= stalled["pgrunbook_pitr_wal_oldest_waiting_timestamp_seconds"] <= time.time() + 1
         # the backups were not read this time: they stay as last seen
         assert stalled["pgrunbook_pitr_backups{full}"] == 1
+        saved = observation.read_text()
+        assert "のアーカイブが失敗しています" in saved and PASSWORD not in saved and CIPHER_PASS not in saved
 
         # a drill cannot pass while WAL does not reach the repository
         drill = home("pitr-drill", "--env=prod", "--minutes=0.1")

@@ -139,7 +139,8 @@ def record_status(settings: Settings, status: Status, console: Console) -> None:
     """Save what pitr-status saw, then rewrite METRICS_FILE; failures are warnings."""
     if not settings.pitr_stanza:
         return  # nothing to watch: no file, no PITR samples
-    changes: dict[str, Any] = {"checked": time.time(), "exit_code": status.exit_code, "line": status.line}
+    changes: dict[str, Any] = {"checked": time.time(), "exit_code": status.exit_code,
+                               "line": console.redact(status.line)}  # as printed: no secret in the file
     if status.state is not None:
         changes["archiver"] = _archiver(status.state)
     if status.backups is not None:
