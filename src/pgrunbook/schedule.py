@@ -36,7 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pgrunbook.errors import RunbookError
@@ -88,10 +88,10 @@ class Target:
     mailto: str = "root"
     home: str | None = None  # PGRUNBOOK_HOME when the settings live outside the checkout
     offsite: bool = False  # OFFSITE_BUCKET set: the verified backup also goes offsite
-    ping: bool = False  # PING_URL set: the daily backup job pings start / success / fail
-    docker_host: str | None = None  # DOCKER_HOST of the shell that printed the block
     pitr: bool = False  # PITR_STANZA set: pgBackRest's backups, archive monitoring, drill
     pitr_commented: bool = False  # the example: the PITR jobs as comments to uncomment
+    ping: bool = False  # PING_URL set: the daily backup job pings start / success / fail
+    docker_host: str | None = None  # DOCKER_HOST of the shell that printed the block
 
 
 def cron_escape(text: str) -> str:
@@ -193,10 +193,11 @@ def target_for(settings: Settings, checkout: Path, mailto: str = "root") -> Targ
     if docker_host and not re.match(r"^[A-Za-z0-9+.-]+://[^\s%]+$", docker_host):
         raise RunbookError(f"DOCKER_HOST={docker_host!r} は crontab に書けません",
                            "unix:///var/run/docker.sock や tcp://127.0.0.1:2375 の形にする", 2)
-    return Target(env=settings.env, checkout=str(checkout), invoke=current_invoke(),
+    target = Target(env=settings.env, checkout=str(checkout), invoke=current_invoke(),
                   log=str(settings.backup_dir / "cron.log"), mailto=mailto, home=home,
                   offsite=bool(settings.offsite_bucket), ping=bool(settings.ping_url),
-                  docker_host=docker_host or None, pitr=bool(settings.pitr_stanza))
+                  docker_host=docker_host or None)
+    return replace(target, pitr=bool(settings.pitr_stanza))
 
 
 # ---- the user's crontab -------------------------------------------------------------
