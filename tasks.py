@@ -641,6 +641,7 @@ for _guard_task in (accept_drift, pin, unpin, worklog_verify):
 # --- point-in-time recovery with pgBackRest (issue 15) -----------------------
 
 pitr_module = LazyModule("pitr")
+pitr_metrics_module = LazyModule("pitr_metrics")
 
 
 @task(
@@ -679,14 +680,22 @@ def pitr_backup(c, env=None, type="full", dry_run=False):  # noqa: A002 - pgBack
         "env": ENV_HELP,
         "max_age": "WAL がアーカイブ待ちのままでよい時間（例: 15m。既定 15m）",
         "backup_max_age": "最新のベースバックアップの許容経過時間（既定 8d）",
+        "format": "text（既定: 1 行と終了コード 0/1/2）か prometheus（メトリクスを表示、終了コード 0）",
     },
 )
-def pitr_status(c, env=None, max_age="15m", backup_max_age="8d"):
-    """監視用に 1 行表示（pg_stat_archiver と pgbackrest info）: 0=正常、1=警告（遅れ）、2=異常。"""
+def pitr_status(c, env=None, max_age="15m", backup_max_age="8d", format="text"):  # noqa: A002
+    """監視用に 1 行表示（pg_stat_archiver と pgbackrest info）: 0=正常、1=警告（遅れ）、2=異常。
+    見た結果はメトリクス（METRICS_FILE）にも書く。"""
     settings, console = settings_for(ROOT, env)
+    if format not in ("text", "prometheus"):
+        raise Exit(f"エラー: --format={format} は使えません → text か prometheus", code=2)
     limits = guarded(lambda: (inventory.parse_duration(max_age), inventory.parse_duration(backup_max_age)),
                      console)  # a wrong duration exits 2, as in status
     result = pitr_module.pitr_status(settings, *limits, console)
+    pitr_metrics_module.record_status(settings, result, console)
+    if format == "prometheus":
+        sys.stdout.write(guarded(lambda: metrics_module.text(settings), console))
+        return
     console.result(result.line)
     if result.exit_code:
         raise Exit(code=result.exit_code)

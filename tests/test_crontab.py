@@ -189,3 +189,78 @@ def test_docker_host_and_an_empty_mailto_are_written_so_cron_accepts_them(tmp_pa
         assert checked.returncode == 0, checked.stderr  # Debian's own syntax check, nothing installed
     bad = cli("crontab", "--env=prod", env={"DOCKER_HOST": "tcp://h:1 %x"})
     assert bad.returncode == 2 and "DOCKER_HOST" in bad.stderr
+
+
+# ---- point-in-time recovery (PITR_STANZA) -----------------------------------------------
+
+PITR_SCHEDULE = {  # pgBackRest's user guide: full weekly, differential on the other days
+    "30 0 * * 0": "pitr-backup --env=prod --type=full",
+    "30 0 * * 1-6": "pitr-backup --env=prod --type=diff",
+    "*/5 * * * *": "pitr-status --env=prod --backup-max-age=26h",
+    "0 3 1 * *": "pitr-drill --env=prod",
+}
+
+
+def jobs_of(lines: list[str]) -> list[str]:
+    return [line for line in lines if line[:1].isdigit() or line.startswith("*")]
+
+
+def test_pitr_jobs_come_only_with_a_stanza_and_in_the_same_style():
+    plain = schedule.render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="/srv/b/prod/cron.log"))
+    assert "pitr-" not in "\n".join(plain)
+    lines = schedule.render(Target(env="prod", checkout="/srv/kit", invoke="inv",
+                                   log="/srv/b/prod/cron.log", pitr=True))
+    assert lines[-1] == "# END pgrunbook prod" and lines[:len(plain) - 1] == plain[:-1]
+    pitr_jobs = [job for job in jobs_of(lines) if "pitr-" in job]
+    assert len(pitr_jobs) == len(PITR_SCHEDULE) and len(jobs_of(lines)) == 4 + len(PITR_SCHEDULE)
+    for job, (when, command) in zip(pitr_jobs, PITR_SCHEDULE.items(), strict=True):
+        label = command.split()[0]
+        assert job == (f"{when} cd /srv/kit && mkdir -p -m 0700 /srv/b/prod && "
+                       f"{{ echo \"== $(date '+\\%F \\%T') {label}\"; inv {command}; }} "
+                       ">> /srv/b/prod/cron.log 2>&1 || tail -n 20 /srv/b/prod/cron.log"), job
+    assert sum(1 for line in lines if "inv ping" in line or "offsite-push" in line) == 0
+
+
+def test_the_example_carries_the_pitr_jobs_commented_out():
+    example = (ROOT / "crontab.example").read_text(encoding="utf-8").splitlines()
+    commented = [line[2:] for line in example if line.startswith("# ") and jobs_of([line[2:]])
+                 and " cd " in line]
+    wanted = [job for job in jobs_of(schedule.render(
+        Target(env="prod", checkout=schedule.EXAMPLE_CHECKOUT, invoke=schedule.EXAMPLE_INVOKE,
+               log="backups/prod/cron.log", pitr=True))) if "pitr-" in job]
+    assert commented == wanted  # removing "# " gives exactly what invoke crontab installs
+    assert not any("pitr-" in job for job in jobs_of(example))  # nothing runs without a stanza
+    assert any("PITR_STANZA を設定したら" in line for line in example)
+
+
+def test_printed_schedule_has_the_pitr_jobs_when_the_env_has_a_stanza(tmp_path):
+    cli = Cli(tmp_path)
+    cli.write_env("prod", DB_CONTAINER="knot-db")
+    assert "pitr-" not in cli("crontab", "--env=prod").stdout
+    cli.write_env("prod", DB_CONTAINER="knot-db", PITR_STANZA="knot")
+    printed = cli("crontab", "--env=prod")
+    assert printed.returncode == 0, printed.stderr
+    pitr_jobs = [job for job in jobs_of(printed.stdout.splitlines()) if "pitr-" in job]
+    assert [job.split(" cd ")[0] for job in pitr_jobs] == list(PITR_SCHEDULE)
+    for job, command in zip(pitr_jobs, PITR_SCHEDULE.values(), strict=True):
+        assert f" {command}; }} >> {tmp_path}/backups/prod/cron.log 2>&1 || tail -n 20 " in job, job
+        assert f"mkdir -p -m 0700 {tmp_path}/backups/prod && " in job
+    if shutil.which("crontab"):
+        (tmp_path / "block.cron").write_text(printed.stdout)
+        checked = subprocess.run(["crontab", "-n", str(tmp_path / "block.cron")],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr  # Debian's own syntax check
+
+
+@needs_root_cron
+def test_install_with_pitr_into_a_real_crontab(tmp_path, cron_user):
+    cli = Cli(tmp_path)
+    cli.write_env("prod", DB_CONTAINER="knot-db")
+    assert cli("crontab", "--env=prod", "--install", f"--user={cron_user}").returncode == 0
+    assert "pitr-" not in crontab_of(cron_user)
+    cli.write_env("prod", DB_CONTAINER="knot-db", PITR_STANZA="knot")
+    again = cli("crontab", "--env=prod", "--install", f"--user={cron_user}")
+    assert again.returncode == 0 and "登録しました" in again.stderr
+    installed = crontab_of(cron_user)
+    assert installed.count("# BEGIN pgrunbook prod") == 1
+    assert sum(1 for line in installed.splitlines() if " pitr-" in line and line[:1] in "0123*") == 4

@@ -9,7 +9,8 @@ it then holds every env of the folder whose METRICS_FILE is the same path.
 
 Everything comes from the host's files, never the database: the work log
 (last backup and restore-test runs) and the inventory (backups, verified,
-suspect). "Never" is 0 for timestamps and success, so that an alert such as
+suspect); with PITR_STANZA also what the last ``pitr-status`` saw
+(pitr_metrics). "Never" is 0 for timestamps and success, so that an alert such as
 ``time() - pgrunbook_backup_last_verified_timestamp_seconds > 26*3600``
 fires for an env that never had a verified backup.
 
@@ -67,7 +68,8 @@ def _started(record: dict[str, Any]) -> float:
         return 0.0
 
 
-def _ended(record: dict[str, Any] | None) -> float:
+def ended(record: dict[str, Any] | None) -> float:
+    """The end of a work-log line's run (UNIX time); 0 for none."""
     if not record:
         return 0.0
     return _started(record) + float(record.get("duration_seconds") or 0)
@@ -103,14 +105,14 @@ def collect_env(settings: Settings) -> EnvMetrics:
     items = [i for i in everything if not i.future]
     verified = [i for i in items if i.verified and i.valid]
     return EnvMetrics(settings.env, {
-        "pgrunbook_backup_last_timestamp_seconds": _ended(last),
+        "pgrunbook_backup_last_timestamp_seconds": ended(last),
         "pgrunbook_backup_last_duration_seconds": float((last or {}).get("duration_seconds") or 0),
         "pgrunbook_backup_last_success": float(bool(last and last.get("result") in SUCCESS_RESULTS)),
-        "pgrunbook_backup_last_success_timestamp_seconds": _ended(last_good),
+        "pgrunbook_backup_last_success_timestamp_seconds": ended(last_good),
         "pgrunbook_backup_last_size_bytes": float((last_good or {}).get("size") or 0),
         "pgrunbook_backup_last_verified_timestamp_seconds":
             verified[-1].backup.created.timestamp() if verified else 0.0,
-        "pgrunbook_restore_test_last_timestamp_seconds": _ended(last_test),
+        "pgrunbook_restore_test_last_timestamp_seconds": ended(last_test),
         "pgrunbook_restore_test_last_duration_seconds":
             float((last_test or {}).get("duration_seconds") or 0),
         "pgrunbook_restore_test_last_success": float(bool(last_test and last_test.get("result") == "ok")),
@@ -146,10 +148,14 @@ def registry_for(settings: Settings):
     client = _client()
     registry = client.CollectorRegistry(auto_describe=True)
     gauges = {name: client.Gauge(name, text, ["env"], registry=registry) for name, text in METRICS.items()}
-    for env_settings in envs_of_file(settings):
+    envs = envs_of_file(settings)
+    for env_settings in envs:
         collected = collect_env(env_settings)
         for name, value in collected.values.items():
             gauges[name].labels(env=collected.env).set(value)
+    from pgrunbook import pitr_metrics  # its gauges only for envs with PITR_STANZA
+
+    pitr_metrics.register(client, registry, envs)
     return registry
 
 

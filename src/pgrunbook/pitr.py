@@ -34,7 +34,7 @@ import json
 import re
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -380,8 +380,25 @@ def pitr_backup(settings: Settings, kind: str, dry_run: bool, console: Console) 
         entry.details["size"] = size
         if kind == "diff" and label.endswith("F"):
             console.warn("以前のフルバックアップがないため、フルバックアップになりました")
+        _refresh_backup_metrics(container, settings, stanza, console)
     console.summary(f"ベースバックアップ {label} を作りました（{kind}, {size or '?'}）")
     return label
+
+
+def _refresh_backup_metrics(container: Container, settings: Settings, stanza: str,
+                            console: Console) -> None:
+    """The repository's base backups for the metrics (before the work-log line rewrites
+    METRICS_FILE); a failure here is a warning, the backup is made."""
+    from pgrunbook import pitr_metrics
+
+    try:
+        info = run_pgbackrest(container, settings, stanza, ["--output=json", "info"], console,
+                              "backup", quiet=True)
+    except RunbookError as error:
+        console.warn(f"pgbackrest info を読めませんでした（メトリクスは次の pitr-status で更新）: "
+                     f"{error.message}")
+        return
+    pitr_metrics.record_backups(settings, backup_sets(info.json_line(), stanza), console)
 
 
 # --- status ---------------------------------------------------------------------------
@@ -398,6 +415,12 @@ class ArchiverState:
     now: datetime
     waiting: int | None  # .ready files; None without pg_monitor
     oldest_waiting: datetime | None
+
+    @property
+    def failing(self) -> bool:
+        """The last attempt failed: a failure newer than the last success (or none ever)."""
+        return self.last_failed_time is not None and (
+            self.last_archived_time is None or self.last_failed_time > self.last_archived_time)
 
 
 STATUS_SQL = """
@@ -475,6 +498,9 @@ def describe_age(age: timedelta) -> str:
 class Status:
     exit_code: int  # 0 ok, 1 warning, 2 error
     line: str
+    # what pitr-status saw, for the metrics (pitr_metrics); None: not read this time
+    state: ArchiverState | None = None
+    backups: list[BackupSet] | None = None
 
 
 def status_label(env: str, stanza: str) -> str:
@@ -489,9 +515,7 @@ def archiving_failure(env: str, stanza: str, state: ArchiverState,
         return Status(2, f"CRITICAL {label}: archive_mode={state.archive_mode}"
                          "（WAL をアーカイブしていません）"
                          f" → invoke pitr-setup --env={env} の案内どおりに設定")
-    failing = state.last_failed_time is not None and (
-        state.last_archived_time is None or state.last_failed_time > state.last_archived_time)
-    if failing:
+    if state.failing:
         why = f": {reason}" if reason else ""
         since = describe_age(state.now - state.last_failed_time)
         return Status(2, f"CRITICAL {label}: WAL {state.last_failed_wal} のアーカイブが失敗しています"
@@ -546,6 +570,7 @@ def pitr_status(settings: Settings, max_age: timedelta, backup_max_age: timedelt
                 console: Console) -> Status:
     """Monitoring: like ``status``, one line, no work-log line; any failure is 2."""
     env, stanza = settings.env, settings.pitr_stanza
+    state: ArchiverState | None = None
     try:
         require_stanza(settings)
         container, pg = _live(settings)
@@ -555,13 +580,15 @@ def pitr_status(settings: Settings, max_age: timedelta, backup_max_age: timedelt
             reason = last_pgbackrest_error(container, console.redact)
         failure = archiving_failure(env, stanza, state, reason)
         if failure:
-            return failure
+            return replace(failure, state=state)
         info = run_pgbackrest(container, settings, stanza, ["--output=json", "info"], console, "status",
                               quiet=True)
         backups = backup_sets(info.json_line(), stanza)
     except RunbookError as error:
-        return Status(2, f"CRITICAL {status_label(env, stanza)}: {error.one_line().removeprefix('エラー: ')}")
-    return evaluate_status(env, stanza, state, backups, max_age, backup_max_age, reason)
+        return Status(2, f"CRITICAL {status_label(env, stanza)}: {error.one_line().removeprefix('エラー: ')}",
+                      state=state)
+    verdict = evaluate_status(env, stanza, state, backups, max_age, backup_max_age, reason)
+    return replace(verdict, state=state, backups=backups)
 
 
 # --- restoring into a separate container ----------------------------------------------------

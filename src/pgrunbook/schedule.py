@@ -18,6 +18,13 @@ With PING_URL set, the daily backup job is wrapped in ``invoke ping`` (start,
 then success or fail with the job's exit code passed through; see ping.py).
 DOCKER_HOST, when set in the shell that prints the block, is written into it:
 cron's environment has none, and the jobs must talk to the same engine.
+
+With PITR_STANZA set (point-in-time recovery with pgBackRest, runbooks/pitr.md)
+the block also carries ``PITR_JOBS``: the schedule of pgBackRest's user guide
+(a full base backup weekly, a differential on the other days), ``pitr-status``
+every five minutes (archiving that stalls is found within minutes, and the
+metrics stay current) and a monthly ``pitr-drill``. crontab.example shows them
+commented out, to be uncommented once PITR_STANZA is set.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pgrunbook.errors import RunbookError
@@ -55,6 +62,22 @@ JOBS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("status --env={env} --max-age=26h",)),
 )
 
+# With PITR_STANZA: pgBackRest's base backups, archive monitoring and the drill (runbooks/pitr.md)
+PITR_HEADER = "# ポイントインタイムリカバリ（pgBackRest。PITR_STANZA を設定した環境だけ。runbooks/pitr.md）"
+PITR_EXAMPLE_HEADER = ("# ポイントインタイムリカバリ（pgBackRest）: PITR_STANZA を設定したら、次の 4 行の"
+                       "先頭の「# 」を外す（invoke crontab は自動で入れます）")
+PITR_JOBS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("30 0 * * 0", "毎週日曜 00:30: pgBackRest のフルバックアップ（保持を過ぎたものは pgBackRest が消す）",
+     ("pitr-backup --env={env} --type=full",)),
+    ("30 0 * * 1-6", "月〜土 00:30: 直近のフルからの差分バックアップ（WAL の再生を短く保つ）",
+     ("pitr-backup --env={env} --type=diff",)),
+    ("*/5 * * * *", "5 分ごと: WAL のアーカイブが失敗・停滞していないか、"
+                    "最新のベースバックアップが 26 時間以内か",
+     ("pitr-status --env={env} --backup-max-age=26h",)),
+    ("0 3 1 * *", "毎月 1 日 03:00: 訓練（5 分前を別コンテナに戻して本番と比べ、かかった時間を記録）",
+     ("pitr-drill --env={env}",)),
+)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -65,6 +88,8 @@ class Target:
     mailto: str = "root"
     home: str | None = None  # PGRUNBOOK_HOME when the settings live outside the checkout
     offsite: bool = False  # OFFSITE_BUCKET set: the verified backup also goes offsite
+    pitr: bool = False  # PITR_STANZA set: pgBackRest's backups, archive monitoring, drill
+    pitr_commented: bool = False  # the example: the PITR jobs as comments to uncomment
     ping: bool = False  # PING_URL set: the daily backup job pings start / success / fail
     docker_host: str | None = None  # DOCKER_HOST of the shell that printed the block
     prestage: bool = False  # RESTORE_PRESTAGE: the restore test follows every backup (prestage.py)
@@ -119,7 +144,18 @@ def render(target: Target) -> list[str]:
         if target.ping and daily_backup:
             comment += "。開始・成功・失敗を PING_URL（死活監視）に知らせる"
         lines += [f"# {comment}", _job(target, schedule, commands, ping=target.ping and daily_backup)]
+    lines += _pitr_lines(target)
     lines.append(END.format(env=target.env))
+    return lines
+
+
+def _pitr_lines(target: Target) -> list[str]:
+    if not (target.pitr or target.pitr_commented):
+        return []
+    lines = [PITR_EXAMPLE_HEADER if target.pitr_commented and not target.pitr else PITR_HEADER]
+    for schedule, comment, commands in PITR_JOBS:
+        job = _job(target, schedule, commands)
+        lines += [f"# {comment}", job if target.pitr else f"# {job}"]
     return lines
 
 
@@ -137,7 +173,7 @@ EXAMPLE_HEADER = [
 
 def example_target() -> Target:
     return Target(env="prod", checkout=EXAMPLE_CHECKOUT, invoke=EXAMPLE_INVOKE,
-                  log="backups/prod/cron.log")
+                  log="backups/prod/cron.log", pitr_commented=True)
 
 
 def example_text() -> str:
@@ -163,11 +199,12 @@ def target_for(settings: Settings, checkout: Path, mailto: str = "root") -> Targ
     if docker_host and not re.match(r"^[A-Za-z0-9+.-]+://[^\s%]+$", docker_host):
         raise RunbookError(f"DOCKER_HOST={docker_host!r} は crontab に書けません",
                            "unix:///var/run/docker.sock や tcp://127.0.0.1:2375 の形にする", 2)
-    return Target(env=settings.env, checkout=str(checkout), invoke=current_invoke(),
+    target = Target(env=settings.env, checkout=str(checkout), invoke=current_invoke(),
                   log=str(settings.backup_dir / "cron.log"), mailto=mailto, home=home,
                   offsite=bool(settings.offsite_bucket), ping=bool(settings.ping_url),
                   prestage=settings.restore_prestage,
                   docker_host=docker_host or None)
+    return replace(target, pitr=bool(settings.pitr_stanza))
 
 
 # ---- the user's crontab -------------------------------------------------------------
