@@ -262,6 +262,10 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
         return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment)
 
     _postgres.Postgres.run = run
+    if "jobs2" in variants:
+        from pgrunbook.restore import staging as _staging
+
+        _staging.settings_jobs = lambda settings, pg: 2
     if "checkpoint" in variants:
         _check = _replace._check_staging
 
@@ -424,9 +428,11 @@ def formats_for(major: int, asked: list[str] | None) -> list[str]:
 
 def run(size_mb: float, rounds: int, image: str, output: Path,
         compressions: list[str] | None = None, dataset: str = "default",
-        variants: list[str] | None = None, tag: str = "") -> dict[str, Any]:
+        variants: list[str] | None = None, tag: str = "", log_sorts: bool = False) -> dict[str, Any]:
     """``variants``: experiments (see VARIANT_HOOK; "a+b" for both) of the kit's replace
-    with its default compression, measured beside it at the full size."""
+    with its default compression, measured beside it at the full size. ``log_sorts``:
+    the server logs every sort (trace_sort: internal or external, its CPU seconds) and
+    checkpoint; its log is saved as server.log beside the report."""
     docker_cli = shutil.which("docker")
     if not docker_cli:
         raise SystemExit("the hand procedure needs the docker CLI on PATH")
@@ -440,6 +446,11 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
     (hooks / "sitecustomize.py").write_text(VARIANT_HOOK)
     results = Measurements()
     try:
+        if log_sorts:
+            _psql(container, "ALTER SYSTEM SET trace_sort = on", "postgres")
+            _psql(container, "ALTER SYSTEM SET log_checkpoints = on", "postgres")
+            _psql(container, "ALTER SYSTEM SET log_line_prefix = '%m [%p] %d '", "postgres")
+            _psql(container, "SELECT pg_reload_conf()", "postgres")
         version = _psql(container, "SHOW server_version", "postgres").split()[0]
         major = int(version.split(".")[0])
         formats = formats_for(major, compressions)
@@ -576,6 +587,9 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
                 "downtime_seconds": round(results.median(f"kit_downtime[{kit_format}+{variant}]"), 3),
             } for variant in variants or []}
     finally:
+        if log_sorts:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "server.log").write_bytes(container.model.logs())
         container.model.remove(force=True, v=True)
         app.remove(force=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -664,6 +678,7 @@ VARIANT_TEXT = {
     "mwm": "復元セッションに `maintenance_work_mem=256MB`",
     "nosync": "復元セッションに `synchronous_commit=off`",
     "checkpoint": "アプリを止める前に `CHECKPOINT`",
+    "jobs2": "`pg_restore -j 2`（アーカイブをコンテナへ送ってから）",
 }
 
 
@@ -849,6 +864,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="experiments measured beside the kit's replace, comma-separated: "
                              "mwm, nosync, checkpoint, or several joined with + (e.g. mwm+nosync)")
     parser.add_argument("--tag", default="", help="a word in the containers' names (a shared machine)")
+    parser.add_argument("--log-sorts", action="store_true",
+                        help="the server logs its sorts (trace_sort) and checkpoints; saved as server.log")
     parser.add_argument("--page", type=Path, help="a runbook page whose report block to replace")
     parser.add_argument("--block", default="", help="the named block of --page (<!-- bench:NAME:start -->)")
     parser.add_argument("--beside", type=Path, action="append", default=[],
@@ -863,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         asked = [spec.strip() for spec in args.compressions.split(",") if spec.strip()]
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         reports.append(run(args.size_mb, args.rounds, args.image, args.output, asked or None,
-                           args.dataset, variants, args.tag))
+                           args.dataset, variants, args.tag, args.log_sorts))
     if not reports:
         raise SystemExit("nothing to report: give --beside with --combine")
     text = side_by_side(reports, [json.loads(path.read_text()) for path in args.downtime_beside])
