@@ -35,6 +35,7 @@ from typing import Any
 
 from pgrunbook import versions
 from pgrunbook.container import Container, engine
+from pgrunbook.postgres import EXACT_ROWS, USER_TABLES_FROM
 from pgrunbook.sandbox import sample_sql
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -579,7 +580,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
         report = summarize(results, actual, rounds, image, version, formats, quarter)
         report["dataset"] = dataset
         report["table_rows"] = dict(line.split("|") for line in _psql(
-            container, "SELECT relname, n_live_tup FROM pg_stat_user_tables ORDER BY 1").splitlines())
+            container, f"SELECT c.relname, {EXACT_ROWS} {USER_TABLES_FROM} ORDER BY 1").splitlines())
         report["steps_seconds"] = results.step_medians()
         report["last_timelines"] = results.timelines
         report["variants"] = {
