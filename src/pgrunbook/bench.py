@@ -702,9 +702,14 @@ def breakdown(report: dict[str, Any]) -> list[str]:
     lines += [f"| 手作業: {step} | {seconds:.2f} 秒 |" for step, seconds in steps["hand_restore"].items()]
     lines.append(f"| **手作業の合計** | **{medians['hand_restore']:.2f} 秒** |")
     lines += [f"| キット: {step} | {seconds:.2f} 秒 |"
-              for step, seconds in steps[f"kit_restore[{kit}]"].items()]
+              for step, seconds in steps[f"kit_restore[{kit}]"].items() if seconds >= 0.005]
     lines.append(f"| **キットの合計** | **{medians[f'kit_restore[{kit}]']:.2f} 秒**"
                  f"（手作業の {medians[f'kit_restore[{kit}]'] / medians['hand_restore']:.2f} 倍） |")
+    times = report["times_seconds"]
+    pairs = list(zip(times["hand_restore"], times[f"kit_restore[{kit}]"], strict=False))
+    lines += ["", "各回の組（同じ回の中で測った 手作業 → キット、比率）: " + "、".join(
+        f"{hand:.1f} → {kit_seconds:.1f} 秒（{kit_seconds / hand:.2f}）" for hand, kit_seconds in pairs)
+        + "。各段階の中央値は別々の回から取るため、足しても合計の中央値とは一致しません。"]
     parts = {"docker_stop": "アプリの停止（`kill` から `stop` イベント）",
              "until_swap": "停止の確認から入れ替えの開始まで", "swap": "接続の切断と名前の入れ替え",
              "docker_start": "入れ替えの終わりからアプリの `start` イベント"}
