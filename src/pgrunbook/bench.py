@@ -268,7 +268,9 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
         from pgrunbook.restore import staging as _staging
 
         _staging.settings_jobs = lambda settings, pg: 2
-    if "checkpoint" in variants:
+    if "nocheckpoint" in variants:  # the kit as it was before its CHECKPOINT before the apps stop
+        _replace.flush_restored_data = lambda pg, console: None
+    if "checkpoint" in variants:  # (the kit does it itself now: for measuring older versions)
         _check = _replace._check_staging
 
         def check_staging(run):
@@ -680,6 +682,7 @@ VARIANT_TEXT = {
     "mwm": "復元セッションに `maintenance_work_mem=256MB`",
     "nosync": "復元セッションに `synchronous_commit=off`",
     "checkpoint": "アプリを止める前に `CHECKPOINT`",
+    "nocheckpoint": "アプリを止める前の `CHECKPOINT` なし（以前のキット）",
     "jobs2": "`pg_restore -j 2`（アーカイブをコンテナへ送ってから）",
 }
 
@@ -869,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
                              "two large tables (issue 14's 2.5 M + 2 M rows at 985 MB)")
     parser.add_argument("--variants", default="",
                         help="experiments measured beside the kit's replace, comma-separated: "
-                             "mwm, nosync, checkpoint, or several joined with + (e.g. mwm+nosync)")
+                             "mwm, nosync, nocheckpoint, jobs2, or several joined with + (e.g. mwm+nosync)")
     parser.add_argument("--tag", default="", help="a word in the containers' names (a shared machine)")
     parser.add_argument("--log-sorts", action="store_true",
                         help="the server logs its sorts (trace_sort) and checkpoints; saved as server.log")
