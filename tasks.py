@@ -289,9 +289,13 @@ def sandbox_down(c, env=None):
         "image": "使う PostgreSQL イメージ（既定: PGRUNBOOK_TEST_IMAGE または postgres:15）",
         "output": "レポート（bench.json / bench.md）の出力先",
         "compressions": "キットで測る圧縮形式（カンマ区切り。既定: 16 以降は gzip:1,lz4,zstd:1,zstd:3）",
+        "dataset": "データ: default（多数のテーブル）か large-tables（大きなテーブル 2 つ）",
+        "variants": "キットの置き換えと並べて測る試み（mwm, nosync, nocheckpoint, jobs2。+ でつなぐと両方）",
+        "tag": "コンテナ名に入れる語（共有マシンで誰の実行か分かるように）",
     }
 )
-def bench(c, size_mb=900, rounds=3, image=None, output="bench-results", compressions=""):
+def bench(c, size_mb=900, rounds=3, image=None, output="bench-results", compressions="",
+          dataset="default", variants="", tag=""):
     """手順書の手作業とキットの速度・書き込み停止時間・メモリを使い捨てコンテナで比較する。"""
     from pgrunbook import bench as bench_module
 
@@ -300,6 +304,8 @@ def bench(c, size_mb=900, rounds=3, image=None, output="bench-results", compress
         argv += ["--image", image]
     if compressions:
         argv += ["--compressions", compressions]
+    argv += ["--dataset", dataset] + (["--variants", variants] if variants else []) + (
+        ["--tag", tag] if tag else [])
     raise Exit(code=bench_module.main(argv))
 
 

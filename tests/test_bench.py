@@ -44,3 +44,27 @@ def test_benchmark_smoke_run(tmp_path, docker_engine):
         capture_output=True, text=True, timeout=60)
     assert combined.returncode == 0, combined.stderr
     assert combined.stdout.count("PostgreSQL " + report["server_version"]) >= 4
+
+
+def test_benchmark_large_tables_with_steps_and_a_variant(tmp_path, docker_engine):
+    """The few-large-tables dataset, the per-step breakdown and a variant measured beside the kit."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--size-mb", "12", "--rounds", "1",
+         "--image", IMAGE, "--output", str(tmp_path), "--dataset", "large-tables",
+         "--compressions", "1", "--variants", "mwm", "--tag", "test"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["dataset"] == "large-tables"
+    assert set(report["table_rows"]) == {"orders", "events"}
+    assert int(report["table_rows"]["orders"]) > int(report["table_rows"]["events"]) > 0
+    steps = report["steps_seconds"]
+    assert set(steps["hand_restore"]) == {"接続の切断・DROP・CREATE", "docker cp", "pg_restore"}
+    kit = steps["kit_restore[1]"]
+    assert "staging への復元（pg_restore）" in kit and "CHECKPOINT（アプリの停止前）" in kit
+    assert set(steps["kit_downtime[1]"]) == {"docker_stop", "until_swap", "swap", "docker_start"}
+    assert all(value >= 0 for value in steps["kit_downtime[1]"].values())
+    assert set(report["variants"]) == {"mwm"} and report["variants"]["mwm"]["restore_replace_seconds"] > 0
+    text = (tmp_path / "bench.md").read_text()
+    assert "置き換えリストアの段階ごとの時間" in text and "maintenance_work_mem=256MB" in text

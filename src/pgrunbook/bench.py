@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from typing import Any
 
 from pgrunbook import versions
 from pgrunbook.container import Container, engine
+from pgrunbook.postgres import EXACT_ROWS, USER_TABLES_FROM
 from pgrunbook.sandbox import sample_sql
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,12 +84,55 @@ SELECT '議事録 第' || g || '回',
 FROM generate_series(1, 40000 * {scale}) AS g;
 """
 
+# issue 14's "few large tables": two tables only (2.5 M and 2 M rows at 985 MB,
+# in that proportion at any size), jsonb, a primary key and one more index each.
+# pg_restore -j has little to share out here: two COPYs and four index builds.
+LARGE_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS public.orders (
+    id bigserial PRIMARY KEY, customer_id int NOT NULL, ordered_at timestamptz NOT NULL,
+    status text NOT NULL, total numeric(12,2) NOT NULL, items jsonb NOT NULL);
+CREATE TABLE IF NOT EXISTS public.events (
+    id bigserial PRIMARY KEY, at timestamptz NOT NULL, kind text NOT NULL, payload jsonb NOT NULL);
+CREATE INDEX IF NOT EXISTS orders_customer ON public.orders (customer_id);
+CREATE INDEX IF NOT EXISTS events_at ON public.events (at);
+"""
+LARGE_BATCH_SQL = """
+INSERT INTO public.orders (customer_id, ordered_at, status, total, items)
+SELECT (random() * 200000)::int, now() - random() * interval '1000 days',
+       (ARRAY['paid','shipped','cancelled','refunded'])[1 + (random() * 3)::int],
+       round((random() * 100000)::numeric, 2),
+       jsonb_build_array(jsonb_build_object('sku', 'SKU-' || (random() * 9999)::int,
+         'qty', 1 + (random() * 4)::int, 'note', md5(random()::text)),
+         jsonb_build_object('sku', 'SKU-' || (random() * 9999)::int, 'qty', 1))
+FROM generate_series(1, 250000 * {scale});
+INSERT INTO public.events (at, kind, payload)
+SELECT now() - random() * interval '900 days',
+       (ARRAY['login','view','cart','checkout','logout'])[1 + (random() * 4)::int],
+       jsonb_build_object('user', 'member' || (random() * 50000)::int,
+         'ip', '192.0.2.' || (random() * 250)::int,
+         'detail', md5(random()::text))
+FROM generate_series(1, 200000 * {scale});
+"""
+# name -> (schema, one batch, about how many MiB a batch adds)
+DATASETS = {"default": (SCHEMA_SQL, BATCH_SQL, 40),
+            "large-tables": (LARGE_SCHEMA_SQL, LARGE_BATCH_SQL, 130)}
+
 
 @dataclass
 class Measurements:
     times: dict[str, list[float]] = field(default_factory=dict)
     rss_mb: dict[str, list[float]] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # run -> step -> seconds
+    timelines: dict[str, list[list[Any]]] = field(default_factory=dict)  # the last run's kit lines
+
+    def add_steps(self, name: str, steps: dict[str, float]) -> None:
+        for step, seconds in steps.items():
+            self.steps.setdefault(name, {}).setdefault(step, []).append(round(seconds, 3))
+
+    def step_medians(self) -> dict[str, dict[str, float]]:
+        return {name: {step: round(statistics.median(values), 3) for step, values in steps.items()}
+                for name, steps in self.steps.items()}
 
     def add(self, name: str, seconds: float, rss_mb: float | None = None) -> None:
         self.times.setdefault(name, []).append(round(seconds, 3))
@@ -124,6 +169,119 @@ def _run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = 
     return Run(seconds, usage.ru_maxrss / 1024, stdout.decode())
 
 
+def _run_traced(argv: list[str], env: dict[str, str]) -> tuple[Run, list[tuple[float, str]]]:
+    """``_run`` that also keeps every stderr line of the kit (its steps, with
+    PGRUNBOOK_VERBOSE=1) with the wall-clock time it arrived; the first entry
+    is the process start."""
+    lines: list[tuple[float, str]] = [(time.time(), "(start)")]
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, env={**env, "PGRUNBOOK_VERBOSE": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stderr is not None
+
+    def read() -> None:
+        for raw in process.stderr:  # type: ignore[union-attr]
+            lines.append((time.time(), raw.decode("utf-8", "replace").rstrip()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    _pid, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    ended = time.time()
+    reader.join()
+    stdout = process.stdout.read() if process.stdout else b""
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        text = "\n".join(line for _stamp, line in lines)
+        raise RuntimeError(f"{' '.join(argv)} failed ({code}): {text[-2000:]}")
+    lines.append((ended, "(end)"))
+    return Run(seconds, usage.ru_maxrss / 1024, stdout.decode()), lines
+
+
+# The kit's console steps of a replace, by the start of their line: each step's
+# time runs from its line to the next one (the first: process start to the first line).
+STEP_NAMES = (
+    ("(start)", "起動・確認（ファイル、サーバー、版、確認の表示）"),
+    ("  所有者", "staging DB の作成・空き容量の確認"),
+    ("置き換え完了", "終了"),
+    ("・pg_restore", "staging への復元（pg_restore）"),
+    ("・psql", "staging への復元（psql）"),
+    ("・復元完了", "行数・スキーマの照合、所有者・権限の比較"),
+    ("・復元したデータをディスクに書き出し", "CHECKPOINT（アプリの停止前）"),
+    ("・所有者・権限", "所有者・権限の複写と再比較"),
+    ("・稼働中の DB にだけ", "（スキーマの違いの表示）"),
+    ("・アプリのコンテナ", "アプリの停止 / 再開"),
+    ("・切り替え", "接続の切断と名前の入れ替え"),
+    ("・プランナー統計", "DB 単位の設定の確認・結果の表示"),
+    ("・(bench) 入れ替え終了", "アプリの再開（docker start）"),
+)
+
+
+def step_times(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds per named step (a name seen twice adds up)."""
+    steps: dict[str, float] = {}
+    for (stamp, line), (next_stamp, _next) in zip(lines, lines[1:], strict=False):
+        name = next((label for prefix, label in STEP_NAMES if line.startswith(prefix)), None)
+        if name is None:
+            name = "その他（結果の表示など）"
+        steps[name] = steps.get(name, 0.0) + next_stamp - stamp
+    return steps
+
+
+# Experiment variants of the kit, applied through a sitecustomize module on the
+# kit's PYTHONPATH (the kit's code is not changed for them): each name adds one
+# thing to a replace, measured beside the plain kit in the same run.
+VARIANT_HOOK = r'''
+import os
+import sys
+variants = set(filter(None, os.environ.get("PGRUNBOOK_BENCH_VARIANTS", "").split(",")))
+if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
+    from pgrunbook import postgres as _postgres
+    from pgrunbook.restore import replace as _replace
+
+    _swap = _replace.swap_databases
+
+    def swap_databases(*args, **kwargs):
+        try:
+            return _swap(*args, **kwargs)
+        finally:
+            sys.stderr.write("・(bench) 入れ替え終了\n")
+            sys.stderr.flush()
+
+    _replace.swap_databases = swap_databases
+
+    _run = _postgres.Postgres.run
+
+    def run(self, argv, *, stdin=None, on_stdout=None, environment=None):
+        if argv and argv[0] == "pg_restore":
+            options = []
+            if "mwm" in variants:
+                options.append("-c maintenance_work_mem=256MB")
+            if "nosync" in variants:
+                options.append("-c synchronous_commit=off")
+            if options:
+                environment = {**(environment or {}), "PGOPTIONS": " ".join(options)}
+        return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment)
+
+    _postgres.Postgres.run = run
+    if "jobs2" in variants:
+        from pgrunbook.restore import staging as _staging
+
+        _staging.settings_jobs = lambda settings, pg: 2
+    if "nocheckpoint" in variants:  # the kit as it was before its CHECKPOINT before the apps stop
+        _replace.flush_restored_data = lambda pg, console: None
+    if "checkpoint" in variants:  # (the kit does it itself now: for measuring older versions)
+        _check = _replace._check_staging
+
+        def check_staging(run):
+            summary = _check(run)
+            run.pg.execute("CHECKPOINT", "postgres")
+            return summary
+
+        _replace._check_staging = check_staging
+'''
+
+
 def _psql(container: Container, sql: str, database: str = "app") -> str:
     result = container.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", USER, "-d", database,
                              "-A", "-t", "-c", sql])
@@ -153,13 +311,21 @@ def settle(container: Container, timeout: float = 300) -> None:
     _psql(container, "CHECKPOINT", "postgres")
 
 
-def start_container(image: str) -> Container:
+def _labels(tag: str) -> dict[str, str]:
+    # a tagged run (someone's experiment on a shared machine) is also marked as a test's
+    return {"pgrunbook.bench": "1", **({"pgrunbook.test": "1"} if tag else {})}
+
+
+def _name(kind: str, tag: str) -> str:
+    return "-".join(filter(None, ["pgrunbook-bench", kind, tag, uuid.uuid4().hex[:8]]))
+
+
+def start_container(image: str, tag: str = "") -> Container:
     client = engine()
-    name = f"pgrunbook-bench-{uuid.uuid4().hex[:8]}"
     model = client.containers.run(
-        image, name=name, detach=True, network_mode="none",
+        image, name=_name("", tag), detach=True, network_mode="none",
         environment={"POSTGRES_USER": USER, "POSTGRES_DB": "app", "POSTGRES_HOST_AUTH_METHOD": "trust"},
-        labels={"pgrunbook.bench": "1"},
+        labels=_labels(tag),
     )
     container = Container(client, model)
     deadline = time.monotonic() + 120
@@ -177,42 +343,65 @@ def start_container(image: str) -> Container:
 APP_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"]
 
 
-def start_app(image: str) -> Any:
+def start_app(image: str, tag: str = "") -> Any:
     return engine().containers.run(
-        image, APP_COMMAND, name=f"pgrunbook-bench-app-{uuid.uuid4().hex[:8]}",
-        detach=True, network_mode="none", labels={"pgrunbook.bench": "1"})
+        image, APP_COMMAND, name=_name("app", tag),
+        detach=True, network_mode="none", labels=_labels(tag))
 
 
-def app_downtime(app: Any, since: float, until: float) -> float:
-    """Seconds from the engine's first ``kill`` (the stop's SIGTERM) of ``app`` to its
-    next ``start``, between two wall-clock times (the engine's own timestamps)."""
+def app_events(app: Any, since: float, until: float) -> dict[str, float]:
+    """The engine's own times (wall clock) of the first ``kill`` (the stop's SIGTERM)
+    of ``app`` between two wall-clock times, of the ``stop`` after it (the container
+    is down) and of the next ``start``."""
     events = engine().events(since=datetime.fromtimestamp(since, timezone.utc),
                              until=datetime.fromtimestamp(until + 1, timezone.utc),
                              filters={"container": app.id}, decode=True)
-    stopped = None
+    found: dict[str, float] = {}
     for event in events:
         action = event.get("Action") or event.get("status")
         stamp = int(event["timeNano"]) / 1e9
-        if action == "kill" and stopped is None:
-            stopped = stamp
-        elif action == "start" and stopped is not None:
-            return stamp - stopped
+        if action == "kill" and "kill" not in found:
+            found["kill"] = stamp
+        elif action == "stop" and "kill" in found and "stop" not in found:
+            found["stop"] = stamp
+        elif action == "start" and "kill" in found:
+            found["start"] = stamp
+            return found
     raise RuntimeError("the app container was not stopped and started by the replace")
 
 
-def fill(container: Container, size_mb: float) -> int:
+def app_downtime(app: Any, since: float, until: float) -> float:
+    """Seconds from the engine's first ``kill`` of ``app`` to its next ``start``."""
+    found = app_events(app, since, until)
+    return found["start"] - found["kill"]
+
+
+def downtime_parts(events: dict[str, float], lines: list[tuple[float, str]]) -> dict[str, float]:
+    """The write downtime cut at the engine's events and the kit's own lines: the
+    app's stop (kill to stop), the kit until the swap script starts, the swap, and
+    the app's start (end of the swap to the engine's start event)."""
+    swap_start = next(stamp for stamp, line in lines if line.startswith("・切り替え"))
+    swap_end = next(stamp for stamp, line in lines if line.startswith("・(bench) 入れ替え終了"))
+    stop = events.get("stop", events["kill"])
+    return {"docker_stop": stop - events["kill"], "until_swap": swap_start - stop,
+            "swap": swap_end - swap_start, "docker_start": events["start"] - swap_end}
+
+
+def fill(container: Container, size_mb: float, dataset: str = "default") -> int:
     """Grow the app database to about ``size_mb`` MiB (the last batch scaled to fit)."""
-    _psql(container, SCHEMA_SQL)
+    schema_sql, batch_sql, batch_mb = DATASETS[dataset]
+    _psql(container, schema_sql)
     batch = None
+    first = min(1.0, size_mb / batch_mb)
     while True:
         size = int(_psql(container, "SELECT pg_database_size('app')"))
         missing = size_mb * 1024 * 1024 - size
         if missing <= 0 or (batch and missing < batch * 0.05):
             break
-        scale = 1.0 if batch is None else min(1.0, missing / batch)
-        _psql(container, BATCH_SQL.format(scale=round(scale, 3)))
+        scale = first if batch is None else min(1.0, missing / batch)
+        _psql(container, batch_sql.format(scale=round(scale, 3)))
         if batch is None:
-            batch = int(_psql(container, "SELECT pg_database_size('app')")) - size
+            batch = int((int(_psql(container, "SELECT pg_database_size('app')")) - size) / first)
     _psql(container, "VACUUM (ANALYZE, PARALLEL 0)")  # docker's 64 MB /dev/shm is too small for parallel
     return int(_psql(container, "SELECT pg_database_size('app')"))
 
@@ -242,22 +431,37 @@ def formats_for(major: int, asked: list[str] | None) -> list[str]:
 
 
 def run(size_mb: float, rounds: int, image: str, output: Path,
-        compressions: list[str] | None = None) -> dict[str, Any]:
+        compressions: list[str] | None = None, dataset: str = "default",
+        variants: list[str] | None = None, tag: str = "", log_sorts: bool = False) -> dict[str, Any]:
+    """``variants``: experiments (see VARIANT_HOOK; "a+b" for both) of the kit's replace
+    with its default compression, measured beside it at the full size. ``log_sorts``:
+    the server logs every sort (trace_sort: internal or external, its CPU seconds) and
+    checkpoint; its log is saved as server.log beside the report."""
     docker_cli = shutil.which("docker")
     if not docker_cli:
         raise SystemExit("the hand procedure needs the docker CLI on PATH")
-    container = start_container(image)
-    app = start_app(image)
+    if dataset not in DATASETS:
+        raise SystemExit(f"unknown dataset {dataset!r} (one of {', '.join(DATASETS)})")
+    container = start_container(image, tag)
+    app = start_app(image, tag)
     work = Path(tempfile.mkdtemp(prefix="pgrunbook-bench-"))
+    hooks = work / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(VARIANT_HOOK)
     results = Measurements()
     try:
+        if log_sorts:
+            _psql(container, "ALTER SYSTEM SET trace_sort = on", "postgres")
+            _psql(container, "ALTER SYSTEM SET log_checkpoints = on", "postgres")
+            _psql(container, "ALTER SYSTEM SET log_line_prefix = '%m [%p] %d '", "postgres")
+            _psql(container, "SELECT pg_reload_conf()", "postgres")
         version = _psql(container, "SHOW server_version", "postgres").split()[0]
         major = int(version.split(".")[0])
         formats = formats_for(major, compressions)
         # the write downtime at a quarter of the size first, in the same run: it must stay flat
         default = versions.default_compression(major)
         kit_format = default if default in formats else formats[0]
-        quarter = fill(container, size_mb / 4)
+        quarter = fill(container, size_mb / 4, dataset)
         _psql(container, 'CREATE DATABASE "tiny"', "postgres")
         container.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", USER, "-d", "tiny"],
                        stdin=iter([sample_sql()]))
@@ -308,21 +512,35 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
             dropped = time.perf_counter()
             _run(psql + ["DROP DATABASE app;"])
             _run(psql + ["CREATE DATABASE app;"])
+            created = time.perf_counter()
             _run([docker_cli, "cp", str(hand_dir / "app.dump"), f"{name}:/tmp/hand.dump"])
+            copied = time.perf_counter()
             _run([docker_cli, "exec", "-i", name, "pg_restore", "-U", USER, "-d", "app", "/tmp/hand.dump"])
             ended = time.perf_counter()
             results.add(f"hand_restore{tag}", ended - started)
             results.add(f"hand_downtime{tag}", ended - dropped)
+            results.add_steps(f"hand_restore{tag}", {
+                "接続の切断・DROP・CREATE": created - started, "docker cp": copied - created,
+                "pg_restore": ended - copied})
             container.exec(["rm", "-f", "/tmp/hand.dump"])
 
-        def kit_restore(compression: str, path: Path, tag: str = "") -> None:
+        def kit_restore(compression: str, path: Path, tag: str = "", variant: str = "") -> None:
             aim(compression)
             settle(container)
             since = time.time()
-            done = _run(invoke + ["restore-replace", "--env=bench", f"--file={path}",
-                                  "--confirm=bench"], env=env)
-            results.add(f"kit_restore[{compression}]{tag}", done.seconds, done.rss_mb)
-            results.add(f"kit_downtime[{compression}]{tag}", app_downtime(app, since, time.time()))
+            traced = {**env, "PGRUNBOOK_BENCH_TRACE": "1",
+                      "PGRUNBOOK_BENCH_VARIANTS": variant.replace("+", ","),
+                      "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), env.get("PYTHONPATH")]))}
+            done, lines = _run_traced(invoke + ["restore-replace", "--env=bench", f"--file={path}",
+                                                "--confirm=bench"], env=traced)
+            key = f"{compression}+{variant}" if variant else compression
+            events = app_events(app, since, time.time())
+            results.add(f"kit_restore[{key}]{tag}", done.seconds, done.rss_mb)
+            results.add(f"kit_downtime[{key}]{tag}", events["start"] - events["kill"])
+            results.add_steps(f"kit_restore[{key}]{tag}", step_times(lines))
+            results.timelines[f"kit_restore[{key}]{tag}"] = [
+                [round(stamp - lines[0][0], 3), line] for stamp, line in lines]
+            results.add_steps(f"kit_downtime[{key}]{tag}", downtime_parts(events, lines))
             previous = done.last_line
             _run(invoke + ["restore-drop", "--env=bench", f"--db={previous}", "--confirm=bench"], env=env)
 
@@ -336,7 +554,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
                 else:
                     kit_restore(kit_format, path, QUARTER)
             path.unlink()
-        actual = fill(container, size_mb)
+        actual = fill(container, size_mb, dataset)
         for round_number in range(rounds):
             kit_first = round_number % 2 == 1
             order = formats if round_number % 2 == 0 else formats[::-1]
@@ -355,9 +573,27 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
                 else:
                     for compression in order:
                         kit_restore(compression, paths[compression])
-                        paths[compression].unlink()
+                        if compression == kit_format:
+                            for variant in (variants or []) if round_number % 2 == 0 \
+                                    else (variants or [])[::-1]:
+                                kit_restore(compression, paths[compression], variant=variant)
+                    for path in paths.values():
+                        path.unlink()
         report = summarize(results, actual, rounds, image, version, formats, quarter)
+        report["dataset"] = dataset
+        report["table_rows"] = dict(line.split("|") for line in _psql(
+            container, f"SELECT c.relname, {EXACT_ROWS} {USER_TABLES_FROM} ORDER BY 1").splitlines())
+        report["steps_seconds"] = results.step_medians()
+        report["last_timelines"] = results.timelines
+        report["variants"] = {
+            variant: {
+                "restore_replace_seconds": round(results.median(f"kit_restore[{kit_format}+{variant}]"), 3),
+                "downtime_seconds": round(results.median(f"kit_downtime[{kit_format}+{variant}]"), 3),
+            } for variant in variants or []}
     finally:
+        if log_sorts:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "server.log").write_bytes(container.model.logs())
         container.model.remove(force=True, v=True)
         app.remove(force=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -438,8 +674,69 @@ def _mib(size: float) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """One run's report."""
-    return side_by_side([report])
+    """One run's report, with its per-step breakdown when it has one."""
+    return side_by_side([report]) + "\n".join(["", *breakdown(report), ""])
+
+
+VARIANT_TEXT = {
+    "mwm": "復元セッションに `maintenance_work_mem=256MB`",
+    "nosync": "復元セッションに `synchronous_commit=off`",
+    "checkpoint": "アプリを止める前に `CHECKPOINT`",
+    "nocheckpoint": "アプリを止める前の `CHECKPOINT` なし（以前のキット）",
+    "jobs2": "`pg_restore -j 2`（アーカイブをコンテナへ送ってから）",
+}
+
+
+def _variant_text(variant: str) -> str:
+    return " + ".join(VARIANT_TEXT.get(part, part) for part in variant.split("+"))
+
+
+def breakdown(report: dict[str, Any]) -> list[str]:
+    """The replace step by step (kit and hand, medians of the same run), the write
+    downtime cut into its parts, and the variants measured beside the kit."""
+    steps = report.get("steps_seconds")
+    if not steps:
+        return []
+    kit = report["kit_compression"]
+    medians = report["medians_seconds"]
+    lines = [f"置き換えリストアの段階ごとの時間（{_mib(report['database_bytes'])}、データセット "
+             f"`{report.get('dataset', 'default')}`、中央値。キットは `-Z {kit}`）:", "",
+             "| 段階 | 時間 |", "|---|---|"]
+    lines += [f"| 手作業: {step} | {seconds:.2f} 秒 |" for step, seconds in steps["hand_restore"].items()]
+    lines.append(f"| **手作業の合計** | **{medians['hand_restore']:.2f} 秒** |")
+    lines += [f"| キット: {step} | {seconds:.2f} 秒 |"
+              for step, seconds in steps[f"kit_restore[{kit}]"].items() if seconds >= 0.005]
+    lines.append(f"| **キットの合計** | **{medians[f'kit_restore[{kit}]']:.2f} 秒**"
+                 f"（手作業の {medians[f'kit_restore[{kit}]'] / medians['hand_restore']:.2f} 倍） |")
+    times = report["times_seconds"]
+    pairs = list(zip(times["hand_restore"], times[f"kit_restore[{kit}]"], strict=False))
+    lines += ["", "各回の組（同じ回の中で測った 手作業 → キット、比率）: " + "、".join(
+        f"{hand:.1f} → {kit_seconds:.1f} 秒（{kit_seconds / hand:.2f}）" for hand, kit_seconds in pairs)
+        + "。各段階の中央値は別々の回から取るため、足しても合計の中央値とは一致しません。"]
+    parts = {"docker_stop": "アプリの停止（`kill` から `stop` イベント）",
+             "until_swap": "停止の確認から入れ替えの開始まで", "swap": "接続の切断と名前の入れ替え",
+             "docker_start": "入れ替えの終わりからアプリの `start` イベント"}
+    runs = [(f"`-Z {kit}`", f"kit_downtime[{kit}]")] + [
+        (_variant_text(v), f"kit_downtime[{kit}+{v}]") for v in report.get("variants", {})]
+    runs = [(label, name) for label, name in runs if name in steps]
+    lines += ["", "書き込みが止まる時間の内訳（中央値）:", "",
+              "| 内訳 | " + " | ".join(label for label, _name in runs) + " |",
+              "|---|" + "---|" * len(runs)]
+    for part, label in parts.items():
+        lines.append(f"| {label} | " + " | ".join(f"{steps[name][part]:.3f} 秒" for _l, name in runs) + " |")
+    lines.append("| **合計** | " + " | ".join(f"**{medians[name]:.3f} 秒**" for _l, name in runs) + " |")
+    if report.get("variants"):
+        lines += ["", "試した変更（同じ実行の中で、キットの既定と交互に測った中央値）:", "",
+                  "| 変更 | 置き換えリストア | 書き込み停止 |", "|---|---|---|",
+                  f"| なし（キットの既定 `-Z {kit}`） | {medians[f'kit_restore[{kit}]']:.2f} 秒 | "
+                  f"{medians[f'kit_downtime[{kit}]']:.3f} 秒 |"]
+        lines += [f"| {_variant_text(v)} | {found['restore_replace_seconds']:.2f} 秒 | "
+                  f"{found['downtime_seconds']:.3f} 秒 |" for v, found in report["variants"].items()]
+    rows = report.get("table_rows")
+    if rows:
+        lines += ["", "テーブルの行数: " + "、".join(f"{name} {int(count):,}"
+                                                  for name, count in rows.items())]
+    return lines
 
 
 def downtime_table(reports: list[dict[str, Any]]) -> list[str]:
@@ -546,14 +843,17 @@ PAGE_START = "<!-- bench:start -->"
 PAGE_END = "<!-- bench:end -->"
 
 
-def update_page(page: Path, report_markdown: str) -> None:
-    """Replace the block between the bench markers of a runbook page with the report."""
+def update_page(page: Path, report_markdown: str, block: str = "") -> None:
+    """Replace the block between the bench markers of a runbook page with the report
+    (``block``: a named block, ``<!-- bench:NAME:start -->``)."""
+    start_mark = PAGE_START.replace("bench:", f"bench:{block}:") if block else PAGE_START
+    end_mark = PAGE_END.replace("bench:", f"bench:{block}:") if block else PAGE_END
     text = page.read_text(encoding="utf-8")
-    head, start, rest = text.partition(PAGE_START)
-    _old, end, tail = rest.partition(PAGE_END)
+    head, start, rest = text.partition(start_mark)
+    _old, end, tail = rest.partition(end_mark)
     if not start or not end:
-        raise SystemExit(f"{page} has no {PAGE_START} ... {PAGE_END} block")
-    page.write_text(f"{head}{PAGE_START}\n{report_markdown}\n{PAGE_END}{tail}", encoding="utf-8")
+        raise SystemExit(f"{page} has no {start_mark} ... {end_mark} block")
+    page.write_text(f"{head}{start_mark}\n{report_markdown}\n{end_mark}{tail}", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -567,7 +867,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressions", default="",
                         help="the kit's -Z formats to measure, comma-separated (default: gzip:1, lz4, "
                              "zstd:1, zstd:3 on PostgreSQL 16+, 1 before)")
+    parser.add_argument("--dataset", default="default", choices=sorted(DATASETS),
+                        help="default: many tables of ledger, audit and documents; large-tables: "
+                             "two large tables (issue 14's 2.5 M + 2 M rows at 985 MB)")
+    parser.add_argument("--variants", default="",
+                        help="experiments measured beside the kit's replace, comma-separated: "
+                             "mwm, nosync, nocheckpoint, jobs2, or several joined with + (e.g. mwm+nosync)")
+    parser.add_argument("--tag", default="", help="a word in the containers' names (a shared machine)")
+    parser.add_argument("--log-sorts", action="store_true",
+                        help="the server logs its sorts (trace_sort) and checkpoints; saved as server.log")
     parser.add_argument("--page", type=Path, help="a runbook page whose report block to replace")
+    parser.add_argument("--block", default="", help="the named block of --page (<!-- bench:NAME:start -->)")
     parser.add_argument("--beside", type=Path, action="append", default=[],
                         help="an earlier bench.json to show beside this run (another version or size)")
     parser.add_argument("--downtime-beside", type=Path, action="append", default=[],
@@ -578,12 +888,16 @@ def main(argv: list[str] | None = None) -> int:
     reports = [json.loads(path.read_text()) for path in args.beside]
     if not args.combine:
         asked = [spec.strip() for spec in args.compressions.split(",") if spec.strip()]
-        reports.append(run(args.size_mb, args.rounds, args.image, args.output, asked or None))
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        reports.append(run(args.size_mb, args.rounds, args.image, args.output, asked or None,
+                           args.dataset, variants, args.tag, args.log_sorts))
     if not reports:
         raise SystemExit("nothing to report: give --beside with --combine")
     text = side_by_side(reports, [json.loads(path.read_text()) for path in args.downtime_beside])
+    if len(reports) == 1:
+        text += "\n".join(["", *breakdown(reports[0]), ""])
     if args.page:
-        update_page(args.page, text)
+        update_page(args.page, text, args.block)
     sys.stdout.write(text)
     if not args.combine:
         sys.stdout.write(f"\n{args.output / 'bench.json'}\n")

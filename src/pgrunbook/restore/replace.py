@@ -40,7 +40,7 @@ from pgrunbook.restore.guards import (
     preflight_replace,
 )
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
-from pgrunbook.restore.staging import RestoreOptions, restore_into
+from pgrunbook.restore.staging import RestoreOptions, flush_restored_data, restore_into
 from pgrunbook.restore.swap import (
     database_level_statements,
     live_closed,
@@ -215,6 +215,7 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         run.record.update(stage="checks")
         summary = _check_staging(run)
         carried = database_level_statements(settings.db_name, run.live)
+        flush_restored_data(pg, console)
         try:
             append_started(settings.worklog_path, entry, stage="swap")
             run.record.update(stage="apps-stop")

@@ -183,6 +183,19 @@ def restore_into(
     return sha256
 
 
+def flush_restored_data(pg: Postgres, console: Console) -> None:
+    """A CHECKPOINT while the app still runs, right before its containers stop: the
+    restore's data (hundreds of MB of dirty pages in the server and the kernel) is
+    written out now, not during the stop, the swap's commit and the start, which
+    are the write downtime and were slowed down by that writeback (measured in
+    runbooks/performance.md). Best effort: without the right to (superuser or
+    pg_checkpoint) or on any error it is skipped; nothing here is a safety step."""
+    console.step("復元したデータをディスクに書き出し（CHECKPOINT。アプリはまだ動いています）")
+    with contextlib.suppress(RunbookError):
+        pg.run(pg.psql_argv("postgres") + ["-c", "CHECKPOINT"],
+               environment={"PGOPTIONS": "-c statement_timeout=120s"})
+
+
 def settings_jobs(settings: Settings, pg: Postgres) -> int:
     if settings.restore_jobs:
         return settings.restore_jobs
