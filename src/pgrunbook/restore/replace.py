@@ -78,6 +78,7 @@ class Replace:
     record: journal.Journal | None = None
     prestage: prestage.Choice = field(default_factory=prestage.Choice)
     failed_apps: list[str] = field(default_factory=list)
+    objects_changed: bool = False  # owners, privileges or masking applied to the staging DB
     left_behind: bool = False  # a failure left something for restore-recover
 
     @property
@@ -262,6 +263,9 @@ def _claim_prestaged(run: Replace) -> None:
     console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
     summary = summarize_database(pg, chosen.name, run.source.table_counts())
     differences = compare_with_manifest(run.source, summary)
+    total = sum(summary.tables.values())
+    if total != chosen.rows:  # the count the restore test made (the only one under ROW_COUNTS=false)
+        differences.append(f"行数合計 {total}（復元テスト時 {chosen.rows}）")
     if not differences:
         run.entry.sha256 = chosen.sha256
         run.entry.details["prestaged"] = chosen.name
@@ -328,6 +332,7 @@ def _check_staging(run: Replace) -> DatabaseSummary:
     if not summary.tables and (run.source.manifest or {}).get("tables"):
         raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
     if run.personal:
+        run.objects_changed = True
         apply_masking(pg, settings, run.staging, console)
     live = run.live
     if live.owner != settings.db_user:  # the staging DB is the kit user's own
@@ -349,6 +354,7 @@ def _match_privileges(run: Replace) -> None:
     statements = privileges.copy_statements(live_rights, staged_rights, copy_owners, copy_acl)
     if statements:
         console.step(f"所有者・権限を稼働中の DB と同じにします（{len(statements)} 文）")
+        run.objects_changed = True
         privileges.apply(pg, run.staging, statements)
         staged_rights = privileges.rights_of(pg, run.staging)
     differences = privileges.differences(live_rights, staged_rights)
@@ -405,6 +411,10 @@ def _after_failure(run: Replace, error: BaseException) -> None:
             f"元に戻すなら: {run.rollback}",
         ) from error
     kept = run.prestage.use if isinstance(error, Refused) and swapped is False else None
+    if kept and run.objects_changed:  # no longer what its mark says: a retry with other
+        kept = None                   # --ownership / --no-acl would take it as restored
+        run.console.step(f"事前展開 DB {run.staging} は所有者・権限を変えたため残しません"
+                         "（再実行はファイルから復元します）")
     if kept:  # refused before any row changed: the prestaged database stays for the retry
         left = cleanup_step(f"事前展開 DB {kept.name} を元に戻す", lambda: prestage.put_back(pg, kept),
                             run.console)
