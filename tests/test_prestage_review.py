@@ -102,3 +102,32 @@ def test_a_refused_replace_that_changed_owners_in_the_prestaged_database_does_no
     assert restorer.returncode == 0, restorer.stderr
     assert owners(pg, prod) == {"app"}, restorer.stderr
     assert table_fingerprints(pg, prod) == wanted
+
+
+def test_a_replace_from_a_file_that_does_not_fit_beside_the_prestaged_database_names_it(cli, docker_engine):
+    """Live + prestaged fill the disk: a replace of an older backup cannot restore beside
+    them. At 2 a.m. the refusal must name the prestaged database that takes the space."""
+    name = f"pgrunbook-test-prestage-review-disk-{uuid.uuid4().hex[:6]}"
+    data = "/var/lib/postgresql/data"
+    server = start_postgres(docker_engine, name, environment={"PGDATA": data}, tmpfs={data: "size=184m"},
+                            command=["postgres", "-c", "max_wal_size=32MB", "-c", "min_wal_size=32MB"])
+    try:
+        server.create_database("big", sample=True)
+        server.psql("CREATE TABLE filler AS SELECT g AS id, repeat(md5(g::text), 16) AS payload "
+                    "FROM generate_series(1, 60000) AS g; CHECKPOINT", "big")
+        cli.write_env("prod", DB_CONTAINER=name, DB_NAME="big", DB_PASSWORD=PASSWORD, RESTORE_PRESTAGE="true")
+        older = backup(cli, "--env=prod")
+        backup(cli, "--env=prod")
+        restore_test(cli)
+        [kept] = prestaged(server, "big")
+        server.psql("CHECKPOINT", "postgres")
+        wanted = table_fingerprints(server, "big")
+        refused = cli("restore-replace", "--env=prod", f"--file={older}", "--confirm=prod", "--jobs=1",
+                      env=VERBOSE)
+        assert refused.returncode == 1 and "空きが足りません" in refused.stderr, refused.stderr
+        assert f"--db={kept}" in refused.stderr, refused.stderr
+        assert prestaged(server, "big") == [kept] and table_fingerprints(server, "big") == wanted
+        assert not [d for d in databases(server) if "_staging_" in d]
+        assert "中断" not in cli("restore-list", "--env=prod").stderr  # no journal left
+    finally:
+        server.container.remove(force=True, v=True)

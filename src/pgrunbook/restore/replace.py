@@ -40,7 +40,7 @@ from pgrunbook.restore.guards import (
     preflight_replace,
 )
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
-from pgrunbook.restore.staging import RestoreOptions, restore_into
+from pgrunbook.restore.staging import NoSpace, RestoreOptions, restore_into
 from pgrunbook.restore.swap import (
     database_level_statements,
     live_closed,
@@ -209,9 +209,12 @@ def _replace_locked(run: Replace) -> ReplaceResult:
             run.record.update(stage="staging-restore", staging=run.staging, previous=run.previous)
             create_database(pg, run.staging, mark_text("staging", settings, run.source.path.name),
                             like=run.live)
-            entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
-                                        run.facts, replace=True,
-                                        on_upload=lambda path: run.record.update(upload=path))
+            try:
+                entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
+                                            run.facts, replace=True,
+                                            on_upload=lambda path: run.record.update(upload=path))
+            except NoSpace as error:
+                raise _naming_prestaged(run, error) from None
         faults.kill_point("checks")
         run.record.update(stage="checks")
         summary = _check_staging(run)
@@ -275,6 +278,22 @@ def _claim_prestaged(run: Replace) -> None:
     drop_kit_database(pg, chosen.name)
     run.prestage = prestage.Choice()
     run.staging = kit_name(settings, "staging")
+
+
+def _naming_prestaged(run: Replace, error: NoSpace) -> NoSpace:
+    """A restore from the file that does not fit: the prestaged databases of this env
+    (one more copy of the DB each) are what can go first; say so by name."""
+    try:
+        found = prestage.prestaged_databases(run.pg, run.settings)
+    except RunbookError:
+        return error
+    if not found:
+        return error
+    env = run.settings.env
+    drops = "、".join(f"invoke restore-drop --env={env} --db={p.name}（{p.file} のもの）" for p in found)
+    return NoSpace(error.message,
+                   f"事前展開 DB がディスクを DB 1 つ分使っています。この置き換えに使わないなら "
+                   f"{drops} で消してから再実行（次の復元テストで作り直されます）。{error.hint}")
 
 
 def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
