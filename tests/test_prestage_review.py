@@ -128,6 +128,6 @@ def test_a_replace_from_a_file_that_does_not_fit_beside_the_prestaged_database_n
         assert f"--db={kept}" in refused.stderr, refused.stderr
         assert prestaged(server, "big") == [kept] and table_fingerprints(server, "big") == wanted
         assert not [d for d in databases(server) if "_staging_" in d]
-        assert "中断" not in cli("restore-list", "--env=prod").stderr  # no journal left
+        assert "途中で止まって" not in cli("restore-list", "--env=prod").stderr  # no journal left
     finally:
         server.container.remove(force=True, v=True)
