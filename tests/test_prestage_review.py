@@ -131,3 +131,14 @@ def test_a_replace_from_a_file_that_does_not_fit_beside_the_prestaged_database_n
         assert "途中で止まって" not in cli("restore-list", "--env=prod").stderr  # no journal left
     finally:
         server.container.remove(force=True, v=True)
+
+
+def test_restore_list_does_not_call_an_opened_prestaged_database_closed(cli, pg, prod):
+    backup(cli, "--env=prod")
+    restore_test(cli)
+    [kept] = prestaged(pg, prod)
+    assert "接続不可で保管" in cli("restore-list", "--env=prod").stdout
+    pg.psql(f'ALTER DATABASE "{kept}" WITH ALLOW_CONNECTIONS true', "postgres")
+    listed = cli("restore-list", "--env=prod").stdout
+    [line] = [line for line in listed.splitlines() if line.startswith(kept)]
+    assert "接続不可" not in line and "使いません" in line, line
