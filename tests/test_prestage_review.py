@@ -142,3 +142,21 @@ def test_restore_list_does_not_call_an_opened_prestaged_database_closed(cli, pg,
     listed = cli("restore-list", "--env=prod").stdout
     [line] = [line for line in listed.splitlines() if line.startswith(kept)]
     assert "接続不可" not in line and "使いません" in line, line
+
+
+def test_check_names_a_second_prestaged_database_left_by_an_interrupted_restore_test(cli, pg, prod):
+    """A restore test killed between marking the new database and dropping the one it
+    replaces leaves two full copies: check must not show only the newest."""
+    backup(cli, "--env=prod")
+    restore_test(cli)
+    [kept] = prestaged(pg, prod)
+    older = kept.replace("_prestaged_", "_prestaged_0")  # what the killed run had replaced
+    mark = comment_of(pg, kept)
+    stamp = mark.split(":", 3)[3][:25]
+    pg.psql(f'CREATE DATABASE "{older}" TEMPLATE "{kept}"', "postgres")
+    pg.psql(f"""COMMENT ON DATABASE "{older}" IS '{mark.replace(stamp, "2026-01-01T02:30:00+00:00")}';
+               ALTER DATABASE "{older}" WITH ALLOW_CONNECTIONS false""", "postgres")
+    checked = cli("check", "--env=prod")
+    assert any("事前展開" in line and "WARN" in line and older in line and "restore-drop" in line
+               for line in checked.stdout.splitlines()), checked.stdout
+    assert any("事前展開" in line and "OK" in line and kept in line for line in checked.stdout.splitlines())
