@@ -233,6 +233,10 @@ class Checker:
         newest = [i for i in self._inventory() if not i.future and not i.suspect
                   and i.checksum != inventory.CHECKSUM_MISMATCH]
         current = found[-1]
+        for older in found[:-1]:  # a restore test stopped before it dropped the one it replaced
+            self.add(WARN, "事前展開",
+                     f"古い事前展開 DB {older.describe()} も残っています（DB 1 つ分のディスク）",
+                     f"invoke restore-drop --env={s.env} --db={older.name}")
         redo = f"invoke verify --env={s.env} --restore-test で作り直す"
         if current.open:
             self.add(WARN, "事前展開", f"{current.describe()} は接続を受け付ける状態にされています"

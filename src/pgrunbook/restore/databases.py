@@ -47,6 +47,7 @@ class KitDatabase:
     created_at: str
     detail: str
     size: int
+    allow_connections: bool = True
 
     @property
     def host(self) -> str | None:
@@ -59,7 +60,10 @@ class KitDatabase:
     def note(self) -> str:
         """What restore-list adds: a prestaged database's file."""
         found = re.search(r"\bfile=(\S+)", self.detail) if self.role == "prestaged" else None
-        return f"事前展開: {found[1]}（接続不可で保管）" if found else ""
+        if not found:
+            return ""
+        return f"事前展開: {found[1]}" + ("（接続可にされています: 置き換えでは使いません）"
+                                          if self.allow_connections else "（接続不可で保管）")
 
 
 def mark_text(role: str, settings: Settings, detail: str) -> str:
@@ -74,18 +78,18 @@ MARK_FIELDS = re.compile(r"^[^:]+:[^:]+:[^:]+:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[
 
 def kit_databases(pg: Postgres) -> list[KitDatabase]:
     rows = pg.query(
-        "SELECT datname, shobj_description(oid, 'pg_database'), pg_database_size(oid) "
+        "SELECT datname, shobj_description(oid, 'pg_database'), pg_database_size(oid), datallowconn "
         "FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE "
         f"{quote_literal(MARK + ':%')} ORDER BY 1",
         "postgres",
     )
     found = []
-    for name, comment, size in rows:
+    for name, comment, size, allow in rows:
         parts = comment.split(":", 5)
         if len(parts) >= 4 and parts[1] in ROLES:
             # created_at holds colons itself: role, env, then "time:operator:detail"
             rest = comment.split(":", 3)[3]
-            found.append(KitDatabase(name, parts[1], parts[2], rest[:25], rest, int(size)))
+            found.append(KitDatabase(name, parts[1], parts[2], rest[:25], rest, int(size), allow == "t"))
     return found
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from pgrunbook import inventory
 from pgrunbook.console import Console, human_size
@@ -57,6 +58,12 @@ class Prestaged:
     size: int
     open: bool  # accepting connections: someone opened it, it is not trusted
     comment: str  # the mark as written, put back when a refused replace leaves it as it was
+
+    @property
+    def made_at(self) -> datetime:
+        """created_at as a time: marks carry local time with its offset, so text order is
+        wrong across time zones (cron under UTC, an operator under Asia/Tokyo) and DST."""
+        return _parsed(self.created_at)
 
     def describe(self) -> str:
         return f"{self.name}（{self.file} から {self.created_at} に復元・照合、{human_size(self.size)}）"
@@ -100,7 +107,15 @@ def from_rows(env: str, rows: list[tuple[str, str, bool, int]]) -> list[Prestage
         found.append(Prestaged(name, match["file"], match["sha256"], match["no_owner"] == "1",
                                match["no_acl"] == "1", int(match["rows"]), parts[3][:25], size,
                                allow, comment))
-    return sorted(found, key=lambda p: p.created_at)
+    return sorted(found, key=lambda p: p.made_at)
+
+
+def _parsed(created_at: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(created_at)
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def by_file(settings: Settings, console: Console) -> dict[str, str] | None:
@@ -154,9 +169,9 @@ def keep(pg: Postgres, settings: Settings, database: str, source: Source, sha256
     transaction, then drop the older prestaged databases of this env."""
     comment = mark_text(ROLE, settings, detail(source, sha256, flags, rows))
     _mark(pg, database, comment, allow_connections=False)
-    mine = comment.split(":", 3)[3][:25]
+    mine = _parsed(comment.split(":", 3)[3][:25])
     for old in prestaged_databases(pg, settings):
-        if old.name != database and old.created_at <= mine:
+        if old.name != database and old.made_at <= mine:
             cleanup_step(f"古い事前展開 DB {old.name} の削除",
                          lambda name=old.name: drop_kit_database(pg, name), console)
 

@@ -40,7 +40,7 @@ from pgrunbook.restore.guards import (
     preflight_replace,
 )
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
-from pgrunbook.restore.staging import RestoreOptions, flush_restored_data, restore_into
+from pgrunbook.restore.staging import NoSpace, RestoreOptions, flush_restored_data, restore_into
 from pgrunbook.restore.swap import (
     database_level_statements,
     live_closed,
@@ -78,6 +78,7 @@ class Replace:
     record: journal.Journal | None = None
     prestage: prestage.Choice = field(default_factory=prestage.Choice)
     failed_apps: list[str] = field(default_factory=list)
+    objects_changed: bool = False  # owners, privileges or masking applied to the staging DB
     left_behind: bool = False  # a failure left something for restore-recover
 
     @property
@@ -208,9 +209,12 @@ def _replace_locked(run: Replace) -> ReplaceResult:
             run.record.update(stage="staging-restore", staging=run.staging, previous=run.previous)
             create_database(pg, run.staging, mark_text("staging", settings, run.source.path.name),
                             like=run.live)
-            entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
-                                        run.facts, replace=True,
-                                        on_upload=lambda path: run.record.update(upload=path))
+            try:
+                entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
+                                            run.facts, replace=True,
+                                            on_upload=lambda path: run.record.update(upload=path))
+            except NoSpace as error:
+                raise _naming_prestaged(run, error) from None
         faults.kill_point("checks")
         run.record.update(stage="checks")
         summary = _check_staging(run)
@@ -263,6 +267,9 @@ def _claim_prestaged(run: Replace) -> None:
     console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
     summary = summarize_database(pg, chosen.name, run.source.table_counts())
     differences = compare_with_manifest(run.source, summary)
+    total = sum(summary.tables.values())
+    if total != chosen.rows:  # the count the restore test made (the only one under ROW_COUNTS=false)
+        differences.append(f"行数合計 {total}（復元テスト時 {chosen.rows}）")
     if not differences:
         run.entry.sha256 = chosen.sha256
         run.entry.details["prestaged"] = chosen.name
@@ -272,6 +279,22 @@ def _claim_prestaged(run: Replace) -> None:
     drop_kit_database(pg, chosen.name)
     run.prestage = prestage.Choice()
     run.staging = kit_name(settings, "staging")
+
+
+def _naming_prestaged(run: Replace, error: NoSpace) -> NoSpace:
+    """A restore from the file that does not fit: the prestaged databases of this env
+    (one more copy of the DB each) are what can go first; say so by name."""
+    try:
+        found = prestage.prestaged_databases(run.pg, run.settings)
+    except RunbookError:
+        return error
+    if not found:
+        return error
+    env = run.settings.env
+    drops = "、".join(f"invoke restore-drop --env={env} --db={p.name}（{p.file} のもの）" for p in found)
+    return NoSpace(error.message,
+                   f"事前展開 DB がディスクを DB 1 つ分使っています。この置き換えに使わないなら "
+                   f"{drops} で消してから再実行（次の復元テストで作り直されます）。{error.hint}")
 
 
 def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
@@ -329,6 +352,7 @@ def _check_staging(run: Replace) -> DatabaseSummary:
     if not summary.tables and (run.source.manifest or {}).get("tables"):
         raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
     if run.personal:
+        run.objects_changed = True
         apply_masking(pg, settings, run.staging, console)
     live = run.live
     if live.owner != settings.db_user:  # the staging DB is the kit user's own
@@ -350,6 +374,7 @@ def _match_privileges(run: Replace) -> None:
     statements = privileges.copy_statements(live_rights, staged_rights, copy_owners, copy_acl)
     if statements:
         console.step(f"所有者・権限を稼働中の DB と同じにします（{len(statements)} 文）")
+        run.objects_changed = True
         privileges.apply(pg, run.staging, statements)
         staged_rights = privileges.rights_of(pg, run.staging)
     differences = privileges.differences(live_rights, staged_rights)
@@ -406,6 +431,10 @@ def _after_failure(run: Replace, error: BaseException) -> None:
             f"元に戻すなら: {run.rollback}",
         ) from error
     kept = run.prestage.use if isinstance(error, Refused) and swapped is False else None
+    if kept and run.objects_changed:  # no longer what its mark says: a retry with other
+        kept = None                   # --ownership / --no-acl would take it as restored
+        run.console.step(f"事前展開 DB {run.staging} は所有者・権限を変えたため残しません"
+                         "（再実行はファイルから復元します）")
     if kept:  # refused before any row changed: the prestaged database stays for the retry
         left = cleanup_step(f"事前展開 DB {kept.name} を元に戻す", lambda: prestage.put_back(pg, kept),
                             run.console)

@@ -93,6 +93,10 @@ def upload_prefix(env: str) -> str:
     return f"pgrunbook-upload-{env}-"
 
 
+class NoSpace(RunbookError):
+    """check_free_space refused: the restore would not fit beside what is on the disk."""
+
+
 def check_free_space(pg: Postgres, facts: ServerFacts, source: Source, archive_inside: bool) -> None:
     """Refuse a restore the container's disk cannot hold: a full disk would also
     stop the live cluster (its WAL lives there). Skipped when the server does not
@@ -120,7 +124,7 @@ def check_free_space(pg: Postgres, facts: ServerFacts, source: Source, archive_i
         free[filesystem] = int(row[3]) * 1024
     for filesystem, need in needs.items():
         if free[filesystem] < need * 1.1:
-            raise RunbookError(
+            raise NoSpace(
                 f"コンテナのディスクの空きが足りません（必要 約 {human_size(need)}、"
                 f"空き {human_size(free[filesystem])}）。満杯になると稼働中の DB も止まるため中止しました",
                 "不要な DB（invoke restore-list）や古いファイルを消して空きを作る"
