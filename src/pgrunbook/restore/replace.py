@@ -77,6 +77,7 @@ class Replace:
     previous: str = ""
     record: journal.Journal | None = None
     prestage: prestage.Choice = field(default_factory=prestage.Choice)
+    counted: DatabaseSummary | None = None  # the prestaged database's rows, counted at its claim
     failed_apps: list[str] = field(default_factory=list)
     objects_changed: bool = False  # owners, privileges or masking applied to the staging DB
     left_behind: bool = False  # a failure left something for restore-recover
@@ -263,7 +264,16 @@ def _claim_prestaged(run: Replace) -> None:
         return
     run.staging = chosen.name
     run.record.update(stage="prestaged-claim", staging=run.staging, previous=run.previous)
-    prestage.claim(pg, chosen.name, mark_text("staging", settings, f"{run.source.path.name} (prestaged)"))
+    try:
+        prestage.claim(pg, chosen.name, mark_text("staging", settings, f"{run.source.path.name} (prestaged)"))
+    except RunbookError:
+        if pg.database_exists(chosen.name):
+            raise
+        # dropped by a restore test between the check above and the claim
+        console.warn(f"事前展開 DB {chosen.name} がなくなりました: ファイルから復元します")
+        run.prestage = prestage.Choice()
+        run.staging = kit_name(settings, "staging")
+        return
     console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
     summary = summarize_database(pg, chosen.name, run.source.table_counts())
     differences = compare_with_manifest(run.source, summary)
@@ -273,6 +283,7 @@ def _claim_prestaged(run: Replace) -> None:
     if not differences:
         run.entry.sha256 = chosen.sha256
         run.entry.details["prestaged"] = chosen.name
+        run.counted = summary  # _check_staging takes it (no second count of every table)
         return
     console.warn(f"事前展開 DB {chosen.name} が記録と一致しません（{'; '.join(differences[:3])}）: "
                  "削除してファイルから復元します")
@@ -338,8 +349,9 @@ def _check_staging(run: Replace) -> DatabaseSummary:
     """The restored database against the manifest (before masking changes rows),
     then masking, then owners and privileges against the live database."""
     settings, pg, console = run.settings, run.pg, run.console
+    counted = run.counted
     summary, current = side_by_side(
-        lambda: summarize_database(pg, run.staging, run.source.table_counts()),
+        lambda: counted or summarize_database(pg, run.staging, run.source.table_counts()),
         lambda: pg.facts(settings.db_name))
     # the live database's owner, comment and settings as they are now, not as they
     # were before a restore that may have taken hours
