@@ -292,10 +292,11 @@ def sandbox_down(c, env=None):
         "dataset": "データ: default（多数のテーブル）か large-tables（大きなテーブル 2 つ）",
         "variants": "キットの置き換えと並べて測る試み（mwm, nosync, nocheckpoint, jobs2。+ でつなぐと両方）",
         "tag": "コンテナ名に入れる語（共有マシンで誰の実行か分かるように）",
+        "prestaged": "事前展開した最新バックアップへの置き換え（RESTORE_PRESTAGE）も測る",
     }
 )
 def bench(c, size_mb=900, rounds=3, image=None, output="bench-results", compressions="",
-          dataset="default", variants="", tag=""):
+          dataset="default", variants="", tag="", prestaged=False):
     """手順書の手作業とキットの速度・書き込み停止時間・メモリを使い捨てコンテナで比較する。"""
     from pgrunbook import bench as bench_module
 
@@ -305,7 +306,7 @@ def bench(c, size_mb=900, rounds=3, image=None, output="bench-results", compress
     if compressions:
         argv += ["--compressions", compressions]
     argv += ["--dataset", dataset] + (["--variants", variants] if variants else []) + (
-        ["--tag", tag] if tag else [])
+        ["--tag", tag] if tag else []) + (["--prestaged"] if prestaged else [])
     raise Exit(code=bench_module.main(argv))
 
 

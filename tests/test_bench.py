@@ -13,7 +13,7 @@ from conftest import IMAGE, ROOT
 def test_benchmark_smoke_run(tmp_path, docker_engine):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--size-mb", "2", "--rounds", "1",
-         "--image", IMAGE, "--output", str(tmp_path)],
+         "--image", IMAGE, "--output", str(tmp_path), "--prestaged"],
         capture_output=True, text=True, timeout=600, env=dict(os.environ),
     )
     assert result.returncode == 0, result.stderr
@@ -33,6 +33,11 @@ def test_benchmark_smoke_run(tmp_path, docker_engine):
     assert set(report["ratios"]) == {"backup", "restore_replace", "downtime_seconds", "hand_downtime_seconds",
                                      "downtime", "tiny_overhead_seconds", "peak_rss_mb"}
     assert report["archive_bytes"]["hand_archive"] > 0
+    # the replace of a prestaged backup: measured, and only a swap (its timeline has no pg_restore)
+    assert report["prestaged"]["restore_replace_seconds"] > 0 and report["prestaged"]["ratio_to_hand"] > 0
+    prestaged_lines = [line for _t, line in report["last_timelines"][f"kit_restore[{kit}]@prestaged"]]
+    assert any("事前展開 DB" in line for line in prestaged_lines)
+    assert not any(line.startswith("・pg_restore") for line in prestaged_lines), prestaged_lines
     assert all(report["archive_bytes"][f"kit_archive[{spec}]"] > 0 for spec in formats)
     text = (tmp_path / "bench.md").read_text()
     assert text.startswith("**書き込みが止まる時間") and "| 置き換えリストア 手作業 → キット |" in text

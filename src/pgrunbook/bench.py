@@ -43,9 +43,10 @@ USER = "app"
 # issue 14's targets (the backup's: 0.5 before PostgreSQL 16, 0.35 from 16 with its faster formats)
 TARGETS = {"backup_ratio": 0.5, "backup_ratio_16": 0.35, "restore_ratio": 0.85,
            "downtime_seconds": 0.5, "downtime_ratio": 0.05, "tiny_overhead_seconds": 0.35,
-           "peak_rss_mb": 60}
+           "peak_rss_mb": 60, "prestaged_ratio": 0.1}
 NEWER_FORMATS = ("gzip:1", "lz4", "zstd:1", "zstd:3")
 QUARTER = "@quarter"  # the names of the steps timed at a quarter of the size
+PRESTAGED = "@prestaged"  # the replace of a backup the restore test kept prestaged
 
 # One batch adds roughly 40 MB: ledger lines with Japanese memos, JSON audit
 # payloads and documents of random text (hex and words: compressible about as
@@ -432,11 +433,14 @@ def formats_for(major: int, asked: list[str] | None) -> list[str]:
 
 def run(size_mb: float, rounds: int, image: str, output: Path,
         compressions: list[str] | None = None, dataset: str = "default",
-        variants: list[str] | None = None, tag: str = "", log_sorts: bool = False) -> dict[str, Any]:
+        variants: list[str] | None = None, tag: str = "", log_sorts: bool = False,
+        prestaged: bool = False) -> dict[str, Any]:
     """``variants``: experiments (see VARIANT_HOOK; "a+b" for both) of the kit's replace
     with its default compression, measured beside it at the full size. ``log_sorts``:
     the server logs every sort (trace_sort: internal or external, its CPU seconds) and
-    checkpoint; its log is saved as server.log beside the report."""
+    checkpoint; its log is saved as server.log beside the report. ``prestaged``: after
+    the rounds, a restore-replace of a backup the restore test kept prestaged
+    (RESTORE_PRESTAGE), once a round, against the same hand restore."""
     docker_cli = shutil.which("docker")
     if not docker_cli:
         raise SystemExit("the hand procedure needs the docker CLI on PATH")
@@ -473,9 +477,9 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
         hand_dir = work / "hand"
         hand_dir.mkdir()
 
-        def aim(compression: str) -> None:
+        def aim(compression: str, extra: str = "") -> None:
             bench_env.write_text(f"DB_CONTAINER={name}\nDB_NAME=app\nDUMP_COMPRESSION={compression}\n"
-                                 f"APP_CONTAINERS={app.name}\n")
+                                 f"APP_CONTAINERS={app.name}\n{extra}")
 
         def hand_backup(database: str, tag: str = "") -> None:
             settle(container)
@@ -579,8 +583,25 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
                                 kit_restore(compression, paths[compression], variant=variant)
                     for path in paths.values():
                         path.unlink()
+        for _round in range(rounds if prestaged else 0):
+            path = kit_backup(kit_format, PRESTAGED)
+            aim(kit_format, "RESTORE_PRESTAGE=true\n")
+            settle(container)
+            tested = _run(invoke + ["verify", "--env=bench", "--restore-test"], env=env)
+            results.add("kit_restore_test_prestaging", tested.seconds, tested.rss_mb)
+            kit_restore(kit_format, path, PRESTAGED)
+            path.unlink()
         report = summarize(results, actual, rounds, image, version, formats, quarter)
         report["dataset"] = dataset
+        if prestaged:
+            seconds = results.median(f"kit_restore[{kit_format}]{PRESTAGED}")
+            report["prestaged"] = {
+                "restore_replace_seconds": round(seconds, 3),
+                "ratio_to_hand": round(seconds / results.median("hand_restore"), 3),
+                "downtime_seconds": round(results.median(f"kit_downtime[{kit_format}]{PRESTAGED}"), 3),
+                "restore_test_seconds": round(results.median("kit_restore_test_prestaging"), 3),
+                "target_ratio": TARGETS["prestaged_ratio"],
+            }
         report["table_rows"] = dict(line.split("|") for line in _psql(
             container, f"SELECT c.relname, {EXACT_ROWS} {USER_TABLES_FROM} ORDER BY 1").splitlines())
         report["steps_seconds"] = results.step_medians()
@@ -675,7 +696,22 @@ def _mib(size: float) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """One run's report, with its per-step breakdown when it has one."""
-    return side_by_side([report]) + "\n".join(["", *breakdown(report), ""])
+    return side_by_side([report]) + "\n".join(["", *prestaged_lines(report), *breakdown(report), ""])
+
+
+def prestaged_lines(report: dict[str, Any]) -> list[str]:
+    """The replace of a prestaged newest backup (RESTORE_PRESTAGE) against the hand restore."""
+    found = report.get("prestaged")
+    if not found:
+        return []
+    met = "達成" if found["ratio_to_hand"] <= found["target_ratio"] else "未達"
+    return ["", "事前展開した最新バックアップへの置き換え（`RESTORE_PRESTAGE=true`、中央値）:", "",
+            "| 置き換え（確認・切り替えのみ） | 手作業の復元との比 | 目標 | 書き込み停止 "
+            "| 事前展開した復元テスト |",
+            "|---|---|---|---|---|",
+            f"| {found['restore_replace_seconds']:.2f} 秒 | {found['ratio_to_hand']:.3f} | "
+            f"≤ {found['target_ratio']}（{met}） | {found['downtime_seconds']:.2f} 秒 | "
+            f"{found['restore_test_seconds']:.1f} 秒（夜間。待つ人はいない） |"]
 
 
 VARIANT_TEXT = {
@@ -873,6 +909,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="",
                         help="experiments measured beside the kit's replace, comma-separated: "
                              "mwm, nosync, nocheckpoint, jobs2, or several joined with + (e.g. mwm+nosync)")
+    parser.add_argument("--prestaged", action="store_true",
+                        help="also a replace of a prestaged backup (RESTORE_PRESTAGE)")
     parser.add_argument("--tag", default="", help="a word in the containers' names (a shared machine)")
     parser.add_argument("--log-sorts", action="store_true",
                         help="the server logs its sorts (trace_sort) and checkpoints; saved as server.log")
@@ -890,12 +928,12 @@ def main(argv: list[str] | None = None) -> int:
         asked = [spec.strip() for spec in args.compressions.split(",") if spec.strip()]
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         reports.append(run(args.size_mb, args.rounds, args.image, args.output, asked or None,
-                           args.dataset, variants, args.tag, args.log_sorts))
+                           args.dataset, variants, args.tag, args.log_sorts, args.prestaged))
     if not reports:
         raise SystemExit("nothing to report: give --beside with --combine")
     text = side_by_side(reports, [json.loads(path.read_text()) for path in args.downtime_beside])
     if len(reports) == 1:
-        text += "\n".join(["", *breakdown(reports[0]), ""])
+        text += "\n".join(["", *prestaged_lines(reports[0]), *breakdown(reports[0]), ""])
     if args.page:
         update_page(args.page, text, args.block)
     sys.stdout.write(text)
