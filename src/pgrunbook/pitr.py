@@ -151,7 +151,10 @@ def restore_commands(settings: Settings, target: str, scratch: str) -> list[str]
     volume = f"{scratch}-data"
     mounts = f"-v {volume}:{data} -v \"$REPO\":{repo}:ro"
     network = settings.pitr_scratch_network
-    run = f"docker run --rm --network {network} {mounts} -e PGBACKREST_REPO1_CIPHER_PASS"
+    secrets = "-e PGBACKREST_REPO1_CIPHER_PASS"
+    if network != "none":  # a repository on S3: its keys too
+        secrets += " -e PGBACKREST_REPO1_S3_KEY -e PGBACKREST_REPO1_S3_KEY_SECRET"
+    run = f"docker run --rm --network {network} {mounts} {secrets}"
     restore = shlex.join([
         "pgbackrest", f"--stanza={stanza}", f"--pg1-path={data}", "--type=time",
         f"--target={target}", "--target-action=promote", "--archive-mode=off", "restore",
@@ -166,8 +169,8 @@ def restore_commands(settings: Settings, target: str, scratch: str) -> list[str]
         f"docker volume create {volume}",
         f"{run} --entrypoint sh \"$IMAGE\" -c 'chown postgres:postgres {data} && chmod 700 {data}'",
         f"{run} --user postgres --entrypoint pgbackrest \"$IMAGE\" {restore[len('pgbackrest '):]}",
-        f"docker run -d --name {scratch} --network {settings.pitr_scratch_network} {mounts} "
-        "-e PGBACKREST_REPO1_CIPHER_PASS \"$IMAGE\" postgres -c archive_mode=off",
+        f"docker run -d --name {scratch} --network {network} {mounts} {secrets} "
+        "\"$IMAGE\" postgres -c archive_mode=off -c listen_addresses=''",
         f"docker logs -f {scratch}   # 'database system is ready to accept connections' まで待つ",
         f"docker exec {scratch} psql -U {shlex.quote(settings.db_user)} -d {shlex.quote(settings.db_name)} "
         "-c '\\dt+'",
@@ -613,6 +616,17 @@ def copied_command(command: list[str] | None) -> list[str]:
     return kept + ["-c", "archive_mode=off"]
 
 
+# The copy listens on no TCP address (the kit reaches it through docker exec):
+# with PITR_SCRATCH_NETWORK=host it would otherwise take the host's port (or fail
+# to start when the live DB has it) and serve the restored data to the network.
+NO_TCP = ["-c", "listen_addresses="]
+
+
+def scratch_command(command: list[str] | None) -> list[str]:
+    """The scratch container's command: ``copied_command`` and no TCP listener."""
+    return copied_command(command) + NO_TCP
+
+
 def _env_value(env: list[str], key: str) -> str | None:
     for item in env:
         name, _, value = item.partition("=")
@@ -865,7 +879,7 @@ def restore_scratch(settings: Settings, target: datetime, console: Console, task
         builder.remove_container(helper)
         console.step("PostgreSQL を起動して対象時刻まで WAL を適用（archive_mode=off）")
         started = time.monotonic()
-        command = copied_command(live.attrs.get("Config", {}).get("Cmd"))
+        command = scratch_command(live.attrs.get("Config", {}).get("Cmd"))
         model = builder.create(live, name, mounts, command, None, data_directory)
         copy = _wait_for_recovery(builder, model, settings, console)
         scratch.recovery_seconds = time.monotonic() - started
