@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import PASSWORD, SCRAM_EVERYWHERE, Cli, _tar_of, docker_client, last_line, wait_for
 from pgrunbook import pitr
@@ -37,7 +38,6 @@ from test_pitr import (
     CIPHER_PASS,
     EXAMPLE,
     STANZA,
-    compose_service,
     exec_in,
     interpolate,
     psql,
@@ -202,6 +202,14 @@ def s3_config(s3: S3) -> str:
     return "\n".join(lines) + "\n"
 
 
+def s3_compose_service() -> dict:
+    """compose.yaml's db service with its commented S3 key lines in."""
+    text = (EXAMPLE / "compose.yaml").read_text(encoding="utf-8")
+    text, count = re.subn(r"(?m)^(\s+)# (PGBACKREST_REPO1_S3_KEY\w*: )", r"\1\2", text)
+    assert count == 2, "compose.yaml no longer shows the S3 keys"
+    return yaml.safe_load(text)["services"]["db"]
+
+
 @pytest.fixture(scope="module")
 def engine():
     from docker.errors import ImageNotFound
@@ -236,11 +244,12 @@ def live(engine, s3, s3_image):
 
     name = f"pgrunbook-test-pitrs3-{RUN}"
     port = free_port()
-    service = compose_service()
-    variables = {"POSTGRES_PASSWORD": PASSWORD, "PGBACKREST_REPO1_CIPHER_PASS": CIPHER_PASS}
+    service = s3_compose_service()
+    variables = {"POSTGRES_PASSWORD": PASSWORD, "PGBACKREST_REPO1_CIPHER_PASS": CIPHER_PASS,
+                 "PGBACKREST_REPO1_S3_KEY": s3.key, "PGBACKREST_REPO1_S3_KEY_SECRET": s3.secret}
     environment = {key: interpolate(str(value), variables) for key, value in service["environment"].items()}
-    environment.update(PGBACKREST_REPO1_S3_KEY=s3.key, PGBACKREST_REPO1_S3_KEY_SECRET=s3.secret,
-                       PGPORT=str(port), PGBACKREST_PG1_PORT=str(port))
+    assert environment["PGBACKREST_REPO1_S3_KEY_SECRET"] == s3.secret
+    environment.update(PGPORT=str(port), PGBACKREST_PG1_PORT=str(port))
     command = [*service["command"], "-c", "listen_addresses=127.0.0.1"]
     mounts = [Mount(CA_IN_CONTAINER, str(s3.ca), type="bind", read_only=True)]
     for spec in service["volumes"]:
