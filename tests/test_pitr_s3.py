@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -173,6 +174,10 @@ def s3(tmp_path_factory):
             "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
         yield S3(port, ca, made["AccessKeyId"], made["SecretAccessKey"], s3_client)
     finally:
+        with contextlib.suppress(OSError):  # moto's state is the process's: leave none behind
+            urllib.request.urlopen(urllib.request.Request(
+                f"https://127.0.0.1:{server.server_address[1]}/moto-api/reset", method="POST"),
+                context=ssl.create_default_context(cafile=str(ca)), timeout=10).close()
         server.shutdown()
         thread.join(10)
         moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = previous
@@ -236,19 +241,17 @@ def s3_image(engine, s3, tmp_path_factory):
     engine.images.remove(tag, force=True)
 
 
-@pytest.fixture(scope="module")
-def live(engine, s3, s3_image):
+def start_s3_db(engine, image: str, s3: S3, name: str, secret: str):
     """compose's db service on the host's network: PostgreSQL on 127.0.0.1 at a free port,
     the S3 keys in its environment, the CA mounted where pgbackrest.conf points."""
     from docker.types import Mount
 
-    name = f"pgrunbook-test-pitrs3-{RUN}"
     port = free_port()
     service = s3_compose_service()
     variables = {"POSTGRES_PASSWORD": PASSWORD, "PGBACKREST_REPO1_CIPHER_PASS": CIPHER_PASS,
-                 "PGBACKREST_REPO1_S3_KEY": s3.key, "PGBACKREST_REPO1_S3_KEY_SECRET": s3.secret}
+                 "PGBACKREST_REPO1_S3_KEY": s3.key, "PGBACKREST_REPO1_S3_KEY_SECRET": secret}
     environment = {key: interpolate(str(value), variables) for key, value in service["environment"].items()}
-    assert environment["PGBACKREST_REPO1_S3_KEY_SECRET"] == s3.secret
+    assert environment["PGBACKREST_REPO1_S3_KEY_SECRET"] == secret
     environment.update(PGPORT=str(port), PGBACKREST_PG1_PORT=str(port))
     command = [*service["command"], "-c", "listen_addresses=127.0.0.1"]
     mounts = [Mount(CA_IN_CONTAINER, str(s3.ca), type="bind", read_only=True)]
@@ -257,7 +260,7 @@ def live(engine, s3, s3_image):
         engine.volumes.create(f"{name}-{volume}", labels={"pgrunbook.test": "1"})
         mounts.append(Mount(target, f"{name}-{volume}", type="volume"))
     container = engine.containers.create(
-        s3_image, command=command, name=name, environment=environment, mounts=mounts,
+        image, command=command, name=name, environment=environment, mounts=mounts,
         network_mode="host", labels={"pgrunbook.test": "1"})
     container.put_archive("/docker-entrypoint-initdb.d", _tar_of({"10-scram.sh": SCRAM_EVERYWHERE}))
     container.start()
@@ -275,6 +278,13 @@ def live(engine, s3, s3_image):
     except BaseException:
         remove_with_volumes(engine, container)
         raise
+    return container
+
+
+@pytest.fixture(scope="module")
+def live(engine, s3, s3_image):
+    name = f"pgrunbook-test-pitrs3-{RUN}"
+    container = start_s3_db(engine, s3_image, s3, name, s3.secret)
     yield container
     for scratch in engine.containers.list(all=True, filters={"label": f"pgrunbook.pitr-source={name}"}):
         remove_with_volumes(engine, scratch)
@@ -347,3 +357,21 @@ def test_drill_from_s3_compares_with_the_live_rows(engine, s3, live, home):
     archived = [key for key in s3.keys("knot/archive/") if re.search(r"/[0-9A-F]{24}-", key)]
     head = s3.client.head_object(Bucket=BUCKET, Key=archived[0])
     assert head["ObjectLockMode"] == "GOVERNANCE"
+
+
+def test_a_wrong_s3_secret_fails_in_one_line_that_names_the_keys(engine, s3, s3_image, tmp_path):
+    wrong = "Wrong-Secret-0c4d2e9a1b"
+    container = start_s3_db(engine, s3_image, s3, f"pgrunbook-test-pitrs3-badkey-{RUN}", wrong)
+    try:
+        runner = Cli(tmp_path)
+        runner.write_env("prod", DB_CONTAINER=container.name, DB_PASSWORD=PASSWORD, PITR_STANZA=STANZA,
+                         PITR_SCRATCH_NETWORK="host")
+        done = runner("pitr-setup", "--env=prod")
+        assert done.returncode == 1, done.stdout + done.stderr
+        error = done.stderr.strip().splitlines()[-1]
+        assert error.startswith("エラー: pgBackRest の "), error
+        assert "HTTP request failed with 403 (FORBIDDEN) → S3 のキー" in error, error
+        assert "PGBACKREST_REPO1_S3_KEY_SECRET" in error and "Path/Query" not in error, error
+        assert wrong not in done.stdout + done.stderr and s3.secret not in done.stdout + done.stderr
+    finally:
+        remove_with_volumes(engine, container)

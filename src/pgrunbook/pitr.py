@@ -77,7 +77,9 @@ def pgbackrest_error(text: str) -> str | None:
             continue
         message = match.group(2).strip()
         following = lines[index + 1] if index + 1 < len(lines) else ""
-        if message.endswith(":") and following.startswith((" ", "\t")):
+        if message.endswith(":") and following.strip().startswith("***"):
+            message = message.rstrip(":")  # an S3 request's dump (path, headers) follows
+        elif message.endswith(":") and following.startswith((" ", "\t")):
             message = f"{message} {following.strip()}"
         return f"[{match.group(1)}] {message}"[:300]
     return None
@@ -207,8 +209,22 @@ class Output:
         return match.group(1) if match else None
 
 
+S3_REFUSED = re.compile(
+    r"HTTP request failed with 40[13]\b|InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied")
+
+
 def _hint_for(command: str, line: str, settings: Settings) -> str:
     env = settings.env
+    # a repository on S3 first: its errors also say "unable to load info file"
+    if S3_REFUSED.search(line):
+        return ("S3 のキー（PGBACKREST_REPO1_S3_KEY / PGBACKREST_REPO1_S3_KEY_SECRET）、"
+                "バケットの権限と repo1-s3-region を確認")
+    if "TLS error" in line or "in certificate" in line or "certificate verify" in line:
+        return ("ストレージの証明書を確認（repo1-storage-ca-file、証明書の名前とエンドポイント）。"
+                "本番で TLS の検証は切らない")
+    if "unable to connect" in line or "unable to get address" in line:
+        return ("ストレージに届きません: repo1-s3-endpoint、repo1-storage-port と"
+                "DB コンテナのネットワークを確認")
     if "unable to load info file" in line or "missing stanza" in line or (
             "stanza" in line and "not" in line):
         return f"スタンザがまだありません → invoke pitr-setup --env={env}"
