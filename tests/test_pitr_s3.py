@@ -39,6 +39,7 @@ from test_pitr import (
     CIPHER_PASS,
     EXAMPLE,
     STANZA,
+    compose_service,
     exec_in,
     interpolate,
     psql,
@@ -255,30 +256,41 @@ def start_s3_db(engine, image: str, s3: S3, name: str, secret: str):
     environment.update(PGPORT=str(port), PGBACKREST_PG1_PORT=str(port))
     command = [*service["command"], "-c", "listen_addresses=127.0.0.1"]
     mounts = [Mount(CA_IN_CONTAINER, str(s3.ca), type="bind", read_only=True)]
-    for spec in service["volumes"]:
-        volume, target = spec.split(":", 1)
-        engine.volumes.create(f"{name}-{volume}", labels={"pgrunbook.test": "1"})
-        mounts.append(Mount(target, f"{name}-{volume}", type="volume"))
-    container = engine.containers.create(
-        image, command=command, name=name, environment=environment, mounts=mounts,
-        network_mode="host", labels={"pgrunbook.test": "1"})
-    container.put_archive("/docker-entrypoint-initdb.d", _tar_of({"10-scram.sh": SCRAM_EVERYWHERE}))
-    container.start()
-
-    def ready() -> bool:
-        container.reload()
-        assert container.status == "running", container.logs().decode()[-2000:]
-        if b"init process complete" not in container.logs():
-            return False
-        return exec_in(container, ["pg_isready", "-q", "-U", "app"])[0] == 0
-
     try:
+        for spec in service["volumes"]:
+            volume, target = spec.split(":", 1)
+            engine.volumes.create(f"{name}-{volume}", labels={"pgrunbook.test": "1"})
+            mounts.append(Mount(target, f"{name}-{volume}", type="volume"))
+        container = engine.containers.create(
+            image, command=command, name=name, environment=environment, mounts=mounts,
+            network_mode="host", labels={"pgrunbook.test": "1"})
+        container.put_archive("/docker-entrypoint-initdb.d", _tar_of({"10-scram.sh": SCRAM_EVERYWHERE}))
+        container.start()
+
+        def ready() -> bool:
+            container.reload()
+            assert container.status == "running", container.logs().decode()[-2000:]
+            if b"init process complete" not in container.logs():
+                return False
+            return exec_in(container, ["pg_isready", "-q", "-U", "app"])[0] == 0
+
         wait_for(ready, f"{name} to start", 120)
         container.reload()
     except BaseException:
-        remove_with_volumes(engine, container)
+        remove_s3_db(engine, name)
         raise
     return container
+
+
+def remove_s3_db(engine, name: str) -> None:
+    """The container and its volumes, by name (whatever of them was made)."""
+    from docker.errors import NotFound
+
+    with contextlib.suppress(NotFound):
+        engine.containers.get(name).remove(force=True, v=True)
+    for spec in compose_service()["volumes"]:
+        with contextlib.suppress(NotFound):
+            engine.volumes.get(f"{name}-{spec.split(':', 1)[0]}").remove(force=True)
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +300,7 @@ def live(engine, s3, s3_image):
     yield container
     for scratch in engine.containers.list(all=True, filters={"label": f"pgrunbook.pitr-source={name}"}):
         remove_with_volumes(engine, scratch)
-    remove_with_volumes(engine, container)
+    remove_s3_db(engine, name)
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +373,8 @@ def test_drill_from_s3_compares_with_the_live_rows(engine, s3, live, home):
 
 def test_a_wrong_s3_secret_fails_in_one_line_that_names_the_keys(engine, s3, s3_image, tmp_path):
     wrong = "Wrong-Secret-0c4d2e9a1b"
-    container = start_s3_db(engine, s3_image, s3, f"pgrunbook-test-pitrs3-badkey-{RUN}", wrong)
+    name = f"pgrunbook-test-pitrs3-badkey-{RUN}"
+    container = start_s3_db(engine, s3_image, s3, name, wrong)
     try:
         runner = Cli(tmp_path)
         runner.write_env("prod", DB_CONTAINER=container.name, DB_PASSWORD=PASSWORD, PITR_STANZA=STANZA,
@@ -374,4 +387,4 @@ def test_a_wrong_s3_secret_fails_in_one_line_that_names_the_keys(engine, s3, s3_
         assert "PGBACKREST_REPO1_S3_KEY_SECRET" in error and "Path/Query" not in error, error
         assert wrong not in done.stdout + done.stderr and s3.secret not in done.stdout + done.stderr
     finally:
-        remove_with_volumes(engine, container)
+        remove_s3_db(engine, name)
