@@ -77,7 +77,9 @@ def pgbackrest_error(text: str) -> str | None:
             continue
         message = match.group(2).strip()
         following = lines[index + 1] if index + 1 < len(lines) else ""
-        if message.endswith(":") and following.startswith((" ", "\t")):
+        if message.endswith(":") and following.strip().startswith("***"):
+            message = message.rstrip(":")  # an S3 request's dump (path, headers) follows
+        elif message.endswith(":") and following.startswith((" ", "\t")):
             message = f"{message} {following.strip()}"
         return f"[{match.group(1)}] {message}"[:300]
     return None
@@ -151,7 +153,10 @@ def restore_commands(settings: Settings, target: str, scratch: str) -> list[str]
     volume = f"{scratch}-data"
     mounts = f"-v {volume}:{data} -v \"$REPO\":{repo}:ro"
     network = settings.pitr_scratch_network
-    run = f"docker run --rm --network {network} {mounts} -e PGBACKREST_REPO1_CIPHER_PASS"
+    secrets = "-e PGBACKREST_REPO1_CIPHER_PASS"
+    if network != "none":  # a repository on S3: its keys too
+        secrets += " -e PGBACKREST_REPO1_S3_KEY -e PGBACKREST_REPO1_S3_KEY_SECRET"
+    run = f"docker run --rm --network {network} {mounts} {secrets}"
     restore = shlex.join([
         "pgbackrest", f"--stanza={stanza}", f"--pg1-path={data}", "--type=time",
         f"--target={target}", "--target-action=promote", "--archive-mode=off", "restore",
@@ -166,8 +171,8 @@ def restore_commands(settings: Settings, target: str, scratch: str) -> list[str]
         f"docker volume create {volume}",
         f"{run} --entrypoint sh \"$IMAGE\" -c 'chown postgres:postgres {data} && chmod 700 {data}'",
         f"{run} --user postgres --entrypoint pgbackrest \"$IMAGE\" {restore[len('pgbackrest '):]}",
-        f"docker run -d --name {scratch} --network {settings.pitr_scratch_network} {mounts} "
-        "-e PGBACKREST_REPO1_CIPHER_PASS \"$IMAGE\" postgres -c archive_mode=off",
+        f"docker run -d --name {scratch} --network {network} {mounts} {secrets} "
+        "\"$IMAGE\" postgres -c archive_mode=off -c listen_addresses=''",
         f"docker logs -f {scratch}   # 'database system is ready to accept connections' まで待つ",
         f"docker exec {scratch} psql -U {shlex.quote(settings.db_user)} -d {shlex.quote(settings.db_name)} "
         "-c '\\dt+'",
@@ -204,8 +209,22 @@ class Output:
         return match.group(1) if match else None
 
 
+S3_REFUSED = re.compile(
+    r"HTTP request failed with 40[13]\b|InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied")
+
+
 def _hint_for(command: str, line: str, settings: Settings) -> str:
     env = settings.env
+    # a repository on S3 first: its errors also say "unable to load info file"
+    if S3_REFUSED.search(line):
+        return ("S3 のキー（PGBACKREST_REPO1_S3_KEY / PGBACKREST_REPO1_S3_KEY_SECRET）、"
+                "バケットの権限と repo1-s3-region を確認")
+    if "TLS error" in line or "in certificate" in line or "certificate verify" in line:
+        return ("ストレージの証明書を確認（repo1-storage-ca-file、証明書の名前とエンドポイント）。"
+                "本番で TLS の検証は切らない")
+    if "unable to connect" in line or "unable to get address" in line:
+        return ("ストレージに届きません: repo1-s3-endpoint、repo1-storage-port と"
+                "DB コンテナのネットワークを確認")
     if "unable to load info file" in line or "missing stanza" in line or (
             "stanza" in line and "not" in line):
         return f"スタンザがまだありません → invoke pitr-setup --env={env}"
@@ -640,6 +659,17 @@ def copied_command(command: list[str] | None) -> list[str]:
     return kept + ["-c", "archive_mode=off"]
 
 
+# The copy listens on no TCP address (the kit reaches it through docker exec):
+# with PITR_SCRATCH_NETWORK=host it would otherwise take the host's port (or fail
+# to start when the live DB has it) and serve the restored data to the network.
+NO_TCP = ["-c", "listen_addresses="]
+
+
+def scratch_command(command: list[str] | None) -> list[str]:
+    """The scratch container's command: ``copied_command`` and no TCP listener."""
+    return copied_command(command) + NO_TCP
+
+
 def _env_value(env: list[str], key: str) -> str | None:
     for item in env:
         name, _, value = item.partition("=")
@@ -906,7 +936,7 @@ def restore_scratch(settings: Settings, target: datetime, console: Console, task
         builder.remove_container(helper)
         console.step("PostgreSQL を起動して対象時刻まで WAL を適用（archive_mode=off）")
         started = time.monotonic()
-        command = copied_command(live.attrs.get("Config", {}).get("Cmd"))
+        command = scratch_command(live.attrs.get("Config", {}).get("Cmd"))
         model = builder.create(live, name, mounts, command, None, data_directory)
         copy = _wait_for_recovery(builder, model, settings, console)
         scratch.recovery_seconds = time.monotonic() - started
