@@ -21,14 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORD, Cli, docker_client, last_line, wait_for
+from conftest import PASSWORD, Cli, last_line, wait_for
 from pgrunbook import schedule
 from test_cron_daemon import WAIT_SECONDS, _jobs_of, cron_daemon  # noqa: F401 - its fixture
-from test_pitr import (
+from test_pitr import (  # noqa: F401 - engine is a fixture
     BASE_IMAGE,
     CIPHER_PASS,
     EXAMPLE,
     STANZA,
+    engine,
     exec_in,
     psql,
     remove_with_volumes,
@@ -40,20 +41,7 @@ ARCHIVE = "/var/lib/pgbackrest/archive"
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from docker.errors import ImageNotFound
-
-    client = docker_client()
-    try:
-        client.images.get(BASE_IMAGE)
-    except ImageNotFound:
-        pytest.skip(f"no pgBackRest image {BASE_IMAGE}: build it with EXTRA_PACKAGES=pgbackrest "
-                    f"../shared/ci/postgres-image {BASE_IMAGE}")
-    return client
-
-
-@pytest.fixture(scope="module")
-def live(engine):
+def live(engine):  # noqa: F811
     tag = f"pgrunbook-test-pitrops-{RUN}:15"
     engine.images.build(path=str(EXAMPLE), tag=tag, buildargs={"POSTGRES_IMAGE": BASE_IMAGE},
                         network_mode="none", rm=True, forcerm=True, labels={"pgrunbook.test": "1"})
@@ -102,7 +90,7 @@ def set_archive_folder_mode(container, mode: str) -> None:
     assert code == 0, output
 
 
-def test_metrics_show_archiving_backups_drills_and_a_broken_archive(engine, live, tmp_path):
+def test_metrics_show_archiving_backups_drills_and_a_broken_archive(engine, live, tmp_path):  # noqa: F811
     textfile = tmp_path / "textfile"
     textfile.mkdir()
     metrics_file = textfile / "pgrunbook.prom"
@@ -215,7 +203,7 @@ def test_metrics_show_archiving_backups_drills_and_a_broken_archive(engine, live
     assert pitr_only(samples(status.stdout)) == drilled
 
 
-def test_an_env_without_a_stanza_has_no_pitr_metrics(engine, live, tmp_path):
+def test_an_env_without_a_stanza_has_no_pitr_metrics(engine, live, tmp_path):  # noqa: F811
     metrics_file = tmp_path / "pgrunbook.prom"
     home = Cli(tmp_path)
     home.write_env("prod", DB_CONTAINER=live.name, DB_NAME="app", DB_PASSWORD=PASSWORD,
@@ -263,7 +251,7 @@ def test_an_unreachable_db_shows_as_status_2_and_a_bad_metrics_file_only_warns(t
 
 
 @pytest.mark.usefixtures("cron_daemon")
-def test_printed_pitr_status_line_works_under_real_cron(engine, live, tmp_path):
+def test_printed_pitr_status_line_works_under_real_cron(engine, live, tmp_path):  # noqa: F811
     """As test_cron_daemon.py does for the daily backup: the block is installed by hand with the
     pitr-status line moved to every minute; cron's bare environment runs it."""
     env = f"pitrcron{uuid.uuid4().hex[:6]}"

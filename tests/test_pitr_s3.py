@@ -32,14 +32,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PASSWORD, SCRAM_EVERYWHERE, Cli, _tar_of, docker_client, last_line, wait_for
+from conftest import PASSWORD, SCRAM_EVERYWHERE, Cli, _tar_of, last_line, wait_for
 from pgrunbook import pitr
-from test_pitr import (
+from test_pitr import (  # noqa: F401 - engine is a fixture
     BASE_IMAGE,
     CIPHER_PASS,
     EXAMPLE,
     STANZA,
     compose_service,
+    engine,
     exec_in,
     interpolate,
     psql,
@@ -217,20 +218,7 @@ def s3_compose_service() -> dict:
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from docker.errors import ImageNotFound
-
-    client = docker_client()
-    try:
-        client.images.get(BASE_IMAGE)
-    except ImageNotFound:
-        pytest.skip(f"no pgBackRest image {BASE_IMAGE}: build it with EXTRA_PACKAGES=pgbackrest "
-                    f"../shared/ci/postgres-image {BASE_IMAGE}")
-    return client
-
-
-@pytest.fixture(scope="module")
-def s3_image(engine, s3, tmp_path_factory):
+def s3_image(engine, s3, tmp_path_factory):  # noqa: F811
     """examples/pitr/Dockerfile with the S3 pgbackrest.conf, built as compose would."""
     context = tmp_path_factory.mktemp("pitrs3-image")
     shutil.copy(EXAMPLE / "Dockerfile", context / "Dockerfile")
@@ -242,7 +230,7 @@ def s3_image(engine, s3, tmp_path_factory):
     engine.images.remove(tag, force=True)
 
 
-def start_s3_db(engine, image: str, s3: S3, name: str, secret: str):
+def start_s3_db(engine, image: str, s3: S3, name: str, secret: str):  # noqa: F811
     """compose's db service on the host's network: PostgreSQL on 127.0.0.1 at a free port,
     the S3 keys in its environment, the CA mounted where pgbackrest.conf points."""
     from docker.types import Mount
@@ -282,7 +270,7 @@ def start_s3_db(engine, image: str, s3: S3, name: str, secret: str):
     return container
 
 
-def remove_s3_db(engine, name: str) -> None:
+def remove_s3_db(engine, name: str) -> None:  # noqa: F811
     """The container and its volumes, by name (whatever of them was made)."""
     from docker.errors import NotFound
 
@@ -294,7 +282,7 @@ def remove_s3_db(engine, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def live(engine, s3, s3_image):
+def live(engine, s3, s3_image):  # noqa: F811
     name = f"pgrunbook-test-pitrs3-{RUN}"
     container = start_s3_db(engine, s3_image, s3, name, s3.secret)
     yield container
@@ -311,7 +299,7 @@ def home(tmp_path_factory, live) -> Cli:
     return runner
 
 
-def test_archive_backup_and_restore_to_a_time_with_the_repository_on_s3(engine, s3, live, home):
+def test_archive_backup_and_restore_to_a_time_with_the_repository_on_s3(engine, s3, live, home):  # noqa: F811
     done = home("pitr-setup", "--env=prod")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PITR の準備ができました" in done.stderr
@@ -353,7 +341,7 @@ def test_archive_backup_and_restore_to_a_time_with_the_repository_on_s3(engine, 
     assert psql(live, "SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger") == "2,3"
 
 
-def test_drill_from_s3_compares_with_the_live_rows(engine, s3, live, home):
+def test_drill_from_s3_compares_with_the_live_rows(engine, s3, live, home):  # noqa: F811
     """After the test above (the stanza and a full backup exist)."""
     psql(live, "CREATE TABLE votes (id int PRIMARY KEY)")
     psql(live, "INSERT INTO votes SELECT generate_series(1, 3)")
@@ -371,7 +359,7 @@ def test_drill_from_s3_compares_with_the_live_rows(engine, s3, live, home):
     assert head["ObjectLockMode"] == "GOVERNANCE"
 
 
-def test_a_wrong_s3_secret_fails_in_one_line_that_names_the_keys(engine, s3, s3_image, tmp_path):
+def test_a_wrong_s3_secret_fails_in_one_line_that_names_the_keys(engine, s3, s3_image, tmp_path):  # noqa: F811
     wrong = "Wrong-Secret-0c4d2e9a1b"
     name = f"pgrunbook-test-pitrs3-badkey-{RUN}"
     container = start_s3_db(engine, s3_image, s3, name, wrong)
