@@ -52,7 +52,7 @@ class KitDatabase:
     @property
     def host(self) -> str | None:
         """The host whose run made it (marks written before the host was recorded: None)."""
-        found = MARK_FIELDS.match(f"{MARK}:{self.role}:{self.env}:{self.detail}")
+        found = TIME_AND_OPERATOR.match(self.detail)
         operator_field = found["operator"] if found else ""
         return operator_field.rsplit("@", 1)[1] if "@" in operator_field else None
 
@@ -72,8 +72,17 @@ def mark_text(role: str, settings: Settings, detail: str) -> str:
     return f"{MARK}:{role}:{settings.env}:{now_iso()}:{operator()}@{socket.gethostname()}:{detail}"
 
 
-MARK_FIELDS = re.compile(r"^[^:]+:[^:]+:[^:]+:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)?:"
-                         r"(?P<operator>[^:]*):")
+# the start of a mark's "time:operator:detail" (the time holds colons itself)
+TIME_AND_OPERATOR = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)?:(?P<operator>[^:]*):")
+
+
+def parse_mark(name: str, comment: str, size: int, allow_connections: bool) -> KitDatabase | None:
+    """A kit database from its comment (``mark_text``), or None for any other comment."""
+    parts = comment.split(":", 3)
+    if len(parts) < 4 or parts[1] not in ROLES:
+        return None
+    # role, env, then "time:operator:detail"
+    return KitDatabase(name, parts[1], parts[2], parts[3][:25], parts[3], size, allow_connections)
 
 
 def kit_databases(pg: Postgres) -> list[KitDatabase]:
@@ -83,14 +92,8 @@ def kit_databases(pg: Postgres) -> list[KitDatabase]:
         f"{quote_literal(MARK + ':%')} ORDER BY 1",
         "postgres",
     )
-    found = []
-    for name, comment, size, allow in rows:
-        parts = comment.split(":", 5)
-        if len(parts) >= 4 and parts[1] in ROLES:
-            # created_at holds colons itself: role, env, then "time:operator:detail"
-            rest = comment.split(":", 3)[3]
-            found.append(KitDatabase(name, parts[1], parts[2], rest[:25], rest, int(size), allow == "t"))
-    return found
+    parsed = (parse_mark(name, comment, int(size), allow == "t") for name, comment, size, allow in rows)
+    return [db for db in parsed if db is not None]
 
 
 def create_database(pg: Postgres, name: str, comment: str, like: DatabaseFacts | None) -> None:

@@ -36,6 +36,7 @@ from pgrunbook.restore.databases import (
     cleanup_step,
     drop_kit_database,
     mark_text,
+    parse_mark,
 )
 from pgrunbook.restore.source import Source
 from pgrunbook.restore.staging import RestoreOptions, check_free_space
@@ -100,13 +101,12 @@ def from_rows(env: str, rows: list[tuple[str, str, bool, int]]) -> list[Prestage
     A mark the kit did not write in full is never claimed (restore-list shows it)."""
     found = []
     for name, comment, allow, size in rows:
-        parts = comment.split(":", 3)
-        match = DETAIL.search(comment)
-        if len(parts) < 4 or parts[2] != env or not match:
-            continue
-        found.append(Prestaged(name, match["file"], match["sha256"], match["no_owner"] == "1",
-                               match["no_acl"] == "1", int(match["rows"]), parts[3][:25], size,
-                               allow, comment))
+        db = parse_mark(name, comment, size, allow)
+        match = DETAIL.search(db.detail) if db and db.role == ROLE and db.env == env else None
+        if match:
+            found.append(Prestaged(db.name, match["file"], match["sha256"], match["no_owner"] == "1",
+                                   match["no_acl"] == "1", int(match["rows"]), db.created_at, db.size,
+                                   db.allow_connections, comment))
     return sorted(found, key=lambda p: p.made_at)
 
 
@@ -140,9 +140,7 @@ def wanted_for(settings: Settings, source: Source) -> str | None:
         return f"環境 {source.env} のファイル"
     if not source.expected_sha256:
         return "sha256 の記録がないファイル"
-    items = [item for item in inventory.inventory(settings, with_globals=False)
-             if not item.future and not item.suspect
-             and item.checksum != inventory.CHECKSUM_MISMATCH]
+    items = inventory.sound(inventory.inventory(settings, with_globals=False))
     if not items or items[-1].backup.path.name != source.path.name:
         return "この環境の最新のバックアップではない"
     return None
