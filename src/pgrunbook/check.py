@@ -230,8 +230,7 @@ class Checker:
             self.add(WARN, "事前展開", "事前展開 DB はありません（置き換えはファイルからの復元になります）",
                      f"invoke verify --env={s.env} --restore-test（最新のバックアップで作ります）")
             return
-        newest = [i for i in self._inventory() if not i.future and not i.suspect
-                  and i.checksum != inventory.CHECKSUM_MISMATCH]
+        newest = inventory.sound(self._inventory())
         current = found[-1]
         for older in found[:-1]:  # a restore test stopped before it dropped the one it replaced
             self.add(WARN, "事前展開",

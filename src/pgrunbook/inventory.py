@@ -138,6 +138,13 @@ def inventory(
     return found
 
 
+def sound(items: list[Inventoried]) -> list[Inventoried]:
+    """The backups a restore may trust as "the newest": not dated in the future, not
+    suspect (content drift), and not in disagreement with their manifest's checksum."""
+    return [item for item in items
+            if not item.future and not item.suspect and item.checksum != CHECKSUM_MISMATCH]
+
+
 def future_note(items: list[Inventoried]) -> str | None:
     """One sentence about backups dated in the future, with what to do; None if none."""
     future = [item for item in items if item.future]

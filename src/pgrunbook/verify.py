@@ -156,8 +156,7 @@ def restore_default(items: list[inventory.Inventoried]) -> tuple[inventory.Inven
     never one whose checksum disagrees with its manifest nor a suspect one (content
     drift: an emptied or other database) unless nothing else is left.
     Returns the item and the reason in words."""
-    sound = [item for item in items if item.checksum != inventory.CHECKSUM_MISMATCH
-             and not item.suspect] or items
+    sound = inventory.sound(items) or items
     preferences = (
         (lambda i: i.verified and i.backup.format == "custom", "検証済みで最新のカスタム形式"),
         (lambda i: i.verified, "検証済みで最新の"),
