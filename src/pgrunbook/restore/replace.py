@@ -257,11 +257,18 @@ def _claim_prestaged(run: Replace) -> None:
     settings, pg, console = run.settings, run.pg, run.console
     chosen = run.prestage.use
     assert chosen is not None and run.record is not None
+    planned = run.staging  # the staging database of a restore from the file after all
+
+    def from_the_file(warning: str, drop: bool = False) -> None:
+        console.warn(f"事前展開 DB {chosen.name} {warning}ファイルから復元します")
+        if drop:
+            drop_kit_database(pg, chosen.name)
+        run.prestage = prestage.Choice()
+        run.staging = planned
+
     now = [(p.name, p.comment, p.open) for p in prestage.prestaged_databases(pg, settings)]
     if (chosen.name, chosen.comment, False) not in now:  # a restore test replaced it meanwhile
-        console.warn(f"事前展開 DB {chosen.name} がなくなったか変わりました: ファイルから復元します")
-        run.prestage = prestage.Choice()
-        return
+        return from_the_file("がなくなったか変わりました: ")
     run.staging = chosen.name
     run.record.update(stage="prestaged-claim", staging=run.staging, previous=run.previous)
     try:
@@ -269,11 +276,7 @@ def _claim_prestaged(run: Replace) -> None:
     except RunbookError:
         if pg.database_exists(chosen.name):
             raise
-        # dropped by a restore test between the check above and the claim
-        console.warn(f"事前展開 DB {chosen.name} がなくなりました: ファイルから復元します")
-        run.prestage = prestage.Choice()
-        run.staging = kit_name(settings, "staging")
-        return
+        return from_the_file("がなくなりました: ")  # dropped by a restore test since the check above
     console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
     summary = summarize_database(pg, chosen.name, run.source.table_counts())
     differences = compare_with_manifest(run.source, summary)
@@ -284,12 +287,8 @@ def _claim_prestaged(run: Replace) -> None:
         run.entry.sha256 = chosen.sha256
         run.entry.details["prestaged"] = chosen.name
         run.counted = summary  # _check_staging takes it (no second count of every table)
-        return
-    console.warn(f"事前展開 DB {chosen.name} が記録と一致しません（{'; '.join(differences[:3])}）: "
-                 "削除してファイルから復元します")
-    drop_kit_database(pg, chosen.name)
-    run.prestage = prestage.Choice()
-    run.staging = kit_name(settings, "staging")
+        return None
+    return from_the_file(f"が記録と一致しません（{'; '.join(differences[:3])}）: 削除して", drop=True)
 
 
 def _naming_prestaged(run: Replace, error: NoSpace) -> NoSpace:
