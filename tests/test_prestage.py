@@ -3,9 +3,11 @@ backup restored and closed; restore-replace of that file only checks and swaps."
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -180,30 +182,40 @@ def test_kill_9_after_the_claim_is_repaired_by_restore_recover(cli, pg, prod, ap
     assert table_fingerprints(pg, prod) == old
 
 
-def test_when_the_disk_cannot_hold_two_copies_the_old_prestaged_database_goes_first(cli, docker_engine):
-    """The data directory on a small tmpfs: live + prestaged fill it so that a new restore
-    test fits only once the prestaged database it replaces is dropped."""
-    name = f"pgrunbook-test-prestage-disk-{uuid.uuid4().hex[:6]}"
-    data = "/var/lib/postgresql/data"
-    server = start_postgres(docker_engine, name, environment={"PGDATA": data}, tmpfs={data: "size=184m"},
+DATA = "/var/lib/postgresql/data"
+
+
+@contextlib.contextmanager
+def small_disk(cli, docker_engine, tag: str) -> Iterator:
+    """A server whose data directory is a 184 MiB tmpfs holding "big" (about 43 MiB), with
+    prod aimed at it and RESTORE_PRESTAGE on: live + one prestaged copy nearly fill it."""
+    name = f"pgrunbook-test-{tag}-{uuid.uuid4().hex[:6]}"
+    server = start_postgres(docker_engine, name, environment={"PGDATA": DATA}, tmpfs={DATA: "size=184m"},
                             command=["postgres", "-c", "max_wal_size=32MB", "-c", "min_wal_size=32MB"])
     try:
         server.create_database("big", sample=True)
         server.psql("CREATE TABLE filler AS SELECT g AS id, repeat(md5(g::text), 16) AS payload "
                     "FROM generate_series(1, 60000) AS g; CHECKPOINT", "big")
         cli.write_env("prod", DB_CONTAINER=name, DB_NAME="big", DB_PASSWORD=PASSWORD, RESTORE_PRESTAGE="true")
+        yield server
+    finally:
+        server.container.remove(force=True, v=True)
+
+
+def test_when_the_disk_cannot_hold_two_copies_the_old_prestaged_database_goes_first(cli, docker_engine):
+    """The data directory on a small tmpfs: live + prestaged fill it so that a new restore
+    test fits only once the prestaged database it replaces is dropped."""
+    with small_disk(cli, docker_engine, "prestage-disk") as server:
         backup(cli, "--env=prod")
         restore_test(cli)
         [old] = prestaged(server, "big")
         server.psql("CHECKPOINT", "postgres")
         backup(cli, "--env=prod")
         size = int(server.psql("SELECT pg_database_size('big')", "postgres"))
-        _, df, _ = server.exec(["df", "-Pk", data])
+        _, df, _ = server.exec(["df", "-Pk", DATA])
         free = int(df.decode().splitlines()[1].split()[3]) * 1024
         assert free < size * 1.1 < free + size, (free, size)  # the setup this test is about
         tested = restore_test(cli)
         assert f"古い事前展開 DB {old} を先に削除" in tested.stderr, tested.stderr
         [new] = prestaged(server, "big")
         assert new != old
-    finally:
-        server.container.remove(force=True, v=True)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import PASSWORD, start_postgres
 from test_backup import table_fingerprints
-from test_prestage import VERBOSE, comment_of, prestaged, restore_test
+from test_prestage import VERBOSE, comment_of, prestaged, restore_test, small_disk
 from test_recovery import allows_connections
 from test_restore import backup, databases
 from test_restore_trust import owners, role
@@ -107,15 +107,7 @@ def test_a_refused_replace_that_changed_owners_in_the_prestaged_database_does_no
 def test_a_replace_from_a_file_that_does_not_fit_beside_the_prestaged_database_names_it(cli, docker_engine):
     """Live + prestaged fill the disk: a replace of an older backup cannot restore beside
     them. At 2 a.m. the refusal must name the prestaged database that takes the space."""
-    name = f"pgrunbook-test-prestage-review-disk-{uuid.uuid4().hex[:6]}"
-    data = "/var/lib/postgresql/data"
-    server = start_postgres(docker_engine, name, environment={"PGDATA": data}, tmpfs={data: "size=184m"},
-                            command=["postgres", "-c", "max_wal_size=32MB", "-c", "min_wal_size=32MB"])
-    try:
-        server.create_database("big", sample=True)
-        server.psql("CREATE TABLE filler AS SELECT g AS id, repeat(md5(g::text), 16) AS payload "
-                    "FROM generate_series(1, 60000) AS g; CHECKPOINT", "big")
-        cli.write_env("prod", DB_CONTAINER=name, DB_NAME="big", DB_PASSWORD=PASSWORD, RESTORE_PRESTAGE="true")
+    with small_disk(cli, docker_engine, "prestage-review-disk") as server:
         older = backup(cli, "--env=prod")
         backup(cli, "--env=prod")
         restore_test(cli)
@@ -129,8 +121,6 @@ def test_a_replace_from_a_file_that_does_not_fit_beside_the_prestaged_database_n
         assert prestaged(server, "big") == [kept] and table_fingerprints(server, "big") == wanted
         assert not [d for d in databases(server) if "_staging_" in d]
         assert "途中で止まって" not in cli("restore-list", "--env=prod").stderr  # no journal left
-    finally:
-        server.container.remove(force=True, v=True)
 
 
 def test_restore_list_does_not_call_an_opened_prestaged_database_closed(cli, pg, prod):
