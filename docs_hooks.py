@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 
-from pgrunbook import docs
+from pgrunbook.site import docs
 
 _content: docs.SiteContent | None = None
 

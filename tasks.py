@@ -12,25 +12,25 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from pgrunbook import backup as backup_module
+from pgrunbook.backup import dump as backup_module
 from pgrunbook.cli import LazyModule, guarded, print_lines, settings_for
-from pgrunbook.console import Console, human_size
+from pgrunbook.core.console import Console, human_size
 
 # imported when a task first needs them (a backup's start-up stays short)
-docs_module = LazyModule("docs")
-drill_module = LazyModule("drill")
-drift_module = LazyModule("drift")
-encryption_module = LazyModule("encryption")
-inventory = LazyModule("inventory")
-metrics_module = LazyModule("metrics")
-ping_module = LazyModule("ping")
-retention = LazyModule("retention")
-roles = LazyModule("roles")
-schedule = LazyModule("schedule")
-offsite_module = LazyModule("offsite")
+docs_module = LazyModule("site.docs")
+drill_module = LazyModule("restore.drills")
+drift_module = LazyModule("store.drift")
+encryption_module = LazyModule("offsite.encryption")
+inventory = LazyModule("store.inventory")
+metrics_module = LazyModule("monitoring.metrics")
+ping_module = LazyModule("monitoring.ping")
+retention = LazyModule("backup.prune")
+roles = LazyModule("backup.globals")
+schedule = LazyModule("monitoring.schedule")
+offsite_module = LazyModule("offsite.remote")
 restore_module = LazyModule("restore")
-sandbox_module = LazyModule("sandbox")
-verify_module = LazyModule("verify")
+sandbox_module = LazyModule("lab.sandbox")
+verify_module = LazyModule("backup.verify")
 
 ROOT = Path(__file__).resolve().parent
 ENV_HELP = "対象環境（必須）: .env.<env> の <env>。例: prod, dev"
@@ -298,7 +298,7 @@ def sandbox_down(c, env=None):
 def bench(c, size_mb=900, rounds=3, image=None, output="bench-results", compressions="",
           dataset="default", variants="", tag="", prestaged=False):
     """手順書の手作業とキットの速度・書き込み停止時間・メモリを使い捨てコンテナで比較する。"""
-    from pgrunbook import bench as bench_module
+    from pgrunbook.lab import bench as bench_module
 
     argv = ["--size-mb", str(size_mb), "--rounds", str(rounds), "--output", output]
     if image:
@@ -545,7 +545,7 @@ def offsite_keygen(c, out=None):
 
 
 def _required_path(value):
-    from pgrunbook.errors import RunbookError
+    from pgrunbook.core.errors import RunbookError
 
     if not value:
         raise RunbookError("ファイルが指定されていません", "--file=<パス>（keygen は --out=<パス>）", 2)
@@ -587,8 +587,8 @@ namespace.add_task(ping)
 
 # --- guards against silent disasters (issue 12) --------------------------------------
 
-pinning_module = LazyModule("pinning")
-worklog_module = LazyModule("worklog")
+pinning_module = LazyModule("backup.pin")
+worklog_module = LazyModule("core.worklog")
 
 
 @task(
@@ -647,8 +647,8 @@ for _guard_task in (accept_drift, pin, unpin, worklog_verify):
 
 # --- point-in-time recovery with pgBackRest (issue 15) -----------------------
 
-pitr_module = LazyModule("pitr")
-pitr_metrics_module = LazyModule("pitr_metrics")
+pitr_module = LazyModule("pitr.pgbackrest")
+pitr_metrics_module = LazyModule("monitoring.pitr_metrics")
 
 
 @task(
@@ -765,8 +765,8 @@ for _pitr_task in (pitr_setup, pitr_backup, pitr_status, pitr_restore_scratch, p
 
 
 # --- know the state: check, drills, report (issue 13) ----------------------------------
-check_module = LazyModule("check")
-report_module = LazyModule("report")
+check_module = LazyModule("monitoring.check")
+report_module = LazyModule("monitoring.report")
 
 
 @task(name="check", help={"env": ENV_HELP})

@@ -5,7 +5,7 @@
     python scripts/bench.py --size-mb 5 --rounds 1 --output /tmp/bench   # smoke run
 """
 
-from pgrunbook.bench import main
+from pgrunbook.lab.bench import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

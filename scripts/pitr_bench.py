@@ -31,8 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pgrunbook.bench import BATCH_SQL, SCHEMA_SQL  # noqa: E402
-from pgrunbook.container import Container, engine  # noqa: E402
+from pgrunbook.infra.container import Container, engine  # noqa: E402
+from pgrunbook.lab.bench import BATCH_SQL, SCHEMA_SQL  # noqa: E402
 
 PASSWORD = "bench-pw"
 
@@ -80,7 +80,7 @@ def main() -> int:
         tag, command=service["command"], name=name, detach=True, network_mode="none",
         environment={"POSTGRES_USER": "app", "POSTGRES_DB": "app", "POSTGRES_PASSWORD": PASSWORD,
                      "PGBACKREST_REPO1_CIPHER_PASS": "bench-cipher"},
-        volumes=volumes, labels={"pgrunbook.bench": "1"})
+        volumes=volumes, labels={"pgrunbook.lab.bench": "1"})
     home = Path(tempfile.mkdtemp(prefix="pgrunbook-pitr-bench-"))
     (home / ".env.bench").write_text(f"DB_CONTAINER={name}\nDB_PASSWORD={PASSWORD}\nPITR_STANZA=knot\n")
     try:

@@ -110,7 +110,7 @@ class PgContainer:
         if stdin is None:
             out, err = api.exec_start(exec_id, demux=True)
         else:
-            from pgrunbook.container import Container
+            from pgrunbook.infra.container import Container
 
             wrapper = Container(self.client, self.container)
             result = wrapper.exec(argv, environment={"PGPASSWORD": self.password},

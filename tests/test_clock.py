@@ -69,7 +69,7 @@ def test_a_future_dated_backup_hides_nothing_and_turns_status_red(cli, pg, tmp_p
 
 
 def test_only_a_date_beyond_the_tolerance_counts_as_future(tmp_path):
-    from pgrunbook import catalog
+    from pgrunbook.store import catalog
 
     now = datetime(2026, 12, 2, 12, 0, 0)
     soon = catalog.parse(tmp_path / catalog.backup_name("knot", "prod", now + timedelta(minutes=9), "custom"))

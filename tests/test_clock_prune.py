@@ -106,7 +106,7 @@ def test_metrics_never_read_a_future_dated_backup_as_fresh(cli, pg):
 
 
 def datetime_of(path: Path):
-    from pgrunbook import catalog
+    from pgrunbook.store import catalog
 
     parsed = catalog.parse(path)
     assert parsed is not None

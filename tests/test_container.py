@@ -7,7 +7,7 @@ from itertools import repeat
 
 import pytest
 
-from pgrunbook.container import Container
+from pgrunbook.infra.container import Container
 
 
 def test_exec_returns_stdout_stderr_and_the_real_exit_code(pg):
@@ -40,7 +40,7 @@ def test_archives_in_and_out(pg, tmp_path):
 
 
 def test_a_command_missing_in_the_container_is_a_setup_error_not_a_failed_command(pg):
-    from pgrunbook.errors import RunbookError
+    from pgrunbook.core.errors import RunbookError
 
     container = Container(pg.client, pg.container)
     with pytest.raises(RunbookError) as raised:

@@ -25,7 +25,8 @@ import pytest
 
 from conftest import PASSWORD, Cli
 from loopback_http import Recorder
-from pgrunbook import schedule, worklog
+from pgrunbook.core import worklog
+from pgrunbook.monitoring import schedule
 
 WAIT_SECONDS = 130
 CRON_PIDFILE = Path("/run/crond.pid")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Cli
-from pgrunbook import schedule
-from pgrunbook.schedule import Target
+from pgrunbook.monitoring import schedule
+from pgrunbook.monitoring.schedule import Target
 
 
 def test_crontab_example_is_generated_from_the_template():
@@ -133,7 +133,7 @@ def test_a_broken_block_is_not_touched(tmp_path, cron_user):
 
 
 def test_offsite_push_follows_the_verified_backup_when_a_bucket_is_set():
-    from pgrunbook.schedule import Target, render
+    from pgrunbook.monitoring.schedule import Target, render
 
     plain = "\n".join(render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l")))
     offsite = "\n".join(render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l",
@@ -143,7 +143,7 @@ def test_offsite_push_follows_the_verified_backup_when_a_bucket_is_set():
 
 
 def test_with_prestage_the_restore_test_follows_every_backup_instead_of_weekly():
-    from pgrunbook.schedule import Target, render
+    from pgrunbook.monitoring.schedule import Target, render
 
     plain = render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l"))
     prestaged = render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l", offsite=True,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pgrunbook import docs, manual
+from pgrunbook.infra import manual
+from pgrunbook.site import docs
 
 pytest.importorskip("mkdocs")
 pytest.importorskip("material")
@@ -234,7 +235,7 @@ def test_task_reference_lists_whatever_tasks_exist():
 
 
 def test_settings_reference_documents_every_key():
-    from pgrunbook.settings import KEYS
+    from pgrunbook.core.settings import KEYS
 
     parsed = docs.parse_env_example((ROOT / ".env.example").read_text(encoding="utf-8"))
     assert {doc.key for doc in parsed} == set(KEYS)
@@ -291,7 +292,7 @@ def test_search_works_from_a_file_server(site):
 def test_pitr_page_embeds_the_files_the_tests_run_and_the_hand_commands(site):
     """runbooks/pitr.md shows examples/pitr/* verbatim (tests/test_pitr.py builds and runs
     the same files) and the pitr tasks' own hand commands."""
-    from pgrunbook import pitr
+    from pgrunbook.pitr import pgbackrest as pitr
 
     text = page_text(site / "pitr.html")  # highlighted code: the text without its tags
     for name in ("compose.yaml", "Dockerfile", "pgbackrest.conf"):

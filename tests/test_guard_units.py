@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pgrunbook import catalog, drift, worklog
-from pgrunbook.drift import Thresholds, compare, compare_identity
-from pgrunbook.errors import RunbookError
-from pgrunbook.pinning import check_label, parse_keep
-from pgrunbook.retention import Candidate, Policy, decide
+from pgrunbook.backup.pin import check_label, parse_keep
+from pgrunbook.backup.prune import Candidate, Policy, decide
+from pgrunbook.core import worklog
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.store import catalog, drift
+from pgrunbook.store.drift import Thresholds, compare, compare_identity
 
 DEFAULT = Thresholds()  # 50 %, tables of 100 rows or more
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, Cli, last_line, start_postgres
-from pgrunbook import drift, worklog
+from pgrunbook.core import worklog
+from pgrunbook.store import drift
 from test_prune import at, make_backup
 
 

@@ -14,7 +14,7 @@ from conftest import PASSWORD, ROOT, wait_for
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from pgrunbook.safety import exclusive_lock
+from pgrunbook.core.safety import exclusive_lock
 with exclusive_lock(Path(sys.argv[1]), sys.argv[2], sys.argv[3], "backup"):
     print("held", flush=True)
     time.sleep(600)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD
-from pgrunbook import catalog, manual
-from pgrunbook.settings import load_settings
+from pgrunbook.core.settings import load_settings
+from pgrunbook.infra import manual
+from pgrunbook.store import catalog
 
 pytestmark = pytest.mark.docker
 

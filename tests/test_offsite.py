@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, Cli, backup_like_files, last_line
-from pgrunbook.errors import RunbookError
-from pgrunbook.settings import load_settings
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.settings import load_settings
 
 BUCKET = "pgrunbook-offsite-test"
 
@@ -389,7 +389,7 @@ def test_settings_refuse_aws_credentials_and_overlapping_prefixes(tmp_path):
     (tmp_path / ".env.dev").write_text("DB_NAME=app_dev\nOFFSITE_BUCKET=knot-backups\n")
     prod = load_settings("prod", tmp_path)
     assert prod.offsite_prefix == "prod/" and prod.offsite_retention_days == 90
-    from pgrunbook.offsite import _check_remote_separation
+    from pgrunbook.offsite.remote import _check_remote_separation
 
     _check_remote_separation(prod)  # prod/ and dev/ are apart
     (tmp_path / ".env.dev").write_text("DB_NAME=app_dev\nOFFSITE_BUCKET=knot-backups\nOFFSITE_PREFIX=prod\n")
@@ -402,9 +402,9 @@ def test_settings_refuse_aws_credentials_and_overlapping_prefixes(tmp_path):
 
 def test_a_failed_encryption_never_commits_a_truncated_object(s3, keys, tmp_path, monkeypatch):
     """The pipe's EOF after a failure must abort the (multipart) upload, not complete it."""
-    from pgrunbook import offsite
-    from pgrunbook.console import Console
-    from pgrunbook.encryption import parse_recipients
+    from pgrunbook.core.console import Console
+    from pgrunbook.offsite import remote as offsite
+    from pgrunbook.offsite.encryption import parse_recipients
 
     (tmp_path / ".env.prod").write_text(
         f"OFFSITE_BUCKET={BUCKET}\nOFFSITE_ENDPOINT_URL={s3.url}\nOFFSITE_REGION=us-east-1\n"
@@ -511,8 +511,8 @@ def test_push_with_a_lock_to_a_bucket_without_object_lock_is_one_clear_line(cli,
 
 
 def test_settings_refuse_an_unknown_lock_mode(tmp_path):
-    from pgrunbook.errors import RunbookError
-    from pgrunbook.settings import load_settings
+    from pgrunbook.core.errors import RunbookError
+    from pgrunbook.core.settings import load_settings
 
     (tmp_path / ".env.prod").write_text("OFFSITE_OBJECT_LOCK=forever\n")
     with pytest.raises(RunbookError, match="OFFSITE_OBJECT_LOCK") as error:

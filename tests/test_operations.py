@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, last_line
-from pgrunbook import catalog
+from pgrunbook.store import catalog
 
 
 def columns(stdout: str) -> dict[str, list[str]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pgrunbook import docs, original
+from pgrunbook.site import docs, original
 
 pytest.importorskip("mkdocs")
 pytest.importorskip("material")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, Cli, last_line, wait_for
-from pgrunbook import schedule
+from pgrunbook.monitoring import schedule
 from test_cron_daemon import WAIT_SECONDS, _jobs_of, cron_daemon  # noqa: F401 - its fixture
 from test_pitr import (  # noqa: F401 - engine is a fixture
     BASE_IMAGE,

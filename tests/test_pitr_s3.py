@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from conftest import PASSWORD, SCRAM_EVERYWHERE, Cli, _tar_of, last_line, wait_for
-from pgrunbook import pitr
+from pgrunbook.pitr import pgbackrest as pitr
 from test_pitr import (  # noqa: F401 - engine is a fixture
     BASE_IMAGE,
     CIPHER_PASS,

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pgrunbook import pitr
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import TableCount
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.infra.postgres import TableCount
+from pgrunbook.pitr import pgbackrest as pitr
 
 NOW = datetime(2026, 1, 28, 10, 0, tzinfo=timezone.utc)
 BACKUPS = [pitr.BackupSet("20260128-013000F", "full", NOW - timedelta(hours=9),
@@ -139,7 +139,7 @@ def test_backup_sets_and_errors_from_pgbackrest_output():
 def test_the_reason_a_recovery_stopped_is_never_a_refused_connection_of_the_kits_own():
     """On a loaded machine the kit's own connection attempt can be refused after the
     startup process's FATAL: the diagnosis must still be the startup process's."""
-    from pgrunbook.pitr import recovery_failure
+    from pgrunbook.pitr.pgbackrest import recovery_failure
 
     logs = "\n".join([
         "2026-12-02 16:59:01 UTC [40] LOG:  starting point-in-time recovery to 2026-12-02 16:58:59+00",
@@ -157,7 +157,7 @@ def test_the_reason_a_recovery_stopped_is_never_a_refused_connection_of_the_kits
 
 
 def metric_values(observation: dict, drills: list[dict] | None = None) -> dict:
-    from pgrunbook import pitr_metrics
+    from pgrunbook.monitoring import pitr_metrics
 
     return {(s.name, s.labels.get("type")): s.value for s in pitr_metrics.values(observation, drills or [])}
 
@@ -165,7 +165,7 @@ def metric_values(observation: dict, drills: list[dict] | None = None) -> dict:
 def test_metrics_before_any_pitr_status_are_never_values():
     import math
 
-    from pgrunbook import pitr_metrics
+    from pgrunbook.monitoring import pitr_metrics
 
     found = metric_values({})
     assert set(name for name, _ in found) == set(pitr_metrics.METRICS)
@@ -182,7 +182,7 @@ def test_metrics_before_any_pitr_status_are_never_values():
 def test_metrics_of_an_observation_and_the_last_drill():
     import math
 
-    from pgrunbook import pitr_metrics
+    from pgrunbook.monitoring import pitr_metrics
 
     observed = {"checked": 1000.0, "exit_code": 1, "archiver": {
         "last_archived": 900.0, "failed_count": 3, "last_failed": 950.0, "failing": True,

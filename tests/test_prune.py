@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from conftest import Cli
-from pgrunbook import catalog
+from pgrunbook.store import catalog
 
 
 def make_backup(directory: Path, when: datetime, fmt: str = "custom", *, env: str = "prod",

@@ -16,7 +16,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from conftest import Cli, last_line
-from pgrunbook.console import Console
+from pgrunbook.core.console import Console
 
 HARD = "Xy@9/Secret+Pw"
 
@@ -43,7 +43,7 @@ def test_a_space_in_a_secret_is_masked_in_the_form_encoding_too():
 
 
 def test_a_weak_password_is_a_settings_warning(tmp_path):
-    from pgrunbook.settings import load_settings
+    from pgrunbook.core.settings import load_settings
 
     cases = {"app": ["DB_USER", "DB_NAME"], "shop": ["DB_NAME"], "kit": ["DB_USER"],
              "Short1": ["8 文字未満"], "Long-Enough-Pw-1": []}

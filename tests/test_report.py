@@ -12,8 +12,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from conftest import last_line
-from pgrunbook import report
-from pgrunbook.settings import load_settings
+from pgrunbook.core.settings import load_settings
+from pgrunbook.monitoring import report
 
 
 def worklog(cli, env: str = "prod") -> list[dict]:

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from pgrunbook.errors import RunbookError
-from pgrunbook.inventory import parse_duration, verified_index
-from pgrunbook.retention import Candidate, Policy, decide
+from pgrunbook.backup.prune import Candidate, Policy, decide
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.store.inventory import parse_duration, verified_index
 
 NOW = datetime(2026, 6, 15, 12, 0, 0)  # a Monday
 POLICY = Policy(days=30, weekly_days=90, monthly_days=365, min_keep=3)
@@ -108,8 +108,8 @@ def test_verified_index_needs_ok_same_env_and_sha():
 
 
 def test_list_table_aligns_japanese_cells(tmp_path):
-    from pgrunbook import catalog
-    from pgrunbook.inventory import Inventoried, _width, plain_lines, table
+    from pgrunbook.store import catalog
+    from pgrunbook.store.inventory import Inventoried, _width, plain_lines, table
 
     def item(name: str, verified: str | None, checksum: str) -> Inventoried:
         backup = catalog.parse(tmp_path / name)
@@ -143,7 +143,7 @@ def test_a_series_with_nothing_valid_keeps_its_newest_files():
 def test_two_backups_of_the_same_second_sort_by_their_serial(tmp_path):
     """backup twice within a second: the second is named ...-1.dump, and "-" sorts before
     "." — by name alone the newer file came first (and counted as the older one)."""
-    from pgrunbook import catalog
+    from pgrunbook.store import catalog
 
     names = ["knot-prod-20260128-020000.dump", "knot-prod-20260128-020000-1.dump",
              "knot-prod-20260128-020000-2-before-upgrade.dump", "knot-prod-20260128-015959-3.dump"]

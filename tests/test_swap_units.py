@@ -4,7 +4,7 @@ test_recovery.py and test_restore*.py)."""
 
 from __future__ import annotations
 
-from pgrunbook.postgres import DatabaseFacts
+from pgrunbook.infra.postgres import DatabaseFacts
 from pgrunbook.restore.privileges import ObjectRights, copy_statements, differences
 from pgrunbook.restore.staging import default_jobs
 from pgrunbook.restore.swap import SwapOutcome, database_level_statements, setting_value, split_config

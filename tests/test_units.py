@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pgrunbook import catalog
-from pgrunbook.archive import ArchiveError, parse_header, sql_tail_is_complete
-from pgrunbook.errors import RunbookError
-from pgrunbook.settings import KEYS, load_settings
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.settings import KEYS, load_settings
+from pgrunbook.infra.archive import ArchiveError, parse_header, sql_tail_is_complete
+from pgrunbook.store import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_digest_hashes_the_whole_file_however_much_was_sent(tmp_path):
     import itertools
     import os
 
-    from pgrunbook.verify import Digest
+    from pgrunbook.backup.verify import Digest
 
     path = tmp_path / "archive.dump"
     path.write_bytes(os.urandom(5 * (1 << 20) + 123))  # several chunks and a short tail
@@ -168,7 +168,7 @@ def test_digest_hashes_the_whole_file_however_much_was_sent(tmp_path):
 
 
 def test_cpuset_size():
-    from pgrunbook.container import cpuset_size
+    from pgrunbook.infra.container import cpuset_size
 
     assert cpuset_size("0") == 1
     assert cpuset_size("0-3") == 4

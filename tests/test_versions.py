@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MATRIX, PASSWORD, last_line, start_postgres
-from pgrunbook.archive import read_header
-from pgrunbook.versions import RESTRICT_SINCE, header_algorithm, psql_knows_restrict
+from pgrunbook.infra.archive import read_header
+from pgrunbook.infra.versions import RESTRICT_SINCE, header_algorithm, psql_knows_restrict
 from test_backup import table_fingerprints
 
 NEWER_FORMATS = ("gzip:1", "lz4", "zstd:1", "zstd:3")

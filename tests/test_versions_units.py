@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.versions import (
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.infra.versions import (
     check_sql_for_psql,
     dump_compression,
     header_algorithm,

@@ -18,10 +18,11 @@ from typing import TypeVar
 
 from invoke import Exit
 
-from pgrunbook import journal, metrics, notify, worklog
-from pgrunbook.console import Console
-from pgrunbook.errors import RunbookError
-from pgrunbook.settings import Settings, config_dir_from, load_settings
+from pgrunbook.core import journal, worklog
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.settings import Settings, config_dir_from, load_settings
+from pgrunbook.monitoring import metrics, notify
 
 T = TypeVar("T")
 
@@ -105,7 +106,7 @@ def settings_for(
     if left:
         console.warn(left)
     if resolve or apps:
-        from pgrunbook import discovery
+        from pgrunbook.infra import discovery
 
         try:
             settings = _bound(settings, apps, task, console, discovery)

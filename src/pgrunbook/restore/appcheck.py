@@ -6,13 +6,13 @@ import os
 import subprocess
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pgrunbook.backup import file_chunks
-from pgrunbook.console import Console
-from pgrunbook.errors import RunbookError
-from pgrunbook.postgres import (
+from pgrunbook.backup.dump import file_chunks
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.settings import Settings
+from pgrunbook.infra.postgres import (
     Postgres,
 )
-from pgrunbook.settings import Settings
 
 
 def database_url(settings: Settings, database: str, masked: bool) -> str:

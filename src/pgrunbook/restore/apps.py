@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pgrunbook.console import Console
-from pgrunbook.container import engine
-from pgrunbook.errors import RunbookError
-from pgrunbook.settings import Settings
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.settings import Settings
+from pgrunbook.infra.container import engine
 
 
 class AppWrites:
@@ -24,7 +24,7 @@ class AppWrites:
         """APP_CONTAINERS and APP_SERVICES (Compose) as containers; a missing one is an error."""
         if not (self.settings.app_containers or self.settings.app_services):
             return
-        from pgrunbook import discovery
+        from pgrunbook.infra import discovery
 
         self.models = discovery.find_app_containers(self.settings, engine())
 

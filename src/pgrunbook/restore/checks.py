@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pgrunbook.postgres import (
+from pgrunbook.infra.postgres import (
     EXACT_ROWS,
     USER_TABLES_FROM,
     Postgres,

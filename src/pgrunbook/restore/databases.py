@@ -10,16 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from pgrunbook.console import Console
-from pgrunbook.errors import RunbookError
-from pgrunbook.postgres import (
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.settings import Settings
+from pgrunbook.core.worklog import now_iso, operator
+from pgrunbook.infra.postgres import (
     DatabaseFacts,
     Postgres,
     quote_ident,
     quote_literal,
 )
-from pgrunbook.settings import Settings
-from pgrunbook.worklog import now_iso, operator
 
 MARK = "pgrunbook"
 ROLES = ("scratch", "staging", "previous", "verify", "rolledback", "prestaged")

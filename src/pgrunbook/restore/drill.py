@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from pgrunbook import discovery
-from pgrunbook.console import Console
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import (
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.settings import Settings
+from pgrunbook.core.worklog import Entry, recorded
+from pgrunbook.infra import discovery
+from pgrunbook.infra.postgres import (
     Postgres,
 )
 from pgrunbook.restore import prestage
@@ -15,8 +17,6 @@ from pgrunbook.restore.databases import create_database, drop_kit_database, kit_
 from pgrunbook.restore.guards import check_versions
 from pgrunbook.restore.source import inspect_with_facts
 from pgrunbook.restore.staging import RestoreOptions, restore_into
-from pgrunbook.settings import Settings
-from pgrunbook.worklog import Entry, recorded
 
 
 def restore_test(settings: Settings, file: str | None, console: Console) -> DatabaseSummary:

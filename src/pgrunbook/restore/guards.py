@@ -6,12 +6,12 @@ import re
 import sys
 from collections.abc import Callable
 
-from pgrunbook.archive import major_version
-from pgrunbook.console import Console, human_size
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import ServerFacts
+from pgrunbook.core.console import Console, human_size
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.settings import Settings, load_settings
+from pgrunbook.infra.archive import major_version
+from pgrunbook.infra.postgres import ServerFacts
 from pgrunbook.restore.source import Source
-from pgrunbook.settings import Settings, load_settings
 
 
 def check_versions(source: Source, server_version: str) -> None:
@@ -32,7 +32,7 @@ def check_versions(source: Source, server_version: str) -> None:
             f"PostgreSQL {major_version(made_by)} 以上のコンテナに戻す",
         )
     if source.format == "plain":  # psql comes with the server's own package
-        from pgrunbook.versions import check_sql_for_psql
+        from pgrunbook.infra.versions import check_sql_for_psql
 
         check_sql_for_psql(source.path.name, head, server_version)
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pgrunbook import discovery, journal
-from pgrunbook.console import Console
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import (
+from pgrunbook.core import journal
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.safety import exclusive_lock
+from pgrunbook.core.settings import Settings
+from pgrunbook.core.worklog import Entry, append_started, recorded
+from pgrunbook.infra import discovery
+from pgrunbook.infra.postgres import (
     Postgres,
     quote_literal,
 )
@@ -17,9 +21,6 @@ from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_data
 from pgrunbook.restore.guards import confirm, preflight_replace
 from pgrunbook.restore.source import Source
 from pgrunbook.restore.swap import live_closed, record_identity, swap_databases
-from pgrunbook.safety import exclusive_lock
-from pgrunbook.settings import Settings
-from pgrunbook.worklog import Entry, append_started, recorded
 
 
 def restore_rollback(

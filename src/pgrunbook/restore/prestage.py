@@ -27,10 +27,10 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pgrunbook import inventory
-from pgrunbook.console import Console, human_size
-from pgrunbook.errors import RunbookError
-from pgrunbook.postgres import Postgres, ServerFacts, quote_ident, quote_literal
+from pgrunbook.core.console import Console, human_size
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.settings import Settings
+from pgrunbook.infra.postgres import Postgres, ServerFacts, quote_ident, quote_literal
 from pgrunbook.restore.databases import (
     MARK,
     cleanup_step,
@@ -40,7 +40,7 @@ from pgrunbook.restore.databases import (
 )
 from pgrunbook.restore.source import Source
 from pgrunbook.restore.staging import RestoreOptions, check_free_space
-from pgrunbook.settings import Settings
+from pgrunbook.store import inventory
 
 ROLE = "prestaged"
 DETAIL = re.compile(r"file=(?P<file>\S+) sha256=(?P<sha256>[0-9a-f]{64}) "
@@ -121,7 +121,7 @@ def _parsed(created_at: str) -> datetime:
 def by_file(settings: Settings, console: Console) -> dict[str, str] | None:
     """For ``invoke list``: backup file -> its prestaged database (None: the server
     cannot be asked; the list itself never needs it)."""
-    from pgrunbook import discovery
+    from pgrunbook.infra import discovery
 
     try:
         pg = Postgres(discovery.db_container(settings), settings)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pgrunbook.errors import RunbookError
-from pgrunbook.postgres import Postgres, quote_ident
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.infra.postgres import Postgres, quote_ident
 
 # kind, schema, name (functions with their identity arguments), owner, and the
 # effective privileges as sorted "grantee:privilege:grantable" ("" = PUBLIC)

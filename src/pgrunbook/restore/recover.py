@@ -20,17 +20,18 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pgrunbook import discovery, journal
-from pgrunbook.console import Console
-from pgrunbook.container import engine
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import Postgres, quote_ident, quote_literal
+from pgrunbook.core import journal
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.safety import exclusive_lock
+from pgrunbook.core.settings import Settings
+from pgrunbook.core.worklog import Entry, recorded
+from pgrunbook.infra import discovery
+from pgrunbook.infra.container import engine
+from pgrunbook.infra.postgres import Postgres, quote_ident, quote_literal
 from pgrunbook.restore.databases import drop_kit_database, kit_databases
 from pgrunbook.restore.staging import upload_prefix
 from pgrunbook.restore.swap import wait_for_script
-from pgrunbook.safety import exclusive_lock
-from pgrunbook.settings import Settings
-from pgrunbook.worklog import Entry, recorded
 
 LEFTOVER_ROLES = ("staging",)  # verify DBs: a restore test may be running (no lock); restore-drop
 

@@ -23,10 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pgrunbook import discovery, drift, faults, journal
-from pgrunbook.console import Console
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import USER_TABLES_FROM, DatabaseFacts, Postgres, ServerFacts, quote_ident
+from pgrunbook.core import faults, journal
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.safety import exclusive_lock
+from pgrunbook.core.settings import Settings
+from pgrunbook.core.worklog import Entry, append_started, recorded
+from pgrunbook.infra import discovery
+from pgrunbook.infra.postgres import USER_TABLES_FROM, DatabaseFacts, Postgres, ServerFacts, quote_ident
 from pgrunbook.restore import prestage, privileges
 from pgrunbook.restore.appcheck import apply_masking, run_post_restore_command
 from pgrunbook.restore.apps import AppWrites
@@ -48,9 +52,7 @@ from pgrunbook.restore.swap import (
     swap_committed,
     swap_databases,
 )
-from pgrunbook.safety import exclusive_lock
-from pgrunbook.settings import Settings
-from pgrunbook.worklog import Entry, append_started, recorded
+from pgrunbook.store import drift
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgrunbook import discovery
-from pgrunbook.console import Console
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import (
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.settings import Settings
+from pgrunbook.core.worklog import Entry, recorded
+from pgrunbook.infra import discovery
+from pgrunbook.infra.postgres import (
     Postgres,
 )
 from pgrunbook.restore.appcheck import apply_masking, database_url, run_post_restore_command
@@ -22,8 +24,6 @@ from pgrunbook.restore.databases import (
 from pgrunbook.restore.guards import check_versions, warn_personal_data
 from pgrunbook.restore.source import inspect_with_facts
 from pgrunbook.restore.staging import RestoreOptions, restore_into
-from pgrunbook.settings import Settings
-from pgrunbook.worklog import Entry, recorded
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def restore_scratch(
 
 
 def _validate_target_name(settings: Settings, name: str) -> None:
-    from pgrunbook.settings import SQL_NAME
+    from pgrunbook.core.settings import SQL_NAME
 
     if not SQL_NAME.match(name):
         raise RunbookError(f"DB 名 {name!r} は使えません", "英数字と _ のみ、63 文字以内")

@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgrunbook import catalog
-from pgrunbook.archive import ArchiveHeader, read_header
-from pgrunbook.console import Console
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import (
+from pgrunbook.backup.verify import check_file, resolve_file
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.settings import Settings
+from pgrunbook.infra.archive import ArchiveHeader, read_header
+from pgrunbook.infra.postgres import (
     Postgres,
     ServerFacts,
 )
-from pgrunbook.settings import Settings
-from pgrunbook.verify import check_file, resolve_file
+from pgrunbook.store import catalog
 
 
 @dataclass(frozen=True)

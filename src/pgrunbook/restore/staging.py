@@ -10,17 +10,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pgrunbook import faults
-from pgrunbook.console import Console, human_size
-from pgrunbook.errors import RunbookError
-from pgrunbook.postgres import (
+from pgrunbook.backup.verify import Digest
+from pgrunbook.core import faults
+from pgrunbook.core.console import Console, human_size
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.settings import Settings
+from pgrunbook.infra.postgres import (
     Postgres,
     ServerFacts,
 )
 from pgrunbook.restore.source import Source, check_digest
 from pgrunbook.restore.sqlfilter import without_owner_and_acl
-from pgrunbook.settings import Settings
-from pgrunbook.verify import Digest
 
 OWNERSHIP = ("auto", "archive", "live", "restorer")
 

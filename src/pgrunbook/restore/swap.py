@@ -17,11 +17,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from pgrunbook import drift, faults
-from pgrunbook.archive import major_version
-from pgrunbook.errors import Refused, RunbookError
-from pgrunbook.postgres import DatabaseFacts, Postgres, quote_ident, quote_literal
-from pgrunbook.worklog import Entry
+from pgrunbook.core import faults
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.worklog import Entry
+from pgrunbook.infra.archive import major_version
+from pgrunbook.infra.postgres import DatabaseFacts, Postgres, quote_ident, quote_literal
+from pgrunbook.store import drift
 
 CLOSED = "pgrunbook: closed"
 VERDICTS = ("swapped", "refused-prepared", "close-failed", "reopened", "still-closed")

@@ -1,0 +1,8 @@
+"""Making and keeping backups.
+
+* ``dump``: ``backup`` / ``backup-sql``: pg_dump streamed, checked, renamed
+* ``globals``: ``backup-globals`` (pg_dumpall --globals-only)
+* ``verify``: ``verify``: size, format, sha256, manifest, TOC, a full read
+* ``prune``: ``prune``: the retention policy (pure) and the deletion
+* ``pin``: ``pin`` / ``unpin`` / ``accept-drift``: changes to a backup's manifest
+"""

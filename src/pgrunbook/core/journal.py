@@ -1,0 +1,141 @@
+"""What a restore-replace or rollback is doing right now, on the host.
+
+Written before each step that changes something (the staging database, the
+upload, each app container stopped, the swap) and removed when the run ends
+in a state it has put right itself. A file that outlives its process is what
+a ``kill -9``, an OOM kill or a power cut left: every task of the env prints
+one line about it and ``invoke restore-recover`` repairs it (restore/recover.py).
+Kept light (no Docker import): the notice runs at every task's start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pgrunbook.core.settings import Settings
+from pgrunbook.core.worklog import ensure_private_dir, now_iso, operator
+
+NAME = ".restore-in-progress.json"
+
+
+def path_of(settings: Settings) -> Path:
+    return settings.backup_dir / NAME
+
+
+class Journal:
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def begin(cls, settings: Settings, task: str, **fields: Any) -> Journal:
+        data = {
+            "task": task, "env": settings.env, "database": settings.db_name,
+            "container": settings.db_container, "pid": os.getpid(), "host": socket.gethostname(),
+            "boot_id": boot_id(), "process_started": process_started(os.getpid()),
+            "operator": operator(), "started_at": now_iso(), "stage": "start",
+            "apps_stopped": [], **fields,
+        }
+        journal = cls(path_of(settings), data)
+        journal._write()
+        return journal
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self._write()
+
+    def app_stopping(self, name: str) -> None:
+        """Before the stop: an interrupted stop is still restarted by the recovery."""
+        if name not in self.data["apps_stopped"]:
+            self.data["apps_stopped"].append(name)
+        self._write()
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _write(self) -> None:
+        ensure_private_dir(self.path.parent)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(self.data, ensure_ascii=False).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.path)
+
+
+def read(settings: Settings) -> dict[str, Any] | None:
+    try:
+        return json.loads(path_of(settings).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"stage": "不明（記録が読めません）", "task": "?"}
+
+
+def boot_id() -> str | None:
+    """This boot of the kernel: a pid written before a reboot means nothing after it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_started(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, /proc/PID/stat field 22): with
+    the pid, it names one process; a pid alone is soon reused by another."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def is_alive(data: dict[str, Any]) -> bool:
+    """Is the run that wrote ``data`` still going (same host, same process alive)?"""
+    if data.get("host") != socket.gethostname():
+        return True  # another host's run: we cannot tell, so we do not call it dead
+    pid = data.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    if data.get("boot_id") and boot_id() and data["boot_id"] != boot_id():
+        return False  # written before a reboot (a power cut): that process is gone
+    if data.get("process_started"):
+        return process_started(pid) == data["process_started"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"invoke" in command or b"pgrunbook" in command or b"python" in command
+
+
+def leftover(settings: Settings) -> dict[str, Any] | None:
+    """The record of an interrupted run of this env, if one was left."""
+    data = read(settings)
+    if data is None or is_alive(data):
+        return None
+    return data
+
+
+def notice(settings: Settings) -> str | None:
+    """The one line every task of the env prints while an interrupted run is unrepaired."""
+    data = leftover(settings)
+    if data is None:
+        return None
+    apps = data.get("apps_stopped") or []
+    stopped = f"（停止したままのアプリ: {', '.join(apps)}）" if apps else ""
+    return (f"前回の {data.get('task', '?')}（{data.get('started_at', '?')}、{data.get('operator', '?')}、"
+            f"段階: {data.get('stage', '?')}）が途中で止まっています"
+            f"{stopped}"
+            f" → invoke restore-recover --env={settings.env} で確認・修復")

@@ -1,0 +1,9 @@
+"""The engine and the server: everything that talks to Docker or PostgreSQL.
+
+* ``container``: the Docker SDK in one place (exec with streams, archives)
+* ``discovery``: which container (DB_CONTAINER, or Compose labels)
+* ``postgres``: psql, pg_* tools and the facts of the server, inside the container
+* ``versions``: what differs between PostgreSQL versions (pure)
+* ``archive``: the custom-format header and the SQL dump's ending (pure)
+* ``manual``: the hand commands that do what each task does
+"""

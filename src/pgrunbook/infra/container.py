@@ -1,0 +1,400 @@
+"""The Docker SDK in one place: find the container, exec with streams, archives.
+
+Every call goes through the Engine API (no ``docker`` CLI): exec with streamed
+stdout/stderr (and optionally stdin) and the real exit code from
+``exec_inspect``; files in and out as tar archives, streamed both ways so that
+memory stays flat whatever the size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, DockerException, NotFound
+from docker.utils.socket import frames_iter
+
+from pgrunbook.core.errors import RunbookError
+
+CHUNK = 1 << 20
+STDERR_KEEP = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def error_text(self) -> str:
+        """The line that names the error (PostgreSQL tools print context lines after it)."""
+        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        for line in lines:
+            if re.search(r"\b(ERROR|FATAL|error|fatal):", line):
+                return line
+        return lines[-1] if lines else f"exit code {self.exit_code}"
+
+
+_clients: dict[str, docker.DockerClient] = {}
+
+
+def engine() -> docker.DockerClient:
+    """A connected client, or one clear message when there is no engine.
+
+    One per process and DOCKER_HOST: a task resolves its container (discovery)
+    and then works with it; a second client and ping would cost ~20 ms each."""
+    where = os.environ.get("DOCKER_HOST", "")
+    if where in _clients:
+        return _clients[where]
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except DockerException as error:
+        raise RunbookError(
+            "Docker Engine に接続できません",
+            "Docker が起動しているか（systemctl status docker / docker version）、"
+            "このユーザーが docker グループにいるかを確認",
+        ) from error
+    _clients[where] = client
+    return client
+
+
+class Container:
+    """A running container, reached through the Engine API only."""
+
+    def __init__(self, client: docker.DockerClient, model) -> None:
+        self.client = client
+        self.model = model
+        self.name: str = model.name
+        self.api = client.api
+        self._info: dict | None = None
+
+    def engine_info(self) -> dict:
+        """The engine's ``docker info`` (asked once)."""
+        if self._info is None:
+            self._info = self.client.info()
+        return self._info
+
+    @classmethod
+    def find(cls, name: str, client: docker.DockerClient | None = None) -> Container:
+        client = client or engine()
+        try:
+            model = client.containers.get(name)
+        except NotFound:
+            running = sorted(c.name for c in client.containers.list())
+            listing = ", ".join(running) if running else "（稼働中のコンテナはありません）"
+            raise RunbookError(
+                f"コンテナ {name!r} が見つかりません",
+                f"DB_CONTAINER を確認。稼働中のコンテナ: {listing}",
+            ) from None
+        except APIError as error:
+            raise RunbookError(f"コンテナ {name!r} を調べられません: {error.explanation}") from error
+        if model.status != "running":
+            raise RunbookError(
+                f"コンテナ {name!r} は停止しています（状態: {model.status}）",
+                f"docker start {name} で起動してから再実行",
+            )
+        return cls(client, model)
+
+    def engine_description(self) -> str:
+        """Which Docker Engine this is: a DOCKER_HOST left in a shell must show."""
+        where = os.environ.get("DOCKER_HOST") or "ローカル（/var/run/docker.sock）"
+        try:
+            name = self.engine_info().get("Name", "")
+        except Exception:  # noqa: BLE001 - only a description
+            name = ""
+        return f"{where}{f'（ホスト {name}）' if name else ''}"
+
+    def exec_owner(self) -> tuple[int, int]:
+        """uid and gid of the container's exec user: files put into the container
+        belong to it, so that its pg_restore can read them and its rm remove them."""
+        user = (self.model.attrs.get("Config") or {}).get("User") or ""
+        if user in ("", "root", "0", "0:0"):
+            return 0, 0
+        ids = self.run(["id", "-u"]), self.run(["id", "-g"])
+        try:
+            return int(ids[0].stdout), int(ids[1].stdout)
+        except ValueError:
+            return 0, 0
+
+    def cpu_count(self) -> int:
+        """The CPUs the container may use: its cpuset, --cpus or CPU quota, else the
+        engine's. From the Engine API, not an exec (no process in the container)."""
+        host = self.model.attrs.get("HostConfig") or {}
+        limits = []
+        if host.get("NanoCpus"):
+            limits.append(math.ceil(host["NanoCpus"] / 1e9))
+        if (host.get("CpuQuota") or 0) > 0:
+            limits.append(math.ceil(host["CpuQuota"] / (host.get("CpuPeriod") or 100_000)))
+        if host.get("CpusetCpus"):
+            limits.append(cpuset_size(host["CpusetCpus"]))
+        if not limits:
+            with contextlib.suppress(Exception):
+                limits.append(int(self.engine_info().get("NCPU") or 1))
+        return max(1, min(limits, default=1))
+
+    # ---- exec -----------------------------------------------------------------
+    def exec(
+        self,
+        argv: list[str],
+        *,
+        environment: dict[str, str] | None = None,
+        stdin: Iterable[bytes] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+        user: str = "",
+    ) -> ExecResult:
+        """Run argv in the container; stream stdout to on_stdout (else collect it).
+
+        Secrets go in ``environment``, never in argv. The exit code is the real
+        one from exec_inspect.
+        """
+        try:
+            exec_id = self.api.exec_create(
+                self.model.id,
+                argv,
+                stdout=True,
+                stderr=True,
+                stdin=stdin is not None,
+                tty=False,
+                environment=environment or None,
+                user=user,
+            )["Id"]
+        except APIError as error:
+            raise self._exec_error(error) from error
+        collected = bytearray()
+        stderr_tail = bytearray()
+        head = bytearray()  # the runtime's own complaint arrives on stdout
+
+        def deliver_stdout(data: bytes) -> None:
+            if len(head) < 512:
+                head.extend(data[: 512 - len(head)])
+            if on_stdout is None:
+                collected.extend(data)
+            else:
+                on_stdout(data)
+
+        def deliver_stderr(data: bytes) -> None:
+            stderr_tail.extend(data)
+            if len(stderr_tail) > STDERR_KEEP:
+                del stderr_tail[: len(stderr_tail) - STDERR_KEEP]
+
+        if stdin is None:
+            stream = self.api.exec_start(exec_id, stream=True, demux=True)
+            for out, err in stream:
+                if out:
+                    deliver_stdout(out)
+                if err:
+                    deliver_stderr(err)
+        else:
+            self._exec_with_stdin(exec_id, stdin, deliver_stdout, deliver_stderr)
+        exit_code = self._exit_code(exec_id)
+        if exit_code in (126, 127) and head.startswith(b"OCI runtime exec failed"):
+            # not the command's failure: it never ran (not installed, not executable)
+            raise RunbookError(
+                f"コンテナ {self.name} で {argv[0]} を実行できません: "
+                f"{head.decode('utf-8', 'replace').strip()}",
+                "PostgreSQL のクライアントツール（pg_dump, pg_restore, psql）が入った DB のコンテナを "
+                "DB_CONTAINER に指定",
+            )
+        return ExecResult(exit_code, bytes(collected), stderr_tail.decode("utf-8", "replace"))
+
+    def start_detached(self, argv: list[str], environment: dict[str, str] | None = None) -> None:
+        """Start a command that goes on without us (best effort, no result)."""
+        try:
+            exec_id = self.api.exec_create(self.model.id, argv, environment=environment or None)["Id"]
+            self.api.exec_start(exec_id, detach=True)
+        except APIError as error:
+            raise self._exec_error(error) from error
+
+    def _exec_with_stdin(
+        self,
+        exec_id: str,
+        stdin: Iterable[bytes],
+        deliver_stdout: Callable[[bytes], None],
+        deliver_stderr: Callable[[bytes], None],
+    ) -> None:
+        sock = self.api.exec_start(exec_id, socket=True)
+        raw = getattr(sock, "_sock", sock)
+        writer_error: list[BaseException] = []
+        stop = threading.Event()
+
+        def write_all() -> None:
+            try:
+                for chunk in stdin:
+                    if stop.is_set():
+                        break
+                    raw.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                pass  # the process ended early (e.g. pg_restore --list): not our failure
+            except BaseException as error:  # noqa: BLE001 - reported after the join
+                writer_error.append(error)
+            finally:
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_WR)
+
+        writer = threading.Thread(target=write_all, name="exec-stdin", daemon=True)
+        writer.start()
+        try:
+            for stream_id, data in frames_iter(sock, tty=False):
+                if stream_id == 1:
+                    deliver_stdout(data)
+                elif stream_id == 2:
+                    deliver_stderr(data)
+        finally:
+            # The process may end before reading all its input (pg_restore --list
+            # stops after the TOC). shutdown() wakes a writer blocked in sendall;
+            # close() alone would leave it hanging until the engine drops the
+            # connection.
+            stop.set()
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+            # the process has ended: a writer still inside its source (a generator
+            # waiting for something) is a daemon thread and is left behind
+            writer.join(timeout=2)
+            with contextlib.suppress(OSError):
+                raw.close()
+            sock.close()
+        if writer_error:
+            raise writer_error[0]
+
+    def _exit_code(self, exec_id: str) -> int:
+        for _ in range(200):
+            info = self.api.exec_inspect(exec_id)
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            time.sleep(0.05)
+        return -1
+
+    def _exec_error(self, error: APIError) -> RunbookError:
+        self.model.reload()
+        if self.model.status != "running":
+            return RunbookError(
+                f"コンテナ {self.name!r} が停止しました（状態: {self.model.status}）",
+                f"docker start {self.name} で起動してから再実行",
+            )
+        return RunbookError(f"コンテナ {self.name!r} でコマンドを実行できません: {error.explanation}")
+
+    def run(self, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult:
+        """Run a short command and collect its output."""
+        return self.exec(argv, environment=environment)
+
+    # ---- archives ---------------------------------------------------------------
+    def put_file(
+        self,
+        source: Path,
+        directory: str,
+        name: str,
+        mode: int = 0o600,
+        chunks: Iterable[bytes] | None = None,
+    ) -> str:
+        """Copy a host file into the container as one streamed tar (flat memory).
+
+        ``name`` may be ``subdirectory/file``: the subdirectory is created by the
+        same archive with mode 0700 (no mkdir exec). ``chunks`` may supply the
+        file's bytes (e.g. hashed on the way)."""
+        size = source.stat().st_size
+        now = int(time.time())
+        uid, gid = self.exec_owner()
+        headers = b""
+        parent = os.path.dirname(name)
+        if parent:
+            folder = tarfile.TarInfo(parent)
+            folder.type = tarfile.DIRTYPE
+            folder.mode = 0o700
+            folder.mtime, folder.uid, folder.gid = now, uid, gid
+            headers += folder.tobuf(format=tarfile.PAX_FORMAT)
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mode = mode
+        info.mtime, info.uid, info.gid = now, uid, gid
+        headers += info.tobuf(format=tarfile.PAX_FORMAT)
+
+        def tar_stream() -> Iterator[bytes]:
+            yield headers
+            if chunks is not None:
+                yield from chunks
+            else:
+                with open(source, "rb") as handle:
+                    while chunk := handle.read(CHUNK):
+                        yield chunk
+            padding = (-size) % tarfile.BLOCKSIZE
+            yield b"\0" * (padding + 2 * tarfile.BLOCKSIZE)
+
+        try:
+            self.api.put_archive(self.model.id, directory, tar_stream())
+        except APIError as error:
+            raise RunbookError(
+                f"{source.name} をコンテナ {self.name} の {directory} に置けません: "
+                f"{error.explanation}",
+                "コンテナのディスク容量と権限を確認",
+            ) from error
+        return f"{directory.rstrip('/')}/{name}"
+
+    def get_file(self, path: str, target: Path) -> int:
+        """Copy one file out of the container, streamed; returns its size."""
+        try:
+            chunks, _stat = self.api.get_archive(self.model.id, path, chunk_size=CHUNK)
+        except NotFound:
+            raise RunbookError(f"コンテナ内に {path} がありません") from None
+        reader = _IterableReader(chunks)
+        with tarfile.open(fileobj=reader, mode="r|") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                source = archive.extractfile(member)
+                assert source is not None
+                written = 0
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    while chunk := source.read(CHUNK):
+                        handle.write(chunk)
+                        written += len(chunk)
+                return written
+        raise RunbookError(f"コンテナ内の {path} は通常のファイルではありません")
+
+
+def cpuset_size(cpuset: str) -> int:
+    """How many CPUs a cpuset like ``0-3,6`` names."""
+    count = 0
+    for part in cpuset.split(","):
+        low, _, high = part.strip().partition("-")
+        if low.isdigit():
+            count += int(high) - int(low) + 1 if high.isdigit() else 1
+    return max(1, count)
+
+
+class _IterableReader(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:  # type: ignore[override]
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size

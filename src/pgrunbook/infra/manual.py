@@ -1,0 +1,353 @@
+"""The hand procedure each task replaces, as shell lines (for --dry-run and the docs).
+
+These are the runbook's own commands with this env's settings filled in, so an
+operator can always fall back to doing a step by hand. The password is never
+written out: ``-e PGPASSWORD`` passes the operator's shell variable through.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from pgrunbook.core.settings import Settings
+from pgrunbook.infra import versions
+from pgrunbook.infra.postgres import quote_literal
+
+
+def _relative(settings: Settings, path: Path) -> str:
+    try:
+        return str(path.relative_to(settings.config_dir))
+    except ValueError:
+        return str(path)
+
+
+def container_reference(settings: Settings) -> str:
+    """The container as a shell word: its name, or (DB_SERVICE not yet resolved) the
+    docker ps that finds it by Compose's labels."""
+    if settings.db_container:
+        return shlex.quote(settings.db_container)
+    labels = f" --filter label=com.docker.compose.service={shlex.quote(settings.db_service)}"
+    if settings.compose_project:
+        labels += f" --filter label=com.docker.compose.project={shlex.quote(settings.compose_project)}"
+    return f'"$(docker ps -q{labels})"'
+
+
+def _exec(settings: Settings, interactive_stdin: bool = True) -> str:
+    password = " -e PGPASSWORD" if settings.db_password else ""
+    flag = " -i" if interactive_stdin else ""
+    return f"docker exec{flag}{password} {container_reference(settings)}"
+
+
+def dump_argv(settings: Settings, fmt: str, no_owner: bool = False, no_acl: bool = False,
+              compression: str | None = None) -> list[str]:
+    """pg_dump's argv. ``compression``: the -Z the kit chose for this server's pg_dump;
+    without it (no server asked: --dry-run, the docs) DUMP_COMPRESSION or the
+    default of pg_dump 15 and older."""
+    argv = ["pg_dump", "-U", settings.db_user, "-d", settings.db_name,
+            "-F", "c" if fmt == "custom" else "p"]
+    if fmt == "custom":
+        argv += ["-Z", compression or settings.dump_compression or versions.DEFAULT_BEFORE_16]
+    argv.append(f"--lock-wait-timeout={settings.dump_lock_wait_timeout}")
+    if no_owner:
+        argv.append("--no-owner")
+    if no_acl:
+        argv.append("--no-acl")
+    return argv
+
+
+def backup_commands(
+    settings: Settings, fmt: str, target: Path, no_owner: bool = False, no_acl: bool = False
+) -> list[str]:
+    directory = shlex.quote(_relative(settings, target.parent))
+    final = shlex.quote(_relative(settings, target))
+    partial = shlex.quote(_relative(settings, target) + ".partial")
+    dump = shlex.join(dump_argv(settings, fmt, no_owner, no_acl))
+    lines = [f"mkdir -p {directory} && chmod 700 {directory}"]
+    if fmt == "custom" and not settings.dump_compression:
+        lines.append(f"# PostgreSQL 16 以降の pg_dump では -Z {versions.DEFAULT_FROM_16}"
+                     "（キットの既定。DUMP_COMPRESSION が空のとき）")
+    lines.append(f"{_exec(settings)} {dump} > {partial}")
+    if fmt == "custom":
+        lines.append(f"{_exec(settings)} pg_restore --list < {partial} > /dev/null")
+    else:
+        lines.append(f"tail -n 5 {partial}   # '-- PostgreSQL database dump complete' を確認")
+    lines += [
+        f"ls -lh {partial}",
+        f"mv -n {partial} {final}",
+        f"(cd {directory} && sha256sum {shlex.quote(target.name)} > "
+        f"{shlex.quote(target.name + '.sha256')})",
+    ]
+    return lines
+
+
+def verify_commands(settings: Settings, target: Path) -> list[str]:
+    directory = shlex.quote(_relative(settings, target.parent))
+    name = shlex.quote(target.name)
+    path = shlex.quote(_relative(settings, target))
+    lines = [
+        f"ls -lh {path}",
+        f"(cd {directory} && sha256sum -c {name}.sha256)",
+    ]
+    if target.suffix == ".dump":
+        lines += [
+            f"{_exec(settings)} pg_restore --list < {path} | grep -c 'TABLE DATA'",
+            f"{_exec(settings)} pg_restore -f /dev/null < {path}",
+        ]
+    else:
+        lines.append(f"tail -n 5 {path}   # '-- PostgreSQL database dump complete' を確認")
+    return lines
+
+
+# --- Hand procedures for the restore steps (the runbook's リストア A/B and SQL) ---
+# Used by the runbook site; the restore tasks do the same with more checks.
+
+
+def _sql_name(name: str) -> str:
+    """An identifier as psql needs it: bare when plain lowercase, else double-quoted."""
+    if name and name[0] in "abcdefghijklmnopqrstuvwxyz_" and all(
+        ch in "abcdefghijklmnopqrstuvwxyz0123456789_" for ch in name
+    ):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _shell_sql(statement: str) -> str:
+    """SQL as one shell word, readable: "...'app'..." rather than '...'"'"'app'"'"'...'."""
+    if "'" in statement and not any(ch in statement for ch in '"$`\\!'):
+        return f'"{statement}"'
+    return shlex.quote(statement)
+
+
+def _psql(settings: Settings, database: str, *statements: str) -> str:
+    """One psql session (stops at the first error) running each statement with -c."""
+    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", settings.db_user, "-d", database]
+    commands = "".join(f" -c {_shell_sql(statement)}" for statement in statements)
+    return f"{_exec(settings)} {shlex.join(argv)}{commands}"
+
+
+def _load(settings: Settings, archive: Path, database: str, no_owner: bool, no_acl: bool) -> str:
+    """Stream a host archive into a database: pg_restore for .dump, psql for .sql."""
+    path = shlex.quote(_relative(settings, archive))
+    if archive.suffix == ".sql":
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                "-U", settings.db_user, "-d", database]
+    else:
+        argv = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
+        if no_owner:
+            argv.append("--no-owner")
+        if no_acl:
+            argv.append("--no-acl")
+    return f"{_exec(settings)} {shlex.join(argv)} < {path}"
+
+
+def terminate_sql(database: str) -> str:
+    return (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = {quote_literal(database)} AND pid <> pg_backend_pid();"
+    )
+
+
+def preflight_commands(settings: Settings) -> list[str]:
+    """The runbook's 事前確認: which container, which server and pg_dump versions."""
+    return [
+        'docker ps --format "table {{.Names}}\\t{{.Image}}\\t{{.Status}}"',
+        f"{_exec(settings)} psql -X -U {shlex.quote(settings.db_user)} "
+        f"-d {shlex.quote(settings.db_name)} -Atc 'SELECT current_database(), version();'",
+        f"{_exec(settings)} pg_dump --version",
+    ]
+
+
+def table_summary_commands(settings: Settings, database: str) -> list[str]:
+    """The post-restore look: tables with row estimates, then the Prisma migrations if any."""
+    tables = (
+        "SELECT schemaname, relname, n_live_tup FROM pg_stat_user_tables "
+        "ORDER BY schemaname, relname;"
+    )
+    migrations = (
+        "SELECT migration_name, finished_at, rolled_back_at FROM _prisma_migrations "
+        "ORDER BY started_at DESC LIMIT 5;"
+    )
+    return [
+        f"{_exec(settings)} psql -X -U {shlex.quote(settings.db_user)} -d {shlex.quote(database)} "
+        f"-c 'ANALYZE;' -c {shlex.quote(tables)}",
+        f"{_exec(settings)} psql -X -U {shlex.quote(settings.db_user)} -d {shlex.quote(database)} "
+        f"-c {shlex.quote(migrations)}   # Prisma を使う DB のみ",
+    ]
+
+
+def restore_scratch_commands(
+    settings: Settings, archive: Path, database: str, no_owner: bool = False, no_acl: bool = False
+) -> list[str]:
+    """The runbook's B: restore into a separate database; the live one is never touched."""
+    return [
+        _psql(settings, "postgres", f"CREATE DATABASE {_sql_name(database)};"),
+        _load(settings, archive, database, no_owner, no_acl),
+        *table_summary_commands(settings, database),
+    ]
+
+
+def restore_replace_commands(
+    settings: Settings,
+    archive: Path,
+    staging: str,
+    previous: str,
+    no_owner: bool = False,
+    no_acl: bool = False,
+) -> list[str]:
+    """The runbook's A made safe: staging first, then swap names; the old DB is kept."""
+    live = settings.db_name
+    lines = [
+        "# 1. 本番 DB には触らず、staging DB に復元して確かめる",
+        _psql(settings, "postgres", f"CREATE DATABASE {_sql_name(staging)};"),
+        _load(settings, archive, staging, no_owner, no_acl),
+        *table_summary_commands(settings, staging)[:1],
+        "# 2. アプリの書き込みを止める",
+    ]
+    if settings.app_containers:
+        lines.append("docker stop " + " ".join(shlex.quote(name) for name in settings.app_containers))
+    else:
+        lines.append("#    メンテナンスモードなど（APP_CONTAINERS を設定すると docker stop の行になる）")
+    lines += [
+        "# 3. 接続を切って名前を入れ替える（旧 DB は消さずに残す）",
+        _psql(
+            settings, "postgres",
+            terminate_sql(live),
+            f"ALTER DATABASE {_sql_name(live)} RENAME TO {_sql_name(previous)};",
+            f"ALTER DATABASE {_sql_name(staging)} RENAME TO {_sql_name(live)};",
+        ),
+        "# 4. アプリを再開して動作確認",
+    ]
+    if settings.app_containers:
+        lines.append("docker start " + " ".join(shlex.quote(name) for name in settings.app_containers))
+    lines += table_summary_commands(settings, live)
+    return lines
+
+
+def rollback_commands(settings: Settings, previous: str, failed: str) -> list[str]:
+    """Undo a replace: the restored DB steps aside, the kept previous DB comes back."""
+    live = settings.db_name
+    return [
+        _psql(
+            settings, "postgres",
+            terminate_sql(live),
+            f"ALTER DATABASE {_sql_name(live)} RENAME TO {_sql_name(failed)};",
+            f"ALTER DATABASE {_sql_name(previous)} RENAME TO {_sql_name(live)};",
+        ),
+    ]
+
+
+def recover_commands(settings: Settings) -> list[str]:
+    """restore-recover by hand: look, then reopen, drop the staging DB, remove uploads, start apps."""
+    live = settings.db_name
+    container = settings.db_container
+    apps = " ".join(settings.app_containers) or "<アプリのコンテナ>"
+    return [
+        "# 2. 直す: 本番 DB を開く・staging DB を消す・アップロードを消す・アプリを起動",
+        _psql(settings, "postgres",
+              f"SELECT datname, datallowconn, shobj_description(oid, 'pg_database') FROM pg_database "
+              f"WHERE datname = {quote_literal(live)} OR shobj_description(oid, 'pg_database') LIKE "
+              f"'pgrunbook:staging:{settings.env}:%';"),
+        f"docker exec {container} sh -c 'ls -d /tmp/pgrunbook-* 2>/dev/null'",
+        "docker ps -a --filter status=exited",
+        "# 2. 直す: 閉じた本番 DB を開く、残った staging DB を消す、アップロードを消す、止めたアプリを起動",
+        _psql(settings, "postgres", f"ALTER DATABASE {_sql_name(live)} WITH ALLOW_CONNECTIONS true;"),
+        _psql(settings, "postgres", "DROP DATABASE \"<残った staging DB>\" WITH (FORCE);"),
+        f"docker exec {container} sh -c 'rm -rf /tmp/pgrunbook-upload-{settings.env}-*'",
+        f"docker start {apps}",
+    ]
+
+
+def drop_database_commands(settings: Settings, database: str) -> list[str]:
+    """Remove a scratch or kept-previous database (never the live one)."""
+    if database == settings.db_name:
+        raise ValueError("the live database is never dropped by a documented procedure")
+    return [
+        _psql(settings, "postgres", terminate_sql(database), f"DROP DATABASE {_sql_name(database)};"),
+    ]
+
+
+def restore_test_commands(settings: Settings, archive: Path, database: str) -> list[str]:
+    """verify --restore-test by hand: restore into a temporary DB, look, drop it."""
+    return [
+        *restore_scratch_commands(settings, archive, database)[:2],
+        *table_summary_commands(settings, database)[:1],
+        *drop_database_commands(settings, database),
+    ]
+
+
+def prestage_commands(settings: Settings, archive: Path, prestaged: str, staging: str,
+                      previous: str) -> list[str]:
+    """RESTORE_PRESTAGE by hand: keep a tested restore closed, later swap it in."""
+    replace = restore_replace_commands(settings, archive, staging, previous)
+    swap_from = next(i for i, line in enumerate(replace) if line.startswith("# 2."))
+    return [
+        "# 準備（夜間の復元テストで）: 最新のバックアップを別 DB に復元して行数を確かめ、接続を閉じて残す",
+        *restore_scratch_commands(settings, archive, prestaged)[:2],
+        *table_summary_commands(settings, prestaged)[:1],
+        _psql(settings, "postgres",
+              f"COMMENT ON DATABASE {_sql_name(prestaged)} IS "
+              f"{quote_literal('prestaged: ' + archive.name)};",
+              f"ALTER DATABASE {_sql_name(prestaged)} WITH ALLOW_CONNECTIONS false;"),
+        "# 置き換えるとき: 開いて行数をもう一度確かめてから、staging DB として名前を入れ替える",
+        _psql(settings, "postgres", f"ALTER DATABASE {_sql_name(prestaged)} RENAME TO {_sql_name(staging)};",
+              f"ALTER DATABASE {_sql_name(staging)} WITH ALLOW_CONNECTIONS true;"),
+        *table_summary_commands(settings, staging)[:1],
+        *replace[swap_from:],
+    ]
+
+
+def globals_argv(settings: Settings, with_role_passwords: bool = False) -> list[str]:
+    argv = ["pg_dumpall", "-U", settings.db_user, "--globals-only"]
+    if not with_role_passwords:
+        argv.append("--no-role-passwords")
+    return argv
+
+
+def globals_commands(settings: Settings, target: Path, with_role_passwords: bool = False) -> list[str]:
+    directory = shlex.quote(_relative(settings, target.parent))
+    final = shlex.quote(_relative(settings, target))
+    partial = shlex.quote(_relative(settings, target) + ".partial")
+    dump = shlex.join(globals_argv(settings, with_role_passwords))
+    return [
+        f"mkdir -p {directory} && chmod 700 {directory}",
+        f"(umask 077 && {_exec(settings)} {dump} > {partial})",
+        f"tail -n 5 {partial}   # '-- PostgreSQL database cluster dump complete' を確認",
+        f"mv -n {partial} {final}",
+        f"(cd {directory} && sha256sum {shlex.quote(target.name)} > "
+        f"{shlex.quote(target.name + '.sha256')})",
+    ]
+
+
+# The check's questions to the server as one readable psql query (the task's own
+# query, check.DATABASE_QUERY, also counts unreadable tables and returns JSON).
+CHECK_QUERY = (
+    "SELECT current_database(), pg_size_pretty(pg_database_size(current_database())), "
+    "current_setting('server_version'), pg_get_userbyid(d.datdba) AS owner, current_user, "
+    "r.rolsuper, r.rolcreatedb, pg_has_role('pg_signal_backend', 'MEMBER') AS signal_backend "
+    "FROM pg_database d, pg_roles r WHERE d.datname = current_database() AND r.rolname = current_user;"
+)
+
+
+def check_commands(settings: Settings) -> list[str]:
+    """The runbook's 事前確認 by hand: what ``invoke check`` looks at, one command each."""
+    folder = shlex.quote(_relative(settings, settings.backup_dir))
+    container = container_reference(settings)
+    compose = ("{{.Label \"com.docker.compose.project\"}}/{{.Label \"com.docker.compose.service\"}}")
+    return [
+        "echo \"DOCKER_HOST=${DOCKER_HOST:-ローカル}\" && "
+        "docker info --format '{{.Name}} {{.ServerVersion}}'",
+        "docker ps --format 'table {{.Names}}\\t{{.ID}}\\t{{.Image}}\\t{{.Status}}\\t"
+        f"{compose}'",
+        "docker ps --filter label=com.docker.compose.service=db   # Compose: サービス db のコンテナ",
+        f"docker inspect --format '{{{{.Id}}}} {{{{.Config.Image}}}} {{{{json .State}}}}' {container}"
+        "   # ID・イメージ・StartedAt・Health",
+        f"docker inspect --format '{{{{range .Mounts}}}}{{{{.Source}}}} -> {{{{.Destination}}}}"
+        f"{{{{println}}}}{{{{end}}}}' {container}   # DB のボリューム",
+        f"{_exec(settings, interactive_stdin=False)} psql -X -U {shlex.quote(settings.db_user)} "
+        f"-d {shlex.quote(settings.db_name)} -x -c \"{CHECK_QUERY}\"",
+        f"ls -ld {folder} && df -h {folder}   # 0700・自分の所有・空き容量",
+        f"ls -lt {folder} | head -5   # 最新のバックアップ",
+        "stat -c '%a %n' .env*   # .env と .env.<環境> は 600 であること",
+        f"crontab -l | grep -A8 '# BEGIN pgrunbook {settings.env}'",
+    ]

@@ -1,0 +1,5 @@
+"""The runbook site's generated parts. May read every area; no area imports it.
+
+* ``docs``: markers expanded at build time (tasks, settings, hand commands, files)
+* ``original``: the team's runbook, its sections and code blocks
+"""
