@@ -49,7 +49,7 @@ def on_env(env, config, files):
 
 def on_serve(server, config, builder):
     root = _root(config)
-    for name in ("tasks.py", ".env.example", "crontab.example", "src/pgrunbook"):
+    for name in ("tasks.py", "tasks_by_area", ".env.example", "crontab.example", "src/pgrunbook"):
         if (root / name).exists():
             server.watch(str(root / name))
     return server

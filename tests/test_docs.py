@@ -196,6 +196,7 @@ def test_unknown_marker_or_step_fails(tmp_path):
 def test_missing_embedded_file_fails_the_real_build(tmp_path):
     for name in ("mkdocs.yml", "docs_hooks.py", "tasks.py", ".env.example"):
         shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "tasks_by_area", tmp_path / "tasks_by_area")
     shutil.copytree(ROOT / "runbooks", tmp_path / "runbooks")
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q",
                            "-f", str(tmp_path / "mkdocs.yml"), "-d", str(tmp_path / "out")],
@@ -292,14 +293,14 @@ def test_search_works_from_a_file_server(site):
 def test_pitr_page_embeds_the_files_the_tests_run_and_the_hand_commands(site):
     """runbooks/pitr.md shows examples/pitr/* verbatim (tests/test_pitr.py builds and runs
     the same files) and the pitr tasks' own hand commands."""
-    from pgrunbook.pitr import pgbackrest as pitr
+    from pgrunbook.pitr import pgbackrest as pitr_pgbackrest
 
     text = page_text(site / "pitr.html")  # highlighted code: the text without its tags
     for name in ("compose.yaml", "Dockerfile", "pgbackrest.conf"):
         content = (ROOT / "examples" / "pitr" / name).read_text(encoding="utf-8").rstrip("\n")
         assert content in text, name
     example = docs.Example(docs.example_settings(ROOT / ".env.example"))
-    for lines in pitr.manual_steps(example.settings).values():
+    for lines in pitr_pgbackrest.manual_steps(example.settings).values():
         for line in lines():
             assert line in text, line
     assert "pg_dump を卒業するとき" in page_text(site / "index.html")

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pgrunbook.backup.pin import check_label, parse_keep
 from pgrunbook.backup.prune import Candidate, Policy, decide
 from pgrunbook.core import worklog
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.store import catalog, drift
 from pgrunbook.store.drift import Thresholds, compare, compare_identity
+from pgrunbook.store.pins import check_label, parse_keep
 
 DEFAULT = Thresholds()  # 50 %, tables of 100 rows or more
 

@@ -178,6 +178,7 @@ def test_home_page_links_to_the_original(site):
 def project_copy(tmp_path: Path) -> Path:
     for name in ("mkdocs.yml", "docs_hooks.py", "tasks.py", ".env.example", "crontab.example"):
         shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "tasks_by_area", tmp_path / "tasks_by_area")
     shutil.copytree(ROOT / "runbooks", tmp_path / "runbooks")
     shutil.copytree(ROOT / "examples", tmp_path / "examples")  # embedded by the PITR page
     return tmp_path

@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from conftest import PASSWORD, SCRAM_EVERYWHERE, Cli, _tar_of, last_line, wait_for
-from pgrunbook.pitr import pgbackrest as pitr
+from pgrunbook.pitr import scratch as pitr_scratch
 from test_pitr import (  # noqa: F401 - engine is a fixture
     BASE_IMAGE,
     CIPHER_PASS,
@@ -61,7 +61,7 @@ def test_the_copy_listens_on_no_tcp_address():
     """On PITR_SCRATCH_NETWORK=host the copy would take the host's port and serve the
     restored data; the kit reaches it through docker exec only."""
     command = ["postgres", "-c", "listen_addresses=*", "-c", "archive_mode=on", "-c", "port=5433"]
-    argv = pitr.scratch_command(command)
+    argv = pitr_scratch.scratch_command(command)
     assert argv[-2:] == ["-c", "listen_addresses="]  # the last -c wins
     assert "archive_mode=off" in argv and "port=5433" not in argv
 

@@ -7,8 +7,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from pgrunbook.backup.prune import Candidate, Policy, decide
+from pgrunbook.core.durations import parse_duration
 from pgrunbook.core.errors import RunbookError
-from pgrunbook.store.inventory import parse_duration, verified_index
+from pgrunbook.store.inventory import verified_index
 
 NOW = datetime(2026, 6, 15, 12, 0, 0)  # a Monday
 POLICY = Policy(days=30, weekly_days=90, monthly_days=365, min_keep=3)

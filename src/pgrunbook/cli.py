@@ -106,7 +106,7 @@ def settings_for(
     if left:
         console.warn(left)
     if resolve or apps:
-        from pgrunbook.infra import discovery
+        from pgrunbook.infra import discovery  # start-up time: only tasks that touch the DB need the SDK
 
         try:
             settings = _bound(settings, apps, task, console, discovery)

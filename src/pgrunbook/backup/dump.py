@@ -13,7 +13,6 @@ import concurrent.futures
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -27,22 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from pgrunbook import __version__
-from pgrunbook.backup import pin as pinning
 from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import ensure_private_dir, file_chunks, fsync_directory
 from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
-from pgrunbook.core.worklog import Entry, ensure_private_dir, now_iso, operator, recorded
+from pgrunbook.core.worklog import Entry, now_iso, operator, recorded
 from pgrunbook.infra import manual, versions
 from pgrunbook.infra.archive import MAGIC, SQL_HEAD, ArchiveError, parse_header, sql_tail_is_complete
-from pgrunbook.infra.container import CHUNK, Container
+from pgrunbook.infra.container import Container
 from pgrunbook.infra.postgres import (
     Postgres,
     SnapshotSession,
     TableCount,
     explain_failure,
 )
-from pgrunbook.store import catalog, drift
+from pgrunbook.store import catalog, drift, pins
 
 
 @dataclass(frozen=True)
@@ -51,12 +50,6 @@ class BackupResult:
     size: int
     sha256: str
     manifest: dict[str, Any]
-
-
-def file_chunks(path: Path, size: int = CHUNK) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(size):
-            yield chunk
 
 
 def toc_entries(pg: Postgres, path: Path) -> list[str]:
@@ -73,21 +66,6 @@ def toc_entries(pg: Postgres, path: Path) -> list[str]:
 
 def table_data_count(entries: list[str]) -> int:
     return sum(1 for line in entries if " TABLE DATA " in line)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a small sidecar atomically with mode 0600 (nothing is left if it fails)."""
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -130,14 +108,6 @@ class _HostWriteFailed(Exception):
     def __init__(self, error: OSError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 HEAD_BYTES = 8192
@@ -193,8 +163,8 @@ def run_backup(
     console = console or Console(settings.secrets())
     task = task or ("backup" if fmt == "custom" else "backup-sql")
     when = datetime.now()
-    label = pinning.check_label(label)
-    keep_until = pinning.parse_keep(keep, when.date()) if keep else None
+    label = pins.check_label(label)
+    keep_until = pins.parse_keep(keep, when.date()) if keep else None
     if dry_run:
         target = settings.backup_dir / catalog.backup_name(
             settings.backup_prefix, settings.env, when, fmt, label=label
@@ -425,11 +395,8 @@ def write_dump(
         manifest = describe(stream, checks)
         sha256 = stream.hash.hexdigest()
         with on_host():
-            write_private(final.with_name(final.name + ".sha256"), f"{sha256}  {final.name}\n")
-            write_private(
-                final.with_name(final.name + ".json"),
-                json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
-            )
+            catalog.write_checksum(final, sha256)
+            catalog.write_manifest(final, manifest)
         with on_host():
             try:
                 os.link(partial, final)  # the commit point; fails rather than overwrite

@@ -20,9 +20,10 @@ from pgrunbook import __version__
 from pgrunbook.backup.dump import BackupResult, _Stream, write_dump
 from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import ensure_private_dir
 from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
-from pgrunbook.core.worklog import Entry, ensure_private_dir, now_iso, operator, recorded
+from pgrunbook.core.worklog import Entry, now_iso, operator, recorded
 from pgrunbook.infra import manual
 from pgrunbook.infra.archive import GLOBALS_COMPLETE, GLOBALS_HEAD, read_sql_tail, sql_tail_is_complete
 from pgrunbook.infra.container import Container

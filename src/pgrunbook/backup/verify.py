@@ -9,20 +9,16 @@ archive reads to the end (a truncated or corrupt file fails here).
 
 from __future__ import annotations
 
-import hashlib
-import os
-import queue
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgrunbook.backup.dump import file_chunks
 from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import HashingReader, file_chunks
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, recorded
 from pgrunbook.infra import discovery
@@ -38,9 +34,10 @@ from pgrunbook.infra.archive import (
     sql_head_is_globals,
     sql_tail_is_complete,
 )
-from pgrunbook.infra.container import CHUNK, ExecResult
+from pgrunbook.infra.container import ExecResult
 from pgrunbook.infra.postgres import Postgres
-from pgrunbook.store import catalog, inventory
+from pgrunbook.store import catalog
+from pgrunbook.store.select import resolve_file
 
 
 @dataclass
@@ -104,7 +101,7 @@ class _Tools:
         except RunbookError:
             return ""
 
-    def run(self, argv: list[str], path: Path, digest: Digest | None = None) -> ExecResult:
+    def run(self, argv: list[str], path: Path, digest: HashingReader | None = None) -> ExecResult:
         """``digest`` hashes the bytes sent to the container (on the host fallback
         it reads the file by itself later)."""
         self._resolve()
@@ -113,122 +110,6 @@ class _Tools:
         with open(path, "rb") as handle:
             done = subprocess.run(argv, stdin=handle, capture_output=True, check=False)
         return ExecResult(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
-
-
-def resolve_file(
-    settings: Settings, file: str | None, console: Console | None = None, *, newest: bool = False
-) -> Path:
-    """The file given (relative to the backup folder if not found as is), or the
-    env's default backup: with ``newest``, the newest one whatever its format (verify
-    checks the backup just made); otherwise the one a restore should take
-    (``restore_default``). Never one dated in the future. With a console, says which
-    file was chosen and why."""
-    if file:
-        path = Path(file).expanduser()
-        if not path.exists() and not path.is_absolute():
-            in_folder = settings.backup_dir / path
-            path = in_folder if in_folder.exists() else path
-        if not path.exists():
-            raise RunbookError(f"{file} がありません", "invoke list --env=... でファイルを確認")
-        # absolute, but a symlink stays the link: its sidecars are beside it (catalog.sidecar)
-        return Path(os.path.abspath(path))
-    items = inventory.inventory(settings, with_globals=False)
-    note = inventory.future_note(items)
-    if note and console:
-        console.warn(note)
-    usable = [item for item in items if not item.future]
-    if not usable:
-        raise RunbookError(
-            f"{settings.backup_dir} に環境 {settings.env} のバックアップがありません"
-            + ("（未来の日時のものを除く）" if items else ""),
-            f"invoke backup --env={settings.env} で作成",
-        )
-    if newest:
-        return usable[-1].backup.path
-    chosen, why = restore_default(usable)
-    if console:
-        console.step(f"--file の指定がないため {why} {chosen.name} を使います")
-    return chosen.backup.path
-
-
-def restore_default(items: list[inventory.Inventoried]) -> tuple[inventory.Inventoried, str]:
-    """What a restore takes without --file: the newest verified custom-format backup,
-    else the newest verified one, else the newest custom-format one, else the newest;
-    never one whose checksum disagrees with its manifest nor a suspect one (content
-    drift: an emptied or other database) unless nothing else is left.
-    Returns the item and the reason in words."""
-    sound = inventory.sound(items) or items
-    preferences = (
-        (lambda i: i.verified and i.backup.format == "custom", "検証済みで最新のカスタム形式"),
-        (lambda i: i.verified, "検証済みで最新の"),
-        (lambda i: i.backup.format == "custom", "最新のカスタム形式（未検証）"),
-        (lambda i: True, "最新の（未検証）"),
-    )
-    for wanted, why in preferences:
-        matching = [item for item in sound if wanted(item)]
-        if matching:
-            return matching[-1], why
-    raise AssertionError("restore_default needs at least one item")  # pragma: no cover
-
-
-class Digest:
-    """Hashes a file's bytes as they are sent (to the container for a restore, to
-    ``pg_restore -f /dev/null`` for verify), so the file is read once.
-
-    The hashing runs on its own thread, beside the sending (hashlib releases the
-    GIL): sha256 of 230 MiB costs ~0.25 s that would otherwise add to the send.
-    ``hexdigest`` may be called from another thread than the sender's, also while
-    the sender is still running: what the sender queues after that is not counted,
-    and the rest of the file is read from where the hashing stopped."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.hash = hashlib.sha256()
-        self.done = 0  # bytes queued for hashing (all of them hashed once finished)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._thread: threading.Thread | None = None
-
-    def _hash_queued(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self.hash.update(chunk)
-
-    def chunks(self) -> Iterator[bytes]:
-        with self._lock:
-            if self._closed or self._thread is not None:
-                raise RuntimeError("a Digest sends its file once")
-            self._thread = threading.Thread(target=self._hash_queued, name="sha256", daemon=True)
-            self._thread.start()
-        try:
-            for chunk in file_chunks(self.path):
-                with self._lock:  # the hashing thread never takes it: put() cannot deadlock
-                    if self._closed:
-                        return
-                    self._queue.put(chunk)
-                    self.done += len(chunk)
-                yield chunk
-        finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        with self._lock:
-            if not self._closed and self._thread is not None:
-                self._queue.put(None)
-            self._closed = True
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-
-    def hexdigest(self) -> str:
-        """The whole file's sha256, also when the reader stopped early."""
-        self._finish()
-        with open(self.path, "rb") as handle:
-            handle.seek(self.done)
-            while chunk := handle.read(CHUNK):
-                self.hash.update(chunk)
-                self.done += len(chunk)
-        return self.hash.hexdigest()
 
 
 def verify_backup(
@@ -302,10 +183,10 @@ def check_file(
 
     # A custom archive read to the end anyway is hashed on that same read (one
     # read of a large file, not two); its sidecar checks keep their place in the report.
-    digest = Digest(path) if checksum and fmt == "custom" and full_read else None
+    digest = HashingReader(path) if checksum and fmt == "custom" and full_read else None
     sidecars_at = len(report.checks)
     if digest is None:
-        report.sha256 = Digest(path).hexdigest() if checksum else None
+        report.sha256 = HashingReader(path).hexdigest() if checksum else None
         _check_sidecars(settings, report, backup, manifest, size, expected_env)
 
     if fmt == "custom":
@@ -390,7 +271,7 @@ def _check_archive(
     manifest: dict[str, Any] | None,
     console: Console,
     full_read: bool,
-    digest: Digest | None = None,
+    digest: HashingReader | None = None,
 ) -> None:
     try:
         with open(path, "rb") as handle:

@@ -16,8 +16,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from pgrunbook.core.files import ensure_private_dir, write_private
 from pgrunbook.core.settings import Settings
-from pgrunbook.core.worklog import ensure_private_dir, now_iso, operator
+from pgrunbook.core.worklog import now_iso, operator
 
 NAME = ".restore-in-progress.json"
 
@@ -59,14 +60,7 @@ class Journal:
 
     def _write(self) -> None:
         ensure_private_dir(self.path.parent)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(self.data, ensure_ascii=False).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.path)
+        write_private(self.path, json.dumps(self.data, ensure_ascii=False))
 
 
 def read(settings: Settings) -> dict[str, Any] | None:

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pgrunbook.core.errors import RunbookError
-from pgrunbook.core.worklog import ensure_private_dir, now_iso, operator
+from pgrunbook.core.files import ensure_private_dir
+from pgrunbook.core.worklog import now_iso, operator
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.files import ensure_private_dir
 
 
 def operator() -> str:
@@ -27,11 +28,6 @@ def operator() -> str:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
 
 
 # ---- the hash chain (issue 12) --------------------------------------------------------
@@ -303,3 +299,18 @@ def recorded(
         listeners = [notify] if notify else list(_notifiers.get(entry.env, {}).values())
         for listener in listeners:
             _notify(listener, record)
+
+
+def started_at(record: dict[str, Any]) -> float | None:
+    """When a work-log line's run started (UNIX time), or None when its time is unreadable."""
+    try:
+        return datetime.fromisoformat(str(record.get("time"))).timestamp()
+    except ValueError:
+        return None
+
+
+def ended_at(record: dict[str, Any] | None) -> float:
+    """When a work-log line's run ended (UNIX time); 0 for none."""
+    if not record:
+        return 0.0
+    return (started_at(record) or 0.0) + float(record.get("duration_seconds") or 0)

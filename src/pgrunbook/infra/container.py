@@ -26,8 +26,8 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.utils.socket import frames_iter
 
 from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import CHUNK
 
-CHUNK = 1 << 20
 STDERR_KEEP = 64 * 1024
 
 

@@ -23,15 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from pgrunbook.core.console import human_size
+from pgrunbook.core.durations import describe_age
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import Settings, available_envs
 from pgrunbook.infra import discovery
 from pgrunbook.infra.container import Container
 from pgrunbook.infra.postgres import Postgres
 from pgrunbook.monitoring import schedule
-from pgrunbook.restore import drills as drill
-from pgrunbook.restore import prestage
-from pgrunbook.store import inventory
+from pgrunbook.offsite import remote as offsite
+from pgrunbook.restore import drill, prestage
+from pgrunbook.store import inventory, select
 
 OK, WARN, NG = "OK", "WARN", "NG"
 LEVELS = {OK: 0, WARN: 1, NG: 2}
@@ -175,7 +176,7 @@ class Checker:
             moment = datetime.fromisoformat(started[:26].rstrip("Z") + "+00:00")
         except ValueError:
             return "?"
-        return inventory.describe_age(datetime.now(timezone.utc) - moment)
+        return describe_age(datetime.now(timezone.utc) - moment)
 
     def separation(self) -> None:
         others = discovery.envs_sharing_database(self.settings, self.model.id, self.client)
@@ -233,7 +234,7 @@ class Checker:
             self.add(WARN, "事前展開", "事前展開 DB はありません（置き換えはファイルからの復元になります）",
                      f"invoke verify --env={s.env} --restore-test（最新のバックアップで作ります）")
             return
-        newest = inventory.sound(self._inventory())
+        newest = select.sound(self._inventory())
         current = found[-1]
         for older in found[:-1]:  # a restore test stopped before it dropped the one it replaced
             self.add(WARN, "事前展開",
@@ -363,14 +364,14 @@ class Checker:
             return
         newest = items[-1]
         age = max(self.now - newest.backup.created, timedelta(0))  # within the tolerance: "0分前"
-        text = f"{newest.name}（{inventory.describe_age(age)}前、{human_size(newest.size)}）"
+        text = f"{newest.name}（{describe_age(age)}前、{human_size(newest.size)}）"
         if newest.checksum not in (inventory.CHECKSUM_OK,):
             self.add(NG, "最新のバックアップ", f"{text}: チェックサム {newest.checksum}",
                      f"invoke verify --env={env} --file={newest.backup.path}")
         elif not newest.verified:
             self.add(WARN, "最新のバックアップ", f"{text}: 未検証", f"invoke verify --env={env}")
         elif age > FRESH:
-            self.add(WARN, "最新のバックアップ", f"{text}: {inventory.describe_age(FRESH)}より古い",
+            self.add(WARN, "最新のバックアップ", f"{text}: {describe_age(FRESH)}より古い",
                      "cron と backups/<env>/cron.log を確認")
         else:
             self.add(OK, "最新のバックアップ", f"{text}、検証済み {newest.verified_at}")
@@ -383,7 +384,7 @@ class Checker:
         worst = max(future, key=lambda item: item.ahead or timedelta(0))
         more = f" ほか {len(future) - 1} 件" if len(future) > 1 else ""
         self.add(NG, "未来の日時のバックアップ",
-                 f"{worst.name}（{inventory.describe_age(worst.ahead or timedelta(0))}先）{more}: "
+                 f"{worst.name}（{describe_age(worst.ahead or timedelta(0))}先）{more}: "
                  "最新とはみなしません",
                  "ホストの時計を確認（timedatectl）。時計が正しければファイルの日時が誤りなので、"
                  "その一式（.sha256・.json も）を別の場所へ移す")
@@ -406,7 +407,7 @@ class Checker:
             self.add(NG, "復元訓練", f"{text}（{last.get('error') or ''}）",
                      f"invoke verify --env={env} --restore-test で原因を確認")
         elif age > DRILL_FRESH:
-            self.add(WARN, "復元訓練", f"{text}（{inventory.describe_age(age)}前）",
+            self.add(WARN, "復元訓練", f"{text}（{describe_age(age)}前）",
                      f"invoke verify --env={env} --restore-test")
         else:
             self.add(OK, "復元訓練", text)
@@ -427,8 +428,6 @@ class Checker:
             self.add(OK, "cron", f"登録済み（{len(jobs)} 件のジョブ、crontab -l で確認）")
 
     def offsite(self) -> None:
-        from pgrunbook.offsite import remote as offsite
-
         remote = offsite.Remote(self.settings)
         from botocore.config import Config
 

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pgrunbook.core import worklog
 from pgrunbook.core.console import Console
@@ -61,20 +60,6 @@ METRICS: dict[str, str] = {
 }
 
 
-def _started(record: dict[str, Any]) -> float:
-    try:
-        return datetime.fromisoformat(str(record.get("time"))).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def ended(record: dict[str, Any] | None) -> float:
-    """The end of a work-log line's run (UNIX time); 0 for none."""
-    if not record:
-        return 0.0
-    return _started(record) + float(record.get("duration_seconds") or 0)
-
-
 def _suspect(item: Inventoried) -> bool:
     manifest = item.backup.manifest() if item.made_by_kit else None
     return bool(manifest and manifest.get("suspect"))
@@ -95,7 +80,7 @@ def collect_env(settings: Settings) -> EnvMetrics:
     # fresh for as long as it is ahead), as a backup dated in the future is never the newest
     horizon = time.time() + FUTURE_TOLERANCE.total_seconds()
     records = [r for r in worklog.read(settings.worklog_path)
-               if r.get("env") == settings.env and _started(r) <= horizon]
+               if r.get("env") == settings.env and (worklog.started_at(r) or 0.0) <= horizon]
     backups = [r for r in records if r.get("task") in BACKUP_TASKS]
     good = [r for r in backups if r.get("result") in SUCCESS_RESULTS]
     tests = [r for r in records if r.get("task") == RESTORE_TEST_TASK]
@@ -105,14 +90,14 @@ def collect_env(settings: Settings) -> EnvMetrics:
     items = [i for i in everything if not i.future]
     verified = [i for i in items if i.verified and i.valid]
     return EnvMetrics(settings.env, {
-        "pgrunbook_backup_last_timestamp_seconds": ended(last),
+        "pgrunbook_backup_last_timestamp_seconds": worklog.ended_at(last),
         "pgrunbook_backup_last_duration_seconds": float((last or {}).get("duration_seconds") or 0),
         "pgrunbook_backup_last_success": float(bool(last and last.get("result") in SUCCESS_RESULTS)),
-        "pgrunbook_backup_last_success_timestamp_seconds": ended(last_good),
+        "pgrunbook_backup_last_success_timestamp_seconds": worklog.ended_at(last_good),
         "pgrunbook_backup_last_size_bytes": float((last_good or {}).get("size") or 0),
         "pgrunbook_backup_last_verified_timestamp_seconds":
             verified[-1].backup.created.timestamp() if verified else 0.0,
-        "pgrunbook_restore_test_last_timestamp_seconds": ended(last_test),
+        "pgrunbook_restore_test_last_timestamp_seconds": worklog.ended_at(last_test),
         "pgrunbook_restore_test_last_duration_seconds":
             float((last_test or {}).get("duration_seconds") or 0),
         "pgrunbook_restore_test_last_success": float(bool(last_test and last_test.get("result") == "ok")),
@@ -153,7 +138,7 @@ def registry_for(settings: Settings):
         collected = collect_env(env_settings)
         for name, value in collected.values.items():
             gauges[name].labels(env=collected.env).set(value)
-    from pgrunbook.monitoring import pitr_metrics  # its gauges only for envs with PITR_STANZA
+    from pgrunbook.monitoring import pitr_metrics  # start-up time: its gauges only for envs with PITR_STANZA
 
     pitr_metrics.register(client, registry, envs)
     return registry

@@ -27,7 +27,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from datetime import datetime
 
 from pgrunbook import __version__
 from pgrunbook.core import worklog
@@ -104,18 +103,11 @@ def send(url: str, event: str, message: str, console: Console,
     return False
 
 
-def _started(record: dict) -> float | None:
-    try:
-        return datetime.fromisoformat(str(record.get("time"))).timestamp()
-    except ValueError:
-        return None
-
-
 def failure_message(settings: Settings, exit_code: int, since: float | None) -> str:
     """The one-line error of the job's failed task, from the work log (lines since ``since``)."""
     if since is not None:
         for record in reversed(worklog.read(settings.worklog_path)):
-            started = _started(record)
+            started = worklog.started_at(record)
             if started is None or started < since:
                 break
             if record.get("env") == settings.env and record.get("result") != "ok":

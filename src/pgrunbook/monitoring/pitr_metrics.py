@@ -22,25 +22,16 @@ PITR families at all.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-import time
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgrunbook.core import worklog
-from pgrunbook.core.console import Console
-from pgrunbook.monitoring import metrics
+from pgrunbook.pitr import observation
 
 if TYPE_CHECKING:
     from pgrunbook.core.settings import Settings
-    from pgrunbook.pitr.pgbackrest import ArchiverState, BackupSet, Status
 
-OBSERVATION_FILE = ".pitr-status.json"
 BACKUP_KINDS = ("full", "diff", "incr")
 DRILL_TASK = "pitr-drill"
 NEVER_STATUS = 2.0  # no pitr-status yet: as unknown as a DB that cannot be reached
@@ -77,91 +68,6 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def observation_path(settings: Settings) -> Path:
-    return settings.backup_dir / OBSERVATION_FILE
-
-
-def _stamp(when: datetime | None) -> float | None:
-    return None if when is None else when.timestamp()
-
-
-def _archiver(state: ArchiverState) -> dict[str, Any]:
-    return {
-        "last_archived_wal": state.last_archived_wal,
-        "last_archived": _stamp(state.last_archived_time),
-        "failed_count": state.failed_count,
-        "last_failed_wal": state.last_failed_wal,
-        "last_failed": _stamp(state.last_failed_time),
-        "failing": state.failing,
-        "waiting": state.waiting,
-        "oldest_waiting": _stamp(state.oldest_waiting),
-        "server_now": _stamp(state.now),
-    }
-
-
-def _backups(backups: list[BackupSet]) -> list[dict[str, Any]]:
-    return [{"label": b.label, "type": b.kind, "stop": b.stopped.timestamp()} for b in backups]
-
-
-def load(settings: Settings) -> dict[str, Any]:
-    try:
-        data = json.loads(observation_path(settings).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _save(settings: Settings, changes: dict[str, Any]) -> None:
-    """Merge into the observation: what was not read this time stays as last seen.
-
-    Written to a temporary file of its own (pitr-status from cron and a pitr-backup may
-    write at once), then renamed: a reader sees the old file or the new one."""
-    data = {**load(settings), **changes, "env": settings.env, "stanza": settings.pitr_stanza}
-    worklog.ensure_private_dir(settings.backup_dir)
-    path = observation_path(settings)
-    fd, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)  # 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _warn(console: Console, error: OSError, settings: Settings) -> None:
-    console.warn(f"PITR の観測結果 {observation_path(settings)} を書けませんでした: "
-                 f"{error.strerror or error}（メトリクスが古いままになります。結果は変わりません）")
-
-
-def record_status(settings: Settings, status: Status, console: Console) -> None:
-    """Save what pitr-status saw, then rewrite METRICS_FILE; failures are warnings."""
-    if not settings.pitr_stanza:
-        return  # nothing to watch: no file, no PITR samples
-    changes: dict[str, Any] = {"checked": time.time(), "exit_code": status.exit_code,
-                               "line": console.redact(status.line)}  # as printed: no secret in the file
-    if status.state is not None:
-        changes["archiver"] = _archiver(status.state)
-    if status.backups is not None:
-        changes["backups"] = _backups(status.backups)
-    try:
-        _save(settings, changes)
-    except OSError as error:
-        _warn(console, error, settings)
-        return
-    metrics.write(settings, console)
-
-
-def record_backups(settings: Settings, backups: list[BackupSet], console: Console) -> None:
-    """After pitr-backup: the repository's list of base backups (METRICS_FILE follows the work log)."""
-    try:
-        _save(settings, {"backups": _backups(backups), "backups_read": time.time()})
-    except OSError as error:
-        _warn(console, error, settings)
-
-
 # --- the values ------------------------------------------------------------------------
 
 
@@ -181,15 +87,15 @@ def _number(value: Any, missing: float = 0.0) -> float:
         return missing
 
 
-def values(observation: dict[str, Any], drills: list[dict[str, Any]]) -> list[Sample]:
+def values(seen: dict[str, Any], drills: list[dict[str, Any]]) -> list[Sample]:
     """The samples of one env (pure): its saved observation and its pitr-drill work-log lines."""
-    archiver = observation.get("archiver") or {}
-    backups = [b for b in observation.get("backups") or [] if isinstance(b, dict)]
+    archiver = seen.get("archiver") or {}
+    backups = [b for b in seen.get("backups") or [] if isinstance(b, dict)]
     waiting = archiver.get("waiting") if archiver else 0
     samples = [
         Sample("pgrunbook_pitr_status_exit_code", {},
-               _number(observation.get("exit_code"), NEVER_STATUS)),
-        Sample("pgrunbook_pitr_status_timestamp_seconds", {}, _number(observation.get("checked"))),
+               _number(seen.get("exit_code"), NEVER_STATUS)),
+        Sample("pgrunbook_pitr_status_timestamp_seconds", {}, _number(seen.get("checked"))),
         Sample("pgrunbook_pitr_wal_last_archived_timestamp_seconds", {},
                _number(archiver.get("last_archived"))),
         Sample("pgrunbook_pitr_archive_failures", {}, _number(archiver.get("failed_count"))),
@@ -208,7 +114,7 @@ def values(observation: dict[str, Any], drills: list[dict[str, Any]]) -> list[Sa
         ]
     last = drills[-1] if drills else None
     samples += [
-        Sample("pgrunbook_pitr_drill_last_timestamp_seconds", {}, metrics.ended(last)),
+        Sample("pgrunbook_pitr_drill_last_timestamp_seconds", {}, worklog.ended_at(last)),
         Sample("pgrunbook_pitr_drill_last_duration_seconds", {},
                _number((last or {}).get("duration_seconds"))),
         Sample("pgrunbook_pitr_drill_last_success", {}, float(bool(last and last.get("result") == "ok"))),
@@ -222,7 +128,7 @@ def collect_env(settings: Settings) -> list[Sample]:
         return []
     drills = [r for r in worklog.read(settings.worklog_path)
               if r.get("env") == settings.env and r.get("task") == DRILL_TASK]
-    return values(load(settings), drills)
+    return values(observation.load(settings), drills)
 
 
 def register(client, registry, envs: list[Settings]) -> None:

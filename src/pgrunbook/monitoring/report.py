@@ -12,9 +12,7 @@ three line charts), so it opens from a file server or a mail attachment.
 from __future__ import annotations
 
 import html
-import os
 import statistics
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,9 +21,11 @@ from typing import Any
 from pgrunbook.core import worklog
 from pgrunbook.core.console import human_size
 from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import ensure_private_dir, write_private
 from pgrunbook.core.settings import Settings
-from pgrunbook.restore import drills as drill
-from pgrunbook.store import catalog, inventory
+from pgrunbook.monitoring import status
+from pgrunbook.restore import drill
+from pgrunbook.store import catalog
 
 BACKUP_TASKS = ("backup", "backup-sql")
 DROP_RATIO = 0.5  # smaller than half the median of the previous ones: a sudden drop
@@ -184,7 +184,7 @@ def render(settings: Settings, now: datetime | None = None) -> str:
     runs = backup_runs(settings)
     drops = sudden_drops(runs)
     drills = drill.drills(settings)
-    fresh = inventory.freshness(settings, timedelta(hours=26), now)
+    fresh = status.freshness(settings, timedelta(hours=26), now)
     badge = {0: "ok", 1: "stale", 2: "none"}[fresh.exit_code]
     good = [r for r in runs if r.result == "ok"]
 
@@ -273,21 +273,11 @@ def render(settings: Settings, now: datetime | None = None) -> str:
 def write_report(settings: Settings, target: Path | None = None, now: datetime | None = None) -> Path:
     """Write the page atomically (a reader never sees half of it); return its path."""
     if target is None:
-        worklog.ensure_private_dir(settings.backup_dir)
+        ensure_private_dir(settings.backup_dir)
         target = settings.backup_dir / f"report-{settings.env}.html"
     elif not target.parent.is_dir():
         raise RunbookError(f"出力先のディレクトリ {target.parent} がありません",
                            "--output に既存のディレクトリの中のパスを指定")
     text = render(settings, now)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_private(target, text)
     return target

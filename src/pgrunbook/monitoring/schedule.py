@@ -40,8 +40,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import ensure_private_dir
 from pgrunbook.core.settings import Settings
-from pgrunbook.core.worklog import ensure_private_dir
 
 BEGIN = "# BEGIN pgrunbook {env}"
 END = "# END pgrunbook {env}"

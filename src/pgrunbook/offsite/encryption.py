@@ -49,7 +49,7 @@ def pyrage() -> Any:
 
 
 @dataclass(frozen=True)
-class Digest:
+class PlaintextHash:
     sha256: str
     size: int
 
@@ -140,8 +140,8 @@ class HashingReader(io.RawIOBase):
             self.on_progress(self.size)
         return len(data)
 
-    def digest(self) -> Digest:
-        return Digest(self.hash.hexdigest(), self.size)
+    def digest(self) -> PlaintextHash:
+        return PlaintextHash(self.hash.hexdigest(), self.size)
 
 
 class HashingWriter(io.RawIOBase):
@@ -165,8 +165,8 @@ class HashingWriter(io.RawIOBase):
             self.on_progress(self.size)
         return len(data)
 
-    def digest(self) -> Digest:
-        return Digest(self.hash.hexdigest(), self.size)
+    def digest(self) -> PlaintextHash:
+        return PlaintextHash(self.hash.hexdigest(), self.size)
 
 
 def decrypt_failure(error: Exception, what: str) -> RunbookError:
@@ -184,14 +184,14 @@ def decrypt_failure(error: Exception, what: str) -> RunbookError:
 
 
 def encrypt_stream(source: Any, target: Any, recipients: list[Any],
-                   on_progress: Callable[[int], None] | None = None) -> Digest:
+                   on_progress: Callable[[int], None] | None = None) -> PlaintextHash:
     reader = HashingReader(source, on_progress)
     pyrage().encrypt_io(reader, target, recipients)
     return reader.digest()
 
 
 def decrypt_stream(source: Any, target: BinaryIO, identities: list[Any], what: str,
-                   on_progress: Callable[[int], None] | None = None) -> Digest:
+                   on_progress: Callable[[int], None] | None = None) -> PlaintextHash:
     writer = HashingWriter(target, on_progress)
     module = pyrage()
     try:
@@ -224,7 +224,7 @@ def _commit(partial: Path, final: Path) -> None:
 
 
 def encrypt_file(source: Path, recipients_text: Iterable[str], output: Path | None = None,
-                 console: Console | None = None) -> tuple[Path, Digest]:
+                 console: Console | None = None) -> tuple[Path, PlaintextHash]:
     """F -> F.age via F.age.partial (for physical media). Never overwrites."""
     console = console or Console()
     if not source.is_file():
@@ -249,7 +249,7 @@ def encrypt_file(source: Path, recipients_text: Iterable[str], output: Path | No
 
 
 def decrypt_file(source: Path, key_file: str | Path | None, output: Path | None = None,
-                 console: Console | None = None) -> tuple[Path, Digest]:
+                 console: Console | None = None) -> tuple[Path, PlaintextHash]:
     """F.age -> F via F.partial; checks F.sha256 when it lies beside. Never overwrites."""
     console = console or Console()
     if not source.is_file():
@@ -277,7 +277,7 @@ def decrypt_file(source: Path, key_file: str | Path | None, output: Path | None 
     return output, digest
 
 
-def _check_sidecar(source: Path, output: Path, digest: Digest, console: Console) -> None:
+def _check_sidecar(source: Path, output: Path, digest: PlaintextHash, console: Console) -> None:
     """Compare with ``<name>.sha256`` beside the output or beside the .age file, if any."""
     for sidecar in (output.with_name(output.name + ".sha256"),
                     source.with_name(output.name + ".sha256")):

@@ -6,9 +6,9 @@ import os
 import subprocess
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pgrunbook.backup.dump import file_chunks
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import file_chunks
 from pgrunbook.core.settings import Settings
 from pgrunbook.infra.postgres import (
     Postgres,

@@ -8,6 +8,7 @@ from typing import Any
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import Settings
+from pgrunbook.infra import discovery
 from pgrunbook.infra.container import engine
 
 
@@ -24,8 +25,6 @@ class AppWrites:
         """APP_CONTAINERS and APP_SERVICES (Compose) as containers; a missing one is an error."""
         if not (self.settings.app_containers or self.settings.app_services):
             return
-        from pgrunbook.infra import discovery
-
         self.models = discovery.find_app_containers(self.settings, engine())
 
     def stop(self, before_each: Callable[[str], None] | None = None) -> None:

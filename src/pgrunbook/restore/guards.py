@@ -11,6 +11,7 @@ from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.settings import Settings, load_settings
 from pgrunbook.infra.archive import major_version
 from pgrunbook.infra.postgres import ServerFacts
+from pgrunbook.infra.versions import check_sql_for_psql
 from pgrunbook.restore.source import Source
 
 
@@ -32,8 +33,6 @@ def check_versions(source: Source, server_version: str) -> None:
             f"PostgreSQL {major_version(made_by)} 以上のコンテナに戻す",
         )
     if source.format == "plain":  # psql comes with the server's own package
-        from pgrunbook.infra.versions import check_sql_for_psql
-
         check_sql_for_psql(source.path.name, head, server_version)
 
 

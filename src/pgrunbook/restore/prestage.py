@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import Settings
+from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import Postgres, ServerFacts, quote_ident, quote_literal
 from pgrunbook.restore.databases import (
     MARK,
@@ -40,7 +41,7 @@ from pgrunbook.restore.databases import (
 )
 from pgrunbook.restore.source import Source
 from pgrunbook.restore.staging import RestoreOptions, check_free_space
-from pgrunbook.store import inventory
+from pgrunbook.store import select
 
 ROLE = "prestaged"
 DETAIL = re.compile(r"file=(?P<file>\S+) sha256=(?P<sha256>[0-9a-f]{64}) "
@@ -121,8 +122,6 @@ def _parsed(created_at: str) -> datetime:
 def by_file(settings: Settings, console: Console) -> dict[str, str] | None:
     """For ``invoke list``: backup file -> its prestaged database (None: the server
     cannot be asked; the list itself never needs it)."""
-    from pgrunbook.infra import discovery
-
     try:
         pg = Postgres(discovery.db_container(settings), settings)
         found = prestaged_databases(pg, settings)
@@ -140,8 +139,8 @@ def wanted_for(settings: Settings, source: Source) -> str | None:
         return f"環境 {source.env} のファイル"
     if not source.expected_sha256:
         return "sha256 の記録がないファイル"
-    items = inventory.sound(inventory.inventory(settings, with_globals=False))
-    if not items or items[-1].backup.path.name != source.path.name:
+    newest = select.newest_sound(settings)
+    if newest is None or newest.backup.path.name != source.path.name:
         return "この環境の最新のバックアップではない"
     return None
 

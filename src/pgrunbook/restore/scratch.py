@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.core.settings import Settings
+from pgrunbook.core.settings import SQL_NAME, Settings
 from pgrunbook.core.worklog import Entry, recorded
 from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import (
@@ -86,8 +86,6 @@ def restore_scratch(
 
 
 def _validate_target_name(settings: Settings, name: str) -> None:
-    from pgrunbook.core.settings import SQL_NAME
-
     if not SQL_NAME.match(name):
         raise RunbookError(f"DB 名 {name!r} は使えません", "英数字と _ のみ、63 文字以内")
     if name in (settings.db_name, "postgres", "template0", "template1"):

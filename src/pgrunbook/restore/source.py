@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgrunbook.backup.verify import check_file, resolve_file
+from pgrunbook.backup.verify import check_file
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.settings import Settings
@@ -19,6 +19,7 @@ from pgrunbook.infra.postgres import (
     ServerFacts,
 )
 from pgrunbook.store import catalog
+from pgrunbook.store.select import resolve_file
 
 
 @dataclass(frozen=True)

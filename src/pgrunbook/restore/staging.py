@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pgrunbook.backup.verify import Digest
 from pgrunbook.core import faults
 from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import HashingReader
 from pgrunbook.core.settings import Settings
 from pgrunbook.infra.postgres import (
     Postgres,
@@ -64,7 +64,7 @@ def default_jobs(cpus: int) -> int:
 
 
 @contextlib.contextmanager
-def file_in_container(pg: Postgres, source: Source, digest: Digest,
+def file_in_container(pg: Postgres, source: Source, digest: HashingReader,
                       on_upload: Callable[[str], None] | None = None) -> Iterator[str]:
     """Place the archive inside the container (needed by pg_restore -j) in a
     private directory the same upload creates; removed after (after a success,
@@ -141,7 +141,7 @@ def restore_into(
 
     Returns the sha256 of the bytes restored (hashed on the way); the caller
     compares it with the record before the result is used."""
-    digest = Digest(source.path)
+    digest = HashingReader(source.path)
     started = time.monotonic()
     no_owner = not options.restores_owners(source, replace)
     if source.format == "plain":

@@ -436,6 +436,9 @@ class SiteContent:
         return MARKER.sub(replace, markdown)
 
 
+AREA_TASKS = "tasks_by_area"  # the package of task modules beside tasks.py
+
+
 def load_namespace(tasks_file: Path) -> Any:
     """The invoke namespace of a tasks.py, loaded by path (no import of invoke here)."""
     import importlib.util
@@ -446,7 +449,16 @@ def load_namespace(tasks_file: Path) -> Any:
     if spec is None or spec.loader is None:
         raise DocsError(f"{tasks_file} を読み込めません")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # tasks.py imports its area modules (tasks_by_area/) from beside it, as invoke's
+    # loader lets it: fresh each time, so that a changed task changes the site
+    folder = str(tasks_file.parent.resolve())
+    for name in [name for name in sys.modules if name.split(".")[0] == AREA_TASKS]:
+        del sys.modules[name]
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
     namespace = getattr(module, "namespace", None) or getattr(module, "ns", None)
     if namespace is None:
         raise DocsError(f"{tasks_file} に namespace（invoke の Collection）がありません")

@@ -22,6 +22,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pgrunbook.core.files import write_private
+
 EXTENSIONS = {"custom": "dump", "plain": "sql", "globals": "sql"}
 FORMAT_OF_EXTENSION = {"dump": "custom", "sql": "plain"}
 GLOBALS = "globals"
@@ -202,3 +204,14 @@ def free_name(directory: Path, prefix: str, env: str, when: datetime, fmt: str,
         if not any(p.exists() for p in siblings):
             return candidate
     raise RuntimeError("no free backup name")  # pragma: no cover
+
+
+def write_checksum(path: Path, sha256: str) -> None:
+    """The ``<name>.sha256`` beside ``path``, in the form ``sha256sum -c`` checks."""
+    write_private(path.with_name(path.name + ".sha256"), f"{sha256}  {path.name}\n")
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """The ``<name>.json`` beside ``path`` (atomic, 0600)."""
+    write_private(path.with_name(path.name + ".json"),
+                  json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")

@@ -15,7 +15,7 @@ of the same env and series (custom or plain):
 
 A backup that trips any of these is kept, marked ``"suspect": true`` in its
 manifest with the findings (``"drift"``), and never trusted by retention.
-``accept_drift`` records an operator's acknowledgement of an intended change.
+``backup/marks.accept_drift`` records an operator's acknowledgement of an intended change.
 
 ``compare`` is pure (counts in, findings out) so that restore-replace can use
 the same thresholds and wording to compare an archive with the live database.
@@ -27,15 +27,11 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from pgrunbook.core import worklog
-from pgrunbook.core.console import Console
-from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
-from pgrunbook.core.worklog import Entry, now_iso, operator, recorded
+from pgrunbook.core.worklog import now_iso
 from pgrunbook.store import catalog
 
 SUSPECT_EXIT_CODE = 3  # backup: done and kept, but its content looks wrong
@@ -176,7 +172,7 @@ def is_suspect(manifest: Mapping[str, Any] | None) -> bool:
     return bool(manifest) and bool(manifest.get("suspect"))
 
 
-def _consistent(backup: catalog.BackupFile, manifest: Mapping[str, Any] | None, env: str) -> bool:
+def consistent(backup: catalog.BackupFile, manifest: Mapping[str, Any] | None, env: str) -> bool:
     return (bool(manifest) and manifest.get("env") == env and manifest.get("file") == backup.name
             and catalog.read_checksum(backup.path) == manifest.get("sha256"))
 
@@ -192,7 +188,7 @@ def baseline(settings: Settings, fmt: str) -> tuple[str, dict[str, Any]] | None:
         manifest = backup.manifest()
         if catalog.ahead_of(backup, manifest, now) is not None:
             continue
-        if _consistent(backup, manifest, settings.env) and not is_suspect(manifest):
+        if consistent(backup, manifest, settings.env) and not is_suspect(manifest):
             assert manifest is not None
             return backup.name, manifest
     return None
@@ -292,53 +288,3 @@ def database_identity(pg: Any) -> dict[str, Any]:
     """``{system_identifier, database_oid, database_created}`` of the env's database."""
     rows = pg.query(IDENTITY_QUERY)
     return json.loads(rows[0][0]) if rows and rows[0] else {}
-
-
-# ---- accept-drift ---------------------------------------------------------------------
-
-
-def accept_drift(settings: Settings, file: str | None, reason: str | None,
-                 console: Console | None = None) -> Path:
-    """Acknowledge an intended shrinkage: the backup stops being suspect (logged)."""
-    from pgrunbook.backup.dump import write_private
-    from pgrunbook.backup.verify import resolve_file
-
-    console = console or Console(settings.secrets())
-    if not file:
-        raise RunbookError("--file が指定されていません",
-                           f"invoke list --env={settings.env} で疑わしいバックアップを確認", 2)
-    if not reason or not reason.strip():
-        raise RunbookError("--reason が指定されていません（なぜ減ったのかを作業ログに残します）",
-                           "例: --reason='2019 年以前の監査ログを削除（チケット #123）'", 2)
-    entry = Entry("accept-drift", settings.env, settings.db_name, settings.db_container)
-    entry.details["reason"] = reason.strip()
-    with recorded(settings.worklog_path, entry, console.redact), exclusive_lock(
-        settings.backup_dir, settings.db_container, settings.db_name, "accept-drift"
-    ):
-        path = resolve_file(settings, file)
-        entry.file = str(path)
-        backup = catalog.parse(path)
-        manifest = catalog.read_manifest(path)
-        if backup is None or not _consistent(backup, manifest, settings.env):
-            raise RunbookError(f"{path.name} はこの環境でキットが作ったバックアップではありません",
-                               f"invoke list --env={settings.env} で確認")
-        assert manifest is not None
-        entry.sha256 = manifest.get("sha256")
-        if not is_suspect(manifest):
-            accepted = (manifest.get("drift") or {}).get("accepted")
-            if accepted:
-                console.summary(f"{path.name} は承認済みです（{accepted.get('operator')}、"
-                                f"{accepted.get('time')}）。変更なし")
-                return path
-            raise Refused(f"{path.name} は疑わしいバックアップではありません（何もしません）",
-                          f"invoke list --env={settings.env} で「疑わしい」ものを確認")
-        drift = dict(manifest.get("drift") or {})
-        drift["accepted"] = {"operator": operator(), "time": now_iso(), "reason": reason.strip()}
-        manifest["drift"] = drift
-        manifest["suspect"] = False
-        entry.details["findings"] = describe(drift.get("findings") or [])
-        write_private(path.with_name(path.name + ".json"),
-                      json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
-    console.summary(f"{path.name} の内容の変化を承認しました"
-                    "（以後、比較の基準になり、保持期間の計算にも数えます）")
-    return path

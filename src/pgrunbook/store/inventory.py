@@ -1,4 +1,4 @@
-"""What an env's backup folder holds, and whether the newest good backup is fresh.
+"""What an env's backup folder holds (``list``; ``status`` in monitoring reads it too).
 
 ``list`` and ``status`` read only the host's files and the work log: they
 never touch the database, so they work when the server is down, and they
@@ -17,19 +17,17 @@ Issue 12 adds what the manifest says: the backup's label, its pin
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pgrunbook.backup import pin as pinning
 from pgrunbook.core import worklog
 from pgrunbook.core.console import human_size
-from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.durations import describe_age
 from pgrunbook.core.settings import Settings
-from pgrunbook.store import catalog, drift
+from pgrunbook.store import catalog, drift, pins
 
 CHECKSUM_OK = "ok"
 CHECKSUM_MISSING = "なし"
@@ -123,7 +121,7 @@ def inventory(
         recorded = catalog.read_checksum(backup.path)
         state = checksum_state(backup, manifest if kit else None, size)
         own = manifest if kit else None
-        until = pinning.keep_until(own)
+        until = pins.keep_until(own)
         found.append(Inventoried(
             backup=backup,
             size=size,
@@ -138,13 +136,6 @@ def inventory(
             ahead=catalog.ahead_of(backup, manifest, now),
         ))
     return found
-
-
-def sound(items: list[Inventoried]) -> list[Inventoried]:
-    """The backups a restore may trust as "the newest": not dated in the future, not
-    suspect (content drift), and not in disagreement with their manifest's checksum."""
-    return [item for item in items
-            if not item.future and not item.suspect and item.checksum != CHECKSUM_MISMATCH]
 
 
 def future_note(items: list[Inventoried]) -> str | None:
@@ -223,109 +214,3 @@ def plain_lines(items: list[Inventoried], prestaged: dict[str, str] | None = Non
     return ["\t".join(row) for row in rows(items, prestaged)]
 
 
-# ---- status -------------------------------------------------------------------------
-
-DURATION = re.compile(r"(\d+)\s*([smhdw])")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """'26h', '90m', '2d', '1d12h' -> timedelta. Exit code 2 on anything else."""
-    compact = (text or "").strip().lower()
-    if not compact or DURATION.sub("", compact).strip():
-        raise RunbookError(
-            f"期間 {text!r} を解釈できません",
-            "数字と単位で指定（例: 26h, 90m, 2d, 1d12h。単位 s/m/h/d/w）",
-            exit_code=2,
-        )
-    seconds = sum(int(n) * UNIT_SECONDS[u] for n, u in DURATION.findall(compact))
-    if seconds <= 0:
-        raise RunbookError(f"期間 {text!r} は 0 より大きくしてください", exit_code=2)
-    return timedelta(seconds=seconds)
-
-
-def describe_age(age: timedelta) -> str:
-    minutes = int(age.total_seconds() // 60)
-    if minutes < 0:
-        return "未来の日時"
-    days, rest = divmod(minutes, 1440)
-    hours, minutes = divmod(rest, 60)
-    if days:
-        return f"{days}日{hours}時間"
-    if hours:
-        return f"{hours}時間{minutes}分"
-    return f"{minutes}分"
-
-
-SUSPECT_EXIT = 3  # the newest backup's content looks wrong (issue 12)
-WORKLOG_EXIT = 4  # the work log's hash chain is broken (issue 12)
-
-
-@dataclass(frozen=True)
-class Freshness:
-    exit_code: int  # 0 fresh, 1 stale, 2 none, 3 newest suspect, 4 work log broken
-    line: str
-
-
-def _warnings(settings: Settings, items: list[Inventoried]) -> list[tuple[int, str]]:
-    """(exit code, text) of what status must warn about besides freshness."""
-    found = []
-    newest_of_series: dict[str, Inventoried] = {}
-    for item in items:  # oldest first: the last one of each format wins
-        newest_of_series[item.backup.format] = item
-    for newest in sorted(newest_of_series.values(),
-                         key=lambda i: catalog.order_key(i.name, i.backup.created)):
-        if not newest.suspect:
-            continue
-        manifest = newest.backup.manifest() or {}
-        reasons = drift.describe((manifest.get("drift") or {}).get("findings") or [])
-        found.append((SUSPECT_EXIT, f"最新のバックアップ {newest.name} は疑わしい内容です"
-                      f"（{'; '.join(reasons[:3])}{' ほか' if len(reasons) > 3 else ''}）→ DB を確認し、"
-                      f"意図した変化なら invoke accept-drift --env={settings.env} --file={newest.name} "
-                      "--reason=..."))
-    chain = worklog.verify_chain(settings.worklog_path)
-    if not chain.intact:
-        found.append((WORKLOG_EXIT, f"{chain.describe()}（それ以降の行は信用しません）→ "
-                      f"invoke worklog-verify --env={settings.env}"))
-    return found
-
-
-def freshness(settings: Settings, max_age: timedelta, now: datetime | None = None) -> Freshness:
-    """The newest verified, non-suspect database backup against max_age (globals do not
-    count), then the warnings: a suspect newest backup, a broken work log.
-
-    A backup dated in the future (beyond catalog.FUTURE_TOLERANCE) is an error of its
-    own: it would otherwise read as fresh for as long as it is ahead."""
-    now = now or datetime.now()
-    label = f"env={settings.env}"
-    note = future_note(inventory(settings, with_globals=True, now=now))
-    if note:
-        return Freshness(2, f"CRITICAL {label}: {note}")
-    everything = inventory(settings, with_globals=False, now=now)
-    items = [i for i in everything if i.verified and i.valid and not i.suspect]
-    warnings = _warnings(settings, [i for i in everything if i.made_by_kit])
-    extra = "".join(f" / WARNING: {text}" for _, text in warnings)
-    if not items:
-        suspects = sum(1 for i in everything if i.suspect)
-        more = (f"（未検証のバックアップは {len(everything) - suspects} 件"
-                + (f"、疑わしいものは {suspects} 件" if suspects else "") + "）") if everything else ""
-        return Freshness(
-            2,
-            f"CRITICAL {label}: 検証済みのバックアップがありません{more} → "
-            f"invoke backup --env={settings.env} && invoke verify --env={settings.env}{extra}",
-        )
-    newest = items[-1]
-    age = max(now - newest.backup.created, timedelta(0))  # within the tolerance: "0分前"
-    limit = describe_age(max_age)
-    if age > max_age:
-        return Freshness(
-            1,
-            f"STALE {label}: 最新の検証済みバックアップ {newest.name} は "
-            f"{describe_age(age)}前（上限 {limit}）→ cron とログを確認{extra}",
-        )
-    fresh = f"最新の検証済みバックアップ {newest.name}（{describe_age(age)}前、上限 {limit}）"
-    if warnings:
-        code, text = warnings[0]
-        rest = "".join(f" / {other}" for _, other in warnings[1:])
-        return Freshness(code, f"WARNING {label}: {text}{rest}（{fresh}）")
-    return Freshness(0, f"OK {label}: {fresh}")

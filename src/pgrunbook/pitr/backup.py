@@ -1,0 +1,67 @@
+"""``pitr-backup``: ``backup --type=full|diff`` (expiry follows the repository's retention
+settings, as pgBackRest does after every backup).
+"""
+
+from __future__ import annotations
+
+from pgrunbook.core import worklog
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.settings import Settings
+from pgrunbook.infra.container import Container
+from pgrunbook.pitr import observation
+from pgrunbook.pitr.pgbackrest import (
+    BACKUP_TYPES,
+    archive_settings,
+    backup_commands,
+    backup_sets,
+    check_archiving,
+    live_server,
+    require_stanza,
+    run_pgbackrest,
+    stanza_lock,
+    work_entry,
+)
+
+
+def pitr_backup(settings: Settings, kind: str, dry_run: bool, console: Console) -> list[str] | str:
+    """A base backup (full or differential); returns its label."""
+    if kind not in BACKUP_TYPES:
+        raise RunbookError(f"--type={kind!r} は使えません", "--type=full か --type=diff", exit_code=2)
+    stanza = require_stanza(settings)
+    if dry_run:
+        return backup_commands(settings, kind)
+    entry = work_entry(settings, "pitr-backup")
+    entry.details["type"] = kind
+    with worklog.recorded(settings.worklog_path, entry, console.redact), stanza_lock(settings, "pitr-backup"):
+        container, pg = live_server(settings)
+        check_archiving(archive_settings(pg), stanza, console)
+        output = run_pgbackrest(container, settings, stanza, [f"--type={kind}", "backup"], console, "backup")
+        label = output.value(r"new backup label = (\S+)")
+        if not label:
+            raise RunbookError("pgBackRest のバックアップのラベルが出力にありません",
+                               f"invoke pitr-status --env={settings.env} と pgbackrest info で確認")
+        entry.file = label
+        size = output.value(r"backup size = ([^,\n]+)")
+        entry.details["size"] = size
+        if kind == "diff" and label.endswith("F"):
+            console.warn("以前のフルバックアップがないため、フルバックアップになりました")
+        _refresh_backup_metrics(container, settings, stanza, console)
+    console.summary(f"ベースバックアップ {label} を作りました（{kind}, {size or '?'}）")
+    return label
+
+
+def _refresh_backup_metrics(container: Container, settings: Settings, stanza: str,
+                            console: Console) -> None:
+    """The repository's base backups for the metrics (before the work-log line rewrites
+    METRICS_FILE); a failure here is a warning, the backup is made."""
+    try:
+        info = run_pgbackrest(container, settings, stanza, ["--output=json", "info"], console,
+                              "backup", quiet=True)
+    except RunbookError as error:
+        console.warn(f"pgbackrest info を読めませんでした（メトリクスは次の pitr-status で更新）: "
+                     f"{error.message}")
+        return
+    observation.record_backups(settings, backup_sets(info.json_line(), stanza), console)
+
+
