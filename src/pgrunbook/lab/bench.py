@@ -17,6 +17,7 @@ are for people to read.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -893,7 +894,6 @@ def update_page(page: Path, report_markdown: str, block: str = "") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=900)

@@ -22,6 +22,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import docker
+from docker.errors import DockerException
+
 from pgrunbook.core.console import human_size
 from pgrunbook.core.durations import describe_age
 from pgrunbook.core.errors import RunbookError
@@ -139,9 +142,6 @@ class Checker:
                               f"{s.db_name}、ユーザー {s.db_user}）")
 
     def engine(self) -> None:
-        import docker
-        from docker.errors import DockerException
-
         where = os.environ.get("DOCKER_HOST") or "ローカル（/var/run/docker.sock）"
         try:
             client = docker.from_env(timeout=10)

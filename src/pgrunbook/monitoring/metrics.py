@@ -73,8 +73,8 @@ class EnvMetrics:
 
 def collect_env(settings: Settings) -> EnvMetrics:
     """One env's values, from its work log and its backup folder."""
-    from pgrunbook.store import inventory  # imported when metrics are written (a task's start-up stays short)
-    from pgrunbook.store.catalog import FUTURE_TOLERANCE
+    from pgrunbook.store import inventory  # start-up time: imported when metrics are written
+    from pgrunbook.store.catalog import FUTURE_TOLERANCE  # start-up time, as above
 
     # a run logged under a clock that was ahead is never "the last run" (it would read as
     # fresh for as long as it is ahead), as a backup dated in the future is never the newest

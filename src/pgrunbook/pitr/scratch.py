@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from docker.errors import NotFound
+from docker.types import Mount
+
 from pgrunbook.core import worklog
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
@@ -158,7 +161,6 @@ class ScratchBuilder:
 
     # -- the live container's facts
     def live_model(self):
-        from docker.errors import NotFound
 
         try:
             return self.client.containers.get(self.settings.db_container)
@@ -178,7 +180,6 @@ class ScratchBuilder:
     def mounts(self, live, data_directory: str) -> tuple[list[Any], str]:
         """The live mounts read-only (the repository, pgbackrest.conf, a postgresql.conf),
         except the data directory's (a new volume there) and socket directories."""
-        from docker.types import Mount
 
         data_target = data_directory
         copied = []
@@ -407,7 +408,6 @@ def pitr_restore_scratch(settings: Settings, target_text: str | None, dry_run: b
 
 def drop_scratch(settings: Settings, name: str | None, console: Console) -> None:
     """Remove a scratch container this kit made for this env, and its data volume."""
-    from docker.errors import NotFound
 
     if not name:
         raise RunbookError("--name が必要です", "pitr-restore-scratch が表示した検証用コンテナ名", 2)

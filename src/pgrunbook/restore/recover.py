@@ -17,8 +17,11 @@ replace (they are the way back) and scratch databases (an operator's work).
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from docker.errors import NotFound
 
 from pgrunbook.core import journal
 from pgrunbook.core.console import Console
@@ -30,6 +33,7 @@ from pgrunbook.infra import discovery
 from pgrunbook.infra.container import engine
 from pgrunbook.infra.postgres import Postgres, quote_ident, quote_literal
 from pgrunbook.restore.databases import drop_kit_database, kit_databases
+from pgrunbook.restore.guards import ask_on_stderr
 from pgrunbook.restore.staging import upload_prefix
 from pgrunbook.restore.swap import wait_for_script
 
@@ -126,8 +130,6 @@ def _remove(pg: Postgres, path: str) -> None:
 
 
 def _app_repair(name: str) -> Repair | None:
-    from docker.errors import NotFound
-
     try:
         model = engine().containers.get(name)
     except NotFound:
@@ -196,10 +198,6 @@ def restore_recover(
 
 def _confirm(settings: Settings, confirm_env: str | None, console: Console,
              ask: Callable[[str], str] | None) -> None:
-    import sys
-
-    from pgrunbook.restore.guards import ask_on_stderr
-
     if confirm_env is not None:
         if confirm_env != settings.env:
             raise Refused(f"--confirm={confirm_env} が対象環境 {settings.env} と一致しません",

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import importlib.util
 import inspect
 import os
 import posixpath
@@ -441,7 +442,6 @@ AREA_TASKS = "tasks_by_area"  # the package of task modules beside tasks.py
 
 def load_namespace(tasks_file: Path) -> Any:
     """The invoke namespace of a tasks.py, loaded by path (no import of invoke here)."""
-    import importlib.util
 
     if not tasks_file.is_file():
         raise DocsError(f"{tasks_file} がありません")
@@ -473,7 +473,6 @@ def _mkdocs_environment() -> dict[str, str]:
 
 
 def _mkdocs_available() -> None:
-    import importlib.util
 
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
         raise RunbookError(
