@@ -4,5 +4,5 @@
 * ``globals``: ``backup-globals`` (pg_dumpall --globals-only)
 * ``verify``: ``verify``: size, format, sha256, manifest, TOC, a full read
 * ``prune``: ``prune``: the retention policy (pure) and the deletion
-* ``pin``: ``pin`` / ``unpin`` / ``accept-drift``: changes to a backup's manifest
+* ``marks``: ``pin`` / ``unpin`` / ``accept-drift``: the operator's marks on a backup's manifest
 """

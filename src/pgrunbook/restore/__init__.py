@@ -9,15 +9,22 @@ Databases the kit creates carry a comment ``pgrunbook:<role>:...``; only
 those can be listed, replaced or dropped by the kit. The live database is
 never dropped by any code path.
 
-One module per concern: ``source`` (the file), ``guards`` (versions, env
-rules, confirmation), ``databases`` (kit-made databases), ``staging`` (the
-restore itself), ``checks`` (after a restore), ``appcheck`` (DATABASE_URL,
-host check, masking), ``privileges`` (owners and privileges compared and
-copied), ``sqlfilter`` (--no-owner/--no-acl for .sql), ``apps`` (app
-containers), ``swap``, ``prestage`` (RESTORE_PRESTAGE), and the tasks:
-``scratch``, ``replace``, ``kitops``
-(rollback, list, drop), ``recover`` (what an interrupted run left),
-``drill`` (verify --restore-test).
+* ``source``: the file to restore and what it says of itself
+* ``guards``: versions, env rules, confirmation, preflight
+* ``databases``: kit-made databases, their names and marks
+* ``staging``: the restore itself (pg_restore / psql into a kit database)
+* ``sqlfilter``: ``--no-owner`` / ``--no-acl`` for a .sql stream
+* ``checks``: after a restore (row counts, Prisma)
+* ``privileges``: owners and privileges compared and copied
+* ``appcheck``: DATABASE_URL, the host check, masking
+* ``apps``: the app containers stopped and started around a swap
+* ``swap``: the swap, one script inside the DB container
+* ``prestage``: RESTORE_PRESTAGE, the newest backup kept restored
+* ``scratch``: ``restore-scratch``
+* ``replace``: ``restore-replace``
+* ``kitops``: ``restore-rollback``, ``restore-list``, ``restore-drop``
+* ``recover``: ``restore-recover``, what an interrupted run left
+* ``drill``: ``verify --restore-test`` and its drill record
 """
 
 from pgrunbook.restore.databases import KitDatabase, kit_name, scratch_name

@@ -1,0 +1,75 @@
+"""A smoke run of the benchmark, so it cannot rot. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import IMAGE
+from helpers.pitr import ROOT
+
+
+def test_benchmark_smoke_run(tmp_path, docker_engine):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--size-mb", "2", "--rounds", "1",
+         "--image", IMAGE, "--output", str(tmp_path), "--prestaged"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    formats = list(report["formats"])
+    assert formats == (["gzip:1", "lz4", "zstd:1", "zstd:3"] if int(report["server_version"].split(".")[0]) >= 16 else ["1"])
+    kit = report["kit_compression"]
+    assert report["downtime_at_a_quarter"]["kit_seconds"] > 0  # measured in the same run, smaller
+    assert len(report["times_seconds"][f"kit_downtime[{kit}]@quarter"]) == 1
+    for name in ("hand_backup_app", "hand_restore", "hand_downtime", "hand_backup_tiny", "kit_backup_tiny",
+                 *(f"kit_{step}[{spec}]" for spec in formats for step in ("backup", "restore", "downtime"))):
+        assert len(report["times_seconds"][name]) == 1, name
+    # the app container really was stopped and started: a downtime, shorter than the whole replace
+    for spec in formats:
+        assert 0 < report["times_seconds"][f"kit_downtime[{spec}]"][0] < \
+            report["times_seconds"][f"kit_restore[{spec}]"][0]
+    assert set(report["ratios"]) == {"backup", "restore_replace", "downtime_seconds", "hand_downtime_seconds",
+                                     "downtime", "tiny_overhead_seconds", "peak_rss_mb"}
+    assert report["archive_bytes"]["hand_archive"] > 0
+    # the replace of a prestaged backup: measured, and only a swap (its timeline has no pg_restore)
+    assert report["prestaged"]["restore_replace_seconds"] > 0 and report["prestaged"]["ratio_to_hand"] > 0
+    prestaged_lines = [line for _t, line in report["last_timelines"][f"kit_restore[{kit}]@prestaged"]]
+    assert any("事前展開 DB" in line for line in prestaged_lines)
+    assert not any(line.startswith("・pg_restore") for line in prestaged_lines), prestaged_lines
+    assert all(report["archive_bytes"][f"kit_archive[{spec}]"] > 0 for spec in formats)
+    text = (tmp_path / "bench.md").read_text()
+    assert text.startswith("**書き込みが止まる時間") and "| 置き換えリストア 手作業 → キット |" in text
+
+    # two reports side by side, nothing run
+    combined = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--combine",
+         "--beside", str(tmp_path / "bench.json"), "--beside", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=60)
+    assert combined.returncode == 0, combined.stderr
+    assert combined.stdout.count("PostgreSQL " + report["server_version"]) >= 4
+
+def test_benchmark_large_tables_with_steps_and_a_variant(tmp_path, docker_engine):
+    """The few-large-tables dataset, the per-step breakdown and a variant measured beside the kit."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--size-mb", "12", "--rounds", "1",
+         "--image", IMAGE, "--output", str(tmp_path), "--dataset", "large-tables",
+         "--compressions", "1", "--variants", "mwm", "--tag", "test"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["dataset"] == "large-tables"
+    assert set(report["table_rows"]) == {"orders", "events"}
+    assert int(report["table_rows"]["orders"]) > int(report["table_rows"]["events"]) > 0
+    steps = report["steps_seconds"]
+    assert set(steps["hand_restore"]) == {"接続の切断・DROP・CREATE", "docker cp", "pg_restore"}
+    kit = steps["kit_restore[1]"]
+    assert "staging への復元（pg_restore）" in kit and "CHECKPOINT（アプリの停止前）" in kit
+    assert set(steps["kit_downtime[1]"]) == {"docker_stop", "until_swap", "swap", "docker_start"}
+    assert all(value >= 0 for value in steps["kit_downtime[1]"].values())
+    assert set(report["variants"]) == {"mwm"} and report["variants"]["mwm"]["restore_replace_seconds"] > 0
+    text = (tmp_path / "bench.md").read_text()
+    assert "置き換えリストアの段階ごとの時間" in text and "maintenance_work_mem=256MB" in text
