@@ -15,14 +15,19 @@ CLI against a real engine and get the ``docker`` marker here, once (e2e/site
 builds the site and opens it in a browser: no engine). Tests that share the
 host's cron daemon and root's crontab run in one xdist group.
 
+No test may skip in CI: .ci/run installs every tool the tests use and sets
+PGRUNBOOK_TEST_STRICT=1, and then any skip fails the run, with its reason. A
+skip that is not a missing tool but a test that does not apply (one PostgreSQL
+major only, say) says so: its reason starts with helpers.NOT_APPLICABLE.
+
 The container enforces passwords on local connections too (scram-sha-256),
 so a wrong DB_PASSWORD really fails and the password really travels.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +37,7 @@ from helpers import (
     APP_COMMAND,
     IMAGE,
     MATRIX,
+    NOT_APPLICABLE,
     PASSWORD,
     Cli,
     Servers,
@@ -39,6 +45,7 @@ from helpers import (
     databases,
     docker_client,
     running_cron,
+    wait_for,
 )
 
 
@@ -106,7 +113,8 @@ def cron_daemon(tmp_path):
         return
     output = open(tmp_path / "cron-daemon.out", "wb")
     daemon = subprocess.Popen(["cron", "-f"], stdout=output, stderr=subprocess.STDOUT)
-    time.sleep(1)
+    # running once it has written its PID file (or it ended: said below)
+    wait_for(lambda: daemon.poll() is not None or running_cron() == daemon.pid, "cron -f to start", 30)
     if daemon.poll() is not None:
         output.close()
         text = (tmp_path / "cron-daemon.out").read_text(errors="replace").strip()
@@ -143,3 +151,40 @@ def pytest_collection_modifyitems(config, items):
             if parts[1] not in NO_ENGINE_AREAS:
                 item.add_marker(pytest.mark.docker)
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+STRICT = os.environ.get("PGRUNBOOK_TEST_STRICT") == "1"
+_unexplained_skips: list[str] = []
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _note_skip(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        if not reason.startswith(NOT_APPLICABLE):
+            _unexplained_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report):
+    _note_skip(report)
+
+
+def pytest_collectreport(report):
+    _note_skip(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI (PGRUNBOOK_TEST_STRICT=1) a skipped test fails the run: what it needed is missing."""
+    if STRICT and _unexplained_skips and not os.environ.get("PYTEST_XDIST_WORKER"):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", "skipped in CI (PGRUNBOOK_TEST_STRICT=1): install what they need", red=True)
+            for line in _unexplained_skips:
+                reporter.write_line(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

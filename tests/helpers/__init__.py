@@ -46,6 +46,9 @@ MATRIX = matrix_images()
 
 
 PASSWORD = "Marker-Pw-7f3a91c2e4"
+# the reason of a skip that is no missing tool but a test that does not apply here (conftest:
+# in CI every other skip fails the run)
+NOT_APPLICABLE = "not applicable: "
 # the xdist worker (gw0, gw1, ...) in the names of the session's servers: whose container it is
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 
@@ -81,6 +84,14 @@ def docker_client():
     return client
 
 
+def process_state(pid: int) -> str:
+    """The state letter of a process (R, S, T for stopped, Z...), "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def wait_for(predicate, what: str, limit: float = 60) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -88,6 +99,21 @@ def wait_for(predicate, what: str, limit: float = 60) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+def kit_processes(server) -> list[str]:
+    """The kit's processes still running in the container (the engine lets an exec run on
+    after its client died): pg_restore, the swap script, the kit's own psql (-X)."""
+    top = server.container.top(ps_args="-eo pid,args")
+    commands = [" ".join(process[1:]) for process in top.get("Processes") or []]
+    return [command for command in commands
+            if "pg_restore" in command or "pgrunbook-swap" in command
+            or (command.startswith("psql") and " -X" in command)]
+
+
+def wait_for_kit_processes_to_end(server, limit: float = 60) -> None:
+    """After a kill or an interrupt: until nothing the kit started runs in the container."""
+    wait_for(lambda: not kit_processes(server), "the kit's processes in the container to end", limit)
 
 
 def tar_of(files: dict[str, bytes]) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -66,6 +67,38 @@ class Recorder:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+class SilentServer:
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers: a hung
+    monitoring service or storage endpoint. Counts the connections it was offered, so a
+    test observes how often the kit tried (rather than timing it)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.connections: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.listener.getsockname()[1]
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)  # held open, never read or answered
+
+    def close(self) -> None:
+        self._closed = True
+        for connection in self.connections:
+            connection.close()
+        self.listener.close()
 
 
 NO_PROXY = {"NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}

@@ -15,8 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from helpers import PASSWORD, backup_like_files, last_line
-from helpers.pitr import ROOT
+from helpers import PASSWORD, ROOT, backup_like_files, last_line, wait_for
 
 
 def made(cli, task: str = "backup") -> Path:
@@ -48,7 +47,9 @@ def test_sigterm_says_what_happened_like_ctrl_c(cli, pg):
     while time.monotonic() < deadline and not list(directory.glob("*.partial")):
         time.sleep(0.05)
     assert list(directory.glob("*.partial")), "the backup never started"
-    time.sleep(0.5)  # pg_dump is waiting for the lock
+    wait_for(lambda: pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                             "AND query LIKE 'LOCK TABLE%'", "app").strip() != "0",
+             "pg_dump waiting for the table lock")
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr

@@ -9,8 +9,7 @@ import socket
 import subprocess
 import sys
 
-from helpers import PASSWORD, wait_for
-from helpers.pitr import ROOT
+from helpers import PASSWORD, ROOT, wait_for
 
 HOLD_LOCK = """
 import sys, time

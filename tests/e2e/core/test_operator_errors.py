@@ -8,8 +8,7 @@ import sys
 import time
 import uuid
 
-from helpers import IMAGE, PASSWORD, backup_like_files
-from helpers.pitr import ROOT
+from helpers import IMAGE, PASSWORD, ROOT, backup_like_files
 
 KILL_PG_DUMP = (
     "for p in /proc/[0-9]*; do "

@@ -7,8 +7,7 @@ import subprocess
 import sys
 import time
 
-from helpers import PASSWORD, last_line
-from helpers.pitr import ROOT
+from helpers import PASSWORD, ROOT, last_line
 
 LIST_ARGV = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MATRIX, PASSWORD, databases, last_line, start_postgres, table_fingerprints
+from helpers import MATRIX, NOT_APPLICABLE, PASSWORD, databases, last_line, start_postgres, table_fingerprints
 from pgrunbook.infra.archive import read_header
 from pgrunbook.infra.versions import RESTRICT_SINCE, header_algorithm, psql_knows_restrict
 
@@ -76,7 +76,7 @@ def test_an_older_backup_restores_into_every_newer_server(cli, matrix):
     """The way to move majors: back up on the old server, restore on the new one."""
     oldest, newer = matrix[0], [server for server in matrix if server.major > matrix[0].major]
     if not newer:
-        pytest.skip("PGRUNBOOK_TEST_IMAGES holds one PostgreSQL major only")
+        pytest.skip(NOT_APPLICABLE + "PGRUNBOOK_TEST_IMAGES holds one PostgreSQL major only")
     source = fresh_database(oldest)
     try:
         cli.write_env("prod", DB_CONTAINER=oldest.name, DB_NAME=source, DB_PASSWORD=PASSWORD)
@@ -116,7 +116,7 @@ def test_an_older_backup_restores_into_every_newer_server(cli, matrix):
 def test_a_newer_dump_is_refused_by_an_older_server_before_anything_is_created(cli, matrix):
     newest, older = matrix[-1], [server for server in matrix if server.major < matrix[-1].major]
     if not older:
-        pytest.skip("PGRUNBOOK_TEST_IMAGES holds one PostgreSQL major only")
+        pytest.skip(NOT_APPLICABLE + "PGRUNBOOK_TEST_IMAGES holds one PostgreSQL major only")
     source = fresh_database(newest)
     try:
         cli.write_env("prod", DB_CONTAINER=newest.name, DB_NAME=source, DB_PASSWORD=PASSWORD)
@@ -180,7 +180,7 @@ def test_a_sql_dump_with_restrict_is_refused_by_a_psql_that_does_not_know_it(cli
     come before anything is created, and say what to do (not "the file may be broken")."""
     old = [server for server in matrix if not psql_knows_restrict(server.version)]
     if not old:
-        pytest.skip("every psql of the matrix knows \\restrict")
+        pytest.skip(NOT_APPLICABLE + "every psql of the matrix knows \\restrict")
     server = old[0]
     live = fresh_database(server)
     try:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Cli
-from helpers.pitr import ROOT
+from helpers import ROOT, Cli
 
 
 def test_printed_schedule_uses_this_checkout_and_this_python(tmp_path):

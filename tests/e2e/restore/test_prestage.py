@@ -4,7 +4,6 @@ backup restored and closed; restore-replace of that file only checks and swaps."
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 
 import pytest
@@ -25,6 +24,7 @@ from helpers import (
     role,
     small_disk,
     table_fingerprints,
+    wait_for_kit_processes_to_end,
 )
 
 
@@ -154,7 +154,7 @@ def test_kill_9_after_the_claim_is_repaired_by_restore_recover(cli, pg, prod, ap
     killed = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
                  env={"PGRUNBOOK_TEST_KILL_AT": "checks"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    time.sleep(0.5)
+    wait_for_kit_processes_to_end(pg)
     repaired = cli("restore-recover", "--env=prod", "--confirm=prod", env=VERBOSE)
     assert repaired.returncode == 0, repaired.stderr
     assert_clean_env(cli, pg, prod, app_container, (live,))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from helpers import (
     log_lines,
     run_on_a_terminal,
     table_fingerprints,
+    wait_for,
 )
 
 
@@ -78,9 +78,10 @@ def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, ta
     pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
             "('バックアップ後の投票', 1, '賛成', now())", target)
     after_backup = table_fingerprints(pg, target)
-    for _ in range(2):  # sessions that sit on the live database
-        pg.run_detached("SELECT pg_sleep(60)", target)
-    time.sleep(0.5)
+    sitting = [pg.run_detached("SELECT pg_sleep(60)", target) for _ in range(2)]  # on the live DB
+    wait_for(lambda: pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name IN "
+                             f"('{sitting[0]}', '{sitting[1]}') AND state = 'active'", "postgres").strip() == "2",
+             "both sessions connected and running on the live database")
     # --jobs=2: the archive goes into the container whatever the CPU count of the machine
     result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", "--jobs=2")
     assert result.returncode == 0, result.stderr
@@ -93,14 +94,9 @@ def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, ta
     assert not [d for d in databases(pg) if "_staging_" in d]
     assert "restore-rollback" in result.stderr
     assert comment_of(pg, target) == "knot 本番"  # the live database keeps its own comment
-    analyzed = "0"
-    for _ in range(100):  # the background ANALYZE gives the new database planner statistics
-        analyzed = pg.psql("SELECT count(*) FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL",
-                           target).strip()
-        if analyzed != "0":
-            break
-        time.sleep(0.2)
-    assert analyzed != "0"
+    # the background ANALYZE gives the new database planner statistics
+    wait_for(lambda: pg.psql("SELECT count(*) FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL",
+                             target).strip() != "0", "the background ANALYZE of the new database")
     assert comment_of(pg, previous).startswith("pgrunbook:previous:prod:")
     assert pg.psql(f"SELECT datallowconn FROM pg_database WHERE datname = '{previous}'", "postgres").strip() == "t"
 
@@ -268,7 +264,8 @@ def test_row_counts_match_the_dump_while_the_database_is_written_to(cli, pg, tar
     pg.run_detached("DO $$ BEGIN FOR i IN 1..400000 LOOP INSERT INTO public.busy DEFAULT VALUES; "
                     "COMMIT; END LOOP; END $$", target)
     try:
-        time.sleep(0.5)
+        wait_for(lambda: pg.psql("SELECT count(*) > 0 FROM public.busy", target).strip() == "t",
+                 "the writer writing")
         results = [cli("backup", "--env=prod") for _ in range(3)]
         assert all(r.returncode == 0 for r in results), results[-1].stderr
         counts = [json.loads(Path(last_line(r.stdout) + ".json").read_text())["tables"] for r in results]

@@ -6,7 +6,7 @@ import os
 import re
 import shlex
 
-from helpers.pitr import ROOT
+from helpers import ROOT
 from pgrunbook.monitoring import schedule
 from pgrunbook.monitoring.schedule import Target
 
