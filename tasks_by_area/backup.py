@@ -26,7 +26,8 @@ def backup(c, env=None, no_owner=False, no_acl=False, dry_run=False, label=None,
     前回の正常なバックアップと内容（テーブル・行数・DB の同一性）を比べ、急に減っていれば
     疑わしいバックアップとして残し、警告して終了コード 3 で終わる。
     """
-    _backup(env, "custom", no_owner, no_acl, dry_run, label, keep)
+    _backup(env, lazy.backup_dump.BackupRequest("custom", no_owner, no_acl, dry_run, label, keep))
+
 
 @task(
     name="backup-sql",
@@ -41,25 +42,20 @@ def backup(c, env=None, no_owner=False, no_acl=False, dry_run=False, label=None,
 )
 def backup_sql(c, env=None, no_owner=False, no_acl=False, dry_run=False, label=None, keep=None):
     """SQL 形式（pg_dump -F p）のバックアップを作成する（psql で復元できる）。"""
-    _backup(env, "plain", no_owner, no_acl, dry_run, label, keep)
+    _backup(env, lazy.backup_dump.BackupRequest("plain", no_owner, no_acl, dry_run, label, keep))
 
-def _backup(env, fmt, no_owner, no_acl, dry_run, label=None, keep=None):
-    task_name = "backup" if fmt == "custom" else "backup-sql"
+
+def _backup(env, request):
     # a dry run only prints commands: it needs no engine
-    settings, console = settings_for(ROOT, env, resolve=not dry_run, task=task_name)
-    result = guarded(
-        lambda: lazy.backup_dump.run_backup(
-            settings, fmt, no_owner=no_owner, no_acl=no_acl, dry_run=dry_run, console=console,
-            label=label, keep=keep,
-        ),
-        console,
-    )
+    settings, console = settings_for(ROOT, env, resolve=not request.dry_run, task=request.task)
+    result = guarded(lambda: lazy.backup_dump.run_backup(settings, request, console), console)
     if isinstance(result, list):
         print_lines(result)
     else:
         console.result(str(result.path))
         if result.manifest.get("suspect"):
             raise Exit(code=lazy.store_drift.SUSPECT_EXIT_CODE)
+
 
 @task(
     name="backup-globals",
@@ -83,6 +79,7 @@ def backup_globals(c, env=None, with_role_passwords=False, dry_run=False):
     else:
         console.result(str(result.path))
 
+
 @task(
     help={
         "env": ENV_HELP,
@@ -101,6 +98,7 @@ def verify(c, env=None, file=None, restore_test=False):
         guarded(lambda: lazy.restore_drill.run_drill(settings, str(report.path), console), console)
     console.result(str(report.path))
 
+
 @task(name="list", help={"env": ENV_HELP})
 def list_backups(c, env=None):
     """その環境のバックアップ一覧（名前・形式・サイズ・作成日時・検証済みか・チェックサム）。"""
@@ -112,6 +110,7 @@ def list_backups(c, env=None):
         print_lines(lazy.store_inventory.table(items, prestaged) if items else empty)
     else:
         print_lines(lazy.store_inventory.plain_lines(items, prestaged))
+
 
 @task(
     help={
@@ -125,6 +124,7 @@ def prune(c, env=None, dry_run=False):
     guarded(lambda: lazy.backup_prune.prune(settings, dry_run=dry_run, console=console), console)
     if settings.offsite_bucket:
         guarded(lambda: lazy.offsite_prune.prune_remote(settings, dry_run, console), console)
+
 
 @task(
     help={
@@ -141,12 +141,14 @@ def pin(c, env=None, file=None, keep=None, label=None):
     lazy.offsite_lock.extend_to_pin(settings, path, until, console)  # a copy already offsite keeps it too
     console.result(str(path))
 
+
 @task(help={"env": ENV_HELP, "file": "固定を外すバックアップ"})
 def unpin(c, env=None, file=None):
     """バックアップの固定を外す（次の prune から通常の保持期間の規則に従う）。"""
     settings, console = settings_for(ROOT, env)
     path = guarded(lambda: lazy.backup_marks.unpin(settings, file, console), console)
     console.result(str(path))
+
 
 @task(
     name="accept-drift",

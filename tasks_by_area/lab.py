@@ -14,11 +14,13 @@ def sandbox_up(c, env=None):
     settings, console = settings_for(ROOT, env)
     guarded(lambda: lazy.lab_sandbox.sandbox_up(settings, console), console)
 
+
 @task(name="sandbox-down", help={"env": "sandbox-up で作った環境。例: dev"})
 def sandbox_down(c, env=None):
     """sandbox-up で作ったコンテナを削除する（キットが作ったもの以外は触らない）。"""
     settings, console = settings_for(ROOT, env)
     guarded(lambda: lazy.lab_sandbox.sandbox_down(settings, console), console)
+
 
 @task(
     help={

@@ -26,6 +26,7 @@ def check_task(c, env=None):
     if code:
         raise Exit(code=code)
 
+
 @task(
     help={
         "env": ENV_HELP,
@@ -52,6 +53,7 @@ def status(c, env=None, max_age="26h", format="text"):
     if result.exit_code:
         raise Exit(code=result.exit_code)
 
+
 @task(
     help={
         "env": ENV_HELP,
@@ -64,6 +66,7 @@ def report(c, env=None, output=None):
     target = Path(output).expanduser().resolve() if output else None
     path = guarded(lambda: lazy.monitoring_report.write_report(settings, target), console)
     console.result(str(path))
+
 
 @task(
     help={
@@ -96,6 +99,7 @@ def crontab(c, env=None, install=False, remove=False, mailto="root", user=None, 
     else:
         print_lines(block)
 
+
 @task(
     help={
         "env": ENV_HELP,
@@ -116,6 +120,7 @@ def ping(c, env=None, start=False, exit_code=None, since=None, message=None):
     )
     if code:
         raise Exit(code=code)
+
 
 @task(name="worklog-verify", help={"env": ENV_HELP})
 def worklog_verify(c, env=None):

@@ -24,6 +24,7 @@ def offsite_push(c, env=None, file=None):
     result = guarded(lambda: lazy.offsite_push.push_backup(settings, file, console), console)
     console.result(result.url)
 
+
 @task(name="offsite-list", help={"env": ENV_HELP})
 def offsite_list(c, env=None):
     """オフサイトにあるその環境のバックアップを古い順に表示する（日時・サイズ・sha256）。"""
@@ -31,6 +32,7 @@ def offsite_list(c, env=None):
     location, backups = guarded(lambda: lazy.offsite_remote.list_remote(settings), console)
     print_lines([lazy.offsite_remote.describe(b) for b in backups])
     console.summary(f"{location}: {len(backups)} 件")
+
 
 @task(
     name="offsite-pull",
@@ -46,6 +48,7 @@ def offsite_pull(c, env=None, key=None, name=None):
     path = guarded(lambda: lazy.offsite_pull.pull_backup(settings, key, name, console), console)
     console.result(str(path))
 
+
 @task(
     name="offsite-prune",
     help={"env": ENV_HELP, "dry_run": "削除せず、削除予定のものを表示する"},
@@ -55,6 +58,7 @@ def offsite_prune(c, env=None, dry_run=False):
     settings, console = settings_for(ROOT, env)
     doomed = guarded(lambda: lazy.offsite_prune.prune_remote(settings, dry_run, console), console)
     print_lines([lazy.offsite_remote.describe(b) for b in doomed])
+
 
 @task(
     iterable=["recipient"],
@@ -80,6 +84,7 @@ def encrypt(c, file=None, recipient=None, env=None, out=None):
     )
     console.result(str(path))
 
+
 @task(
     help={
         "file": "復号する .age ファイル（出力: .age を除いた名前。上書きしない）",
@@ -98,6 +103,7 @@ def decrypt(c, file=None, key=None, out=None):
     )
     console.result(str(path))
 
+
 @task(name="offsite-keygen", help={"out": "秘密鍵を書き出すファイル（0600。既存なら上書きしない）"})
 def offsite_keygen(c, out=None):
     """age の鍵を作る（age-keygen と同じ形式）。秘密鍵は DB サーバーに置かず、オフラインで保管する。"""
@@ -107,6 +113,7 @@ def offsite_keygen(c, out=None):
     )
     console.summary(f"秘密鍵を {out} に書きました。公開鍵を OFFSITE_AGE_RECIPIENTS に設定してください")
     console.result(public)
+
 
 def _required_path(value):
     from pgrunbook.core.errors import RunbookError

@@ -21,6 +21,7 @@ def pitr_setup(c, env=None, dry_run=False):
     if isinstance(result, list):
         print_lines(result)
 
+
 @task(
     name="pitr-backup",
     help={
@@ -37,6 +38,7 @@ def pitr_backup(c, env=None, type="full", dry_run=False):  # noqa: A002 - pgBack
         print_lines(result)
     else:
         console.result(result)
+
 
 @task(
     name="pitr-status",
@@ -65,6 +67,7 @@ def pitr_status(c, env=None, max_age="15m", backup_max_age="8d", format="text"):
     if result.exit_code:
         raise Exit(code=result.exit_code)
 
+
 @task(
     name="pitr-restore-scratch",
     help={
@@ -86,6 +89,7 @@ def pitr_restore_scratch(c, env=None, target_time=None, dry_run=False):
         print_lines(result.report_lines(settings.db_name))
         console.result(result.name)
 
+
 @task(
     name="pitr-drill",
     help={
@@ -103,6 +107,7 @@ def pitr_drill(c, env=None, minutes=5.0, target_time=None, dry_run=False):
     )
     if isinstance(result, list):
         print_lines(result)
+
 
 @task(
     name="pitr-scratch-drop",

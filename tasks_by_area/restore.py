@@ -16,6 +16,7 @@ RESTORE_HELP = {
     "jobs": "pg_restore の並列数（既定: RESTORE_JOBS。auto はコンテナの CPU の半分、最大 4）",
 }
 
+
 def _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes=False,
                      accept_shrink=False):
     chosen = "restorer" if no_owner else (ownership or "auto")
@@ -26,6 +27,7 @@ def _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes
         ownership=chosen, no_acl=no_acl, jobs=int(jobs) if jobs else None,
         accept_privilege_changes=accept_privilege_changes, accept_shrink=accept_shrink,
     )
+
 
 @task(
     name="restore-scratch",
@@ -48,6 +50,7 @@ def restore_scratch(c, env=None, file=None, db=None, replace=False, ownership=No
         console,
     )
     console.result(result.database)
+
 
 @task(
     name="restore-replace",
@@ -77,6 +80,7 @@ def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, owne
     )
     console.result(result.previous)
 
+
 @task(
     name="restore-rollback",
     help={
@@ -93,6 +97,7 @@ def restore_rollback(c, env=None, previous=None, confirm=None):
     rolled = guarded(lambda: lazy.restore.restore_rollback(settings, previous, confirm, console),
                      console)
     console.result(rolled)
+
 
 @task(
     name="restore-recover",
@@ -111,6 +116,7 @@ def restore_recover(c, env=None, confirm=None, dry_run=False):
     if not dry_run:
         console.result(f"{len(done)} 件修復")
 
+
 @task(name="restore-list", help={"env": ENV_HELP})
 def restore_list(c, env=None):
     """キットが作った DB（検証用・置き換え前など）を一覧する。"""
@@ -120,6 +126,7 @@ def restore_list(c, env=None):
         console.result(f"{db.name}\t{db.role}\t{human_size(db.size)}\t{db.created_at}"
                        + (f"\t{db.note}" if db.note else ""))
     console.summary(f"{len(databases)} 件")
+
 
 @task(
     name="restore-drop",

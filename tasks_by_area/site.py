@@ -18,6 +18,7 @@ def docs(c, port=8000):
     console.step(f"プレビュー: http://127.0.0.1:{port}/（Ctrl-C で終了）")
     guarded(lambda: lazy.site_docs.serve_site(ROOT, int(port)), console)
 
+
 @task(name="docs-build", help={"output": "出力先ディレクトリ（既定: このチェックアウトの site/）"})
 def docs_build(c, output=None):
     """手順書サイトを strict でビルドする。公開は site/ をファイルサーバーへコピーするだけ。--env は不要。"""

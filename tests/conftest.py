@@ -53,11 +53,13 @@ from helpers import (
 def docker_engine():
     return docker_client()
 
+
 @pytest.fixture(scope="session")
 def servers(docker_engine):
     found = Servers(docker_engine)
     yield found
     found.close()
+
 
 def pytest_generate_tests(metafunc):
     """Tests marked ``matrix`` run once per image of PGRUNBOOK_TEST_IMAGES."""
@@ -65,10 +67,12 @@ def pytest_generate_tests(metafunc):
         # function scope: no reordering of the session's tests, the servers are shared anyway
         metafunc.parametrize("pg", MATRIX, indirect=True, ids=MATRIX, scope="function")
 
+
 @pytest.fixture(scope="session")
 def pg(request, servers):
     """The test's server: the matrix image of a ``matrix`` test, else PGRUNBOOK_TEST_IMAGE."""
     return servers(getattr(request, "param", IMAGE))
+
 
 @pytest.fixture
 def cli(tmp_path, pg) -> Cli:
@@ -77,6 +81,7 @@ def cli(tmp_path, pg) -> Cli:
     runner.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD)
     runner.write_env("dev", DB_CONTAINER=pg.name, DB_NAME="app_dev", DB_PASSWORD=PASSWORD)
     return runner
+
 
 @pytest.fixture
 def target(pg, cli):
@@ -93,6 +98,7 @@ def target(pg, cli):
         if db.startswith(name):
             pg.psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
 
+
 @pytest.fixture
 def app_container(docker_engine):
     """A small app that stops at once on SIGTERM."""
@@ -102,6 +108,7 @@ def app_container(docker_engine):
         entrypoint=[], name=name, detach=True, network_mode="none", labels={"pgrunbook.test": "1"})
     yield app
     app.remove(force=True)
+
 
 @pytest.fixture
 def cron_daemon(tmp_path):

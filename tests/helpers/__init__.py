@@ -336,6 +336,7 @@ def table_fingerprints(pg, database: str) -> dict[str, str]:
 
 # ---- from the former test_clock.py ---------------------------------------------------------
 
+
 def at_offset(cli, offset: str, *args: str) -> subprocess.CompletedProcess:
     """The real CLI with the host's clock moved by ``offset`` (faketime -f '+200d')."""
     return subprocess.run(
@@ -346,6 +347,7 @@ def at_offset(cli, offset: str, *args: str) -> subprocess.CompletedProcess:
 
 
 # ---- from the former test_restore.py -------------------------------------------------------
+
 
 def databases(pg) -> list[str]:
     return pg.psql("SELECT datname FROM pg_database ORDER BY 1", "postgres").split()
@@ -390,6 +392,7 @@ def run_on_a_terminal(cli, args, answers: bytes):
 
 # ---- from the former test_prune.py ---------------------------------------------------------
 
+
 def make_backup(directory: Path, when: datetime, fmt: str = "custom", *, env: str = "prod",
                 manifest_env: str | None = None, manifest_file: str | None = None,
                 with_manifest: bool = True, name: str | None = None) -> str:
@@ -411,6 +414,7 @@ def at(day: datetime, hour: int = 3) -> datetime:
 
 
 # ---- from the former test_recovery.py ------------------------------------------------------
+
 
 def replace_scenario(cli, pg, database: str, app) -> tuple:
     """prod aimed at ``database`` with ``app`` in APP_CONTAINERS; a backup, then one more
@@ -447,6 +451,7 @@ def uploads(pg) -> list[str]:
 
 
 # ---- from the former test_restore_trust.py -------------------------------------------------
+
 
 def role(pg, name: str, options: str = "NOLOGIN") -> str:
     pg.psql(f'DO $$BEGIN CREATE ROLE "{name}" {options}; EXCEPTION WHEN duplicate_object THEN NULL; END$$',

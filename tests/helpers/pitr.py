@@ -22,12 +22,15 @@ STANZA = "knot"
 
 RUN = uuid.uuid4().hex[:8]
 
+
 def compose_service() -> dict:
     return yaml.safe_load((EXAMPLE / "compose.yaml").read_text(encoding="utf-8"))["services"]["db"]
+
 
 def interpolate(value: str, variables: dict[str, str]) -> str:
     """compose's ${NAME} and ${NAME:?message}."""
     return re.sub(r"\$\{([A-Z0-9_]+)(?::\?[^}]*)?\}", lambda m: variables[m.group(1)], value)
+
 
 def start_from_compose(engine, image: str, name: str, command: list[str] | None = None):
     """The compose service as a container: its command, environment and volumes."""
@@ -56,11 +59,13 @@ def start_from_compose(engine, image: str, name: str, command: list[str] | None 
     wait_for(ready, f"{name} to start", 120)
     return container
 
+
 def exec_in(container, argv: list[str], user: str = "") -> tuple[int, str]:
     api = container.client.api
     exec_id = api.exec_create(container.id, argv, environment={"PGPASSWORD": PASSWORD}, user=user)["Id"]
     output = api.exec_start(exec_id).decode("utf-8", "replace")
     return api.exec_inspect(exec_id)["ExitCode"], output
+
 
 def psql(container, sql: str, database: str = "app") -> str:
     code, output = exec_in(container, ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "app",
@@ -68,15 +73,18 @@ def psql(container, sql: str, database: str = "app") -> str:
     assert code == 0, output
     return output.strip()
 
+
 def remove_with_volumes(engine, container) -> None:
     names = [m["Name"] for m in container.attrs.get("Mounts", []) if m.get("Type") == "volume"]
     container.remove(force=True, v=True)
     for volume in names:
         engine.volumes.get(volume).remove(force=True)
 
+
 def worklog(home: Cli) -> list[dict]:
     path = home.backup_dir("prod") / "worklog.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
 
 def server_time(container) -> str:
     return psql(container, "SELECT clock_timestamp()")

@@ -143,55 +143,59 @@ class _Stream:
         self.console.progress(self.size, self.started, "pg_dump")
 
 
+@dataclass(frozen=True)
+class BackupRequest:
+    """What ``backup`` / ``backup-sql`` is asked for. ``label`` goes into the file name and
+    the manifest; ``keep`` ("10y", "18m", "2036-03-31") pins the backup until that date."""
+
+    fmt: str = "custom"  # custom (pg_dump -F c) or plain (-F p)
+    no_owner: bool = False
+    no_acl: bool = False
+    dry_run: bool = False
+    label: str | None = None
+    keep: str | None = None
+
+    @property
+    def task(self) -> str:
+        return "backup" if self.fmt == "custom" else "backup-sql"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A request checked and dated: what the locked run makes."""
+
+    request: BackupRequest
+    when: datetime
+    label: str | None
+    keep_until: date | None
+
+
 def run_backup(
-    settings: Settings,
-    fmt: str = "custom",
-    *,
-    no_owner: bool = False,
-    no_acl: bool = False,
-    dry_run: bool = False,
-    console: Console | None = None,
-    task: str | None = None,
-    label: str | None = None,
-    keep: str | None = None,
+    settings: Settings, request: BackupRequest = BackupRequest(), console: Console | None = None
 ) -> BackupResult | list[str]:
-    """Back up the env's database. Returns the result, or the manual commands on dry_run.
-
-    ``label`` goes into the file name and the manifest; ``keep`` ("10y", "18m",
-    "2036-03-31") pins the backup until that date (prune keeps it).
-    """
+    """Back up the env's database. Returns the result, or the manual commands on a dry run."""
     console = console or Console(settings.secrets())
-    task = task or ("backup" if fmt == "custom" else "backup-sql")
     when = datetime.now()
-    label = pins.check_label(label)
-    keep_until = pins.parse_keep(keep, when.date()) if keep else None
-    if dry_run:
+    label = pins.check_label(request.label)
+    plan = _Plan(request, when, label, pins.parse_keep(request.keep, when.date()) if request.keep else None)
+    if request.dry_run:
         target = settings.backup_dir / catalog.backup_name(
-            settings.backup_prefix, settings.env, when, fmt, label=label
+            settings.backup_prefix, settings.env, when, request.fmt, label=label
         )
-        return manual.backup_commands(settings, fmt, target, no_owner, no_acl)
+        return manual.backup_commands(settings, request.fmt, target, request.no_owner, request.no_acl)
 
-    entry = Entry(task, settings.env, settings.db_name, settings.db_container)
+    entry = Entry(request.task, settings.env, settings.db_name, settings.db_container)
     with recorded(settings.worklog_path, entry, console.redact), exclusive_lock(
-        settings.backup_dir, settings.db_container, settings.db_name, task
+        settings.backup_dir, settings.db_container, settings.db_name, request.task
     ):
         pg = Postgres(Container.find(settings.db_container), settings)
-        return _backup_locked(settings, pg, fmt, when, no_owner, no_acl, console, entry,
-                              label, keep_until)
+        return _backup_locked(settings, pg, plan, console, entry)
 
 
-def _backup_locked(
-    settings: Settings,
-    pg: Postgres,
-    fmt: str,
-    when: datetime,
-    no_owner: bool,
-    no_acl: bool,
-    console: Console,
-    entry: Entry,
-    label: str | None = None,
-    keep_until: date | None = None,
-) -> BackupResult:
+def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Console,
+                   entry: Entry) -> BackupResult:
+    fmt, no_owner, no_acl = plan.request.fmt, plan.request.no_owner, plan.request.no_acl
+    when, label, keep_until = plan.when, plan.label, plan.keep_until
     if fmt == "custom" and no_owner:
         console.warn(
             "カスタム形式では pg_dump の --no-owner は効かず、リストア時に適用されます"
@@ -285,10 +289,10 @@ def _backup_locked(
     console.step(f"pg_dump -F {'c' if fmt == 'custom' else 'p'} → {final.name}{catalog.PARTIAL_SUFFIX}")
     argv = manual.dump_argv(settings, fmt, no_owner, no_acl,
                             compression.spec if compression else None) + snapshot_argv
-    stream, manifest = write_dump(
-        pg, argv, final, settings, console, check, describe, "pg_dump",
+    stream, manifest = write_dump(pg, settings, DumpJob(
+        argv, final, "pg_dump", check, describe,
         on_first_data=session.release if session else None, finished=finished,
-    )
+    ), console)
     sha256 = stream.hash.hexdigest()
     entry.sha256 = sha256
     entry.details["size"] = stream.size
@@ -336,26 +340,29 @@ def _compression(settings: Settings, fmt: str, server_version: str) -> versions.
     return versions.dump_compression(settings.dump_compression, server_version)
 
 
-def write_dump(
-    pg: Postgres,
-    argv: list[str],
-    final: Path,
-    settings: Settings,
-    console: Console,
-    check: Callable[[Path, _Stream], dict[str, Any]],
-    describe: Callable[[_Stream, dict[str, Any]], dict[str, Any]],
-    tool: str,
-    on_first_data: Callable[[], None] | None = None,
-    finished: Callable[[bool], None] | None = None,
-) -> tuple[_Stream, dict[str, Any]]:
-    """Stream argv's stdout into ``<final>.partial``, check, fsync, write the sidecars,
-    then link to ``final`` (never over an existing file). Any failure leaves nothing.
+@dataclass(frozen=True)
+class DumpJob:
+    """One tool's output made into a backup file: ``argv`` (pg_dump, pg_dumpall) streams into
+    ``<final>.partial``; ``check`` inspects the finished partial file (raises RunbookError)
+    and returns facts for the manifest; ``describe`` builds the manifest; ``on_first_data``
+    is called when the tool's first bytes arrive; ``finished(ok)`` right after it ends (also
+    when the run raised), before any check."""
 
-    ``check`` inspects the finished partial file (raises RunbookError) and returns
-    facts for the manifest; ``describe`` builds the manifest. ``on_first_data`` is
-    called when the tool's first bytes arrive; ``finished(ok)`` right after it ends
-    (also when the run raised), before any check.
-    """
+    argv: list[str]
+    final: Path
+    tool: str
+    check: Callable[[Path, _Stream], dict[str, Any]]
+    describe: Callable[[_Stream, dict[str, Any]], dict[str, Any]]
+    on_first_data: Callable[[], None] | None = None
+    finished: Callable[[bool], None] | None = None
+
+
+def write_dump(pg: Postgres, settings: Settings, job: DumpJob,
+               console: Console) -> tuple[_Stream, dict[str, Any]]:
+    """Stream the job's output into ``<final>.partial``, check, fsync, write the sidecars,
+    then link to ``final`` (never over an existing file). Any failure leaves nothing."""
+    argv, final, tool, check, describe = job.argv, job.final, job.tool, job.check, job.describe
+    on_first_data, finished = job.on_first_data, job.finished
     partial = final.with_name(final.name + catalog.PARTIAL_SUFFIX)
     with host_writes(final.parent, settings.env):
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

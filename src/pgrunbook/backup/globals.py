@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pgrunbook import __version__
-from pgrunbook.backup.dump import BackupResult, _Stream, write_dump
+from pgrunbook.backup.dump import BackupResult, DumpJob, _Stream, write_dump
 from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.files import ensure_private_dir
@@ -115,8 +115,8 @@ def _globals_locked(
 
     console.step(f"pg_dumpall --globals-only → {final.name}{catalog.PARTIAL_SUFFIX}")
     argv = manual.globals_argv(settings, with_role_passwords)
-    stream, manifest = write_dump(pg, argv, final, settings, console, _check_globals, describe,
-                                  "pg_dumpall")
+    stream, manifest = write_dump(pg, settings, DumpJob(argv, final, "pg_dumpall", _check_globals, describe),
+                                  console)
     sha256 = stream.hash.hexdigest()
     entry.sha256 = sha256
     entry.details.update({"size": stream.size, "role_passwords": with_role_passwords})

@@ -24,6 +24,7 @@ def structure(pg, database: str) -> dict[str, str]:
                              database),
     }
 
+
 @pytest.mark.matrix
 def test_backup_custom_restores_every_table_exactly(cli, pg):
     result = cli("backup", "--env=prod")
@@ -56,6 +57,7 @@ def test_backup_custom_restores_every_table_exactly(cli, pg):
     assert structure(pg, "independent_restore") == structure(pg, "app")
     assert "山田" in pg.psql("SELECT string_agg(name, ',') FROM members", "independent_restore")
 
+
 @pytest.mark.matrix
 def test_backup_sql_restores_with_psql(cli, pg):
     result = cli("backup-sql", "--env=prod")
@@ -71,6 +73,7 @@ def test_backup_sql_restores_with_psql(cli, pg):
             stdin=path.read_bytes())
     assert table_fingerprints(pg, "independent_sql") == table_fingerprints(pg, "app")
     assert structure(pg, "independent_sql") == structure(pg, "app")
+
 
 def test_options_reach_pg_dump(cli, pg):
     pg.psql("GRANT SELECT ON public.members TO PUBLIC")
@@ -95,6 +98,7 @@ def test_options_reach_pg_dump(cli, pg):
     _, listing, _ = pg.exec(["pg_restore", "--list", "/tmp/reference.dump"])
     assert b" ACL " in listing  # the check above can fail
 
+
 def test_dry_run_prints_manual_commands_and_touches_nothing(cli):
     result = cli("backup", "--env=prod", "--dry-run")
     assert result.returncode == 0, result.stderr
@@ -103,6 +107,7 @@ def test_dry_run_prints_manual_commands_and_touches_nothing(cli):
     assert PASSWORD not in result.stdout + result.stderr
     assert not (cli.home / "backups").exists()
 
+
 def test_two_backups_in_one_second_never_overwrite(cli):
     first = cli("backup", "--env=prod")
     second = cli("backup", "--env=prod")
@@ -110,6 +115,7 @@ def test_two_backups_in_one_second_never_overwrite(cli):
     assert last_line(first.stdout) != last_line(second.stdout)
     files = [n for n in backup_like_files(cli.backup_dir("prod")) if n.endswith(".dump")]
     assert len(files) == 2
+
 
 def test_every_run_is_in_the_work_log(cli, pg):
     cli.write_env("dev", DB_CONTAINER=pg.name, DB_NAME="no_such_db", DB_PASSWORD=PASSWORD)

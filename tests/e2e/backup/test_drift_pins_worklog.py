@@ -21,8 +21,10 @@ def log_records(folder: Path) -> list[dict]:
     path = folder / "worklog.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
+
 def manifest_of(path: Path) -> dict:
     return json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+
 
 def notifier(tmp_path: Path) -> tuple[str, Path]:
     """A NOTIFY_COMMAND that appends each message it gets to a file."""
@@ -33,6 +35,7 @@ def notifier(tmp_path: Path) -> tuple[str, Path]:
                       "    out.write(sys.stdin.buffer.read() + b'\\n')\n")
     return f"{sys.executable} {script}", received
 
+
 @pytest.fixture
 def own_database(pg):
     """A sample database of this test only (it gets truncated)."""
@@ -40,6 +43,7 @@ def own_database(pg):
     pg.create_database(name, sample=True)
     yield name
     pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "postgres")
+
 
 def test_backup_after_a_truncate_is_suspect_warns_notifies_and_can_be_accepted(tmp_path, pg,
                                                                               own_database):
@@ -106,6 +110,7 @@ def test_backup_after_a_truncate_is_suspect_warns_notifies_and_can_be_accepted(t
     assert cli("status", "--env=prod").returncode == 0
     assert worklog.verify_chain(second_path.parent / "worklog.jsonl").intact
 
+
 def test_a_recreated_container_is_a_different_database(tmp_path, docker_engine):
     name = f"pgrunbook-test-drift12-{uuid.uuid4().hex[:8]}"
     server = start_postgres(docker_engine, name)
@@ -126,6 +131,7 @@ def test_a_recreated_container_is_a_different_database(tmp_path, docker_engine):
         assert {f["kind"] for f in findings} >= {drift.TABLE_MISSING, drift.NEARLY_EMPTY}
     finally:
         server.container.remove(force=True, v=True)
+
 
 def test_a_move_to_a_new_cluster_made_by_the_kits_replace_is_not_suspect(tmp_path, pg, docker_engine):
     """The runbook's way to move majors or hosts: back up on the old server, restore-replace
@@ -158,6 +164,7 @@ def test_a_move_to_a_new_cluster_made_by_the_kits_replace_is_not_suspect(tmp_pat
     finally:
         new.container.remove(force=True, v=True)
         pg.psql(f'DROP DATABASE IF EXISTS "{source}" WITH (FORCE)', "postgres")
+
 
 def test_forty_days_of_backups_of_a_database_emptied_on_day_10_keep_day_9(tmp_path):
     cli = Cli(tmp_path)
@@ -204,6 +211,7 @@ def test_forty_days_of_backups_of_a_database_emptied_on_day_10_keep_day_9(tmp_pa
     make_backup(folder, datetime.now(), "plain")  # a newer good SQL dump hides nothing
     assert cli("status", "--env=prod", "--max-age=1000d").returncode == 3
 
+
 def test_pinned_backup_survives_prune_until_unpinned(tmp_path):
     cli = Cli(tmp_path)
     cli.write_env("prod", DB_CONTAINER="knot-db-not-needed", RETENTION_DAYS="10",
@@ -235,6 +243,7 @@ def test_pinned_backup_survives_prune_until_unpinned(tmp_path):
     tasks = [r["task"] for r in log_records(folder)]
     assert tasks.count("pin") == 1 and tasks.count("unpin") == 2
 
+
 def test_an_edited_work_log_line_is_named_and_status_warns(cli):
     assert cli("backup", "--env=prod").returncode == 0
     for _ in range(3):
@@ -252,6 +261,7 @@ def test_an_edited_work_log_line_is_named_and_status_warns(cli):
     status = cli("status", "--env=prod")
     assert status.returncode == 4, status.stdout + status.stderr
     assert status.stdout.startswith("WARNING env=prod") and "3 行目" in status.stdout
+
 
 def test_a_forged_verify_line_never_makes_a_backup_verified(cli):
     made = cli("backup", "--env=prod")

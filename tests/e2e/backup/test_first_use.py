@@ -23,6 +23,7 @@ def made(cli, task: str = "backup") -> Path:
     assert result.returncode == 0, result.stderr
     return Path(last_line(result.stdout))
 
+
 def test_list_never_shows_a_truncated_file_as_verified(cli, pg):
     backup = made(cli)
     assert cli("verify", "--env=prod").returncode == 0
@@ -32,6 +33,7 @@ def test_list_never_shows_a_truncated_file_as_verified(cli, pg):
     row = cli("list", "--env=prod").stdout.splitlines()[-1].split("\t")
     assert row[5] == "不一致"
     assert not row[4].startswith("済"), row
+
 
 def test_sigterm_says_what_happened_like_ctrl_c(cli, pg):
     # no row counts: the count(*) would wait for the lock instead of pg_dump
@@ -59,6 +61,7 @@ def test_sigterm_says_what_happened_like_ctrl_c(cli, pg):
     log = [json.loads(line) for line in (directory / "worklog.jsonl").read_text().splitlines()]
     assert log[-1]["result"] == "interrupted", log[-1]
 
+
 def test_list_on_a_terminal_speaks_japanese(cli, pg):
     made(cli)
     master, slave = pty.openpty()
@@ -83,6 +86,7 @@ def test_list_on_a_terminal_speaks_japanese(cli, pg):
     assert process.returncode == 0
     assert "名前" in header and "作成日時" in header and "チェックサム" in header, header
     assert "name" not in header and "checksum" not in header, header
+
 
 def test_restore_scratch_without_file_takes_the_newest_verified_dump_and_says_so(cli, pg):
     dump = made(cli)

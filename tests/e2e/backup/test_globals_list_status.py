@@ -19,6 +19,7 @@ def columns(stdout: str) -> dict[str, list[str]]:
     assert all(len(row) == 9 for row in rows), stdout  # ... checksum, label, keep-until, content
     return {row[0]: row for row in rows}
 
+
 @pytest.mark.matrix
 def test_backup_globals_saves_roles_without_passwords_unless_asked(cli, pg):
     result = cli("backup-globals", "--env=prod")
@@ -50,6 +51,7 @@ def test_backup_globals_saves_roles_without_passwords_unless_asked(cli, pg):
     dry = cli("backup-globals", "--env=prod", "--dry-run")
     assert "pg_dumpall -U app --globals-only --no-role-passwords" in dry.stdout
 
+
 def make_older(path: Path, days: int) -> Path:
     """The same backup under a name (and sidecars) from `days` days earlier."""
     parsed = catalog.parse(path)
@@ -63,6 +65,7 @@ def make_older(path: Path, days: int) -> Path:
     Path(f"{path}.json").unlink()
     Path(f"{path}.sha256").unlink()
     return older
+
 
 def test_list_and_status_follow_backups_and_verifications(cli, pg):
     none = cli("status", "--env=prod")

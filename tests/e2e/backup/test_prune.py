@@ -25,6 +25,7 @@ def a_week_in_one_month(now: datetime) -> tuple[datetime, datetime]:
             return at(monday), at(sunday)
     raise AssertionError("no such week")  # pragma: no cover
 
+
 def test_prune_keeps_exactly_what_the_policy_says(tmp_path):
     cli = Cli(tmp_path)
     cli.write_env("prod", DB_CONTAINER="knot-db-not-needed", RETENTION_DAYS="10",
@@ -95,6 +96,7 @@ def test_prune_keeps_exactly_what_the_policy_says(tmp_path):
     again = cli("prune", "--env=prod")
     assert again.returncode == 0 and "削除\t" not in again.stdout
     assert {p.name for p in folder.iterdir()} == after
+
 
 def test_prune_never_touches_a_folder_of_foreign_files(tmp_path):
     cli = Cli(tmp_path)

@@ -21,10 +21,12 @@ from helpers import PASSWORD, at_offset, last_line, samples
 pytestmark = pytest.mark.skipif(shutil.which("faketime") is None,
                                 reason="faketime (Debian package faketime) is not installed")
 
+
 def made_at(cli, offset: str) -> Path:
     made = at_offset(cli, offset, "backup", "--env=prod")
     assert made.returncode == 0, made.stderr
     return Path(last_line(made.stdout))
+
 
 def rows_of(stdout: str) -> dict[str, str]:
     """prune's result lines: name -> verdict and reasons."""
@@ -34,6 +36,7 @@ def rows_of(stdout: str) -> dict[str, str]:
         if len(parts) == 3:
             found[parts[1]] = f"{parts[0]}\t{parts[2]}"
     return found
+
 
 def test_a_future_dated_backup_never_pushes_real_ones_out_of_retention(cli, pg):
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD,
@@ -60,6 +63,7 @@ def test_a_future_dated_backup_never_pushes_real_ones_out_of_retention(cli, pg):
     for kept in (older, recent, future):  # the skewed one too: a person decides about it
         assert kept.exists() and Path(f"{kept}.json").exists() and Path(f"{kept}.sha256").exists()
 
+
 def test_check_names_the_real_newest_backup_and_the_future_one(cli, pg):
     real = made_at(cli, "-1h")
     assert cli("verify", "--env=prod", f"--file={real}").returncode == 0
@@ -75,6 +79,7 @@ def test_check_names_the_real_newest_backup_and_the_future_one(cli, pg):
     assert len(skewed) == 1 and skewed[0].startswith("NG"), checked.stdout
     assert "未来" in skewed[0] and "時計" in skewed[0] and "未来の日時前" not in skewed[0], skewed
     assert checked.returncode == 2, checked.stdout
+
 
 def test_metrics_never_read_a_future_dated_backup_as_fresh(cli, pg):
     """An alert on time() - pgrunbook_backup_last_verified_timestamp_seconds would stay
@@ -96,12 +101,14 @@ def test_metrics_never_read_a_future_dated_backup_as_fresh(cli, pg):
     assert values[("pgrunbook_backup_last_success_timestamp_seconds", "prod")] < time.time()
     assert values[("pgrunbook_backups", "prod")] == 2
 
+
 def datetime_of(path: Path):
     from pgrunbook.store import catalog
 
     parsed = catalog.parse(path)
     assert parsed is not None
     return parsed.created
+
 
 def test_the_content_check_never_compares_with_a_future_dated_backup(cli, pg, target):
     """The drift check compares a new backup with the previous good one: never with one

@@ -19,14 +19,17 @@ def made_backup(cli) -> Path:
     assert result.returncode == 0, result.stderr
     return Path(last_line(result.stdout))
 
+
 def sidecars(path: Path) -> list[Path]:
     return [path.with_name(path.name + suffix) for suffix in (".sha256", ".json")]
+
 
 @pytest.fixture
 def elsewhere(tmp_path) -> Path:
     folder = tmp_path / "big-disk"
     folder.mkdir()
     return folder
+
 
 def link_to(backup: Path, elsewhere: Path, *, move_sidecars: bool) -> Path:
     """Move the dump (and, if asked, its sidecars) elsewhere; leave a symlink in its place."""
@@ -37,6 +40,7 @@ def link_to(backup: Path, elsewhere: Path, *, move_sidecars: bool) -> Path:
             sidecar.rename(elsewhere / sidecar.name)
     backup.symlink_to(moved)
     return backup
+
 
 def check_all_ways(cli, pg, link: Path) -> None:
     listing = cli("list", "--env=prod")
@@ -58,10 +62,12 @@ def check_all_ways(cli, pg, link: Path) -> None:
     finally:
         pg.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)', "postgres")
 
+
 def test_sidecars_beside_the_link(cli, pg, elsewhere):
     link = link_to(made_backup(cli), elsewhere, move_sidecars=False)
     assert all(p.is_file() for p in sidecars(link)) and not list(elsewhere.glob("*.json"))
     check_all_ways(cli, pg, link)
+
 
 def test_sidecars_beside_the_target(cli, pg, elsewhere):
     link = link_to(made_backup(cli), elsewhere, move_sidecars=True)

@@ -19,9 +19,11 @@ def good(cli):
 
     return Path(last_line(result.stdout))
 
+
 def copy_set(source, target):
     for suffix in ("", ".sha256", ".json"):
         shutil.copy(str(source) + suffix, str(target) + suffix)
+
 
 @pytest.mark.matrix
 def test_verify_newest_backup_ok(cli, good):
@@ -34,12 +36,14 @@ def test_verify_newest_backup_ok(cli, good):
     assert explicit.returncode == 0, explicit.stderr
     assert "検証 OK" in explicit.stderr
 
+
 def test_verify_rejects_empty_file(cli, good):
     empty = good.with_name("knot-prod-20200101-000000.dump")
     empty.write_bytes(b"")
     result = cli("verify", "--env=prod", f"--file={empty}")
     assert result.returncode == 1
     assert "[size]" in result.stderr
+
 
 @pytest.mark.matrix
 def test_verify_rejects_truncated_file(cli, good):
@@ -56,6 +60,7 @@ def test_verify_rejects_truncated_file(cli, good):
     result = cli("verify", "--env=prod", f"--file={legacy}")
     assert result.returncode == 1 and "[readable]" in result.stderr, result.stderr
 
+
 def test_verify_rejects_checksum_mismatch(cli, good):
     tampered = good.with_name("knot-prod-20200101-000002.dump")
     copy_set(good, tampered)
@@ -65,6 +70,7 @@ def test_verify_rejects_checksum_mismatch(cli, good):
     result = cli("verify", "--env=prod", f"--file={tampered}")
     assert result.returncode == 1
     assert "[sha256]" in result.stderr
+
 
 def test_verify_rejects_file_of_another_env(cli):
     dev = cli("backup", "--env=dev")
@@ -82,12 +88,14 @@ def test_verify_rejects_file_of_another_env(cli):
     assert result.returncode == 1 and "[manifest]" in result.stderr
     assert json.loads(disguised.with_name(disguised.name + ".json").read_text())["env"] == "dev"
 
+
 def test_verify_accepts_legacy_name_with_warning(cli, good):
     legacy = good.with_name("knot-prod-20260128.dump")
     shutil.copy(good, legacy)
     result = cli("verify", "--env=prod", f"--file={legacy}")
     assert result.returncode == 0, result.stderr
     assert "旧形式" in result.stderr
+
 
 def test_verify_rejects_sql_without_completion(cli):
     sql = cli("backup-sql", "--env=prod")
@@ -100,9 +108,11 @@ def test_verify_rejects_sql_without_completion(cli):
     result = cli("verify", "--env=prod", f"--file={cut}")
     assert result.returncode == 1 and "[complete]" in result.stderr
 
+
 def test_verify_without_backups(cli):
     result = cli("verify", "--env=prod")
     assert result.returncode == 1 and "invoke backup --env=prod" in result.stderr
+
 
 def test_verify_names_an_archive_from_a_newer_postgresql(cli, good):
     newer = good.with_name("knot-prod-20200101-000003.dump")

@@ -18,6 +18,7 @@ from helpers import at_offset, last_line
 pytestmark = pytest.mark.skipif(shutil.which("faketime") is None,
                                 reason="faketime (Debian package faketime) is not installed")
 
+
 def test_a_future_dated_backup_hides_nothing_and_turns_status_red(cli, pg, tmp_path):
     ahead = at_offset(cli, "+200d", "backup", "--env=prod")
     assert ahead.returncode == 0, ahead.stderr
@@ -53,6 +54,7 @@ def test_a_future_dated_backup_hides_nothing_and_turns_status_red(cli, pg, tmp_p
     fresh = cli("status", "--env=prod")
     assert fresh.returncode == 0, fresh.stdout
     assert just_made.name in fresh.stdout
+
 
 def test_only_a_date_beyond_the_tolerance_counts_as_future(tmp_path):
     from pgrunbook.store import catalog

@@ -29,6 +29,7 @@ def tiny_disk(tmp_path):
     yield mountpoint
     subprocess.run(["umount", str(mountpoint)], check=True)
 
+
 @pytest.fixture
 def large_database(pg):
     name = f"full_{uuid.uuid4().hex[:8]}"
@@ -37,6 +38,7 @@ def large_database(pg):
             "|| md5(random()::text) AS payload FROM generate_series(1, 60000) AS g", name)
     yield name
     pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "postgres")
+
 
 @pytest.mark.parametrize("task", ["backup", "backup-sql"])
 def test_a_full_disk_gives_one_line_and_leaves_nothing(tmp_path, pg, tiny_disk, large_database, task):
@@ -56,6 +58,7 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing(tmp_path, pg, tiny_disk, 
     sessions = pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgrunbook-%' "
                        f"AND datname = '{large_database}'", "postgres")
     assert sessions.strip() == "0"  # no pg_dump left running for a file nobody writes
+
 
 def test_a_disk_full_before_the_start_gives_one_line(tmp_path, pg, tiny_disk):
     cli = Cli(tmp_path)

@@ -20,6 +20,7 @@ with exclusive_lock(Path(sys.argv[1]), sys.argv[2], sys.argv[3], "backup"):
     time.sleep(600)
 """
 
+
 def start_backup(cli) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "invoke", "-r", str(ROOT), "backup", "--env=prod"],
@@ -27,11 +28,13 @@ def start_backup(cli) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
+
 def lock_holder(path) -> dict:
     try:
         return json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
         return {}
+
 
 def test_two_concurrent_backups_one_fails_fast_naming_the_holder(cli, pg):
     # no row counts: pg_dump itself must be what waits on the held table lock
@@ -59,6 +62,7 @@ def test_two_concurrent_backups_one_fails_fast_naming_the_holder(cli, pg):
     log = [json.loads(line) for line in (cli.backup_dir("prod") / "worklog.jsonl").read_text().splitlines()]
     assert [r["result"] for r in log if r["task"] == "backup"] == ["failed", "ok"]
     assert lock_file.read_text() == ""  # released and emptied
+
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(cli, pg):
     directory = cli.backup_dir("prod")

@@ -16,6 +16,7 @@ KILL_PG_DUMP = (
     "done"
 )
 
+
 def assert_clean_failure(result, directory, *words):
     assert result.returncode != 0
     error_lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -27,10 +28,12 @@ def assert_clean_failure(result, directory, *words):
     assert backup_like_files(directory) == []
     assert PASSWORD not in result.stdout + result.stderr
 
+
 def test_wrong_container_lists_the_running_ones(cli, pg):
     cli.write_env("prod", DB_CONTAINER="knot-db-typo", DB_PASSWORD=PASSWORD)
     result = cli("backup", "--env=prod")
     assert_clean_failure(result, cli.backup_dir("prod"), "knot-db-typo", "見つかりません", pg.name)
+
 
 def test_stopped_container(cli, pg, docker_engine):
     name = f"pgrunbook-stopped-{uuid.uuid4().hex[:6]}"
@@ -42,10 +45,12 @@ def test_stopped_container(cli, pg, docker_engine):
     finally:
         stopped.remove(force=True)
 
+
 def test_wrong_database(cli, pg):
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="no_such_db", DB_PASSWORD=PASSWORD)
     result = cli("backup", "--env=prod")
     assert_clean_failure(result, cli.backup_dir("prod"), "no_such_db", "DB_NAME")
+
 
 def test_wrong_password_does_not_echo_it(cli, pg):
     wrong = "Wrong-Marker-5d1e"
@@ -55,6 +60,7 @@ def test_wrong_password_does_not_echo_it(cli, pg):
     assert wrong not in result.stdout + result.stderr
     assert wrong not in (cli.backup_dir("prod") / "worklog.jsonl").read_text()
 
+
 def test_unknown_and_missing_env(cli):
     missing = cli("backup")
     assert missing.returncode == 2 and "--env" in missing.stderr and "dev, prod" in missing.stderr
@@ -62,12 +68,14 @@ def test_unknown_and_missing_env(cli):
     assert unknown.returncode == 2 and "prod" in unknown.stderr and "dev, prod" in unknown.stderr
     assert not (cli.home / "backups").exists()
 
+
 def test_process_environment_does_not_redirect_a_task(cli, pg):
     result = cli("backup", "--env=prod", env={"DB_NAME": "app_dev", "DB_CONTAINER": "elsewhere",
                                                "BACKUP_DIR": "/tmp/elsewhere"})
     assert result.returncode == 0, result.stderr
     manifest = json.loads(open(result.stdout.strip().splitlines()[-1] + ".json").read())
     assert manifest["database"] == "app" and manifest["container"] == pg.name
+
 
 def test_pg_dump_killed_mid_stream_leaves_no_backup(cli, pg):
     pg.psql('DROP DATABASE IF EXISTS "bigdb" WITH (FORCE)', "postgres")
@@ -100,9 +108,11 @@ def test_pg_dump_killed_mid_stream_leaves_no_backup(cli, pg):
     assert log[-1]["result"] == "failed"
     pg.psql('DROP DATABASE "bigdb" WITH (FORCE)', "postgres")
 
+
 def test_no_docker_engine(cli, tmp_path):
     result = cli("backup", "--env=prod", env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
     assert_clean_failure(result, cli.backup_dir("prod"), "Docker Engine に接続できません")
+
 
 def test_a_held_lock_fails_the_backup_after_the_timeout_instead_of_hanging(cli, pg):
     pg.hold_table_lock("public.votes", 8)

@@ -20,9 +20,11 @@ from pgrunbook.core.console import Console
 
 HARD = "Xy@9/Secret+Pw"
 
+
 def encodings(secret: str) -> set[str]:
     lower_hex = re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quote(secret, safe=""))
     return {secret, quote(secret, safe=""), quote_plus(secret), quote(secret), lower_hex}
+
 
 def test_every_encoding_of_a_secret_is_masked():
     console = Console([HARD], interactive=False)
@@ -30,10 +32,12 @@ def test_every_encoding_of_a_secret_is_masked():
         assert console.redact(f"postgresql://kit:{form}@db:5432/app") == "postgresql://kit:***@db:5432/app"
         assert console.redact(f"password={form} end") == "password=*** end"
 
+
 def test_a_space_in_a_secret_is_masked_in_the_form_encoding_too():
     secret = "correct horse/battery"
     console = Console([secret], interactive=False)
     assert console.redact(f"pw={quote_plus(secret)}&x=1") == "pw=***&x=1"
+
 
 def test_a_weak_password_is_a_settings_warning(tmp_path):
     from pgrunbook.core.settings import load_settings
@@ -50,6 +54,7 @@ def test_a_weak_password_is_a_settings_warning(tmp_path):
             assert word in warnings[0], (password, warnings)
         assert all(password not in w.replace("DB_PASSWORD", "") for w in warnings if len(password) > 3)
 
+
 def test_a_short_secret_is_masked_as_a_word_never_inside_a_longer_name():
     console = Console(["app"], interactive=False)
     assert console.redact("--previous=app_pgrunbook_previous_20261202") == (
@@ -57,6 +62,7 @@ def test_a_short_secret_is_masked_as_a_word_never_inside_a_longer_name():
     assert console.redact("happy apps app1 $app app-1 knot-app-20261202.dump") == (
         "happy apps app1 $app app-1 knot-app-20261202.dump")
     assert console.redact("password app, user=app; x:app@host") == "password ***, user=***; x:***@host"
+
 
 @pytest.fixture
 def kit_user(pg):
@@ -77,6 +83,7 @@ def kit_user(pg):
                 pg.psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', "postgres")
         pg.psql(f"DROP OWNED BY {name}; DROP ROLE {name}", "postgres")
 
+
 def test_the_url_encoded_password_never_reaches_the_output(tmp_path, pg, kit_user):
     database = f"fox_{uuid.uuid4().hex[:6]}"
     pg.create_database(database, sample=True)
@@ -94,6 +101,7 @@ def test_the_url_encoded_password_never_reaches_the_output(tmp_path, pg, kit_use
     output = restored.stdout + restored.stderr + (cli.backup_dir("qa") / "worklog.jsonl").read_text()
     for form in encodings(HARD):
         assert form not in output, form
+
 
 def test_a_short_password_shows_the_rollback_command_whole_and_is_warned_about(tmp_path, pg, kit_user):
     database = f"owl{uuid.uuid4().hex[:4]}"

@@ -11,6 +11,7 @@ from helpers import PASSWORD, ROOT, last_line
 
 LIST_ARGV = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
 
+
 def test_password_never_appears(cli, pg):
     # no row counts: the count(*) would wait for the lock instead of pg_dump
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD, ROW_COUNTS="false")
@@ -42,6 +43,7 @@ def test_password_never_appears(cli, pg):
     assert PASSWORD not in (cli.backup_dir("prod") / "worklog.jsonl").read_text()
     dry = cli("backup", "--env=prod", "--dry-run")
     assert PASSWORD not in dry.stdout + dry.stderr
+
 
 def test_password_from_scoped_environment_variable(cli, pg):
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app")

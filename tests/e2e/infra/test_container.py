@@ -15,6 +15,7 @@ def test_exec_returns_stdout_stderr_and_the_real_exit_code(pg):
     result = container.exec(["sh", "-c", "echo out; echo err >&2; exit 7"])
     assert (result.exit_code, result.stdout, result.stderr.strip()) == (7, b"out\n", "err")
 
+
 def test_exec_streams_stdin_and_stops_feeding_a_process_that_quit(pg):
     container = Container(pg.client, pg.container)
     echoed = container.exec(["cat"], stdin=iter([b"knot ", "会計".encode()]))
@@ -26,6 +27,7 @@ def test_exec_streams_stdin_and_stops_feeding_a_process_that_quit(pg):
     assert result.ok
     assert not [t for t in threading.enumerate() if t.name == "exec-stdin" and t.is_alive()]
 
+
 def test_archives_in_and_out(pg, tmp_path):
     container = Container(pg.client, pg.container)
     source = tmp_path / "in.bin"
@@ -35,6 +37,7 @@ def test_archives_in_and_out(pg, tmp_path):
     assert container.get_file(inside, copied) == source.stat().st_size
     assert copied.read_bytes() == source.read_bytes()
     container.exec(["rm", "-f", inside])
+
 
 def test_a_command_missing_in_the_container_is_a_setup_error_not_a_failed_command(pg):
     from pgrunbook.core.errors import RunbookError

@@ -17,14 +17,17 @@ SERVICE = "com.docker.compose.service"
 
 NUMBER = "com.docker.compose.container-number"
 
+
 def compose_labels(project: str, service: str, number: int = 1) -> dict[str, str]:
     return {PROJECT: project, SERVICE: service, NUMBER: str(number)}
+
 
 @pytest.fixture(scope="module")
 def names():
     tag = uuid.uuid4().hex[:6]
     return {"project": f"check13{tag}", "other": f"check13{tag}b", "db": f"db{tag}",
             "app": f"app{tag}", "tag": tag}
+
 
 @pytest.fixture(scope="module")
 def compose_db(docker_engine, names):
@@ -35,6 +38,7 @@ def compose_db(docker_engine, names):
     yield server
     server.container.remove(force=True, v=True)
 
+
 def sleeper(client, name: str, labels: dict[str, str], start: bool = True):
     """A small stand-in for an app container (or a second replica)."""
     model = client.containers.create(IMAGE, APP_COMMAND, name=name, network_mode="none",
@@ -43,6 +47,7 @@ def sleeper(client, name: str, labels: dict[str, str], start: bool = True):
         model.start()
     return model
 
+
 @pytest.fixture
 def extra(docker_engine):
     made = []
@@ -50,9 +55,11 @@ def extra(docker_engine):
     for model in made:
         model.remove(force=True)
 
+
 def worklog(cli, env: str) -> list[dict]:
     path = cli.backup_dir(env) / "worklog.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
 
 def test_db_service_finds_the_labelled_container(cli, compose_db, names):
     cli.write_env("prod", DB_SERVICE=names["db"], COMPOSE_PROJECT=names["project"],
@@ -67,6 +74,7 @@ def test_db_service_finds_the_labelled_container(cli, compose_db, names):
     cli.write_env("prod", DB_SERVICE=names["db"], DB_NAME="app", DB_PASSWORD=PASSWORD)
     assert cli("backup", "--env=prod").returncode == 0
 
+
 def test_two_running_matches_are_refused_listing_them(cli, compose_db, names, docker_engine, extra):
     second = f"pgrunbook-check13-{names['project']}-db-2"
     extra.append(sleeper(docker_engine, second, compose_labels(names["project"], names["db"], 2)))
@@ -77,6 +85,7 @@ def test_two_running_matches_are_refused_listing_them(cli, compose_db, names, do
     assert compose_db.name in done.stderr and second in done.stderr and "#2" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not list(cli.backup_dir("prod").glob("*.dump")) if cli.backup_dir("prod").exists() else True
+
 
 def test_same_service_in_two_projects_asks_for_compose_project(cli, compose_db, names,
                                                                docker_engine, extra):
@@ -89,6 +98,7 @@ def test_same_service_in_two_projects_asks_for_compose_project(cli, compose_db, 
     cli.write_env("prod", DB_SERVICE=names["db"], COMPOSE_PROJECT=names["project"],
                   DB_NAME="app", DB_PASSWORD=PASSWORD)
     assert cli("backup", "--env=prod").returncode == 0
+
 
 def test_stopped_or_missing_service_says_what_to_do(cli, names, docker_engine, extra):
     stopped = f"pgrunbook-check13-{names['other']}-cache-1"
@@ -116,10 +126,12 @@ def test_stopped_or_missing_service_says_what_to_do(cli, names, docker_engine, e
     assert dry.returncode == 0, dry.stderr
     assert f"docker ps -q --filter label=com.docker.compose.service=nothing{names['tag']}" in dry.stdout
 
+
 def test_db_container_and_db_service_together_are_a_settings_error(cli, names):
     cli.write_env("prod", DB_CONTAINER="knot-db", DB_SERVICE=names["db"], DB_NAME="app")
     done = cli("backup", "--env=prod")
     assert done.returncode == 2 and "片方だけ" in done.stderr
+
 
 def test_a_service_and_a_name_of_one_container_are_one_database(cli, compose_db, names):
     cli.write_env("prod", DB_CONTAINER=compose_db.name, DB_NAME="app", DB_PASSWORD=PASSWORD)
@@ -131,6 +143,7 @@ def test_a_service_and_a_name_of_one_container_are_one_database(cli, compose_db,
     cli.write_env("dev", DB_SERVICE=names["db"], COMPOSE_PROJECT=names["project"],
                   DB_NAME="app_dev", DB_PASSWORD=PASSWORD)
     assert cli("backup", "--env=prod").returncode == 0
+
 
 def test_app_services_are_stopped_and_started_around_the_swap(cli, compose_db, names,
                                                               docker_engine, extra):
@@ -156,6 +169,7 @@ def test_app_services_are_stopped_and_started_around_the_swap(cli, compose_db, n
         assert app.attrs["State"]["StartedAt"] != started[app.name]  # really stopped and started
     previous = last_line(done.stdout)
     assert cli("restore-drop", "--env=dev", f"--db={previous}", "--confirm=dev").returncode == 0
+
 
 def test_missing_app_service_refuses_before_anything(cli, compose_db, names):
     cli.write_env("dev", DB_SERVICE=names["db"], COMPOSE_PROJECT=names["project"],

@@ -28,6 +28,7 @@ WHEN = datetime(2026, 1, 28, 2, 0, 0)
 TABLES = ("public.members", "accounting.journal_entries", "accounting.approvals", "public.votes",
           "audit.audit_log", "public._prisma_migrations")
 
+
 def run_lines(lines: list[str], cwd: Path) -> str:
     """Paste the lines into bash (stops at the first failing one)."""
     script = "set -euo pipefail\n" + "\n".join(lines) + "\n"
@@ -37,8 +38,10 @@ def run_lines(lines: list[str], cwd: Path) -> str:
     assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
+
 def counts(pg, database: str) -> dict[str, int]:
     return {table: int(pg.psql(f"SELECT count(*) FROM {table}", database).strip()) for table in TABLES}
+
 
 @pytest.fixture
 def procedure(tmp_path, pg):
@@ -54,6 +57,7 @@ def procedure(tmp_path, pg):
     for name in databases(pg):
         if name.startswith(live):
             pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "postgres")
+
 
 def test_hand_backup_scratch_replace_rollback_and_drop(procedure, pg, tmp_path):
     settings, live = procedure, procedure.db_name
@@ -91,6 +95,7 @@ def test_hand_backup_scratch_replace_rollback_and_drop(procedure, pg, tmp_path):
     run_lines(manual.drop_database_commands(settings, failed), tmp_path)
     assert failed not in databases(pg) and live in databases(pg)
 
+
 def test_hand_sql_backup_and_restore(procedure, pg, tmp_path):
     settings, live = procedure, procedure.db_name
     original = counts(pg, live)
@@ -103,6 +108,7 @@ def test_hand_sql_backup_and_restore(procedure, pg, tmp_path):
     scratch = f"{live}_restore_1"
     run_lines(manual.restore_scratch_commands(settings, sql, scratch), tmp_path)
     assert counts(pg, scratch) == original
+
 
 def test_hand_check_commands_run(procedure, pg, tmp_path):
     """The 事前確認 manual tab: every line runs (crontab may be absent or empty)."""

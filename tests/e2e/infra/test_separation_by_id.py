@@ -18,6 +18,7 @@ def own_pg(docker_engine):
     yield server
     server.container.remove(force=True, v=True)
 
+
 def test_dev_with_prods_container_id_is_refused_before_touching_prod(cli, own_pg):
     cli.write_env("prod", DB_CONTAINER=own_pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD)
     made = cli("backup", "--env=prod")

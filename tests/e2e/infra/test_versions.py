@@ -17,19 +17,23 @@ from pgrunbook.infra.versions import RESTRICT_SINCE, header_algorithm, psql_know
 
 NEWER_FORMATS = ("gzip:1", "lz4", "zstd:1", "zstd:3")
 
+
 def fresh_database(pg, sample: bool = True) -> str:
     name = f"v_{uuid.uuid4().hex[:8]}"
     pg.create_database(name, sample=sample)
     return name
 
+
 def drop(pg, *names: str) -> None:
     for name in names:
         pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "postgres")
+
 
 @pytest.fixture(scope="module")
 def matrix(servers):
     """Every server of the matrix, oldest first."""
     return sorted((servers(image) for image in MATRIX), key=lambda server: server.major)
+
 
 @pytest.mark.matrix
 def test_every_compression_the_server_takes_backs_up_verifies_and_restores(cli, pg):
@@ -72,6 +76,7 @@ def test_every_compression_the_server_takes_backs_up_verifies_and_restores(cli, 
     finally:
         drop(pg, live)
 
+
 def test_an_older_backup_restores_into_every_newer_server(cli, matrix):
     """The way to move majors: back up on the old server, restore on the new one."""
     oldest, newer = matrix[0], [server for server in matrix if server.major > matrix[0].major]
@@ -113,6 +118,7 @@ def test_an_older_backup_restores_into_every_newer_server(cli, matrix):
     finally:
         drop(oldest, source)
 
+
 def test_a_newer_dump_is_refused_by_an_older_server_before_anything_is_created(cli, matrix):
     newest, older = matrix[-1], [server for server in matrix if server.major < matrix[-1].major]
     if not older:
@@ -145,6 +151,7 @@ def test_a_newer_dump_is_refused_by_an_older_server_before_anything_is_created(c
     finally:
         drop(newest, source)
 
+
 def test_the_free_space_check_looks_where_the_server_keeps_its_data(cli, docker_engine, matrix, tmp_path):
     """PostgreSQL 18's official image keeps its data in /var/lib/postgresql/18/docker:
     the check must ask the server (data_directory), not assume a path. Here the data
@@ -173,6 +180,7 @@ def test_the_free_space_check_looks_where_the_server_keeps_its_data(cli, docker_
         assert "big" not in databases(server)
     finally:
         server.container.remove(force=True, v=True)
+
 
 def test_a_sql_dump_with_restrict_is_refused_by_a_psql_that_does_not_know_it(cli, matrix):
     """pg_dump 13.22 / 14.19 / 15.14 / 16.10 / 17.6 and later write ``\\restrict`` at the top of a

@@ -50,6 +50,7 @@ def test_benchmark_smoke_run(tmp_path, docker_engine):
     assert combined.returncode == 0, combined.stderr
     assert combined.stdout.count("PostgreSQL " + report["server_version"]) >= 4
 
+
 def test_benchmark_large_tables_with_steps_and_a_variant(tmp_path, docker_engine):
     """The few-large-tables dataset, the per-step breakdown and a variant measured beside the kit."""
     result = subprocess.run(

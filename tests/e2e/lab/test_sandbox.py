@@ -28,6 +28,7 @@ def test_sandbox_then_backup_then_down(tmp_path, docker_engine):
     assert down.returncode == 0, down.stderr
     assert not [c for c in docker_engine.containers.list(all=True) if c.name == name]
 
+
 def test_sandbox_never_touches_a_foreign_container(cli, pg, docker_engine):
     cli.write_env("dev", DB_CONTAINER=pg.name, DB_NAME="app_dev")
     down = cli("sandbox-down", "--env=dev")

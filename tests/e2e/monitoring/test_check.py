@@ -17,9 +17,11 @@ def lines_of(done) -> dict[str, list[str]]:
         found.setdefault(topic, []).append(level + " " + rest.strip())
     return found
 
+
 def private(cli) -> None:
     for path in cli.home.glob(".env*"):
         path.chmod(0o600)
+
 
 def test_a_fresh_env_warns_with_what_to_do(cli, pg):
     private(cli)
@@ -39,6 +41,7 @@ def test_a_fresh_env_warns_with_what_to_do(cli, pg):
     assert PASSWORD not in done.stdout + done.stderr
     assert not (cli.home / "backups" / "prod").exists()  # check changes nothing
 
+
 def test_after_backup_and_drill_the_backup_lines_are_ok(cli, pg):
     private(cli)
     assert cli("backup", "--env=prod").returncode == 0
@@ -50,6 +53,7 @@ def test_after_backup_and_drill_the_backup_lines_are_ok(cli, pg):
     assert "0700" in found["バックアップ先"][0]
     assert done.returncode in (0, 1)  # cron / volume lines depend on the machine
 
+
 def test_prod_and_dev_on_one_container_are_a_loud_ng(cli, pg):
     private(cli)
     cli.write_env("dev", DB_CONTAINER=pg.container.id, DB_NAME="app", DB_PASSWORD=PASSWORD)
@@ -59,6 +63,7 @@ def test_prod_and_dev_on_one_container_are_a_loud_ng(cli, pg):
         separation = lines_of(done)["分離"][0]
         assert separation.startswith("NG") and "!!!" in separation and "同じ DB" in separation
         assert "NG を直すまで作業しない" in last_line(done.stdout)
+
 
 def test_missing_container_is_ng_and_the_rest_is_still_checked(cli, pg):
     cli.write_env("prod", DB_CONTAINER="pgrunbook-check13-nothing-here", DB_NAME="app")
@@ -70,12 +75,14 @@ def test_missing_container_is_ng_and_the_rest_is_still_checked(cli, pg):
     assert "DB" not in found
     assert "バックアップ先" in found and "最新のバックアップ" in found
 
+
 def test_loose_env_file_mode_is_a_warning_with_chmod(cli, pg):
     private(cli)
     (cli.home / ".env.dev").chmod(0o644)
     found = lines_of(cli("check", "--env=prod"))
     assert found["設定ファイル"][0].startswith("WARN")
     assert "chmod 600" in found["設定ファイル"][0] and ".env.dev" in found["設定ファイル"][0]
+
 
 def test_a_user_without_privileges_is_told_what_to_grant(cli, pg):
     role = f"check13_{uuid.uuid4().hex[:6]}"
@@ -99,6 +106,7 @@ def test_a_user_without_privileges_is_told_what_to_grant(cli, pg):
         assert cli("backup", "--env=prod").returncode == 0  # the check said so, and it is so
     finally:
         pg.psql(f"DROP ROLE {role}", "postgres")
+
 
 def test_offsite_reachability_with_a_short_timeout(cli, pg):
     import boto3
@@ -140,6 +148,7 @@ def test_offsite_reachability_with_a_short_timeout(cli, pg):
         assert len(hung.connections) in (1, 2), len(hung.connections)
     finally:
         hung.close()
+
 
 def test_check_works_on_a_compose_labelled_container(cli, pg, docker_engine):
     """DB_SERVICE: the check shows the resolved name and the Compose labels."""

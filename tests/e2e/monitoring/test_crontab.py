@@ -30,6 +30,7 @@ needs_root_cron = pytest.mark.skipif(
     reason="needs root, Debian's cron (crontab) and useradd",
 )
 
+
 @pytest.fixture
 def cron_user():
     name = f"pgrb{uuid.uuid4().hex[:8]}"
@@ -38,8 +39,10 @@ def cron_user():
     subprocess.run(["crontab", "-u", name, "-r"], capture_output=True)
     subprocess.run(["userdel", name], check=True)
 
+
 def crontab_of(user: str) -> str:
     return subprocess.run(["crontab", "-u", user, "-l"], capture_output=True, text=True, check=True).stdout
+
 
 @needs_root_cron
 def test_install_into_a_real_crontab(tmp_path, cron_user):
@@ -76,6 +79,7 @@ def test_install_into_a_real_crontab(tmp_path, cron_user):
     assert removed.returncode == 0
     assert crontab_of(cron_user).strip() == "15 3 * * * echo keep-me"
 
+
 @needs_root_cron
 def test_a_broken_block_is_not_touched(tmp_path, cron_user):
     subprocess.run(["crontab", "-u", cron_user, "-"], input="# BEGIN pgrunbook prod\n0 1 * * * true\n",
@@ -85,6 +89,7 @@ def test_a_broken_block_is_not_touched(tmp_path, cron_user):
     result = cli("crontab", "--env=prod", "--install", f"--user={cron_user}")
     assert result.returncode == 1 and "壊れています" in result.stderr
     assert crontab_of(cron_user) == "# BEGIN pgrunbook prod\n0 1 * * * true\n"
+
 
 def test_docker_host_and_an_empty_mailto_are_written_so_cron_accepts_them(tmp_path, monkeypatch):
     cli = Cli(tmp_path)
@@ -108,8 +113,10 @@ PITR_SCHEDULE = {  # pgBackRest's user guide: full weekly, differential on the o
     "0 3 1 * *": "pitr-drill --env=prod",
 }
 
+
 def jobs_of(lines: list[str]) -> list[str]:
     return [line for line in lines if line[:1].isdigit() or line.startswith("*")]
+
 
 def test_printed_schedule_has_the_pitr_jobs_when_the_env_has_a_stanza(tmp_path):
     cli = Cli(tmp_path)
@@ -128,6 +135,7 @@ def test_printed_schedule_has_the_pitr_jobs_when_the_env_has_a_stanza(tmp_path):
         checked = subprocess.run(["crontab", "-n", str(tmp_path / "block.cron")],
                                  capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr  # Debian's own syntax check
+
 
 @needs_root_cron
 def test_install_with_pitr_into_a_real_crontab(tmp_path, cron_user):

@@ -35,12 +35,14 @@ def webhook():
     server.shutdown()
     server.server_close()
 
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 NO_PROXY = {"NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+
 
 def test_failing_backup_calls_the_webhook_with_the_error(cli, pg, webhook):
     url, received = webhook
@@ -63,6 +65,7 @@ def test_failing_backup_calls_the_webhook_with_the_error(cli, pg, webhook):
     assert "no_such_db" in message["error"] and "no_such_db" in message["summary"]
     assert PASSWORD.encode() not in request["body"]
 
+
 def test_success_notifies_the_command_and_a_dead_webhook_is_only_a_warning(cli, pg, tmp_path):
     out = tmp_path / "notified.json"
     script = tmp_path / "notify hook.py"  # a space: the command is split like a shell would
@@ -81,6 +84,7 @@ def test_success_notifies_the_command_and_a_dead_webhook_is_only_a_warning(cli, 
     message = json.loads(written["stdin"])
     assert message["result"] == "ok" and message["file"] == result.stdout.strip().splitlines()[-1]
     assert PASSWORD not in out.read_text()
+
 
 def test_a_failing_command_does_not_change_the_exit_code(cli, pg):
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD,

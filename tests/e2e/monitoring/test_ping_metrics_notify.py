@@ -26,10 +26,12 @@ def server():
     yield recorder
     recorder.stop()
 
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
 
 def job_line(printed: str, first_word: str) -> tuple[dict[str, str], str]:
     """The block's environment lines and one job's command, as cron would run it."""
@@ -50,11 +52,13 @@ def job_line(printed: str, first_word: str) -> tuple[dict[str, str], str]:
     # cron turns an unescaped % into a newline and \% into %
     return environment, command.replace("\\%", "%")
 
+
 def run_like_cron(environment: dict[str, str], command: str, timeout: float = 300):
     base = {"HOME": os.environ.get("HOME", "/root"), "LOGNAME": "root", **NO_PROXY}
     return subprocess.run([environment.get("SHELL", "/bin/sh"), "-c", command],
                           env={**base, **environment}, capture_output=True, text=True,
                           timeout=timeout, cwd="/")
+
 
 def test_the_printed_backup_job_pings_start_success_and_fail_with_the_error(cli, pg, server):
     token = "/ping/5c2f0d7e-secret"
@@ -87,6 +91,7 @@ def test_the_printed_backup_job_pings_start_success_and_fail_with_the_error(cli,
     text = fail.body.decode("utf-8")
     assert text.startswith("backup: エラー:") and "no_such_db" in text and "\n" not in text
     assert PASSWORD not in text
+
 
 def test_a_ping_is_retried_and_never_changes_the_exit_code(tmp_path, server):
     cli = Cli(tmp_path)
@@ -129,6 +134,7 @@ def test_a_ping_is_retried_and_never_changes_the_exit_code(tmp_path, server):
     bad = cli("ping", "--env=prod", "--exit-code=x")
     assert bad.returncode == 2 and "--exit-code" in bad.stderr
 
+
 def test_uptime_kuma_push_urls_get_status_up_and_down(tmp_path, server):
     cli = Cli(tmp_path)
     cli.write_env("prod", DB_CONTAINER="knot-db",
@@ -142,12 +148,14 @@ def test_uptime_kuma_push_urls_get_status_up_and_down(tmp_path, server):
     assert up.query["status"] == ["up"] and down.query["status"] == ["down"]
     assert down.query["msg"] == ["壊れた"]
 
+
 def test_without_ping_url_the_block_has_no_ping_and_ping_does_nothing(tmp_path):
     cli = Cli(tmp_path)
     cli.write_env("prod", DB_CONTAINER="knot-db")
     printed = cli("crontab", "--env=prod")
     assert printed.returncode == 0 and "invoke ping" not in printed.stdout and " ping " not in printed.stdout
     assert cli("ping", "--env=prod", "--exit-code=4").returncode == 4
+
 
 def test_monitoring_settings_are_checked(tmp_path):
     cli = Cli(tmp_path)
@@ -164,6 +172,7 @@ def test_monitoring_settings_are_checked(tmp_path):
     (tmp_path / ".env").write_text("PING_URL=http://127.0.0.1:9/one-check-for-all\n")
     result = cli("status", "--env=prod")
     assert result.returncode == 2 and "PING_URL" in result.stderr and ".env" in result.stderr
+
 
 def test_metrics_file_follows_every_task_and_status_prints_the_same(cli, pg, tmp_path):
     textfile = tmp_path / "textfile"
@@ -229,6 +238,7 @@ def test_metrics_file_follows_every_task_and_status_prints_the_same(cli, pg, tmp
     assert suspect[("pgrunbook_backup_last_suspect", "prod")] == 1
     assert suspect[("pgrunbook_backups_suspect", "prod")] == 1
 
+
 def test_metrics_never_change_a_task_outcome(cli, pg, tmp_path):
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD,
                   METRICS_FILE=str(tmp_path / "missing-folder" / "pgrunbook.prom"))
@@ -236,6 +246,7 @@ def test_metrics_never_change_a_task_outcome(cli, pg, tmp_path):
     assert backup.returncode == 0, backup.stderr
     assert "警告" in backup.stderr and "METRICS_FILE" in backup.stderr and "missing-folder" in backup.stderr
     assert not (tmp_path / "missing-folder").exists()
+
 
 def failing_backup(tmp_path: Path, url: str, notify_format: str | None) -> Cli:
     cli = Cli(tmp_path)
@@ -247,6 +258,7 @@ def failing_backup(tmp_path: Path, url: str, notify_format: str | None) -> Cli:
     assert result.returncode == 1 and "pgrunbook-mon13-no-such-container" in result.stderr
     return cli
 
+
 @pytest.mark.parametrize("notify_format", [None, "generic"])
 def test_generic_json_stays_the_default(docker_engine, tmp_path, server, notify_format):
     failing_backup(tmp_path, server.base + "/hook", notify_format)
@@ -255,6 +267,7 @@ def test_generic_json_stays_the_default(docker_engine, tmp_path, server, notify_
     assert request.content_type.startswith("application/json")
     assert message["source"] == "pgrunbook" and message["result"] == "failed" and message["env"] == "prod"
     assert "summary" in message and "error" in message
+
 
 def test_slack_format_is_a_text_message(docker_engine, tmp_path, server):
     failing_backup(tmp_path, server.base + "/services/T000/B000/XXXX", "slack")
@@ -266,6 +279,7 @@ def test_slack_format_is_a_text_message(docker_engine, tmp_path, server):
     assert lines[0].startswith("[pgrunbook] ") and "env=prod backup: 失敗" in lines[0]
     assert "環境: prod" in lines and "タスク: backup" in lines and "ファイル: —" in lines
     assert any(line.startswith("対処: ") and len(line) > len("対処: ") for line in lines), lines
+
 
 def test_teams_format_is_an_adaptive_card_in_a_message(docker_engine, tmp_path, server):
     failing_backup(tmp_path, server.base + "/workflows/trigger?api-version=2016-06-01&sig=x", "teams")
@@ -284,6 +298,7 @@ def test_teams_format_is_an_adaptive_card_in_a_message(docker_engine, tmp_path, 
     assert named["環境"] == "prod" and named["タスク"] == "backup" and named["ファイル"] == "—"
     assert "pgrunbook-mon13-no-such-container" in named["エラー"] and named["対処"]
 
+
 def test_chat_formats_carry_the_file_of_a_success(cli, pg, server):
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="app", DB_PASSWORD=PASSWORD,
                   NOTIFY_WEBHOOK_URL=server.base + "/hook", NOTIFY_FORMAT="slack",
@@ -293,6 +308,7 @@ def test_chat_formats_carry_the_file_of_a_success(cli, pg, server):
     text = json.loads(server.requests[-1].body)["text"]
     assert f"ファイル: {last_line(result.stdout)}" in text.splitlines() and "成功" in text
     assert PASSWORD not in text
+
 
 def test_without_the_metrics_extra_status_says_what_to_install(tmp_path):
     cli = Cli(tmp_path)

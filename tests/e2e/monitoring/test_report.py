@@ -20,10 +20,12 @@ def worklog(cli, env: str = "prod") -> list[dict]:
     path = cli.backup_dir(env) / "worklog.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
+
 def no_external_assets(page: str) -> None:
     assert not re.search(r"\b(src|href)\s*=", page, re.I)
     assert "url(" not in page and "@import" not in page and "<script" not in page.lower()
     assert "<link" not in page.lower()
+
 
 def test_restore_test_records_a_drill_and_report_draws_it(cli, pg):
     for _ in range(2):
@@ -53,6 +55,7 @@ def test_restore_test_records_a_drill_and_report_draws_it(cli, pg):
     assert page.count("<circle") == 2 + 2 + 1
     assert "OK env=prod" in page and manifest["file"] in page
 
+
 def test_a_failed_drill_is_recorded_and_shown_red(cli, pg):
     made = cli("backup", "--env=prod")
     path = last_line(made.stdout)
@@ -67,10 +70,12 @@ def test_a_failed_drill_is_recorded_and_shown_red(cli, pg):
     page = (cli.home / last_line(cli("report", "--env=prod").stdout)).read_text()
     assert '<tr class="bad">' in page and 'class="dot bad"' in page
 
+
 def test_report_output_folder_must_exist(cli, tmp_path):
     done = cli("report", "--env=prod", f"--output={tmp_path}/nowhere/r.html")
     assert done.returncode == 1 and "ありません" in done.stderr
     assert not (tmp_path / "nowhere").exists()
+
 
 def synthetic_env(tmp_path, sizes: list[int]):
     (tmp_path / ".env.prod").write_text("DB_CONTAINER=knot-db\n")
@@ -85,6 +90,7 @@ def synthetic_env(tmp_path, sizes: list[int]):
     (folder / "worklog.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return load_settings("prod", tmp_path)
 
+
 def test_a_sudden_drop_in_size_is_marked(tmp_path):
     settings = synthetic_env(tmp_path, [1000, 1010, 1020, 400, 1030])
     runs = report.backup_runs(settings)
@@ -95,10 +101,12 @@ def test_a_sudden_drop_in_size_is_marked(tmp_path):
     assert page.count('class="dot bad"') == 1
     no_external_assets(page)
 
+
 def test_growth_is_not_a_drop():
     runs = [report.BackupRun(datetime(2026, 1, d), f"f{d}", s, 1.0, "ok", None)
             for d, s in enumerate([100, 50, 200, 210, 220], start=1)]
     assert report.sudden_drops(runs) == set()  # 50 after one backup only: no history yet
+
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed")
 def test_the_page_renders_in_a_real_browser(tmp_path):

@@ -20,6 +20,7 @@ from pgrunbook.core.settings import load_settings
 
 BUCKET = "pgrunbook-offsite-test"
 
+
 @dataclass
 class S3:
     url: str
@@ -43,6 +44,7 @@ class S3:
     def objects(self, prefix: str) -> dict[str, dict]:
         listing = self.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
         return {item["Key"]: item for item in listing.get("Contents", [])}
+
 
 @pytest.fixture(scope="module")
 def s3():
@@ -79,11 +81,13 @@ def s3():
         server.stop()
         moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = previous
 
+
 @dataclass
 class Keys:
     private: Path
     public: str
     wrong: Path
+
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
@@ -101,6 +105,7 @@ def keys(tmp_path_factory):
     assert public.startswith("age1") and public in private.read_text()
     return Keys(private, public, folder / "wrong-key.txt")
 
+
 def offsite_env(cli: Cli, s3: S3, keys: Keys, env: str = "prod", **extra: str) -> None:
     values = {"DB_CONTAINER": cli.pg_name, "DB_NAME": "app" if env == "prod" else "app_dev",
               "DB_PASSWORD": PASSWORD, "OFFSITE_BUCKET": BUCKET,
@@ -108,6 +113,7 @@ def offsite_env(cli: Cli, s3: S3, keys: Keys, env: str = "prod", **extra: str) -
               "OFFSITE_AGE_RECIPIENTS": keys.public}
     values.update(extra)
     cli.write_env(env, **values)
+
 
 class OffsiteCli(Cli):
     """The CLI with the S3 credentials in its environment (only there)."""
@@ -119,6 +125,7 @@ class OffsiteCli(Cli):
 
     def __call__(self, *args, env=None, **kwargs):
         return super().__call__(*args, env={**self.s3.environment(), **(env or {})}, **kwargs)
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, pg, s3, keys):
@@ -136,6 +143,7 @@ def site(tmp_path_factory, pg, s3, keys):
     runner.pushed = pushed
     return runner
 
+
 @pytest.fixture
 def new_server(tmp_path, pg, s3, keys):
     """An empty server that knows only the bucket and the public key (and gets the private key)."""
@@ -143,9 +151,11 @@ def new_server(tmp_path, pg, s3, keys):
     offsite_env(runner, s3, keys, "prod")
     return runner
 
+
 def worklog(runner: Cli, env: str = "prod") -> list[dict]:
     path = runner.backup_dir(env) / "worklog.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
 
 def test_push_stores_only_ciphertext_with_the_plaintext_sha256(site, s3):
     name = site.backup_path.name
@@ -178,6 +188,7 @@ def test_push_stores_only_ciphertext_with_the_plaintext_sha256(site, s3):
     assert f"{Path(last_line(newer.stdout)).name} は verify に合格していない" in third.stderr
     assert set(s3.objects("prod/")) == {key, f"prod/{name}.json.age"}
 
+
 def test_list_shows_the_pushed_backup(site):
     result = site("offsite-list", "--env=prod")
     assert result.returncode == 0, result.stderr
@@ -186,6 +197,7 @@ def test_list_shows_the_pushed_backup(site):
     assert f"s3://{BUCKET}/prod/: 1 件" in result.stderr
     empty = site("offsite-list", "--env=dev")  # the dev prefix is separate
     assert empty.returncode == 0 and empty.stdout.strip() == ""
+
 
 def test_pull_on_a_new_server_restores_the_same_bytes(site, new_server, keys):
     result = new_server("offsite-pull", "--env=prod", f"--key={keys.private}")
@@ -209,6 +221,7 @@ def test_pull_on_a_new_server_restores_the_same_bytes(site, new_server, keys):
     assert again.returncode == 1 and "上書きはしません" in again.stderr
     assert pulled.read_bytes() == original.read_bytes()
 
+
 def test_pull_with_the_wrong_key_leaves_nothing(site, new_server, keys):
     result = new_server("offsite-pull", "--env=prod", f"--key={keys.wrong}")
     assert result.returncode == 1
@@ -216,6 +229,7 @@ def test_pull_with_the_wrong_key_leaves_nothing(site, new_server, keys):
     assert len(result.stderr.strip().splitlines()) == 1
     assert backup_like_files(new_server.backup_dir("prod")) == []
     assert worklog(new_server)[-1]["result"] == "failed"
+
 
 def test_pull_of_a_corrupted_object_leaves_nothing(site, new_server, keys, s3):
     name = "knot-prod-20200101-000000.dump"
@@ -241,6 +255,7 @@ def test_pull_of_a_corrupted_object_leaves_nothing(site, new_server, keys, s3):
     finally:
         s3.client.delete_object(Bucket=BUCKET, Key=f"prod/{name}.age")
 
+
 def test_missing_bucket_is_one_clear_line(new_server, keys):
     offsite_env(new_server, new_server.s3, keys, "prod", OFFSITE_BUCKET="pgrunbook-no-such-bucket")
     result = new_server("offsite-pull", "--env=prod", f"--key={keys.private}")
@@ -250,6 +265,7 @@ def test_missing_bucket_is_one_clear_line(new_server, keys):
     assert backup_like_files(new_server.backup_dir("prod")) == []
     listing = new_server("offsite-list", "--env=prod")
     assert listing.returncode == 1 and "バケット" in listing.stderr
+
 
 def test_bad_or_missing_credentials_are_one_clear_line(site, new_server, keys, s3):
     wrong = new_server("offsite-pull", "--env=prod", f"--key={keys.private}",
@@ -267,6 +283,7 @@ def test_bad_or_missing_credentials_are_one_clear_line(site, new_server, keys, s
     assert push.returncode == 1 and "認証情報が拒否されました" in last_line(push.stderr)
     assert [line for line in push.stderr.splitlines() if not line.startswith("警告:")] == \
         [last_line(push.stderr)]
+
 
 def test_push_refuses_unverified_or_changed_backups(cli, s3, keys):
     runner = OffsiteCli(cli.home, s3, cli_pg_name(cli))
@@ -287,11 +304,13 @@ def test_push_refuses_unverified_or_changed_backups(cli, s3, keys):
     prefix = load_settings("prod", runner.home).offsite_prefix
     assert s3.objects(prefix) == {}  # the upload was taken back, manifest included
 
+
 def cli_pg_name(cli: Cli) -> str:
     for line in (cli.home / ".env.prod").read_text().splitlines():
         if line.startswith("DB_CONTAINER="):
             return line.split("=", 1)[1]
     raise AssertionError("no DB_CONTAINER")
+
 
 def test_prune_remote_keeps_recent_and_the_newest(cli, s3, keys):
     runner = OffsiteCli(cli.home, s3, cli_pg_name(cli))
@@ -319,6 +338,7 @@ def test_prune_remote_keeps_recent_and_the_newest(cli, s3, keys):
     deletions = [r for r in worklog(runner) if r["task"] == "offsite-delete"]
     assert [r["file"] for r in deletions] == [f"s3://{BUCKET}/{prefix}{name}.age" for name in old]
     assert all(r["result"] == "ok" for r in deletions)
+
 
 def test_encrypt_and_decrypt_for_physical_media(site, keys, tmp_path):
     original = site.backup_path
@@ -360,6 +380,7 @@ def test_encrypt_and_decrypt_for_physical_media(site, keys, tmp_path):
     by_env = site("encrypt", f"--file={original}", "--env=prod", f"--out={tmp_path / 'x.age'}")
     assert by_env.returncode == 0, by_env.stderr  # recipients from OFFSITE_AGE_RECIPIENTS
 
+
 def test_settings_refuse_aws_credentials_and_overlapping_prefixes(tmp_path):
     (tmp_path / ".env.prod").write_text("AWS_SECRET_ACCESS_KEY=abc\n")
     with pytest.raises(RunbookError, match="AWS_SECRET_ACCESS_KEY"):
@@ -377,6 +398,7 @@ def test_settings_refuse_aws_credentials_and_overlapping_prefixes(tmp_path):
     (tmp_path / ".env.prod").write_text("OFFSITE_AGE_RECIPIENTS=AGE-SECRET-KEY-1ABC\n")
     with pytest.raises(RunbookError, match="公開鍵ではありません"):
         load_settings("prod", tmp_path)
+
 
 def test_a_failed_encryption_never_commits_a_truncated_object(s3, keys, tmp_path, monkeypatch):
     """The pipe's EOF after a failure must abort the (multipart) upload, not complete it."""
@@ -407,14 +429,17 @@ def test_a_failed_encryption_never_commits_a_truncated_object(s3, keys, tmp_path
 
 LOCKED_BUCKET = "pgrunbook-offsite-locked"
 
+
 @pytest.fixture(scope="module")
 def locked_bucket(s3):
     s3.client.create_bucket(Bucket=LOCKED_BUCKET, ObjectLockEnabledForBucket=True)
     return LOCKED_BUCKET
 
+
 def bucket_objects(s3, bucket: str, prefix: str) -> set[str]:
     listing = s3.client.list_objects_v2(Bucket=bucket, Prefix=prefix)
     return {item["Key"] for item in listing.get("Contents", [])}
+
 
 def test_locked_push_cannot_be_deleted_and_prune_skips_it(cli, s3, keys, locked_bucket):
     from datetime import datetime, timedelta, timezone
@@ -469,6 +494,7 @@ def test_locked_push_cannot_be_deleted_and_prune_skips_it(cli, s3, keys, locked_
     assert f"{prefix}{locked_old}.age" in left and f"{prefix}{plain_old}.age" not in left
     assert f"{prefix}{name}.age" in left
 
+
 def test_push_with_a_lock_to_a_bucket_without_object_lock_is_one_clear_line(cli, s3, keys):
     runner = OffsiteCli(cli.home, s3, cli_pg_name(cli))
     prefix = f"nolock-{uuid.uuid4().hex[:6]}/"
@@ -480,6 +506,7 @@ def test_push_with_a_lock_to_a_bucket_without_object_lock_is_one_clear_line(cli,
     assert "オブジェクトロックが有効ではありません" in pushed.stderr and "Traceback" not in pushed.stderr
     assert bucket_objects(s3, BUCKET, prefix) == set()  # nothing half-done
 
+
 def test_settings_refuse_an_unknown_lock_mode(tmp_path):
     from pgrunbook.core.errors import RunbookError
     from pgrunbook.core.settings import load_settings
@@ -488,6 +515,7 @@ def test_settings_refuse_an_unknown_lock_mode(tmp_path):
     with pytest.raises(RunbookError, match="OFFSITE_OBJECT_LOCK") as error:
         load_settings("prod", tmp_path)
     assert error.value.exit_code == 2
+
 
 def test_pinned_offsite_copies_survive_offsite_prune(cli, s3, keys):
     from datetime import datetime, timedelta
@@ -517,6 +545,7 @@ def test_pinned_offsite_copies_survive_offsite_prune(cli, s3, keys):
     assert bucket_objects(s3, BUCKET, prefix) == {f"{prefix}{pinned_by_metadata}.age",
                                            f"{prefix}{pinned_locally}.age", f"{prefix}{recent}.age"}
 
+
 def test_push_never_takes_a_backup_dated_in_the_future(new_server, s3, keys):
     """Issue 11, defect 6: a backup made under a clock 200 days ahead is not "the newest"."""
     import shutil as shell_tools
@@ -539,6 +568,7 @@ def test_push_never_takes_a_backup_dated_in_the_future(new_server, s3, keys):
     assert last_line(pushed.stdout) == f"s3://{BUCKET}/clock/{just_made.name}.age"
     assert future.name in pushed.stderr and "未来" in pushed.stderr
 
+
 def moved_behind_a_link(backup: Path, elsewhere: Path, link_name: str | None = None) -> Path:
     """The dump and its sidecars moved elsewhere; only a symlink left in the folder."""
     elsewhere.mkdir(exist_ok=True)
@@ -547,6 +577,7 @@ def moved_behind_a_link(backup: Path, elsewhere: Path, link_name: str | None = N
     link = backup.with_name(link_name or backup.name)
     link.symlink_to(elsewhere / backup.name)
     return link
+
 
 def site_with_a_linked_backup(tmp_path, pg, s3, keys, prefix: str,
                               link_name: str | None = None) -> tuple[OffsiteCli, Path]:
@@ -560,6 +591,7 @@ def site_with_a_linked_backup(tmp_path, pg, s3, keys, prefix: str,
     checked = runner("verify", "--env=prod", f"--file={link}")
     assert checked.returncode == 0, checked.stderr
     return runner, link
+
 
 def test_push_of_a_symlink_takes_the_manifest_beside_its_target(tmp_path, pg, s3, keys):
     prefix = f"link-{uuid.uuid4().hex[:6]}/"
@@ -583,6 +615,7 @@ def test_push_of_a_symlink_takes_the_manifest_beside_its_target(tmp_path, pg, s3
     row = next(line for line in listing.stdout.splitlines() if line.startswith(copy.name))
     assert row.split("\t")[5] == "ok", row  # kit-made, checksum and manifest agree
 
+
 def test_push_of_a_link_renamed_away_from_its_target_is_refused(tmp_path, pg, s3, keys):
     prefix = f"renamed-{uuid.uuid4().hex[:6]}/"
     site, link = site_with_a_linked_backup(tmp_path, pg, s3, keys, prefix,
@@ -595,6 +628,7 @@ def test_push_of_a_link_renamed_away_from_its_target_is_refused(tmp_path, pg, s3
     assert "Traceback" not in refused.stderr
     assert s3.objects(prefix) == {}  # nothing half-sent
     assert backup_like_files(site.backup_dir("prod")) == [link.name]  # nothing left behind
+
 
 def test_offsite_copies_dated_in_the_future_are_never_the_newest(tmp_path, pg, s3, keys):
     """Copies pushed from a host whose clock was ahead: offsite-prune must not delete

@@ -22,6 +22,7 @@ def engine():
                     f"../shared/ci/postgres-image {BASE_IMAGE}")
     return client
 
+
 @pytest.fixture(scope="module")
 def pitr_image(engine):
     """examples/pitr/Dockerfile, built as compose would build it (base: the kit's image)."""
@@ -30,6 +31,7 @@ def pitr_image(engine):
                         network_mode="none", rm=True, forcerm=True, labels={"pgrunbook.test": "1"})
     yield tag
     engine.images.remove(tag, force=True)
+
 
 @pytest.fixture(scope="module")
 def live(engine, pitr_image):
@@ -40,12 +42,14 @@ def live(engine, pitr_image):
         remove_with_volumes(engine, scratch)
     remove_with_volumes(engine, container)
 
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, live) -> Cli:
     runner = Cli(tmp_path_factory.mktemp("pitr"))
     runner.write_env("prod", DB_CONTAINER=live.name, DB_NAME="app", DB_PASSWORD=PASSWORD,
                      PITR_STANZA=STANZA)
     return runner
+
 
 @pytest.fixture(scope="module")
 def backed_up(home, live):

@@ -45,6 +45,7 @@ def test_setup_refuses_without_archive_mode_and_says_what_to_set(cli, pg):
     message = json.loads(notified.read_text(encoding="utf-8"))
     assert message["task"] == "pitr-setup" and "archive_mode=off" in message["summary"]
 
+
 def test_without_stanza_or_with_a_bad_type_nothing_runs(tmp_path):
     runner = Cli(tmp_path)
     runner.write_env("prod", DB_CONTAINER="no-such-container-pitr")
@@ -62,6 +63,7 @@ def test_without_stanza_or_with_a_bad_type_nothing_runs(tmp_path):
     assert "'--target=2026-01-28 01:15:00.000000+00' --target-action=promote" in dry.stdout
     assert "--network none" in dry.stdout and ":ro " in dry.stdout
     assert not list(tmp_path.rglob("worklog.jsonl"))
+
 
 def test_restore_to_a_time_keeps_exactly_the_rows_before_it(engine, home, live, backed_up):
     psql(live, "CREATE TABLE ledger (id int PRIMARY KEY, note text)")
@@ -104,6 +106,7 @@ def test_restore_to_a_time_keeps_exactly_the_rows_before_it(engine, home, live, 
     live.reload()
     assert live.status == "running"
 
+
 def test_a_target_before_the_oldest_backup_leaves_nothing_behind(engine, home, live, backed_up):
     done = home("pitr-restore-scratch", "--env=prod", "--target-time=2020-01-01T00:00:00Z")
     assert done.returncode == 2, done.stderr
@@ -112,11 +115,13 @@ def test_a_target_before_the_oldest_backup_leaves_nothing_behind(engine, home, l
     assert not engine.volumes.list(filters={"label": f"pgrunbook.pitr-source={live.name}"})
     assert worklog(home)[-1]["result"] == "failed"
 
+
 def test_status_is_ok_after_setup_and_backup(home, live, backed_up):
     done = home("pitr-status", "--env=prod")
     assert done.returncode == 0, done.stdout + done.stderr
     line = last_line(done.stdout)
     assert line.startswith(f"OK env=prod stanza={STANZA}: 最後にアーカイブした WAL "), line
+
 
 def test_drill_compares_with_the_live_rows_as_of_the_target(engine, home, live, backed_up):
     psql(live, "CREATE TABLE votes (id int PRIMARY KEY)")
@@ -135,6 +140,7 @@ def test_drill_compares_with_the_live_rows_as_of_the_target(engine, home, live, 
     assert record["lost_tables"] == [] and record["commit_times"] is True
     assert record["restore_seconds"] > 0 and record["recovery_seconds"] > 0
     assert not engine.containers.list(all=True, filters={"label": f"pgrunbook.pitr-source={live.name}"})
+
 
 def test_status_fails_clearly_when_archiving_is_broken(engine, pitr_image, tmp_path):
     """The archive_command points at a repository path that does not exist."""
@@ -156,6 +162,7 @@ def test_status_fails_clearly_when_archiving_is_broken(engine, pitr_image, tmp_p
         assert CIPHER_PASS not in done.stdout + done.stderr
     finally:
         remove_with_volumes(engine, container)
+
 
 def test_a_hole_in_the_archived_wal_fails_clearly_and_leaves_nothing(engine, home, live, backed_up):
     """A WAL segment lost from the repository (after the newest base backup): the

@@ -55,6 +55,7 @@ REGION = "ap-northeast-1"
 
 CA_IN_CONTAINER = "/etc/pgbackrest/ca.pem"
 
+
 def test_the_copy_listens_on_no_tcp_address():
     """On PITR_SCRATCH_NETWORK=host the copy would take the host's port and serve the
     restored data; the kit reaches it through docker exec only."""
@@ -62,6 +63,7 @@ def test_the_copy_listens_on_no_tcp_address():
     argv = pitr_scratch.scratch_command(command)
     assert argv[-2:] == ["-c", "listen_addresses="]  # the last -c wins
     assert "archive_mode=off" in argv and "port=5433" not in argv
+
 
 def test_the_hand_commands_for_s3_pass_the_keys_and_listen_nowhere(tmp_path):
     runner = Cli(tmp_path)
@@ -76,10 +78,12 @@ def test_the_hand_commands_for_s3_pass_the_keys_and_listen_nowhere(tmp_path):
     dry = runner("pitr-restore-scratch", "--env=prod", "--target-time=2026-01-28T01:15:00Z", "--dry-run")
     assert "PGBACKREST_REPO1_S3_KEY" not in dry.stdout  # a volume repository needs no keys
 
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1: pgBackRest 2.45 matches the host against DNS names
@@ -108,6 +112,7 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
                                            serialization.NoEncryption()))
     return cert_path, key_path
 
+
 class S3:
     def __init__(self, port: int, ca: Path, key: str, secret: str, client) -> None:
         self.port, self.ca, self.key, self.secret, self.client = port, ca, key, secret, client
@@ -115,6 +120,7 @@ class S3:
     def keys(self, prefix: str) -> list[str]:
         listing = self.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
         return [item["Key"] for item in listing.get("Contents", [])]
+
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
@@ -174,6 +180,7 @@ def s3(tmp_path_factory):
         thread.join(10)
         moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = previous
 
+
 def s3_config(s3: S3) -> str:
     """examples/pitr/pgbackrest.conf with its S3 lines in place of the volume's repo1-path,
     the values this storage needs."""
@@ -194,12 +201,14 @@ def s3_config(s3: S3) -> str:
     assert {"repo1-type", "repo1-path", "repo1-s3-uri-style", "repo1-bundle"} <= found
     return "\n".join(lines) + "\n"
 
+
 def s3_compose_service() -> dict:
     """compose.yaml's db service with its commented S3 key lines in."""
     text = (EXAMPLE / "compose.yaml").read_text(encoding="utf-8")
     text, count = re.subn(r"(?m)^(\s+)# (PGBACKREST_REPO1_S3_KEY\w*: )", r"\1\2", text)
     assert count == 2, "compose.yaml no longer shows the S3 keys"
     return yaml.safe_load(text)["services"]["db"]
+
 
 @pytest.fixture(scope="module")
 def s3_image(engine, s3, tmp_path_factory):
@@ -212,6 +221,7 @@ def s3_image(engine, s3, tmp_path_factory):
                         network_mode="none", rm=True, forcerm=True, labels={"pgrunbook.test": "1"})
     yield tag
     engine.images.remove(tag, force=True)
+
 
 def start_s3_db(engine, image: str, s3: S3, name: str, secret: str):
     """compose's db service on the host's network: PostgreSQL on 127.0.0.1 at a free port,
@@ -252,6 +262,7 @@ def start_s3_db(engine, image: str, s3: S3, name: str, secret: str):
         raise
     return container
 
+
 def remove_s3_db(engine, name: str) -> None:
     """The container and its volumes, by name (whatever of them was made)."""
     from docker.errors import NotFound
@@ -262,6 +273,7 @@ def remove_s3_db(engine, name: str) -> None:
         with contextlib.suppress(NotFound):
             engine.volumes.get(f"{name}-{spec.split(':', 1)[0]}").remove(force=True)
 
+
 @pytest.fixture(scope="module")
 def live(engine, s3, s3_image):
     name = f"pgrunbook-test-pitrs3-{RUN}"
@@ -271,12 +283,14 @@ def live(engine, s3, s3_image):
         remove_with_volumes(engine, scratch)
     remove_s3_db(engine, name)
 
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, live) -> Cli:
     runner = Cli(tmp_path_factory.mktemp("pitrs3"))
     runner.write_env("prod", DB_CONTAINER=live.name, DB_NAME="app", DB_PASSWORD=PASSWORD,
                      PITR_STANZA=STANZA, PITR_SCRATCH_NETWORK="host")
     return runner
+
 
 def test_archive_backup_and_restore_to_a_time_with_the_repository_on_s3(engine, s3, live, home):
     done = home("pitr-setup", "--env=prod")
@@ -319,6 +333,7 @@ def test_archive_backup_and_restore_to_a_time_with_the_repository_on_s3(engine, 
     assert dropped.returncode == 0, dropped.stderr
     assert psql(live, "SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger") == "2,3"
 
+
 def test_drill_from_s3_compares_with_the_live_rows(engine, s3, live, home):
     """After the test above (the stanza and a full backup exist)."""
     psql(live, "CREATE TABLE votes (id int PRIMARY KEY)")
@@ -335,6 +350,7 @@ def test_drill_from_s3_compares_with_the_live_rows(engine, s3, live, home):
     archived = [key for key in s3.keys("knot/archive/") if re.search(r"/[0-9A-F]{24}-", key)]
     head = s3.client.head_object(Bucket=BUCKET, Key=archived[0])
     assert head["ObjectLockMode"] == "GOVERNANCE"
+
 
 def test_a_wrong_s3_secret_fails_in_one_line_that_names_the_keys(engine, s3, s3_image, tmp_path):
     wrong = "Wrong-Secret-0c4d2e9a1b"

@@ -38,6 +38,7 @@ RUN = uuid.uuid4().hex[:8]
 
 ARCHIVE = "/var/lib/pgbackrest/archive"
 
+
 @pytest.fixture(scope="module")
 def live(engine):
     tag = f"pgrunbook-test-pitrops-{RUN}:15"
@@ -50,6 +51,7 @@ def live(engine):
         remove_with_volumes(engine, scratch)
     remove_with_volumes(engine, container)
     engine.images.remove(tag, force=True)
+
 
 def samples(path_or_text: Path | str) -> dict[tuple[str, str, str | None], float]:
     """(name, env, type label) -> value; every family a gauge with help."""
@@ -64,13 +66,16 @@ def samples(path_or_text: Path | str) -> dict[tuple[str, str, str | None], float
             found[(sample.name, sample.labels["env"], sample.labels.get("type"))] = sample.value
     return found
 
+
 def pitr_only(found: dict) -> dict[str, float]:
     """This test's env, PITR families only, keyed "name" or "name{type}"."""
     return {(name if kind is None else f"{name}{{{kind}}}"): value
             for (name, env, kind), value in found.items() if env == "prod" and name.startswith("pgrunbook_pitr_")}
 
+
 def archived_count(container) -> int:
     return int(psql(container, "SELECT archived_count FROM pg_stat_archiver"))
+
 
 def switch_and_wait(container, what: str, condition) -> None:
     psql(container, "CREATE TABLE IF NOT EXISTS ticks (at timestamptz DEFAULT clock_timestamp())")
@@ -78,9 +83,11 @@ def switch_and_wait(container, what: str, condition) -> None:
     psql(container, "SELECT pg_switch_wal()")
     wait_for(condition, what, 120)
 
+
 def set_archive_folder_mode(container, mode: str) -> None:
     code, output = exec_in(container, ["chmod", mode, ARCHIVE])  # as root
     assert code == 0, output
+
 
 def test_metrics_show_archiving_backups_drills_and_a_broken_archive(engine, live, tmp_path):
     textfile = tmp_path / "textfile"
@@ -194,6 +201,7 @@ def test_metrics_show_archiving_backups_drills_and_a_broken_archive(engine, live
     assert status.returncode == 0, status.stderr
     assert pitr_only(samples(status.stdout)) == drilled
 
+
 def test_an_env_without_a_stanza_has_no_pitr_metrics(engine, live, tmp_path):
     metrics_file = tmp_path / "pgrunbook.prom"
     home = Cli(tmp_path)
@@ -205,6 +213,7 @@ def test_an_env_without_a_stanza_has_no_pitr_metrics(engine, live, tmp_path):
     refused = home("pitr-status", "--env=prod")
     assert refused.returncode == 2 and "PITR_STANZA" in refused.stdout
     assert not (home.backup_dir("prod") / ".pitr-status.json").exists()
+
 
 def test_an_unreachable_db_shows_as_status_2_and_a_bad_metrics_file_only_warns(tmp_path):
     """No pgBackRest needed: the container is missing. What was seen before stays as last seen."""
@@ -235,6 +244,7 @@ def test_an_unreachable_db_shows_as_status_2_and_a_bad_metrics_file_only_warns(t
     assert not (tmp_path / "missing-folder").exists()
     assert json.loads(observation.read_text())["checked"] > found["pgrunbook_pitr_status_timestamp_seconds"]
     assert sorted(p.name for p in observation.parent.iterdir()) == [".pitr-status.json"]  # no temporary
+
 
 @pytest.mark.usefixtures("cron_daemon")
 def test_printed_pitr_status_line_works_under_real_cron(engine, live, tmp_path):
@@ -285,6 +295,7 @@ def test_printed_pitr_status_line_works_under_real_cron(engine, live, tmp_path):
     assert found[("pgrunbook_pitr_status_exit_code", env, None)] == 0
     assert found[("pgrunbook_pitr_status_timestamp_seconds", env, None)] >= installed_at
     assert f"# BEGIN pgrunbook {env}" not in "\n".join(schedule.read_crontab())
+
 
 def _text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""

@@ -21,6 +21,7 @@ def default_acl(pg, database: str) -> list[str]:
         "                                    FROM unnest(defaclacl) a)"
         " FROM pg_default_acl ORDER BY 1", database).splitlines()
 
+
 def test_default_privileges_are_copied_from_live_or_the_replace_is_refused(cli, pg, target):
     reader = f"Report Reader {uuid.uuid4().hex[:6]}"  # capitals and a space: quoted everywhere
     pg.psql(f'CREATE ROLE "{reader}" NOLOGIN', "postgres")
@@ -60,10 +61,12 @@ def test_default_privileges_are_copied_from_live_or_the_replace_is_refused(cli, 
     assert accepted.returncode == 0, accepted.stderr
     assert default_acl(pg, target) == before
 
+
 def large_objects(pg, database: str) -> list[str]:
     return pg.psql("SELECT oid::text || ' ' || pg_get_userbyid(lomowner) || ' ' || coalesce("
                    "(SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(lomacl) a), '-')"
                    " FROM pg_largeobject_metadata ORDER BY oid", database).splitlines()
+
 
 def test_large_objects_keep_their_owners_and_grants(cli, pg, target):
     """Large objects (lo_create, pg_largeobject_metadata) have an owner and grants of

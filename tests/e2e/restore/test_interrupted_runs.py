@@ -30,6 +30,7 @@ from helpers import (
 
 JOURNAL = ".restore-in-progress.json"
 
+
 @pytest.mark.parametrize(("stage", "name"), [
     ("upload", "INT"), ("staging-restore", "TERM"), ("checks", "INT"),
     ("apps-stopped", "TERM"), ("swap", "TERM"), ("swap", "INT"), ("after-swap", "INT"),
@@ -59,8 +60,10 @@ def test_ctrl_c_or_sigterm_at_each_stage_leaves_nothing_to_recover(
     assert_clean_env(cli, pg, target, app_container, (old, live), stopped.stderr)
     assert log_lines(cli)[-1]["result"] != "started"
 
+
 def stderr_of(result) -> str:
     return result.stderr or ""
+
 
 def test_recover_leaves_a_staging_database_another_run_is_restoring_into(cli, pg, target):
     """No journal here names it, and sessions are writing into it: a restore of the
@@ -92,8 +95,10 @@ def test_recover_leaves_a_staging_database_another_run_is_restoring_into(cli, pg
         pg.psql(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)', "postgres")
         pg.exec(["rm", "-rf", upload], check=False)
 
+
 def uploads_of(pg) -> list[str]:
     return ["/tmp/" + name for name in uploads(pg)]
+
 
 def test_a_reused_pid_does_not_hide_an_interrupted_replace(cli, pg, target):
     """After a reboot (or in a fresh container) the journal's pid is soon some other
@@ -117,6 +122,7 @@ def test_a_reused_pid_does_not_hide_an_interrupted_replace(cli, pg, target):
     finally:
         other.kill()
         other.wait()
+
 
 def test_container_killed_mid_swap_then_one_recover_repairs_without_waiting(tmp_path, docker_engine):
     """The DB container dies (OOM kill, a panicked docker restart) while the live DB
@@ -162,6 +168,7 @@ def test_container_killed_mid_swap_then_one_recover_repairs_without_waiting(tmp_
     finally:
         server.container.remove(force=True, v=True)
 
+
 def test_live_db_that_could_not_be_reopened_keeps_the_journal(cli, pg, target):
     """The swap fails and the script cannot reopen the live DB (its pg_database row
     is locked by another session for minutes): the run fails saying so, and the
@@ -198,6 +205,7 @@ def test_live_db_that_could_not_be_reopened_keeps_the_journal(cli, pg, target):
         assert allows_connections(pg, target) == "t"
     finally:
         pg.psql(f'ALTER DATABASE "{target}" WITH ALLOW_CONNECTIONS true', "postgres")
+
 
 def test_rollback_that_leaves_the_live_db_closed_keeps_the_journal(cli, pg, target):
     """The same as above for restore-rollback: its swap could not reopen the live DB,

@@ -34,6 +34,7 @@ def prod(cli, pg, target):
                   RESTORE_PRESTAGE="true")
     return target
 
+
 def test_the_restore_test_prestages_the_newest_backup_and_the_replace_only_swaps(cli, pg, prod):
     first = backup(cli, "--env=prod")
     restore_test(cli)
@@ -71,6 +72,7 @@ def test_the_restore_test_prestages_the_newest_backup_and_the_replace_only_swaps
                  "--confirm=prod", env=VERBOSE)
     assert rolled.returncode == 0, rolled.stderr
 
+
 def test_only_the_newest_backup_is_prestaged_and_no_prestaged_restores_from_the_file(cli, pg, prod):
     older = backup(cli, "--env=prod")
     backup(cli, "--env=prod")
@@ -91,6 +93,7 @@ def test_only_the_newest_backup_is_prestaged_and_no_prestaged_restores_from_the_
     assert replaced.returncode == 0, replaced.stderr
     assert "事前展開 DB は knot-prod-" in replaced.stderr and "pg_restore" in replaced.stderr
     assert prestaged(pg, prod) == [kept]
+
 
 def test_a_prestaged_database_that_was_opened_or_changed_is_not_used(cli, pg, prod):
     dump = backup(cli, "--env=prod")
@@ -120,6 +123,7 @@ def test_a_prestaged_database_that_was_opened_or_changed_is_not_used(cli, pg, pr
     assert table_fingerprints(pg, prod) == wanted
     assert not prestaged(pg, prod)
 
+
 def test_a_refused_replace_keeps_the_prestaged_database_for_the_retry(cli, pg, prod):
     dump = backup(cli, "--env=prod")
     wanted = table_fingerprints(pg, prod)
@@ -143,6 +147,7 @@ def test_a_refused_replace_keeps_the_prestaged_database_for_the_retry(cli, pg, p
     assert f"事前展開 DB {kept} を使います" in accepted.stderr and "pg_restore" not in accepted.stderr
     assert table_fingerprints(pg, prod) == wanted
 
+
 def test_kill_9_after_the_claim_is_repaired_by_restore_recover(cli, pg, prod, app_container):
     cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=prod, DB_PASSWORD=PASSWORD,
                   RESTORE_PRESTAGE="true", APP_CONTAINERS=app_container.name)
@@ -163,6 +168,7 @@ def test_kill_9_after_the_claim_is_repaired_by_restore_recover(cli, pg, prod, ap
     replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=VERBOSE)
     assert replaced.returncode == 0 and "を使います" in replaced.stderr, replaced.stderr
     assert table_fingerprints(pg, prod) == old
+
 
 def test_when_the_disk_cannot_hold_two_copies_the_old_prestaged_database_goes_first(cli, docker_engine):
     """The data directory on a small tmpfs: live + prestaged fill it so that a new restore

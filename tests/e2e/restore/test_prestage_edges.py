@@ -31,12 +31,14 @@ def owners_of_closed(pg, database: str) -> set[str]:
     finally:
         pg.psql(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false', "postgres")
 
+
 @pytest.fixture(scope="module")
 def pg(docker_engine):
     """A server of this module's own (the replace tests change roles and owners)."""
     server = start_postgres(docker_engine, f"pgrunbook-test-prestage-review-{uuid.uuid4().hex[:6]}")
     yield server
     server.container.remove(force=True, v=True)
+
 
 @pytest.fixture
 def prod(cli, pg):
@@ -47,6 +49,7 @@ def prod(cli, pg):
     for db in databases(pg):
         if db.startswith(name):
             pg.psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', "postgres")
+
 
 def test_a_restore_test_run_in_another_time_zone_still_replaces_the_older_prestaged_database(cli, pg, prod):
     """The marks carry local time with its offset: compared as text, a restore test run
@@ -61,6 +64,7 @@ def test_a_restore_test_run_in_another_time_zone_still_replaces_the_older_presta
     checked = cli("check", "--env=prod")
     assert any("事前展開" in line and "OK" in line and newest.name in line
                for line in checked.stdout.splitlines()), checked.stdout
+
 
 def test_without_row_counts_a_prestaged_database_changed_behind_its_mark_is_not_swapped_in(cli, pg, prod):
     """ROW_COUNTS=false: the manifest has no counts to compare, but the mark has the row
@@ -80,6 +84,7 @@ def test_without_row_counts_a_prestaged_database_changed_behind_its_mark_is_not_
     assert "記録と一致しません" in replaced.stderr and "pg_restore" in replaced.stderr, replaced.stderr
     assert table_fingerprints(pg, prod) == wanted
     assert allows_connections(pg, prod) == "t"
+
 
 def test_a_refused_replace_that_changed_owners_in_the_prestaged_database_does_not_put_it_back(cli, pg, prod):
     """A --no-owner backup: the replace copies the live owners into the claimed database,
@@ -107,6 +112,7 @@ def test_a_refused_replace_that_changed_owners_in_the_prestaged_database_does_no
     assert owners(pg, prod) == {"app"}, restorer.stderr
     assert table_fingerprints(pg, prod) == wanted
 
+
 def test_a_replace_from_a_file_that_does_not_fit_beside_the_prestaged_database_names_it(cli, docker_engine):
     """Live + prestaged fill the disk: a replace of an older backup cannot restore beside
     them. At 2 a.m. the refusal must name the prestaged database that takes the space."""
@@ -125,6 +131,7 @@ def test_a_replace_from_a_file_that_does_not_fit_beside_the_prestaged_database_n
         assert not [d for d in databases(server) if "_staging_" in d]
         assert "途中で止まって" not in cli("restore-list", "--env=prod").stderr  # no journal left
 
+
 def test_restore_list_does_not_call_an_opened_prestaged_database_closed(cli, pg, prod):
     backup(cli, "--env=prod")
     restore_test(cli)
@@ -134,6 +141,7 @@ def test_restore_list_does_not_call_an_opened_prestaged_database_closed(cli, pg,
     listed = cli("restore-list", "--env=prod").stdout
     [line] = [line for line in listed.splitlines() if line.startswith(kept)]
     assert "接続不可" not in line and "使いません" in line, line
+
 
 def test_check_names_a_second_prestaged_database_left_by_an_interrupted_restore_test(cli, pg, prod):
     """A restore test killed between marking the new database and dropping the one it

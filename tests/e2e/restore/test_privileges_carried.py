@@ -34,6 +34,7 @@ def test_column_privileges_are_carried_and_compared(cli, pg, target):
     assert "public.members.email" in refused.stderr and reader in refused.stderr
     assert can("SELECT", "email") == "t"
 
+
 def test_no_owner_replace_keeps_the_owners_of_types_domains_and_aggregates(cli, pg, target):
     """With a --no-owner backup the app's enum, domain and aggregate must stay the
     app owner's: its next migration (ALTER TYPE ... ADD VALUE) needs to own them."""
@@ -86,6 +87,7 @@ def test_no_owner_backup_replaced_on_its_own_server_keeps_the_owners(cli, pg, ta
     assert refused.returncode == 1 and "所有者" in refused.stderr and "--accept-privilege-changes" in refused.stderr
     assert owners(pg, target) == {owner}
 
+
 def test_a_privilege_the_app_would_lose_is_refused_before_the_swap(cli, pg, target):
     dump = backup(cli, "--env=prod")
     reader = role(pg, f"reader_{uuid.uuid4().hex[:6]}")
@@ -99,6 +101,7 @@ def test_a_privilege_the_app_would_lose_is_refused_before_the_swap(cli, pg, targ
     accepted = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
                    "--accept-privilege-changes")
     assert accepted.returncode == 0, accepted.stderr
+
 
 def test_database_level_settings_and_grants_survive_the_replace(cli, pg, target):
     reader = role(pg, f"reader_{uuid.uuid4().hex[:6]}")
@@ -121,6 +124,7 @@ def test_database_level_settings_and_grants_survive_the_replace(cli, pg, target)
     assert pg.psql(f"SELECT has_database_privilege('{public_role}', '{target}', 'CONNECT')",
                    "postgres").strip() == "f"  # PUBLIC still cannot connect
 
+
 def test_sql_restore_honours_no_owner_and_no_acl(cli, pg, target):
     other = role(pg, f"other_{uuid.uuid4().hex[:6]}")
     pg.psql(f'CREATE TABLE public.owned_by_other (id int); ALTER TABLE public.owned_by_other OWNER TO "{other}"; '
@@ -140,6 +144,7 @@ def test_sql_restore_honours_no_owner_and_no_acl(cli, pg, target):
     assert pg.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'owned_by_other'",
                    f"{target}_sqlok").strip() == "app"
     assert table_fingerprints(pg, f"{target}_sqlok").keys() >= {"public.members", "public.votes"}
+
 
 def test_a_non_superuser_that_cannot_end_sessions_is_told_what_to_grant_before_restoring(cli, pg, target):
     kit = role(pg, f"kit_{uuid.uuid4().hex[:6]}", f"LOGIN CREATEDB PASSWORD '{PASSWORD}'")

@@ -33,6 +33,7 @@ from helpers import (
 
 STAGES = ["upload", "staging-restore", "checks", "apps-stopped", "swap"]
 
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_at_each_stage_then_one_command_repairs(cli, pg, target, app_container, stage):
     dump, old, live = replace_scenario(cli, pg, target, app_container)
@@ -66,6 +67,7 @@ def test_kill_9_at_each_stage_then_one_command_repairs(cli, pg, target, app_cont
     assert replaced.returncode == 0, replaced.stderr
     assert table_fingerprints(pg, target) == old
 
+
 def test_recover_without_a_terminal_needs_confirm_and_dry_run_shows_manual_commands(cli, pg, target):
     pg.psql(f'ALTER DATABASE "{target}" WITH ALLOW_CONNECTIONS false', "postgres")
     try:
@@ -83,6 +85,7 @@ def test_recover_without_a_terminal_needs_confirm_and_dry_run_shows_manual_comma
     finally:
         pg.psql(f'ALTER DATABASE "{target}" WITH ALLOW_CONNECTIONS true', "postgres")
 
+
 @pytest.fixture(scope="module")
 def special_pg(docker_engine):
     """A server with prepared transactions and logical decoding enabled; its log shows every
@@ -92,6 +95,7 @@ def special_pg(docker_engine):
                                      "-c", "wal_level=logical", "-c", "log_statement=ddl"])
     yield server
     server.container.remove(force=True, v=True)
+
 
 def test_prepared_transaction_is_refused_before_anything_is_closed(tmp_path, special_pg):
     from helpers import Cli
@@ -117,6 +121,7 @@ def test_prepared_transaction_is_refused_before_anything_is_closed(tmp_path, spe
         assert table_fingerprints(special_pg, "live") == before
     finally:
         special_pg.psql("ROLLBACK PREPARED 'knot-tx-1'", "live")
+
 
 def test_prepared_transaction_that_appears_during_the_restore_stops_the_swap_not_the_app(
         tmp_path, special_pg):
@@ -147,6 +152,7 @@ def test_prepared_transaction_that_appears_during_the_restore_stops_the_swap_not
     finally:
         special_pg.psql("ROLLBACK PREPARED 'late-tx'", "live2")
 
+
 def test_logical_slot_is_named_before_the_swap_and_before_the_drop(tmp_path, special_pg):
     from helpers import Cli
 
@@ -166,6 +172,7 @@ def test_logical_slot_is_named_before_the_swap_and_before_the_drop(tmp_path, spe
     finally:
         special_pg.psql("SELECT pg_drop_replication_slot('knot_cdc')", "postgres")
 
+
 def test_journal_of_a_live_run_is_not_called_interrupted(cli, pg, target):
     record = {"task": "restore-replace", "pid": os.getpid(), "host": os.uname().nodename,
               "stage": "staging-restore", "apps_stopped": []}
@@ -178,6 +185,7 @@ def test_journal_of_a_live_run_is_not_called_interrupted(cli, pg, target):
     (folder / ".restore-in-progress.json").write_text(json.dumps(record))
     listing = cli("list", "--env=prod")
     assert "restore-recover --env=prod" in listing.stderr
+
 
 def test_an_idle_staging_database_of_another_hosts_run_is_named_not_dropped(cli, pg, target):
     """Between its restore and its swap another host's replace holds no session on its

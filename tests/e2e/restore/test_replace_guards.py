@@ -16,6 +16,7 @@ def test_masking_that_deletes_rows_does_not_block_prod_to_dev(cli, pg, target, t
     assert result.returncode == 0, result.stderr
     assert pg.psql("SELECT count(*) FROM public.votes", target + "_dev").strip() == "0"
 
+
 def test_operator_messages_of_replace_rollback_and_drop(cli, pg, target):
     dump = backup(cli, "--env=prod")
     replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
@@ -28,6 +29,7 @@ def test_operator_messages_of_replace_rollback_and_drop(cli, pg, target):
     assert "_pgrunbook_rolledback_" in last_line(rolled.stdout)  # a result on stdout, as every task
     missing = cli("restore-drop", "--env=prod", f"--db={target}_no_such_db")
     assert missing.returncode == 1 and "ありません" in missing.stderr
+
 
 def test_replace_with_an_archive_of_an_emptied_database_needs_the_shrink_confirmation(cli, pg, target):
     pg.psql("CREATE TABLE public.ledger (id int PRIMARY KEY, amount int)", target)

@@ -14,8 +14,10 @@ CHECKPOINT_LOG = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:  checkpoint (starting|complete):"
     r"(.*)$", re.MULTILINE)
 
+
 def _stamp(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+
 
 def test_replace_writes_the_restored_data_out_before_the_apps_stop(cli, pg, docker_engine):
     """A CHECKPOINT requested by the kit completes after the staging restore and

@@ -51,6 +51,7 @@ def test_scratch_restore_of_dump_and_sql_reproduces_every_table(cli, pg, target)
     dropped = cli("restore-drop", "--env=prod", f"--db={scratch}")
     assert dropped.returncode == 0 and scratch not in databases(pg)
 
+
 def test_scratch_never_replaces_a_foreign_database(cli, pg, target):
     dump = backup(cli, "--env=prod")
     pg.create_database(f"{target}_foreign")
@@ -59,6 +60,7 @@ def test_scratch_never_replaces_a_foreign_database(cli, pg, target):
     live = cli("restore-scratch", "--env=prod", f"--file={dump}", f"--db={target}")
     assert live.returncode == 1
     assert table_fingerprints(pg, target)  # untouched and still there
+
 
 def test_sql_with_an_error_in_the_middle_leaves_nothing_half_restored(cli, pg, target):
     sql = Path(last_line(cli("backup-sql", "--env=prod").stdout))
@@ -69,6 +71,7 @@ def test_sql_with_an_error_in_the_middle_leaves_nothing_half_restored(cli, pg, t
     result = cli("restore-scratch", "--env=prod", f"--file={broken}", "--db=" + target + "_half")
     assert result.returncode == 1 and "no_such_table" in result.stderr
     assert target + "_half" not in databases(pg)
+
 
 @pytest.mark.matrix
 def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, target):
@@ -107,6 +110,7 @@ def test_replace_with_open_sessions_keeps_previous_and_can_roll_back(cli, pg, ta
     tasks = [line["task"] for line in log_lines(cli)]
     assert "restore-replace" in tasks and "restore-rollback" in tasks
 
+
 @pytest.mark.matrix
 def test_replace_with_a_corrupt_archive_leaves_the_live_database_as_it_was(cli, pg, target):
     dump = backup(cli, "--env=prod")
@@ -137,6 +141,7 @@ def test_replace_with_a_corrupt_archive_leaves_the_live_database_as_it_was(cli, 
     assert not [d for d in databases(pg) if d.startswith(target) and "pgrunbook" in d]
     assert log_lines(cli)[-1]["result"] == "failed"
 
+
 def test_replace_needs_a_confirmation(cli, pg, target):
     dump = backup(cli, "--env=prod")
     before = table_fingerprints(pg, target)
@@ -147,6 +152,7 @@ def test_replace_needs_a_confirmation(cli, pg, target):
     assert table_fingerprints(pg, target) == before
     assert [line["result"] for line in log_lines(cli)[-2:]] == ["refused", "refused"]
     assert not [d for d in databases(pg) if d.startswith(target) and "pgrunbook" in d]
+
 
 def test_dev_archive_into_prod_needs_an_approver(cli, pg, target):
     dev_dump = backup(cli, "--env=dev")
@@ -161,6 +167,7 @@ def test_dev_archive_into_prod_needs_an_approver(cli, pg, target):
     last = log_lines(cli)[-1]
     assert last["result"] == "ok" and last["approved_by"] == "鈴木部長" and last["source_env"] == "dev"
 
+
 def test_prod_data_into_dev_is_masked(cli, pg, target, tmp_path):
     prod_dump = backup(cli, "--env=prod")
     masking = tmp_path / "mask.sql"
@@ -172,6 +179,7 @@ def test_prod_data_into_dev_is_masked(cli, pg, target, tmp_path):
     assert "個人情報" in result.stderr
     emails = pg.psql("SELECT string_agg(email, ',') FROM members", target + "_dev")
     assert "@example.jp" not in emails and "masked-1@example.invalid" in emails
+
 
 def test_app_containers_are_stopped_for_the_swap_and_started_again(cli, pg, target, docker_engine):
     app_name = f"pgrunbook-app-{uuid.uuid4().hex[:6]}"
@@ -198,6 +206,7 @@ def test_app_containers_are_stopped_for_the_swap_and_started_again(cli, pg, targ
     finally:
         app.remove(force=True)
 
+
 def test_version_guard_refuses_a_newer_archive(cli, pg, target):
     dump = backup(cli, "--env=prod")
     data = bytearray(dump.read_bytes())
@@ -211,6 +220,7 @@ def test_version_guard_refuses_a_newer_archive(cli, pg, target):
     assert result.returncode == 1 and "99." in result.stderr
     assert re.search(r"PostgreSQL 15\.\d+ には戻せません", result.stderr)  # the server's version
     assert not [d for d in databases(pg) if d.startswith(target + "_restore")]
+
 
 @pytest.mark.matrix
 def test_verify_restore_test(cli, pg, target):
@@ -226,6 +236,7 @@ def test_verify_restore_test(cli, pg, target):
     assert different.returncode == 1 and "差異" in different.stderr
     assert not [d for d in databases(pg) if "_verify_" in d]
 
+
 def test_replace_on_a_terminal_asks_for_env_and_database(cli, pg, target):
     dump = backup(cli, "--env=prod")
     before = table_fingerprints(pg, target)
@@ -238,6 +249,7 @@ def test_replace_on_a_terminal_asks_for_env_and_database(cli, pg, target):
                               f"prod\n{target}\n".encode())
     assert right.returncode == 0, right.stderr
     assert last_line(right.stdout).startswith(f"{target}_pgrunbook_previous_")
+
 
 def test_post_restore_checks_report_prisma_state_and_run_the_host_command(cli, pg, target):
     pg.psql("INSERT INTO public._prisma_migrations (id, checksum, migration_name, started_at) "
@@ -256,6 +268,7 @@ def test_post_restore_checks_report_prisma_state_and_run_the_host_command(cli, p
                   POST_RESTORE_COMMAND="exit 3")
     failing = cli("restore-scratch", "--env=prod", f"--file={dump}", "--replace")
     assert failing.returncode == 1 and "確認コマンド" in failing.stderr
+
 
 def test_row_counts_match_the_dump_while_the_database_is_written_to(cli, pg, target):
     """The manifest's counts come from pg_dump's own snapshot: a busy database still
@@ -277,6 +290,7 @@ def test_row_counts_match_the_dump_while_the_database_is_written_to(cli, pg, tar
     finally:
         pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{target}' "
                 "AND query LIKE 'DO %'", "postgres")
+
 
 def test_a_restore_the_disk_cannot_hold_is_refused_before_it_starts(cli, pg, target):
     dump = backup(cli, "--env=prod")

@@ -62,6 +62,7 @@ IME_TYPING: dict[str, list[tuple[str, str]]] = {
            (" ", "本番")],
 }
 
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("browser-site")
@@ -74,6 +75,7 @@ def site(tmp_path_factory) -> Path:
 
 BROWSER_WAIT_SECONDS = 30
 CSP_REPORTS = "/__csp-report"
+
 
 class SiteServer(http.server.ThreadingHTTPServer):
     """The site over http on 127.0.0.1, with a policy that lets nothing reach another host.
@@ -92,6 +94,7 @@ class SiteServer(http.server.ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/"
+
 
 class _SiteFiles(http.server.SimpleHTTPRequestHandler):
     POLICY = ("default-src 'self' 'unsafe-inline' 'unsafe-eval' data: blob:; "
@@ -114,6 +117,7 @@ class _SiteFiles(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass
 
+
 @pytest.fixture(scope="module")
 def web_server(site) -> Iterator[SiteServer]:
     server = SiteServer(site)
@@ -125,6 +129,7 @@ def web_server(site) -> Iterator[SiteServer]:
         server.shutdown()
         server.server_close()
 
+
 class _Recorder(socketserver.BaseRequestHandler):
     """Stands where the outside would be: notes the request line, refuses, closes."""
 
@@ -134,6 +139,7 @@ class _Recorder(socketserver.BaseRequestHandler):
             first = self.request.recv(4096).split(b"\r\n", 1)[0].decode("latin-1")
             self.server.seen.append(first)  # type: ignore[attr-defined]
             self.request.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
 
 class Outside(socketserver.ThreadingTCPServer):
     """A proxy on 127.0.0.1 that lets nothing through and remembers what was asked."""
@@ -148,6 +154,7 @@ class Outside(socketserver.ThreadingTCPServer):
     def port(self) -> int:
         return self.server_address[1]
 
+
 @pytest.fixture(scope="module")
 def outside() -> Iterator[Outside]:
     """Chromium's proxy: it sends there whatever is not for 127.0.0.1."""
@@ -159,6 +166,7 @@ def outside() -> Iterator[Outside]:
     finally:
         server.shutdown()
         server.server_close()
+
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, outside) -> Iterator[webdriver.Chrome]:
@@ -188,14 +196,17 @@ def browser(tmp_path_factory, outside) -> Iterator[webdriver.Chrome]:
     finally:
         driver.quit()
 
+
 @pytest.fixture(params=["file", "http"])
 def base(request, site, web_server) -> str:
     return site.as_uri() + "/" if request.param == "file" else web_server.url
+
 
 def start_watching(browser, web_server, outside) -> None:
     browser.get_log("performance")  # drop what earlier tests left
     web_server.csp_reports.clear()
     outside.seen.clear()
+
 
 def devtools_requests(browser) -> list[str]:
     """The URLs the page asked for since the last look (the DevTools log is read once)."""
@@ -215,6 +226,7 @@ def requests_to_other_hosts(browser, web_server, base: str) -> list[str]:
     time.sleep(0.2)  # no request is the claim: a grace for a report still on its way (no event to await)
     return foreign + [f"(policy) {uri}" for uri in web_server.csp_reports]
 
+
 @pytest.fixture
 def no_other_host(browser, web_server, outside, base) -> Iterator[None]:
     """After the test: the page asked no host but the site's own for anything.
@@ -226,10 +238,12 @@ def no_other_host(browser, web_server, outside, base) -> Iterator[None]:
     yield
     assert requests_to_other_hosts(browser, web_server, base) == []
 
+
 def open_page(browser, url: str) -> None:
     browser.get(url)
     WebDriverWait(browser, BROWSER_WAIT_SECONDS).until(
         lambda driver: driver.execute_script("return document.readyState") == "complete")
+
 
 def tab_set_with(browser, text: str):
     """The content tab set whose 元の手順書 panel holds text."""
@@ -238,11 +252,13 @@ def tab_set_with(browser, text: str):
             return tab_set
     raise AssertionError(f"no tab set holds {text!r}")
 
+
 def visible_panel(tab_set) -> str:
     shown = [block for block in tab_set.find_elements(By.CSS_SELECTOR, ".tabbed-content > .tabbed-block")
              if block.is_displayed()]
     assert len(shown) == 1, f"{len(shown)} panels shown"
     return shown[0].text
+
 
 def click_tab(tab_set, label: str) -> None:
     for element in tab_set.find_elements(By.CSS_SELECTOR, ".tabbed-labels > label"):
@@ -250,6 +266,7 @@ def click_tab(tab_set, label: str) -> None:
             element.click()
             return
     raise AssertionError(f"no tab {label!r}")
+
 
 def ime_key(browser, key: str, composition: str) -> None:
     """One key through an input method: keydown 229 (Process), the composition, keyup."""
@@ -262,6 +279,7 @@ def ime_key(browser, key: str, composition: str) -> None:
     browser.execute_cdp_cmd("Input.dispatchKeyEvent", {
         "type": "keyUp", "key": key, "code": code, "windowsVirtualKeyCode": virtual})
 
+
 def ime_commit(browser, text: str) -> None:
     """Enter ends the composition: keydown 229, the text committed, keyup Enter."""
     browser.execute_cdp_cmd("Input.dispatchKeyEvent", {
@@ -269,6 +287,7 @@ def ime_commit(browser, text: str) -> None:
     browser.execute_cdp_cmd("Input.insertText", {"text": text})
     browser.execute_cdp_cmd("Input.dispatchKeyEvent", {
         "type": "keyUp", "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13})
+
 
 def search(browser, url: str, word: str, marked: str) -> list[str]:
     """Open the page, click the search box, type word as a person does; the result titles.
@@ -301,6 +320,7 @@ def search(browser, url: str, word: str, marked: str) -> list[str]:
         console = [entry["message"] for entry in browser.get_log("browser")]
         raise AssertionError(f"no results for {word!r}: {meta!r}; console: {console}") from None
 
+
 def test_three_tabs_switch(browser, base, no_other_host):
     open_page(browser, base + "backup.html")
     custom = tab_set_with(browser, 'docker exec -i knot-db pg_dump -U app -d app -F c -f "/tmp/${BACKUP_NAME}"')
@@ -318,6 +338,7 @@ def test_three_tabs_switch(browser, base, no_other_host):
     click_tab(custom, "タスク")
     assert "invoke backup --env=prod" in visible_panel(custom)
 
+
 def test_original_page_is_linked_from_home(browser, base, no_other_host):
     open_page(browser, base + "index.html")
     link = browser.find_element(By.CSS_SELECTOR, 'article a[href="original.html"]')
@@ -326,6 +347,7 @@ def test_original_page_is_linked_from_home(browser, base, no_other_host):
     article = browser.find_element(By.CSS_SELECTOR, "article").text
     assert "DB バックアップ／リストア手順（PostgreSQL + Docker）" in article
     assert "pg_terminate_backend(pid)" in article
+
 
 @pytest.mark.parametrize("word, marked, expected", [
     ("リストア", "リストア", "リストア"),
@@ -337,6 +359,7 @@ def test_original_page_is_linked_from_home(browser, base, no_other_host):
 def test_search_typed_by_a_person_lists_results(browser, base, no_other_host, word, marked, expected):
     titles = search(browser, base + "index.html", word, marked)
     assert expected in titles, titles
+
 
 def test_a_request_to_another_host_is_seen_and_goes_nowhere(browser, base, web_server, outside):
     """The check above can fail: the page's and a worker's requests elsewhere are caught."""

@@ -28,10 +28,12 @@ pytest.importorskip("material")
 
 JAPANESE_WORDS = ("リストア", "空ファイル", "本番")
 
+
 def run_invoke(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PGRUNBOOK_HOME": str(cwd)}
     return subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
                           capture_output=True, text=True, env=environment, cwd=cwd, timeout=300)
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
@@ -43,24 +45,30 @@ def site(tmp_path_factory) -> Path:
     assert done.stdout.strip().splitlines()[-1] == str(output / "index.html")
     return output
 
+
 def html_files(site: Path) -> list[Path]:
     return sorted(site.rglob("*.html"))
+
 
 def page_text(path: Path) -> str:
     """What a reader sees: tags removed, entities decoded."""
     return html.unescape(re.sub(r"<[^>]+>", "", path.read_text(encoding="utf-8")))
 
+
 def all_text(site: Path) -> str:
     return "\n".join(page_text(path) for path in html_files(site))
+
 
 @pytest.fixture(scope="module")
 def namespace():
     return docs.load_namespace(ROOT / "tasks.py")
 
+
 def test_strict_build_writes_every_page(site):
     for page in ("index", "backup", "verify", "restore", "rules", "automation", "troubleshooting",
                  "reference/tasks", "reference/settings"):
         assert (site / f"{page}.html").is_file(), page
+
 
 def test_every_task_appears_with_its_help(site, namespace):
     text = page_text(site / "reference" / "tasks.html")
@@ -77,11 +85,13 @@ def test_every_task_appears_with_its_help(site, namespace):
             assert argument.help in text, (name, argument.help)
             assert docs._flag(argument) in text, (name, docs._flag(argument))
 
+
 def test_example_files_are_embedded_verbatim(site):
     raw = {path: html.unescape(path.read_text(encoding="utf-8")) for path in html_files(site)}
     for name, page in ((".env.example", "reference/settings.html"), ("crontab.example", "automation.html")):
         content = (ROOT / name).read_text(encoding="utf-8").rstrip("\n")
         assert content in raw[site / page], name
+
 
 def test_manual_commands_come_from_the_code(site):
     example = docs.Example(docs.example_settings(ROOT / ".env.example"))
@@ -93,12 +103,14 @@ def test_manual_commands_come_from_the_code(site):
                                                 example.staging, example.previous):
         assert line in restore
 
+
 def test_dangerous_steps_carry_a_danger_admonition(site):
     restore = (site / "restore.html").read_text(encoding="utf-8")
     blocks = re.findall(r'<(div|details) class="(?:admonition )?danger"[^>]*>(.*?)</\1>', restore, re.S)
     titles = [html.unescape(re.sub(r"<[^>]+>", "", body)) for _, body in blocks]
     assert sum("DROP DATABASE" in title for title in titles) >= 2
     assert any("置き換え" in title for title in titles)
+
 
 class _Links(HTMLParser):
     ATTRIBUTES = {"src", "href", "srcset", "action", "poster", "data", "formaction"}
@@ -116,6 +128,7 @@ class _Links(HTMLParser):
 
 EXTERNAL = re.compile(r"(?i)(^|[\s,(\"'])(?:[a-z][a-z0-9+.-]*:)?//")
 
+
 def test_no_external_host_is_referenced(site):
     offenders = []
     for path in html_files(site):
@@ -131,10 +144,12 @@ def test_no_external_host_is_referenced(site):
     assert offenders == []
     assert "fonts.googleapis" not in "".join(p.read_text(encoding="utf-8") for p in html_files(site))
 
+
 def test_links_work_from_a_file_server(site):
     index = (site / "index.html").read_text(encoding="utf-8")
     assert 'href="backup.html"' in index  # use_directory_urls: false
     assert 'href="reference/tasks.html"' in index
+
 
 def test_search_index_finds_japanese_words(site):
     index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
@@ -148,8 +163,10 @@ def test_search_index_finds_japanese_words(site):
     titles = {doc["title"] for doc in index["docs"]}
     assert "リストア" in titles
 
+
 def content_for(root: Path) -> docs.SiteContent:
     return docs.SiteContent(root, lambda: docs.load_namespace(root / "tasks.py"))
+
 
 def test_marker_keeps_indentation_for_tabs():
     content = content_for(ROOT)
@@ -159,6 +176,7 @@ def test_marker_keeps_indentation_for_tabs():
     assert all(line.startswith("    ") for line in code)
     assert "pg_restore --list" in expanded
 
+
 def test_unknown_marker_or_step_fails(tmp_path):
     content = content_for(ROOT)
     with pytest.raises(docs.DocsError, match="no-such-step"):
@@ -167,6 +185,7 @@ def test_unknown_marker_or_step_fails(tmp_path):
         content.expand("<!-- pgrunbook:tasks-reference -->")
     with pytest.raises(docs.DocsError, match="埋め込めない"):
         content.expand("<!-- pgrunbook:file .env.prod -->")
+
 
 def test_missing_embedded_file_fails_the_real_build(tmp_path):
     for name in ("mkdocs.yml", "docs_hooks.py", "tasks.py", ".env.example"):
@@ -179,6 +198,7 @@ def test_missing_embedded_file_fails_the_real_build(tmp_path):
     assert done.returncode != 0
     assert "crontab.example" in done.stderr + done.stdout
 
+
 def test_example_settings_never_carry_a_password(tmp_path, monkeypatch):
     example = tmp_path / ".env.example"
     example.write_text((ROOT / ".env.example").read_text(encoding="utf-8") + "DB_PASSWORD=Secret-1\n")
@@ -187,6 +207,7 @@ def test_example_settings_never_carry_a_password(tmp_path, monkeypatch):
     assert settings.db_password is None and settings.env == "prod"
     text = "\n".join(docs.manual_steps(docs.Example(settings))["backup"]())
     assert "Secret" not in text and "PGPASSWORD" not in text
+
 
 def test_task_reference_lists_whatever_tasks_exist():
     from invoke import Collection, task
@@ -207,6 +228,7 @@ def test_task_reference_lists_whatever_tasks_exist():
     assert "--keep=整数" in reference and "残す世代数" in reference and "<td>3</td>" in reference
     assert "--dry-run" in reference and "しない" in reference
 
+
 def test_settings_reference_documents_every_key():
     from pgrunbook.core.settings import KEYS
 
@@ -217,6 +239,7 @@ def test_settings_reference_documents_every_key():
     for key in KEYS:
         assert f">{key}</code>" in reference
     assert "<h2" not in reference and "## 対象の DB" in reference
+
 
 def test_drop_procedure_never_targets_the_live_database():
     settings = docs.example_settings(ROOT / ".env.example")
@@ -229,6 +252,7 @@ def test_drop_procedure_never_targets_the_live_database():
     assert swap.index("pg_terminate_backend") < swap.index("RENAME TO app_before_1") \
         < swap.index("app_staging_1 RENAME TO app")
 
+
 def search(site: Path, *words: str) -> dict[str, list[str]]:
     node = shutil.which("node")
     if node is None:
@@ -239,6 +263,7 @@ def search(site: Path, *words: str) -> dict[str, list[str]]:
     return {word: [re.sub(r"<[^>]+>", "", title) for title in titles]
             for word, titles in json.loads(done.stdout).items()}
 
+
 def test_search_finds_japanese_words_as_typed(site):
     found = search(site, *JAPANESE_WORDS, "権限エラー", "取り違え")
     for word, titles in found.items():
@@ -247,12 +272,14 @@ def test_search_finds_japanese_words_as_typed(site):
     assert found["権限エラー"][0] == "権限エラーで復元できない"
     assert "リストア" in found["リストア"]
 
+
 def test_search_works_from_a_file_server(site):
     assert (site / "search" / "search_index.js").is_file()  # offline plugin: no fetch on file://
     index = (site / "index.html").read_text(encoding="utf-8")
     polyfills = re.findall(r'<script src="(assets/javascripts/(?:iframe-worker|search-ja)\.js)"', index)
     assert polyfills == ["assets/javascripts/iframe-worker.js", "assets/javascripts/search-ja.js"]
     assert "unpkg" not in index
+
 
 def test_pitr_page_embeds_the_files_the_tests_run_and_the_hand_commands(site):
     """runbooks/pitr.md shows examples/pitr/* verbatim (tests/test_pitr.py builds and runs

@@ -30,10 +30,12 @@ KEPT = ROOT / original.ORIGINAL_RUNBOOK
 
 STEP_PAGES = ("backup", "verify", "restore", "automation")
 
+
 def run_invoke(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
                           capture_output=True, text=True, cwd=cwd, timeout=300,
                           env={**__import__("os").environ, "PGRUNBOOK_HOME": str(cwd)})
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
@@ -42,16 +44,20 @@ def site(tmp_path_factory) -> Path:
     assert done.returncode == 0, done.stdout + done.stderr
     return work / "site"
 
+
 @pytest.fixture(scope="module")
 def runbook() -> original.Runbook:
     return original.Runbook.load(KEPT)
+
 
 def text_of(html_text: str) -> str:
     """What a reader sees: tags removed, entities decoded."""
     return html.unescape(re.sub(r"<[^>]+>", "", html_text))
 
+
 def page_text(site: Path, name: str) -> str:
     return text_of((site / f"{name}.html").read_text(encoding="utf-8"))
+
 
 def tab_panels(page_html: str) -> list[tuple[list[str], list[str]]]:
     """Each content tab set of a page: (labels, panels' HTML), in order."""
@@ -64,6 +70,7 @@ def tab_panels(page_html: str) -> list[tuple[list[str], list[str]]]:
         sets.append((labels, panels[:len(labels)]))
     return sets
 
+
 def test_kept_copy_is_byte_identical_to_the_shared_spec():
     shared = (ROOT / original.SHARED_SPEC).resolve()
     if not shared.is_file():
@@ -72,9 +79,11 @@ def test_kept_copy_is_byte_identical_to_the_shared_spec():
         f"{KEPT.relative_to(ROOT)} が {shared} と違います: cp で取り込み直し、各手順の「元の手順書」タブを見直します"
     )
 
+
 def test_kept_copy_is_no_page_of_its_own(site):
     assert not (site / "original" / "backup-restore-runbook.ja.html").exists()
     assert not list(site.rglob("backup-restore-runbook*"))
+
 
 def test_every_code_line_and_heading_of_the_runbook_is_on_the_site(site, runbook):
     everything = "\n".join(text_of(path.read_text(encoding="utf-8")) for path in site.rglob("*.html"))
@@ -89,6 +98,7 @@ def test_every_code_line_and_heading_of_the_runbook_is_on_the_site(site, runbook
     headings = [runbook.title] + [section.title for section in runbook.sections]
     assert [heading for heading in headings if heading not in everything] == []
 
+
 def test_the_issue_examples_are_beside_their_tasks(site):
     backup, restore, automation = (page_text(site, name) for name in ("backup", "restore", "automation"))
     assert 'docker exec -i knot-db pg_dump -U app -d app -F c -f "/tmp/${BACKUP_NAME}"' in backup
@@ -96,6 +106,7 @@ def test_the_issue_examples_are_beside_their_tasks(site):
     assert 'docker exec -i knot-db psql -U app -d postgres -c "DROP DATABASE app;"' in restore
     assert 'docker exec -i knot-db psql -U app -d app < "./backups/prod/${BACKUP_NAME}"' in restore
     assert "0 2 * * * /bin/bash -lc 'cd /path/to/knot && BACKUP_DATE=$(date +\\%Y\\%m\\%d) \\" in automation
+
 
 def test_step_tabs_are_task_manual_and_original(site, runbook):
     shown = 0
@@ -115,6 +126,7 @@ def test_step_tabs_are_task_manual_and_original(site, runbook):
                 assert 'href="original.html#' in panels[-1], (name, panel[:200])
     assert shown >= len(original.SECTIONS)
 
+
 def test_replace_tab_says_why_the_kit_does_not_drop_first(site):
     restore = (site / "restore.html").read_text(encoding="utf-8")
     panels = [text_of(panels[-1]) for labels, panels in tab_panels(restore) if labels[-1] == "元の手順書"]
@@ -124,11 +136,13 @@ def test_replace_tab_says_why_the_kit_does_not_drop_first(site):
     sql = next(panel for panel in panels if 'psql -U app -d app < "./backups/prod/${BACKUP_NAME}"' in panel)
     assert "ON_ERROR_STOP" in sql and "--single-transaction" in sql
 
+
 def test_original_blocks_link_to_their_heading_on_the_original_page(site):
     original_html = (site / "original.html").read_text(encoding="utf-8")
     ids = set(re.findall(r'id="([^"]+)"', original_html))
     links = re.findall(r'href="original\.html#([^"]+)"', (site / "backup.html").read_text(encoding="utf-8"))
     assert links and all(html.unescape(link) in ids for link in links)
+
 
 def test_original_page_shows_the_whole_runbook_in_order(site, runbook):
     page_html = (site / "original.html").read_text(encoding="utf-8")
@@ -142,10 +156,12 @@ def test_original_page_shows_the_whole_runbook_in_order(site, runbook):
     assert runbook.digest() in text  # an auditor can compare it with the approved copy
     assert '<ol start="3">' in page_html  # "3. リストア（カスタム形式）" keeps its number
 
+
 def test_home_page_links_to_the_original(site):
     index = (site / "index.html").read_text(encoding="utf-8")
     article = index.split('<article', 1)[1]
     assert 'href="original.html"' in article
+
 
 def project_copy(tmp_path: Path) -> Path:
     for name in ("mkdocs.yml", "docs_hooks.py", "tasks.py", ".env.example", "crontab.example"):
@@ -155,11 +171,13 @@ def project_copy(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")  # embedded by the PITR page
     return tmp_path
 
+
 def mkdocs_build(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q",
                            "-f", str(root / "mkdocs.yml"), "-d", str(root / "out")],
                           capture_output=True, text=True, cwd=root, timeout=300,
                           env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+
 
 def test_a_changed_line_of_the_runbook_changes_the_site(tmp_path):
     root = project_copy(tmp_path)
@@ -175,6 +193,7 @@ def test_a_changed_line_of_the_runbook_changes_the_site(tmp_path):
     assert "docker exec -i knot-db2 pg_dump" in backup
     assert 'docker exec -i knot-db pg_dump -U app -d app -F c -f "/tmp/' not in backup
 
+
 def test_a_new_block_of_the_runbook_on_no_step_page_fails_the_build(tmp_path):
     root = project_copy(tmp_path)
     kept = root / original.ORIGINAL_RUNBOOK
@@ -186,6 +205,7 @@ def test_a_new_block_of_the_runbook_on_no_step_page_fails_the_build(tmp_path):
     assert "どの手順のページにも載っていません" in done.stderr and "新しい手順" in done.stderr
     assert not (root / "out" / "index.html").exists()
 
+
 def test_a_renamed_heading_of_the_runbook_fails_the_build(tmp_path):
     root = project_copy(tmp_path)
     kept = root / original.ORIGINAL_RUNBOOK
@@ -194,6 +214,7 @@ def test_a_renamed_heading_of_the_runbook_fails_the_build(tmp_path):
     done = mkdocs_build(root)
     assert done.returncode != 0
     assert "automation.md" in done.stderr and "cron の例（ホスト側）" in done.stderr
+
 
 def test_missing_runbook_fails_the_build(tmp_path):
     root = project_copy(tmp_path)

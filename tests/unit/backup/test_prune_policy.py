@@ -10,8 +10,10 @@ NOW = datetime(2026, 6, 15, 12, 0, 0)  # a Monday
 
 POLICY = Policy(days=30, weekly_days=90, monthly_days=365, min_keep=3)
 
+
 def daily(days_back: range, valid: bool = True, verified: bool = True, series: str = "custom"):
     return [Candidate(f"b-{d:03d}", NOW - timedelta(days=d), series, valid, verified) for d in days_back]
+
 
 def test_one_backup_a_day_for_two_years():
     candidates = daily(range(0, 730))
@@ -36,11 +38,13 @@ def test_one_backup_a_day_for_two_years():
     assert len(kept) == len(recent | set(weekly) | set(monthly))
     assert set(decision.delete) == set(created) - kept
 
+
 def test_everything_old_keeps_the_newest_valid_ones():
     candidates = daily(range(400, 420))
     decision = decide(candidates, POLICY, NOW)
     assert sorted(decision.keep) == ["b-400", "b-401", "b-402"]
     assert len(decision.delete) == 17
+
 
 def test_never_deletes_the_only_valid_backup():
     candidates = daily(range(400, 410), valid=False) + [
@@ -50,10 +54,12 @@ def test_never_deletes_the_only_valid_backup():
     assert "only-good" in decision.keep
     assert set(decision.delete) == {f"b-{d:03d}" for d in range(400, 410)}
 
+
 def test_verified_ones_are_kept_even_when_newer_unverified_exist():
     candidates = daily(range(400, 405), verified=False) + daily(range(500, 505), verified=True)
     decision = decide(candidates, POLICY, NOW)
     assert {"b-400", "b-401", "b-402", "b-500", "b-501", "b-502"} == set(decision.keep)
+
 
 def test_invalid_backups_are_not_period_representatives():
     good = Candidate("good", NOW - timedelta(days=45, hours=2), "custom", True, True)
@@ -62,15 +68,18 @@ def test_invalid_backups_are_not_period_representatives():
     decision = decide([good, broken, *filler], POLICY, NOW)
     assert "good" in decision.keep and "broken" in decision.delete
 
+
 def test_recent_backups_are_kept_even_when_broken():
     broken = Candidate("broken", NOW - timedelta(days=2), "custom", False, False)
     assert "broken" in decide([broken], POLICY, NOW).keep
+
 
 def test_series_are_independent():
     dumps = daily(range(400, 405))
     roles = [Candidate(f"g-{d}", NOW - timedelta(days=d), "globals", True, False) for d in range(400, 405)]
     decision = decide(dumps + roles, POLICY, NOW)
     assert {"b-400", "b-401", "b-402", "g-400", "g-401", "g-402"} == set(decision.keep)
+
 
 def test_a_series_with_nothing_valid_keeps_its_newest_files():
     policy = Policy(days=30, weekly_days=90, monthly_days=365, min_keep=3)
@@ -79,6 +88,7 @@ def test_a_series_with_nothing_valid_keeps_its_newest_files():
     decision = decide(unchecked, policy, NOW)
     assert sorted(decision.keep) == ["x-400", "x-401", "x-402"]
     assert len(decision.delete) == 7
+
 
 def test_a_future_dated_backup_is_kept_but_counts_for_nothing():
     """A clock 200 days ahead: the skewed backup stays (a person decides), but the real
@@ -97,6 +107,7 @@ def test_a_future_dated_backup_is_kept_but_counts_for_nothing():
 NOW = datetime(2026, 6, 15, 12, 0, 0)
 
 POLICY = Policy(days=30, weekly_days=90, monthly_days=365, min_keep=3)
+
 
 def test_suspect_backups_never_count_towards_min_keep_or_stand_for_a_period():
     # 60 daily backups; the database was emptied 45 days ago and nobody noticed
@@ -117,6 +128,7 @@ def test_suspect_backups_never_count_towards_min_keep_or_stand_for_a_period():
     before = decide(unmarked, daily_only, NOW)
     assert not {"b-046", "b-047", "b-048"} & set(before.keep)  # without the mark they would go
 
+
 def test_pinned_backups_are_kept_until_their_date_whatever_else():
     old = NOW - timedelta(days=3000)
     candidates = [Candidate(f"b-{d:03d}", NOW - timedelta(days=d), "custom", True, True)
@@ -126,6 +138,7 @@ def test_pinned_backups_are_kept_until_their_date_whatever_else():
     decision = decide(candidates + [pinned, expired], POLICY, NOW)
     assert decision.keep["fy-close"] == [f"固定（{(NOW + timedelta(days=1)):%Y-%m-%d} まで）"]
     assert "old-pin" in decision.delete
+
 
 def test_when_every_valid_backup_is_suspect_the_newest_stay():
     candidates = [Candidate(f"s-{d}", NOW - timedelta(days=d), "custom", True, True, suspect=True)

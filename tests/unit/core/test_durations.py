@@ -13,6 +13,7 @@ from pgrunbook.core.errors import RunbookError
 def test_parse_duration(text, seconds):
     assert parse_duration(text).total_seconds() == seconds
 
+
 @pytest.mark.parametrize("text", ["", "26", "h", "3x", "0h", "-1h", "1h zz"])
 def test_parse_duration_rejects(text):
     with pytest.raises(RunbookError) as raised:

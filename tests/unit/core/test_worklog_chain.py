@@ -34,6 +34,7 @@ def test_chain_detects_an_edited_deleted_or_inserted_line(tmp_path):
     assert [r["n"] for r in records] == [0, 1] and trusted.broken_line == 3
     assert len(worklog.read(log)) == 6  # display still shows everything
 
+
 def test_old_logs_without_hashes_still_load_and_the_chain_starts_after_them(tmp_path):
     log = tmp_path / "worklog.jsonl"
     old = [json.dumps({"task": "backup", "n": n, "result": "ok"}) for n in range(3)]
@@ -50,6 +51,7 @@ def test_old_logs_without_hashes_still_load_and_the_chain_starts_after_them(tmp_
     lines[2] = lines[2].replace('"n": 2', '"n": 9')  # the last old line is tied to the chain
     assert worklog.check_chain(lines).broken_line == 4
 
+
 def test_a_line_cut_by_a_crash_breaks_the_chain_but_new_lines_stay_whole(tmp_path):
     log = tmp_path / "worklog.jsonl"
     worklog.append(log, {"task": "backup", "result": "ok"})
@@ -60,9 +62,11 @@ def test_a_line_cut_by_a_crash_breaks_the_chain_but_new_lines_stay_whole(tmp_pat
     assert len(lines) == 3 and json.loads(lines[2])["task"] == "verify"
     assert worklog.verify_chain(log).broken_line == 2
 
+
 def _append_many(path: str, writer: int) -> None:
     for number in range(40):
         worklog.append(Path(path), {"task": "status", "writer": writer, "n": number})
+
 
 def test_concurrent_writers_form_one_unbroken_chain(tmp_path):
     log = tmp_path / "worklog.jsonl"

@@ -10,9 +10,11 @@ from pgrunbook.infra.archive import ArchiveError, parse_header, sql_tail_is_comp
 def _int(value: int) -> bytes:
     return bytes([1 if value < 0 else 0]) + abs(value).to_bytes(4, "little")
 
+
 def _str(text: str) -> bytes:
     data = text.encode()
     return _int(len(data)) + data
+
 
 def test_parse_header_of_archive_1_14_and_1_15():
     dates = b"".join(_int(v) for v in (5, 0, 2, 28, 0, 126, 0))
@@ -28,6 +30,7 @@ def test_parse_header_of_archive_1_14_and_1_15():
         parse_header(b"PGDMP\x01")
     with pytest.raises(ArchiveError):
         parse_header(b"-- PostgreSQL database dump")
+
 
 def test_sql_completion_comment():
     assert sql_tail_is_complete("...\n--\n-- PostgreSQL database dump complete\n--\n\n")

@@ -10,6 +10,7 @@ def metric_values(observation: dict, drills: list[dict] | None = None) -> dict:
 
     return {(s.name, s.labels.get("type")): s.value for s in pitr_metrics.values(observation, drills or [])}
 
+
 def test_metrics_before_any_pitr_status_are_never_values():
     import math
 
@@ -25,6 +26,7 @@ def test_metrics_before_any_pitr_status_are_never_values():
         assert found[("pgrunbook_pitr_backup_last_timestamp_seconds", kind)] == 0
         assert found[("pgrunbook_pitr_backups", kind)] == 0
     assert found[("pgrunbook_pitr_drill_last_success", None)] == 0
+
 
 def test_metrics_of_an_observation_and_the_last_drill():
     import math

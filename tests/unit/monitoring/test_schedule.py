@@ -15,6 +15,7 @@ def test_crontab_example_is_generated_from_the_template():
     text = (ROOT / "crontab.example").read_text(encoding="utf-8")
     assert text == schedule.example_text(), "regenerate: invoke crontab --example > crontab.example"
 
+
 def test_the_schedule_is_cron_safe():
     lines = schedule.render(schedule.example_target())
     jobs = [line for line in lines if line and not line.startswith("#") and "=" not in line.split()[0]]
@@ -32,6 +33,7 @@ def test_the_schedule_is_cron_safe():
         assert command in text
     assert lines[0] == "# BEGIN pgrunbook prod" and lines[-1] == "# END pgrunbook prod"
 
+
 def test_merge_keeps_other_lines_and_replaces_only_our_block():
     block = schedule.render(schedule.example_target())
     other = ["MAILTO=ops", "15 3 * * * echo keep-me"]
@@ -44,6 +46,7 @@ def test_merge_keeps_other_lines_and_replaces_only_our_block():
     dev = schedule.merged(twice, [line.replace("prod", "dev") for line in block], "dev")
     assert dev.count("# BEGIN pgrunbook prod") == 1 and dev.count("# BEGIN pgrunbook dev") == 1
 
+
 def test_offsite_push_follows_the_verified_backup_when_a_bucket_is_set():
     from pgrunbook.monitoring.schedule import Target, render
 
@@ -52,6 +55,7 @@ def test_offsite_push_follows_the_verified_backup_when_a_bucket_is_set():
                                       offsite=True)))
     assert "offsite-push" not in plain
     assert "inv verify --env=prod && inv offsite-push --env=prod;" in offsite
+
 
 def test_with_prestage_the_restore_test_follows_every_backup_instead_of_weekly():
     from pgrunbook.monitoring.schedule import Target, render
@@ -66,6 +70,7 @@ def test_with_prestage_the_restore_test_follows_every_backup_instead_of_weekly()
     assert ("inv backup --env=prod && inv verify --env=prod && inv offsite-push --env=prod && "
             "inv verify --env=prod --restore-test;") in daily
 
+
 def test_every_job_creates_its_log_folder_before_appending_to_it():
     # a fresh checkout has no backups/<env>/: `>> backups/prod/cron.log` alone fails every job
     for target in (schedule.example_target(),
@@ -75,6 +80,7 @@ def test_every_job_creates_its_log_folder_before_appending_to_it():
         for job in jobs:
             command = job.split(None, 5)[5]
             assert command.index(f"mkdir -p -m 0700 {folder} && ") < command.index(">> "), job
+
 
 def test_ping_wraps_only_the_daily_backup_and_passes_its_exit_code_on():
     lines = schedule.render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="l", ping=True))
@@ -90,8 +96,10 @@ PITR_SCHEDULE = {  # pgBackRest's user guide: full weekly, differential on the o
     "0 3 1 * *": "pitr-drill --env=prod",
 }
 
+
 def jobs_of(lines: list[str]) -> list[str]:
     return [line for line in lines if line[:1].isdigit() or line.startswith("*")]
+
 
 def test_pitr_jobs_come_only_with_a_stanza_and_in_the_same_style():
     plain = schedule.render(Target(env="prod", checkout="/srv/kit", invoke="inv", log="/srv/b/prod/cron.log"))
@@ -107,6 +115,7 @@ def test_pitr_jobs_come_only_with_a_stanza_and_in_the_same_style():
                        f"{{ echo \"== $(date '+\\%F \\%T') {label}\"; inv {command}; }} "
                        ">> /srv/b/prod/cron.log 2>&1 || tail -n 20 /srv/b/prod/cron.log"), job
     assert sum(1 for line in lines if "inv ping" in line or "offsite-push" in line) == 0
+
 
 def test_the_example_carries_the_pitr_jobs_commented_out():
     example = (ROOT / "crontab.example").read_text(encoding="utf-8").splitlines()

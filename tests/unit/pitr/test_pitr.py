@@ -19,6 +19,7 @@ NOW = datetime(2026, 1, 28, 10, 0, tzinfo=timezone.utc)
 BACKUPS = [pitr_pgbackrest.BackupSet("20260128-013000F", "full", NOW - timedelta(hours=9),
                           NOW - timedelta(hours=8, minutes=59))]
 
+
 def state(**changes) -> pitr_status.ArchiverState:
     values = dict(archive_mode="on", last_archived_wal="0000000100000000000000A3",
                   last_archived_time=NOW - timedelta(seconds=40), failed_count=0, last_failed_wal=None,
@@ -26,15 +27,18 @@ def state(**changes) -> pitr_status.ArchiverState:
     values.update(changes)
     return pitr_status.ArchiverState(**values)
 
+
 def verdict(archiver: pitr_status.ArchiverState, backups=BACKUPS, reason=None) -> pitr_status.Status:
     return pitr_status.evaluate_status("prod", "knot", archiver, backups, timedelta(minutes=15),
                                 timedelta(days=8), reason)
+
 
 def test_status_ok_names_the_last_wal_and_backup():
     result = verdict(state())
     assert result.exit_code == 0
     assert result.line == ("OK env=prod stanza=knot: 最後にアーカイブした WAL 0000000100000000000000A3"
                            "（40秒前）、待ち 0、最新のベースバックアップ 20260128-013000F（8時間59分前）")
+
 
 def test_status_errors():
     assert verdict(state(archive_mode="off")).exit_code == 2
@@ -47,10 +51,12 @@ def test_status_errors():
     assert verdict(state(last_archived_wal=None, last_archived_time=None)).exit_code == 2
     assert verdict(state(), backups=[]).exit_code == 2
 
+
 def test_an_old_failure_followed_by_success_is_not_an_error():
     recovered = state(failed_count=1, last_failed_wal="0000000100000000000000A1",
                       last_failed_time=NOW - timedelta(minutes=30))
     assert verdict(recovered).exit_code == 0
+
 
 def test_status_warnings():
     stuck = state(last_archived_time=NOW - timedelta(minutes=20), waiting=12,
@@ -61,6 +67,7 @@ def test_status_warnings():
     assert verdict(idle).exit_code == 0
     old = [pitr_pgbackrest.BackupSet("20260118-013000F", "full", NOW - timedelta(days=10), NOW - timedelta(days=10))]
     assert verdict(state(), backups=old).exit_code == 1
+
 
 def test_compare_tables_flags_only_rows_lost_before_the_target():
     restored = [TableCount("public", "votes", 3), TableCount("public", "gone", 7),
@@ -74,6 +81,7 @@ def test_compare_tables_flags_only_rows_lost_before_the_target():
     assert checks["votes"].line() == "public.votes\t3\t4\t2\tOK"
     unknown = pitr_drill.compare_tables([TableCount("public", "t", 1)], [("public", "t", 5, None)])
     assert unknown[0].verdict == "ok" and unknown[0].line().endswith("\t—\tOK")
+
 
 def test_target_time_parsing():
     assert pitr_scratch.target_literal(pitr_scratch.parse_target_time("2026-01-28T01:15:00Z")) == \
@@ -89,6 +97,7 @@ def test_target_time_parsing():
             pitr_scratch.parse_target_time(bad)
         assert error.value.exit_code == 2
 
+
 def test_the_copy_never_archives_into_the_live_stanza():
     command = ["postgres", "-c", "wal_level=replica", "-c", "archive_mode=on", "-c",
                "archive_command=pgbackrest --stanza=knot archive-push %p", "-c", "archive_timeout=60",
@@ -97,6 +106,7 @@ def test_the_copy_never_archives_into_the_live_stanza():
         "postgres", "-c", "wal_level=replica", "-c", "archive_timeout=60", "-c", "shared_buffers=256MB",
         "-c", "archive_mode=off"]
     assert pitr_scratch.copied_command(None) == ["postgres", "-c", "archive_mode=off"]
+
 
 def test_check_archiving_says_exactly_what_to_set():
     off = pitr_pgbackrest.ArchiveSettings("off", "(disabled)", "replica", True)
@@ -111,6 +121,7 @@ def test_check_archiving_says_exactly_what_to_set():
         pitr_pgbackrest.check_archiving(pitr_pgbackrest.ArchiveSettings("on", "x", "minimal", True), "knot")
     pitr_pgbackrest.check_archiving(pitr_pgbackrest.ArchiveSettings("on", pitr_pgbackrest.expected_archive_command("knot"), "replica",
                                               False), "knot")
+
 
 def test_backup_sets_and_errors_from_pgbackrest_output():
     info = json.dumps([{"name": "knot", "backup": [
@@ -128,6 +139,7 @@ def test_backup_sets_and_errors_from_pgbackrest_output():
                                            "[FileMissingError] unable to load info file '/x/archive.info'")
     assert pitr_pgbackrest.pgbackrest_error("all fine") is None
 
+
 def test_the_reason_a_recovery_stopped_is_never_a_refused_connection_of_the_kits_own():
     """On a loaded machine the kit's own connection attempt can be refused after the
     startup process's FATAL: the diagnosis must still be the startup process's."""
@@ -143,6 +155,7 @@ def test_the_reason_a_recovery_stopped_is_never_a_refused_connection_of_the_kits
     assert "recovery target was reached" in error.message and "WAL が対象時刻まで届いていません" in error.hint
     assert "状態 exited" in recovery_failure("LOG: nothing\nFATAL:  the database system is starting up",
                                             "exited", "prod").message
+
 
 def test_archiver_failing_means_a_failure_newer_than_the_last_success():
     assert state(last_failed_time=NOW - timedelta(seconds=5)).failing

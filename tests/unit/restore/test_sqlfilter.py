@@ -16,9 +16,11 @@ REVOKE ALL ON SCHEMA public FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES FOR ROLE other GRANT SELECT ON TABLES TO x;
 """
 
+
 def run(owners, acl, size=7):
     chunks = [SQL[i:i + size] for i in range(0, len(SQL), size)]
     return b"".join(without_owner_and_acl(chunks, owners=owners, acl=acl)).decode()
+
 
 def test_owner_and_acl_statements_go_data_and_bodies_stay():
     out = run(owners=True, acl=True)
@@ -30,6 +32,7 @@ def test_owner_and_acl_statements_go_data_and_bodies_stay():
     assert "GRANT SELECT ON public.t TO other;\nEND" in out  # inside the function body
     assert out.count("\n") == SQL.count(b"\n") - 5
 
+
 def test_each_option_alone():
     owners_only = run(owners=True, acl=False)
     assert "GRANT SELECT ON TABLE public.t TO other" in owners_only
@@ -38,9 +41,11 @@ def test_each_option_alone():
     assert "ALTER FUNCTION public.f() OWNER TO other" in acl_only
     assert "GRANT SELECT ON TABLE public.t TO other" not in acl_only
 
+
 def strip(sql: bytes, size: int = 5) -> str:
     chunks = [sql[i:i + size] for i in range(0, len(sql), size)]
     return b"".join(without_owner_and_acl(chunks, owners=True, acl=True)).decode()
+
 
 def test_dollar_signs_in_strings_and_identifiers_open_no_dollar_quote():
     sql = (b"\\restrict Zq8k\n"
@@ -55,6 +60,7 @@ def test_dollar_signs_in_strings_and_identifiers_open_no_dollar_quote():
     assert "OWNER TO other" not in out and "GRANT SELECT" not in out, out
     assert out.startswith("\\restrict Zq8k\n") and out.endswith("\\unrestrict Zq8k\n")
     assert out.count("\n") == sql.count(b"\n") - 2
+
 
 def test_lines_inside_a_string_that_spans_lines_are_data():
     sql = (b"COMMENT ON TABLE public.t IS 'Access for reporting:\n"

@@ -16,12 +16,14 @@ def facts(**changes):
     base.update(changes)
     return DatabaseFacts(**base)
 
+
 def test_list_settings_are_written_element_by_element_as_pg_dump_does():
     assert setting_value("search_path", '"$user", public') == "'$user', 'public'"
     assert setting_value("search_path", '"a,b", c') == "'a,b', 'c'"
     assert setting_value("statement_timeout", "30s") == "'30s'"
     assert split_config("search_path=\"$user\", public\x1dwork_mem=8MB") == [
         ("search_path", '"$user", public'), ("work_mem", "8MB")]
+
 
 def test_database_level_statements_carry_settings_and_grants():
     live = facts(settings=[("", "statement_timeout=30s"), ("reader", "work_mem=8MB")],
@@ -32,6 +34,7 @@ def test_database_level_statements_carry_settings_and_grants():
     assert statements.index('REVOKE ALL ON DATABASE "app" FROM PUBLIC') < statements.index(
         'GRANT CONNECT ON DATABASE "app" TO "reader"')
     assert database_level_statements("app", facts()) == []  # default privileges: nothing to do
+
 
 def test_privilege_differences_and_the_statements_that_copy_them():
     live = {("TABLE", "public", "t"): ObjectRights("TABLE", "public", "t", "owner1",
@@ -45,13 +48,16 @@ def test_privilege_differences_and_the_statements_that_copy_them():
     assert 'GRANT SELECT ON TABLE "public"."t" TO "reader"' in statements
     assert copy_statements(live, staged, owners=False, privileges=False) == []
 
+
 def test_the_swap_outcome_keeps_the_servers_detail():
     outcome = SwapOutcome("reopened", 'pgrunbook: closed\nERROR:  database "app" is being accessed by other '
                           "users\nDETAIL:  There is 1 prepared transaction using the database.\n")
     assert "DETAIL:  There is 1 prepared transaction" in outcome.errors()
 
+
 def test_default_jobs_leave_cpus_to_the_live_database():
     assert [default_jobs(n) for n in (1, 2, 4, 8, 64)] == [1, 1, 2, 4, 4]
+
 
 def test_default_privileges_compare_as_changes_from_the_builtin_default():
     from pgrunbook.restore.privileges import DEFAULTS_KEY

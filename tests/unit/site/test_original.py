@@ -21,6 +21,7 @@ pytest.importorskip("markdown_it")
 
 KEPT = ROOT / original.ORIGINAL_RUNBOOK
 
+
 @pytest.fixture(scope="module")
 def runbook() -> original.Runbook:
     return original.Runbook.load(KEPT)
@@ -55,6 +56,7 @@ echo '```'
 ## 付記
 """
 
+
 def test_parser_finds_sections_blocks_and_bodies():
     runbook = original.Runbook.parse(SAMPLE, lambda text, sep: text.replace(" ", sep))
     assert runbook.title == "題"
@@ -70,9 +72,11 @@ def test_parser_finds_sections_blocks_and_bodies():
     with pytest.raises(original.OriginalError, match="3. 直す"):
         runbook.section(("手順", "3. 直す"))
 
+
 def test_repeated_headings_get_the_toc_ids():
     runbook = original.Runbook.parse("# T\n\n## A\n\n### 目的\n\n## B\n\n### 目的\n", lambda text, sep: text)
     assert [s.anchor for s in runbook.sections] == ["A", "目的", "B", "目的_1"]
+
 
 def test_coverage_names_what_is_left_out():
     runbook = original.Runbook.parse(SAMPLE)
@@ -83,6 +87,7 @@ def test_coverage_names_what_is_left_out():
         coverage.check()
     coverage.record(runbook.section(("手順", "2. 消す")), "b.md")
     coverage.check()
+
 
 def test_unknown_section_key_fails():
     content = docs.SiteContent(ROOT, lambda: None)

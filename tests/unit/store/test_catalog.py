@@ -20,6 +20,7 @@ def test_backup_names_round_trip():
     assert catalog.parse(Path("notes.txt")) is None
     assert catalog.parse(Path("knot-prod-20260128-020005-2.sql")).format == "plain"
 
+
 def test_free_name_never_reuses(tmp_path):
     when = datetime(2026, 1, 28, 2, 0, 5)
     first = catalog.free_name(tmp_path, "knot", "prod", when, "custom")

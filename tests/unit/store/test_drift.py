@@ -8,10 +8,12 @@ from pgrunbook.store.drift import Thresholds, compare, compare_identity
 
 DEFAULT = Thresholds()  # 50 %, tables of 100 rows or more
 
+
 def test_same_or_growing_content_is_no_finding():
     before = {"public.members": 40, "audit.audit_log": 900, "accounting.journal_entries": 600}
     assert compare(before, before, DEFAULT) == []
     assert compare(before, {**before, "audit.audit_log": 5000, "public.new_table": 3}, DEFAULT) == []
+
 
 def test_a_truncated_big_table_is_named_with_its_numbers():
     before = {"public.members": 40, "audit.audit_log": 900, "accounting.journal_entries": 600}
@@ -22,6 +24,7 @@ def test_a_truncated_big_table_is_named_with_its_numbers():
     assert findings[0].message == "audit.audit_log: 900 行 → 0 行（100% 減、上限 50%）"
     assert findings[1].message == "全テーブルの合計: 1,540 行 → 640 行（58% 減、上限 50%）"
 
+
 def test_the_threshold_is_strictly_more_than_the_limit_and_small_tables_are_ignored():
     assert compare({"t.a": 1000}, {"t.a": 500}, DEFAULT) == []  # exactly 50 %: allowed
     assert [f.kind for f in compare({"t.a": 1000}, {"t.a": 499}, DEFAULT)] == [drift.TABLE_DROP,
@@ -30,6 +33,7 @@ def test_the_threshold_is_strictly_more_than_the_limit_and_small_tables_are_igno
     loose = Thresholds(max_drop_percent=90, min_rows=10)
     assert compare({"t.a": 1000}, {"t.a": 200}, loose) == []
     assert compare({"t.a": 1000}, {"t.a": 0}, Thresholds(max_drop_percent=100)) == []  # switched off
+
 
 def test_missing_tables_and_a_nearly_empty_database():
     before = {"public.members": 40, "audit.audit_log": 900, "accounting.journal_entries": 600}
@@ -43,6 +47,7 @@ def test_missing_tables_and_a_nearly_empty_database():
     assert [(f.kind, f.table) for f in unknown] == [(drift.TABLE_MISSING, "a.u")]
     assert "行数は不明" in unknown[0].message
     assert compare({}, {"a.t": 5}, DEFAULT) == []  # nothing before: nothing to lose
+
 
 def test_identity_change_names_the_first_differing_field():
     before = {"system_identifier": "7300000000000000001", "database_oid": "16384",
@@ -59,6 +64,7 @@ def test_identity_change_names_the_first_differing_field():
     # a field unknown on one side (no privilege) is not a difference
     assert compare_identity(before, {**before, "system_identifier": None}) == []
     assert compare_identity(None, before) == []
+
 
 def test_assess_marks_suspect_and_a_logged_replace_explains_a_new_oid():
     tables = [{"schema": "audit", "name": "audit_log", "rows": 900}]

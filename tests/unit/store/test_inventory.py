@@ -14,6 +14,7 @@ def test_verified_index_needs_ok_same_env_and_sha():
     ]
     assert verified_index(records, "prod") == {("a.dump", "aa"): "t1"}
 
+
 def test_list_table_aligns_japanese_cells(tmp_path):
     from pgrunbook.store import catalog
     from pgrunbook.store.inventory import Inventoried, _width, plain_lines, table

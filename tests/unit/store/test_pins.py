@@ -25,6 +25,7 @@ def test_keep_periods_and_dates():
             parse_keep(bad, start)
         assert error.value.exit_code == 2
 
+
 def test_labels_are_safe_in_a_file_name_and_never_read_as_a_serial():
     assert check_label("fy2025-close") == "fy2025-close" and check_label(None) is None
     for bad in ("2025", "FY2025", "fy 2025", "fy2025-", "-x", "a" * 41, "../x", "fy_2025"):
