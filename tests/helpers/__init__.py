@@ -561,3 +561,17 @@ def samples(text: str) -> dict[tuple[str, str], float]:
             assert set(sample.labels) == {"env"}, sample
             found[(sample.name, sample.labels["env"])] = sample.value
     return found
+
+
+# ---- the crontab's PITR jobs, as the schedule tests read them ---------------------------
+
+PITR_SCHEDULE = {  # pgBackRest's user guide: full weekly, differential on the other days
+    "30 0 * * 0": "pitr-backup --env=prod --type=full",
+    "30 0 * * 1-6": "pitr-backup --env=prod --type=diff",
+    "*/5 * * * *": "pitr-status --env=prod --backup-max-age=26h",
+    "0 3 1 * *": "pitr-drill --env=prod",
+}
+
+
+def cron_jobs(lines: list[str]) -> list[str]:
+    return [line for line in lines if line[:1].isdigit() or line.startswith("*")]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, Cli
+from helpers import PITR_SCHEDULE, ROOT, Cli, cron_jobs
 
 
 def test_printed_schedule_uses_this_checkout_and_this_python(tmp_path):
@@ -106,16 +106,6 @@ def test_docker_host_and_an_empty_mailto_are_written_so_cron_accepts_them(tmp_pa
     bad = cli("crontab", "--env=prod", env={"DOCKER_HOST": "tcp://h:1 %x"})
     assert bad.returncode == 2 and "DOCKER_HOST" in bad.stderr
 
-PITR_SCHEDULE = {  # pgBackRest's user guide: full weekly, differential on the other days
-    "30 0 * * 0": "pitr-backup --env=prod --type=full",
-    "30 0 * * 1-6": "pitr-backup --env=prod --type=diff",
-    "*/5 * * * *": "pitr-status --env=prod --backup-max-age=26h",
-    "0 3 1 * *": "pitr-drill --env=prod",
-}
-
-
-def jobs_of(lines: list[str]) -> list[str]:
-    return [line for line in lines if line[:1].isdigit() or line.startswith("*")]
 
 
 def test_printed_schedule_has_the_pitr_jobs_when_the_env_has_a_stanza(tmp_path):
@@ -125,7 +115,7 @@ def test_printed_schedule_has_the_pitr_jobs_when_the_env_has_a_stanza(tmp_path):
     cli.write_env("prod", DB_CONTAINER="knot-db", PITR_STANZA="knot")
     printed = cli("crontab", "--env=prod")
     assert printed.returncode == 0, printed.stderr
-    pitr_jobs = [job for job in jobs_of(printed.stdout.splitlines()) if "pitr-" in job]
+    pitr_jobs = [job for job in cron_jobs(printed.stdout.splitlines()) if "pitr-" in job]
     assert [job.split(" cd ")[0] for job in pitr_jobs] == list(PITR_SCHEDULE)
     for job, command in zip(pitr_jobs, PITR_SCHEDULE.values(), strict=True):
         assert f" {command}; }} >> {tmp_path}/backups/prod/cron.log 2>&1 || tail -n 20 " in job, job

@@ -36,7 +36,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from helpers import ROOT, wait_for
 
 pytest.importorskip("mkdocs")
-
 pytest.importorskip("material")
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium がありません（pip install -e '.[dev]'）")

@@ -23,7 +23,6 @@ from pgrunbook.infra import manual
 from pgrunbook.site import docs
 
 pytest.importorskip("mkdocs")
-
 pytest.importorskip("material")
 
 JAPANESE_WORDS = ("リストア", "空ファイル", "本番")

@@ -21,9 +21,7 @@ from helpers import ROOT
 from pgrunbook.site import original
 
 pytest.importorskip("mkdocs")
-
 pytest.importorskip("material")
-
 pytest.importorskip("markdown_it")
 
 KEPT = ROOT / original.ORIGINAL_RUNBOOK

@@ -6,7 +6,7 @@ import os
 import re
 import shlex
 
-from helpers import ROOT
+from helpers import PITR_SCHEDULE, ROOT, cron_jobs
 from pgrunbook.monitoring import schedule
 from pgrunbook.monitoring.schedule import Target
 
@@ -89,16 +89,6 @@ def test_ping_wraps_only_the_daily_backup_and_passes_its_exit_code_on():
     assert ("since=$(date +\\%s); inv ping --env=prod --start; inv backup --env=prod && inv verify "
             "--env=prod; inv ping --env=prod --exit-code=$? --since=$since; }") in pinged[0]
 
-PITR_SCHEDULE = {  # pgBackRest's user guide: full weekly, differential on the other days
-    "30 0 * * 0": "pitr-backup --env=prod --type=full",
-    "30 0 * * 1-6": "pitr-backup --env=prod --type=diff",
-    "*/5 * * * *": "pitr-status --env=prod --backup-max-age=26h",
-    "0 3 1 * *": "pitr-drill --env=prod",
-}
-
-
-def jobs_of(lines: list[str]) -> list[str]:
-    return [line for line in lines if line[:1].isdigit() or line.startswith("*")]
 
 
 def test_pitr_jobs_come_only_with_a_stanza_and_in_the_same_style():
@@ -107,8 +97,8 @@ def test_pitr_jobs_come_only_with_a_stanza_and_in_the_same_style():
     lines = schedule.render(Target(env="prod", checkout="/srv/kit", invoke="inv",
                                    log="/srv/b/prod/cron.log", pitr=True))
     assert lines[-1] == "# END pgrunbook prod" and lines[:len(plain) - 1] == plain[:-1]
-    pitr_jobs = [job for job in jobs_of(lines) if "pitr-" in job]
-    assert len(pitr_jobs) == len(PITR_SCHEDULE) and len(jobs_of(lines)) == 4 + len(PITR_SCHEDULE)
+    pitr_jobs = [job for job in cron_jobs(lines) if "pitr-" in job]
+    assert len(pitr_jobs) == len(PITR_SCHEDULE) and len(cron_jobs(lines)) == 4 + len(PITR_SCHEDULE)
     for job, (when, command) in zip(pitr_jobs, PITR_SCHEDULE.items(), strict=True):
         label = command.split()[0]
         assert job == (f"{when} cd /srv/kit && mkdir -p -m 0700 /srv/b/prod && "
@@ -119,11 +109,11 @@ def test_pitr_jobs_come_only_with_a_stanza_and_in_the_same_style():
 
 def test_the_example_carries_the_pitr_jobs_commented_out():
     example = (ROOT / "crontab.example").read_text(encoding="utf-8").splitlines()
-    commented = [line[2:] for line in example if line.startswith("# ") and jobs_of([line[2:]])
+    commented = [line[2:] for line in example if line.startswith("# ") and cron_jobs([line[2:]])
                  and " cd " in line]
-    wanted = [job for job in jobs_of(schedule.render(
+    wanted = [job for job in cron_jobs(schedule.render(
         Target(env="prod", checkout=schedule.EXAMPLE_CHECKOUT, invoke=schedule.EXAMPLE_INVOKE,
                log="backups/prod/cron.log", pitr=True))) if "pitr-" in job]
     assert commented == wanted  # removing "# " gives exactly what invoke crontab installs
-    assert not any("pitr-" in job for job in jobs_of(example))  # nothing runs without a stanza
+    assert not any("pitr-" in job for job in cron_jobs(example))  # nothing runs without a stanza
     assert any("PITR_STANZA を設定したら" in line for line in example)

@@ -1,10 +1,5 @@
-"""The team's own runbook on the site, verbatim: the kept copy, the 元の手順書 tabs and page.
-
-The site is built by the real `invoke docs-build` (strict). Builds of a changed
-copy of the project show that the blocks come from the file (a changed line
-changes the site) and that a block left out, or a renamed heading, fails the
-build. Unit tests below cover the parser.
-"""
+"""The parser of the team's runbook (runbooks/original/): sections, code blocks, bodies,
+the TOC ids of repeated headings, and what the coverage check names."""
 
 from __future__ import annotations
 
@@ -12,10 +7,6 @@ import pytest
 
 from helpers import ROOT
 from pgrunbook.site import docs, original
-
-pytest.importorskip("mkdocs")
-
-pytest.importorskip("material")
 
 pytest.importorskip("markdown_it")
 
