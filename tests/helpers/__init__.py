@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -370,13 +371,6 @@ def comment_of(pg, database: str) -> str:
 
 def run_on_a_terminal(cli, args, answers: bytes):
     """Run the CLI with a real pseudo-terminal as stdin and type the answers."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     master, slave = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],

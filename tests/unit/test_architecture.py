@@ -76,8 +76,8 @@ def test_tasks_are_thin_and_their_names_are_the_runbooks_steps():
 def test_no_test_file_imports_another():
     tests = ROOT / "tests"
     offenders = []
-    for path in tests.rglob("test_*.py"):
+    for path in tests.rglob("*.py"):  # test files, helpers and conftest files alike
         for line in path.read_text(encoding="utf-8").splitlines():
             if re.match(r"\s*(from|import) (test_\w+|conftest)\b", line):
                 offenders.append(f"{path.relative_to(ROOT)}: {line.strip()}")
-    assert not offenders, "share through tests/helpers, not another test file:\n" + "\n".join(offenders)
+    assert not offenders, "share through tests/helpers, not a test or conftest file:\n" + "\n".join(offenders)
