@@ -347,8 +347,6 @@ def run_on_a_terminal(cli, args, answers: bytes):
     import subprocess
     import sys
 
-    from conftest import ROOT
-
     master, slave = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
