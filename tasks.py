@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from invoke import Collection
 from tasks_by_area import backup, lab, monitoring, offsite, pitr, restore, site
+from tasks_by_area.common import ROOT
 
+from pgrunbook.cli import install_usage_errors
+
+install_usage_errors(ROOT)  # invoke's own parse errors: one Japanese line, exit 2
 namespace = Collection(*backup.TASKS, *restore.TASKS, *offsite.TASKS, *pitr.TASKS, *monitoring.TASKS,
                        *site.TASKS, *lab.TASKS)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import task
-
-from pgrunbook.cli import guarded, print_lines, settings_for
+from pgrunbook.cli import guarded, print_lines, settings_for, task
 from pgrunbook.core.console import Console
 from tasks_by_area.common import ENV_HELP, ROOT, lazy
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from invoke import Exit, task
+from invoke import Exit
 
-from pgrunbook.cli import guarded, print_lines, settings_for
+from pgrunbook.cli import guarded, print_lines, settings_for, task
 from tasks_by_area.common import ENV_HELP, ROOT, lazy
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from invoke import Exit, task
+from invoke import Exit
 
-from pgrunbook.cli import guarded, settings_for
+from pgrunbook.cli import guarded, settings_for, task
 from pgrunbook.core.console import human_size
 from tasks_by_area.common import ENV_HELP, ROOT, lazy
 

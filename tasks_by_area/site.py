@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import task
-
-from pgrunbook.cli import guarded
+from pgrunbook.cli import guarded, task
 from pgrunbook.core.console import Console
 from tasks_by_area.common import ROOT, lazy
 

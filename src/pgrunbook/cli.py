@@ -2,26 +2,35 @@
 
 Every task body runs through ``guarded``: a RunbookError becomes one line on
 stderr and a nonzero exit; SIGTERM (cron killing a job, a system shutdown)
-unwinds like Ctrl-C so partial files are removed.
+unwinds like Ctrl-C so partial files are removed. invoke's own parse errors
+(an unknown task or option, a flag without its value) become one Japanese line
+with a "did you mean" and exit 2 (``install_usage_errors``); every task is made
+with ``task``, whose only short flags are ``-e`` (--env) and ``-f`` (--file).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import difflib
 import errno
 import importlib
+import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from invoke import Exit
+import invoke
+from invoke import Exit, ParseError
+from invoke.program import Program
 
 from pgrunbook.core import journal, worklog
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
-from pgrunbook.core.settings import Settings, config_dir_from, load_settings
+from pgrunbook.core.settings import Settings, available_envs, config_dir_from, example_env, load_settings
 from pgrunbook.monitoring import metrics, notify
 
 T = TypeVar("T")
@@ -134,3 +143,116 @@ def _bound(settings: Settings, apps: bool, task: str | None, console: Console, d
 def print_lines(lines: list[str]) -> None:
     for line in lines:
         sys.stdout.write(line + "\n")
+
+
+# ---- the tasks' options: one meaning per short flag ---------------------------------------
+
+# invoke gives each option the first free letter of its name, task by task: -o was
+# --no-acl in backup and --ownership in the restores, and --no-acl ended as "--".
+# The kit's only short flags, the same in every task:
+SHORT_FLAGS = {"env": "e", "file": "f"}
+
+
+class KitTask(invoke.Task):
+    """An invoke task whose short flags are SHORT_FLAGS only."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["auto_shortflags"] = False
+        super().__init__(*args, **kwargs)
+
+    def arg_opts(self, name: str, default: object, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        short = SHORT_FLAGS.get(name)
+        if short and short not in taken_names:
+            opts["names"] = [*opts["names"], short]
+        return opts
+
+
+def task(*args: Any, **kwargs: Any) -> Any:
+    """invoke's ``@task`` (bare or with options), making a KitTask."""
+    return invoke.task(*args, klass=KitTask, **kwargs)
+
+
+# ---- invoke's own parse errors: one Japanese line, exit 2 ------------------------------
+
+# invoke 3's wording of the errors its parser raises
+NO_IDEA = re.compile(r"^No idea what (?P<token>'.*'|\".*\") is!$")
+NEEDS_VALUE = re.compile(r"^Flag <Argument: (?P<name>[^\s>]+).*> needed value and was not given one!$")
+TAKES_NO_VALUE = re.compile(r"^Flag <Argument: (?P<name>[^\s>]+).*> doesn't take any value!$")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a parse error is explained with: the task being parsed (None: before any
+    task), its long options, every task's name, the envs that exist."""
+
+    task: str | None
+    options: Sequence[str]
+    tasks: Sequence[str]
+    envs: Sequence[str]
+
+
+def _guess(word: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"（{close[0]} のことですか？）" if close else ""
+
+
+def usage_error(message: str, usage: Usage) -> RunbookError:
+    """invoke's parse error ``message`` as the kit's one line (exit 2)."""
+    where = f"invoke --help {usage.task} でオプションを確認" if usage.task else "invoke --list でタスクを確認"
+    unknown = NO_IDEA.match(message)
+    if unknown:
+        token = str(ast.literal_eval(unknown["token"]))
+        if token.startswith("-"):
+            option = token.split("=", 1)[0]
+            if usage.task:
+                return RunbookError(f"タスク {usage.task} に {option} というオプションはありません"
+                                    f"{_guess(option, usage.options)}", where, 2)
+            return RunbookError(f"{option} というオプションはありません",
+                                f"タスクのオプションはタスク名の後ろに書く（例: invoke check "
+                                f"--env={example_env(list(usage.envs))}）。invoke --list でタスクを確認", 2)
+        guess = f"（--env={token} のことですか？）" if token in usage.envs else _guess(token, usage.tasks)
+        return RunbookError(f"タスク {token} はありません{guess}", "invoke --list で一覧を確認", 2)
+    needs = NEEDS_VALUE.match(message)
+    if needs:
+        flag = ("--" if len(needs["name"]) > 1 else "-") + needs["name"]
+        listing = ", ".join(usage.envs) or "なし"
+        example = (f"{flag}={example_env(list(usage.envs))}。利用できる環境: {listing}"
+                   if flag == "--env" else f"{flag}=値")
+        return RunbookError(f"{flag} に値がありません（例: {example}）", where, 2)
+    no_value = TAKES_NO_VALUE.match(message)
+    if no_value:
+        flag = ("--" if len(no_value["name"]) > 1 else "-") + no_value["name"]
+        return RunbookError(f"{flag} は値を取りません（{flag} とだけ書く）", where, 2)
+    return RunbookError(f"引数を解釈できません（invoke: {message}）", where, 2)
+
+
+def install_usage_errors(project_root: Path) -> None:
+    """Make invoke's own parse errors the kit's one line and exit 2 (the README's exit-code
+    table: 2 is a usage error; invoke itself prints English and exits 1).
+
+    The ``invoke`` command loads tasks.py before it parses the tasks and their options,
+    so tasks.py calls this: it wraps the two Program steps that can raise a ParseError
+    after that (the tasks' arguments, and ``--help TASK``). Idempotent."""
+    if getattr(Program, "_pgrunbook_usage_errors", False):
+        return
+
+    def wrapped(step: Callable[[Program], None]) -> Callable[[Program], None]:
+        def run(program: Program) -> None:
+            try:
+                step(program)
+            except ParseError as error:
+                context = error.context
+                task_name = getattr(context, "name", None)
+                options = ([*context.flags.keys(), *context.inverse_flags.keys()]
+                           if task_name and context is not None else [])
+                usage = Usage(task_name, [o for o in options if o.startswith("--")],
+                              sorted(program.collection.task_names),
+                              available_envs(config_dir_from(project_root)))
+                raise Exit(usage_error(str(error), usage).one_line(), code=2) from None
+
+        return run
+
+    Program.parse_tasks = wrapped(Program.parse_tasks)  # type: ignore[method-assign]
+    Program.parse_cleanup = wrapped(Program.parse_cleanup)  # type: ignore[method-assign]
+    Program._pgrunbook_usage_errors = True  # type: ignore[attr-defined]

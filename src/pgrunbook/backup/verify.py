@@ -46,6 +46,9 @@ class Check:
     ok: bool
     detail: str
     hint: str = ""
+    # a sidecar that is not there: said after any failure of the file itself (a
+    # truncated copy without its sidecars is truncated before it is "without .sha256")
+    missing_sidecar: bool = False
 
 
 @dataclass
@@ -62,10 +65,16 @@ class VerifyReport:
 
     @property
     def failures(self) -> list[Check]:
-        return [check for check in self.checks if not check.ok]
+        """The failed checks in order, a missing sidecar after the file's own failures."""
+        failed = [check for check in self.checks if not check.ok]
+        return sorted(failed, key=lambda check: check.missing_sidecar)
 
-    def add(self, name: str, ok: bool, detail: str, hint: str = "") -> bool:
-        self.checks.append(Check(name, ok, detail, hint))
+    @property
+    def sidecar_missing(self) -> bool:
+        return any(check.missing_sidecar for check in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str, hint: str = "", missing_sidecar: bool = False) -> bool:
+        self.checks.append(Check(name, ok, detail, hint, missing_sidecar))
         return ok
 
 
@@ -190,6 +199,8 @@ def check_file(
         _check_sidecars(settings, report, backup, manifest, size, expected_env)
 
     if fmt == "custom":
+        # refused for a missing sidecar anyway: read it through, so that a truncated copy says so
+        full_read = full_read or report.sidecar_missing
         _check_archive(settings, report, path, manifest, console, full_read, digest)
         if digest is not None:
             report.sha256 = digest.hexdigest()
@@ -232,7 +243,7 @@ def _check_sidecars(
     if expected is None:
         if made_by_kit:
             report.add("sha256", False, f"{path.name}.sha256 がありません",
-                       "バックアップ一式（.sha256 と .json）をそろえて置く")
+                       "バックアップ一式（.sha256 と .json）をそろえて置く", missing_sidecar=True)
         else:
             report.warnings.append("チェックサム（.sha256）がないため改ざん・破損の照合はできません")
     elif report.sha256 is not None:
@@ -244,7 +255,7 @@ def _check_sidecars(
     if manifest is None:
         if made_by_kit:
             report.add("manifest", False, f"{path.name}.json がありません",
-                       "バックアップ一式（.sha256 と .json）をそろえて置く")
+                       "バックアップ一式（.sha256 と .json）をそろえて置く", missing_sidecar=True)
         return
     problems, hint = [], ""
     if expected_env is not None and manifest.get("env") != expected_env:

@@ -139,6 +139,8 @@ class Settings:
     app_services: tuple[str, ...] = ()
     restore_prestage: bool = False
     db_container_id: str = ""  # set by discovery.bind once the container is resolved
+    # keys the shell sets to another value than the files: not used, and said so (warnings)
+    shell_ignored: tuple[str, ...] = ()
 
     def secrets(self) -> list[str]:
         """Strings never to print: the password, and any password inside the app's URL."""
@@ -166,6 +168,15 @@ class Settings:
                     f"同じ綴りの語も *** で隠れます）→ ALTER ROLE {self.db_user} PASSWORD で長いものに変え、"
                     f".env.{self.env} を直す"
                 )
+        if self.shell_ignored:
+            keys = ", ".join(self.shell_ignored)
+            password = (f"（パスワードだけは PGRUNBOOK_{self.env.upper()}_DB_PASSWORD でも渡せます）"
+                        if "DB_PASSWORD" in self.shell_ignored else "")
+            files = " と ".join(path.name for path in self.files)
+            found.append(
+                f"シェルの環境変数 {keys} は使いません（設定は {files} だけから読みます）"
+                f"→ 変えるなら .env.{self.env} に {self.shell_ignored[0]}=… と書く{password}"
+            )
         return found
 
     @property
@@ -199,13 +210,20 @@ def available_envs(config_dir: Path) -> list[str]:
     return names
 
 
+def example_env(known: list[str]) -> str:
+    """The env an example names: one that exists, dev first (an example gets copied
+    as typed: better it hits dev than prod); dev when there is none yet."""
+    return "dev" if "dev" in known or not known else known[0]
+
+
 def require_env(env: str | None, config_dir: Path) -> str:
     known = available_envs(config_dir)
     listing = ", ".join(known) if known else f"なし（{config_dir} に .env.<env> がありません）"
     if not env:
         raise RunbookError(
             "--env が指定されていません（本番か開発かを必ず明示します）",
-            f"例: --env=prod。利用できる環境: {listing}",
+            f"例: --env={example_env(known)}。利用できる環境: {listing}" if known else
+            f"利用できる環境: {listing}。cp .env.example .env.dev && chmod 600 .env.dev で作り、--env=dev",
             exit_code=2,
         )
     if not ENV_NAME.match(env):
@@ -343,6 +361,8 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
                            "例: 1, 6, lz4, zstd:3（空: 版ごとの既定）", 2)
 
     compose = _compose_values(raw, get)
+    used = {key: (password or "") if key == "DB_PASSWORD" else get(key) for key in KEYS}
+    shell_ignored = tuple(key for key in KEYS if key in os.environ and os.environ[key] != used[key])
     settings = Settings(
         env=env,
         config_dir=config_dir,
@@ -380,6 +400,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         **_guard_values(get),
         **_pitr_values(get),
         **compose,
+        shell_ignored=shell_ignored,
     )
     if check_siblings:
         _check_separation(settings)

@@ -120,6 +120,24 @@ class Container:
             name = ""
         return f"{where}{f'（ホスト {name}）' if name else ''}"
 
+    def host_address(self, port: int = 5432) -> str | None:
+        """Where the Docker host reaches the container's ``port``: ``localhost:<port>``
+        on the host's network, else the address ``<port>/tcp`` is published on; None
+        when it is not published (only docker exec reaches it). From the Engine API."""
+        if (self.model.attrs.get("HostConfig") or {}).get("NetworkMode") == "host":
+            return f"localhost:{port}"
+        ports = (self.model.attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        for binding in ports.get(f"{port}/tcp") or []:
+            address, published = binding.get("HostIp") or "", binding.get("HostPort")
+            if not published:
+                continue
+            if address in ("", "0.0.0.0", "::", "127.0.0.1", "::1"):
+                address = "localhost"
+            elif ":" in address:
+                address = f"[{address}]"
+            return f"{address}:{published}"
+        return None
+
     def exec_owner(self) -> tuple[int, int]:
         """uid and gid of the container's exec user: files put into the container
         belong to it, so that its pg_restore can read them and its rm remove them."""

@@ -39,6 +39,14 @@ def _exec(settings: Settings, interactive_stdin: bool = True) -> str:
     return f"docker exec{flag}{password} {container_reference(settings)}"
 
 
+def connect_command(settings: Settings, database: str) -> str:
+    """psql at a terminal inside the container: how to look at a database whose
+    container publishes no port (the sandbox, a scratch restore)."""
+    password = " -e PGPASSWORD" if settings.db_password else ""
+    return (f"docker exec -it{password} {container_reference(settings)} "
+            f"psql -U {shlex.quote(settings.db_user)} -d {shlex.quote(database)}")
+
+
 def dump_argv(settings: Settings, fmt: str, no_owner: bool = False, no_acl: bool = False,
               compression: str | None = None) -> list[str]:
     """pg_dump's argv. ``compression``: the -Z the kit chose for this server's pg_dump;

@@ -17,6 +17,7 @@ from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import Settings
 from pgrunbook.infra.container import Container, engine
+from pgrunbook.infra.manual import connect_command
 
 LABEL = "pgrunbook.lab.sandbox"
 
@@ -25,19 +26,21 @@ def sample_sql() -> bytes:
     return resources.files("pgrunbook").joinpath("data/sample.sql").read_bytes()
 
 
-def _ensure_image(client, image: str, console: Console) -> None:
+def _ensure_image(client, settings: Settings, console: Console) -> None:
+    image = settings.sandbox_image
     try:
         client.images.get(image)
         return
-    except ImageNotFound:
+    except (ImageNotFound, APIError):  # APIError: a name the engine cannot parse; the pull says so
         pass
     console.step(f"イメージ {image} を取得")
     try:
         client.images.pull(image)
     except (APIError, ImageNotFound) as error:
         raise RunbookError(
-            f"イメージ {image} が手元になく、取得もできません",
-            "SANDBOX_IMAGE に手元のイメージ（docker images で確認）を指定",
+            f"イメージ {image}（SANDBOX_IMAGE）が手元になく、取得もできません",
+            f".env.{settings.env} に SANDBOX_IMAGE=<手元のイメージ>（docker images で確認）を書く"
+            "（シェルの環境変数 SANDBOX_IMAGE=… は使われません）",
         ) from error
 
 
@@ -72,7 +75,7 @@ def sandbox_up(settings: Settings, console: Console) -> str:
             existing.start()
         console.summary(f"サンドボックス {settings.db_container} は起動済みです")
         return settings.db_container
-    _ensure_image(client, settings.sandbox_image, console)
+    _ensure_image(client, settings, console)
     environment = {"POSTGRES_USER": settings.db_user, "POSTGRES_DB": settings.db_name}
     if settings.db_password:
         environment["POSTGRES_PASSWORD"] = settings.db_password
@@ -99,7 +102,8 @@ def sandbox_up(settings: Settings, console: Console) -> str:
         raise RunbookError(f"サンプルデータを投入できません: {result.error_text()}")
     console.summary(
         f"サンドボックス {settings.db_container}（{settings.db_name}）を用意しました: "
-        f"invoke backup --env={settings.env} を試せます"
+        f"invoke backup --env={settings.env} を試せます。ポートは公開していないので、中を見るには "
+        f"{connect_command(settings, settings.db_name)}"
     )
     return settings.db_container
 

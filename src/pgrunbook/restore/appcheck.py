@@ -15,8 +15,11 @@ from pgrunbook.infra.postgres import (
 )
 
 
-def database_url(settings: Settings, database: str, masked: bool) -> str:
-    base = settings.app_database_url or f"postgresql://{settings.db_user}@localhost:5432/{database}"
+def database_url(settings: Settings, database: str, masked: bool, address: str | None = None) -> str:
+    """APP_DATABASE_URL aimed at ``database``; without it, the DB user at ``address``
+    (where the host reaches the container's port; default localhost:5432)."""
+    base = (settings.app_database_url
+            or f"postgresql://{settings.db_user}@{address or 'localhost:5432'}/{database}")
     parts = urlsplit(base)
     netloc = parts.netloc
     if "@" in netloc:
@@ -29,11 +32,13 @@ def database_url(settings: Settings, database: str, masked: bool) -> str:
     return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, parts.fragment))
 
 
-def run_post_restore_command(settings: Settings, database: str, console: Console) -> None:
+def run_post_restore_command(settings: Settings, database: str, console: Console,
+                             address: str | None = None) -> None:
     if not settings.post_restore_command:
         return
     console.step(f"確認コマンド: {settings.post_restore_command}")
-    environment = dict(os.environ, DATABASE_URL=database_url(settings, database, masked=False))
+    environment = dict(os.environ, DATABASE_URL=database_url(settings, database, masked=False,
+                                                             address=address))
     done = subprocess.run(settings.post_restore_command, shell=True, cwd=settings.config_dir,
                           env=environment, capture_output=True, text=True, check=False)
     output = (done.stdout + done.stderr).strip()

@@ -57,6 +57,24 @@ class KitDatabase:
         return operator_field.rsplit("@", 1)[1] if "@" in operator_field else None
 
     @property
+    def made_at(self) -> str:
+        """When the run that made it ran (YYYY-MM-DD HH:MM:SS, local): from its mark, else
+        from the time in its name (``kit_name``); 不明 when neither says."""
+        found = re.match(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)", self.detail)
+        if found:
+            return f"{found[1]} {found[2]}"
+        stamp = re.search(r"_(\d{14})(?:_|$)", self.name)
+        if stamp:
+            return datetime.strptime(stamp[1], "%Y%m%d%H%M%S").strftime("%Y-%m-%d %H:%M:%S")
+        return "不明"
+
+    @property
+    def remark(self) -> str:
+        """The mark's own words after its time and operator (``mark_text``'s detail)."""
+        found = TIME_AND_OPERATOR.match(self.detail)
+        return self.detail[found.end():] if found else ""
+
+    @property
     def note(self) -> str:
         """What restore-list adds: a prestaged database's file."""
         found = re.search(r"\bfile=(\S+)", self.detail) if self.role == "prestaged" else None

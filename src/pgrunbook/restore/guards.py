@@ -86,9 +86,18 @@ def ask_on_stderr(prompt: str) -> str:
     return sys.stdin.readline()
 
 
+def source_lines(source: Source) -> list[str]:
+    """The confirmation banner's lines for a file to restore."""
+    return [
+        f"  ファイル   : {source.path}",
+        f"  作成日時   : {source.created}  サイズ: {human_size(source.size)}"
+        f"  元の環境: {source.env or '不明'}",
+    ]
+
+
 def confirm(
     settings: Settings,
-    source: Source,
+    subject: list[str],
     confirm_env: str | None,
     action: str,
     console: Console,
@@ -97,7 +106,8 @@ def confirm(
     engine: str = "",
     extra_lines: list[str] | None = None,
 ) -> None:
-    """The runbook's 声に出して確認 / 二重確認, or --confirm=<env> without a terminal."""
+    """The runbook's 声に出して確認 / 二重確認, or --confirm=<env> without a terminal.
+    ``subject``: the banner's lines for what is put in place (``source_lines`` for a file)."""
     extra_lines = extra_lines or []
     interactive = sys.stdin.isatty() if interactive is None else interactive
     banner = [
@@ -107,9 +117,7 @@ def confirm(
         f"  コンテナ   : {settings.db_container}",
         *([f"  Docker     : {engine}"] if engine else []),
         f"  データベース: {settings.db_name}",
-        f"  ファイル   : {source.path}",
-        f"  作成日時   : {source.created}  サイズ: {human_size(source.size)}"
-        f"  元の環境: {source.env or '不明'}",
+        *subject,
         "=" * 64,
     ]
     for line in banner + extra_lines:  # on stderr whatever the case: cron mail and logs show it

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from pgrunbook.core import journal
-from pgrunbook.core.console import Console
+from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
-from pgrunbook.core.worklog import Entry, append_started, recorded
+from pgrunbook.core.worklog import Entry, append_started, read, recorded
 from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import (
     Postgres,
@@ -19,7 +18,6 @@ from pgrunbook.infra.postgres import (
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
 from pgrunbook.restore.guards import confirm, preflight_replace
-from pgrunbook.restore.source import Source
 from pgrunbook.restore.swap import live_closed, record_identity, swap_databases
 
 
@@ -36,14 +34,21 @@ def restore_rollback(
         pg = Postgres(discovery.db_container(settings), settings)
         kit = {db.name: db for db in kit_databases(pg)}
         if previous not in kit or kit[previous].role != "previous" or kit[previous].env != settings.env:
+            done = None if previous in kit else _rolled_back(settings, previous)
+            if done:
+                raise Refused(
+                    f"{previous} は {done.get('time', '')[:19].replace('T', ' ')} にロールバック済みです"
+                    f"（今の {settings.db_name} がその DB です。何も変更していません）",
+                    f"置き換え後の DB は {done.get('rolledback') or 'restore-list の rolledback'} に保管。"
+                    f"一覧は invoke restore-list --env={settings.env}")
             raise Refused(f"{previous} はこの環境の置き換え前 DB ではありません",
                           f"invoke restore-list --env={settings.env} で確認")
-        placeholder = Source(Path(previous), "custom", settings.env, None, None, kit[previous].size, None)
-        confirm(settings, placeholder, confirm_env, f"{previous} に戻します（ロールバック）", console, ask,
-                engine=pg.container.engine_description())
+        confirm(settings, kept_lines(kit[previous]), confirm_env, f"{previous} に戻します（ロールバック）",
+                console, ask, engine=pg.container.engine_description())
         apps = AppWrites(settings, console)
         apps.check()
         rolled = kit_name(settings, "rolledback")
+        entry.details["rolledback"] = rolled
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-rollback"):
             # the live database carries the original comment since the replace
@@ -75,6 +80,25 @@ def restore_rollback(
         console.summary(f"ロールバック完了: {previous} を {settings.db_name} に戻しました。"
                         f"置き換え後の DB は {rolled} に保管")
         return rolled
+
+
+def kept_lines(kept: KitDatabase) -> list[str]:
+    """The confirmation banner's lines for the database a rollback puts back."""
+    replaced_by = kept.remark.removeprefix("replaced by ") if kept.remark.startswith("replaced by ") else ""
+    return [
+        f"  戻す DB    : {kept.name}（置き換え前に保管した DB）  サイズ: {human_size(kept.size)}",
+        f"  保管日時   : {kept.made_at}" + (f"（{replaced_by} で置き換えたとき）" if replaced_by else ""),
+    ]
+
+
+def _rolled_back(settings: Settings, previous: str) -> dict | None:
+    """The work log's successful rollback to ``previous`` (this env, this database), if any."""
+    for record in reversed(read(settings.worklog_path)):
+        if (record.get("task") == "restore-rollback" and record.get("result") == "ok"
+                and record.get("env") == settings.env and record.get("database") == settings.db_name
+                and record.get("previous") == previous):
+            return record
+    return None
 
 
 def list_kit_databases(settings: Settings, console: Console) -> list[KitDatabase]:

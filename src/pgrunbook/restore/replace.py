@@ -42,6 +42,7 @@ from pgrunbook.restore.guards import (
     confirm,
     guard_environment,
     preflight_replace,
+    source_lines,
 )
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import NoSpace, RestoreOptions, flush_restored_data, restore_into
@@ -141,8 +142,8 @@ def restore_replace(
             entry.details["shrink"] = shrink[:20]
             extra += ["  注意: 戻すデータは現在の DB より大幅に少なくなります（現在の DB → 戻すアーカイブ）:"]
             extra += [f"    {line}" for line in shrink[:10]]
-        confirm(settings, source, confirm_env, "既存 DB を置き換えます（DROP はしません）", console, ask,
-                engine=engine, extra_lines=extra)
+        confirm(settings, source_lines(source), confirm_env, "既存 DB を置き換えます（DROP はしません）",
+                console, ask, engine=engine, extra_lines=extra)
         if shrink:
             confirm_shrink(settings, options, confirm_env, console, ask)
         run = Replace(settings, pg, facts, source, options, personal, apps, console, entry,

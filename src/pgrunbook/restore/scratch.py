@@ -9,6 +9,7 @@ from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.settings import SQL_NAME, Settings
 from pgrunbook.core.worklog import Entry, recorded
 from pgrunbook.infra import discovery
+from pgrunbook.infra.manual import connect_command
 from pgrunbook.infra.postgres import (
     Postgres,
 )
@@ -29,7 +30,7 @@ from pgrunbook.restore.staging import RestoreOptions, restore_into
 @dataclass(frozen=True)
 class ScratchResult:
     database: str
-    url: str
+    url: str  # "" when the host reaches no port of the server (docker exec only)
     summary: DatabaseSummary
 
 
@@ -79,9 +80,18 @@ def restore_scratch(
             console.step(line)
         for difference in compare_with_manifest(source, summary):
             console.warn(difference)
-        url = database_url(settings, target, masked=True)
-        run_post_restore_command(settings, target, console)
-        console.summary(f"検証用 DB {target} に復元しました。確認用: DATABASE_URL={url}")
+        # the URL only where the host reaches the server: APP_DATABASE_URL, or a published port
+        address = None if settings.app_database_url else pg.container.host_address()
+        url = database_url(settings, target, masked=True, address=address)
+        run_post_restore_command(settings, target, console, address)
+        if settings.app_database_url or address:
+            look = f"DATABASE_URL={url}"
+        else:
+            url = ""
+            look = (f"{connect_command(settings, target)}（DB のポートはホストに公開されていません。"
+                    f"アプリから見るなら .env.{settings.env} に APP_DATABASE_URL）")
+        # the file by name in every case: under cron or in a pipe the steps are silent
+        console.summary(f"検証用 DB {target} に {source.path.name} を復元しました。確認用: {look}")
         return ScratchResult(target, url, summary)
 
 

@@ -16,6 +16,8 @@ def test_sandbox_then_backup_then_down(tmp_path, docker_engine):
     try:
         up = cli("sandbox-up", "--env=dev")
         assert up.returncode == 0, up.stderr
+        # no published port: the summary says how to look inside instead
+        assert f"docker exec -it -e PGPASSWORD {name} psql -U app -d app" in up.stderr, up.stderr
         again = cli("sandbox-up", "--env=dev")
         assert again.returncode == 0 and "起動済み" in again.stderr
         backup = cli("backup", "--env=dev")
