@@ -315,6 +315,7 @@ class Toc:
     hint: str = ""
     data: int = 0  # TABLE DATA entries
     tables: int = 0  # TABLE entries
+    too_new: bool = False  # made by a newer pg_dump than this pg_restore reads
 
 
 def _read_toc(tools: _Tools, path: Path, header: ArchiveHeader) -> Toc:
@@ -328,7 +329,7 @@ def _read_toc(tools: _Tools, path: Path, header: ArchiveHeader) -> Toc:
                           f"{'.'.join(map(str, header.version))} のファイルで、"
                           f"{'pg_restore ' + reader if reader else 'この pg_restore'} では読めません",
                    f"ファイルは壊れていないかもしれません。{newer}のコンテナ"
-                   "（またはホストの同じ版の pg_restore）で扱う")
+                   "（またはホストの同じ版の pg_restore）で扱う", too_new=True)
     if not listing.ok:
         return Toc(False, f"目次を読めません: {listing.error_text()}",
                    "壊れたファイルです。別のバックアップを使う")
@@ -341,12 +342,19 @@ def _read_toc(tools: _Tools, path: Path, header: ArchiveHeader) -> Toc:
 
 def table_of_contents(settings: Settings, path: Path, console: Console, host_first: bool = True) -> Toc:
     """The table of contents of a custom-format archive (``key-drill``): the host's
-    pg_restore when there is one (``host_first``), else the DB container's."""
+    pg_restore when there is one (``host_first``), else (or when the host's is older than
+    the archive) the DB container's."""
     try:
         header = read_header(path)
     except ArchiveError as error:
         return Toc(False, f"ヘッダを読めません: {error}", "壊れたファイルです。別のバックアップを使う")
-    return _read_toc(_Tools(settings, console, host_first), path, header)
+    toc = _read_toc(_Tools(settings, console, host_first), path, header)
+    if host_first and toc.too_new:
+        try:
+            return _read_toc(_Tools(settings, console), path, header)
+        except RunbookError:
+            return toc
+    return toc
 
 
 def summarize(checks: Iterable[Check]) -> str:
