@@ -222,6 +222,14 @@ def _notify(notifier: Notifier | None, record: dict[str, Any]) -> None:
         sys.stderr.write(f"警告: 通知できませんでした: {type(error).__name__}\n")
 
 
+def announce(record: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Call the named listeners of the record's env with a line appended outside
+    ``recorded`` (a restore drill's own line: the metrics must see it too)."""
+    registered = _notifiers.get(str(record.get("env")), {})
+    for name in names:
+        _notify(registered.get(name), record)
+
+
 @dataclass
 class Entry:
     """One task run; fields filled in as the work goes on."""
