@@ -36,7 +36,8 @@ def check_task(c, env=None):
 def status(c, env=None, max_age="26h", format="text"):
     """監視用に 1 行表示: 0=新しい検証済みバックアップあり、1=古い、2=ない。METRICS_FILE も更新する。
 
-    3=最新のバックアップが疑わしい（行数の急減・別 DB）、4=作業ログに改ざんの疑い。
+    3=最新のバックアップが疑わしい（行数の急減・別 DB）、4=作業ログに改ざんの疑い、
+    5=鍵の訓練（key-drill）が KEY_DRILL_MAX_AGE より古い・ない・失敗（オフサイトのある環境）。
     """
     settings, console = settings_for(ROOT, env)
     if format not in ("text", "prometheus"):

@@ -157,3 +157,4 @@ def verify_evidence(settings: Settings, file: Path) -> Verdict:
         out.append(f"OK 封印の後: {added} 行追記、鎖は途切れていません（現在 {len(lines)} 行、"
                    f"先頭 {(after.head or '')[:16]}…）")
     return Verdict(ok, out)
+
