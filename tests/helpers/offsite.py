@@ -40,6 +40,16 @@ class S3:
         return {item["Key"]: item for item in listing.get("Contents", [])}
 
 
+def s3_user(iam, name: str) -> dict[str, str]:
+    """A moto IAM user allowed s3:*, and its access key (AccessKeyId, SecretAccessKey)."""
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }))
+    return iam.create_access_key(UserName=name)["AccessKey"]
+
+
 @contextlib.contextmanager
 def moto_s3() -> Iterator[S3]:
     """A ThreadedMotoServer on 127.0.0.1 (IAM auth on: a wrong secret really fails) with a
@@ -62,13 +72,7 @@ def moto_s3() -> Iterator[S3]:
             return boto3.client(service, endpoint_url=url, region_name="us-east-1",
                                 aws_access_key_id=key, aws_secret_access_key=secret)
 
-        iam = client("iam")
-        iam.create_user(UserName="backup")
-        iam.put_user_policy(UserName="backup", PolicyName="s3", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }))
-        key = iam.create_access_key(UserName="backup")["AccessKey"]
+        key = s3_user(client("iam"), "backup")
         s3_client = client("s3", key["AccessKeyId"], key["SecretAccessKey"])
         s3_client.create_bucket(Bucket=BUCKET)
         s3_client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})

@@ -99,6 +99,19 @@ class Day:
     drills_ok: int = 0
     drills_failed: int = 0
 
+    def notes(self, passed_drills: bool = True) -> list[str]:
+        """What else happened that day, in words (the calendar's title, the list of bad days)."""
+        found = []
+        if self.suspect:
+            found.append(f"疑わしいバックアップ {self.suspect} 個（{', '.join(self.backups)}）")
+        if self.failed:
+            found.append(f"バックアップ失敗 {self.failed} 回")
+        if self.drills_ok and passed_drills:
+            found.append(f"復元訓練 成功 {self.drills_ok} 回")
+        if self.drills_failed:
+            found.append(f"復元訓練 失敗 {self.drills_failed} 回")
+        return found
+
     @property
     def status(self) -> str:
         if self.verified:

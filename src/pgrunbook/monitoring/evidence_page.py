@@ -130,13 +130,7 @@ def _calendar(ev: Evidence) -> str:
                 continue
             day = by_day[date(year, month, number)]
             symbol, meaning = STATUS[day.status]
-            notes = [meaning]
-            if day.failed:
-                notes.append(f"失敗 {day.failed} 回")
-            if day.drills_ok:
-                notes.append(f"復元訓練 成功 {day.drills_ok} 回")
-            if day.drills_failed:
-                notes.append(f"復元訓練 失敗 {day.drills_failed} 回")
+            notes = [meaning, *day.notes()]
             drilled = " drill" if day.drills_ok or day.drills_failed else ""
             title = f"{day.day.isoformat()}: " + "・".join(notes)
             cells.append(f'<td class="d-{day.status}{drilled}" data-day="{day.day.isoformat()}" '
@@ -163,17 +157,8 @@ def _gap_list(ev: Evidence) -> str:
 
 
 def _notable(ev: Evidence) -> str:
-    rows = []
-    for day in ev.days:
-        if day.suspect or day.failed or day.drills_failed:
-            what = []
-            if day.suspect:
-                what.append(f"疑わしいバックアップ {day.suspect} 個（{', '.join(day.backups)}）")
-            if day.failed:
-                what.append(f"バックアップ失敗 {day.failed} 回")
-            if day.drills_failed:
-                what.append(f"復元訓練 失敗 {day.drills_failed} 回")
-            rows.append(([day.day.isoformat(), esc("、".join(what))], True))
+    rows = [([day.day.isoformat(), esc("、".join(day.notes(passed_drills=False)))], True)
+            for day in ev.days if day.notes(passed_drills=False)]
     return _table(["日", "内容"], rows, "疑わしい・失敗した日はありません", "notable")
 
 
