@@ -140,6 +140,8 @@ def test_the_page_holds_no_secret_and_names_the_keys_by_fingerprint(tmp_path):
                            OFFSITE_AGE_RECIPIENTS=recipient)
     worklog.append(settings.worklog_path, line("2025-04-01T02:00:00", "backup", result="ok",
                                                file="/b/knot-prod-20250401-020000.dump", sha256="a" * 64))
+    worklog.append(settings.worklog_path, line("2025-09-01T03:00:00", "pitr-drill", result="ok",
+                                               stanza="knot", total_seconds=48.2, tables=6))
     page = evidence_page.render(collect(settings, Period(date(2025, 4, 1), date(2026, 3, 31)),
                                         datetime(2026, 4, 10, 9, 0)))
     for secret in ("Pw-Never-Shown-41", "tok-7731", "secret-8812", "Url-Pw-55"):
@@ -147,6 +149,7 @@ def test_the_page_holds_no_secret_and_names_the_keys_by_fingerprint(tmp_path):
     from pgrunbook.offsite.encryption import fingerprint
 
     assert fingerprint(recipient) in page and 'data-day="2026-03-31"' in page
+    assert '<p id="last-pitr-drill">最後の PITR 訓練: 2025-09-01' in page and "48.2 秒" in page
     assert page.count("data-day=") == 365  # every day of the period, nothing else
 
 
