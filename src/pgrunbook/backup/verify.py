@@ -37,7 +37,7 @@ from pgrunbook.infra.archive import (
     sql_tail_is_complete,
 )
 from pgrunbook.infra.container import ExecResult
-from pgrunbook.infra.postgres import Postgres
+from pgrunbook.infra.postgres import Postgres, tool_version_of
 from pgrunbook.store import catalog
 from pgrunbook.store.select import resolve_file
 
@@ -104,7 +104,7 @@ class _Tools:
             if self._pg:
                 return self._pg.tool_version("pg_restore")
             done = subprocess.run(["pg_restore", "--version"], capture_output=True, text=True, check=False)
-            return done.stdout.split()[-1] if done.returncode == 0 and done.stdout.split() else ""
+            return tool_version_of(done.stdout) if done.returncode == 0 and done.stdout.strip() else ""
         except RunbookError:
             return ""
 

@@ -118,3 +118,17 @@ def test_check_and_status_warn_when_the_last_key_drill_is_too_old(pushed, clean_
     checked = at_offset(clean_host, "+400d", "check", "--env=prod")
     key_line = next(x for x in checked.stdout.splitlines() if "鍵の訓練:" in x)
     assert key_line.startswith("WARN") and "invoke key-drill" in key_line, key_line
+
+@pytest.mark.matrix
+def test_the_toc_is_read_whatever_the_version_of_the_dump(pg, s3, age_keys, tmp_path):
+    """The host's pg_restore may be older than the server's pg_dump (Debian 12's 15 against a
+    17 dump): the drill then reads the table of contents in the DB container."""
+    runner = OffsiteCli(tmp_path, s3, pg.name)
+    offsite_env(runner, s3, age_keys, "prod", OFFSITE_PREFIX=f"v{pg.major}-{uuid.uuid4().hex[:6]}/")
+    assert runner("backup", "--env=prod").returncode == 0
+    assert runner("verify", "--env=prod").returncode == 0
+    assert runner("offsite-push", "--env=prod").returncode == 0
+    done = runner("key-drill", "--env=prod", f"--identity={age_keys.private}")
+    assert done.returncode == 0, done.stderr
+    line = worklog(runner)[-1]
+    assert line["result"] == "ok" and line["toc_table_data"] == line["manifest_tables"] > 0, line
