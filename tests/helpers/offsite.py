@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +65,9 @@ def moto_s3() -> Iterator[S3]:
     moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 3  # create the user, its policy, its key
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
     try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
 
         def client(service, key="bootstrap", secret="bootstrap"):
             return boto3.client(service, endpoint_url=url, region_name="us-east-1",
@@ -78,6 +79,10 @@ def moto_s3() -> Iterator[S3]:
         s3_client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         yield S3(url, key["AccessKeyId"], key["SecretAccessKey"], s3_client)
     finally:
+        # moto keeps its users and buckets in this process: the next module's server starts empty
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"),
+                                   timeout=10).close()
         server.stop()
         moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = previous
 

@@ -20,6 +20,7 @@ from typing import Any
 from pgrunbook.core import worklog
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import Settings, sibling_settings
+from pgrunbook.monitoring.pitr_metrics import DRILL_TASK as PITR_DRILL_TASK
 from pgrunbook.monitoring.report import parse_time
 from pgrunbook.offsite import keydrill
 from pgrunbook.offsite.encryption import fingerprint
@@ -32,7 +33,6 @@ SUCCESS = ("ok", "suspect")  # a suspect backup is a good file whose content loo
 # what changes a live database; restore-partial(-undo) by name, so they appear when that task lands
 CHANGE_TASKS = ("restore-replace", "restore-rollback", "restore-partial", "restore-partial-undo",
                 "restore-recover")
-PITR_DRILL_TASK = "pitr-drill"
 
 
 # ---- the period ---------------------------------------------------------------------
@@ -274,9 +274,10 @@ class PinRow:
     @property
     def lock_covers(self) -> bool:
         """The bucket's lock lasts at least as long as the pin."""
-        if self.offsite is None or self.offsite.retain_until is None:
+        until = pins.keep_until({"keep_until": self.keep_until})
+        if self.offsite is None or self.offsite.retain_until is None or until is None:
             return False
-        return self.offsite.retain_until.date() >= date.fromisoformat(self.keep_until)
+        return self.offsite.retain_until.date() >= until
 
 
 def _logged_pins(records: list[dict[str, Any]], env: str) -> dict[str, dict[str, Any]]:
@@ -319,14 +320,11 @@ def pin_rows(settings: Settings, records: list[dict[str, Any]],
             here = "あり（チェックサム一致" + ("・検証済み）" if item.verified else "・未検証）")
         else:
             here = f"あり（チェックサム {item.checksum}）"
-        label = facts.get("label") or (catalog.parse(Path(name)) or _NoLabel).label or ""
+        parsed = catalog.parse(Path(name))
+        label = facts.get("label") or (parsed.label if parsed else None) or ""
         rows.append(PinRow(name, label, str(facts["keep_until"]), str(facts.get("sha256") or ""), here,
                            remote.get(name)))
     return rows
-
-
-class _NoLabel:
-    label = None
 
 
 def _created(name: str) -> datetime:
