@@ -53,6 +53,7 @@ td.d-verified{background:#43a047;color:#fff}td.d-taken{background:#c5e1a5;color:
 td.d-suspect{background:#ffb300;color:#3e2723}td.d-failed{background:#e53935;color:#fff}
 td.d-none{background:#eceff1;color:#90a4ae}td.d-out{background:transparent}
 td.drill{outline:2px solid #1a237e;outline-offset:-2px}
+.legend span.item{white-space:nowrap;display:inline-block}
 .legend span.key{display:inline-block;width:15px;height:15px;border-radius:3px;text-align:center;
 font-weight:700;font-size:11px;line-height:15px;margin:0 4px 0 12px;vertical-align:middle}
 .hash{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px;word-break:break-all}
@@ -137,9 +138,9 @@ def _calendar(ev: Evidence) -> str:
                          f'title="{esc(title)}">{symbol}</td>')
         rows.append(f"<tr><th>{year}-{month:02d}</th>{''.join(cells)}</tr>")
     head = "<tr><th></th>" + "".join(f"<th>{n}</th>" for n in range(1, 32)) + "</tr>"
-    legend = "".join(f'<span class="key d-{key}">{symbol}</span>{esc(text)}'
+    legend = "".join(f'<span class="item"><span class="key d-{key}">{symbol}</span>{esc(text)}</span>'
                      for key, (symbol, text) in STATUS.items())
-    legend += '<span class="key d-none drill"></span>枠: 復元訓練の日'
+    legend += '<span class="item"><span class="key d-none drill"></span>枠: 復元訓練の日</span>'
     return (f'<table class="calendar" id="calendar"><thead>{head}</thead>'
             f'<tbody>{"".join(rows)}</tbody></table>'
             f'<p class="legend muted">{legend}</p>')
