@@ -32,7 +32,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pgrunbook.backup.verify import table_of_contents
 from pgrunbook.core import worklog
 from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.durations import describe_age
@@ -43,8 +42,6 @@ from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, recorded
 from pgrunbook.infra.archive import SQL_COMPLETE, read_sql_tail, sql_tail_is_complete
 from pgrunbook.offsite.encryption import fingerprint, load_identities, public_key
-from pgrunbook.offsite.pull import fetch
-from pgrunbook.offsite.remote import Remote
 from pgrunbook.store import catalog
 
 TASK = "key-drill"
@@ -97,6 +94,8 @@ def _check_contents(settings: Settings, path: Path, console: Console, entry: Ent
                                "途中で切れた SQL です。このコピーは使わず、別の世代を確かめる")
         entry.details["contents"] = "SQL の完了コメントあり"
         return
+    from pgrunbook.backup.verify import table_of_contents  # start-up time: status and check assess only
+
     toc = table_of_contents(settings, path, console)
     if not toc.ok:
         raise RunbookError(f"復号した {path.name} の目次: {toc.detail}", toc.hint)
@@ -112,6 +111,9 @@ def _check_contents(settings: Settings, path: Path, console: Console, entry: Ent
 def key_drill(settings: Settings, identity_file: str | None, console: Console) -> dict[str, Any]:
     """Fetch, decrypt and check the newest offsite copy with only ``identity_file``; one
     work-log line whatever the outcome. Returns what the line records."""
+    from pgrunbook.offsite.pull import fetch  # start-up time: status and check assess only
+    from pgrunbook.offsite.remote import Remote  # start-up time, as above
+
     entry = Entry(TASK, settings.env, settings.db_name, settings.db_container)
     started = time.monotonic()
     with recorded(settings.worklog_path, entry, console.redact):
