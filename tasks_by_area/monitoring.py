@@ -37,7 +37,8 @@ def check_task(c, env=None):
 def status(c, env=None, max_age="26h", format="text"):
     """監視用に 1 行表示: 0=新しい検証済みバックアップあり、1=古い、2=ない。METRICS_FILE も更新する。
 
-    3=最新のバックアップが疑わしい（行数の急減・別 DB）、4=作業ログに改ざんの疑い。
+    3=最新のバックアップが疑わしい（行数の急減・別 DB）、4=作業ログに改ざんの疑い、
+    5=鍵の訓練（key-drill）が KEY_DRILL_MAX_AGE より古い・ない・失敗（オフサイトのある環境）。
     """
     settings, console = settings_for(ROOT, env)
     if format not in ("text", "prometheus"):
@@ -134,4 +135,50 @@ def worklog_verify(c, env=None):
     console.result(line)
 
 
-TASKS = (check_task, status, report, crontab, ping, worklog_verify)
+@task(
+    name="evidence",
+    help={
+        "env": ENV_HELP,
+        "from": "期間の始まり YYYY-MM-DD（既定: 直前の年度の初日。FISCAL_YEAR_START）",
+        "to": "期間の終わり YYYY-MM-DD（その日を含む。既定: --from があれば今日、なければ直前の年度の末日）",
+        "output": "HTML の出力先（既定: <BACKUP_DIR>/evidence-<env>-<始まり>-<終わり>.html）",
+    },
+)
+def evidence(c, env=None, from_=None, to=None, output=None):
+    """監査対応: 期間のバックアップ・検証・復元訓練・置き換え・固定・ロック・作業ログの鎖を 1 枚の HTML に。
+
+    外部のファイルを読まない自己完結の HTML（A4 で印刷できる）。ファイルの sha256 と作業ログの先頭の
+    ハッシュを作業ログに記録して封印する（invoke evidence-verify で確かめる）。最後の行がパス。"""
+    settings, console = settings_for(ROOT, env)
+    target = Path(output).expanduser().resolve() if output else None
+    sealed = guarded(lambda: lazy.monitoring_evidence.write_evidence(settings, from_, to, target, console),
+                     console)
+    console.summary(f"証跡 {sealed.period.first}〜{sealed.period.last}: sha256 {sealed.sha256}"
+                    f"（作業ログの先頭 {sealed.chain_head[:16]}… とともに作業ログに記録）")
+    console.result(str(sealed.path))
+
+@task(
+    name="evidence-verify",
+    help={
+        "file": "確かめる証跡ファイル（invoke evidence が作った HTML）",
+        "env": "環境（既定: ファイルに書かれた環境）",
+    },
+)
+def evidence_verify(c, file, env=None):
+    """証跡ファイルが作業ログに封印されたものと同じか、その後に作業ログが書き換えられていないかを確かめる。
+
+    終了コード 0 = 一致し、作業ログも改ざんなし（追記のみ）。1 = 不一致か改ざんの疑い。"""
+    path = Path(file).expanduser()
+    if env is None:
+        _, meta = guarded(lambda: lazy.monitoring_evidence.read_file(path))
+        env = meta["env"]
+    settings, console = settings_for(ROOT, env)
+    verdict = guarded(lambda: lazy.monitoring_evidence.verify_evidence(settings, path), console)
+    for line in verdict.lines:
+        console.result(line)
+    if not verdict.ok:
+        raise Exit("エラー: 証跡ファイルと作業ログが一致しません（上の NG の行）→ 受け取った写しや"
+                   "オフサイトの記録と比べ、いつ誰が書き換えたかを調べる（runbooks/audit.md）", code=1)
+
+
+TASKS = (check_task, status, report, crontab, ping, worklog_verify, evidence, evidence_verify)

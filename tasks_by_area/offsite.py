@@ -113,6 +113,23 @@ def offsite_keygen(c, out=None):
     console.result(public)
 
 
+@task(
+    name="key-drill",
+    help={
+        "env": ENV_HELP,
+        "identity": "保管している age の秘密鍵ファイル（必須。鍵を預けた場所から持ってきたもの）",
+    },
+)
+def key_drill(c, env=None, identity=None):
+    """鍵の訓練: 保管している秘密鍵だけで最新のオフサイトコピーを取得・復号し、sha256 と目次を確かめる。
+
+    秘密鍵の公開鍵が OFFSITE_AGE_RECIPIENTS のどれにも対応しなければ、何もダウンロードせずに断る。
+    平文は BACKUP_DIR 内の一時フォルダ（0700）にだけ置き、終わったら消す。"""
+    settings, console = settings_for(ROOT, env)
+    done = guarded(lambda: lazy.offsite_keydrill.key_drill(settings, identity, console), console)
+    console.result(done["remote"])
+
+
 def _required_path(value):
     from pgrunbook.core.errors import RunbookError
 
@@ -121,4 +138,4 @@ def _required_path(value):
     return Path(value).expanduser()
 
 
-TASKS = (offsite_push, offsite_list, offsite_pull, offsite_prune, encrypt, decrypt, offsite_keygen)
+TASKS = (offsite_push, offsite_list, offsite_pull, offsite_prune, encrypt, decrypt, offsite_keygen, key_drill)

@@ -110,6 +110,23 @@ def app_container(docker_engine):
     app.remove(force=True)
 
 
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 on 127.0.0.1 with a versioned bucket (helpers.offsite), one per module."""
+    from helpers.offsite import moto_s3
+
+    with moto_s3() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def age_keys(tmp_path_factory):
+    """A right and a wrong age identity, made by ``invoke offsite-keygen``."""
+    from helpers.offsite import make_keys
+
+    return make_keys(tmp_path_factory.mktemp("keys"))
+
+
 @pytest.fixture
 def cron_daemon(tmp_path):
     reason = cron_available()

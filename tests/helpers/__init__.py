@@ -338,12 +338,14 @@ def table_fingerprints(pg, database: str) -> dict[str, str]:
 # ---- from the former test_clock.py ---------------------------------------------------------
 
 
-def at_offset(cli, offset: str, *args: str) -> subprocess.CompletedProcess:
-    """The real CLI with the host's clock moved by ``offset`` (faketime -f '+200d')."""
+def at_offset(cli, offset: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The real CLI with the host's clock moved by ``offset`` (faketime -f '+200d'), or
+    started at a moment that then runs on ('@2025-04-01 02:00:00'). ``env``: more
+    environment (S3 credentials)."""
     return subprocess.run(
         ["faketime", "-f", offset, sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
         capture_output=True, text=True, cwd=cli.home, timeout=300,
-        env={**os.environ, "PGRUNBOOK_HOME": str(cli.home), "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PGRUNBOOK_HOME": str(cli.home), "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 

@@ -27,15 +27,17 @@ from pgrunbook.infra.archive import (
     MAGIC,
     SQL_COMPLETE,
     ArchiveError,
+    ArchiveHeader,
     major_version,
     parse_header,
+    read_header,
     read_sql_tail,
     sql_head_is_dump,
     sql_head_is_globals,
     sql_tail_is_complete,
 )
 from pgrunbook.infra.container import ExecResult
-from pgrunbook.infra.postgres import Postgres
+from pgrunbook.infra.postgres import Postgres, tool_version_of
 from pgrunbook.store import catalog
 from pgrunbook.store.select import resolve_file
 
@@ -79,16 +81,21 @@ class VerifyReport:
 
 
 class _Tools:
-    """pg_restore in the DB container, else on the host (for a dead server)."""
+    """pg_restore in the DB container, else on the host (for a dead server). ``host_first``:
+    the host's pg_restore when there is one (a key drill does what a clean host does)."""
 
-    def __init__(self, settings: Settings, console: Console) -> None:
+    def __init__(self, settings: Settings, console: Console, host_first: bool = False) -> None:
         self.settings = settings
         self.console = console
+        self.host_first = host_first
         self._pg: Postgres | None = None
         self._host = False
 
     def _resolve(self) -> None:
         if self._pg or self._host:
+            return
+        if self.host_first and shutil.which("pg_restore"):
+            self._host = True
             return
         try:
             self._pg = Postgres(discovery.db_container(self.settings), self.settings)
@@ -106,7 +113,7 @@ class _Tools:
             if self._pg:
                 return self._pg.tool_version("pg_restore")
             done = subprocess.run(["pg_restore", "--version"], capture_output=True, text=True, check=False)
-            return done.stdout.split()[-1] if done.returncode == 0 and done.stdout.split() else ""
+            return tool_version_of(done.stdout) if done.returncode == 0 and done.stdout.strip() else ""
         except RunbookError:
             return ""
 
@@ -294,30 +301,12 @@ def _check_archive(
                f"archive {'.'.join(map(str, header.version))}, db={header.database}, "
                f"pg_dump {header.pg_dump_version}")
     tools = _Tools(settings, console)
-    listing = tools.run(["pg_restore", "--list"], path)
-    if not listing.ok and "unsupported version" in listing.stderr:
-        # a good file from a newer PostgreSQL: say so, or it gets thrown away as broken
-        made_by = header.pg_dump_version
-        newer = f"PostgreSQL {major_version(made_by)} 以上" if made_by else "より新しい PostgreSQL"
-        reader = tools.pg_restore_version()
-        report.add("toc", False,
-                   f"{'pg_dump ' + made_by if made_by else '新しい pg_dump'} で作られた形式 "
-                   f"{'.'.join(map(str, header.version))} のファイルで、"
-                   f"{'pg_restore ' + reader if reader else 'この pg_restore'} では読めません",
-                   f"ファイルは壊れていないかもしれません。{newer}のコンテナ"
-                   "（またはホストの同じ版の pg_restore）で扱う")
+    toc = _read_toc(tools, path, header)
+    if not report.add("toc", toc.ok, toc.detail, toc.hint):
         return
-    if not report.add("toc", listing.ok,
-                      "目次を読めました" if listing.ok else f"目次を読めません: {listing.error_text()}",
-                      "壊れたファイルです。別のバックアップを使う"):
-        return
-    entries = [line for line in listing.stdout.decode("utf-8", "replace").splitlines()
-               if line and not line.startswith(";")]
-    data = sum(1 for line in entries if " TABLE DATA " in line)
-    tables = sum(1 for line in entries if " TABLE " in line and " TABLE DATA " not in line)
-    expected_tables = len(manifest.get("tables", [])) if manifest else tables
-    report.add("table-data", data > 0 or expected_tables == 0,
-               f"TABLE DATA {data} 件（テーブル {expected_tables}）",
+    expected_tables = len(manifest.get("tables", [])) if manifest else toc.tables
+    report.add("table-data", toc.data > 0 or expected_tables == 0,
+               f"TABLE DATA {toc.data} 件（テーブル {expected_tables}）",
                "データのないアーカイブです（スキーマのみ？）。バックアップを取り直す")
     if not full_read:
         return
@@ -326,6 +315,57 @@ def _check_archive(
     report.add("readable", full.ok,
                "最後まで読めました" if full.ok else f"途中で読めなくなります: {full.error_text()}",
                "途中で切れているか壊れています。別のバックアップを使う")
+
+
+@dataclass(frozen=True)
+class Toc:
+    """What ``pg_restore --list`` made of an archive."""
+
+    ok: bool
+    detail: str
+    hint: str = ""
+    data: int = 0  # TABLE DATA entries
+    tables: int = 0  # TABLE entries
+    too_new: bool = False  # made by a newer pg_dump than this pg_restore reads
+
+
+def _read_toc(tools: _Tools, path: Path, header: ArchiveHeader) -> Toc:
+    listing = tools.run(["pg_restore", "--list"], path)
+    if not listing.ok and "unsupported version" in listing.stderr:
+        # a good file from a newer PostgreSQL: say so, or it gets thrown away as broken
+        made_by = header.pg_dump_version
+        newer = f"PostgreSQL {major_version(made_by)} 以上" if made_by else "より新しい PostgreSQL"
+        reader = tools.pg_restore_version()
+        return Toc(False, f"{'pg_dump ' + made_by if made_by else '新しい pg_dump'} で作られた形式 "
+                          f"{'.'.join(map(str, header.version))} のファイルで、"
+                          f"{'pg_restore ' + reader if reader else 'この pg_restore'} では読めません",
+                   f"ファイルは壊れていないかもしれません。{newer}のコンテナ"
+                   "（またはホストの同じ版の pg_restore）で扱う", too_new=True)
+    if not listing.ok:
+        return Toc(False, f"目次を読めません: {listing.error_text()}",
+                   "壊れたファイルです。別のバックアップを使う")
+    entries = [line for line in listing.stdout.decode("utf-8", "replace").splitlines()
+               if line and not line.startswith(";")]
+    data = sum(1 for line in entries if " TABLE DATA " in line)
+    tables = sum(1 for line in entries if " TABLE " in line and " TABLE DATA " not in line)
+    return Toc(True, "目次を読めました", data=data, tables=tables)
+
+
+def table_of_contents(settings: Settings, path: Path, console: Console, host_first: bool = True) -> Toc:
+    """The table of contents of a custom-format archive (``key-drill``): the host's
+    pg_restore when there is one (``host_first``), else (or when the host's is older than
+    the archive) the DB container's."""
+    try:
+        header = read_header(path)
+    except ArchiveError as error:
+        return Toc(False, f"ヘッダを読めません: {error}", "壊れたファイルです。別のバックアップを使う")
+    toc = _read_toc(_Tools(settings, console, host_first), path, header)
+    if host_first and toc.too_new:
+        try:
+            return _read_toc(_Tools(settings, console), path, header)
+        except RunbookError:
+            return toc
+    return toc
 
 
 def summarize(checks: Iterable[Check]) -> str:

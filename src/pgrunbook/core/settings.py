@@ -20,11 +20,13 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
 from dotenv import dotenv_values
 
+from pgrunbook.core.durations import parse_duration
 from pgrunbook.core.errors import RunbookError
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -85,6 +87,9 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "APP_SERVICES": ("", "置き換えリストア中に止めるアプリの Compose サービス名（カンマ区切り）"),
     # --- prestaged replace (issue 14)
     "RESTORE_PRESTAGE": ("false", "復元テストした最新のバックアップを閉じた DB で残し、置き換えを速くする"),
+    # --- the auditor's evidence and the key drill (issue 25)
+    "FISCAL_YEAR_START": ("04-01", "年度の始まり（MM-DD）。evidence の既定の期間は直前の年度"),
+    "KEY_DRILL_MAX_AGE": ("180d", "最後の鍵の訓練（key-drill）がこれより古ければ check・status が警告"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 MIN_PASSWORD_LENGTH = 8  # shorter: a settings warning (a short secret masks common words)
@@ -138,6 +143,8 @@ class Settings:
     compose_project: str = ""
     app_services: tuple[str, ...] = ()
     restore_prestage: bool = False
+    fiscal_year_start: tuple[int, int] = (4, 1)  # (month, day)
+    key_drill_max_age: timedelta = timedelta(days=180)
     db_container_id: str = ""  # set by discovery.bind once the container is resolved
     # keys the shell sets to another value than the files: not used, and said so (warnings)
     shell_ignored: tuple[str, ...] = ()
@@ -399,6 +406,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         **_monitoring_values(env, config_dir, get),
         **_guard_values(get),
         **_pitr_values(get),
+        **_audit_values(get),
         **compose,
         shell_ignored=shell_ignored,
     )
@@ -584,3 +592,21 @@ def _pitr_values(get) -> dict[str, object]:
         "pitr_repo_path": repo_path.rstrip("/"),
         "pitr_scratch_network": network,
     }
+
+
+def _audit_values(get) -> dict[str, object]:
+    """FISCAL_YEAR_START and KEY_DRILL_MAX_AGE (issue 25)."""
+    text = get("FISCAL_YEAR_START")
+    match = re.match(r"^(\d{2})-(\d{2})$", text)
+    try:
+        start = date(2001, int(match.group(1)), int(match.group(2))) if match else None
+    except ValueError:
+        start = None
+    if start is None:  # 2001 has no 29 February: a fiscal year cannot start on a day some years lack
+        raise RunbookError(f"FISCAL_YEAR_START={text!r} が不正です",
+                           "月-日の MM-DD で指定（例: 04-01、01-01）。02-29 は使えません", exit_code=2)
+    try:
+        max_age = parse_duration(get("KEY_DRILL_MAX_AGE"))
+    except RunbookError as error:
+        raise RunbookError(f"KEY_DRILL_MAX_AGE: {error.message}", error.hint, exit_code=2) from None
+    return {"fiscal_year_start": (start.month, start.day), "key_drill_max_age": max_age}

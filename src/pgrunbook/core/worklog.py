@@ -99,6 +99,9 @@ class ChainReport:
     first_chained: int | None  # 1-based line where the chain starts (None: no hashed line)
     broken_line: int | None  # 1-based number of the first line that does not check out
     reason: str = ""
+    # what the next line's ``prev`` will name: the last line's hash (None: an empty log).
+    # Written down elsewhere (an evidence file), it shows later whether the log was rewritten.
+    head: str | None = None
 
     @property
     def intact(self) -> bool:
@@ -122,6 +125,7 @@ class ChainReport:
 
 def check_chain(lines: list[str]) -> ChainReport:
     """Walk the chain over the raw lines (without their newlines)."""
+    head = line_hash(lines[-1]) if lines else None
     previous: str | None = None
     first: int | None = None
     for number, line in enumerate(lines, start=1):
@@ -132,18 +136,19 @@ def check_chain(lines: list[str]) -> ChainReport:
         if first is None:
             first = number
         if match is None:
-            return ChainReport(len(lines), first, number, "ハッシュのない行（差し込みか書き換え）")
+            return ChainReport(len(lines), first, number, "ハッシュのない行（差し込みか書き換え）", head)
         if _sha256(line[: match.start()] + "}") != match.group(1):
-            return ChainReport(len(lines), first, number, "この行の内容がハッシュと一致しません（書き換え）")
+            return ChainReport(len(lines), first, number, "この行の内容がハッシュと一致しません（書き換え）",
+                               head)
         try:
             prev = json.loads(line).get("prev")
         except (ValueError, AttributeError):
             prev = None
         if prev != (line_hash(previous) if previous is not None else GENESIS):
             return ChainReport(len(lines), first, number,
-                               "前の行のハッシュと一致しません（前の行の削除・差し込み・書き換え）")
+                               "前の行のハッシュと一致しません（前の行の削除・差し込み・書き換え）", head)
         previous = line
-    return ChainReport(len(lines), first, None)
+    return ChainReport(len(lines), first, None, head=head)
 
 
 def raw_lines(path: Path) -> list[str]:
@@ -215,6 +220,14 @@ def _notify(notifier: Notifier | None, record: dict[str, Any]) -> None:
         notifier(record)
     except Exception as error:  # noqa: BLE001 - a notification never changes the outcome
         sys.stderr.write(f"警告: 通知できませんでした: {type(error).__name__}\n")
+
+
+def announce(record: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Call the named listeners of the record's env with a line appended outside
+    ``recorded`` (a restore drill's own line: the metrics must see it too)."""
+    registered = _notifiers.get(str(record.get("env")), {})
+    for name in names:
+        _notify(registered.get(name), record)
 
 
 @dataclass

@@ -8,6 +8,7 @@ written out: ``-e PGPASSWORD`` passes the operator's shell variable through.
 from __future__ import annotations
 
 import shlex
+from datetime import date, timedelta
 from pathlib import Path
 
 from pgrunbook.core.settings import Settings
@@ -358,4 +359,56 @@ def check_commands(settings: Settings) -> list[str]:
         f"ls -lt {folder} | head -5   # 最新のバックアップ",
         "stat -c '%a %n' .env*   # .env と .env.<環境> は 600 であること",
         f"crontab -l | grep -A8 '# BEGIN pgrunbook {settings.env}'",
+    ]
+
+
+# ---- the same by hand (runbooks/audit.md) ----------------------------------------------
+
+
+def evidence_commands(settings: Settings, first: date, last: date, name: str) -> list[str]:
+    """What ``evidence`` reads, by hand: jq over the work log, the manifests, the bucket."""
+    log = shlex.quote(_relative(settings, settings.worklog_path))
+    folder = shlex.quote(_relative(settings, settings.backup_dir))
+    within = (f'.env == "{settings.env}" and .time >= "{first.isoformat()}" '
+              f'and .time < "{(last + timedelta(days=1)).isoformat()}"')
+    endpoint = f" --endpoint-url {shlex.quote(settings.offsite_endpoint_url)}" \
+        if settings.offsite_endpoint_url else ""
+    return [
+        "# 作業ログの鎖（書き換え・削除・差し込みがないこと）",
+        f"invoke worklog-verify --env={settings.env}",
+        "# 日ごとのバックアップと検証（ファイル名と sha256 が同じ verify ok があれば検証済み）",
+        f"jq -c 'select({within} and (.task == \"backup\" or .task == \"verify\")) "
+        f"| [.time, .task, .file, .sha256, .result]' {log}",
+        "# 復元訓練（復旧時間 duration_seconds、照合したテーブル・行）",
+        f"jq -c 'select({within} and .task == \"restore-drill\") "
+        f"| [.time, .file, .duration_seconds, .tables_compared, .rows_compared, .result]' {log}",
+        "# 置き換え・部分リストア・ロールバック（実行者・承認者）",
+        f"jq -c 'select({within} and (.task | "
+        f"test(\"^restore-(replace|rollback|partial|partial-undo|recover)$\"))) "
+        f"| [.time, .task, .operator, .approved_by, .file, .previous, .result]' {log}",
+        "# 固定したバックアップ（ラベル・保管期限・sha256）",
+        f"jq -c 'select(.keep_until) | [.file, .label, .keep_until, .sha256]' {folder}/*.json",
+        "# オフサイトのコピーのロック期限（バケットの値）",
+        f"aws s3api head-object{endpoint} --bucket {settings.offsite_bucket or '<OFFSITE_BUCKET>'} "
+        f"--key {shlex.quote(settings.offsite_prefix + name + '.age')} "
+        "--query '[ObjectLockMode, ObjectLockRetainUntilDate, Metadata]'",
+        "# 鍵の訓練・PITR の訓練の最後",
+        f"jq -c 'select(.env == \"{settings.env}\" and (.task == \"key-drill\" or .task == \"pitr-drill\")) "
+        f"| [.time, .task, .file, .result]' {log} | tail -n 4",
+    ]
+
+
+def evidence_verify_commands(settings: Settings, file: str) -> list[str]:
+    """evidence-verify by hand: the file's sha256 in an evidence line, the chain intact."""
+    log = shlex.quote(_relative(settings, settings.worklog_path))
+    quoted = shlex.quote(file)
+    return [
+        f"sha256sum {quoted}",
+        f"grep -n \"\\\"sha256\\\": \\\"$(sha256sum {quoted} | cut -d' ' -f1)\\\"\" {log}"
+        "   # evidence の行があること（行番号を控える）",
+        f"grep -o 'pgrunbook-chain-[a-z]*\" content=\"[^\"]*' {quoted}"
+        "   # 証跡に書いた作業ログの行数と先頭のハッシュ",
+        f"sed -n \"${{LINES}}p\" {log} | grep -o '\"hash\": \"[0-9a-f]*\"'"
+        "   # LINES=上の行数。同じハッシュであること",
+        f"invoke worklog-verify --env={settings.env}   # 鎖が今も途切れていないこと",
     ]

@@ -256,8 +256,7 @@ class Postgres:
                 f"コンテナ {self.container.name} に {tool} がありません",
                 "PostgreSQL のクライアントツールが入ったコンテナを DB_CONTAINER に指定",
             )
-        match = re.search(r"(\d+(?:\.\d+)*)", result.stdout.decode())
-        return match.group(1) if match else result.stdout.decode().strip()
+        return tool_version_of(result.stdout.decode())
 
     def user_tables(self, database: str | None = None) -> list[tuple[str, str]]:
         return [(row[0], row[1]) for row in self.query(USER_TABLES, database)]
@@ -375,3 +374,10 @@ class SnapshotSession:
             if len(fields) == 3 and fields[2].strip().lstrip("-").isdigit():
                 found.append(TableCount(fields[0], fields[1], int(fields[2])))
         return found
+
+
+def tool_version_of(text: str) -> str:
+    """'pg_restore (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)' -> '15.18' (a PostgreSQL tool's
+    ``--version``, in the container or on the host)."""
+    match = re.search(r"(\d+(?:\.\d+)*)", text)
+    return match.group(1) if match else text.strip()

@@ -8,4 +8,7 @@
 * ``notify``: notifications after each work-log line
 * ``report``: ``report``, the HTML history
 * ``schedule``: ``crontab`` and crontab.example
+* ``evidence_facts``: what the auditor's file says (days, drills, changes, pins, locks, chain)
+* ``evidence_page``: the evidence file as printable HTML
+* ``evidence``: ``evidence`` / ``evidence-verify``, the file sealed in the work log
 """

@@ -33,6 +33,7 @@ from pgrunbook.infra import discovery
 from pgrunbook.infra.container import Container
 from pgrunbook.infra.postgres import Postgres
 from pgrunbook.monitoring import schedule
+from pgrunbook.offsite import keydrill
 from pgrunbook.offsite import remote as offsite
 from pgrunbook.restore import drill, prestage
 from pgrunbook.store import inventory, select
@@ -131,6 +132,7 @@ class Checker:
         self.probe("cron", self.cron)
         if self.settings.offsite_bucket:
             self.probe("オフサイト", self.offsite)
+            self.probe("鍵の訓練", self.key_drill)
         return self.lines
 
     # ---- what we are about to touch ----------------------------------------------------
@@ -404,13 +406,24 @@ class Checker:
         except ValueError:
             age = DRILL_FRESH * 2
         if last.get("result") != "ok":
-            self.add(NG, "復元訓練", f"{text}（{last.get('error') or ''}）",
+            passed = [line for line in lines if line.get("result") == "ok"]
+            since = (f"。最後に成功した訓練は {str(passed[-1].get('time'))[:16]}" if passed
+                     else "。成功した訓練はまだありません")
+            self.add(NG, "復元訓練", f"{text}（{last.get('error') or ''}）{since}",
                      f"invoke verify --env={env} --restore-test で原因を確認")
         elif age > DRILL_FRESH:
             self.add(WARN, "復元訓練", f"{text}（{describe_age(age)}前）",
                      f"invoke verify --env={env} --restore-test")
         else:
             self.add(OK, "復元訓練", text)
+
+    def key_drill(self) -> None:
+        """The escrowed key tried on an offsite copy within KEY_DRILL_MAX_AGE (keydrill.assess)."""
+        state = keydrill.assess(self.settings, self.now.timestamp())
+        if state is None:
+            return
+        level = {"ok": OK, "stale": WARN, "failed": NG}[state.level]
+        self.add(level, "鍵の訓練", state.text, state.todo)
 
     def cron(self) -> None:
         try:

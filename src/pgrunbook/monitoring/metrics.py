@@ -34,7 +34,19 @@ if TYPE_CHECKING:
 
 BACKUP_TASKS = ("backup", "backup-sql")
 RESTORE_TEST_TASK = "verify-restore-test"
+# restore.drill.TASK and offsite.keydrill.TASK, named here: this module is imported by every
+# task (cli.py), those modules are not (tests/unit/monitoring keeps the names in step)
+RESTORE_DRILL_TASK = "restore-drill"
+KEY_DRILL_TASK = "key-drill"
 SUCCESS_RESULTS = ("ok", "suspect")  # a suspect backup is a good file whose content looks wrong
+
+# the key drill's gauges: only for envs with OFFSITE_BUCKET (nothing to drill without one)
+KEY_DRILL_METRICS: dict[str, str] = {
+    "pgrunbook_key_drill_last_success_timestamp_seconds":
+        "End of the last key drill that passed (key-drill: the escrowed age identity decrypted the "
+        "newest offsite copy, UNIX time); 0 if none",
+    "pgrunbook_key_drill_last_success": "1 if the last key drill passed, else 0",
+}
 
 # name -> help; every metric has the one label ``env``
 METRICS: dict[str, str] = {
@@ -51,6 +63,9 @@ METRICS: dict[str, str] = {
         "End of the last restore test (verify --restore-test, UNIX time); 0 if none",
     "pgrunbook_restore_test_last_duration_seconds": "Duration of the last restore test",
     "pgrunbook_restore_test_last_success": "1 if the last restore test passed, else 0",
+    "pgrunbook_restore_drill_last_success_timestamp_seconds":
+        "End of the last restore drill that passed (restore-drill line of verify --restore-test, "
+        "UNIX time); 0 if none",
     "pgrunbook_backups": "Number of database backups in the env's backup folder",
     "pgrunbook_backups_verified": "Number of those that passed verify (same sha256)",
     "pgrunbook_backups_suspect": "Number of those whose manifest marks them suspect",
@@ -84,6 +99,7 @@ def collect_env(settings: Settings) -> EnvMetrics:
     backups = [r for r in records if r.get("task") in BACKUP_TASKS]
     good = [r for r in backups if r.get("result") in SUCCESS_RESULTS]
     tests = [r for r in records if r.get("task") == RESTORE_TEST_TASK]
+    passed_drills = [r for r in records if r.get("task") == RESTORE_DRILL_TASK and r.get("result") == "ok"]
     last, last_good = (backups[-1] if backups else None), (good[-1] if good else None)
     last_test = tests[-1] if tests else None
     everything = inventory.inventory(settings, with_globals=False)
@@ -101,12 +117,27 @@ def collect_env(settings: Settings) -> EnvMetrics:
         "pgrunbook_restore_test_last_duration_seconds":
             float((last_test or {}).get("duration_seconds") or 0),
         "pgrunbook_restore_test_last_success": float(bool(last_test and last_test.get("result") == "ok")),
+        "pgrunbook_restore_drill_last_success_timestamp_seconds":
+            worklog.ended_at(passed_drills[-1] if passed_drills else None),
         "pgrunbook_backups": float(len(everything)),
         "pgrunbook_backups_verified": float(sum(1 for i in everything if i.verified)),
         "pgrunbook_backups_suspect": float(sum(1 for i in everything if _suspect(i))),
         "pgrunbook_backup_last_suspect": float(bool(items and _suspect(items[-1]))),
         "pgrunbook_backups_future": float(len(everything) - len(items)),
+        **_key_drill_values(settings, records),
     })
+
+
+def _key_drill_values(settings: Settings, records: list[dict]) -> dict[str, float]:
+    if not settings.offsite_bucket:
+        return {}
+    drills = [r for r in records if r.get("task") == KEY_DRILL_TASK]
+    passed = [r for r in drills if r.get("result") == "ok"]
+    return {
+        "pgrunbook_key_drill_last_success_timestamp_seconds":
+            worklog.ended_at(passed[-1] if passed else None),
+        "pgrunbook_key_drill_last_success": float(bool(drills and drills[-1].get("result") == "ok")),
+    }
 
 
 def envs_of_file(settings: Settings) -> list[Settings]:
@@ -132,7 +163,8 @@ def _client():
 def registry_for(settings: Settings):
     client = _client()
     registry = client.CollectorRegistry(auto_describe=True)
-    gauges = {name: client.Gauge(name, text, ["env"], registry=registry) for name, text in METRICS.items()}
+    gauges = {name: client.Gauge(name, text, ["env"], registry=registry)
+              for name, text in {**METRICS, **KEY_DRILL_METRICS}.items()}
     envs = envs_of_file(settings)
     for env_settings in envs:
         collected = collect_env(env_settings)

@@ -3,7 +3,9 @@
 Reads only the host's files and the work log: it never touches the database,
 so it works when the server is down, and it writes no work-log line (it runs
 every hour). 0 fresh, 1 stale, 2 none (or one dated in the future), 3 the
-newest backup is suspect, 4 the work log's hash chain is broken.
+newest backup is suspect, 4 the work log's hash chain is broken, 5 the last key
+drill is older than KEY_DRILL_MAX_AGE, none was made, or it failed (envs with an
+offsite bucket only).
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from datetime import datetime, timedelta
 from pgrunbook.core import worklog
 from pgrunbook.core.durations import describe_age
 from pgrunbook.core.settings import Settings
+from pgrunbook.offsite import keydrill
 from pgrunbook.store import catalog, drift
 from pgrunbook.store.inventory import Inventoried, future_note, inventory
 
 SUSPECT_EXIT = 3  # the newest backup's content looks wrong (issue 12)
 WORKLOG_EXIT = 4  # the work log's hash chain is broken (issue 12)
+KEY_DRILL_EXIT = 5  # the escrowed key was not tried on a copy for KEY_DRILL_MAX_AGE (issue 25)
 
 
 @dataclass(frozen=True)
 class Freshness:
-    exit_code: int  # 0 fresh, 1 stale, 2 none, 3 newest suspect, 4 work log broken
+    exit_code: int  # 0 fresh, 1 stale, 2 none, 3 newest suspect, 4 work log broken, 5 key drill
     line: str
 
 
@@ -47,6 +51,9 @@ def _warnings(settings: Settings, items: list[Inventoried]) -> list[tuple[int, s
     if not chain.intact:
         found.append((WORKLOG_EXIT, f"{chain.describe()}（それ以降の行は信用しません）→ "
                       f"invoke worklog-verify --env={settings.env}"))
+    keys = keydrill.assess(settings)
+    if keys is not None and not keys.ok:
+        found.append((KEY_DRILL_EXIT, f"{keys.text} → {keys.todo}"))
     return found
 
 

@@ -6,4 +6,5 @@
 * ``prune``: ``offsite-prune``: remote retention
 * ``lock``: Object Lock dates (pins reach the bucket)
 * ``encryption``: age (pyrage), streamed; ``encrypt`` / ``decrypt`` / ``offsite-keygen``
+* ``keydrill``: ``key-drill``: the escrowed identity tried on the newest copy
 """

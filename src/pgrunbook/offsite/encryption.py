@@ -117,6 +117,17 @@ def load_identities(key_file: str | Path | None) -> list[Any]:
     return identities
 
 
+def public_key(identity: Any) -> str:
+    """The recipient (``age1…``) an identity decrypts for."""
+    return str(identity.to_public())
+
+
+def fingerprint(recipient: str) -> str:
+    """A short, stable name of a public key for records and the auditor's file:
+    ``SHA256:`` and the first 16 hex digits of the sha256 of the ``age1…`` text."""
+    return "SHA256:" + hashlib.sha256(recipient.strip().encode("ascii")).hexdigest()[:16]
+
+
 class HashingReader(io.RawIOBase):
     """Reads from a source, hashing and counting what passes (the plaintext)."""
 

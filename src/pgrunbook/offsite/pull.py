@@ -53,23 +53,30 @@ def pull_backup(settings: Settings, key_file: str | None, name: str | None = Non
                 console.warn(note)
         target = remote.find(name)
         entry.details["remote"] = remote.url(target.key)
-        _check_belongs(settings, target)
-        head = remote.head(target.key)
-        expected_sha, expected_size = plaintext_metadata(head or {})
-        if not expected_sha:
-            raise RunbookError(f"{remote.url(target.key)} に sha256 のメタデータがありません",
-                               "このキットが送ったオブジェクトではありません。手で確認する")
         final = settings.backup_dir / target.name
         entry.file = str(final)
         _refuse_existing(final)
         ensure_private_dir(settings.backup_dir)
-        digest = _download_into(remote, target, final, expected_sha, expected_size,
-                                identities, console)
+        digest = fetch(remote, target, final, identities, console)
         entry.sha256 = digest.sha256
         entry.details["size"] = digest.size
     console.summary(f"オフサイトから取得・復号・照合完了: {final} ({human_size(digest.size)}, "
                     f"sha256 {digest.sha256[:12]}…)")
     return final
+
+
+def fetch(remote: Remote, target: RemoteBackup, final: Path, identities: list[Any],
+          console: Console) -> PlaintextHash:
+    """One copy of this env, downloaded and decrypted to ``final`` with its sidecars, its
+    sha256 checked against the object's metadata and the manifest (``offsite-pull``,
+    ``key-drill``). Nothing is left under ``final`` unless every check passed."""
+    _check_belongs(remote.settings, target)
+    head = remote.head(target.key)
+    expected_sha, expected_size = plaintext_metadata(head or {})
+    if not expected_sha:
+        raise RunbookError(f"{remote.url(target.key)} に sha256 のメタデータがありません",
+                           "このキットが送ったオブジェクトではありません。手で確認する")
+    return _download_into(remote, target, final, expected_sha, expected_size, identities, console)
 
 
 def _check_belongs(settings: Settings, target: RemoteBackup) -> None:

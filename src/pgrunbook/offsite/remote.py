@@ -34,6 +34,7 @@ decryption straight into ``<name>.partial``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import threading
@@ -93,6 +94,11 @@ class RemoteBackup:
     created: datetime
     sha256: str | None = None
     size: int | None = None
+    # from the HEAD (list(detailed=True)): Object Lock as the bucket states it, and the pin
+    lock_mode: str | None = None
+    retain_until: datetime | None = None  # aware
+    legal_hold: bool = False
+    keep_until: str | None = None  # the pin carried in the metadata (ISO date)
 
     @property
     def manifest_key(self) -> str:
@@ -245,8 +251,13 @@ class Remote:
     def _with_metadata(self, backup: RemoteBackup) -> RemoteBackup:
         head = self.head(backup.key) or {}
         sha256, size = plaintext_metadata(head)
-        return RemoteBackup(backup.key, backup.name, backup.stored_size, backup.last_modified,
-                            backup.created, sha256, size)
+        metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        return dataclasses.replace(
+            backup, sha256=sha256, size=size,
+            lock_mode=str(head["ObjectLockMode"]).lower() if head.get("ObjectLockMode") else None,
+            retain_until=head.get("ObjectLockRetainUntilDate"),
+            legal_hold=str(head.get("ObjectLockLegalHoldStatus", "")).upper() == "ON",
+            keep_until=metadata.get(META_KEEP_UNTIL))
 
     def find(self, name: str | None) -> RemoteBackup:
         backups = self.list()

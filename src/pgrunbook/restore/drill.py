@@ -117,6 +117,7 @@ def record(settings: Settings, path: Path, seconds: float, result: str,
         "tables_restored": restored_tables,
     }
     worklog.append(settings.worklog_path, line)
+    worklog.announce(line, ("metrics",))  # the drill gauge; the run's own line already notified
     return line
 
 

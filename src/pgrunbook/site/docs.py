@@ -41,7 +41,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from pgrunbook import restore
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import KEYS, Settings, load_settings
 from pgrunbook.infra import manual
+from pgrunbook.offsite import keydrill
 from pgrunbook.pitr import pgbackrest as pitr
 from pgrunbook.site import original
 from pgrunbook.store import catalog
@@ -59,6 +60,7 @@ MARKER = re.compile(
 )
 EXAMPLE_ENV = "prod"
 EXAMPLE_WHEN = datetime(2026, 1, 28, 2, 0, 0)  # the runbook's own example date
+EXAMPLE_YEAR = (date(2025, 4, 1), date(2026, 3, 31))  # the fiscal year around it
 EMBEDDABLE = {".env.example": "text", "crontab.example": "text",
               # the PITR set-up the tests build and run (runbooks/pitr.md)
               "examples/pitr/compose.yaml": "yaml", "examples/pitr/Dockerfile": "dockerfile",
@@ -118,6 +120,11 @@ class Example:
         return restore.kit_name(self.settings, "verify", EXAMPLE_WHEN)
 
     @property
+    def evidence(self) -> str:
+        first, last = EXAMPLE_YEAR
+        return f"evidence-{self.settings.env}-{first:%Y%m%d}-{last:%Y%m%d}.html"
+
+    @property
     def prestaged(self) -> str:
         return restore.kit_name(self.settings, "prestaged", EXAMPLE_WHEN)
 
@@ -158,6 +165,10 @@ def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
             s, example.archive("custom"), example.prestaged, example.staging, example.previous
         ),
         "check": lambda: manual.table_summary_commands(s, s.db_name),
+        "evidence": lambda: manual.evidence_commands(s, *EXAMPLE_YEAR, example.archive("custom").name),
+        "evidence-verify": lambda: manual.evidence_verify_commands(
+            s, os.path.relpath(s.backup_dir / example.evidence, s.config_dir)),
+        "key-drill": lambda: keydrill.manual_commands(s, example.archive("custom").name),
         **pitr.manual_steps(s),
     }
 

@@ -209,6 +209,10 @@ def test_metrics_file_follows_every_task_and_status_prints_the_same(cli, pg, tmp
     assert verified[("pgrunbook_restore_test_last_success", "prod")] == 1
     assert verified[("pgrunbook_restore_test_last_duration_seconds", "prod")] > 0
     assert verified[("pgrunbook_restore_test_last_timestamp_seconds", "prod")] >= began - 2
+    assert before[("pgrunbook_restore_drill_last_success_timestamp_seconds", "prod")] == 0
+    # the drill's own line (written after the run's line) reaches the textfile too
+    assert verified[("pgrunbook_restore_drill_last_success_timestamp_seconds", "prod")] >= \
+        verified[("pgrunbook_restore_test_last_timestamp_seconds", "prod")] - 1
     assert verified[("pgrunbook_backup_last_suspect", "prod")] == 0
     assert sorted(p.name for p in textfile.iterdir()) == ["pgrunbook.prom"]  # no temporary left
 

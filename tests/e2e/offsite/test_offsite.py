@@ -9,122 +9,25 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from helpers import PASSWORD, Cli, at_offset, backup_like_files, last_line
+from helpers import Cli, at_offset, backup_like_files, last_line
+from helpers.offsite import BUCKET, OffsiteCli, make_keys, offsite_env
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import load_settings
-
-BUCKET = "pgrunbook-offsite-test"
-
-
-@dataclass
-class S3:
-    url: str
-    access_key: str
-    secret_key: str
-    client: object
-
-    def environment(self, **overrides: str) -> dict[str, str]:
-        values = {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            # ignored by the kit: the endpoint comes from the settings only
-            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-        }
-        values.update(overrides)
-        return values
-
-    def objects(self, prefix: str) -> dict[str, dict]:
-        listing = self.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
-        return {item["Key"]: item for item in listing.get("Contents", [])}
-
-
-@pytest.fixture(scope="module")
-def s3():
-    import boto3  # the dev extra installs the offsite extra: never skipped
-    from moto import settings as moto_settings
-    from moto.core.authorization import ActionAuthenticatorMixin
-    from moto.server import ThreadedMotoServer
-
-    previous = moto_settings.INITIAL_NO_AUTH_ACTION_COUNT
-    ActionAuthenticatorMixin.request_count = 0
-    moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 3  # create the user, its policy, its key
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-
-        def client(service, key="bootstrap", secret="bootstrap"):
-            return boto3.client(service, endpoint_url=url, region_name="us-east-1",
-                                aws_access_key_id=key, aws_secret_access_key=secret)
-
-        iam = client("iam")
-        iam.create_user(UserName="backup")
-        iam.put_user_policy(UserName="backup", PolicyName="s3", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }))
-        key = iam.create_access_key(UserName="backup")["AccessKey"]
-        s3_client = client("s3", key["AccessKeyId"], key["SecretAccessKey"])
-        s3_client.create_bucket(Bucket=BUCKET)
-        s3_client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        yield S3(url, key["AccessKeyId"], key["SecretAccessKey"], s3_client)
-    finally:
-        server.stop()
-        moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = previous
-
-
-@dataclass
-class Keys:
-    private: Path
-    public: str
-    wrong: Path
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     folder = tmp_path_factory.mktemp("keys")
-    runner = Cli(folder)
-    made = runner("offsite-keygen", f"--out={folder / 'offline-key.txt'}")
-    assert made.returncode == 0, made.stderr
-    again = runner("offsite-keygen", f"--out={folder / 'offline-key.txt'}")
+    made = make_keys(folder)
+    again = Cli(folder)("offsite-keygen", f"--out={made.private}")
     assert again.returncode == 1 and "上書き" in again.stderr  # never over a key
-    other = runner("offsite-keygen", f"--out={folder / 'wrong-key.txt'}")
-    assert other.returncode == 0, other.stderr
-    private = folder / "offline-key.txt"
-    assert private.stat().st_mode & 0o777 == 0o600
-    public = last_line(made.stdout)
-    assert public.startswith("age1") and public in private.read_text()
-    return Keys(private, public, folder / "wrong-key.txt")
-
-
-def offsite_env(cli: Cli, s3: S3, keys: Keys, env: str = "prod", **extra: str) -> None:
-    values = {"DB_CONTAINER": cli.pg_name, "DB_NAME": "app" if env == "prod" else "app_dev",
-              "DB_PASSWORD": PASSWORD, "OFFSITE_BUCKET": BUCKET,
-              "OFFSITE_ENDPOINT_URL": s3.url, "OFFSITE_REGION": "us-east-1",
-              "OFFSITE_AGE_RECIPIENTS": keys.public}
-    values.update(extra)
-    cli.write_env(env, **values)
-
-
-class OffsiteCli(Cli):
-    """The CLI with the S3 credentials in its environment (only there)."""
-
-    def __init__(self, home: Path, s3: S3, pg_name: str) -> None:
-        super().__init__(home)
-        self.s3 = s3
-        self.pg_name = pg_name
-
-    def __call__(self, *args, env=None, **kwargs):
-        return super().__call__(*args, env={**self.s3.environment(), **(env or {})}, **kwargs)
+    assert made.private.stat().st_mode & 0o777 == 0o600
+    assert made.public.startswith("age1") and made.public in made.private.read_text()
+    return made
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
-import json
 import re
 import shutil
 import socket
@@ -33,6 +32,7 @@ import pytest
 import yaml
 
 from helpers import PASSWORD, SCRAM_EVERYWHERE, Cli, last_line, tar_of, wait_for
+from helpers.offsite import s3_user
 from helpers.pitr import (
     BASE_IMAGE,
     CIPHER_PASS,
@@ -157,13 +157,7 @@ def s3(tmp_path_factory):
             return boto3.client(service, endpoint_url=url, region_name=REGION, verify=str(ca),
                                 aws_access_key_id=key, aws_secret_access_key=secret)
 
-        iam = client("iam")
-        iam.create_user(UserName="pitr")
-        iam.put_user_policy(UserName="pitr", PolicyName="s3", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }))
-        made = iam.create_access_key(UserName="pitr")["AccessKey"]
+        made = s3_user(client("iam"), "pitr")
         s3_client = client("s3", made["AccessKeyId"], made["SecretAccessKey"])
         s3_client.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True,
                                 CreateBucketConfiguration={"LocationConstraint": REGION})

@@ -19,7 +19,6 @@ import functools
 import http.server
 import json
 import os
-import shutil
 import socketserver
 import subprocess
 import sys
@@ -34,21 +33,15 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from helpers import ROOT, wait_for
+from helpers.browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium_driver
 
 pytest.importorskip("mkdocs")
 pytest.importorskip("material")
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium がありません（pip install -e '.[dev]'）")
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-CHROMEDRIVER = shutil.which("chromedriver") or (
-    "/usr/lib/chromium/chromedriver" if Path("/usr/lib/chromium/chromedriver").is_file() else None
-)
-
 if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip("Chromium がありません（Debian: apt-get install chromium chromium-driver）。"
-                "ブラウザでの手順書サイトのテストを飛ばします", allow_module_level=True)
+    pytest.skip(f"{MISSING}。ブラウザでの手順書サイトのテストを飛ばします", allow_module_level=True)
 
 # What an operator types, key by key, and what the input method shows after each key
 # (romaji turning into kana), then the conversion (space) and the commit (Enter).
@@ -169,27 +162,14 @@ def outside() -> Iterator[Outside]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, outside) -> Iterator[webdriver.Chrome]:
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900", "--lang=ja",
-                 f"--user-data-dir={profile}",
-                 # Chromium's own form lookup (not the page's): it asks an outside host about every
-                 # form of an http page, here the search box; with it off, anything else asked for
-                 # outside is the site's doing
-                 "--disable-features=AutofillServerCommunication",
-                 # every host but loopback goes to the recorder (Chromium keeps 127.0.0.1 direct)
-                 f"--proxy-server=http://127.0.0.1:{outside.port}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(profile / "chromedriver.log"))
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never look for downloads
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.set_page_load_timeout(BROWSER_WAIT_SECONDS)
+    driver = chromium_driver(
+        tmp_path_factory.mktemp("chromium-profile"),
+        # Chromium's own form lookup (not the page's): it asks an outside host about every
+        # form of an http page, here the search box; with it off, anything else asked for
+        # outside is the site's doing
+        "--disable-features=AutofillServerCommunication",
+        # every host but loopback goes to the recorder (Chromium keeps 127.0.0.1 direct)
+        f"--proxy-server=http://127.0.0.1:{outside.port}")
     try:
         yield driver
     finally:
