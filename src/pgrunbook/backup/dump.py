@@ -54,7 +54,7 @@ class BackupResult:
 
 def toc_entries(pg: Postgres, path: Path) -> list[str]:
     """pg_restore --list of a custom archive, fed through stdin (stops after the TOC)."""
-    result = pg.run(["pg_restore", "--list"], stdin=file_chunks(path, 256 * 1024))
+    result = pg.read(["pg_restore", "--list"], stdin=lambda: file_chunks(path, 256 * 1024))
     if not result.ok:
         raise RunbookError(
             f"pg_restore --list が目次を読めません: {result.error_text()}",
@@ -210,8 +210,8 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
     # beside the table list
     if settings.row_counts:
         console.step("pg_dump とスナップショットを共有し、同じ時点の行数を記録")
-        session = SnapshotSession(pg)
-        snapshot_argv = [f"--snapshot={session.start()}"]
+        session, snapshot = SnapshotSession.opened(pg)
+        snapshot_argv = [f"--snapshot={snapshot}"]
         try:
             compression = _compression(settings, fmt, session.server_version)
         except BaseException:

@@ -119,10 +119,13 @@ class _Tools:
 
     def run(self, argv: list[str], path: Path, digest: HashingReader | None = None) -> ExecResult:
         """``digest`` hashes the bytes sent to the container (on the host fallback
-        it reads the file by itself later)."""
+        it reads the file by itself later). Without it the output is read: framed
+        and asked again when the engine lost it (framing.py)."""
         self._resolve()
+        if self._pg and digest is None:
+            return self._pg.read(argv, stdin=lambda: file_chunks(path))
         if self._pg:
-            return self._pg.run(argv, stdin=digest.chunks() if digest else file_chunks(path))
+            return self._pg.run(argv, stdin=digest.chunks())
         with open(path, "rb") as handle:
             done = subprocess.run(argv, stdin=handle, capture_output=True, check=False)
         return ExecResult(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))

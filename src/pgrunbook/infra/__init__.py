@@ -1,6 +1,7 @@
 """The engine and the server: everything that talks to Docker or PostgreSQL.
 
-* ``container``: the Docker SDK in one place (exec with streams, archives)
+* ``container``: the Docker SDK in one place (exec with streams, archives), the tests' lost-output seam
+* ``framing``: answers framed by a per-call nonce, checked; a lost read asked again (pure)
 * ``discovery``: which container (DB_CONTAINER, or Compose labels)
 * ``postgres``: psql, pg_* tools and the facts of the server, inside the container
 * ``versions``: what differs between PostgreSQL versions (pure)

@@ -3,7 +3,22 @@
 Every call goes through the Engine API (no ``docker`` CLI): exec with streamed
 stdout/stderr (and optionally stdin) and the real exit code from
 ``exec_inspect``; files in and out as tar archives, streamed both ways so that
-memory stays flat whatever the size.
+memory stays flat whatever the size. A short command whose output the kit reads
+runs framed (``run``, ``exec_framed``; see framing.py): its whole answer or
+LostAnswer, never an empty answer for a lost one.
+
+The tests' fault seam (no-op unless a test sets it, like core/faults.py): the
+engine can lose an exec's whole output and still say exit code 0 (moby#27289).
+``PGRUNBOOK_TEST_DROP_OUTPUT=<p>`` drops the output of an exec with probability
+p (``1``: every exec), after the command really ran, its exit code kept:
+* ``PGRUNBOOK_TEST_DROP_MATCH=<regex>``: only execs whose command line (argv
+  joined by spaces, the SQL of a psql included) matches;
+* ``PGRUNBOOK_TEST_DROP_NTH=2,5``: exactly the 2nd and 5th matching exec of the
+  process (then p is not needed);
+* ``PGRUNBOOK_TEST_DROP_KIND``: ``all`` (stdout and stderr, the default),
+  ``head:<bytes>`` or ``tail:<bytes>`` (that much of the start or end of stdout);
+* ``PGRUNBOOK_TEST_DROP_SEED``: the random choice repeatable;
+* ``PGRUNBOOK_TEST_DROP_LOG=<file>``: a line per dropped exec (what a test observes).
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ import contextlib
 import io
 import math
 import os
+import random
 import re
 import socket
 import tarfile
@@ -27,8 +43,13 @@ from docker.utils.socket import frames_iter
 
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.files import CHUNK
+from pgrunbook.infra.framing import TRIES, Frame, answered, lost_answer
 
 STDERR_KEEP = 64 * 1024
+
+
+class MissingCommand(RunbookError):
+    """The command is not in the container (not installed, not executable)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,7 @@ class ExecResult:
     exit_code: int
     stdout: bytes
     stderr: str
+    complete: bool = True  # False: a framed command's answer was lost (framing.py)
 
     @property
     def ok(self) -> bool:
@@ -179,8 +201,50 @@ class Container:
         """Run argv in the container; stream stdout to on_stdout (else collect it).
 
         Secrets go in ``environment``, never in argv. The exit code is the real
-        one from exec_inspect.
+        one from exec_inspect. The output is not framed: a stream (pg_dump into a
+        file) is checked by what reads it; a short answer goes through ``run``.
         """
+        return self._exec(argv, argv, environment, stdin, on_stdout, user)
+
+    def exec_framed(
+        self,
+        argv: list[str],
+        *,
+        environment: dict[str, str] | None = None,
+        stdin: Iterable[bytes] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+        user: str = "",
+    ) -> ExecResult:
+        """``exec`` inside a frame (framing.py): on_stdout (or the result) gets the
+        command's own output; ``complete`` is False when the answer was lost (the
+        exit code is still the real one). Asked once: ``run`` retries reads."""
+        collected = bytearray()
+        frame = Frame(on_stdout or collected.extend)
+        result = self._exec(frame.argv(argv), argv, environment, stdin, frame.feed, user)
+        found = frame.finish()
+        if found.missing:
+            raise self._missing(argv, "コマンドがありません")
+        exit_code = result.exit_code
+        if exit_code < 0 and found.exit_code is not None:
+            exit_code = found.exit_code  # exec_inspect gave up waiting: the frame knows
+        return ExecResult(exit_code, bytes(collected), result.stderr, found.complete)
+
+    def _missing(self, argv: list[str], detail: str) -> MissingCommand:
+        return MissingCommand(
+            f"コンテナ {self.name} で {argv[0]} を実行できません: {detail}",
+            "PostgreSQL のクライアントツール（pg_dump, pg_restore, psql）が入った DB のコンテナを "
+            "DB_CONTAINER に指定",
+        )
+
+    def _exec(
+        self,
+        argv: list[str],
+        shown: list[str],
+        environment: dict[str, str] | None,
+        stdin: Iterable[bytes] | None,
+        on_stdout: Callable[[bytes], None] | None,
+        user: str,
+    ) -> ExecResult:
         try:
             exec_id = self.api.exec_create(
                 self.model.id,
@@ -211,6 +275,10 @@ class Container:
             if len(stderr_tail) > STDERR_KEEP:
                 del stderr_tail[: len(stderr_tail) - STDERR_KEEP]
 
+        dropping = drop_seam().choose(shown)
+        if dropping is not None:  # the tests' lost output (module docstring)
+            deliver_stdout, deliver_stderr = dropping.wrap(deliver_stdout, deliver_stderr)
+
         if stdin is None:
             stream = self.api.exec_start(exec_id, stream=True, demux=True)
             for out, err in stream:
@@ -221,14 +289,11 @@ class Container:
         else:
             self._exec_with_stdin(exec_id, stdin, deliver_stdout, deliver_stderr)
         exit_code = self._exit_code(exec_id)
+        if dropping is not None:
+            dropping.finish()
         if exit_code in (126, 127) and head.startswith(b"OCI runtime exec failed"):
             # not the command's failure: it never ran (not installed, not executable)
-            raise RunbookError(
-                f"コンテナ {self.name} で {argv[0]} を実行できません: "
-                f"{head.decode('utf-8', 'replace').strip()}",
-                "PostgreSQL のクライアントツール（pg_dump, pg_restore, psql）が入った DB のコンテナを "
-                "DB_CONTAINER に指定",
-            )
+            raise self._missing(argv, head.decode("utf-8", "replace").strip())
         return ExecResult(exit_code, bytes(collected), stderr_tail.decode("utf-8", "replace"))
 
     def start_detached(self, argv: list[str], environment: dict[str, str] | None = None) -> None:
@@ -307,9 +372,20 @@ class Container:
             )
         return RunbookError(f"コンテナ {self.name!r} でコマンドを実行できません: {error.explanation}")
 
-    def run(self, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult:
-        """Run a short command and collect its output."""
-        return self.exec(argv, environment=environment)
+    def run(self, argv: list[str], environment: dict[str, str] | None = None, *,
+            retry: bool = True) -> ExecResult:
+        """Run a short command, framed, and collect its whole output: a lost answer
+        is asked again (``retry``: the command runs again, so only for reads and
+        commands that may run twice), then LostAnswer. Never an empty answer for a
+        lost one; the exit code is the command's."""
+
+        def ask() -> ExecResult:
+            result = self.exec_framed(argv, environment=environment)
+            if not result.complete:
+                raise lost_answer(self.name, argv[0])
+            return result
+
+        return answered(ask, TRIES if retry else 1)
 
     # ---- archives ---------------------------------------------------------------
     def put_file(
@@ -416,3 +492,92 @@ class _IterableReader(io.RawIOBase):
         target[:size] = self._buffer[:size]
         self._buffer = self._buffer[size:]
         return size
+
+
+# ---- the tests' fault seam (module docstring) ---------------------------------------------
+
+DROP_OUTPUT = "PGRUNBOOK_TEST_DROP_OUTPUT"
+DROP_MATCH = "PGRUNBOOK_TEST_DROP_MATCH"
+DROP_NTH = "PGRUNBOOK_TEST_DROP_NTH"
+DROP_KIND = "PGRUNBOOK_TEST_DROP_KIND"
+DROP_SEED = "PGRUNBOOK_TEST_DROP_SEED"
+DROP_LOG = "PGRUNBOOK_TEST_DROP_LOG"
+DROP_VARIABLES = (DROP_OUTPUT, DROP_MATCH, DROP_NTH, DROP_KIND, DROP_SEED, DROP_LOG)
+
+
+class _Dropping:
+    """One exec's lost output: all of it, or the head or tail of stdout."""
+
+    def __init__(self, kind: str, size: int) -> None:
+        self.kind, self.size = kind, size
+        self._seen = 0
+        self._held = bytearray()
+        self._deliver: Callable[[bytes], None] = lambda _data: None
+
+    def wrap(self, stdout: Callable[[bytes], None], stderr: Callable[[bytes], None]
+             ) -> tuple[Callable[[bytes], None], Callable[[bytes], None]]:
+        self._deliver = stdout
+        if self.kind == "head":
+            return self._head, stderr
+        if self.kind == "tail":
+            return self._tail, stderr
+        return (lambda _data: None), (lambda _data: None)
+
+    def _head(self, data: bytes) -> None:
+        skip = max(0, min(len(data), self.size - self._seen))
+        self._seen += len(data)
+        if data[skip:]:
+            self._deliver(data[skip:])
+
+    def _tail(self, data: bytes) -> None:
+        self._held.extend(data)
+        if len(self._held) > self.size:
+            self._deliver(bytes(self._held[: len(self._held) - self.size]))
+            del self._held[: len(self._held) - self.size]
+
+    def finish(self) -> None:
+        self._held.clear()  # the tail never arrives
+
+
+class DropSeam:
+    """Which execs lose their output (``PGRUNBOOK_TEST_DROP_*``); inactive when unset."""
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        self.rate = float(environ.get(DROP_OUTPUT) or 0)
+        self.match = re.compile(environ[DROP_MATCH]) if environ.get(DROP_MATCH) else None
+        self.nth = {int(n) for n in (environ.get(DROP_NTH) or "").split(",") if n.strip().isdigit()}
+        kind, _, size = (environ.get(DROP_KIND) or "all").partition(":")
+        self.kind, self.size = kind, int(size or 0)
+        self.random = random.Random(environ.get(DROP_SEED) or None)
+        self.log = environ.get(DROP_LOG) or ""
+        self.active = self.rate > 0 or bool(self.nth)
+        self.seen = 0
+        self.lock = threading.Lock()
+
+    def choose(self, argv: list[str]) -> _Dropping | None:
+        if not self.active:
+            return None
+        line = " ".join(argv).replace("\n", " ")
+        if self.match and not self.match.search(line):
+            return None
+        with self.lock:
+            self.seen += 1
+            number = self.seen
+            drop = number in self.nth if self.nth else self.random.random() < self.rate
+            if drop and self.log:
+                with open(self.log, "a", encoding="utf-8") as handle:
+                    handle.write(f"{os.getpid()}\t{number}\t{self.kind}\t{line[:300]}\n")
+        return _Dropping(self.kind, self.size) if drop else None
+
+
+_seam: tuple[tuple[str | None, ...], DropSeam] | None = None
+
+
+def drop_seam() -> DropSeam:
+    """The seam as the environment sets it now (read again only when it changed)."""
+    global _seam
+    key = tuple(os.environ.get(name) for name in DROP_VARIABLES)
+    if _seam is None or _seam[0] != key:
+        _seam = (key, DropSeam({name: value for name, value in zip(DROP_VARIABLES, key, strict=True)
+                                if value is not None}))
+    return _seam[1]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import Settings
 from pgrunbook.infra.container import Container, ExecResult
+from pgrunbook.infra.framing import MARK, Frame, answered, lost_answer
 
 FIELD = "\x1f"
 RECORD = "\x1e"
@@ -55,10 +56,15 @@ class TableCount:
         return {"schema": self.schema, "name": self.name, "rows": self.rows}
 
 
-def explain_failure(stderr: str, settings: Settings, database: str | None = None) -> RunbookError:
+def explain_failure(stderr: str, settings: Settings, database: str | None = None,
+                    exit_code: int | None = None) -> RunbookError:
     """Turn libpq/pg_dump's stderr into the operator's one line."""
     database = database or settings.db_name
     text = stderr.strip()
+    if not text:  # the engine lost it too (framing.py): the exit code is all there is
+        code = f"（終了コード {exit_code}、エラーの出力は届きませんでした）" if exit_code is not None else ""
+        return RunbookError(f"PostgreSQL のコマンドが失敗しました{code}",
+                            "サーバーのログ（docker logs）を確認して再実行")
     if "password authentication failed" in text or "no password supplied" in text:
         return RunbookError(
             f"DB ユーザー {settings.db_user} のパスワード認証に失敗しました",
@@ -198,10 +204,27 @@ class Postgres:
         stdin: Iterable[bytes] | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
         environment: dict[str, str] | None = None,
+        framed: bool = False,
     ) -> ExecResult:
+        """A tool as DB_USER. ``framed``: its output in a frame (framing.py), the
+        result's ``complete`` False when the answer was lost (see ``read``)."""
         env = dict(self.environment)
         env.update(environment or {})
-        return self.container.exec(argv, environment=env, stdin=stdin, on_stdout=on_stdout)
+        run = self.container.exec_framed if framed else self.container.exec
+        return run(argv, environment=env, stdin=stdin, on_stdout=on_stdout)
+
+    def read(self, argv: list[str], stdin: Callable[[], Iterable[bytes]] | None = None) -> ExecResult:
+        """A tool whose output is read (pg_restore --list), framed: its whole output,
+        asked again when the answer was lost (``stdin`` makes its input anew for
+        each try), then LostAnswer. A failed command is a result, not retried."""
+
+        def ask() -> ExecResult:
+            result = self.run(argv, stdin=stdin() if stdin else None, framed=True)
+            if not result.complete:
+                raise lost_answer(self.container.name, argv[0])
+            return result
+
+        return answered(ask)
 
     def psql_argv(self, database: str | None = None) -> list[str]:
         return [
@@ -210,23 +233,43 @@ class Postgres:
         ]
 
     def query(self, sql: str, database: str | None = None) -> list[list[str]]:
+        """The rows of a read, whole: framed (framing.py), asked again when the answer
+        was lost, then one line (LostAnswer); never an empty list for a lost answer.
+        The SQL may run more than once: reads, and statements whose repetition is
+        harmless (pg_terminate_backend); anything else goes through ``execute``."""
         argv = self.psql_argv(database) + ["-A", "-t", "-F", FIELD, "-R", RECORD, "-c", sql]
-        result = self.run(argv)
-        if not result.ok:
-            raise explain_failure(result.stderr, self.settings, database)
-        text = result.stdout.decode("utf-8", "replace")
+
+        def ask() -> ExecResult:
+            result = self.run(argv, framed=True)
+            if not result.complete:
+                raise lost_answer(self.container.name, "psql")
+            if not result.ok:
+                raise explain_failure(result.stderr, self.settings, database, result.exit_code)
+            return result
+
+        text = answered(ask).stdout.decode("utf-8", "replace")
         if text.endswith("\n"):
             text = text[:-1]
         return [record.split(FIELD) for record in text.split(RECORD) if record != ""]
 
+    def value(self, sql: str, database: str | None = None) -> str:
+        """The one value of a query that returns one row (an aggregate, a json_build_object)."""
+        rows = self.query(sql, database)
+        if len(rows) != 1 or not rows[0]:
+            raise RunbookError(f"PostgreSQL の応答が想定と違います（{len(rows)} 行）: {sql.split()[0:4]}",
+                               "サーバーのログ（docker logs）を確認して再実行")
+        return rows[0][0]
+
     def execute(self, sql: str, database: str | None = None) -> None:
+        """A statement with side effects: run once, never again on a lost answer (the
+        exit code says whether it succeeded; a caller that must know more reads)."""
         result = self.run(self.psql_argv(database) + ["-c", sql])
         if not result.ok:
-            raise explain_failure(result.stderr, self.settings, database)
+            raise explain_failure(result.stderr, self.settings, database, result.exit_code)
 
     def facts(self, database: str) -> ServerFacts:
         """The server's version and data directory and ``database``'s facts, one query."""
-        raw = json.loads(self.query(FACTS % quote_literal(database), "postgres")[0][0])
+        raw = json.loads(self.value(FACTS % quote_literal(database), "postgres"))
         found = raw.get("database")
         facts = None
         if found:
@@ -247,11 +290,11 @@ class Postgres:
         return ServerFacts(raw["version"], raw.get("data_directory"), facts, kit_user)
 
     def server_version(self) -> str:
-        return self.query("SHOW server_version")[0][0]
+        return self.value("SHOW server_version")
 
     def tool_version(self, tool: str) -> str:
         result = self.container.run([tool, "--version"])
-        if not result.ok:
+        if not result.ok or not result.stdout.strip():
             raise RunbookError(
                 f"コンテナ {self.container.name} に {tool} がありません",
                 "PostgreSQL のクライアントツールが入ったコンテナを DB_CONTAINER に指定",
@@ -303,6 +346,7 @@ class SnapshotSession:
         self._result: ExecResult | None = None
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="snapshot-session", daemon=True)
+        self._end = f"{MARK}:{Frame().nonce}:end"
 
     def _statements(self) -> Iterator[bytes]:
         timeout = quote_literal(self.pg.settings.dump_lock_wait_timeout)
@@ -316,7 +360,8 @@ class SnapshotSession:
         if self._abort:
             yield b"ROLLBACK;\n"
             return
-        yield (TABLE_ROW_COUNTS.strip() + ";\nCOMMIT;\n").encode()
+        # the end mark: the counts are whole only when it arrived after them
+        yield (TABLE_ROW_COUNTS.strip() + f";\nCOMMIT;\nSELECT '{self._end}';\n").encode()
 
     def _on_stdout(self, data: bytes) -> None:
         self._output.extend(data)
@@ -336,17 +381,37 @@ class SnapshotSession:
         finally:
             self._started.set()
 
+    # psql answers the snapshot query in milliseconds; nothing by then means the
+    # engine lost that answer (the session waits for its next statement meanwhile)
+    SNAPSHOT_WAIT = 15.0
+
+    @classmethod
+    def opened(cls, pg: Postgres) -> tuple[SnapshotSession, str]:
+        """A started session and its snapshot id; a session whose answer was lost is
+        rolled back and another one opened (framing.answered)."""
+
+        def ask() -> tuple[SnapshotSession, str]:
+            session = cls(pg)
+            return session, session.start()
+
+        return answered(ask)
+
     def start(self) -> str:
         """Open the transaction; return the snapshot id for pg_dump --snapshot."""
         self._thread.start()
-        self._started.wait()
+        if not self._started.wait(self.SNAPSHOT_WAIT):
+            self.abort()
+            raise lost_answer(self.pg.container.name, "psql（スナップショットの取得）")
         if self._snapshot is None:
             self._release.set()
             self._thread.join()
             if self._failure:
                 raise self._failure
             stderr = self._result.stderr if self._result else ""
-            raise explain_failure(stderr, self.pg.settings)
+            if self._result is not None and self._result.ok:  # ended well, said nothing: lost
+                raise lost_answer(self.pg.container.name, "psql（スナップショットの取得）")
+            raise explain_failure(stderr, self.pg.settings,
+                                  exit_code=self._result.exit_code if self._result else None)
         return self._snapshot
 
     def release(self) -> None:
@@ -368,6 +433,9 @@ class SnapshotSession:
             raise explain_failure(self._result.stderr, self.pg.settings)
         text = self._output.decode("utf-8", "replace")
         after = text.split(self._snapshot or "", 1)[-1]
+        if not after.rstrip("\n").endswith(self._end):
+            raise lost_answer(self.pg.container.name, "psql（行数）")
+        after = after.rstrip("\n")[: -len(self._end)]
         found = []
         for record in re.split(r"[\x1e\n]", after):
             fields = record.split(FIELD)

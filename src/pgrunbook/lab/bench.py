@@ -285,8 +285,11 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
 
 
 def _psql(container: Container, sql: str, database: str = "app") -> str:
-    result = container.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", USER, "-d", database,
-                             "-A", "-t", "-c", sql])
+    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", USER, "-d", database, "-A", "-t", "-c", sql]
+    # a read is framed and asked again when the engine lost its answer (framing.py);
+    # a write's answer is its exit code
+    reads = sql.lstrip().upper().startswith(("SELECT", "SHOW"))
+    result = container.run(argv) if reads else container.exec(argv)
     if not result.ok:
         raise RuntimeError(result.stderr)
     return result.stdout.decode().strip()

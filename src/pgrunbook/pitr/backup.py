@@ -14,9 +14,9 @@ from pgrunbook.pitr.pgbackrest import (
     BACKUP_TYPES,
     archive_settings,
     backup_commands,
-    backup_sets,
     check_archiving,
     live_server,
+    repository_backups,
     require_stanza,
     run_pgbackrest,
     stanza_lock,
@@ -36,8 +36,11 @@ def pitr_backup(settings: Settings, kind: str, dry_run: bool, console: Console) 
     with worklog.recorded(settings.worklog_path, entry, console.redact), stanza_lock(settings, "pitr-backup"):
         container, pg = live_server(settings)
         check_archiving(archive_settings(pg), stanza, console)
+        before = {item.label for item in repository_backups(container, settings, stanza, console, "backup")}
         output = run_pgbackrest(container, settings, stanza, [f"--type={kind}", "backup"], console, "backup")
         label = output.value(r"new backup label = (\S+)")
+        if not output.complete:  # made (exit code 0), its log lost: the repository names it
+            label = _new_label(container, settings, stanza, console, before)
         if not label:
             raise RunbookError("pgBackRest のバックアップのラベルが出力にありません",
                                f"invoke pitr-status --env={settings.env} と pgbackrest info で確認")
@@ -56,12 +59,21 @@ def _refresh_backup_metrics(container: Container, settings: Settings, stanza: st
     """The repository's base backups for the metrics (before the work-log line rewrites
     METRICS_FILE); a failure here is a warning, the backup is made."""
     try:
-        info = run_pgbackrest(container, settings, stanza, ["--output=json", "info"], console,
-                              "backup", quiet=True)
+        sets = repository_backups(container, settings, stanza, console, "backup")
     except RunbookError as error:
         console.warn(f"pgbackrest info を読めませんでした（メトリクスは次の pitr-status で更新）: "
                      f"{error.message}")
         return
-    observation.record_backups(settings, backup_sets(info.json_line(), stanza), console)
+    observation.record_backups(settings, sets, console)
+
+
+def _new_label(container: Container, settings: Settings, stanza: str, console: Console,
+               before: set[str]) -> str | None:
+    """The one base backup the repository has now and had not before the run."""
+    console.warn("pgBackRest の出力が届きませんでした（終了コード 0）。"
+                 "リポジトリの一覧で新しいバックアップを確かめます")
+    new = [item.label for item in repository_backups(container, settings, stanza, console, "backup")
+           if item.label not in before]
+    return new[-1] if len(new) == 1 else None
 
 

@@ -41,7 +41,8 @@ from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
-from pgrunbook.infra.container import Container, ExecResult
+from pgrunbook.infra.container import Container, ExecResult, MissingCommand
+from pgrunbook.infra.framing import answered, lost_answer
 from pgrunbook.infra.postgres import (
     Postgres,
 )
@@ -186,6 +187,7 @@ class Output:
 
     exit_code: int
     text: str
+    complete: bool = True  # False: the engine lost the output (framing.py); the exit code stands
 
     def error_line(self) -> str:
         found = pgbackrest_error(self.text)
@@ -249,19 +251,40 @@ def run_pgbackrest(container: Container, settings: Settings, stanza: str, args: 
 
     environment = {"PGUSER": settings.db_user, **settings.password_environment()}
     try:
-        result: ExecResult = container.exec(
+        result: ExecResult = container.exec_framed(
             ["pgbackrest", f"--stanza={stanza}", *args], environment=environment,
             on_stdout=on_stdout, user="postgres",
         )
-    except RunbookError as error:
-        if "pgbackrest を実行できません" in error.message:
-            raise _no_pgbackrest(container) from None
-        raise
-    output = Output(result.exit_code, buffer.decode("utf-8", "replace") + "\n" + result.stderr)
+    except MissingCommand:
+        raise _no_pgbackrest(container) from None
+    output = Output(result.exit_code, buffer.decode("utf-8", "replace") + "\n" + result.stderr,
+                    result.complete)
     if not result.ok:
-        line = output.error_line()
+        line = (output.error_line() if result.complete
+                else f"終了コード {result.exit_code}（出力は届きませんでした）")
         raise RunbookError(f"pgBackRest の {what} が失敗しました: {line}", _hint_for(what, line, settings))
     return output
+
+
+def repository_backups(container: Container, settings: Settings, stanza: str, console: Console,
+                       what: str) -> list[BackupSet]:
+    """The stanza's base backups from ``pgbackrest info --output=json``, read whole:
+    asked again when the engine lost the answer (framing.py), never read as "none"."""
+
+    def ask() -> list[BackupSet]:
+        info = run_pgbackrest(container, settings, stanza, ["--output=json", "info"], console, what,
+                              quiet=True)
+        if not info.complete:
+            raise lost_answer(container.name, "pgbackrest info")
+        try:
+            json.loads(info.json_line())
+        except ValueError:
+            by_hand = _pgbackrest_line(settings, "--output=json", "info")
+            raise RunbookError(f"pgbackrest info の出力を読めません: {info.json_line()[:120]}",
+                               f"手で確かめる: {by_hand}") from None
+        return backup_sets(info.json_line(), stanza)
+
+    return answered(ask)
 
 
 def _no_pgbackrest(container: Container) -> RunbookError:
@@ -274,7 +297,7 @@ def _no_pgbackrest(container: Container) -> RunbookError:
 def pgbackrest_version(container: Container) -> str:
     try:
         result = container.run(["pgbackrest", "version"])
-    except RunbookError:
+    except MissingCommand:
         raise _no_pgbackrest(container) from None
     if not result.ok:
         raise _no_pgbackrest(container)

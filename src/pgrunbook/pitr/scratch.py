@@ -35,8 +35,8 @@ from pgrunbook.pitr.pgbackrest import (
     SCRATCH_LABEL,
     SOCKET_DIRECTORIES,
     SOURCE_LABEL,
-    backup_sets,
     live_server,
+    repository_backups,
     require_stanza,
     restore_commands,
     run_pgbackrest,
@@ -344,9 +344,7 @@ def restore_scratch(settings: Settings, target: datetime, console: Console, task
             done = helper_container.run(argv)
             if not done.ok:
                 raise RunbookError(f"検証用のデータディレクトリを用意できません: {done.error_text()}")
-        info = run_pgbackrest(helper_container, settings, stanza, ["--output=json", "info"], console,
-                              "restore", quiet=True)
-        sets = backup_sets(info.json_line(), stanza)
+        sets = repository_backups(helper_container, settings, stanza, console, "restore")
         usable = [item for item in sets if item.stopped < target]
         if not sets:
             raise RunbookError(f"スタンザ {stanza} にベースバックアップがありません",

@@ -18,11 +18,10 @@ from pgrunbook.infra.postgres import (
 )
 from pgrunbook.pitr.pgbackrest import (
     BackupSet,
-    backup_sets,
     live_server,
     pgbackrest_error,
+    repository_backups,
     require_stanza,
-    run_pgbackrest,
     server_time,
 )
 
@@ -167,9 +166,7 @@ def pitr_status(settings: Settings, max_age: timedelta, backup_max_age: timedelt
         failure = archiving_failure(env, stanza, state, reason)
         if failure:
             return replace(failure, state=state)
-        info = run_pgbackrest(container, settings, stanza, ["--output=json", "info"], console, "status",
-                              quiet=True)
-        backups = backup_sets(info.json_line(), stanza)
+        backups = repository_backups(container, settings, stanza, console, "status")
     except RunbookError as error:
         return Status(2, f"CRITICAL {status_label(env, stanza)}: {error.one_line().removeprefix('エラー: ')}",
                       state=state)

@@ -40,7 +40,7 @@ from pgrunbook.restore.databases import (
     parse_mark,
 )
 from pgrunbook.restore.source import Source
-from pgrunbook.restore.staging import RestoreOptions, check_free_space
+from pgrunbook.restore.staging import NoSpace, RestoreOptions, check_free_space
 from pgrunbook.store import select
 
 ROLE = "prestaged"
@@ -154,7 +154,7 @@ def make_room(pg: Postgres, settings: Settings, facts: ServerFacts, source: Sour
         return
     try:
         check_free_space(pg, facts, source, archive_inside=False)
-    except RunbookError:
+    except NoSpace:
         for old in older:
             console.step(f"空きを作るため、置き換えられる古い事前展開 DB {old.name} を先に削除")
             drop_kit_database(pg, old.name)

@@ -15,6 +15,7 @@ from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.files import HashingReader
 from pgrunbook.core.settings import Settings
+from pgrunbook.infra.container import MissingCommand
 from pgrunbook.infra.postgres import (
     Postgres,
     ServerFacts,
@@ -109,7 +110,7 @@ def check_free_space(pg: Postgres, facts: ServerFacts, source: Source, archive_i
     places = [data_directory] + (["/tmp"] if archive_inside else [])
     try:
         result = pg.container.run(["df", "-Pk", *places])
-    except RunbookError:  # no df in the image: the check is skipped, as without privileges
+    except MissingCommand:  # no df in the image: the check is skipped, as without privileges
         return
     if not result.ok:
         return

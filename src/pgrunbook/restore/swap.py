@@ -21,6 +21,7 @@ from pgrunbook.core import faults
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.worklog import Entry
 from pgrunbook.infra.archive import major_version
+from pgrunbook.infra.framing import LostAnswer
 from pgrunbook.infra.postgres import DatabaseFacts, Postgres, quote_ident, quote_literal
 from pgrunbook.store import drift
 
@@ -194,6 +195,10 @@ def swap_databases(
         raise
     text = result.stdout.decode("utf-8", "replace") + result.stderr
     verdict = next((v for v in VERDICTS if f"pgrunbook:verdict:{v}" in text), "")
+    if not verdict and result.exit_code == 0:
+        # the script gave a verdict (it exits 0 only then) and the engine lost it:
+        # the server says what happened (framed reads), the swap is never run again
+        verdict, text = verdict_from_server(pg, live, incoming, outgoing)
     outcome = SwapOutcome(verdict, text)
     if verdict == "swapped":
         return
@@ -216,6 +221,23 @@ def swap_databases(
                            f"{outcome.errors()}")
     raise RunbookError(f"名前の切り替えの結果が分かりません: {outcome.errors() or result.stderr}",
                        f"invoke restore-recover --env={pg.settings.env} で状態を確認")
+
+
+def verdict_from_server(pg: Postgres, live: str, incoming: str, outgoing: str) -> tuple[str, str]:
+    """The finished script's verdict when its output was lost, from the server: the
+    swap committed, or the live database is open again (or still closed). What the
+    server said on the way is lost; the verdict is not."""
+    lost = "（切り替えスクリプトの出力は届きませんでした。結果はサーバーに問い合わせて確かめました）"
+    committed = swap_committed(pg, incoming, outgoing)
+    if committed:
+        return "swapped", lost
+    if committed is None:
+        return "", lost
+    prepared = pg.value("SELECT count(*) FROM pg_prepared_xacts "
+                        f"WHERE database = {quote_literal(live)}", "postgres")
+    if prepared != "0":
+        return "refused-prepared", f"pgrunbook:prepared:{prepared}\n{lost}"
+    return ("still-closed" if live_closed(pg, live) else "reopened"), lost
 
 
 # "gone" (no folder), "running" (its shell is alive) or "stale": a folder whose
@@ -245,6 +267,8 @@ def wait_for_script(pg: Postgres, work_dir: str, limit: float = 120) -> str:
     while time.monotonic() < deadline:
         try:
             state = script_state(pg, work_dir)
+        except LostAnswer:
+            state = ""  # the engine lost the answer (framing.py): ask again
         except Exception:  # noqa: BLE001 - the engine is gone: nothing to wait for
             return "gone"
         if state == "running":
