@@ -40,6 +40,7 @@ from helpers import (
     NOT_APPLICABLE,
     PASSWORD,
     Cli,
+    LostOutputs,
     Servers,
     cron_available,
     databases,
@@ -126,6 +127,12 @@ def age_keys(tmp_path_factory):
 
     return make_keys(tmp_path_factory.mktemp("keys"))
 
+
+@pytest.fixture
+def lost_outputs(tmp_path) -> LostOutputs:
+    """The engine losing exec outputs (the seam in infra/container.py): aim it with
+    lost_outputs.env(rate=0.1 | match=... nth=... kind=...), see what it dropped."""
+    return LostOutputs(tmp_path / "lost-outputs.log")
 
 @pytest.fixture
 def cron_daemon(tmp_path):

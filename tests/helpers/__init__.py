@@ -571,3 +571,40 @@ PITR_SCHEDULE = {  # pgBackRest's user guide: full weekly, differential on the o
 
 def cron_jobs(lines: list[str]) -> list[str]:
     return [line for line in lines if line[:1].isdigit() or line.startswith("*")]
+
+
+# ---- the lost-output seam (infra/container.py), as the tests aim it -------------------
+
+
+@dataclass
+class LostOutputs:
+    """The engine's lost outputs, played by the seam in Container.exec. ``env(...)`` is
+    for the CLI (cli(..., env=...)) or monkeypatch.setenv; ``dropped()`` tells which
+    execs lost their output (one line each: pid, number, kind, command line)."""
+
+    log: Path
+
+    def env(self, rate: float | None = None, match: str | None = None, nth: str | None = None,
+            kind: str | None = None, seed: int | None = None) -> dict[str, str]:
+        values = {"PGRUNBOOK_TEST_DROP_OUTPUT": None if rate is None else str(rate),
+                  "PGRUNBOOK_TEST_DROP_MATCH": match, "PGRUNBOOK_TEST_DROP_NTH": nth,
+                  "PGRUNBOOK_TEST_DROP_KIND": kind,
+                  "PGRUNBOOK_TEST_DROP_SEED": None if seed is None else str(seed),
+                  "PGRUNBOOK_TEST_DROP_LOG": str(self.log)}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def dropped(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def clear(self) -> None:
+        self.log.unlink(missing_ok=True)
+
+
+def one_clean_line(result) -> str:
+    """A refusal as the operator sees it: a nonzero exit, no traceback, one Japanese line."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr and "Error:" not in result.stderr.replace("エラー:", ""), \
+        result.stderr
+    line = last_line(result.stderr)
+    assert line.startswith("エラー: "), result.stderr
+    return line

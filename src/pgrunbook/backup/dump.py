@@ -376,7 +376,9 @@ def write_dump(pg: Postgres, settings: Settings, job: DumpJob,
         result = None
         application = f"pgrunbook-{uuid.uuid4().hex[:12]}"
         try:
-            result = pg.run(argv, on_stdout=stream, environment={"PGAPPNAME": application})
+            # framed (framing.py): a start or an end of the stream that the engine
+            # lost takes a mark with it, so a cut archive is never kept
+            result = pg.run(argv, on_stdout=stream, environment={"PGAPPNAME": application}, framed=True)
         except _HostWriteFailed as failure:
             console.clear_progress()
             raise host_write_error(failure.error, final.parent, settings.env, stream.size) from None
@@ -391,6 +393,11 @@ def write_dump(pg: Postgres, settings: Settings, job: DumpJob,
         console.clear_progress()
         if not result.ok:
             raise _dump_failure(result.exit_code, result.stderr, settings, tool)
+        if not result.complete:
+            raise RunbookError(
+                f"{tool} の出力が途中で失われました（{human_size(stream.size)} 受信、終了コード 0。"
+                "Docker Engine が出力を落とす既知の不具合）。作成途中のファイルは削除しました",
+                "ホストの負荷が下がってから再実行")
         for line in result.stderr.splitlines():
             if line.strip():
                 console.warn(f"{tool}: {line.strip()}")

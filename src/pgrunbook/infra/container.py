@@ -16,7 +16,8 @@ p (``1``: every exec), after the command really ran, its exit code kept:
 * ``PGRUNBOOK_TEST_DROP_NTH=2,5``: exactly the 2nd and 5th matching exec of the
   process (then p is not needed);
 * ``PGRUNBOOK_TEST_DROP_KIND``: ``all`` (stdout and stderr, the default),
-  ``head:<bytes>`` or ``tail:<bytes>`` (that much of the start or end of stdout);
+  ``head:<bytes>`` or ``tail:<bytes>`` (that much of the start or end of stdout),
+  ``after:<bytes>`` (all of stdout after its first bytes: a session's end);
 * ``PGRUNBOOK_TEST_DROP_SEED``: the random choice repeatable;
 * ``PGRUNBOOK_TEST_DROP_LOG=<file>``: a line per dropped exec (what a test observes).
 """
@@ -521,6 +522,8 @@ class _Dropping:
             return self._head, stderr
         if self.kind == "tail":
             return self._tail, stderr
+        if self.kind == "after":
+            return self._after, stderr
         return (lambda _data: None), (lambda _data: None)
 
     def _head(self, data: bytes) -> None:
@@ -528,6 +531,12 @@ class _Dropping:
         self._seen += len(data)
         if data[skip:]:
             self._deliver(data[skip:])
+
+    def _after(self, data: bytes) -> None:
+        keep = max(0, min(len(data), self.size - self._seen))
+        self._seen += len(data)
+        if keep:
+            self._deliver(data[:keep])
 
     def _tail(self, data: bytes) -> None:
         self._held.extend(data)
@@ -566,7 +575,8 @@ class DropSeam:
             drop = number in self.nth if self.nth else self.random.random() < self.rate
             if drop and self.log:
                 with open(self.log, "a", encoding="utf-8") as handle:
-                    handle.write(f"{os.getpid()}\t{number}\t{self.kind}\t{line[:300]}\n")
+                    shown = re.sub(r"[\x00-\x1f\x7f]", lambda c: f"\\x{ord(c.group()):02x}", line[:300])
+                    handle.write(f"{os.getpid()}\t{number}\t{self.kind}\t{shown}\n")
         return _Dropping(self.kind, self.size) if drop else None
 
 

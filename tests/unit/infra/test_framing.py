@@ -100,7 +100,8 @@ def test_the_seam_is_off_unless_set_and_aims_by_pattern_and_count(tmp_path):
     assert 120 < dropped < 280
 
 
-@pytest.mark.parametrize(("kind", "expected"), [("all", b""), ("head:3", b"defgh"), ("tail:3", b"abcde")])
+@pytest.mark.parametrize(("kind", "expected"), [("all", b""), ("head:3", b"defgh"), ("tail:3", b"abcde"),
+                                                ("after:3", b"abc")])
 def test_the_seam_drops_all_or_the_head_or_the_tail_of_stdout(kind, expected):
     seam = DropSeam({"PGRUNBOOK_TEST_DROP_OUTPUT": "1", "PGRUNBOOK_TEST_DROP_KIND": kind})
     dropping = seam.choose(["pg_dump"])
