@@ -7,6 +7,9 @@ runs after a SIGKILL, no ``finally`` and no cleanup: exactly what an operator's
 ``kill -9``, an OOM kill or a power cut does. ``PGRUNBOOK_TEST_KILL_SIGNAL=TERM``
 (or INT, HUP) sends that signal instead: Ctrl-C, cron or a shutdown at that
 stage. Unset, this costs one lookup.
+
+The engine's lost outputs (an exec whose output never arrives) have a seam of
+their own where they happen, in infra/container.py (``PGRUNBOOK_TEST_DROP_*``).
 """
 
 from __future__ import annotations

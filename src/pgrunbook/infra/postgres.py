@@ -256,7 +256,8 @@ class Postgres:
         """The one value of a query that returns one row (an aggregate, a json_build_object)."""
         rows = self.query(sql, database)
         if len(rows) != 1 or not rows[0]:
-            raise RunbookError(f"PostgreSQL の応答が想定と違います（{len(rows)} 行）: {sql.split()[0:4]}",
+            raise RunbookError(f"PostgreSQL の応答が想定と違います（{len(rows)} 行）: "
+                               f"{' '.join(sql.split()[:6])} …",
                                "サーバーのログ（docker logs）を確認して再実行")
         return rows[0][0]
 

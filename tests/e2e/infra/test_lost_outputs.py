@@ -13,12 +13,12 @@ import json
 import pytest
 
 from helpers import (
-    PASSWORD,
     backup,
     backup_like_files,
     databases,
     last_line,
     one_clean_line,
+    replace_scenario,
     table_fingerprints,
 )
 from pgrunbook.core.settings import load_settings
@@ -115,12 +115,9 @@ def test_a_lost_table_of_contents_is_asked_again_not_a_backup_without_data(cli, 
     assert len(lost_outputs.dropped()) == 1
 
 
-def test_a_lost_swap_verdict_is_read_from_the_server_not_reported_as_a_failure(cli, pg, target, lost_outputs):
-    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD)
-    dump = backup(cli, "--env=prod")
-    old = table_fingerprints(pg, target)
-    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
-            "('バックアップ後の投票', 1, '賛成', now())", target)
+def test_a_lost_swap_verdict_is_read_from_the_server_not_reported_as_a_failure(
+        cli, pg, target, app_container, lost_outputs):
+    dump, old, live = replace_scenario(cli, pg, target, app_container)
     lost = lost_outputs.env(rate=1, match="pgrunbook:verdict")
     result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=lost)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -132,5 +129,5 @@ def test_a_lost_swap_verdict_is_read_from_the_server_not_reported_as_a_failure(c
     result = cli("restore-rollback", "--env=prod", f"--previous={previous[0]}", "--confirm=prod", env=lost)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(lost_outputs.dropped()) == 2
-    assert table_fingerprints(pg, target) != old  # the row added after the backup is back
+    assert table_fingerprints(pg, target) == live  # the row added after the backup is back
     assert not (cli.backup_dir("prod") / ".restore-in-progress.json").exists()

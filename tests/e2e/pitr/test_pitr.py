@@ -13,6 +13,7 @@ Skipped when the pgBackRest base image is absent (a laptop): build it with
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from helpers import PASSWORD, Cli, last_line, wait_for
@@ -188,3 +189,20 @@ def test_a_hole_in_the_archived_wal_fails_clearly_and_leaves_nothing(engine, hom
     assert not engine.containers.list(all=True, filters={"label": f"pgrunbook.pitr-source={live.name}"})
     assert not engine.volumes.list(filters={"label": f"pgrunbook.pitr-source={live.name}"})
     assert worklog(home)[-1]["result"] == "failed"
+
+
+def test_lost_pgbackrest_outputs_are_read_again_or_from_the_repository(home, live, backed_up, lost_outputs):
+    """The engine loses pgBackRest's output (framing.py): ``info`` is asked again, never read
+    as "no base backups"; a backup whose log was lost takes its label from the repository."""
+    lost = lost_outputs
+    done = home("pitr-status", "--env=prod", env=lost.env(match="^pgbackrest .* info$", nth="1"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert last_line(done.stdout).startswith("OK "), done.stdout
+    assert len(lost.dropped()) == 1
+    done = home("pitr-backup", "--env=prod", "--type=diff",
+                env=lost.env(match="^pgbackrest .* backup$", nth="1"))
+    assert done.returncode == 0, done.stderr
+    label = last_line(done.stdout)
+    assert re.fullmatch(r"\d{8}-\d{6}F_\d{8}-\d{6}D", label), done.stdout + done.stderr
+    assert "リポジトリの一覧で新しいバックアップを確かめます" in done.stderr
+    assert len(lost.dropped()) == 2
