@@ -254,7 +254,7 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
 
     _run = _postgres.Postgres.run
 
-    def run(self, argv, *, stdin=None, on_stdout=None, environment=None):
+    def run(self, argv, *, stdin=None, on_stdout=None, environment=None, **more):
         if argv and argv[0] == "pg_restore":
             options = []
             if "mwm" in variants:
@@ -263,7 +263,7 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
                 options.append("-c synchronous_commit=off")
             if options:
                 environment = {**(environment or {}), "PGOPTIONS": " ".join(options)}
-        return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment)
+        return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment, **more)
 
     _postgres.Postgres.run = run
     if "jobs2" in variants:

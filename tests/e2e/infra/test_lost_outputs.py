@@ -31,6 +31,7 @@ def kit_postgres(cli, pg, env: str = "prod") -> Postgres:
     return Postgres(Container(pg.client, pg.container), load_settings(env, cli.home))
 
 
+@pytest.mark.matrix
 def test_a_lost_answer_of_a_read_is_asked_again_never_read_as_empty(cli, pg, lost_outputs, monkeypatch):
     postgres = kit_postgres(cli, pg)
     for name, value in lost_outputs.env(match="FROM pg_database WHERE datname", nth="1").items():
@@ -80,12 +81,14 @@ def test_a_lost_start_of_the_dump_stream_keeps_no_backup(cli, lost_outputs, kind
     assert backup_like_files(cli.backup_dir("prod")) == [], line
 
 
+@pytest.mark.matrix
 def test_a_lost_end_of_the_dump_stream_keeps_no_backup(cli, lost_outputs):
     result = cli("backup", "--env=prod", env=lost_outputs.env(rate=1, match="^pg_dump ", kind="tail:700"))
     one_clean_line(result)
     assert backup_like_files(cli.backup_dir("prod")) == []
 
 
+@pytest.mark.matrix
 def test_lost_row_counts_are_not_recorded_as_zero_tables(cli, lost_outputs):
     """The snapshot session's counts come at its end: lost, the backup says it has none."""
     result = cli("backup", "--env=prod", env=lost_outputs.env(
