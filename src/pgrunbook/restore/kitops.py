@@ -82,6 +82,11 @@ def restore_rollback(
         return rolled
 
 
+def rollback_command(settings: Settings, previous: str) -> str:
+    """The command that puts ``previous`` (kept by a replace) back as the live database."""
+    return f"invoke restore-rollback --env={settings.env} --previous={previous} --confirm={settings.env}"
+
+
 def kept_lines(kept: KitDatabase) -> list[str]:
     """The confirmation banner's lines for the database a rollback puts back."""
     replaced_by = kept.remark.removeprefix("replaced by ") if kept.remark.startswith("replaced by ") else ""

@@ -44,6 +44,7 @@ from pgrunbook.restore.guards import (
     preflight_replace,
     source_lines,
 )
+from pgrunbook.restore.kitops import rollback_command
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import NoSpace, RestoreOptions, flush_restored_data, restore_into
 from pgrunbook.restore.swap import (
@@ -92,8 +93,7 @@ class Replace:
 
     @property
     def rollback(self) -> str:
-        return (f"invoke restore-rollback --env={self.settings.env} --previous={self.previous} "
-                f"--confirm={self.settings.env}")
+        return rollback_command(self.settings, self.previous)
 
 
 def restore_replace(
