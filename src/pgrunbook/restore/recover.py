@@ -34,6 +34,7 @@ from pgrunbook.infra.container import engine
 from pgrunbook.infra.postgres import Postgres, quote_ident, quote_literal
 from pgrunbook.restore.databases import drop_kit_database, kit_databases
 from pgrunbook.restore.guards import ask_on_stderr
+from pgrunbook.restore.kitops import rollback_command
 from pgrunbook.restore.staging import upload_prefix
 from pgrunbook.restore.swap import wait_for_script
 
@@ -156,44 +157,68 @@ def restore_recover(
                           f"ホスト {record.get('host')} で終わっていると確かめたら "
                           f"{journal.path_of(settings)} を消してから再実行" if other_host else
                           "その作業の終了を待つ。止まっているなら ps で確かめる")
+        swapped = swapped_before_the_interruption(settings, record)
         if record:
             entry.details["interrupted"] = {k: record.get(k) for k in ("task", "stage", "started_at",
                                                                         "operator", "file")}
             console.summary(f"中断された {record.get('task')}: 開始 {record.get('started_at')}、"
                             f"{record.get('operator')}、段階 {record.get('stage')}、"
-                            f"ファイル {record.get('file')}")
-        with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
-                            "restore-recover"):
-            pg = Postgres(discovery.db_container(settings), settings)
-            repairs = find_repairs(settings, pg, record)
-            if not repairs:
-                if record and not dry_run:
-                    journal.Journal(journal.path_of(settings), record).finish()
-                console.summary("修復が必要なものはありません"
-                                + ("（中断の記録を消しました）" if record and not dry_run else ""))
-                return []
-            for repair in repairs:
-                console.summary(f"  - {repair.what}")
-            if dry_run:
-                for repair in repairs:
-                    console.result(repair.manual)
-                return [repair.what for repair in repairs]
-            _confirm(settings, confirm_env, console, ask)
-            done = []
-            for repair in repairs:
-                repair.action()
-                console.step(f"済: {repair.what}")
-                done.append(repair.what)
-            entry.details["repaired"] = done
-            after = pg.facts(settings.db_name).database  # say it only once it is true
-            if after is None or not after.allow_connections:
-                raise RunbookError(
-                    f"修復後も {settings.db_name} が接続を受け付けません（中断の記録は残しています）",
-                    f"手作業: ALTER DATABASE {quote_ident(settings.db_name)} WITH ALLOW_CONNECTIONS true")
-            if record:
+                            f"ファイル {record.get('file')}" + (f"。{swapped}" if swapped else ""))
+        try:
+            return _recover_locked(settings, record, entry, console, confirm_env, dry_run, ask)
+        except RunbookError as error:
+            if not swapped:
+                raise
+            # the operator must not read this as "the replace failed": it is done
+            kind = Refused if isinstance(error, Refused) else RunbookError
+            raise kind(f"{swapped}。修復は途中で止まりました: {error.message}", error.hint,
+                       error.exit_code) from None
+
+
+def swapped_before_the_interruption(settings: Settings, record: dict | None) -> str:
+    """An interrupted replace whose swap had committed (its journal says so): that it is
+    done, where the old data is and the way back; "" for any other run."""
+    if not record or record.get("task") != "restore-replace" or record.get("stage") != "after-swap" \
+            or not record.get("previous"):
+        return ""
+    return (f"中断された置き換えは完了しています（{settings.db_name} は新しい DB、以前の DB は "
+            f"{record['previous']}。元に戻すなら: {rollback_command(settings, record['previous'])}）")
+
+
+def _recover_locked(settings: Settings, record: dict | None, entry: Entry, console: Console,
+                    confirm_env: str | None, dry_run: bool, ask: Callable[[str], str] | None) -> list[str]:
+    with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
+                        "restore-recover"):
+        pg = Postgres(discovery.db_container(settings), settings)
+        repairs = find_repairs(settings, pg, record)
+        if not repairs:
+            if record and not dry_run:
                 journal.Journal(journal.path_of(settings), record).finish()
-            console.summary(f"修復しました（{len(done)} 件）。{settings.db_name} は接続を受け付けます")
-            return done
+            console.summary("修復が必要なものはありません"
+                            + ("（中断の記録を消しました）" if record and not dry_run else ""))
+            return []
+        for repair in repairs:
+            console.summary(f"  - {repair.what}")
+        if dry_run:
+            for repair in repairs:
+                console.result(repair.manual)
+            return [repair.what for repair in repairs]
+        _confirm(settings, confirm_env, console, ask)
+        done = []
+        for repair in repairs:
+            repair.action()
+            console.step(f"済: {repair.what}")
+            done.append(repair.what)
+        entry.details["repaired"] = done
+        after = pg.facts(settings.db_name).database  # say it only once it is true
+        if after is None or not after.allow_connections:
+            raise RunbookError(
+                f"修復後も {settings.db_name} が接続を受け付けません（中断の記録は残しています）",
+                f"手作業: ALTER DATABASE {quote_ident(settings.db_name)} WITH ALLOW_CONNECTIONS true")
+        if record:
+            journal.Journal(journal.path_of(settings), record).finish()
+        console.summary(f"修復しました（{len(done)} 件）。{settings.db_name} は接続を受け付けます")
+        return done
 
 
 def _confirm(settings: Settings, confirm_env: str | None, console: Console,
