@@ -229,14 +229,15 @@ def test_recover_with_a_lost_process_list_never_deletes_an_upload_another_run_is
         cli, pg, target, lost_outputs):
     """Read as "no process", the lost list made another run's upload (no journal here
     names it) look abandoned: restore-recover deleted it under that run's pg_restore."""
-    upload = f"/tmp/pgrunbook-upload-prod-{uuid.uuid4().hex[:12]}"
+    run = uuid.uuid4().hex[:12]
+    upload, pid = f"/tmp/pgrunbook-upload-prod-{run}", f"/tmp/reader-{run}.pid"
     pg.exec(["mkdir", "-p", upload])
     pg.put(b"PGDMP", f"{upload}/other.dump")
     # what a pg_restore -j of another checkout reading it looks like
-    reader = pg.client.api.exec_create(pg.container.id, ["sh", "-c", f'echo $$ > {upload}.pid; '
-                                                          f'exec tail -f {upload}/other.dump'])["Id"]
+    reader = pg.client.api.exec_create(pg.container.id, ["sh", "-c", f"echo $$ > {pid}; "
+                                                          f"exec timeout 300 tail -f {upload}/other.dump"])["Id"]
     pg.client.api.exec_start(reader, detach=True)
-    wait_for(lambda: pg.exec(["test", "-s", f"{upload}.pid"], check=False)[0] == 0, "the reader")
+    wait_for(lambda: pg.exec(["test", "-s", pid], check=False)[0] == 0, "the reader")
     try:
         once = cli("restore-recover", "--env=prod", "--confirm=prod",
                    env=lost_outputs.env(match=PROCESSES, nth="1"))
@@ -253,7 +254,7 @@ def test_recover_with_a_lost_process_list_never_deletes_an_upload_another_run_is
         assert LOST in line, line
         assert pg.exec(["test", "-d", upload], check=False)[0] == 0
     finally:
-        pg.exec(["sh", "-c", f'kill "$(cat {upload}.pid)"; rm -rf {upload} {upload}.pid'], check=False)
+        pg.exec(["sh", "-c", f'kill "$(cat {pid})"; rm -rf {upload} {pid}'], check=False)
 
 
 # ---- the swap's verdict: a stream that ends early -------------------------------------------
