@@ -16,9 +16,10 @@ replace (they are the way back) and scratch databases (an operator's work).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from docker.errors import NotFound
@@ -164,15 +165,38 @@ def restore_recover(
             console.summary(f"中断された {record.get('task')}: 開始 {record.get('started_at')}、"
                             f"{record.get('operator')}、段階 {record.get('stage')}、"
                             f"ファイル {record.get('file')}" + (f"。{swapped}" if swapped else ""))
-        try:
-            return _recover_locked(settings, record, entry, console, confirm_env, dry_run, ask)
-        except RunbookError as error:
-            if not swapped:
-                raise
-            # the operator must not read this as "the replace failed": it is done
-            kind = Refused if isinstance(error, Refused) else RunbookError
-            raise kind(f"{swapped}。修復は途中で止まりました: {error.message}", error.hint,
-                       error.exit_code) from None
+        with said_first(swapped), exclusive_lock(settings.backup_dir, settings.db_container,
+                                                 settings.db_name, "restore-recover"):
+            pg = Postgres(discovery.db_container(settings), settings)
+            repairs = find_repairs(settings, pg, record)
+            if not repairs:
+                if record and not dry_run:
+                    journal.Journal(journal.path_of(settings), record).finish()
+                console.summary("修復が必要なものはありません"
+                                + ("（中断の記録を消しました）" if record and not dry_run else ""))
+                return []
+            for repair in repairs:
+                console.summary(f"  - {repair.what}")
+            if dry_run:
+                for repair in repairs:
+                    console.result(repair.manual)
+                return [repair.what for repair in repairs]
+            _confirm(settings, confirm_env, console, ask)
+            done = []
+            for repair in repairs:
+                repair.action()
+                console.step(f"済: {repair.what}")
+                done.append(repair.what)
+            entry.details["repaired"] = done
+            after = pg.facts(settings.db_name).database  # say it only once it is true
+            if after is None or not after.allow_connections:
+                raise RunbookError(
+                    f"修復後も {settings.db_name} が接続を受け付けません（中断の記録は残しています）",
+                    f"手作業: ALTER DATABASE {quote_ident(settings.db_name)} WITH ALLOW_CONNECTIONS true")
+            if record:
+                journal.Journal(journal.path_of(settings), record).finish()
+            console.summary(f"修復しました（{len(done)} 件）。{settings.db_name} は接続を受け付けます")
+            return done
 
 
 def swapped_before_the_interruption(settings: Settings, record: dict | None) -> str:
@@ -185,40 +209,17 @@ def swapped_before_the_interruption(settings: Settings, record: dict | None) -> 
             f"{record['previous']}。元に戻すなら: {rollback_command(settings, record['previous'])}）")
 
 
-def _recover_locked(settings: Settings, record: dict | None, entry: Entry, console: Console,
-                    confirm_env: str | None, dry_run: bool, ask: Callable[[str], str] | None) -> list[str]:
-    with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
-                        "restore-recover"):
-        pg = Postgres(discovery.db_container(settings), settings)
-        repairs = find_repairs(settings, pg, record)
-        if not repairs:
-            if record and not dry_run:
-                journal.Journal(journal.path_of(settings), record).finish()
-            console.summary("修復が必要なものはありません"
-                            + ("（中断の記録を消しました）" if record and not dry_run else ""))
-            return []
-        for repair in repairs:
-            console.summary(f"  - {repair.what}")
-        if dry_run:
-            for repair in repairs:
-                console.result(repair.manual)
-            return [repair.what for repair in repairs]
-        _confirm(settings, confirm_env, console, ask)
-        done = []
-        for repair in repairs:
-            repair.action()
-            console.step(f"済: {repair.what}")
-            done.append(repair.what)
-        entry.details["repaired"] = done
-        after = pg.facts(settings.db_name).database  # say it only once it is true
-        if after is None or not after.allow_connections:
-            raise RunbookError(
-                f"修復後も {settings.db_name} が接続を受け付けません（中断の記録は残しています）",
-                f"手作業: ALTER DATABASE {quote_ident(settings.db_name)} WITH ALLOW_CONNECTIONS true")
-        if record:
-            journal.Journal(journal.path_of(settings), record).finish()
-        console.summary(f"修復しました（{len(done)} 件）。{settings.db_name} は接続を受け付けます")
-        return done
+@contextlib.contextmanager
+def said_first(state: str) -> Iterator[None]:
+    """A failure inside says ``state`` first (a completed replace must not read as failed)."""
+    try:
+        yield
+    except RunbookError as error:
+        if not state:
+            raise
+        kind = Refused if isinstance(error, Refused) else RunbookError
+        raise kind(f"{state}。修復は途中で止まりました: {error.message}", error.hint,
+                   error.exit_code) from None
 
 
 def _confirm(settings: Settings, confirm_env: str | None, console: Console,
