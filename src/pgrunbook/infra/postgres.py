@@ -42,7 +42,14 @@ def quote_ident(name: str) -> str:
 
 
 def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """A string constant that means ``value`` whatever standard_conforming_strings
+    says: with a backslash in it, an escape string (E'...', backslashes doubled),
+    as the server's own quote_literal() writes it; under the setting off a plain
+    '...' would read a backslash as an escape (and \\' as the end of the literal)."""
+    quoted = value.replace("'", "''")
+    if "\\" in value:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"
 
 
 @dataclass(frozen=True)
