@@ -7,6 +7,12 @@ runs after a SIGKILL, no ``finally`` and no cleanup: exactly what an operator's
 ``kill -9``, an OOM kill or a power cut does. ``PGRUNBOOK_TEST_KILL_SIGNAL=TERM``
 (or INT, HUP) sends that signal instead: Ctrl-C, cron or a shutdown at that
 stage. Unset, this costs one lookup.
+
+``PGRUNBOOK_TEST_PAUSE_AT=<stage>`` with ``PGRUNBOOK_TEST_PAUSE_FILE=<path>``
+holds the run at that stage instead: it creates ``<path>.reached`` and goes on
+once the test has created ``<path>.go`` (a test can then set up what the next
+step meets, e.g. a session or an autovacuum worker, and wait on conditions
+instead of on time).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 VARIABLE = "PGRUNBOOK_TEST_KILL_AT"
 SIGNAL = "PGRUNBOOK_TEST_KILL_SIGNAL"
@@ -37,3 +45,17 @@ def reopen_tries(default: int = 20) -> int:
     each). Tests that hold the DB's catalog row on purpose lower it."""
     value = os.environ.get(REOPEN_TRIES, "")
     return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+PAUSE = "PGRUNBOOK_TEST_PAUSE_AT"
+PAUSE_FILE = "PGRUNBOOK_TEST_PAUSE_FILE"
+
+
+def pause_point(stage: str, limit: float = 600) -> None:
+    if os.environ.get(PAUSE) != stage or not os.environ.get(PAUSE_FILE):
+        return
+    base = os.environ[PAUSE_FILE]
+    Path(base + ".reached").touch()
+    deadline = time.monotonic() + limit
+    while not Path(base + ".go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

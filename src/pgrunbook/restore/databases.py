@@ -98,11 +98,19 @@ def kit_databases(pg: Postgres) -> list[KitDatabase]:
 
 def create_database(pg: Postgres, name: str, comment: str, like: DatabaseFacts | None) -> None:
     """Create a kit database (with the live database's encoding and locale when
-    there is one), marked by its comment. Unmarked, it is dropped at once."""
+    there is one), marked by its comment. Unmarked, it is dropped at once.
+
+    It is owned by the live database's owner when the kit user may act as that
+    role: its ``public`` schema (owned by pg_database_owner from PostgreSQL 15)
+    then lets the owner create in it, as in the live database, so a restore by a
+    user that is not a superuser can give the tables to that owner (``ALTER TABLE
+    ... OWNER TO`` needs the new owner's CREATE on the schema)."""
     options = ""
     if like:
         options = (f" ENCODING {quote_literal(like.encoding)} LC_COLLATE {quote_literal(like.collate)}"
                    f" LC_CTYPE {quote_literal(like.ctype)}")
+        if like.user_owns and like.owner:
+            options = f" OWNER {quote_ident(like.owner)}" + options
     pg.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0{options}", "postgres")
     try:
         pg.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(comment)}", "postgres")

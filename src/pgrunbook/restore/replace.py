@@ -223,6 +223,7 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         summary = _check_staging(run)
         carried = database_level_statements(settings.db_name, run.live)
         flush_restored_data(pg, console)
+        faults.pause_point("apps-stop")
         try:
             append_started(settings.worklog_path, entry, stage="swap")
             run.record.update(stage="apps-stop")

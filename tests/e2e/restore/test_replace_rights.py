@@ -1,0 +1,199 @@
+"""A replace by a DB_USER that is not a superuser, with the rights the runbook
+documents: CREATEDB, membership of the role that owns the database and its
+tables, and pg_signal_backend. It succeeds on every version; what such a user
+cannot end (a superuser's session) is waited out before any app stops, or the
+replace is refused then, and the restored database is kept for the retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from helpers import (
+    PASSWORD,
+    ROOT,
+    allows_connections,
+    backup,
+    databases,
+    log_lines,
+    prestaged,
+    role,
+    start_postgres,
+    table_fingerprints,
+    wait_for,
+)
+
+# the schemas the app made and every table, view and sequence in them (a serial's
+# sequence follows its table) become the owner role's
+OWNED_BY = """
+DO $$DECLARE r record; BEGIN
+  FOR r IN SELECT nspname FROM pg_namespace WHERE nspname IN ('accounting', 'audit') LOOP
+    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, 'OWNER_ROLE');
+  END LOOP;
+  FOR r IN SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname IN ('public', 'accounting', 'audit') AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
+                             AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')) LOOP
+    EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', r.nspname, r.relname, 'OWNER_ROLE');
+  END LOOP;
+END$$
+"""
+
+
+def minimal_rights(cli, pg, database: str, **extra: str) -> tuple[str, str]:
+    """``owner`` owns the database and every table, view and sequence; ``kit`` has
+    CREATEDB, is a member of ``owner`` and holds pg_signal_backend. prod runs as kit."""
+    suffix = uuid.uuid4().hex[:6]
+    owner = role(pg, f"appowner_{suffix}")
+    kit = role(pg, f"kit_{suffix}", f"LOGIN CREATEDB PASSWORD '{PASSWORD}'")
+    pg.psql(f'GRANT "{owner}" TO "{kit}"', "postgres")
+    pg.psql(f'GRANT pg_signal_backend TO "{kit}"', "postgres")
+    pg.psql(f'ALTER DATABASE "{database}" OWNER TO "{owner}"', "postgres")
+    pg.psql(OWNED_BY.replace("OWNER_ROLE", owner), database)
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=database, DB_USER=kit, DB_PASSWORD=PASSWORD, **extra)
+    return owner, kit
+
+
+def table_owners(pg, database: str) -> set[str]:
+    return set(pg.psql("SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c JOIN pg_namespace n "
+                       "ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'accounting', 'audit') "
+                       "AND c.relkind IN ('r', 'v', 'S')",
+                       database).split())
+
+
+@pytest.mark.matrix
+def test_a_replace_by_a_non_superuser_with_the_documented_rights_succeeds(cli, pg, target):
+    owner, _kit = minimal_rights(cli, pg, target)
+    dump = backup(cli, "--env=prod")
+    old = table_fingerprints(pg, target)
+    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES ('後から', 1, '賛成', now())",
+            target)
+    result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    assert result.returncode == 0, result.stderr
+    assert table_fingerprints(pg, target) == old
+    assert table_owners(pg, target) == {owner}
+    assert pg.psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{target}'",
+                   "postgres").strip() == owner
+
+
+def superuser_session(pg, database: str) -> str:
+    """An idle superuser psql on ``database`` (a DBA's), connected before this returns."""
+    name = pg.run_detached("SELECT pg_sleep(600)", database)
+    wait_for(lambda: pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}'",
+                             "postgres").strip() == "1", "the superuser session")
+    return name
+
+
+def end_session(pg, name: str) -> None:
+    pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'",
+            "postgres")
+
+
+def test_a_superuser_session_that_stays_is_refused_before_the_apps_stop_and_staging_is_kept(
+        cli, pg, target, app_container):
+    minimal_rights(cli, pg, target, APP_CONTAINERS=app_container.name, REPLACE_SESSION_WAIT="2s")
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    started = app_container.attrs["State"]["StartedAt"]
+    dba = superuser_session(pg, target)
+    try:
+        refused = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+        assert refused.returncode == 1, refused.stderr
+        assert dba in refused.stderr and "superuser" in refused.stderr, refused.stderr
+        app_container.reload()
+        assert app_container.status == "running" and app_container.attrs["State"]["StartedAt"] == started
+        assert not [line for line in log_lines(cli) if line.get("result") == "started"]
+        assert table_fingerprints(pg, target) == before and allows_connections(pg, target) == "t"
+        [kept] = prestaged(pg, target)  # the restored database, closed, for the retry
+        assert allows_connections(pg, kept) == "f"
+        assert not (cli.backup_dir("prod") / ".restore-in-progress.json").exists()
+    finally:
+        end_session(pg, dba)
+    retried = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env={"PGRUNBOOK_VERBOSE": "1"})
+    assert retried.returncode == 0, retried.stderr
+    assert f"事前展開 DB {kept} を使います" in retried.stderr, retried.stderr
+    assert table_fingerprints(pg, target) == before
+
+
+def test_a_superuser_session_that_ends_while_the_replace_waits_is_waited_out(cli, pg, target, tmp_path):
+    minimal_rights(cli, pg, target, REPLACE_SESSION_WAIT="10m")
+    dump = backup(cli, "--env=prod")
+    dba = superuser_session(pg, target)
+    pause = tmp_path / "pause"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-replace", "--env=prod", f"--file={dump}",
+         "--confirm=prod"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cli.home,
+        env={**os.environ, "PGRUNBOOK_HOME": str(cli.home), "PGRUNBOOK_TEST_PAUSE_AT": "sessions-wait",
+             "PGRUNBOOK_TEST_PAUSE_FILE": str(pause)})
+    try:
+        # the kit is waiting for the session (it has checked once and found it)
+        wait_for(lambda: (tmp_path / "pause.reached").exists() or process.poll() is not None,
+                 "the replace waiting for the superuser session", 120)
+        assert process.poll() is None, process.communicate()
+        end_session(pg, dba)
+        (tmp_path / "pause.go").touch()
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        assert dba in stderr  # named while it was waited for
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        end_session(pg, dba)
+
+
+@pytest.fixture(scope="module")
+def slow_autovacuum(docker_engine):
+    """A server whose autovacuum starts within a second and then crawls (one page per
+    100 ms): a freshly restored database has a worker on it for minutes."""
+    server = start_postgres(docker_engine, f"pgrunbook-test-autovac-{uuid.uuid4().hex[:8]}",
+                            command=["postgres", "-c", "autovacuum_naptime=1", "-c",
+                                     "autovacuum_vacuum_cost_delay=100", "-c", "autovacuum_vacuum_cost_limit=1",
+                                     "-c", "autovacuum_analyze_threshold=0", "-c",
+                                     "autovacuum_analyze_scale_factor=0"])
+    yield server
+    server.container.remove(force=True, v=True)
+
+
+def test_an_autovacuum_worker_on_staging_does_not_stop_a_non_superusers_swap(tmp_path, slow_autovacuum):
+    from helpers import Cli
+
+    pg = slow_autovacuum
+    cli = Cli(tmp_path)
+    pg.create_database("live", sample=True)
+    pg.psql("CREATE TABLE public.filler AS SELECT g AS id, repeat(md5(g::text), 4) AS payload "
+            "FROM generate_series(1, 40000) AS g", "live")
+    minimal_rights(cli, pg, "live")
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, "live")
+    pause = tmp_path / "pause"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-replace", "--env=prod", f"--file={dump}",
+         "--confirm=prod"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cli.home,
+        env={**os.environ, "PGRUNBOOK_HOME": str(cli.home), "PGRUNBOOK_TEST_PAUSE_AT": "apps-stop",
+             "PGRUNBOOK_TEST_PAUSE_FILE": str(pause)})
+    try:
+        wait_for(lambda: (tmp_path / "pause.reached").exists() or process.poll() is not None,
+                 "the replace before the swap", 180)
+        assert process.poll() is None, process.communicate()
+        [staging] = [d for d in databases(pg) if d.startswith("live_pgrunbook_staging_")]
+        wait_for(lambda: pg.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                                 f"AND datname = '{staging}'", "postgres").strip() != "0",
+                 "an autovacuum worker on the staging database", 120)
+        (tmp_path / "pause.go").touch()
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        assert table_fingerprints(pg, "live") == before
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    record = [line for line in log_lines(cli) if line["task"] == "restore-replace"][-1]
+    assert record["result"] == "ok", json.dumps(record, ensure_ascii=False)
