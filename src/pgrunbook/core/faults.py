@@ -6,7 +6,8 @@ for a stage that is one long call: the kill then lands inside it). Nothing
 runs after a SIGKILL, no ``finally`` and no cleanup: exactly what an operator's
 ``kill -9``, an OOM kill or a power cut does. ``PGRUNBOOK_TEST_KILL_SIGNAL=TERM``
 (or INT, HUP) sends that signal instead: Ctrl-C, cron or a shutdown at that
-stage. Unset, this costs one lookup.
+stage. A stage reached more than once (each app started again) signals the
+first time only, or ``PGRUNBOOK_TEST_KILL_TIMES`` times. Unset, this costs one lookup.
 
 ``PGRUNBOOK_TEST_PAUSE_AT=<stage>`` with ``PGRUNBOOK_TEST_PAUSE_FILE=<path>``
 holds the run at that stage instead: it creates ``<path>.reached`` and goes on
@@ -25,11 +26,17 @@ from pathlib import Path
 
 VARIABLE = "PGRUNBOOK_TEST_KILL_AT"
 SIGNAL = "PGRUNBOOK_TEST_KILL_SIGNAL"
+TIMES = "PGRUNBOOK_TEST_KILL_TIMES"  # how often a stage reached again and again signals (default once)
+_fired: dict[str, int] = {}
 
 
 def kill_point(stage: str, delay: float = 0.0) -> None:
     if os.environ.get(VARIABLE) != stage:
         return
+    times = os.environ.get(TIMES, "")
+    if _fired.get(stage, 0) >= (int(times) if times.isdigit() else 1):
+        return
+    _fired[stage] = _fired.get(stage, 0) + 1
     number = getattr(signal, "SIG" + (os.environ.get(SIGNAL) or "KILL").upper())
     if delay:
         threading.Timer(delay, os.kill, (os.getpid(), number)).start()

@@ -55,8 +55,26 @@ class Journal:
             self.data["apps_stopped"].append(name)
         self._write()
 
+    def app_started(self, name: str) -> None:
+        """Once an app the run stopped runs again: the journal lists only those still stopped."""
+        if name in self.data["apps_stopped"]:
+            self.data["apps_stopped"].remove(name)
+            self._write()
+
+    @property
+    def apps_stopped(self) -> list[str]:
+        return list(self.data["apps_stopped"])
+
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def close(self, settled: bool) -> bool:
+        """Remove the journal once the run has put right all it did (``settled``) and every
+        app it stopped runs again; else keep it for restore-recover. True when removed."""
+        if settled and not self.data["apps_stopped"]:
+            self.finish()
+            return True
+        return False
 
     def _write(self) -> None:
         ensure_private_dir(self.path.parent)

@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 from dotenv import dotenv_values
 
+from pgrunbook.core.durations import parse_duration
 from pgrunbook.core.errors import RunbookError
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -85,6 +86,9 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "APP_SERVICES": ("", "置き換えリストア中に止めるアプリの Compose サービス名（カンマ区切り）"),
     # --- prestaged replace (issue 14)
     "RESTORE_PRESTAGE": ("false", "復元テストした最新のバックアップを閉じた DB で残し、置き換えを速くする"),
+    # --- trust, third pass (issue 22)
+    "REPLACE_SESSION_WAIT": ("60s", "DB_USER が終了できないセッション（superuser など）が終わるのを"
+                                    "置き換えの前に待つ時間（例: 60s, 5m）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 MIN_PASSWORD_LENGTH = 8  # shorter: a settings warning (a short secret masks common words)
@@ -138,6 +142,7 @@ class Settings:
     compose_project: str = ""
     app_services: tuple[str, ...] = ()
     restore_prestage: bool = False
+    replace_session_wait: float = 60.0  # seconds
     db_container_id: str = ""  # set by discovery.bind once the container is resolved
 
     def secrets(self) -> list[str]:
@@ -290,6 +295,13 @@ def _integer(key: str, text: str, minimum: int = 0) -> int:
     return value
 
 
+def _seconds(key: str, text: str) -> float:
+    try:
+        return parse_duration(text).total_seconds()
+    except RunbookError as error:
+        raise RunbookError(f"{key}={text!r}: {error.message}", error.hint, 2) from None
+
+
 def _checked(key: str, value: str, pattern: re.Pattern[str]) -> str:
     if not pattern.match(value):
         raise RunbookError(
@@ -375,6 +387,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         restore_jobs=None if get("RESTORE_JOBS") == "auto" else _integer(
             "RESTORE_JOBS", get("RESTORE_JOBS"), 1),
         restore_prestage=_boolean("RESTORE_PRESTAGE", get("RESTORE_PRESTAGE")),
+        replace_session_wait=_seconds("REPLACE_SESSION_WAIT", get("REPLACE_SESSION_WAIT")),
         **_offsite_values(env, get),
         **_monitoring_values(env, config_dir, get),
         **_guard_values(get),

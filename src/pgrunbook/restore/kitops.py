@@ -20,7 +20,7 @@ from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
 from pgrunbook.restore.guards import confirm, preflight_replace
 from pgrunbook.restore.source import Source
-from pgrunbook.restore.swap import live_closed, record_identity, swap_databases
+from pgrunbook.restore.swap import live_closed, record_identity, swap_databases, wait_out_sessions
 
 
 def restore_rollback(
@@ -53,6 +53,7 @@ def restore_rollback(
                     console.warn(warning)
             live_comment = facts.database.comment if facts.database else None
             failed: list[str] = []
+            wait_out_sessions(pg, [settings.db_name, previous], settings.replace_session_wait, console)
             record = journal.Journal.begin(settings, "restore-rollback", previous=previous)
             try:
                 append_started(settings.worklog_path, entry, stage="swap")
@@ -63,15 +64,16 @@ def restore_rollback(
                                mark_text("rolledback", settings, "rolled back"), live_comment,
                                facts.version)
             finally:
-                failed = apps.start()
-                # kept while the live DB is closed (the swap could not reopen it): every
-                # task names it and restore-recover opens it
-                if not failed and not live_closed(pg, settings.db_name):
-                    record.finish()
+                try:
+                    failed = apps.start(on_started=record.app_started)
+                finally:
+                    # kept while an app it stopped is still stopped, or the live DB is closed
+                    # (the swap could not reopen it): every task names it, restore-recover repairs
+                    record.close(settled=not live_closed(pg, settings.db_name))
         record_identity(pg, entry)
         if failed:
             raise RunbookError(f"ロールバックしましたが、アプリを再開できません: {'; '.join(failed)}",
-                               "docker start で再開")
+                               f"invoke restore-recover --env={settings.env} で再開")
         console.summary(f"ロールバック完了: {previous} を {settings.db_name} に戻しました。"
                         f"置き換え後の DB は {rolled} に保管")
         return rolled

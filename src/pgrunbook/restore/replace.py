@@ -46,11 +46,13 @@ from pgrunbook.restore.guards import (
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import NoSpace, RestoreOptions, flush_restored_data, restore_into
 from pgrunbook.restore.swap import (
+    Blocked,
     database_level_statements,
     live_closed,
     record_identity,
     swap_committed,
     swap_databases,
+    wait_out_sessions,
 )
 from pgrunbook.store import drift
 
@@ -80,9 +82,12 @@ class Replace:
     record: journal.Journal | None = None
     prestage: prestage.Choice = field(default_factory=prestage.Choice)
     counted: DatabaseSummary | None = None  # the prestaged database's rows, counted at its claim
+    summary: DatabaseSummary | None = None  # the staging database checked against the manifest
     failed_apps: list[str] = field(default_factory=list)
     objects_changed: bool = False  # owners, privileges or masking applied to the staging DB
-    left_behind: bool = False  # a failure left something for restore-recover
+    # the run has put right all it did, but for the apps the journal still lists as
+    # stopped: only then is the journal removed (a Ctrl-C in a cleanup leaves it)
+    settled: bool = False
 
     @property
     def live(self) -> DatabaseFacts:
@@ -151,13 +156,9 @@ def restore_replace(
                             "restore-replace"):
             run.record = journal.Journal.begin(settings, "restore-replace", file=str(source.path))
             try:
-                result = _replace_locked(run)
-            except BaseException:
-                if not run.left_behind:  # the failure was put right: nothing to recover
-                    run.record.finish()
-                raise
-            run.record.finish()
-        return result
+                return _replace_locked(run)
+            finally:
+                run.record.close(run.settled)
 
 
 def shrink_findings(pg: Postgres, settings: Settings, source: Source) -> list[str]:
@@ -224,6 +225,8 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         carried = database_level_statements(settings.db_name, run.live)
         flush_restored_data(pg, console)
         faults.pause_point("apps-stop")
+        wait_out_sessions(pg, [settings.db_name, run.staging], settings.replace_session_wait, console,
+                          on_wait=lambda: run.record.update(stage="sessions-wait"))
         try:
             append_started(settings.worklog_path, entry, stage="swap")
             run.record.update(stage="apps-stop")
@@ -235,11 +238,12 @@ def _replace_locked(run: Replace) -> ReplaceResult:
                            mark_text("previous", settings, "replaced by " + run.source.path.name),
                            run.live.comment, run.facts.version, carried)
         finally:
-            run.failed_apps = run.apps.start()
+            run.failed_apps = run.apps.start(on_started=run.record.app_started)
             run.record.update(stage="apps-started" if not run.failed_apps else "apps-failed")
     except BaseException as error:
         _after_failure(run, error)
         raise
+    run.settled = True  # swapped, the apps started: what is left is in the journal's list
     entry.details["previous"] = run.previous
     run.record.update(stage="after-swap")
     try:
@@ -320,11 +324,10 @@ def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
         pg.container.start_detached(pg.psql_argv(settings.db_name) + ["-c", "ANALYZE"],
                                     settings.password_environment())
         console.step("プランナー統計の作成（ANALYZE）をバックグラウンドで開始")
-    if run.failed_apps:
-        run.left_behind = True  # the journal keeps them: restore-recover starts them
+    if run.failed_apps:  # the journal keeps them: restore-recover starts them
         raise RunbookError(
             f"DB は置き換えましたが、アプリのコンテナを再開できません: {'; '.join(run.failed_apps)}",
-            f"docker start で再開。元に戻すなら: {run.rollback}",
+            f"invoke restore-recover --env={settings.env} で再開（元に戻すなら: {run.rollback}）",
         )
     try:
         _check_database_level(run)
@@ -365,6 +368,7 @@ def _check_staging(run: Replace) -> DatabaseSummary:
                            "ファイルを invoke verify で確認。本番 DB は変更していません")
     if not summary.tables and (run.source.manifest or {}).get("tables"):
         raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
+    run.summary = summary
     if run.personal:
         run.objects_changed = True
         apply_masking(pg, settings, run.staging, console)
@@ -431,44 +435,91 @@ def _check_database_level(run: Replace) -> None:
 
 
 def _after_failure(run: Replace, error: BaseException) -> None:
-    """Say exactly what state things are in; remove what a failed run made."""
+    """Say exactly what state things are in; remove what a failed run made. Only a
+    run that gets to the end of this has put things right (run.settled): an
+    interruption in here keeps the journal for restore-recover."""
     settings, pg = run.settings, run.pg
     swapped = swap_committed(pg, run.staging, run.previous)
-    stopped = (f" 再開できなかったアプリ: {'; '.join(run.failed_apps)}（docker start で再開）"
-               if run.failed_apps else "")
     if swapped:
         run.entry.details["previous"] = run.previous
-        run.left_behind = bool(run.failed_apps)  # the journal keeps them for restore-recover
+        run.settled = True  # the apps still stopped, if any, stay in the journal
         raise RunbookError(
             f"切り替えは完了しています（{settings.db_name} は新しい DB、以前の DB は {run.previous}）が、"
-            f"その後に失敗しました: {_describe(error)}。{stopped}",
-            f"元に戻すなら: {run.rollback}",
+            f"その後に失敗しました: {_describe(error)}。{_still_stopped(run)}",
+            (f"invoke restore-recover --env={settings.env} でアプリを再開。" if _stopped(run) else "")
+            + f"元に戻すなら: {run.rollback}",
         ) from error
     kept = run.prestage.use if isinstance(error, Refused) and swapped is False else None
     if kept and run.objects_changed:  # no longer what its mark says: a retry with other
         kept = None                   # --ownership / --no-acl would take it as restored
         run.console.step(f"事前展開 DB {run.staging} は所有者・権限を変えたため残しません"
                          "（再実行はファイルから復元します）")
+    left = None
     if kept:  # refused before any row changed: the prestaged database stays for the retry
         left = cleanup_step(f"事前展開 DB {kept.name} を元に戻す", lambda: prestage.put_back(pg, kept),
                             run.console)
         if not left:
             run.console.step(f"事前展開 DB {kept.name} は閉じて残しました（再実行でも使えます）")
-    if not kept or left:
+    retained = None
+    if not kept and swapped is False and isinstance(error, Blocked) and _retainable(run):
+        retained = _retain(run)
+    if (not kept or left) and not retained:
         left = cleanup_step(f"検証用 DB {run.staging} の削除", lambda: drop_kit_database(pg, run.staging),
                             run.console)
     closed = swapped is not None and live_closed(pg, settings.db_name)
-    if swapped is None or left or run.failed_apps or closed:
-        run.left_behind = True
+    if swapped is None or left or _stopped(run) or closed:
         state = ("不明（サーバーに問い合わせできません）" if swapped is None
                  else "元のデータのままですが接続を受け付けない状態" if closed else "元のまま")
         raise RunbookError(
             f"置き換えに失敗しました: {_describe(error)}。本番 DB {settings.db_name} は{state}。"
             + (f" {run.staging} が残っています"
                f"（invoke restore-drop --env={settings.env} --db={run.staging}）。" if left else "")
-            + stopped,
+            + _still_stopped(run),
             f"invoke restore-recover --env={settings.env} で確認・修復",
         ) from error
+    run.settled = True
+    if retained:
+        assert isinstance(error, Blocked)
+        raise Blocked(error.message,
+                      f"{error.hint}。復元した DB は事前展開 DB {retained} として閉じて残しました:"
+                      " 同じ --file の再実行は復元を省きます（使わないなら invoke restore-drop "
+                      f"--env={settings.env} --db={retained}）") from None
+
+
+def _retainable(run: Replace) -> bool:
+    """Is the staging database still exactly the file restored (so a retry may claim it)?"""
+    source = run.source
+    return (run.summary is not None and not run.objects_changed and run.options.prestaged
+            and bool(run.entry.sha256) and run.entry.sha256 == source.expected_sha256
+            and source.env in (None, run.settings.env))
+
+
+def _retain(run: Replace) -> str | None:
+    """The staging database, refused for a state that can pass (swap.Blocked), kept as a
+    prestaged database of the file: the retry claims it instead of restoring again."""
+    assert run.summary is not None
+    flags = prestage.restore_flags(run.source, run.options, replace=True)
+    rows = sum(run.summary.tables.values())
+    try:
+        return prestage.retain(run.pg, run.settings, run.staging, run.source, run.entry.sha256 or "",
+                               flags, rows)
+    except RunbookError as failure:
+        run.console.warn(f"復元した DB {run.staging} を再実行用に残せません（{failure.message}）。削除します")
+        return None
+
+
+def _stopped(run: Replace) -> list[str]:
+    """The apps the run stopped that do not run again (the journal's list)."""
+    return run.record.apps_stopped if run.record else []
+
+
+def _still_stopped(run: Replace) -> str:
+    names = _stopped(run)
+    if not names:
+        return ""
+    errors = f"（{'; '.join(run.failed_apps)}）" if run.failed_apps else ""
+    return (f" 停止したままのアプリ: {', '.join(names)}{errors}"
+            f"（invoke restore-recover --env={run.settings.env} で起動）。")
 
 
 def _describe(error: BaseException) -> str:

@@ -8,16 +8,30 @@ client is gone, so a ``kill -9`` of the kit, a dropped ssh or a crashed host
 shell can no longer leave the live database closed: the script finishes by
 itself within seconds and either the swap committed or the old database is
 open again. The kit only reads the script's verdict.
+
+What the kit cannot end stops the swap without a wait: a prepared transaction
+(it holds the database like a session, and only COMMIT/ROLLBACK PREPARED ends
+it) and, for a DB_USER that is not a superuser, a superuser's session
+(pg_signal_backend does not reach it). Autovacuum workers are not ended by the
+kit: the rename itself stops them. The script checks for both right after it
+has ended the other sessions and after each failed attempt, and reopens the
+live database at once when one is there (verdict ``reopened`` with a
+``pgrunbook:blocked:`` line); the run is then refused (``Blocked``) and keeps
+what it restored for the retry. Before the apps stop, ``wait_out_sessions``
+gives such sessions REPLACE_SESSION_WAIT to go.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgrunbook.core import faults
+from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.worklog import Entry
 from pgrunbook.infra.archive import major_version
@@ -47,8 +61,11 @@ attempt=0
 while [ "$attempt" -lt 5 ]; do
   attempt=$((attempt + 1))
   : >"$dir/attempt"
-  if psql -X -q -v ON_ERROR_STOP=1 -A -t -d postgres -c "$PGRUNBOOK_TERMINATE" \
-       -c "$PGRUNBOOK_SWAP" >>"$dir/attempt" 2>&1; then
+  q -c "$PGRUNBOOK_TERMINATE"
+  # what no retry can end (a prepared transaction, a session DB_USER may not end): reopen now
+  blockers=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_BLOCKERS" 2>>"$log")
+  if [ -n "$blockers" ]; then echo "pgrunbook:blocked:$blockers" >>"$log"; break; fi
+  if psql -X -q -v ON_ERROR_STOP=1 -A -t -d postgres -c "$PGRUNBOOK_SWAP" >>"$dir/attempt" 2>&1; then
     cat "$dir/attempt" >>"$log"; verdict swapped
   fi
   cat "$dir/attempt" >>"$log"
@@ -67,6 +84,122 @@ while [ "$tries" -lt "$PGRUNBOOK_REOPEN_TRIES" ]; do
 done
 verdict still-closed
 """
+
+
+class Blocked(Refused):
+    """Refused for a state of the server that can pass (a prepared transaction, a
+    session DB_USER cannot end), before any row changed: what the run restored is
+    kept for the retry (replace.py)."""
+
+
+# The sessions on the databases of a swap that DB_USER can end: every one for a
+# superuser; else those of roles that are not superusers (pg_signal_backend does
+# not reach a superuser's). A process with no role (an autovacuum worker) is left
+# to the rename, which ends autovacuum workers itself. (A user that is not
+# privileged sees other roles' sessions without backend_type: the role decides.)
+SESSIONS_ON = "a.datname IN ({databases}) AND a.pid <> pg_backend_pid()"
+KIT_IS_SUPERUSER = "(SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)"
+SUPERUSER_SESSION = "EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = a.usesysid AND r.rolsuper)"
+ENDABLE = f"({KIT_IS_SUPERUSER} OR (a.usesysid IS NOT NULL AND NOT {SUPERUSER_SESSION}))"
+UNENDABLE = f"(NOT {KIT_IS_SUPERUSER} AND {SUPERUSER_SESSION})"
+SESSION_ROW = ("json_build_array(a.pid, coalesce(a.usename, ''), coalesce(a.application_name, ''), "
+               "coalesce(a.backend_type, ''), a.datname)")
+
+
+def _databases(names: list[str]) -> str:
+    return ", ".join(quote_literal(name) for name in names)
+
+
+def terminate_sql(databases: list[str], wait: str) -> str:
+    where = SESSIONS_ON.format(databases=_databases(databases))
+    return f"SELECT pg_terminate_backend(a.pid{wait}) FROM pg_stat_activity a WHERE {where} AND {ENDABLE}"
+
+
+def blockers_sql(databases: list[str]) -> str:
+    """One line of JSON when something no retry ends holds one of ``databases``, else nothing."""
+    names = _databases(databases)
+    where = SESSIONS_ON.format(databases=names)
+    return ("SELECT json_build_object('prepared', p.n, 'sessions', s.list) FROM "
+            f"(SELECT count(*) AS n FROM pg_prepared_xacts WHERE database IN ({names})) p, "
+            f"(SELECT json_agg({SESSION_ROW} ORDER BY a.pid) AS list FROM pg_stat_activity a "
+            f"WHERE {where} AND {UNENDABLE}) s WHERE p.n > 0 OR s.list IS NOT NULL")
+
+
+@dataclass(frozen=True)
+class Session:
+    pid: int
+    user: str
+    application: str
+    kind: str
+    database: str
+
+    def describe(self) -> str:
+        named = f"、{self.application}" if self.application else ""
+        return f"pid {self.pid}（{self.user or '?'}{named}、{self.database}）"
+
+
+def _sessions(rows: list) -> list[Session]:
+    return [Session(int(pid), user, application, kind, database)
+            for pid, user, application, kind, database in rows or []]
+
+
+def unendable_sessions(pg: Postgres, databases: list[str]) -> list[Session]:
+    """The sessions on ``databases`` DB_USER cannot end (none for a superuser)."""
+    where = SESSIONS_ON.format(databases=_databases(databases))
+    rows = pg.query(f"SELECT coalesce(json_agg({SESSION_ROW} ORDER BY a.pid), '[]'::json) "
+                    f"FROM pg_stat_activity a WHERE {where} AND {UNENDABLE}", "postgres")
+    return _sessions(json.loads(rows[0][0]))
+
+
+def wait_out_sessions(pg: Postgres, databases: list[str], limit: float, console: Console,
+                      on_wait: Callable[[], None] | None = None) -> None:
+    """Before the apps stop: give the sessions DB_USER cannot end ``limit`` seconds
+    to leave ``databases``; refuse (Blocked) when one stays. Nothing is changed."""
+    found = unendable_sessions(pg, databases)
+    if not found:
+        return
+    user = pg.settings.db_user
+    console.warn(f"DB_USER {user} が終了できないセッション（superuser など）があります: "
+                 f"{'、'.join(s.describe() for s in found)}。終わるのを最大 {limit:g} 秒待ちます"
+                 "（アプリはまだ止めていません）")
+    if on_wait:
+        on_wait()
+    faults.pause_point("sessions-wait")
+    deadline = time.monotonic() + limit
+    while found and time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        found = unendable_sessions(pg, databases)
+    if found:
+        raise Blocked(
+            f"DB_USER {user} が終了できないセッションが残っているため置き換えません: "
+            f"{'、'.join(s.describe() for s in found)}（{limit:g} 秒待ちました。アプリは止めておらず、"
+            "本番 DB は元のまま）",
+            "そのセッションを終えてもらうか、superuser で SELECT pg_terminate_backend(<pid>) を実行して"
+            "から再実行（待つ時間は REPLACE_SESSION_WAIT）")
+
+
+def blocked_error(live: str, user: str, text: str) -> Blocked | None:
+    """The script's ``pgrunbook:blocked:`` line as the refusal it means (None: no such line)."""
+    line = next((line for line in text.splitlines() if line.startswith("pgrunbook:blocked:")), None)
+    if line is None:
+        return None
+    try:
+        found = json.loads(line.split(":", 2)[2])
+    except ValueError:
+        found = {}
+    prepared = int(found.get("prepared") or 0)
+    sessions = _sessions(found.get("sessions"))
+    if prepared:
+        return Blocked(
+            f"切り替えの直前に {live} に準備済みトランザクション（PREPARE TRANSACTION）が {prepared} 件"
+            f"現れたため、切り替えずに {live} をすぐ開き直しました（本番 DB は元のまま）",
+            f"SELECT gid, prepared, owner FROM pg_prepared_xacts WHERE database = {quote_literal(live)} "
+            "で確認し、アプリ側で COMMIT PREPARED か ROLLBACK PREPARED してから再実行")
+    return Blocked(
+        f"DB_USER {user} が終了できないセッションが切り替えの直前に現れたため、切り替えずに {live} を"
+        f"すぐ開き直しました（本番 DB は元のまま）: {'、'.join(s.describe() for s in sessions) or '?'}",
+        "そのセッションを終えてもらうか、superuser で SELECT pg_terminate_backend(<pid>) を実行して"
+        "から再実行")
 
 
 @dataclass(frozen=True)
@@ -174,10 +307,8 @@ def swap_databases(
                                f"WHERE database = {quote_literal(live)}"),
         "PGRUNBOOK_CLOSE": f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false",
         "PGRUNBOOK_REOPEN": f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true",
-        "PGRUNBOOK_TERMINATE": (
-            f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
-            f"WHERE datname IN ({quote_literal(live)}, {quote_literal(incoming)}) "
-            "AND pid <> pg_backend_pid()"),
+        "PGRUNBOOK_TERMINATE": terminate_sql([live, incoming], wait),
+        "PGRUNBOOK_BLOCKERS": blockers_sql([live, incoming]),
         "PGRUNBOOK_SWAP": "BEGIN; " + "; ".join(statements) + "; COMMIT;",
         "PGRUNBOOK_STATE": (
             f"SELECT CASE WHEN count(*) FILTER (WHERE datname = {quote_literal(incoming)}) = 0 "
@@ -200,11 +331,14 @@ def swap_databases(
     if verdict == "refused-prepared":
         count = next((line.split(":")[-1] for line in text.splitlines()
                       if line.startswith("pgrunbook:prepared:")), "?")
-        raise Refused(
+        raise Blocked(
             f"{live} に準備済みトランザクション（PREPARE TRANSACTION）が {count} 件あり、名前を"
             "切り替えられません（DB は閉じていません）",
-            f"SELECT gid FROM pg_prepared_xacts WHERE database = '{live}' で確認し、"
+            f"SELECT gid FROM pg_prepared_xacts WHERE database = {quote_literal(live)} で確認し、"
             "アプリ側で COMMIT PREPARED か ROLLBACK PREPARED してから再実行")
+    blocked = blocked_error(live, pg.settings.db_user, text)
+    if blocked and verdict == "reopened":
+        raise blocked
     if verdict == "still-closed":
         raise RunbookError(
             f"名前の切り替えに失敗し、{live} を再び開けませんでした（接続を受け付けない状態）: "

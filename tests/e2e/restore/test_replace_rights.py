@@ -99,6 +99,7 @@ def test_a_superuser_session_that_stays_is_refused_before_the_apps_stop_and_stag
     minimal_rights(cli, pg, target, APP_CONTAINERS=app_container.name, REPLACE_SESSION_WAIT="2s")
     dump = backup(cli, "--env=prod")
     before = table_fingerprints(pg, target)
+    app_container.reload()
     started = app_container.attrs["State"]["StartedAt"]
     dba = superuser_session(pg, target)
     try:
