@@ -108,10 +108,24 @@ def process_started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
+def other_host(data: dict[str, Any]) -> str | None:
+    """The host that wrote ``data`` when it is not this one (a shared backup folder, or
+    the kit run from a container whose hostname changes)."""
+    host = data.get("host")
+    return str(host) if host and host != socket.gethostname() else None
+
+
+def elsewhere_hint(settings: Settings, host: str) -> str:
+    return (f"ホスト {host} で invoke restore-recover --env={settings.env} を実行"
+            f"（そのホストがもうないなら、このホストで invoke restore-recover --env={settings.env}）")
+
+
 def is_alive(data: dict[str, Any]) -> bool:
-    """Is the run that wrote ``data`` still going (same host, same process alive)?"""
-    if data.get("host") != socket.gethostname():
-        return True  # another host's run: we cannot tell, so we do not call it dead
+    """Is the run that wrote ``data`` still going here (same host, same process alive)?
+    Another host's run: False, this host cannot see it (restore-recover asks the
+    server's lock whether any run of the database is going)."""
+    if other_host(data):
+        return False
     pid = data.get("pid")
     if not isinstance(pid, int) or pid == os.getpid():
         return False
@@ -141,13 +155,18 @@ def leftover(settings: Settings) -> dict[str, Any] | None:
 
 
 def notice(settings: Settings) -> str | None:
-    """The one line every task of the env prints while an interrupted run is unrepaired."""
+    """The one line every task of the env prints while an interrupted run is unrepaired
+    (or another host's run is recorded: this host cannot tell whether it still goes)."""
     data = leftover(settings)
     if data is None:
         return None
     apps = data.get("apps_stopped") or []
     stopped = f"（停止したままのアプリ: {', '.join(apps)}）" if apps else ""
-    return (f"前回の {data.get('task', '?')}（{data.get('started_at', '?')}、{data.get('operator', '?')}、"
-            f"段階: {data.get('stage', '?')}）が途中で止まっています"
-            f"{stopped}"
+    what = (f"{data.get('task', '?')}（{data.get('started_at', '?')}、{data.get('operator', '?')}、"
+            f"段階: {data.get('stage', '?')}）")
+    host = other_host(data)
+    if host:
+        return (f"ホスト {host} の {what} が終わっていません{stopped}: 実行中ならその終了を待ち、"
+                f"止まっているなら → {elsewhere_hint(settings, host)}")
+    return (f"前回の {what} が途中で止まっています{stopped}"
             f" → invoke restore-recover --env={settings.env} で確認・修復")

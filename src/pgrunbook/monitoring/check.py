@@ -25,6 +25,7 @@ from typing import Any
 import docker
 from docker.errors import DockerException
 
+from pgrunbook.core import journal
 from pgrunbook.core.console import human_size
 from pgrunbook.core.durations import describe_age
 from pgrunbook.core.errors import RunbookError
@@ -117,6 +118,7 @@ class Checker:
     def run(self) -> list[Line]:
         self.environment()
         self.probe("エンジン", self.engine)
+        self.probe("中断", self.interrupted)
         if self.client is not None:
             self.probe("コンテナ", self.container)
         if self.model is not None:
@@ -152,6 +154,35 @@ class Checker:
         self.client, self.engine_info = client, info
         self.add(OK, "エンジン", f"DOCKER_HOST={where}（ホスト {info.get('Name', '?')}、"
                                 f"Docker {info.get('ServerVersion', '?')}）")
+
+    def interrupted(self) -> None:
+        """A replace or rollback that did not finish (the journal): NG while it is unrepaired,
+        naming the apps it stopped that are still stopped."""
+        s = self.settings
+        record = journal.read(s)
+        if record is None:
+            return
+        what = (f"{record.get('task', '?')}（開始 {record.get('started_at', '?')}、"
+                f"{record.get('operator', '?')}、ホスト {record.get('host', '?')}、"
+                f"段階 {record.get('stage', '?')}）")
+        if journal.is_alive(record):
+            self.add(WARN, "中断", f"{what} が実行中です", "終わるのを待ってから作業する")
+            return
+        apps = [name for name in record.get("apps_stopped") or [] if not self._app_running(name)]
+        stopped = f"。停止したままのアプリ: {', '.join(apps)}" if apps else ""
+        todo = f"invoke restore-recover --env={s.env} で確認・修復"
+        other = journal.other_host(record)
+        if other:
+            todo = journal.elsewhere_hint(s, other)
+        self.add(NG, "中断", f"{what} が途中で止まったままです{stopped}", todo)
+
+    def _app_running(self, name: str) -> bool:
+        if self.client is None:
+            return False
+        try:
+            return self.client.containers.get(name).status == "running"
+        except DockerException:
+            return False
 
     def container(self) -> None:
         model = discovery.find_db_container(self.settings, self.client)
