@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from pgrunbook.core.errors import Refused
 from pgrunbook.core.files import ensure_private_dir, write_private
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import now_iso, operator
@@ -42,6 +43,8 @@ class Journal:
             "apps_stopped": [], **fields,
         }
         journal = cls(path_of(settings), data)
+        if journal.path.exists():  # never over another run's record (the caller checked, under its locks)
+            refuse_unfinished(settings, read(settings) or {})
         journal._write()
         return journal
 
@@ -170,3 +173,20 @@ def notice(settings: Settings) -> str | None:
                 f"止まっているなら → {elsewhere_hint(settings, host)}")
     return (f"前回の {what} が途中で止まっています{stopped}"
             f" → invoke restore-recover --env={settings.env} で確認・修復")
+
+
+def refuse_unfinished(settings: Settings, data: dict[str, Any] | None = None) -> None:
+    """Refuse to start a replace or rollback while a run of this env has not finished:
+    this host's interrupted one, or another host's, named with what to run."""
+    data = leftover(settings) if data is None else data
+    if not data:
+        return
+    what = (f"{data.get('task', '?')}（開始 {data.get('started_at', '?')}、{data.get('operator', '?')}、"
+            f"段階 {data.get('stage', '?')}）")
+    host = other_host(data)
+    if host:
+        raise Refused(f"ホスト {host} の {what} が終わっていません（何も変更していません）",
+                      f"実行中ならその終了を待つ。止まっているなら {elsewhere_hint(settings, host)}"
+                      "してから再実行")
+    raise Refused(f"前回の {what} が途中で止まったままです（何も変更していません）",
+                  f"invoke restore-recover --env={settings.env} で修復してから再実行")

@@ -287,6 +287,94 @@ class Postgres:
         return [row[0] for row in rows]
 
 
+# The kit's space of advisory locks ('pgrb'): pg_advisory_lock(LOCK_SPACE, hashtext(key))
+LOCK_SPACE = 1885827682
+
+
+class ServerLock:
+    """One writer per database on the server, whichever host or checkout runs it.
+
+    A session-level advisory lock taken by one psql session in the ``postgres``
+    database and held for the run's length: the session reads its commands from
+    the kit (exec with stdin), so it ends, and the lock with it, when the run
+    releases it, when the kit dies however it dies (the engine closes the
+    session's input; a ``kill -9`` included) and when the server restarts. Its
+    application_name names the holder for whoever is refused.
+    """
+
+    ANSWER = re.compile(rb"pgrunbook-lock=([tf])")
+
+    def __init__(self, pg: Postgres, key: str, holder: str) -> None:
+        self.pg = pg
+        self.key = key
+        self.holder = holder[:63]
+        self._answered = threading.Event()
+        self._release = threading.Event()
+        self._output = bytearray()
+        self._granted: bool | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="server-lock", daemon=True)
+
+    def _key_sql(self) -> str:
+        return f"{LOCK_SPACE}, hashtext({quote_literal('pgrunbook:' + self.key)})"
+
+    def _statements(self) -> Iterator[bytes]:
+        yield f"SELECT 'pgrunbook-lock=' || pg_try_advisory_lock({self._key_sql()});\n".encode()
+        self._release.wait()
+
+    def _on_stdout(self, data: bytes) -> None:
+        self._output.extend(data)
+        match = self.ANSWER.search(self._output)
+        if match and self._granted is None:
+            self._granted = match.group(1) == b"t"
+            self._answered.set()
+
+    def _run(self) -> None:
+        argv = self.pg.psql_argv("postgres") + ["-A", "-t"]
+        try:
+            result = self.pg.run(argv, stdin=self._statements(), on_stdout=self._on_stdout,
+                                 environment={"PGAPPNAME": self.holder})
+            if self._granted is None and not result.ok:
+                self._failure = explain_failure(result.stderr, self.pg.settings, "postgres")
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            self._failure = error
+        finally:
+            self._answered.set()
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False when another session holds it."""
+        self._thread.start()
+        self._answered.wait()
+        if self._granted:
+            return True
+        self.release()
+        if self._failure:
+            raise self._failure
+        if self._granted is None:
+            raise RunbookError("サーバーのロックを取れません（psql の応答がありません）")
+        return False
+
+    @property
+    def held(self) -> bool:
+        """Still held: its session is alive (a server restart would have ended it)."""
+        return bool(self._granted) and self._thread.is_alive()
+
+    def holders(self) -> list[str]:
+        """Who holds it (their sessions' application_name and start), for the refusal."""
+        rows = self.pg.query(
+            "SELECT coalesce(a.application_name, ''), "
+            "to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS') FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+            f"AND l.classid = {LOCK_SPACE} AND l.objsubid = 2 "
+            f"AND l.objid = hashtext({quote_literal('pgrunbook:' + self.key)})::oid", "postgres")
+        return [f"{name or '?'}（{started} から）" for name, started in rows]
+
+    def release(self) -> None:
+        self._release.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+
 class SnapshotSession:
     """One REPEATABLE READ transaction that pg_dump shares through --snapshot.
 

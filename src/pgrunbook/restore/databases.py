@@ -26,11 +26,16 @@ ROLES = ("scratch", "staging", "previous", "verify", "rolledback", "prestaged")
 MAX_NAME = 63
 
 
-def kit_name(settings: Settings, role: str, when: datetime | None = None) -> str:
-    stamp = (when or datetime.now()).strftime("%Y%m%d%H%M%S")
-    name = f"{settings.db_name}_{MARK}_{role}_{stamp}"
+def kit_name(settings: Settings, role: str, when: datetime | None = None, token: str | None = None) -> str:
+    """``<DB_NAME>_pgrunbook_<role>_<YYYYmmddHHMMSSmmm>_<4 hex>``: the time to the
+    millisecond and a random part, so that two runs (two hosts, two checkouts, a
+    restore test beside a replace) never get one name and never drop each other's
+    database. ``token`` fixes the random part (the runbook's examples)."""
+    when = when or datetime.now()
+    stamp = when.strftime("%Y%m%d%H%M%S") + f"{when.microsecond // 1000:03d}"
+    name = f"{settings.db_name}_{MARK}_{role}_{stamp}_{token or uuid.uuid4().hex[:4]}"
     if len(name.encode()) > MAX_NAME:
-        name = f"{MARK}_{role}_{stamp}_{uuid.uuid4().hex[:6]}"
+        name = f"{MARK}_{role}_{stamp}_{token or uuid.uuid4().hex[:6]}"
     return name
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from pgrunbook.core import journal
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, append_started, recorded
 from pgrunbook.infra import discovery
@@ -18,7 +17,7 @@ from pgrunbook.infra.postgres import (
 )
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
-from pgrunbook.restore.guards import confirm, preflight_replace
+from pgrunbook.restore.guards import confirm, one_writer, preflight_replace
 from pgrunbook.restore.source import Source
 from pgrunbook.restore.swap import live_closed, record_identity, swap_databases, wait_out_sessions
 
@@ -30,9 +29,7 @@ def restore_rollback(
     entry = Entry("restore-rollback", settings.env, settings.db_name, settings.db_container)
     entry.details["previous"] = previous
     with recorded(settings.worklog_path, entry, console.redact):
-        if journal.leftover(settings):
-            raise Refused("前回の置き換え・ロールバックが途中で止まったままです（何も変更していません）",
-                          f"invoke restore-recover --env={settings.env} で修復してから再実行")
+        journal.refuse_unfinished(settings)
         pg = Postgres(discovery.db_container(settings), settings)
         kit = {db.name: db for db in kit_databases(pg)}
         if previous not in kit or kit[previous].role != "previous" or kit[previous].env != settings.env:
@@ -44,8 +41,7 @@ def restore_rollback(
         apps = AppWrites(settings, console)
         apps.check()
         rolled = kit_name(settings, "rolledback")
-        with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
-                            "restore-rollback"):
+        with one_writer(settings, pg, "restore-rollback"):
             # the live database carries the original comment since the replace
             facts = pg.facts(settings.db_name)
             if facts.database:

@@ -26,11 +26,17 @@ from datetime import datetime
 from pgrunbook.core import faults, journal
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, append_started, recorded
 from pgrunbook.infra import discovery
-from pgrunbook.infra.postgres import USER_TABLES_FROM, DatabaseFacts, Postgres, ServerFacts, quote_ident
+from pgrunbook.infra.postgres import (
+    USER_TABLES_FROM,
+    DatabaseFacts,
+    Postgres,
+    ServerFacts,
+    ServerLock,
+    quote_ident,
+)
 from pgrunbook.restore import prestage, privileges
 from pgrunbook.restore.appcheck import apply_masking, run_post_restore_command
 from pgrunbook.restore.apps import AppWrites
@@ -41,6 +47,7 @@ from pgrunbook.restore.guards import (
     check_versions,
     confirm,
     guard_environment,
+    one_writer,
     preflight_replace,
 )
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
@@ -80,6 +87,7 @@ class Replace:
     staging: str = ""
     previous: str = ""
     record: journal.Journal | None = None
+    lock: ServerLock | None = None  # the server's advisory lock, held for the run's length
     prestage: prestage.Choice = field(default_factory=prestage.Choice)
     counted: DatabaseSummary | None = None  # the prestaged database's rows, counted at its claim
     summary: DatabaseSummary | None = None  # the staging database checked against the manifest
@@ -118,9 +126,7 @@ def restore_replace(
         if not file:
             raise Refused("置き換えリストアには --file の指定が必要です",
                           f"invoke verify --env={settings.env} などで戻すファイルを確かめて指定")
-        if journal.leftover(settings):
-            raise Refused("前回の置き換えが途中で止まったままです（何も変更していません）",
-                          f"invoke restore-recover --env={settings.env} で修復してから再実行")
+        journal.refuse_unfinished(settings)
         pg = Postgres(discovery.db_container(settings), settings)
         source, facts = inspect_with_facts(pg, settings, file, console)
         entry.file = str(source.path)
@@ -152,8 +158,7 @@ def restore_replace(
             confirm_shrink(settings, options, confirm_env, console, ask)
         run = Replace(settings, pg, facts, source, options, personal, apps, console, entry,
                       prestage=choice)
-        with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
-                            "restore-replace"):
+        with one_writer(settings, pg, "restore-replace") as run.lock:
             run.record = journal.Journal.begin(settings, "restore-replace", file=str(source.path))
             try:
                 return _replace_locked(run)
@@ -227,6 +232,9 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         faults.pause_point("apps-stop")
         wait_out_sessions(pg, [settings.db_name, run.staging], settings.replace_session_wait, console,
                           on_wait=lambda: run.record.update(stage="sessions-wait"))
+        if run.lock and not run.lock.held:  # its session ended (a server restart): not alone any more
+            raise RunbookError("サーバーのロックのセッションが切れました（サーバーの再起動など）。"
+                               "アプリは止めていません", "サーバーの状態を確かめてから再実行")
         try:
             append_started(settings.worklog_path, entry, stage="swap")
             run.record.update(stage="apps-stop")
