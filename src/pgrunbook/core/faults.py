@@ -66,3 +66,13 @@ def pause_point(stage: str, limit: float = 600) -> None:
     deadline = time.monotonic() + limit
     while not Path(base + ".go").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+AFTER_CLOSE = "PGRUNBOOK_TEST_AFTER_CLOSE"
+
+
+def after_close() -> str:
+    """A shell command the swap script runs inside the container right after it has
+    closed the live database (what the tests make appear then, e.g. a prepared
+    transaction). Empty unless a test sets it."""
+    return os.environ.get(AFTER_CLOSE, "")

@@ -57,6 +57,7 @@ prepared=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_PREPARED" 2>>"$log") || v
 [ "$prepared" = "0" ] || { echo "pgrunbook:prepared:$prepared" >>"$log"; verdict refused-prepared; }
 q -c "$PGRUNBOOK_CLOSE" || { q -c "$PGRUNBOOK_REOPEN"; verdict close-failed; }
 echo "pgrunbook: closed" >>"$log"
+[ -z "$PGRUNBOOK_TEST_AFTER_CLOSE" ] || sh -c "$PGRUNBOOK_TEST_AFTER_CLOSE" >>"$log" 2>&1
 attempt=0
 while [ "$attempt" -lt 5 ]; do
   attempt=$((attempt + 1))
@@ -300,6 +301,7 @@ def swap_databases(
     environment = {
         "PGRUNBOOK_SWAP_DIR": work_dir,
         "PGRUNBOOK_REOPEN_TRIES": str(faults.reopen_tries()),
+        "PGRUNBOOK_TEST_AFTER_CLOSE": faults.after_close(),
         "PGUSER": pg.settings.db_user,
         "PGAPPNAME": application,
         "PGOPTIONS": "-c lock_timeout=5s -c statement_timeout=60s",
