@@ -139,6 +139,19 @@ SELECT json_build_object(
                  a.privilege_type, a.is_grantable)), '[]'::json)
         FROM aclexplode(d.datacl) a) END,
       'allow_connections', d.datallowconn,
+      -- what CREATE DATABASE sets (the columns 15 and 17 added or renamed, read by name
+      -- from to_jsonb: absent before, no version test here)
+      'locale_provider', coalesce(to_jsonb(d)->>'datlocprovider', 'c'),
+      'locale', coalesce(to_jsonb(d)->>'datlocale', to_jsonb(d)->>'daticulocale'),
+      'icu_rules', to_jsonb(d)->>'daticurules',
+      'collation_version', to_jsonb(d)->>'datcollversion',
+      'tablespace', (SELECT t.spcname FROM pg_tablespace t WHERE t.oid = d.dattablespace),
+      -- CREATE DATABASE checks the privilege only for a tablespace it is given
+      'tablespace_create', (SELECT t.spcname = 'pg_default' FROM pg_tablespace t
+                            WHERE t.oid = d.dattablespace)
+                           OR has_tablespace_privilege(d.dattablespace, 'CREATE'),
+      'connection_limit', d.datconnlimit,
+      'is_template', d.datistemplate,
       'prepared', (SELECT count(*) FROM pg_prepared_xacts p WHERE p.database = d.datname),
       'logical_slots', (SELECT coalesce(json_agg(r.slot_name ORDER BY r.slot_name), '[]'::json)
                         FROM pg_replication_slots r WHERE r.database = d.datname),
@@ -170,6 +183,14 @@ class DatabaseFacts:
     prepared_transactions: int = 0
     logical_slots: tuple[str, ...] = ()
     user_owns: bool = True  # the kit user is (a member of) the owner
+    locale_provider: str = "c"  # pg_database.datlocprovider: c (libc), i (ICU, 15+), b (builtin, 17+)
+    locale: str | None = None  # the ICU or builtin locale (daticulocale, datlocale from 17)
+    icu_rules: str | None = None  # ICU tailoring rules (16+)
+    collation_version: str | None = None  # datcollversion (15+): the library's version at creation
+    tablespace: str = "pg_default"
+    tablespace_create: bool = True  # the kit user may create a database in that tablespace
+    connection_limit: int = -1
+    is_template: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,6 +268,10 @@ class Postgres:
                       for grantee, privilege, grantable in found["acl_items"]],
                 bool(found.get("allow_connections", True)), int(found.get("prepared") or 0),
                 tuple(found.get("logical_slots") or ()), bool(found.get("user_owns", True)),
+                found.get("locale_provider") or "c", found.get("locale"), found.get("icu_rules"),
+                found.get("collation_version"), found.get("tablespace") or "pg_default",
+                bool(found.get("tablespace_create", True)), int(found.get("connection_limit", -1)),
+                bool(found.get("is_template", False)),
             )
         user = raw.get("user")
         kit_user = (KitUser(user["name"], bool(user["superuser"]), bool(user["createdb"]),

@@ -17,7 +17,7 @@ from pgrunbook.core.settings import Settings, load_settings
 from pgrunbook.core.worklog import operator
 from pgrunbook.infra.archive import major_version
 from pgrunbook.infra.postgres import Postgres, ServerFacts, ServerLock
-from pgrunbook.infra.versions import check_sql_for_psql
+from pgrunbook.infra.versions import check_sql_for_psql, locale_options
 from pgrunbook.restore.source import Source
 
 
@@ -141,14 +141,24 @@ def confirm(
         raise Refused(f"データベース名が一致しません（入力: {typed_db!r}）。中止しました")
 
 
-def preflight_replace(settings: Settings, facts: ServerFacts) -> list[str]:
+def preflight_replace(settings: Settings, facts: ServerFacts, creates: bool = True) -> list[str]:
     """What would stop a replace halfway, checked before anything is restored:
     a closed live database, prepared transactions (they block the rename), a
     DB_USER that cannot rename the database, end other roles' sessions or carry
-    per-role settings. Returns warnings (logical replication slots)."""
+    per-role settings, and (``creates``: a replace, not a rollback) a database
+    that cannot be made like the live one (its tablespace, its locale provider).
+    Returns warnings (logical replication slots)."""
     live = facts.database
     assert live is not None
     name, user = settings.db_name, facts.user
+    if creates:
+        locale_options(facts.version, live.locale_provider, live.locale, live.icu_rules)
+        if not live.tablespace_create:
+            who = user.name if user else settings.db_user
+            raise Refused(
+                f"{name} は表領域 {live.tablespace} にあり、DB_USER {who} はそこに DB を作れません"
+                "（置き換える DB も同じ表領域に作ります。何も変更していません）",
+                f"superuser で: GRANT CREATE ON TABLESPACE {live.tablespace} TO {who};")
     if not live.allow_connections:
         raise RunbookError(
             f"{name} は接続を受け付けない状態です（ALLOW_CONNECTIONS false。置き換えが途中で止まった可能性）",

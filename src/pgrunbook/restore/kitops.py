@@ -45,7 +45,7 @@ def restore_rollback(
             # the live database carries the original comment since the replace
             facts = pg.facts(settings.db_name)
             if facts.database:
-                for warning in preflight_replace(settings, facts):
+                for warning in preflight_replace(settings, facts, creates=False):
                     console.warn(warning)
             live_comment = facts.database.comment if facts.database else None
             failed: list[str] = []

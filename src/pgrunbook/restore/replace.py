@@ -37,11 +37,19 @@ from pgrunbook.infra.postgres import (
     ServerLock,
     quote_ident,
 )
+from pgrunbook.infra.versions import describe_locale
 from pgrunbook.restore import prestage, privileges
 from pgrunbook.restore.appcheck import apply_masking, run_post_restore_command
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.checks import DatabaseSummary, compare_with_manifest, summarize_database
-from pgrunbook.restore.databases import cleanup_step, create_database, drop_kit_database, kit_name, mark_text
+from pgrunbook.restore.databases import (
+    cleanup_step,
+    create_database,
+    creation_differences,
+    drop_kit_database,
+    kit_name,
+    mark_text,
+)
 from pgrunbook.restore.guards import (
     ask_on_stderr,
     check_versions,
@@ -217,7 +225,7 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         if not run.prestage.use:
             run.record.update(stage="staging-restore", staging=run.staging, previous=run.previous)
             create_database(pg, run.staging, mark_text("staging", settings, run.source.path.name),
-                            like=run.live)
+                            like=run.facts, tablespace=True)
             try:
                 entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
                                             run.facts, replace=True,
@@ -292,6 +300,11 @@ def _claim_prestaged(run: Replace) -> None:
         if pg.database_exists(chosen.name):
             raise
         return from_the_file("がなくなりました: ")  # dropped by a restore test since the check above
+    made = pg.facts(chosen.name).database
+    unlike = creation_differences(run.live, made) if made else ["なし"]
+    if unlike:  # made before the live database changed, or by a kit that did not carry these
+        return from_the_file(f"が本番 DB と違う設定で作られています（{'; '.join(unlike)}）: 削除して",
+                             drop=True)
     console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
     summary = summarize_database(pg, chosen.name, run.source.table_counts())
     differences = compare_with_manifest(run.source, summary)
@@ -376,6 +389,11 @@ def _check_staging(run: Replace) -> DatabaseSummary:
                            "ファイルを invoke verify で確認。本番 DB は変更していません")
     if not summary.tables and (run.source.manifest or {}).get("tables"):
         raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
+    made = pg.facts(run.staging).database
+    unlike = creation_differences(run.live, made) if made else [f"{run.staging} がありません"]
+    if unlike:  # what only CREATE DATABASE sets: the app would sort or store differently
+        raise RunbookError(f"復元した DB が本番 DB と違う設定です: {'; '.join(unlike)}",
+                           "本番 DB は変更していません。invoke check で DB の設定を確かめる")
     run.summary = summary
     if run.personal:
         run.objects_changed = True
@@ -424,22 +442,45 @@ def _match_privileges(run: Replace) -> None:
 
 
 def _check_database_level(run: Replace) -> None:
-    """The new live database has the previous one's own settings and privileges."""
+    """The new live database is the previous one as a database: its locale, collation,
+    tablespace, connection limit, template flag, comment, settings, privileges and owner."""
     new, old = side_by_side(lambda: run.pg.facts(run.settings.db_name),
                             lambda: run.pg.facts(run.previous))
     if not (new.database and old.database):
         raise RunbookError("置き換え後の DB の状態を確かめられません")
-    differences = []
-    if sorted(new.database.settings) != sorted(old.database.settings):
-        differences.append(f"DB 単位の設定 {new.database.settings} ≠ 以前 {old.database.settings}")
-    if sorted(new.database.acl_items or []) != sorted(old.database.acl_items or []) or (
-            (new.database.acl_items is None) != (old.database.acl_items is None)):
-        differences.append(f"DB の権限 {new.database.acl or '（既定）'} ≠ "
-                           f"以前 {old.database.acl or '（既定）'}")
-    if new.database.owner != old.database.owner:
-        differences.append(f"DB の所有者 {new.database.owner} ≠ 以前 {old.database.owner}")
+    now, before = new.database, old.database
+    _note_collation(run, before, now)
+    differences = creation_differences(before, now)
+    if sorted(now.settings) != sorted(before.settings):
+        differences.append(f"DB 単位の設定 {now.settings} ≠ 以前 {before.settings}")
+    if sorted(now.acl_items or []) != sorted(before.acl_items or []) or (
+            (now.acl_items is None) != (before.acl_items is None)):
+        differences.append(f"DB の権限 {now.acl or '（既定）'} ≠ "
+                           f"以前 {before.acl or '（既定）'}")
+    if now.owner != before.owner:
+        differences.append(f"DB の所有者 {now.owner} ≠ 以前 {before.owner}")
+    if now.connection_limit != before.connection_limit:
+        differences.append(f"接続数の上限 {now.connection_limit} ≠ 以前 {before.connection_limit}")
+    if now.is_template != before.is_template:
+        differences.append(f"テンプレート {now.is_template} ≠ 以前 {before.is_template}")
+    if now.comment != run.live.comment:  # the previous database carries the kit's mark now
+        differences.append(f"DB のコメント {now.comment!r} ≠ 以前 {run.live.comment!r}")
     if differences:
         raise RunbookError("新しい DB の設定・権限が以前の DB と違います: " + "; ".join(differences))
+
+
+def _note_collation(run: Replace, before: DatabaseFacts, now: DatabaseFacts) -> None:
+    """The collation library's version (datcollversion, 15+) in the work log: a new one
+    means the new database's indexes follow the library the server has now."""
+    run.entry.details["collation"] = {
+        "locale": describe_locale(before.locale_provider, before.locale, before.collate),
+        "version_before": before.collation_version, "version_after": now.collation_version}
+    versions = before.collation_version, now.collation_version
+    if all(versions) and versions[0] != versions[1]:
+        run.console.warn(
+            f"照合順序のライブラリの版が以前の DB（{before.collation_version}）と新しい DB"
+            f"（{now.collation_version}）で違います。新しい DB の索引は今の版で作られています"
+            "（並び順が変わる文字があれば、以前の DB は REINDEX が必要だった状態です）")
 
 
 def _after_failure(run: Replace, error: BaseException) -> None:

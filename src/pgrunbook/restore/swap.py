@@ -218,11 +218,17 @@ class SwapOutcome:
 
 
 def database_level_statements(database: str, live: DatabaseFacts) -> list[str]:
-    """What pg_restore does not carry, as statements for the new ``database``:
-    ALTER DATABASE / ALTER ROLE ... IN DATABASE settings and the database's
-    own privileges (CONNECT, TEMP, CREATE)."""
+    """What pg_restore does not carry, as statements for the new ``database``: its
+    connection limit and template flag, ALTER DATABASE / ALTER ROLE ... IN DATABASE
+    settings and the database's own privileges (CONNECT, TEMP, CREATE). (Encoding,
+    locale and tablespace are the staging database's from its CREATE; the comment
+    is the swap's own.)"""
     target = quote_ident(database)
     statements = []
+    if live.connection_limit != -1:
+        statements.append(f"ALTER DATABASE {target} WITH CONNECTION LIMIT {int(live.connection_limit)}")
+    if live.is_template:
+        statements.append(f"ALTER DATABASE {target} WITH IS_TEMPLATE true")
     for role, config in live.settings:
         for name, value in split_config(config):
             prefix = f"ALTER ROLE {quote_ident(role)} IN DATABASE" if role else "ALTER DATABASE"

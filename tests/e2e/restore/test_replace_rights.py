@@ -15,48 +15,17 @@ import uuid
 import pytest
 
 from helpers import (
-    PASSWORD,
     ROOT,
     allows_connections,
     backup,
     databases,
     log_lines,
+    minimal_rights,
     prestaged,
-    role,
     start_postgres,
     table_fingerprints,
     wait_for,
 )
-
-# the schemas the app made and every table, view and sequence in them (a serial's
-# sequence follows its table) become the owner role's
-OWNED_BY = """
-DO $$DECLARE r record; BEGIN
-  FOR r IN SELECT nspname FROM pg_namespace WHERE nspname IN ('accounting', 'audit') LOOP
-    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, 'OWNER_ROLE');
-  END LOOP;
-  FOR r IN SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname IN ('public', 'accounting', 'audit') AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
-             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
-                             AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')) LOOP
-    EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', r.nspname, r.relname, 'OWNER_ROLE');
-  END LOOP;
-END$$
-"""
-
-
-def minimal_rights(cli, pg, database: str, **extra: str) -> tuple[str, str]:
-    """``owner`` owns the database and every table, view and sequence; ``kit`` has
-    CREATEDB, is a member of ``owner`` and holds pg_signal_backend. prod runs as kit."""
-    suffix = uuid.uuid4().hex[:6]
-    owner = role(pg, f"appowner_{suffix}")
-    kit = role(pg, f"kit_{suffix}", f"LOGIN CREATEDB PASSWORD '{PASSWORD}'")
-    pg.psql(f'GRANT "{owner}" TO "{kit}"', "postgres")
-    pg.psql(f'GRANT pg_signal_backend TO "{kit}"', "postgres")
-    pg.psql(f'ALTER DATABASE "{database}" OWNER TO "{owner}"', "postgres")
-    pg.psql(OWNED_BY.replace("OWNER_ROLE", owner), database)
-    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=database, DB_USER=kit, DB_PASSWORD=PASSWORD, **extra)
-    return owner, kit
 
 
 def table_owners(pg, database: str) -> set[str]:
