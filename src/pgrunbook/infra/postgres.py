@@ -155,7 +155,8 @@ SELECT json_build_object(
       'prepared', (SELECT count(*) FROM pg_prepared_xacts p WHERE p.database = d.datname),
       'logical_slots', (SELECT coalesce(json_agg(r.slot_name ORDER BY r.slot_name), '[]'::json)
                         FROM pg_replication_slots r WHERE r.database = d.datname),
-      'user_owns', pg_has_role(d.datdba, 'MEMBER'))
+      -- the owner's privileges (ALTER DATABASE ... RENAME, COMMENT need them: INHERIT)
+      'user_owns', pg_has_role(d.datdba, 'USAGE'))
     FROM pg_database d WHERE d.datname = %s),
   'user', (SELECT json_build_object('name', r.rolname, 'superuser', r.rolsuper,
                                     'createdb', r.rolcreatedb,

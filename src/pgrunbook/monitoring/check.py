@@ -54,7 +54,11 @@ SELECT json_build_object(
   'user', current_user,
   'superuser', r.rolsuper,
   'createdb', r.rolcreatedb,
-  'owner_member', pg_has_role(d.datdba, 'MEMBER'),
+  'owner_member', pg_has_role(d.datdba, 'USAGE'),
+  'tablespace', (SELECT t.spcname FROM pg_tablespace t WHERE t.oid = d.dattablespace),
+  'tablespace_create', has_tablespace_privilege(d.dattablespace, 'CREATE'),
+  'role_settings', (SELECT count(*) FROM pg_db_role_setting s
+                    WHERE s.setdatabase = d.oid AND s.setrole <> 0),
   'signal_backend', pg_has_role('pg_signal_backend', 'MEMBER'),
   'read_all_data', EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'pg_read_all_data'
                            AND pg_has_role(g.oid, 'MEMBER')),
@@ -239,16 +243,26 @@ class Checker:
                      "SELECT")
         missing = []
         if not raw["owner_member"]:
-            missing.append(f"DB の所有者（ALTER DATABASE {self.settings.db_name} OWNER TO {user}）")
+            missing.append(f"DB の所有者 {raw['owner']} の権限（GRANT {raw['owner']} TO {user}、"
+                           f"または ALTER DATABASE {self.settings.db_name} OWNER TO {user}）")
         if not raw["createdb"]:
             missing.append(f"CREATEDB（ALTER ROLE {user} CREATEDB）")
         if not raw["signal_backend"]:
             missing.append(f"他のセッションの切断（GRANT pg_signal_backend TO {user}）")
+        if raw["tablespace"] != "pg_default" and not raw["tablespace_create"]:
+            missing.append(f"表領域 {raw['tablespace']} への DB の作成"
+                           f"（GRANT CREATE ON TABLESPACE {raw['tablespace']} TO {user}）")
+        if int(raw["role_settings"]):
+            missing.append("ALTER ROLE … IN DATABASE の設定を写すこと（superuser のみ）")
         if missing:
             self.add(WARN, "権限（置き換え）", f"{user} には restore-replace に必要な権限がありません: "
                                          + "、".join(missing), "スーパーユーザーで上の GRANT / ALTER を実行")
         else:
-            self.add(OK, "権限（置き換え）", f"{user} は所有者・CREATEDB・pg_signal_backend を持っています")
+            wait = f"{self.settings.replace_session_wait:g} 秒"
+            self.add(OK, "権限（置き換え）",
+                     f"{user} は所有者 {raw['owner']} の権限・CREATEDB・pg_signal_backend を持っています"
+                     f"（superuser のセッションは終了できないため、置き換えはアプリを止める前にそれが"
+                     f"終わるのを REPLACE_SESSION_WAIT（{wait}）まで待ち、残れば中止します）")
 
     def prestaged(self) -> None:
         """RESTORE_PRESTAGE: is the newest backup ready to be swapped in (prestage.py)?"""
