@@ -462,6 +462,44 @@ def minimal_rights(cli, pg, database: str, **extra: str) -> tuple[str, str]:
 
 
 
+# ---- a run held at a stage (faults.pause_point) -----------------------------------------
+
+class Paused:
+    """The real CLI started in the background and held at ``stage`` until ``go()``:
+    the test sets up what the next step meets and waits on conditions, not on time."""
+
+    def __init__(self, cli, stage: str, folder: Path, *args: str) -> None:
+        self.base = folder / f"pause-{uuid.uuid4().hex[:6]}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cli.home,
+            env={**os.environ, "PGRUNBOOK_HOME": str(cli.home), "PGRUNBOOK_TEST_PAUSE_AT": stage,
+                 "PGRUNBOOK_TEST_PAUSE_FILE": str(self.base)})
+
+    def reached(self, what: str, limit: float = 180) -> None:
+        wait_for(lambda: Path(f"{self.base}.reached").exists() or self.process.poll() is not None, what, limit)
+        assert self.process.poll() is None, self.process.communicate()
+
+    def go(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        Path(f"{self.base}.go").touch()
+        stdout, stderr = self.process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, stdout, stderr)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:  # by its own pid: only the run this test started
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def paused(cli, stage: str, folder: Path, *args: str) -> Iterator[Paused]:
+    run = Paused(cli, stage, folder, *args)
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
 # ---- from the former test_prestage.py ------------------------------------------------------
 
 VERBOSE = {"PGRUNBOOK_VERBOSE": "1"}  # the steps too (silent under cron)

@@ -6,11 +6,8 @@ host's unfinished run is refused by name instead of being overwritten."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from helpers import PASSWORD, ROOT, Cli, backup, databases, table_fingerprints, wait_for
+from helpers import PASSWORD, Cli, backup, databases, paused, table_fingerprints
 
 JOURNAL = ".restore-in-progress.json"
 
@@ -21,17 +18,9 @@ def test_two_checkouts_replacing_one_database_at_once_one_is_refused_by_the_serv
     other.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD)
     dump = backup(cli, "--env=prod")
     before = table_fingerprints(pg, target)
-    pause = tmp_path / "pause"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-replace", "--env=prod", f"--file={dump}",
-         "--confirm=prod"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cli.home,
-        env={**os.environ, "PGRUNBOOK_HOME": str(cli.home), "PGRUNBOOK_TEST_PAUSE_AT": "apps-stop",
-             "PGRUNBOOK_TEST_PAUSE_FILE": str(pause)})
-    try:
-        wait_for(lambda: (tmp_path / "pause.reached").exists() or first.poll() is not None,
-                 "the first replace restored and about to swap", 180)
-        assert first.poll() is None, first.communicate()
+    with paused(cli, "apps-stop", tmp_path, "restore-replace", "--env=prod", f"--file={dump}",
+                "--confirm=prod") as first:
+        first.reached("the first replace restored and about to swap")
         [staging] = [d for d in databases(pg) if d.startswith(target + "_pgrunbook_staging_")]
         second = other("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
         assert second.returncode == 1, second.stderr
@@ -40,13 +29,8 @@ def test_two_checkouts_replacing_one_database_at_once_one_is_refused_by_the_serv
         # nothing of the second run, and the first run's staging database untouched
         assert [d for d in databases(pg) if "_staging_" in d and d.startswith(target)] == [staging]
         assert not (other.backup_dir("prod") / JOURNAL).exists()
-        (tmp_path / "pause.go").touch()
-        _, stderr = first.communicate(timeout=300)
-        assert first.returncode == 0, stderr
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+        done = first.go()
+    assert done.returncode == 0, done.stderr
     assert table_fingerprints(pg, target) == before
     again = other("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")  # the lock is free
     assert again.returncode == 0, again.stderr

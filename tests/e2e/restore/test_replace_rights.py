@@ -7,20 +7,17 @@ replace is refused then, and the restored database is kept for the retry."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
 
 from helpers import (
-    ROOT,
     allows_connections,
     backup,
     databases,
     log_lines,
     minimal_rights,
+    paused,
     prestaged,
     start_postgres,
     table_fingerprints,
@@ -94,27 +91,15 @@ def test_a_superuser_session_that_ends_while_the_replace_waits_is_waited_out(cli
     minimal_rights(cli, pg, target, REPLACE_SESSION_WAIT="10m")
     dump = backup(cli, "--env=prod")
     dba = superuser_session(pg, target)
-    pause = tmp_path / "pause"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-replace", "--env=prod", f"--file={dump}",
-         "--confirm=prod"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cli.home,
-        env={**os.environ, "PGRUNBOOK_HOME": str(cli.home), "PGRUNBOOK_TEST_PAUSE_AT": "sessions-wait",
-             "PGRUNBOOK_TEST_PAUSE_FILE": str(pause)})
     try:
-        # the kit is waiting for the session (it has checked once and found it)
-        wait_for(lambda: (tmp_path / "pause.reached").exists() or process.poll() is not None,
-                 "the replace waiting for the superuser session", 120)
-        assert process.poll() is None, process.communicate()
-        end_session(pg, dba)
-        (tmp_path / "pause.go").touch()
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr
-        assert dba in stderr  # named while it was waited for
+        with paused(cli, "sessions-wait", tmp_path, "restore-replace", "--env=prod", f"--file={dump}",
+                    "--confirm=prod") as run:
+            run.reached("the replace waiting for the superuser session (checked once, found it)")
+            end_session(pg, dba)
+            done = run.go()
+        assert done.returncode == 0, done.stderr
+        assert dba in done.stderr  # named while it was waited for
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
         end_session(pg, dba)
 
 
@@ -142,28 +127,15 @@ def test_an_autovacuum_worker_on_staging_does_not_stop_a_non_superusers_swap(tmp
     minimal_rights(cli, pg, "live")
     dump = backup(cli, "--env=prod")
     before = table_fingerprints(pg, "live")
-    pause = tmp_path / "pause"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-replace", "--env=prod", f"--file={dump}",
-         "--confirm=prod"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cli.home,
-        env={**os.environ, "PGRUNBOOK_HOME": str(cli.home), "PGRUNBOOK_TEST_PAUSE_AT": "apps-stop",
-             "PGRUNBOOK_TEST_PAUSE_FILE": str(pause)})
-    try:
-        wait_for(lambda: (tmp_path / "pause.reached").exists() or process.poll() is not None,
-                 "the replace before the swap", 180)
-        assert process.poll() is None, process.communicate()
+    with paused(cli, "apps-stop", tmp_path, "restore-replace", "--env=prod", f"--file={dump}",
+                "--confirm=prod") as run:
+        run.reached("the replace before the swap")
         [staging] = [d for d in databases(pg) if d.startswith("live_pgrunbook_staging_")]
         wait_for(lambda: pg.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
                                  f"AND datname = '{staging}'", "postgres").strip() != "0",
                  "an autovacuum worker on the staging database", 120)
-        (tmp_path / "pause.go").touch()
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr
-        assert table_fingerprints(pg, "live") == before
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        done = run.go()
+    assert done.returncode == 0, done.stderr
+    assert table_fingerprints(pg, "live") == before
     record = [line for line in log_lines(cli) if line["task"] == "restore-replace"][-1]
     assert record["result"] == "ok", json.dumps(record, ensure_ascii=False)
