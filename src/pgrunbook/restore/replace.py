@@ -248,6 +248,7 @@ def _replace_locked(run: Replace) -> ReplaceResult:
             run.record.update(stage="apps-stop")
             run.apps.stop(before_each=run.record.app_stopping)
             faults.kill_point("apps-stopped")
+            faults.pause_point("swap")
             run.record.update(stage="swap")
             console.step(f"切り替え: {settings.db_name} → {run.previous}、{run.staging} → {settings.db_name}")
             swap_databases(pg, settings.db_name, run.staging, run.previous,

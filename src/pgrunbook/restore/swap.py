@@ -13,11 +13,11 @@ What the kit cannot end stops the swap without a wait: a prepared transaction
 (it holds the database like a session, and only COMMIT/ROLLBACK PREPARED ends
 it) and, for a DB_USER that is not a superuser, a superuser's session
 (pg_signal_backend does not reach it). Autovacuum workers are not ended by the
-kit: the rename itself stops them. The script checks for both right after it
-has ended the other sessions and after each failed attempt, and reopens the
-live database at once when one is there (verdict ``reopened`` with a
-``pgrunbook:blocked:`` line); the run is then refused (``Blocked``) and keeps
-what it restored for the retry. Before the apps stop, ``wait_out_sessions``
+kit: the rename itself stops them. The swap transaction's first statement
+checks for both (the other sessions just ended) and fails naming them; the
+script then reopens the live database at once instead of retrying (verdict
+``reopened`` with a ``pgrunbook:blocked:`` error); the run is refused
+(``Blocked``) and keeps what it restored for the retry. Before the apps stop, ``wait_out_sessions``
 gives such sessions REPLACE_SESSION_WAIT to go.
 """
 
@@ -62,16 +62,15 @@ attempt=0
 while [ "$attempt" -lt 5 ]; do
   attempt=$((attempt + 1))
   : >"$dir/attempt"
-  q -c "$PGRUNBOOK_TERMINATE"
-  # what no retry can end (a prepared transaction, a session DB_USER may not end): reopen now
-  blockers=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_BLOCKERS" 2>>"$log")
-  if [ -n "$blockers" ]; then echo "pgrunbook:blocked:$blockers" >>"$log"; break; fi
-  if psql -X -q -v ON_ERROR_STOP=1 -A -t -d postgres -c "$PGRUNBOOK_SWAP" >>"$dir/attempt" 2>&1; then
+  if psql -X -q -v ON_ERROR_STOP=1 -A -t -d postgres -c "$PGRUNBOOK_TERMINATE" \
+       -c "$PGRUNBOOK_SWAP" >>"$dir/attempt" 2>&1; then
     cat "$dir/attempt" >>"$log"; verdict swapped
   fi
   cat "$dir/attempt" >>"$log"
   state=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_STATE" 2>>"$log")
   [ "$state" = "swapped" ] && verdict swapped
+  # what no retry can end (a prepared transaction, a session DB_USER may not end): reopen now
+  grep -q "pgrunbook:blocked:" "$dir/attempt" && break
   grep -q "being accessed by other users" "$dir/attempt" || break
   sleep 0.5
 done
@@ -117,7 +116,7 @@ def terminate_sql(databases: list[str], wait: str) -> str:
 
 
 def blockers_sql(databases: list[str]) -> str:
-    """One line of JSON when something no retry ends holds one of ``databases``, else nothing."""
+    """One line of JSON when something no retry ends holds one of ``databases``, else no row."""
     names = _databases(databases)
     where = SESSIONS_ON.format(databases=names)
     return ("SELECT json_build_object('prepared', p.n, 'sessions', s.list) FROM "
@@ -179,13 +178,23 @@ def wait_out_sessions(pg: Postgres, databases: list[str], limit: float, console:
             "から再実行（待つ時間は REPLACE_SESSION_WAIT）")
 
 
+def blocked_check(databases: list[str]) -> str:
+    """The swap transaction's first statement: it fails, naming what it found, when
+    something no retry ends holds one of ``databases`` (the script then reopens the
+    live database at once instead of retrying). In the transaction: no extra round
+    trip while the database is closed."""
+    tag = f"$blocked_{uuid.uuid4().hex[:8]}$"
+    return (f"DO {tag}DECLARE found text; BEGIN {blockers_sql(databases)} INTO found; "
+            f"IF found IS NOT NULL THEN RAISE EXCEPTION 'pgrunbook:blocked:%', found; END IF; END{tag}")
+
+
 def blocked_error(live: str, user: str, text: str) -> Blocked | None:
-    """The script's ``pgrunbook:blocked:`` line as the refusal it means (None: no such line)."""
-    line = next((line for line in text.splitlines() if line.startswith("pgrunbook:blocked:")), None)
+    """The swap's ``pgrunbook:blocked:`` error as the refusal it means (None: there is none)."""
+    line = next((line for line in text.splitlines() if "pgrunbook:blocked:" in line), None)
     if line is None:
         return None
     try:
-        found = json.loads(line.split(":", 2)[2])
+        found = json.loads(line.split("pgrunbook:blocked:", 1)[1].strip())
     except ValueError:
         found = {}
     prepared = int(found.get("prepared") or 0)
@@ -292,6 +301,7 @@ def swap_databases(
     whatever happens to this process meanwhile (see SCRIPT)."""
     live_q, incoming_q, outgoing_q = quote_ident(live), quote_ident(incoming), quote_ident(outgoing)
     statements = [
+        blocked_check([live, incoming]),
         f"ALTER DATABASE {live_q} RENAME TO {outgoing_q}",
         f"ALTER DATABASE {incoming_q} RENAME TO {live_q}",
         f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true",
@@ -316,7 +326,6 @@ def swap_databases(
         "PGRUNBOOK_CLOSE": f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false",
         "PGRUNBOOK_REOPEN": f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true",
         "PGRUNBOOK_TERMINATE": terminate_sql([live, incoming], wait),
-        "PGRUNBOOK_BLOCKERS": blockers_sql([live, incoming]),
         "PGRUNBOOK_SWAP": "BEGIN; " + "; ".join(statements) + "; COMMIT;",
         "PGRUNBOOK_STATE": (
             f"SELECT CASE WHEN count(*) FILTER (WHERE datname = {quote_literal(incoming)}) = 0 "

@@ -103,6 +103,31 @@ def test_a_superuser_session_that_ends_while_the_replace_waits_is_waited_out(cli
         end_session(pg, dba)
 
 
+def test_a_superuser_session_that_comes_after_the_apps_stopped_reopens_live_at_once(
+        cli, pg, target, app_container, tmp_path):
+    """It connects between the wait and the close: the swap cannot end it, so live is
+    reopened without a retry, the apps start again, and the restored DB is kept."""
+    minimal_rights(cli, pg, target, APP_CONTAINERS=app_container.name)
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    with paused(cli, "swap", tmp_path, "restore-replace", "--env=prod", f"--file={dump}",
+                "--confirm=prod") as run:
+        run.reached("the apps stopped, the swap next")
+        dba = superuser_session(pg, target)
+        try:
+            done = run.go()
+        finally:
+            end_session(pg, dba)
+    assert done.returncode == 1, done.stderr
+    assert "すぐ開き直しました" in done.stderr and dba in done.stderr, done.stderr
+    assert table_fingerprints(pg, target) == before and allows_connections(pg, target) == "t"
+    app_container.reload()
+    assert app_container.status == "running"
+    [kept] = prestaged(pg, target)
+    assert kept in done.stderr
+    assert not (cli.backup_dir("prod") / ".restore-in-progress.json").exists()
+
+
 @pytest.fixture(scope="module")
 def slow_autovacuum(docker_engine):
     """A server whose autovacuum starts within a second and then crawls (one page per
