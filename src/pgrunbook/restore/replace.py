@@ -3,16 +3,22 @@
 Order of a replace, and what an interruption at each step leaves (the journal,
 journal.py, records each step before it starts; restore-recover repairs):
 1. checks that need no change: file, versions, env rules, prepared
-   transactions and DB_USER's privileges (they would stop the swap), banner
-2. the staging database, the upload, the staging restore    -> staging DB, upload
+   transactions and DB_USER's privileges (they would stop the swap), banner;
+   then the local lock and the server's (one run of the database anywhere)
+2. the staging database (made like the live one: locale provider, tablespace,
+   owner), the upload, the staging restore                  -> staging DB, upload
    (or, with a prestaged database of the same file, that one claimed as the
    staging database: prestage.py; every later step is the same)
 3. row counts against the manifest (before any masking), masking SQL, owners
    and privileges made and checked equal to the live database's
-4. the work log's "started" line, the app containers stopped -> stopped apps
+4. the sessions DB_USER cannot end waited out (else refused, the restored
+   database kept for the retry), the work log's "started" line, the app
+   containers stopped                                        -> stopped apps
 5. the swap (one script inside the container that cannot leave the live
-   database closed), the apps started again
-6. the database-level settings and privileges checked on the new database
+   database closed), the apps started again (the journal names each until it
+   runs: an interruption here leaves it for restore-recover)
+6. the database itself (locale, tablespace, limit, template, comment),
+   settings and privileges checked on the new database
 """
 
 from __future__ import annotations
@@ -302,7 +308,7 @@ def _claim_prestaged(run: Replace) -> None:
             raise
         return from_the_file("がなくなりました: ")  # dropped by a restore test since the check above
     made = pg.facts(chosen.name).database
-    unlike = creation_differences(run.live, made) if made else ["なし"]
+    unlike = creation_differences(run.live, made) if made else ["DB がありません"]
     if unlike:  # made before the live database changed, or by a kit that did not carry these
         return from_the_file(f"が本番 DB と違う設定で作られています（{'; '.join(unlike)}）: 削除して",
                              drop=True)
