@@ -17,8 +17,8 @@ kit: the rename itself stops them. The swap transaction's first statement
 checks for both (the other sessions just ended) and fails naming them; the
 script then reopens the live database at once instead of retrying (verdict
 ``reopened`` with a ``pgrunbook:blocked:`` error); the run is refused
-(``Blocked``) and keeps what it restored for the retry. Before the apps stop, ``wait_out_sessions``
-gives such sessions REPLACE_SESSION_WAIT to go.
+(``Blocked``) and keeps what it restored for the retry. Before the apps stop,
+``wait_out_sessions`` gives such sessions REPLACE_SESSION_WAIT to go.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ KIT_IS_SUPERUSER = "(SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current
 SUPERUSER_SESSION = "EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = a.usesysid AND r.rolsuper)"
 ENDABLE = f"({KIT_IS_SUPERUSER} OR (a.usesysid IS NOT NULL AND NOT {SUPERUSER_SESSION}))"
 UNENDABLE = f"(NOT {KIT_IS_SUPERUSER} AND {SUPERUSER_SESSION})"
-SESSION_ROW = ("json_build_array(a.pid, coalesce(a.usename, ''), coalesce(a.application_name, ''), "
+SESSION_ROW = ("jsonb_build_array(a.pid, coalesce(a.usename, ''), coalesce(a.application_name, ''), "
                "coalesce(a.backend_type, ''), a.datname)")
 
 
@@ -119,9 +119,10 @@ def blockers_sql(databases: list[str]) -> str:
     """One line of JSON when something no retry ends holds one of ``databases``, else no row."""
     names = _databases(databases)
     where = SESSIONS_ON.format(databases=names)
-    return ("SELECT json_build_object('prepared', p.n, 'sessions', s.list) FROM "
+    # jsonb: one line whatever it holds (json_agg puts a line break between elements)
+    return ("SELECT jsonb_build_object('prepared', p.n, 'sessions', s.list) FROM "
             f"(SELECT count(*) AS n FROM pg_prepared_xacts WHERE database IN ({names})) p, "
-            f"(SELECT json_agg({SESSION_ROW} ORDER BY a.pid) AS list FROM pg_stat_activity a "
+            f"(SELECT jsonb_agg({SESSION_ROW} ORDER BY a.pid) AS list FROM pg_stat_activity a "
             f"WHERE {where} AND {UNENDABLE}) s WHERE p.n > 0 OR s.list IS NOT NULL")
 
 
@@ -146,7 +147,7 @@ def _sessions(rows: list) -> list[Session]:
 def unendable_sessions(pg: Postgres, databases: list[str]) -> list[Session]:
     """The sessions on ``databases`` DB_USER cannot end (none for a superuser)."""
     where = SESSIONS_ON.format(databases=_databases(databases))
-    rows = pg.query(f"SELECT coalesce(json_agg({SESSION_ROW} ORDER BY a.pid), '[]'::json) "
+    rows = pg.query(f"SELECT coalesce(jsonb_agg({SESSION_ROW} ORDER BY a.pid), '[]'::jsonb) "
                     f"FROM pg_stat_activity a WHERE {where} AND {UNENDABLE}", "postgres")
     return _sessions(json.loads(rows[0][0]))
 
