@@ -460,6 +460,78 @@ def owners(pg, database: str) -> set[str]:
                        database).split())
 
 
+# ---- a DB_USER with the runbook's minimal rights (not a superuser) -------------------
+
+# the schemas the app made and every table, view and sequence in them (a serial's
+# sequence follows its table) become the owner role's
+OWNED_BY = """
+DO $$DECLARE r record; BEGIN
+  FOR r IN SELECT nspname FROM pg_namespace WHERE nspname IN ('accounting', 'audit') LOOP
+    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, 'OWNER_ROLE');
+  END LOOP;
+  FOR r IN SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname IN ('public', 'accounting', 'audit') AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
+                             AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')) LOOP
+    EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', r.nspname, r.relname, 'OWNER_ROLE');
+  END LOOP;
+END$$
+"""
+
+
+def minimal_rights(cli, pg, database: str, **extra: str) -> tuple[str, str]:
+    """``owner`` owns the database and every table, view and sequence; ``kit`` has
+    CREATEDB, is a member of ``owner`` and holds pg_signal_backend. prod runs as kit."""
+    suffix = uuid.uuid4().hex[:6]
+    owner = role(pg, f"appowner_{suffix}")
+    kit = role(pg, f"kit_{suffix}", f"LOGIN CREATEDB PASSWORD '{PASSWORD}'")
+    pg.psql(f'GRANT "{owner}" TO "{kit}"', "postgres")
+    pg.psql(f'GRANT pg_signal_backend TO "{kit}"', "postgres")
+    pg.psql(f'ALTER DATABASE "{database}" OWNER TO "{owner}"', "postgres")
+    pg.psql(OWNED_BY.replace("OWNER_ROLE", owner), database)
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=database, DB_USER=kit, DB_PASSWORD=PASSWORD, **extra)
+    return owner, kit
+
+
+
+# ---- a run held at a stage (faults.pause_point) -----------------------------------------
+
+class Paused:
+    """The real CLI started in the background and held at ``stage`` until ``go()``:
+    the test sets up what the next step meets and waits on conditions, not on time."""
+
+    def __init__(self, cli, stage: str, folder: Path, *args: str) -> None:
+        self.base = folder / f"pause-{uuid.uuid4().hex[:6]}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cli.home,
+            env={**os.environ, "PGRUNBOOK_HOME": str(cli.home), "PGRUNBOOK_TEST_PAUSE_AT": stage,
+                 "PGRUNBOOK_TEST_PAUSE_FILE": str(self.base)})
+
+    def reached(self, what: str, limit: float = 180) -> None:
+        wait_for(lambda: Path(f"{self.base}.reached").exists() or self.process.poll() is not None, what, limit)
+        assert self.process.poll() is None, self.process.communicate()
+
+    def go(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        Path(f"{self.base}.go").touch()
+        stdout, stderr = self.process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, stdout, stderr)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:  # by its own pid: only the run this test started
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def paused(cli, stage: str, folder: Path, *args: str) -> Iterator[Paused]:
+    run = Paused(cli, stage, folder, *args)
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
 # ---- from the former test_prestage.py ------------------------------------------------------
 
 VERBOSE = {"PGRUNBOOK_VERBOSE": "1"}  # the steps too (silent under cron)

@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from pgrunbook.core.errors import Refused
 from pgrunbook.core.files import ensure_private_dir, write_private
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import now_iso, operator
@@ -42,6 +43,8 @@ class Journal:
             "apps_stopped": [], **fields,
         }
         journal = cls(path_of(settings), data)
+        if journal.path.exists():  # never over another run's record (the caller checked, under its locks)
+            refuse_unfinished(settings, read(settings) or {})
         journal._write()
         return journal
 
@@ -55,8 +58,26 @@ class Journal:
             self.data["apps_stopped"].append(name)
         self._write()
 
+    def app_started(self, name: str) -> None:
+        """Once an app the run stopped runs again: the journal lists only those still stopped."""
+        if name in self.data["apps_stopped"]:
+            self.data["apps_stopped"].remove(name)
+            self._write()
+
+    @property
+    def apps_stopped(self) -> list[str]:
+        return list(self.data["apps_stopped"])
+
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def close(self, settled: bool) -> bool:
+        """Remove the journal once the run has put right all it did (``settled``) and every
+        app it stopped runs again; else keep it for restore-recover. True when removed."""
+        if settled and not self.data["apps_stopped"]:
+            self.finish()
+            return True
+        return False
 
     def _write(self) -> None:
         ensure_private_dir(self.path.parent)
@@ -90,10 +111,24 @@ def process_started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
+def other_host(data: dict[str, Any]) -> str | None:
+    """The host that wrote ``data`` when it is not this one (a shared backup folder, or
+    the kit run from a container whose hostname changes)."""
+    host = data.get("host")
+    return str(host) if host and host != socket.gethostname() else None
+
+
+def elsewhere_hint(settings: Settings, host: str) -> str:
+    return (f"ホスト {host} で invoke restore-recover --env={settings.env} を実行"
+            f"（そのホストがもうないなら、このホストで invoke restore-recover --env={settings.env}）")
+
+
 def is_alive(data: dict[str, Any]) -> bool:
-    """Is the run that wrote ``data`` still going (same host, same process alive)?"""
-    if data.get("host") != socket.gethostname():
-        return True  # another host's run: we cannot tell, so we do not call it dead
+    """Is the run that wrote ``data`` still going here (same host, same process alive)?
+    Another host's run: False, this host cannot see it (restore-recover asks the
+    server's lock whether any run of the database is going)."""
+    if other_host(data):
+        return False
     pid = data.get("pid")
     if not isinstance(pid, int) or pid == os.getpid():
         return False
@@ -123,13 +158,35 @@ def leftover(settings: Settings) -> dict[str, Any] | None:
 
 
 def notice(settings: Settings) -> str | None:
-    """The one line every task of the env prints while an interrupted run is unrepaired."""
+    """The one line every task of the env prints while an interrupted run is unrepaired
+    (or another host's run is recorded: this host cannot tell whether it still goes)."""
     data = leftover(settings)
     if data is None:
         return None
     apps = data.get("apps_stopped") or []
     stopped = f"（停止したままのアプリ: {', '.join(apps)}）" if apps else ""
-    return (f"前回の {data.get('task', '?')}（{data.get('started_at', '?')}、{data.get('operator', '?')}、"
-            f"段階: {data.get('stage', '?')}）が途中で止まっています"
-            f"{stopped}"
+    what = (f"{data.get('task', '?')}（{data.get('started_at', '?')}、{data.get('operator', '?')}、"
+            f"段階: {data.get('stage', '?')}）")
+    host = other_host(data)
+    if host:
+        return (f"ホスト {host} の {what} が終わっていません{stopped}: 実行中ならその終了を待ち、"
+                f"止まっているなら → {elsewhere_hint(settings, host)}")
+    return (f"前回の {what} が途中で止まっています{stopped}"
             f" → invoke restore-recover --env={settings.env} で確認・修復")
+
+
+def refuse_unfinished(settings: Settings, data: dict[str, Any] | None = None) -> None:
+    """Refuse to start a replace or rollback while a run of this env has not finished:
+    this host's interrupted one, or another host's, named with what to run."""
+    data = leftover(settings) if data is None else data
+    if not data:
+        return
+    what = (f"{data.get('task', '?')}（開始 {data.get('started_at', '?')}、{data.get('operator', '?')}、"
+            f"段階 {data.get('stage', '?')}）")
+    host = other_host(data)
+    if host:
+        raise Refused(f"ホスト {host} の {what} が終わっていません（何も変更していません）",
+                      f"実行中ならその終了を待つ。止まっているなら {elsewhere_hint(settings, host)}"
+                      "してから再実行")
+    raise Refused(f"前回の {what} が途中で止まったままです（何も変更していません）",
+                  f"invoke restore-recover --env={settings.env} で修復してから再実行")

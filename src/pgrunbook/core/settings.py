@@ -90,6 +90,9 @@ KEYS: dict[str, tuple[str | None, str]] = {
     # --- the auditor's evidence and the key drill (issue 25)
     "FISCAL_YEAR_START": ("04-01", "年度の始まり（MM-DD）。evidence の既定の期間は直前の年度"),
     "KEY_DRILL_MAX_AGE": ("180d", "最後の鍵の訓練（key-drill）がこれより古ければ check・status が警告"),
+    # --- trust, third pass (issue 22)
+    "REPLACE_SESSION_WAIT": ("60s", "DB_USER が終了できないセッション（superuser など）が終わるのを"
+                                    "置き換えの前に待つ時間（例: 60s, 5m）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 MIN_PASSWORD_LENGTH = 8  # shorter: a settings warning (a short secret masks common words)
@@ -145,6 +148,7 @@ class Settings:
     restore_prestage: bool = False
     fiscal_year_start: tuple[int, int] = (4, 1)  # (month, day)
     key_drill_max_age: timedelta = timedelta(days=180)
+    replace_session_wait: float = 60.0  # seconds
     db_container_id: str = ""  # set by discovery.bind once the container is resolved
     # keys the shell sets to another value than the files: not used, and said so (warnings)
     shell_ignored: tuple[str, ...] = ()
@@ -315,6 +319,13 @@ def _integer(key: str, text: str, minimum: int = 0) -> int:
     return value
 
 
+def _seconds(key: str, text: str) -> float:
+    try:
+        return parse_duration(text).total_seconds()
+    except RunbookError as error:
+        raise RunbookError(f"{key}={text!r}: {error.message}", error.hint, 2) from None
+
+
 def _checked(key: str, value: str, pattern: re.Pattern[str]) -> str:
     if not pattern.match(value):
         raise RunbookError(
@@ -402,6 +413,7 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         restore_jobs=None if get("RESTORE_JOBS") == "auto" else _integer(
             "RESTORE_JOBS", get("RESTORE_JOBS"), 1),
         restore_prestage=_boolean("RESTORE_PRESTAGE", get("RESTORE_PRESTAGE")),
+        replace_session_wait=_seconds("REPLACE_SESSION_WAIT", get("REPLACE_SESSION_WAIT")),
         **_offsite_values(env, get),
         **_monitoring_values(env, config_dir, get),
         **_guard_values(get),

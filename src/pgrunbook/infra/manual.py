@@ -207,7 +207,10 @@ def restore_replace_commands(
     """The runbook's A made safe: staging first, then swap names; the old DB is kept."""
     live = settings.db_name
     lines = [
-        "# 1. 本番 DB には触らず、staging DB に復元して確かめる",
+        "# 1. 本番 DB には触らず、staging DB に復元して確かめる。staging は本番 DB と同じ DB として作る:",
+        "#    下の \\l+ の所有者・照合順序・ロケールプロバイダー（ICU なら ICU_LOCALE）・表領域を CREATE",
+        "#    DATABASE に OWNER / LC_COLLATE / LC_CTYPE / LOCALE_PROVIDER / ICU_LOCALE / TABLESPACE で付ける",
+        _psql(settings, "postgres", f"\\l+ {live}"),
         _psql(settings, "postgres", f"CREATE DATABASE {_sql_name(staging)};"),
         _load(settings, archive, staging, no_owner, no_acl),
         *table_summary_commands(settings, staging)[:1],
@@ -225,6 +228,8 @@ def restore_replace_commands(
             f"ALTER DATABASE {_sql_name(live)} RENAME TO {_sql_name(previous)};",
             f"ALTER DATABASE {_sql_name(staging)} RENAME TO {_sql_name(live)};",
         ),
+        "#    接続数の上限・テンプレートかどうか・DB 単位の設定と権限は以前の DB から写す",
+        "#    （ALTER DATABASE … CONNECTION LIMIT / IS_TEMPLATE / SET、GRANT … ON DATABASE）",
         "# 4. アプリを再開して動作確認",
     ]
     if settings.app_containers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -43,7 +44,14 @@ def quote_ident(name: str) -> str:
 
 
 def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """A string constant that means ``value`` whatever standard_conforming_strings
+    says: with a backslash in it, an escape string (E'...', backslashes doubled),
+    as the server's own quote_literal() writes it; under the setting off a plain
+    '...' would read a backslash as an escape (and \\' as the end of the literal)."""
+    quoted = value.replace("'", "''")
+    if "\\" in value:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"
 
 
 @dataclass(frozen=True)
@@ -138,10 +146,24 @@ SELECT json_build_object(
                  a.privilege_type, a.is_grantable)), '[]'::json)
         FROM aclexplode(d.datacl) a) END,
       'allow_connections', d.datallowconn,
+      -- what CREATE DATABASE sets (the columns 15 and 17 added or renamed, read by name
+      -- from to_jsonb: absent before, no version test here)
+      'locale_provider', coalesce(to_jsonb(d)->>'datlocprovider', 'c'),
+      'locale', coalesce(to_jsonb(d)->>'datlocale', to_jsonb(d)->>'daticulocale'),
+      'icu_rules', to_jsonb(d)->>'daticurules',
+      'collation_version', to_jsonb(d)->>'datcollversion',
+      'tablespace', (SELECT t.spcname FROM pg_tablespace t WHERE t.oid = d.dattablespace),
+      -- CREATE DATABASE checks the privilege only for a tablespace it is given
+      'tablespace_create', (SELECT t.spcname = 'pg_default' FROM pg_tablespace t
+                            WHERE t.oid = d.dattablespace)
+                           OR has_tablespace_privilege(d.dattablespace, 'CREATE'),
+      'connection_limit', d.datconnlimit,
+      'is_template', d.datistemplate,
       'prepared', (SELECT count(*) FROM pg_prepared_xacts p WHERE p.database = d.datname),
       'logical_slots', (SELECT coalesce(json_agg(r.slot_name ORDER BY r.slot_name), '[]'::json)
                         FROM pg_replication_slots r WHERE r.database = d.datname),
-      'user_owns', pg_has_role(d.datdba, 'MEMBER'))
+      -- the owner's privileges (ALTER DATABASE ... RENAME, COMMENT need them: INHERIT)
+      'user_owns', pg_has_role(d.datdba, 'USAGE'))
     FROM pg_database d WHERE d.datname = %s),
   'user', (SELECT json_build_object('name', r.rolname, 'superuser', r.rolsuper,
                                     'createdb', r.rolcreatedb,
@@ -169,6 +191,14 @@ class DatabaseFacts:
     prepared_transactions: int = 0
     logical_slots: tuple[str, ...] = ()
     user_owns: bool = True  # the kit user is (a member of) the owner
+    locale_provider: str = "c"  # pg_database.datlocprovider: c (libc), i (ICU, 15+), b (builtin, 17+)
+    locale: str | None = None  # the ICU or builtin locale (daticulocale, datlocale from 17)
+    icu_rules: str | None = None  # ICU tailoring rules (16+)
+    collation_version: str | None = None  # datcollversion (15+): the library's version at creation
+    tablespace: str = "pg_default"
+    tablespace_create: bool = True  # the kit user may create a database in that tablespace
+    connection_limit: int = -1
+    is_template: bool = False
 
 
 @dataclass(frozen=True)
@@ -284,6 +314,10 @@ class Postgres:
                       for grantee, privilege, grantable in found["acl_items"]],
                 bool(found.get("allow_connections", True)), int(found.get("prepared") or 0),
                 tuple(found.get("logical_slots") or ()), bool(found.get("user_owns", True)),
+                found.get("locale_provider") or "c", found.get("locale"), found.get("icu_rules"),
+                found.get("collation_version"), found.get("tablespace") or "pg_default",
+                bool(found.get("tablespace_create", True)), int(found.get("connection_limit", -1)),
+                bool(found.get("is_template", False)),
             )
         user = raw.get("user")
         kit_user = (KitUser(user["name"], bool(user["superuser"]), bool(user["createdb"]),
@@ -321,6 +355,117 @@ class Postgres:
         rows = self.query("SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1",
                           "postgres")
         return [row[0] for row in rows]
+
+
+# The kit's space of advisory locks ('pgrb'): pg_advisory_lock(LOCK_SPACE, hashtext(key))
+LOCK_SPACE = 1885827682
+
+
+class ServerLock:
+    """One writer per database on the server, whichever host or checkout runs it.
+
+    A session-level advisory lock taken by one psql session in the ``postgres``
+    database and held for the run's length: the session reads its commands from
+    the kit (exec with stdin), so it ends, and the lock with it, when the run
+    releases it, when the kit dies however it dies (the engine closes the
+    session's input; a ``kill -9`` included) and when the server restarts. Its
+    application_name names the holder for whoever is refused.
+    """
+
+    ANSWER = re.compile(rb"pgrunbook-lock=([tf])")
+
+    def __init__(self, pg: Postgres, key: str, holder: str) -> None:
+        self.pg = pg
+        self.key = key
+        self.holder = holder[:63]
+        self._answered = threading.Event()
+        self._release = threading.Event()
+        self._output = bytearray()
+        self._granted: bool | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="server-lock", daemon=True)
+
+    def _key_sql(self) -> str:
+        return f"{LOCK_SPACE}, hashtext({quote_literal('pgrunbook:' + self.key)})"
+
+    def _statements(self) -> Iterator[bytes]:
+        yield f"SELECT 'pgrunbook-lock=' || pg_try_advisory_lock({self._key_sql()});\n".encode()
+        self._release.wait()
+
+    def _on_stdout(self, data: bytes) -> None:
+        self._output.extend(data)
+        match = self.ANSWER.search(self._output)
+        if match and self._granted is None:
+            self._granted = match.group(1) == b"t"
+            self._answered.set()
+
+    def _run(self) -> None:
+        argv = self.pg.psql_argv("postgres") + ["-A", "-t"]
+        try:
+            result = self.pg.run(argv, stdin=self._statements(), on_stdout=self._on_stdout,
+                                 environment={"PGAPPNAME": self.holder})
+            if self._granted is None and not result.ok:
+                self._failure = explain_failure(result.stderr, self.pg.settings, "postgres")
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            self._failure = error
+        finally:
+            self._answered.set()
+
+    ANSWER_WAIT = 10.0  # seconds before the server is asked whether the answer was lost
+    ANSWER_LIMIT = 120.0  # seconds before a session that never runs its statement is given up
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False when another session holds it. The engine can
+        drop the session's output (its answer): then the server is asked what the session got."""
+        self._thread.start()
+        deadline = time.monotonic() + self.ANSWER_LIMIT
+        while not self._answered.wait(self.ANSWER_WAIT):
+            seen = self._granted_to_our_session()
+            if seen is not None:
+                self._granted = seen
+                break
+            if time.monotonic() > deadline:
+                break
+        if self._granted:
+            return True
+        self.release()
+        if self._failure:
+            raise self._failure
+        if self._granted is None:
+            raise RunbookError("サーバーのロックを取れません（psql の応答がありません）")
+        return False
+
+    def _granted_to_our_session(self) -> bool | None:
+        """What our session's pg_try_advisory_lock got, asked of the server (a framed read);
+        None while the session has not run it yet."""
+        rows = self.pg.query(
+            "SELECT coalesce(bool_or(l.granted), false) FROM pg_stat_activity a "
+            "LEFT JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' "
+            f"AND l.classid = {LOCK_SPACE} AND l.objsubid = 2 "
+            f"AND l.objid = hashtext({quote_literal('pgrunbook:' + self.key)})::oid "
+            f"WHERE a.application_name = {quote_literal(self.holder)} "
+            "AND a.query LIKE '%pg_try_advisory_lock%' HAVING count(*) > 0", "postgres")
+        return rows[0][0] == "t" if rows else None
+
+    @property
+    def held(self) -> bool:
+        """Still held: its session is alive (a server restart would have ended it)."""
+        return bool(self._granted) and self._thread.is_alive()
+
+    def holders(self) -> list[str]:
+        """Who holds it (their sessions' application_name and start), for the refusal."""
+        rows = self.pg.query(
+            "SELECT coalesce(a.application_name, ''), "
+            "to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS') FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+            f"AND l.classid = {LOCK_SPACE} AND l.objsubid = 2 "
+            f"AND l.objid = hashtext({quote_literal('pgrunbook:' + self.key)})::oid", "postgres")
+        return [f"{name or '?'}（{started} から）" for name, started in rows]
+
+    def release(self) -> None:
+        self._release.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
 
 class SnapshotSession:

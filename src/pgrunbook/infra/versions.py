@@ -8,6 +8,8 @@
   not know: such a file fails on its first line there.
 * A dump is only guaranteed to load into a server of pg_dump's own major or a
   newer one.
+* A database's locale provider: libc only before 15; ICU (``ICU_LOCALE``) from
+  15, ICU rules from 16, the builtin provider (``BUILTIN_LOCALE``) from 17.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.infra.archive import major_version
+from pgrunbook.infra.postgres import quote_literal
 
 # The fastest format by backup + restore-replace time, measured side by side on
 # the bench dataset (runbooks/performance.md); before 16 only gzip levels exist.
@@ -104,3 +107,31 @@ def check_sql_for_psql(name: str, head: str, psql_version: str) -> None:
             "同じ版以上の psql を持つコンテナで復元する",
         )
 
+
+
+# ---- a database's locale provider ------------------------------------------------------
+PROVIDERS = {"c": "libc", "i": "ICU", "b": "builtin"}
+
+
+def describe_locale(provider: str, locale: str | None, collate: str) -> str:
+    """The database's collation in words: "ICU de-DE", "libc C.UTF-8"."""
+    name = PROVIDERS.get(provider, provider)
+    return f"{name} {locale}" if provider in ("i", "b") and locale else f"{name} {collate}"
+
+
+def locale_options(server_version: str, provider: str, locale: str | None, icu_rules: str | None) -> str:
+    """The CREATE DATABASE options that give a new database this locale provider (named
+    always from 15: a cluster initialised with ICU would otherwise pass its own on)."""
+    major = major_version(server_version)
+    if major and major < 15:
+        return ""
+    if provider == "c":
+        return " LOCALE_PROVIDER libc"
+    if provider == "i" and locale:
+        rules = f" ICU_RULES {quote_literal(icu_rules)}" if icu_rules and major >= 16 else ""
+        return f" LOCALE_PROVIDER icu ICU_LOCALE {quote_literal(locale)}{rules}"
+    if provider == "b" and locale and major >= 17:
+        return f" LOCALE_PROVIDER builtin BUILTIN_LOCALE {quote_literal(locale)}"
+    raise Refused(f"データベースのロケール（プロバイダー {provider}、{locale or 'ロケールなし'}）を"
+                  f"PostgreSQL {server_version} の新しい DB に写せません（何も変更していません）",
+                  "キットが扱えない照合順序の設定です。手作業の手順（runbooks の手作業タブ）で復元する")

@@ -25,6 +25,7 @@ from typing import Any
 import docker
 from docker.errors import DockerException
 
+from pgrunbook.core import journal
 from pgrunbook.core.console import human_size
 from pgrunbook.core.durations import describe_age
 from pgrunbook.core.errors import RunbookError
@@ -54,7 +55,11 @@ SELECT json_build_object(
   'user', current_user,
   'superuser', r.rolsuper,
   'createdb', r.rolcreatedb,
-  'owner_member', pg_has_role(d.datdba, 'MEMBER'),
+  'owner_member', pg_has_role(d.datdba, 'USAGE'),
+  'tablespace', (SELECT t.spcname FROM pg_tablespace t WHERE t.oid = d.dattablespace),
+  'tablespace_create', has_tablespace_privilege(d.dattablespace, 'CREATE'),
+  'role_settings', (SELECT count(*) FROM pg_db_role_setting s
+                    WHERE s.setdatabase = d.oid AND s.setrole <> 0),
   'signal_backend', pg_has_role('pg_signal_backend', 'MEMBER'),
   'read_all_data', EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'pg_read_all_data'
                            AND pg_has_role(g.oid, 'MEMBER')),
@@ -118,6 +123,7 @@ class Checker:
     def run(self) -> list[Line]:
         self.environment()
         self.probe("エンジン", self.engine)
+        self.probe("中断", self.interrupted)
         if self.client is not None:
             self.probe("コンテナ", self.container)
         if self.model is not None:
@@ -154,6 +160,35 @@ class Checker:
         self.client, self.engine_info = client, info
         self.add(OK, "エンジン", f"DOCKER_HOST={where}（ホスト {info.get('Name', '?')}、"
                                 f"Docker {info.get('ServerVersion', '?')}）")
+
+    def interrupted(self) -> None:
+        """A replace or rollback that did not finish (the journal): NG while it is unrepaired,
+        naming the apps it stopped that are still stopped."""
+        s = self.settings
+        record = journal.read(s)
+        if record is None:
+            return
+        what = (f"{record.get('task', '?')}（開始 {record.get('started_at', '?')}、"
+                f"{record.get('operator', '?')}、ホスト {record.get('host', '?')}、"
+                f"段階 {record.get('stage', '?')}）")
+        if journal.is_alive(record):
+            self.add(WARN, "中断", f"{what} が実行中です", "終わるのを待ってから作業する")
+            return
+        apps = [name for name in record.get("apps_stopped") or [] if not self._app_running(name)]
+        stopped = f"。停止したままのアプリ: {', '.join(apps)}" if apps else ""
+        todo = f"invoke restore-recover --env={s.env} で確認・修復"
+        other = journal.other_host(record)
+        if other:
+            todo = journal.elsewhere_hint(s, other)
+        self.add(NG, "中断", f"{what} が途中で止まったままです{stopped}", todo)
+
+    def _app_running(self, name: str) -> bool:
+        if self.client is None:
+            return False
+        try:
+            return self.client.containers.get(name).status == "running"
+        except DockerException:
+            return False
 
     def container(self) -> None:
         model = discovery.find_db_container(self.settings, self.client)
@@ -210,16 +245,26 @@ class Checker:
                      "SELECT")
         missing = []
         if not raw["owner_member"]:
-            missing.append(f"DB の所有者（ALTER DATABASE {self.settings.db_name} OWNER TO {user}）")
+            missing.append(f"DB の所有者 {raw['owner']} の権限（GRANT {raw['owner']} TO {user}、"
+                           f"または ALTER DATABASE {self.settings.db_name} OWNER TO {user}）")
         if not raw["createdb"]:
             missing.append(f"CREATEDB（ALTER ROLE {user} CREATEDB）")
         if not raw["signal_backend"]:
             missing.append(f"他のセッションの切断（GRANT pg_signal_backend TO {user}）")
+        if raw["tablespace"] != "pg_default" and not raw["tablespace_create"]:
+            missing.append(f"表領域 {raw['tablespace']} への DB の作成"
+                           f"（GRANT CREATE ON TABLESPACE {raw['tablespace']} TO {user}）")
+        if int(raw["role_settings"]):
+            missing.append("ALTER ROLE … IN DATABASE の設定を写すこと（superuser のみ）")
         if missing:
             self.add(WARN, "権限（置き換え）", f"{user} には restore-replace に必要な権限がありません: "
                                          + "、".join(missing), "スーパーユーザーで上の GRANT / ALTER を実行")
         else:
-            self.add(OK, "権限（置き換え）", f"{user} は所有者・CREATEDB・pg_signal_backend を持っています")
+            wait = f"{self.settings.replace_session_wait:g} 秒"
+            self.add(OK, "権限（置き換え）",
+                     f"{user} は所有者 {raw['owner']} の権限・CREATEDB・pg_signal_backend を持っています"
+                     f"（superuser のセッションは終了できないため、置き換えはアプリを止める前にそれが"
+                     f"終わるのを REPLACE_SESSION_WAIT（{wait}）まで待ち、残れば中止します）")
 
     def prestaged(self) -> None:
         """RESTORE_PRESTAGE: is the newest backup ready to be swapped in (prestage.py)?"""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pgrunbook.core import faults
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import Settings
@@ -44,13 +45,36 @@ class AppWrites:
             self.console.warn("APP_CONTAINERS が未設定です。アプリの書き込みは止めていません"
                               "（切り替え時に接続は切断します）")
 
-    def start(self) -> list[str]:
-        failed = []
-        for model in self.stopped:
+    def start(self, on_started: Callable[[str], None] | None = None) -> list[str]:
+        """Start every app stopped here; ``on_started`` is told each one that runs again
+        (the journal keeps the others for restore-recover). Returns the failures.
+
+        An interruption (Ctrl-C, SIGTERM) in the middle does not leave the others
+        stopped: they are started, the interrupted one is tried once more, and the
+        interruption is raised after. A second interruption stops at once."""
+        failed: dict[str, str] = {}
+        interrupted: BaseException | None = None
+        pending = list(self.stopped)
+        while pending:
+            model = pending.pop(0)
             try:
+                faults.kill_point("apps-start")
                 model.start()
-                self.console.step(f"アプリのコンテナ {model.name} を再開")
+            except (KeyboardInterrupt, SystemExit) as stop:
+                if interrupted is not None:
+                    raise
+                interrupted = stop
+                failed[model.name] = "中断されました"
+                pending.append(model)  # once more, after the others
+                continue
             except Exception as error:  # noqa: BLE001 - reported, never masks the restore's outcome
-                failed.append(f"{model.name}: {error}")
-        self.stopped = []
-        return failed
+                failed[model.name] = str(error)
+                continue
+            failed.pop(model.name, None)
+            self.stopped.remove(model)
+            if on_started:
+                on_started(model.name)
+            self.console.step(f"アプリのコンテナ {model.name} を再開")
+        if interrupted is not None:
+            raise interrupted
+        return [f"{name}: {error}" for name, error in failed.items()]

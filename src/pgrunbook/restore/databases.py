@@ -17,20 +17,28 @@ from pgrunbook.core.worklog import now_iso, operator
 from pgrunbook.infra.postgres import (
     DatabaseFacts,
     Postgres,
+    ServerFacts,
+    explain_failure,
     quote_ident,
     quote_literal,
 )
+from pgrunbook.infra.versions import describe_locale, locale_options
 
 MARK = "pgrunbook"
 ROLES = ("scratch", "staging", "previous", "verify", "rolledback", "prestaged")
 MAX_NAME = 63
 
 
-def kit_name(settings: Settings, role: str, when: datetime | None = None) -> str:
-    stamp = (when or datetime.now()).strftime("%Y%m%d%H%M%S")
-    name = f"{settings.db_name}_{MARK}_{role}_{stamp}"
+def kit_name(settings: Settings, role: str, when: datetime | None = None, token: str | None = None) -> str:
+    """``<DB_NAME>_pgrunbook_<role>_<YYYYmmddHHMMSSmmm>_<4 hex>``: the time to the
+    millisecond and a random part, so that two runs (two hosts, two checkouts, a
+    restore test beside a replace) never get one name and never drop each other's
+    database. ``token`` fixes the random part (the runbook's examples)."""
+    when = when or datetime.now()
+    stamp = when.strftime("%Y%m%d%H%M%S") + f"{when.microsecond // 1000:03d}"
+    name = f"{settings.db_name}_{MARK}_{role}_{stamp}_{token or uuid.uuid4().hex[:4]}"
     if len(name.encode()) > MAX_NAME:
-        name = f"{MARK}_{role}_{stamp}_{uuid.uuid4().hex[:6]}"
+        name = f"{MARK}_{role}_{stamp}_{token or uuid.uuid4().hex[:6]}"
     return name
 
 
@@ -114,20 +122,67 @@ def kit_databases(pg: Postgres) -> list[KitDatabase]:
     return [db for db in parsed if db is not None]
 
 
-def create_database(pg: Postgres, name: str, comment: str, like: DatabaseFacts | None) -> None:
-    """Create a kit database (with the live database's encoding and locale when
-    there is one), marked by its comment. Unmarked, it is dropped at once."""
+def create_database(pg: Postgres, name: str, comment: str, like: ServerFacts | None,
+                    tablespace: bool = False) -> None:
+    """Create a kit database like the live one when there is one (``like.database``):
+    its encoding, collation and ctype, its locale provider and ICU or builtin locale
+    (the app's ORDER BY sorts the same), and with ``tablespace`` its tablespace (a
+    replace's staging database: it becomes the live one). Marked by its comment;
+    unmarked, it is dropped at once. (Connection limit, template flag and comment
+    are the swap's: staging.py and swap.py.)
+
+    It is owned by the live database's owner when the kit user may act as that
+    role: its ``public`` schema (owned by pg_database_owner from PostgreSQL 15)
+    then lets the owner create in it, as in the live database, so a restore by a
+    user that is not a superuser can give the tables to that owner (``ALTER TABLE
+    ... OWNER TO`` needs the new owner's CREATE on the schema)."""
     options = ""
-    if like:
-        options = (f" ENCODING {quote_literal(like.encoding)} LC_COLLATE {quote_literal(like.collate)}"
-                   f" LC_CTYPE {quote_literal(like.ctype)}")
-    pg.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0{options}", "postgres")
+    live = like.database if like else None
+    if like and live:
+        options = (f" ENCODING {quote_literal(live.encoding)} LC_COLLATE {quote_literal(live.collate)}"
+                   f" LC_CTYPE {quote_literal(live.ctype)}"
+                   + locale_options(like.version, live.locale_provider, live.locale, live.icu_rules))
+        if tablespace and live.tablespace != "pg_default":
+            options += f" TABLESPACE {quote_ident(live.tablespace)}"
+        if live.user_owns and live.owner:
+            options = f" OWNER {quote_ident(live.owner)}" + options
+    try:
+        pg.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0{options}", "postgres")
+    except RunbookError as error:
+        if not live:
+            raise
+        raise RunbookError(
+            f"{name} を本番 DB と同じ設定（{describe(live)}）で作れません: {error.message}",
+            "本番 DB は変更していません。表領域なら GRANT CREATE ON TABLESPACE、ICU のロケールなら"
+            "サーバーの ICU を確かめる") from None
     try:
         pg.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(comment)}", "postgres")
     except BaseException:
         with contextlib.suppress(Exception):
             drop_kit_database(pg, name)
         raise
+
+
+def describe(db: DatabaseFacts) -> str:
+    """What a new database is made with, in words."""
+    return (f"{db.encoding}、照合順序 {describe_locale(db.locale_provider, db.locale, db.collate)}、"
+            f"表領域 {db.tablespace}")
+
+
+def creation_differences(live: DatabaseFacts, made: DatabaseFacts) -> list[str]:
+    """How a kit database was made differently from the live one (what only CREATE
+    DATABASE sets: a later ALTER cannot carry it)."""
+    found = []
+    pairs = [("文字コード", live.encoding, made.encoding), ("LC_COLLATE", live.collate, made.collate),
+             ("LC_CTYPE", live.ctype, made.ctype),
+             ("照合順序", describe_locale(live.locale_provider, live.locale, live.collate),
+              describe_locale(made.locale_provider, made.locale, made.collate)),
+             ("ICU の規則", live.icu_rules or "なし", made.icu_rules or "なし"),
+             ("表領域", live.tablespace, made.tablespace)]
+    for label, want, got in pairs:
+        if want != got:
+            found.append(f"{label} {got}（本番 DB は {want}）")
+    return found
 
 
 def cleanup_step(step: str, action: Callable[[], object], console: Console) -> str | None:
@@ -141,5 +196,18 @@ def cleanup_step(step: str, action: Callable[[], object], console: Console) -> s
     return None
 
 
+# a template database cannot be dropped: a previous database of a live one that was
+# a template is one too (the swap gave the flag to the new database as well)
+UNTEMPLATE = """DO $$BEGIN
+  IF EXISTS (SELECT 1 FROM pg_database WHERE datname = {name} AND datistemplate) THEN
+    EXECUTE format('ALTER DATABASE %I WITH IS_TEMPLATE false', {name});
+  END IF;
+END$$"""
+
+
 def drop_kit_database(pg: Postgres, name: str) -> None:
-    pg.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)", "postgres")
+    result = pg.run(pg.psql_argv("postgres") + [
+        "-c", UNTEMPLATE.format(name=quote_literal(name)),
+        "-c", f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)"])
+    if not result.ok:
+        raise explain_failure(result.stderr, pg.settings, "postgres")

@@ -52,8 +52,10 @@ def restore_test(settings: Settings, file: str | None, console: Console) -> Data
         target = kit_name(settings, "verify" if why_not else prestage.ROLE)
         kept = False
         options = RestoreOptions()
-        create_database(pg, target, mark_text("verify", settings, source.path.name),
-                        like=facts.database)
+        # kept prestaged, it may become the live database: in the live one's tablespace
+        in_place = why_not is None and bool(facts.database and facts.database.tablespace_create)
+        create_database(pg, target, mark_text("verify", settings, source.path.name), like=facts,
+                        tablespace=in_place)
         try:
             entry.sha256 = restore_into(pg, settings, source, target, options, console, facts)
             summary = summarize_database(pg, target, source.table_counts())

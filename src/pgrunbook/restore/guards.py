@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from pgrunbook.core import journal
 from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings, load_settings
+from pgrunbook.core.worklog import operator
 from pgrunbook.infra.archive import major_version
-from pgrunbook.infra.postgres import ServerFacts
-from pgrunbook.infra.versions import check_sql_for_psql
+from pgrunbook.infra.postgres import Postgres, ServerFacts, ServerLock
+from pgrunbook.infra.versions import check_sql_for_psql, locale_options
 from pgrunbook.restore.source import Source
 
 
@@ -143,14 +149,24 @@ def confirm(
         raise Refused(f"データベース名が一致しません（入力: {typed_db!r}）。中止しました")
 
 
-def preflight_replace(settings: Settings, facts: ServerFacts) -> list[str]:
+def preflight_replace(settings: Settings, facts: ServerFacts, creates: bool = True) -> list[str]:
     """What would stop a replace halfway, checked before anything is restored:
     a closed live database, prepared transactions (they block the rename), a
     DB_USER that cannot rename the database, end other roles' sessions or carry
-    per-role settings. Returns warnings (logical replication slots)."""
+    per-role settings, and (``creates``: a replace, not a rollback) a database
+    that cannot be made like the live one (its tablespace, its locale provider).
+    Returns warnings (logical replication slots)."""
     live = facts.database
     assert live is not None
     name, user = settings.db_name, facts.user
+    if creates:
+        locale_options(facts.version, live.locale_provider, live.locale, live.icu_rules)
+        if not live.tablespace_create:
+            who = user.name if user else settings.db_user
+            raise Refused(
+                f"{name} は表領域 {live.tablespace} にあり、DB_USER {who} はそこに DB を作れません"
+                "（置き換える DB も同じ表領域に作ります。何も変更していません）",
+                f"superuser で: GRANT CREATE ON TABLESPACE {live.tablespace} TO {who};")
     if not live.allow_connections:
         raise RunbookError(
             f"{name} は接続を受け付けない状態です（ALLOW_CONNECTIONS false。置き換えが途中で止まった可能性）",
@@ -179,3 +195,24 @@ def preflight_replace(settings: Settings, facts: ServerFacts) -> list[str]:
     return [f"論理レプリケーションスロット {slot} は以前の DB に残り、WAL を保持し続けます。"
             "置き換え後にサブスクライバー側で作り直し、以前の DB の削除前に "
             f"SELECT pg_drop_replication_slot('{slot}') で削除" for slot in live.logical_slots]
+
+
+@contextmanager
+def one_writer(settings: Settings, pg: Postgres, task: str) -> Iterator[ServerLock]:
+    """This env's database changed by one run at a time: the local lock (this folder,
+    core/safety) and the server's advisory lock (any host, any checkout), then no
+    unfinished run of this env (journal) under both. Refused before anything changes."""
+    with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name, task):
+        lock = ServerLock(pg, settings.db_name,
+                          f"pgrunbook {task} {operator()}@{socket.gethostname()} pid {os.getpid()}")
+        if not lock.acquire():
+            holders = "、".join(lock.holders()) or "保持者不明"
+            raise RunbookError(
+                f"{settings.db_name} は別の作業が実行中です（サーバーのロック: {holders}）",
+                "別のホストか別のチェックアウトからの作業です。その終了を待ってから再実行（何も変更していません）")
+        try:
+            if task != "restore-recover":
+                journal.refuse_unfinished(settings)
+            yield lock
+        finally:
+            lock.release()

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pgrunbook.core import journal
 from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, append_started, read, recorded
 from pgrunbook.infra import discovery
@@ -17,8 +16,8 @@ from pgrunbook.infra.postgres import (
 )
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
-from pgrunbook.restore.guards import confirm, preflight_replace
-from pgrunbook.restore.swap import live_closed, record_identity, swap_databases
+from pgrunbook.restore.guards import confirm, one_writer, preflight_replace
+from pgrunbook.restore.swap import live_closed, record_identity, swap_databases, wait_out_sessions
 
 
 def restore_rollback(
@@ -28,9 +27,7 @@ def restore_rollback(
     entry = Entry("restore-rollback", settings.env, settings.db_name, settings.db_container)
     entry.details["previous"] = previous
     with recorded(settings.worklog_path, entry, console.redact):
-        if journal.leftover(settings):
-            raise Refused("前回の置き換え・ロールバックが途中で止まったままです（何も変更していません）",
-                          f"invoke restore-recover --env={settings.env} で修復してから再実行")
+        journal.refuse_unfinished(settings)
         pg = Postgres(discovery.db_container(settings), settings)
         kit = {db.name: db for db in kit_databases(pg)}
         if previous not in kit or kit[previous].role != "previous" or kit[previous].env != settings.env:
@@ -49,15 +46,15 @@ def restore_rollback(
         apps.check()
         rolled = kit_name(settings, "rolledback")
         entry.details["rolledback"] = rolled
-        with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
-                            "restore-rollback"):
+        with one_writer(settings, pg, "restore-rollback"):
             # the live database carries the original comment since the replace
             facts = pg.facts(settings.db_name)
             if facts.database:
-                for warning in preflight_replace(settings, facts):
+                for warning in preflight_replace(settings, facts, creates=False):
                     console.warn(warning)
             live_comment = facts.database.comment if facts.database else None
             failed: list[str] = []
+            wait_out_sessions(pg, [settings.db_name, previous], settings.replace_session_wait, console)
             record = journal.Journal.begin(settings, "restore-rollback", previous=previous)
             try:
                 append_started(settings.worklog_path, entry, stage="swap")
@@ -68,15 +65,16 @@ def restore_rollback(
                                mark_text("rolledback", settings, "rolled back"), live_comment,
                                facts.version)
             finally:
-                failed = apps.start()
-                # kept while the live DB is closed (the swap could not reopen it): every
-                # task names it and restore-recover opens it
-                if not failed and not live_closed(pg, settings.db_name):
-                    record.finish()
+                try:
+                    failed = apps.start(on_started=record.app_started)
+                finally:
+                    # kept while an app it stopped is still stopped, or the live DB is closed
+                    # (the swap could not reopen it): every task names it, restore-recover repairs
+                    record.close(settled=not live_closed(pg, settings.db_name))
         record_identity(pg, entry)
         if failed:
             raise RunbookError(f"ロールバックしましたが、アプリを再開できません: {'; '.join(failed)}",
-                               "docker start で再開")
+                               f"invoke restore-recover --env={settings.env} で再開")
         console.summary(f"ロールバック完了: {previous} を {settings.db_name} に戻しました。"
                         f"置き換え後の DB は {rolled} に保管")
         return rolled

@@ -36,6 +36,7 @@ from pgrunbook.restore.databases import (
     MARK,
     cleanup_step,
     drop_kit_database,
+    kit_name,
     mark_text,
     parse_mark,
 )
@@ -220,6 +221,23 @@ def put_back(pg: Postgres, prestaged: Prestaged) -> None:
     """A replace refused before the swap (privileges, prepared transactions) changed
     no rows: the database is prestaged again, closed, with its original mark."""
     _mark(pg, prestaged.name, prestaged.comment, allow_connections=False)
+
+
+def retain(pg: Postgres, settings: Settings, database: str, source: Source, sha256: str,
+           flags: tuple[bool, bool], rows: int) -> str:
+    """A replace refused for a state that can pass (a prepared transaction, a session
+    DB_USER cannot end) keeps what it restored: ``database`` becomes a prestaged
+    database of ``source`` (marked, closed), which the retry claims instead of
+    restoring again; renamed as one when nothing holds it. Returns its name.
+    The env's other prestaged databases are left alone (restore-list, check)."""
+    _mark(pg, database, mark_text(ROLE, settings, detail(source, sha256, flags, rows)),
+          allow_connections=False)
+    name = kit_name(settings, ROLE)
+    try:
+        pg.execute(f"ALTER DATABASE {quote_ident(database)} RENAME TO {quote_ident(name)}", "postgres")
+    except RunbookError:  # a session DB_USER cannot end is on it: the mark is what counts
+        return database
+    return name
 
 
 def _mark(pg: Postgres, database: str, comment: str, allow_connections: bool) -> None:

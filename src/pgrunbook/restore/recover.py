@@ -27,14 +27,13 @@ from docker.errors import NotFound
 from pgrunbook.core import journal
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, recorded
 from pgrunbook.infra import discovery
 from pgrunbook.infra.container import engine
 from pgrunbook.infra.postgres import Postgres, quote_ident, quote_literal
 from pgrunbook.restore.databases import drop_kit_database, kit_databases
-from pgrunbook.restore.guards import ask_on_stderr
+from pgrunbook.restore.guards import ask_on_stderr, one_writer
 from pgrunbook.restore.kitops import rollback_command
 from pgrunbook.restore.staging import upload_prefix
 from pgrunbook.restore.swap import wait_for_script
@@ -143,6 +142,10 @@ def _app_repair(name: str) -> Repair | None:
     return Repair(f"停止したままのアプリのコンテナ {name} → 起動", f"docker start {name}", model.start)
 
 
+def _live(settings: Settings) -> Postgres:
+    return Postgres(discovery.db_container(settings), settings)
+
+
 def restore_recover(
     settings: Settings, confirm_env: str | None, console: Console, dry_run: bool = False,
     ask: Callable[[str], str] | None = None,
@@ -152,11 +155,8 @@ def restore_recover(
     with recorded(settings.worklog_path, entry, console.redact):
         record = journal.read(settings)
         if record and journal.is_alive(record):
-            other_host = record.get("host") != socket.gethostname()
             raise Refused(f"{record.get('task')} が実行中です"
                           f"（pid {record.get('pid')}、{record.get('host')}）",
-                          f"ホスト {record.get('host')} で終わっていると確かめたら "
-                          f"{journal.path_of(settings)} を消してから再実行" if other_host else
                           "その作業の終了を待つ。止まっているなら ps で確かめる")
         swapped = swapped_before_the_interruption(settings, record)
         if record:
@@ -165,9 +165,9 @@ def restore_recover(
             console.summary(f"中断された {record.get('task')}: 開始 {record.get('started_at')}、"
                             f"{record.get('operator')}、段階 {record.get('stage')}、"
                             f"ファイル {record.get('file')}" + (f"。{swapped}" if swapped else ""))
-        with said_first(swapped), exclusive_lock(settings.backup_dir, settings.db_container,
-                                                 settings.db_name, "restore-recover"):
-            pg = Postgres(discovery.db_container(settings), settings)
+        # another host's run (journal.other_host) is repaired here only while no run of the
+        # database holds the server's lock: then it is not going on anywhere
+        with said_first(swapped), one_writer(settings, pg := _live(settings), "restore-recover"):
             repairs = find_repairs(settings, pg, record)
             if not repairs:
                 if record and not dry_run:

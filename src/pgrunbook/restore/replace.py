@@ -3,16 +3,22 @@
 Order of a replace, and what an interruption at each step leaves (the journal,
 journal.py, records each step before it starts; restore-recover repairs):
 1. checks that need no change: file, versions, env rules, prepared
-   transactions and DB_USER's privileges (they would stop the swap), banner
-2. the staging database, the upload, the staging restore    -> staging DB, upload
+   transactions and DB_USER's privileges (they would stop the swap), banner;
+   then the local lock and the server's (one run of the database anywhere)
+2. the staging database (made like the live one: locale provider, tablespace,
+   owner), the upload, the staging restore                  -> staging DB, upload
    (or, with a prestaged database of the same file, that one claimed as the
    staging database: prestage.py; every later step is the same)
 3. row counts against the manifest (before any masking), masking SQL, owners
    and privileges made and checked equal to the live database's
-4. the work log's "started" line, the app containers stopped -> stopped apps
+4. the sessions DB_USER cannot end waited out (else refused, the restored
+   database kept for the retry), the work log's "started" line, the app
+   containers stopped                                        -> stopped apps
 5. the swap (one script inside the container that cannot leave the live
-   database closed), the apps started again
-6. the database-level settings and privileges checked on the new database
+   database closed), the apps started again (the journal names each until it
+   runs: an interruption here leaves it for restore-recover)
+6. the database itself (locale, tablespace, limit, template, comment),
+   settings and privileges checked on the new database
 """
 
 from __future__ import annotations
@@ -26,21 +32,36 @@ from datetime import datetime
 from pgrunbook.core import faults, journal
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, append_started, recorded
 from pgrunbook.infra import discovery
-from pgrunbook.infra.postgres import USER_TABLES_FROM, DatabaseFacts, Postgres, ServerFacts, quote_ident
+from pgrunbook.infra.postgres import (
+    USER_TABLES_FROM,
+    DatabaseFacts,
+    Postgres,
+    ServerFacts,
+    ServerLock,
+    quote_ident,
+)
+from pgrunbook.infra.versions import describe_locale
 from pgrunbook.restore import prestage, privileges
 from pgrunbook.restore.appcheck import apply_masking, run_post_restore_command
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.checks import DatabaseSummary, compare_with_manifest, summarize_database
-from pgrunbook.restore.databases import cleanup_step, create_database, drop_kit_database, kit_name, mark_text
+from pgrunbook.restore.databases import (
+    cleanup_step,
+    create_database,
+    creation_differences,
+    drop_kit_database,
+    kit_name,
+    mark_text,
+)
 from pgrunbook.restore.guards import (
     ask_on_stderr,
     check_versions,
     confirm,
     guard_environment,
+    one_writer,
     preflight_replace,
     source_lines,
 )
@@ -48,11 +69,13 @@ from pgrunbook.restore.kitops import rollback_command
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import NoSpace, RestoreOptions, flush_restored_data, restore_into
 from pgrunbook.restore.swap import (
+    Blocked,
     database_level_statements,
     live_closed,
     record_identity,
     swap_committed,
     swap_databases,
+    wait_out_sessions,
 )
 from pgrunbook.store import drift
 
@@ -80,11 +103,15 @@ class Replace:
     staging: str = ""
     previous: str = ""
     record: journal.Journal | None = None
+    lock: ServerLock | None = None  # the server's advisory lock, held for the run's length
     prestage: prestage.Choice = field(default_factory=prestage.Choice)
     counted: DatabaseSummary | None = None  # the prestaged database's rows, counted at its claim
+    summary: DatabaseSummary | None = None  # the staging database checked against the manifest
     failed_apps: list[str] = field(default_factory=list)
     objects_changed: bool = False  # owners, privileges or masking applied to the staging DB
-    left_behind: bool = False  # a failure left something for restore-recover
+    # the run has put right all it did, but for the apps the journal still lists as
+    # stopped: only then is the journal removed (a Ctrl-C in a cleanup leaves it)
+    settled: bool = False
 
     @property
     def live(self) -> DatabaseFacts:
@@ -114,9 +141,7 @@ def restore_replace(
         if not file:
             raise Refused("置き換えリストアには --file の指定が必要です",
                           f"invoke verify --env={settings.env} などで戻すファイルを確かめて指定")
-        if journal.leftover(settings):
-            raise Refused("前回の置き換えが途中で止まったままです（何も変更していません）",
-                          f"invoke restore-recover --env={settings.env} で修復してから再実行")
+        journal.refuse_unfinished(settings)
         pg = Postgres(discovery.db_container(settings), settings)
         source, facts = inspect_with_facts(pg, settings, file, console)
         entry.file = str(source.path)
@@ -148,17 +173,12 @@ def restore_replace(
             confirm_shrink(settings, options, confirm_env, console, ask)
         run = Replace(settings, pg, facts, source, options, personal, apps, console, entry,
                       prestage=choice)
-        with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
-                            "restore-replace"):
+        with one_writer(settings, pg, "restore-replace") as run.lock:
             run.record = journal.Journal.begin(settings, "restore-replace", file=str(source.path))
             try:
-                result = _replace_locked(run)
-            except BaseException:
-                if not run.left_behind:  # the failure was put right: nothing to recover
-                    run.record.finish()
-                raise
-            run.record.finish()
-        return result
+                return _replace_locked(run)
+            finally:
+                run.record.close(run.settled)
 
 
 def shrink_findings(pg: Postgres, settings: Settings, source: Source) -> list[str]:
@@ -212,7 +232,7 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         if not run.prestage.use:
             run.record.update(stage="staging-restore", staging=run.staging, previous=run.previous)
             create_database(pg, run.staging, mark_text("staging", settings, run.source.path.name),
-                            like=run.live)
+                            like=run.facts, tablespace=True)
             try:
                 entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
                                             run.facts, replace=True,
@@ -224,22 +244,30 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         summary = _check_staging(run)
         carried = database_level_statements(settings.db_name, run.live)
         flush_restored_data(pg, console)
+        faults.pause_point("apps-stop")
+        wait_out_sessions(pg, [settings.db_name, run.staging], settings.replace_session_wait, console,
+                          on_wait=lambda: run.record.update(stage="sessions-wait"))
+        if run.lock and not run.lock.held:  # its session ended (a server restart): not alone any more
+            raise RunbookError("サーバーのロックのセッションが切れました（サーバーの再起動など）。"
+                               "アプリは止めていません", "サーバーの状態を確かめてから再実行")
         try:
             append_started(settings.worklog_path, entry, stage="swap")
             run.record.update(stage="apps-stop")
             run.apps.stop(before_each=run.record.app_stopping)
             faults.kill_point("apps-stopped")
+            faults.pause_point("swap")
             run.record.update(stage="swap")
             console.step(f"切り替え: {settings.db_name} → {run.previous}、{run.staging} → {settings.db_name}")
             swap_databases(pg, settings.db_name, run.staging, run.previous,
                            mark_text("previous", settings, "replaced by " + run.source.path.name),
                            run.live.comment, run.facts.version, carried)
         finally:
-            run.failed_apps = run.apps.start()
+            run.failed_apps = run.apps.start(on_started=run.record.app_started)
             run.record.update(stage="apps-started" if not run.failed_apps else "apps-failed")
     except BaseException as error:
         _after_failure(run, error)
         raise
+    run.settled = True  # swapped, the apps started: what is left is in the journal's list
     entry.details["previous"] = run.previous
     run.record.update(stage="after-swap")
     try:
@@ -280,6 +308,11 @@ def _claim_prestaged(run: Replace) -> None:
         if pg.database_exists(chosen.name):
             raise
         return from_the_file("がなくなりました: ")  # dropped by a restore test since the check above
+    made = pg.facts(chosen.name).database
+    unlike = creation_differences(run.live, made) if made else ["DB がありません"]
+    if unlike:  # made before the live database changed, or by a kit that did not carry these
+        return from_the_file(f"が本番 DB と違う設定で作られています（{'; '.join(unlike)}）: 削除して",
+                             drop=True)
     console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
     summary = summarize_database(pg, chosen.name, run.source.table_counts())
     differences = compare_with_manifest(run.source, summary)
@@ -320,11 +353,10 @@ def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
         pg.container.start_detached(pg.psql_argv(settings.db_name) + ["-c", "ANALYZE"],
                                     settings.password_environment())
         console.step("プランナー統計の作成（ANALYZE）をバックグラウンドで開始")
-    if run.failed_apps:
-        run.left_behind = True  # the journal keeps them: restore-recover starts them
+    if run.failed_apps:  # the journal keeps them: restore-recover starts them
         raise RunbookError(
             f"DB は置き換えましたが、アプリのコンテナを再開できません: {'; '.join(run.failed_apps)}",
-            f"docker start で再開。元に戻すなら: {run.rollback}",
+            f"invoke restore-recover --env={settings.env} で再開（元に戻すなら: {run.rollback}）",
         )
     try:
         _check_database_level(run)
@@ -365,6 +397,12 @@ def _check_staging(run: Replace) -> DatabaseSummary:
                            "ファイルを invoke verify で確認。本番 DB は変更していません")
     if not summary.tables and (run.source.manifest or {}).get("tables"):
         raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
+    made = pg.facts(run.staging).database
+    unlike = creation_differences(run.live, made) if made else [f"{run.staging} がありません"]
+    if unlike:  # what only CREATE DATABASE sets: the app would sort or store differently
+        raise RunbookError(f"復元した DB が本番 DB と違う設定です: {'; '.join(unlike)}",
+                           "本番 DB は変更していません。invoke check で DB の設定を確かめる")
+    run.summary = summary
     if run.personal:
         run.objects_changed = True
         apply_masking(pg, settings, run.staging, console)
@@ -412,63 +450,133 @@ def _match_privileges(run: Replace) -> None:
 
 
 def _check_database_level(run: Replace) -> None:
-    """The new live database has the previous one's own settings and privileges."""
+    """The new live database is the previous one as a database: its locale, collation,
+    tablespace, connection limit, template flag, comment, settings, privileges and owner."""
     new, old = side_by_side(lambda: run.pg.facts(run.settings.db_name),
                             lambda: run.pg.facts(run.previous))
     if not (new.database and old.database):
         raise RunbookError("置き換え後の DB の状態を確かめられません")
-    differences = []
-    if sorted(new.database.settings) != sorted(old.database.settings):
-        differences.append(f"DB 単位の設定 {new.database.settings} ≠ 以前 {old.database.settings}")
-    if sorted(new.database.acl_items or []) != sorted(old.database.acl_items or []) or (
-            (new.database.acl_items is None) != (old.database.acl_items is None)):
-        differences.append(f"DB の権限 {new.database.acl or '（既定）'} ≠ "
-                           f"以前 {old.database.acl or '（既定）'}")
-    if new.database.owner != old.database.owner:
-        differences.append(f"DB の所有者 {new.database.owner} ≠ 以前 {old.database.owner}")
+    now, before = new.database, old.database
+    _note_collation(run, before, now)
+    differences = creation_differences(before, now)
+    if sorted(now.settings) != sorted(before.settings):
+        differences.append(f"DB 単位の設定 {now.settings} ≠ 以前 {before.settings}")
+    if sorted(now.acl_items or []) != sorted(before.acl_items or []) or (
+            (now.acl_items is None) != (before.acl_items is None)):
+        differences.append(f"DB の権限 {now.acl or '（既定）'} ≠ "
+                           f"以前 {before.acl or '（既定）'}")
+    if now.owner != before.owner:
+        differences.append(f"DB の所有者 {now.owner} ≠ 以前 {before.owner}")
+    if now.connection_limit != before.connection_limit:
+        differences.append(f"接続数の上限 {now.connection_limit} ≠ 以前 {before.connection_limit}")
+    if now.is_template != before.is_template:
+        differences.append(f"テンプレート {now.is_template} ≠ 以前 {before.is_template}")
+    if now.comment != run.live.comment:  # the previous database carries the kit's mark now
+        differences.append(f"DB のコメント {now.comment!r} ≠ 以前 {run.live.comment!r}")
     if differences:
         raise RunbookError("新しい DB の設定・権限が以前の DB と違います: " + "; ".join(differences))
 
 
+def _note_collation(run: Replace, before: DatabaseFacts, now: DatabaseFacts) -> None:
+    """The collation library's version (datcollversion, 15+) in the work log: a new one
+    means the new database's indexes follow the library the server has now."""
+    run.entry.details["collation"] = {
+        "locale": describe_locale(before.locale_provider, before.locale, before.collate),
+        "version_before": before.collation_version, "version_after": now.collation_version}
+    versions = before.collation_version, now.collation_version
+    if all(versions) and versions[0] != versions[1]:
+        run.console.warn(
+            f"照合順序のライブラリの版が以前の DB（{before.collation_version}）と新しい DB"
+            f"（{now.collation_version}）で違います。新しい DB の索引は今の版で作られています"
+            "（並び順が変わる文字があれば、以前の DB は REINDEX が必要だった状態です）")
+
+
 def _after_failure(run: Replace, error: BaseException) -> None:
-    """Say exactly what state things are in; remove what a failed run made."""
+    """Say exactly what state things are in; remove what a failed run made. Only a
+    run that gets to the end of this has put things right (run.settled): an
+    interruption in here keeps the journal for restore-recover."""
     settings, pg = run.settings, run.pg
     swapped = swap_committed(pg, run.staging, run.previous)
-    stopped = (f" 再開できなかったアプリ: {'; '.join(run.failed_apps)}（docker start で再開）"
-               if run.failed_apps else "")
     if swapped:
         run.entry.details["previous"] = run.previous
-        run.left_behind = bool(run.failed_apps)  # the journal keeps them for restore-recover
+        run.settled = True  # the apps still stopped, if any, stay in the journal
         raise RunbookError(
             f"切り替えは完了しています（{settings.db_name} は新しい DB、以前の DB は {run.previous}）が、"
-            f"その後に失敗しました: {_describe(error)}。{stopped}",
-            f"元に戻すなら: {run.rollback}",
+            f"その後に失敗しました: {_describe(error)}。{_still_stopped(run)}",
+            (f"invoke restore-recover --env={settings.env} でアプリを再開。" if _stopped(run) else "")
+            + f"元に戻すなら: {run.rollback}",
         ) from error
     kept = run.prestage.use if isinstance(error, Refused) and swapped is False else None
     if kept and run.objects_changed:  # no longer what its mark says: a retry with other
         kept = None                   # --ownership / --no-acl would take it as restored
         run.console.step(f"事前展開 DB {run.staging} は所有者・権限を変えたため残しません"
                          "（再実行はファイルから復元します）")
+    left = None
     if kept:  # refused before any row changed: the prestaged database stays for the retry
         left = cleanup_step(f"事前展開 DB {kept.name} を元に戻す", lambda: prestage.put_back(pg, kept),
                             run.console)
         if not left:
             run.console.step(f"事前展開 DB {kept.name} は閉じて残しました（再実行でも使えます）")
-    if not kept or left:
+    retained = None
+    if not kept and swapped is False and isinstance(error, Blocked) and _retainable(run):
+        retained = _retain(run)
+    if (not kept or left) and not retained:
         left = cleanup_step(f"検証用 DB {run.staging} の削除", lambda: drop_kit_database(pg, run.staging),
                             run.console)
     closed = swapped is not None and live_closed(pg, settings.db_name)
-    if swapped is None or left or run.failed_apps or closed:
-        run.left_behind = True
+    if swapped is None or left or _stopped(run) or closed:
         state = ("不明（サーバーに問い合わせできません）" if swapped is None
                  else "元のデータのままですが接続を受け付けない状態" if closed else "元のまま")
         raise RunbookError(
             f"置き換えに失敗しました: {_describe(error)}。本番 DB {settings.db_name} は{state}。"
             + (f" {run.staging} が残っています"
                f"（invoke restore-drop --env={settings.env} --db={run.staging}）。" if left else "")
-            + stopped,
+            + _still_stopped(run),
             f"invoke restore-recover --env={settings.env} で確認・修復",
         ) from error
+    run.settled = True
+    if retained:
+        assert isinstance(error, Blocked)
+        raise Blocked(error.message,
+                      f"{error.hint}。復元した DB は事前展開 DB {retained} として閉じて残しました:"
+                      " 同じ --file の再実行は復元を省きます（使わないなら invoke restore-drop "
+                      f"--env={settings.env} --db={retained}）") from None
+
+
+def _retainable(run: Replace) -> bool:
+    """Is the staging database still exactly the file restored (so a retry may claim it)?"""
+    source = run.source
+    return (run.summary is not None and not run.objects_changed and run.options.prestaged
+            and bool(run.entry.sha256) and run.entry.sha256 == source.expected_sha256
+            and source.env in (None, run.settings.env))
+
+
+def _retain(run: Replace) -> str | None:
+    """The staging database, refused for a state that can pass (swap.Blocked), kept as a
+    prestaged database of the file: the retry claims it instead of restoring again."""
+    assert run.summary is not None
+    flags = prestage.restore_flags(run.source, run.options, replace=True)
+    rows = sum(run.summary.tables.values())
+    try:
+        return prestage.retain(run.pg, run.settings, run.staging, run.source, run.entry.sha256 or "",
+                               flags, rows)
+    except RunbookError as failure:
+        run.console.warn(f"復元した DB {run.staging} を再実行用に残せません（{failure.message}）。削除します")
+        return None
+
+
+def _stopped(run: Replace) -> list[str]:
+    """The apps the run stopped that do not run again (the journal's list)."""
+    return run.record.apps_stopped if run.record else []
+
+
+def _still_stopped(run: Replace) -> str:
+    names = _stopped(run)
+    if not names:
+        return ""
+    errors = f"（{'; '.join(run.failed_apps)}）" if run.failed_apps else ""
+    return (f" 停止したままのアプリ: {', '.join(names)}{errors}"
+            f"（invoke restore-recover --env={run.settings.env} で起動）。")
 
 
 def _describe(error: BaseException) -> str:

@@ -66,8 +66,7 @@ def restore_scratch(
                               "--db=別名 を指定")
             console.step(f"既存の検証用 DB {target} を作り直します")
             drop_kit_database(pg, target)
-        create_database(pg, target, mark_text("scratch", settings, source.path.name),
-                         like=facts.database)
+        create_database(pg, target, mark_text("scratch", settings, source.path.name), like=facts)
         try:
             entry.sha256 = restore_into(pg, settings, source, target, options, console, facts)
             if personal:

@@ -179,8 +179,13 @@ def restore_into(
         check_digest(source, digest.hexdigest())  # a damaged file: say so, not just "failed"
         text = result.error_text()
         hint = "ファイルが壊れていないか invoke verify で確認"
-        if re.search(r'role "[^"]+" does not exist|must be owner|permission denied', result.stderr):
-            hint = "役割（ロール）の差による権限エラーです。--ownership=restorer --no-acl を付けて再実行"
+        if re.search(r'role "[^"]+" does not exist', result.stderr):
+            hint = ("戻し先にないロールです。invoke backup-globals のロールを流すか、--ownership=restorer "
+                    "--no-acl を付けて再実行（所有者はすべて DB_USER になり、権限は本番 DB から写します）")
+        elif re.search(r"must be owner|must be able to SET ROLE|must be member|permission denied",
+                       result.stderr):
+            hint = ("DB_USER の権限が足りません。invoke check の「権限（置き換え）」で足りないものを確かめる"
+                    "（所有者のロールのメンバーか。別のロールの所有物があればそのロールも）")
         raise RunbookError(f"復元に失敗しました（{database}）: {text}", hint)
     console.step(f"復元完了（{time.monotonic() - started:.1f} 秒）")
     sha256 = digest.hexdigest()

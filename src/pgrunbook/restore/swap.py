@@ -8,16 +8,30 @@ client is gone, so a ``kill -9`` of the kit, a dropped ssh or a crashed host
 shell can no longer leave the live database closed: the script finishes by
 itself within seconds and either the swap committed or the old database is
 open again. The kit only reads the script's verdict.
+
+What the kit cannot end stops the swap without a wait: a prepared transaction
+(it holds the database like a session, and only COMMIT/ROLLBACK PREPARED ends
+it) and, for a DB_USER that is not a superuser, a superuser's session
+(pg_signal_backend does not reach it). Autovacuum workers are not ended by the
+kit: the rename itself stops them. The swap transaction's first statement
+checks for both (the other sessions just ended) and fails naming them; the
+script then reopens the live database at once instead of retrying (verdict
+``reopened`` with a ``pgrunbook:blocked:`` error); the run is refused
+(``Blocked``) and keeps what it restored for the retry. Before the apps stop,
+``wait_out_sessions`` gives such sessions REPLACE_SESSION_WAIT to go.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgrunbook.core import faults
+from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.worklog import Entry
 from pgrunbook.infra.archive import major_version
@@ -44,6 +58,7 @@ prepared=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_PREPARED" 2>>"$log") || v
 [ "$prepared" = "0" ] || { echo "pgrunbook:prepared:$prepared" >>"$log"; verdict refused-prepared; }
 q -c "$PGRUNBOOK_CLOSE" || { q -c "$PGRUNBOOK_REOPEN"; verdict close-failed; }
 echo "pgrunbook: closed" >>"$log"
+[ -z "$PGRUNBOOK_TEST_AFTER_CLOSE" ] || sh -c "$PGRUNBOOK_TEST_AFTER_CLOSE" >>"$log" 2>&1
 attempt=0
 while [ "$attempt" -lt 5 ]; do
   attempt=$((attempt + 1))
@@ -55,6 +70,8 @@ while [ "$attempt" -lt 5 ]; do
   cat "$dir/attempt" >>"$log"
   state=$(psql -X -q -A -t -d postgres -c "$PGRUNBOOK_STATE" 2>>"$log")
   [ "$state" = "swapped" ] && verdict swapped
+  # what no retry can end (a prepared transaction, a session DB_USER may not end): reopen now
+  grep -q "pgrunbook:blocked:" "$dir/attempt" && break
   grep -q "being accessed by other users" "$dir/attempt" || break
   sleep 0.5
 done
@@ -68,6 +85,133 @@ while [ "$tries" -lt "$PGRUNBOOK_REOPEN_TRIES" ]; do
 done
 verdict still-closed
 """
+
+
+class Blocked(Refused):
+    """Refused for a state of the server that can pass (a prepared transaction, a
+    session DB_USER cannot end), before any row changed: what the run restored is
+    kept for the retry (replace.py)."""
+
+
+# The sessions on the databases of a swap that DB_USER can end: every one for a
+# superuser; else those of roles that are not superusers (pg_signal_backend does
+# not reach a superuser's). A process with no role (an autovacuum worker) is left
+# to the rename, which ends autovacuum workers itself. (A user that is not
+# privileged sees other roles' sessions without backend_type: the role decides.)
+SESSIONS_ON = "a.datname IN ({databases}) AND a.pid <> pg_backend_pid()"
+KIT_IS_SUPERUSER = "(SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)"
+SUPERUSER_SESSION = "EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = a.usesysid AND r.rolsuper)"
+ENDABLE = f"({KIT_IS_SUPERUSER} OR (a.usesysid IS NOT NULL AND NOT {SUPERUSER_SESSION}))"
+UNENDABLE = f"(NOT {KIT_IS_SUPERUSER} AND {SUPERUSER_SESSION})"
+SESSION_ROW = ("jsonb_build_array(a.pid, coalesce(a.usename, ''), coalesce(a.application_name, ''), "
+               "coalesce(a.backend_type, ''), a.datname)")
+
+
+def _databases(names: list[str]) -> str:
+    return ", ".join(quote_literal(name) for name in names)
+
+
+def terminate_sql(databases: list[str], wait: str) -> str:
+    where = SESSIONS_ON.format(databases=_databases(databases))
+    return f"SELECT pg_terminate_backend(a.pid{wait}) FROM pg_stat_activity a WHERE {where} AND {ENDABLE}"
+
+
+def blockers_sql(databases: list[str]) -> str:
+    """One line of JSON when something no retry ends holds one of ``databases``, else no row."""
+    names = _databases(databases)
+    where = SESSIONS_ON.format(databases=names)
+    # jsonb: one line whatever it holds (json_agg puts a line break between elements)
+    return ("SELECT jsonb_build_object('prepared', p.n, 'sessions', s.list) FROM "
+            f"(SELECT count(*) AS n FROM pg_prepared_xacts WHERE database IN ({names})) p, "
+            f"(SELECT jsonb_agg({SESSION_ROW} ORDER BY a.pid) AS list FROM pg_stat_activity a "
+            f"WHERE {where} AND {UNENDABLE}) s WHERE p.n > 0 OR s.list IS NOT NULL")
+
+
+@dataclass(frozen=True)
+class Session:
+    pid: int
+    user: str
+    application: str
+    kind: str
+    database: str
+
+    def describe(self) -> str:
+        named = f"、{self.application}" if self.application else ""
+        return f"pid {self.pid}（{self.user or '?'}{named}、{self.database}）"
+
+
+def _sessions(rows: list) -> list[Session]:
+    return [Session(int(pid), user, application, kind, database)
+            for pid, user, application, kind, database in rows or []]
+
+
+def unendable_sessions(pg: Postgres, databases: list[str]) -> list[Session]:
+    """The sessions on ``databases`` DB_USER cannot end (none for a superuser)."""
+    where = SESSIONS_ON.format(databases=_databases(databases))
+    rows = pg.query(f"SELECT coalesce(jsonb_agg({SESSION_ROW} ORDER BY a.pid), '[]'::jsonb) "
+                    f"FROM pg_stat_activity a WHERE {where} AND {UNENDABLE}", "postgres")
+    return _sessions(json.loads(rows[0][0]))
+
+
+def wait_out_sessions(pg: Postgres, databases: list[str], limit: float, console: Console,
+                      on_wait: Callable[[], None] | None = None) -> None:
+    """Before the apps stop: give the sessions DB_USER cannot end ``limit`` seconds
+    to leave ``databases``; refuse (Blocked) when one stays. Nothing is changed."""
+    found = unendable_sessions(pg, databases)
+    if not found:
+        return
+    user = pg.settings.db_user
+    console.warn(f"DB_USER {user} が終了できないセッション（superuser など）があります: "
+                 f"{'、'.join(s.describe() for s in found)}。終わるのを最大 {limit:g} 秒待ちます"
+                 "（アプリはまだ止めていません）")
+    if on_wait:
+        on_wait()
+    faults.pause_point("sessions-wait")
+    deadline = time.monotonic() + limit
+    while found and time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        found = unendable_sessions(pg, databases)
+    if found:
+        raise Blocked(
+            f"DB_USER {user} が終了できないセッションが残っているため置き換えません: "
+            f"{'、'.join(s.describe() for s in found)}（{limit:g} 秒待ちました。アプリは止めておらず、"
+            "本番 DB は元のまま）",
+            "そのセッションを終えてもらうか、superuser で SELECT pg_terminate_backend(<pid>) を実行して"
+            "から再実行（待つ時間は REPLACE_SESSION_WAIT）")
+
+
+def blocked_check(databases: list[str]) -> str:
+    """The swap transaction's first statement: it fails, naming what it found, when
+    something no retry ends holds one of ``databases`` (the script then reopens the
+    live database at once instead of retrying). In the transaction: no extra round
+    trip while the database is closed."""
+    tag = f"$blocked_{uuid.uuid4().hex[:8]}$"
+    return (f"DO {tag}DECLARE found text; BEGIN {blockers_sql(databases)} INTO found; "
+            f"IF found IS NOT NULL THEN RAISE EXCEPTION 'pgrunbook:blocked:%', found; END IF; END{tag}")
+
+
+def blocked_error(live: str, user: str, text: str) -> Blocked | None:
+    """The swap's ``pgrunbook:blocked:`` error as the refusal it means (None: there is none)."""
+    line = next((line for line in text.splitlines() if "pgrunbook:blocked:" in line), None)
+    if line is None:
+        return None
+    try:
+        found = json.loads(line.split("pgrunbook:blocked:", 1)[1].strip())
+    except ValueError:
+        found = {}
+    prepared = int(found.get("prepared") or 0)
+    sessions = _sessions(found.get("sessions"))
+    if prepared:
+        return Blocked(
+            f"切り替えの直前に {live} に準備済みトランザクション（PREPARE TRANSACTION）が {prepared} 件"
+            f"現れたため、切り替えずに {live} をすぐ開き直しました（本番 DB は元のまま）",
+            f"SELECT gid, prepared, owner FROM pg_prepared_xacts WHERE database = {quote_literal(live)} "
+            "で確認し、アプリ側で COMMIT PREPARED か ROLLBACK PREPARED してから再実行")
+    return Blocked(
+        f"DB_USER {user} が終了できないセッションが切り替えの直前に現れたため、切り替えずに {live} を"
+        f"すぐ開き直しました（本番 DB は元のまま）: {'、'.join(s.describe() for s in sessions) or '?'}",
+        "そのセッションを終えてもらうか、superuser で SELECT pg_terminate_backend(<pid>) を実行して"
+        "から再実行")
 
 
 @dataclass(frozen=True)
@@ -85,11 +229,17 @@ class SwapOutcome:
 
 
 def database_level_statements(database: str, live: DatabaseFacts) -> list[str]:
-    """What pg_restore does not carry, as statements for the new ``database``:
-    ALTER DATABASE / ALTER ROLE ... IN DATABASE settings and the database's
-    own privileges (CONNECT, TEMP, CREATE)."""
+    """What pg_restore does not carry, as statements for the new ``database``: its
+    connection limit and template flag, ALTER DATABASE / ALTER ROLE ... IN DATABASE
+    settings and the database's own privileges (CONNECT, TEMP, CREATE). (Encoding,
+    locale and tablespace are the staging database's from its CREATE; the comment
+    is the swap's own.)"""
     target = quote_ident(database)
     statements = []
+    if live.connection_limit != -1:
+        statements.append(f"ALTER DATABASE {target} WITH CONNECTION LIMIT {int(live.connection_limit)}")
+    if live.is_template:
+        statements.append(f"ALTER DATABASE {target} WITH IS_TEMPLATE true")
     for role, config in live.settings:
         for name, value in split_config(config):
             prefix = f"ALTER ROLE {quote_ident(role)} IN DATABASE" if role else "ALTER DATABASE"
@@ -153,6 +303,7 @@ def swap_databases(
     whatever happens to this process meanwhile (see SCRIPT)."""
     live_q, incoming_q, outgoing_q = quote_ident(live), quote_ident(incoming), quote_ident(outgoing)
     statements = [
+        blocked_check([live, incoming]),
         f"ALTER DATABASE {live_q} RENAME TO {outgoing_q}",
         f"ALTER DATABASE {incoming_q} RENAME TO {live_q}",
         f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true",
@@ -168,6 +319,7 @@ def swap_databases(
     environment = {
         "PGRUNBOOK_SWAP_DIR": work_dir,
         "PGRUNBOOK_REOPEN_TRIES": str(faults.reopen_tries()),
+        "PGRUNBOOK_TEST_AFTER_CLOSE": faults.after_close(),
         "PGUSER": pg.settings.db_user,
         "PGAPPNAME": application,
         "PGOPTIONS": "-c lock_timeout=5s -c statement_timeout=60s",
@@ -175,10 +327,7 @@ def swap_databases(
                                f"WHERE database = {quote_literal(live)}"),
         "PGRUNBOOK_CLOSE": f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS false",
         "PGRUNBOOK_REOPEN": f"ALTER DATABASE {live_q} WITH ALLOW_CONNECTIONS true",
-        "PGRUNBOOK_TERMINATE": (
-            f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
-            f"WHERE datname IN ({quote_literal(live)}, {quote_literal(incoming)}) "
-            "AND pid <> pg_backend_pid()"),
+        "PGRUNBOOK_TERMINATE": terminate_sql([live, incoming], wait),
         "PGRUNBOOK_SWAP": "BEGIN; " + "; ".join(statements) + "; COMMIT;",
         "PGRUNBOOK_STATE": (
             f"SELECT CASE WHEN count(*) FILTER (WHERE datname = {quote_literal(incoming)}) = 0 "
@@ -205,11 +354,14 @@ def swap_databases(
     if verdict == "refused-prepared":
         count = next((line.split(":")[-1] for line in text.splitlines()
                       if line.startswith("pgrunbook:prepared:")), "?")
-        raise Refused(
+        raise Blocked(
             f"{live} に準備済みトランザクション（PREPARE TRANSACTION）が {count} 件あり、名前を"
             "切り替えられません（DB は閉じていません）",
-            f"SELECT gid FROM pg_prepared_xacts WHERE database = '{live}' で確認し、"
+            f"SELECT gid FROM pg_prepared_xacts WHERE database = {quote_literal(live)} で確認し、"
             "アプリ側で COMMIT PREPARED か ROLLBACK PREPARED してから再実行")
+    blocked = blocked_error(live, pg.settings.db_user, text)
+    if blocked and verdict == "reopened":
+        raise blocked
     if verdict == "still-closed":
         raise RunbookError(
             f"名前の切り替えに失敗し、{live} を再び開けませんでした（接続を受け付けない状態）: "

@@ -61,6 +61,7 @@ MARKER = re.compile(
 EXAMPLE_ENV = "prod"
 EXAMPLE_WHEN = datetime(2026, 1, 28, 2, 0, 0)  # the runbook's own example date
 EXAMPLE_YEAR = (date(2025, 4, 1), date(2026, 3, 31))  # the fiscal year around it
+EXAMPLE_TOKEN = "4f2a"  # the random part of a kit database's name, fixed in the examples
 EMBEDDABLE = {".env.example": "text", "crontab.example": "text",
               # the PITR set-up the tests build and run (runbooks/pitr.md)
               "examples/pitr/compose.yaml": "yaml", "examples/pitr/Dockerfile": "dockerfile",
@@ -105,19 +106,19 @@ class Example:
 
     @property
     def staging(self) -> str:
-        return restore.kit_name(self.settings, "staging", EXAMPLE_WHEN)
+        return restore.kit_name(self.settings, "staging", EXAMPLE_WHEN, EXAMPLE_TOKEN)
 
     @property
     def previous(self) -> str:
-        return restore.kit_name(self.settings, "previous", EXAMPLE_WHEN)
+        return restore.kit_name(self.settings, "previous", EXAMPLE_WHEN, EXAMPLE_TOKEN)
 
     @property
     def failed(self) -> str:
-        return restore.kit_name(self.settings, "rolledback", EXAMPLE_WHEN)
+        return restore.kit_name(self.settings, "rolledback", EXAMPLE_WHEN, EXAMPLE_TOKEN)
 
     @property
     def restore_test(self) -> str:
-        return restore.kit_name(self.settings, "verify", EXAMPLE_WHEN)
+        return restore.kit_name(self.settings, "verify", EXAMPLE_WHEN, EXAMPLE_TOKEN)
 
     @property
     def evidence(self) -> str:
@@ -126,7 +127,7 @@ class Example:
 
     @property
     def prestaged(self) -> str:
-        return restore.kit_name(self.settings, "prestaged", EXAMPLE_WHEN)
+        return restore.kit_name(self.settings, "prestaged", EXAMPLE_WHEN, EXAMPLE_TOKEN)
 
 
 def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:

@@ -359,3 +359,18 @@ def test_recover_after_a_committed_swap_with_a_lost_session_count_is_one_line_an
     repaired = cli("restore-recover", "--env=prod", "--confirm=prod")
     assert repaired.returncode == 0, repaired.stderr
     assert_clean_env(cli, pg, target, app_container, (old,))
+
+
+SERVER_LOCK_SESSION = r"-d postgres -A -t$"  # the one psql session that holds the server's lock
+
+
+def test_a_lost_answer_of_the_server_lock_is_asked_of_the_server_and_the_replace_goes_on(
+        cli, pg, target, lost_outputs):
+    """The lock session's answer (pgrunbook-lock=t) lost: the kit neither waits forever for
+    it nor takes the lock as refused; it asks the server what its session got."""
+    dump = backup(cli, "--env=prod")
+    replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
+                   env=lost_outputs.env(match=SERVER_LOCK_SESSION, nth="1"), timeout=300)
+    assert len(lost_outputs.dropped()) == 1, lost_outputs.dropped()
+    assert replaced.returncode == 0, replaced.stderr
+    assert not (cli.backup_dir("prod") / ".restore-in-progress.json").exists()

@@ -153,6 +153,50 @@ def test_prepared_transaction_that_appears_during_the_restore_stops_the_swap_not
         special_pg.psql("ROLLBACK PREPARED 'late-tx'", "live2")
 
 
+def test_prepared_transaction_that_appears_as_the_swap_closes_live_reopens_it_at_once(tmp_path, special_pg):
+    """An app session prepares a transaction just after the swap script closed the live
+    DB (the test's hook runs there and waits until it exists). No retry can end it: the
+    script reopens the DB at once, the run is refused as the preflight refuses, and the
+    restored database is kept, so the retry after ROLLBACK PREPARED only swaps."""
+    from helpers import Cli, prestaged, wait_for
+
+    cli = Cli(tmp_path)
+    special_pg.create_database("live5", sample=True)
+    cli.write_env("prod", DB_CONTAINER=special_pg.name, DB_NAME="live5", DB_PASSWORD=PASSWORD)
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(special_pg, "live5")
+    script = f"/tmp/late-{uuid.uuid4().hex[:8]}.sql"
+    special_pg.exec(["sh", "-c", f"echo 'BEGIN; DELETE FROM public.votes WHERE false;' > {script}"])
+    app = f"late-app-{uuid.uuid4().hex[:6]}"
+    exec_id = special_pg.client.api.exec_create(
+        special_pg.container.id, ["sh", "-c", f"timeout 300 tail -f {script} | psql -X -U app -d live5"],
+        environment={"PGPASSWORD": PASSWORD, "PGAPPNAME": app})["Id"]
+    special_pg.client.api.exec_start(exec_id, detach=True)
+    wait_for(lambda: special_pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                     f"'{app}' AND state = 'idle in transaction'", "postgres").strip() == "1",
+             "the app's open transaction")
+    hook = (f"echo \"PREPARE TRANSACTION 'late-close';\" >> {script}; n=0; "
+            "until [ \"$(psql -X -A -t -d postgres -c \"SELECT count(*) FROM pg_prepared_xacts "
+            "WHERE gid = 'late-close'\")\" = 1 ] || [ $n -gt 600 ]; do n=$((n+1)); sleep 0.1; done")
+    result = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
+                 env={"PGRUNBOOK_TEST_AFTER_CLOSE": hook})
+    try:
+        assert result.returncode == 1, result.stderr
+        assert "準備済みトランザクション" in result.stderr and "開き直しました" in result.stderr, result.stderr
+        assert "ROLLBACK PREPARED" in result.stderr and "Traceback" not in result.stderr
+        assert allows_connections(special_pg, "live5") == "t"
+        [kept] = prestaged(special_pg, "live5")
+        assert kept in result.stderr and allows_connections(special_pg, kept) == "f"
+        assert not (cli.backup_dir("prod") / ".restore-in-progress.json").exists()
+    finally:
+        special_pg.psql("ROLLBACK PREPARED 'late-close'", "live5")
+    assert table_fingerprints(special_pg, "live5") == before
+    retried = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod",
+                  env={"PGRUNBOOK_VERBOSE": "1"})
+    assert retried.returncode == 0, retried.stderr
+    assert f"事前展開 DB {kept} を使います" in retried.stderr, retried.stderr
+
+
 def test_logical_slot_is_named_before_the_swap_and_before_the_drop(tmp_path, special_pg):
     from helpers import Cli
 

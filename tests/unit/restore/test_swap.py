@@ -83,3 +83,16 @@ def test_default_privileges_compare_as_changes_from_the_builtin_default():
         'ALTER DEFAULT PRIVILEGES FOR ROLE "app" IN SCHEMA "public" GRANT SELECT ON TABLES TO "Report Reader"',
     ]
     assert differences(rights(), rights()) == []
+
+def test_a_blocked_swap_names_the_prepared_transactions_or_the_sessions_it_met():
+    from pgrunbook.restore.swap import Blocked, blocked_error
+
+    text = ('pgrunbook: closed\npsql:<stdin>:1: ERROR:  pgrunbook:blocked:{"prepared": 0, "sessions": '
+            '[[4242, "postgres", "psql", "", "app"], [4243, "dba", "", "", "app_staging"]]}\n'
+            "CONTEXT:  PL/pgSQL function inline_code_block line 1 at RAISE\n")
+    found = blocked_error("app", "kit", text)
+    assert isinstance(found, Blocked)
+    assert "pid 4242（postgres、psql、app）" in found.message and "pid 4243（dba、app_staging）" in found.message
+    prepared = blocked_error("app", "kit", 'ERROR:  pgrunbook:blocked:{"prepared": 2, "sessions": null}')
+    assert prepared is not None and "2 件" in prepared.message and "ROLLBACK PREPARED" in prepared.hint
+    assert blocked_error("app", "kit", "ERROR:  database \"app\" is being accessed by other users") is None
