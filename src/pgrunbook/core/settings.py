@@ -85,6 +85,8 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "APP_SERVICES": ("", "置き換えリストア中に止めるアプリの Compose サービス名（カンマ区切り）"),
     # --- prestaged replace (issue 14)
     "RESTORE_PRESTAGE": ("false", "復元テストした最新のバックアップを閉じた DB で残し、置き換えを速くする"),
+    # --- partial restore (issue 23)
+    "PARTIAL_LOCK_TIMEOUT": ("5s", "一部だけ戻すときにテーブルのロックを待つ上限（超えたら何もせず中止）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 MIN_PASSWORD_LENGTH = 8  # shorter: a settings warning (a short secret masks common words)
@@ -138,6 +140,7 @@ class Settings:
     compose_project: str = ""
     app_services: tuple[str, ...] = ()
     restore_prestage: bool = False
+    partial_lock_timeout: str = "5s"
     db_container_id: str = ""  # set by discovery.bind once the container is resolved
 
     def secrets(self) -> list[str]:
@@ -375,6 +378,8 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
         restore_jobs=None if get("RESTORE_JOBS") == "auto" else _integer(
             "RESTORE_JOBS", get("RESTORE_JOBS"), 1),
         restore_prestage=_boolean("RESTORE_PRESTAGE", get("RESTORE_PRESTAGE")),
+        partial_lock_timeout=_checked("PARTIAL_LOCK_TIMEOUT", get("PARTIAL_LOCK_TIMEOUT"),
+                                      re.compile(r"^[0-9]+\s*(ms|s|min)?$")),
         **_offsite_values(env, get),
         **_monitoring_values(env, config_dir, get),
         **_guard_values(get),

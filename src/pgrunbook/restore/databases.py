@@ -22,7 +22,7 @@ from pgrunbook.infra.postgres import (
 )
 
 MARK = "pgrunbook"
-ROLES = ("scratch", "staging", "previous", "verify", "rolledback", "prestaged")
+ROLES = ("scratch", "staging", "previous", "verify", "rolledback", "prestaged", "partial")
 MAX_NAME = 63
 
 
