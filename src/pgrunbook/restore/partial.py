@@ -19,8 +19,9 @@ into the live database, with the app running.
    the preview, and the kit refuses, showing the difference as it is now; else
    ``load_plan`` again from the preview's files (its parents and refusals must
    come out the same); the undo file (before-image) saved and its sha256
-   logged; the writes, parents first for inserts and children first for
-   deletes; the sequences; ``COMMIT``. A ``kill -9`` anywhere before the
+   logged; the writes: deletes first, children first (a row coming back may
+   need a unique value a deleted row holds), then table by table, parents
+   first, the changed rows and the rows to add; the sequences; ``COMMIT``. A ``kill -9`` anywhere before the
    ``COMMIT`` leaves nothing applied.
 
 Mode: ``missing`` inserts the rows deleted since the backup, ``changed`` also
@@ -517,18 +518,17 @@ def _write(session: Session, plan: Plan, live: Catalog, writer: UndoWriter, fire
         putback.disable_triggers(session, tables)
     order = live.parents_first({p.table.oid for p in written})
     by_oid = {p.table.oid: p for p in written}
-    for oid in order:
-        p = by_oid[oid]
-        if p.inserted_from():
-            putback.insert_from(session, p.table, p.inserted_from(), p.rows[INSERTED] + p.rows[PARENT])
-    for oid in order:
-        p = by_oid[oid]
-        if p.rows[UPDATED]:
-            putback.update_from(session, p.table, p.key, p.temps[UPDATED], p.rows[UPDATED])
+    # deletes first, children first: a row coming back may take a unique value a deleted row holds
     for oid in reversed(order):
         p = by_oid[oid]
         if p.rows[DELETED]:
             putback.delete_by(session, p.table, p.key, p.temps[DELETED], p.rows[DELETED])
+    for oid in order:  # then parents first: each table's changed rows, then its rows to add
+        p = by_oid[oid]
+        if p.rows[UPDATED]:
+            putback.update_from(session, p.table, p.key, p.temps[UPDATED], p.rows[UPDATED])
+        if p.inserted_from():
+            putback.insert_from(session, p.table, p.inserted_from(), p.rows[INSERTED] + p.rows[PARENT])
     moved: list[str] = []
     for p in written:  # the after-image: what undo must find unchanged, or refuse
         kinds = [kind for kind in (INSERTED, PARENT, UPDATED) if p.rows[kind]]

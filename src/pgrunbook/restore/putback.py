@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,16 @@ def counted(session: Session, statement: str, expected: int, what: str) -> None:
     """A write that must touch exactly ``expected`` rows (else the whole transaction fails)."""
     if not expected:
         return
-    done = int(session.rows(f"WITH done AS ({statement} RETURNING 1) SELECT count(*) FROM done")[0][0])
+    try:
+        done = int(session.rows(f"WITH done AS ({statement} RETURNING 1) SELECT count(*) FROM done")[0][0])
+    except SessionEnded as error:
+        clash = re.search(r'violates unique constraint "([^"]+)"', error.message)
+        if clash:
+            raise Refused(f"{what}: 戻す行が稼働中の DB の行と一意制約 {clash[1]} でぶつかります"
+                          "（何も変更していません）",
+                          "同じ値の行がその後に作られています。その行も戻すなら --mode=exact、"
+                          "除くなら --where で対象を絞る") from None
+        raise
     if done != expected:
         raise RunbookError(f"{what}: {done} 行（予定 {expected} 行）。何も変更していません",
                            "実行中に行が変わった可能性があります。再実行して差を確かめる")
