@@ -21,7 +21,7 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,15 @@ TOC_LINE = re.compile(r"^\d+; \d+ \d+ (?P<rest>.+)$")
 TYPES_BY_LENGTH = sorted(DEFINITIONS | {"TABLE DATA", "CONSTRAINT", "FK CONSTRAINT", "INDEX",
                                         "SEQUENCE SET", "MATERIALIZED VIEW DATA", "ACL",
                                         "DEFAULT ACL", "COMMENT", "TRIGGER"}, key=len, reverse=True)
+
+
+DATA = {"TABLE DATA", "SEQUENCE SET", "MATERIALIZED VIEW DATA", "BLOB DATA", "BLOBS", "LARGE OBJECTS"}
+PRIVILEGE_ERRORS = r'role "[^"]+" does not exist|must be owner|permission denied'
+
+
+def keep_definition(kind: str, _schema: str, _tag: str, _tables: set[str]) -> bool:
+    """Everything but rows (a schema-only restore of a .sql file)."""
+    return kind not in DATA
 
 
 def keep_entry(kind: str, schema: str, tag: str, tables: set[str]) -> bool:
@@ -98,10 +107,11 @@ SECTION = re.compile(rb"^-- (?:Data for )?Name: (?P<tag>.*); Type: (?P<kind>[A-Z
 SETTING = re.compile(rb"^(SET [a-z_]+ = .*;|SELECT pg_catalog\.set_config\(.*\);|\\(?:un)?restrict \S+)\r?$")
 
 
-def sql_sections(chunks: Iterable[bytes], tables: set[str], found: set[str]) -> Iterator[bytes]:
-    """A .sql dump with only what ``keep_entry`` keeps: a section is cut at its
-    header; between sections the session settings and psql's \\restrict lines stay.
-    The names of the tables whose rows passed are added to ``found``."""
+def sql_sections(chunks: Iterable[bytes], tables: set[str], found: set[str],
+                 keep: Callable[[str, str, str, set[str]], bool] = keep_entry) -> Iterator[bytes]:
+    """A .sql dump with only what ``keep`` keeps: a section is cut at its header;
+    between sections the session settings and psql's \\restrict lines stay. The
+    names of the tables whose rows passed are added to ``found``."""
     scanner = Scanner()
     keeping = True
     rest = b""
@@ -117,7 +127,7 @@ def sql_sections(chunks: Iterable[bytes], tables: set[str], found: set[str]) -> 
                 if header:
                     kind, schema = header["kind"].decode(), header["schema"].decode("utf-8", "replace")
                     tag = header["tag"].decode("utf-8", "replace")
-                    keeping = keep_entry(kind, schema, tag, tables)
+                    keeping = keep(kind, schema, tag, tables)
                     if keeping and kind == "TABLE DATA":
                         found.add(f"{schema}.{tag}")
             scanner.feed(line)
@@ -182,7 +192,8 @@ def from_archive(pg: Postgres, settings: Settings, source: Source, facts: Server
         restored = RowSource(pg, name, source.path.name, str(source.path), counts=source.table_counts(),
                              schema_only=schema_only)
         if source.format == "plain":
-            restored.sha256, found = _load_sql(pg, settings, source, name, tables, schema_only, console)
+            restored.sha256, found = _load_sql(pg, settings, source, name, tables, schema_only, console,
+                                               restored)
         else:
             restored.sha256, found = _load_archive(pg, settings, source, facts, name, tables, schema_only,
                                                    console, restored)
@@ -204,13 +215,12 @@ def _load_archive(pg: Postgres, settings: Settings, source: Source, facts: Serve
         base = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
         if schema_only:
             console.step(f"{source.path.name} の定義（行なし）を作業用 DB {database} に復元")
-            result = pg.run(base + ["--schema-only", inside])
-            if not result.ok and re.search(r'role "[^"]+" does not exist|must be owner|permission denied',
-                                           result.stderr):
+            result = pg.run(base + ["--schema-only", "--single-transaction", inside])
+            if not result.ok and re.search(PRIVILEGE_ERRORS, result.stderr):
                 console.step("所有者・権限は戻せないため、定義だけを比べます")
-                restored.owners_and_privileges = False
-                _empty_schema(pg, database)
-                result = pg.run(base + ["--schema-only", "--no-owner", "--no-acl", inside])
+                restored.owners_and_privileges = False  # (one transaction: nothing of the first try is left)
+                result = pg.run(base + ["--schema-only", "--single-transaction", "--no-owner", "--no-acl",
+                                        inside])
             _raise_unless_ok(result.ok, result.error_text(), database)
             return digest.hexdigest(), set()
         listing = pg.run(["pg_restore", "-l", inside])
@@ -226,32 +236,31 @@ def _load_archive(pg: Postgres, settings: Settings, source: Source, facts: Serve
 
 
 def _load_sql(pg: Postgres, settings: Settings, source: Source, database: str, tables: set[str],
-              schema_only: bool, console: Console) -> tuple[str, set[str]]:
+              schema_only: bool, console: Console, restored: RowSource) -> tuple[str, set[str]]:
     digest = HashingReader(source.path)
     found: set[str] = set()
     argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-U", settings.db_user,
             "-d", database]
     if schema_only:
         console.step(f"{source.path.name} の定義（行なし）を作業用 DB {database} に復元")
-        chunks: Iterable[bytes] = sql_sections(digest.chunks(), set(), found)
-        # data sections are dropped by the headers; owners and privileges stay as in the file
+        result = pg.run(argv, stdin=sql_sections(digest.chunks(), set(), found, keep_definition),
+                        on_stdout=lambda _data: None)
+        if not result.ok and re.search(PRIVILEGE_ERRORS, result.stderr):
+            console.step("所有者・権限は戻せないため、定義だけを比べます")
+            restored.owners_and_privileges = False  # (one transaction: nothing of the first try is left)
+            digest = HashingReader(source.path)
+            result = pg.run(argv, stdin=without_owner_and_acl(
+                sql_sections(digest.chunks(), set(), found, keep_definition), owners=True, acl=True),
+                on_stdout=lambda _data: None)
     else:
         console.step(f"{source.path.name} から名前を指定したテーブルの行だけを作業用 DB {database} に"
                      "流します（psql）")
-        chunks = without_owner_and_acl(sql_sections(digest.chunks(), tables, found), owners=True, acl=True)
-    result = pg.run(argv, stdin=chunks, on_stdout=lambda _data: None)
+        chunks = sql_sections(digest.chunks(), tables, found)
+        result = pg.run(argv, stdin=without_owner_and_acl(chunks, owners=True, acl=True),
+                        on_stdout=lambda _data: None)
     check_digest(source, digest.hexdigest())
     _raise_unless_ok(result.ok, result.error_text(), database)
     return digest.hexdigest(), found
-
-
-def _empty_schema(pg: Postgres, database: str) -> None:
-    """A failed --schema-only restore left part of the schema: start again from empty."""
-    schemas = [row[0] for row in pg.query(
-        "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-        "AND nspname <> 'information_schema'", database)]
-    statements = [f"DROP SCHEMA {quote_ident(name)} CASCADE" for name in schemas]
-    pg.execute("; ".join(statements + ["CREATE SCHEMA public"]), database)
 
 
 def _raise_unless_ok(ok: bool, error: str, database: str) -> None:
