@@ -25,6 +25,6 @@ MODULES = (
     "monitoring.check", "monitoring.metrics", "monitoring.ping", "monitoring.report", "monitoring.schedule",
     "monitoring.status",
     "site.docs",
-    "lab.bench", "lab.sandbox",
+    "lab.bench", "lab.partial_bench", "lab.sandbox",
 )
 lazy = SimpleNamespace(**{name.replace(".", "_"): LazyModule(name) for name in MODULES})

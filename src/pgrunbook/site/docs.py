@@ -121,6 +121,10 @@ class Example:
     def prestaged(self) -> str:
         return restore.kit_name(self.settings, "prestaged", EXAMPLE_WHEN)
 
+    @property
+    def partial(self) -> str:
+        return restore.kit_name(self.settings, "partial", EXAMPLE_WHEN)
+
 
 def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
     """Step name (as used in page markers) -> the hand commands of that step."""
@@ -158,6 +162,9 @@ def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
             s, example.archive("custom"), example.prestaged, example.staging, example.previous
         ),
         "check": lambda: manual.table_summary_commands(s, s.db_name),
+        "partial": lambda: manual.partial_commands(s, example.archive("custom"), example.partial,
+                                                   "public.votes", "id"),
+        "partial-undo": lambda: manual.partial_undo_commands(s, example.partial, "public.votes", "id"),
         **pitr.manual_steps(s),
     }
 
