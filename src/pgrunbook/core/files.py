@@ -53,6 +53,13 @@ def private_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def open_private(path: Path) -> BinaryIO:
+    """A working file of the kit's (rows in flight), written in pieces, mode 0600 from
+    its creation (replaced if it exists): not atomic, for files of a private folder
+    that a run removes itself."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename or a new name in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)

@@ -47,7 +47,7 @@ from typing import Any
 from pgrunbook.core import faults
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.core.files import ensure_private_dir, file_chunks, fsync_directory, private_file
+from pgrunbook.core.files import ensure_private_dir, file_chunks, fsync_directory, open_private, private_file
 from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, append_started, now_iso, operator, recorded
@@ -192,7 +192,7 @@ def merge_targets(session: Session, targets: list[Table], source: RowSource, opt
         plan = TablePlan(table, len(plans) + 1, selection, key)
         plans[table.oid] = plan
         console.step(f"{table.label} をキー（{', '.join(key)}）の順に比べます")
-        handles = {kind: open(_file(folder, f"keys-{kind}", plan.index), "wb")  # noqa: SIM115
+        handles = {kind: open_private(_file(folder, f"keys-{kind}", plan.index))
                    for kind in (MISSING, CHANGED, EXTRA)}
         def keep(kind: str, fields: list[bytes], handles: dict = handles) -> None:
             handles[kind].write(b"\t".join(fields) + b"\n")
@@ -333,7 +333,7 @@ def _wanted_parents(session: Session, child: TablePlan, columns: tuple[str, ...]
     not_null = " AND ".join(f"v.{quote_ident(p)} IS NOT NULL" for p in parent_columns)
     path = _file(folder, "wanted", child.index)
     count = 0
-    with open(path, "wb") as handle:
+    with open_private(path) as handle:
         for line in session.copy_out(f"SELECT DISTINCT {columns_sql(parent_columns, 'v')} "
                                      f"FROM ({union}) AS v WHERE {not_null} {present}"):
             handle.write(line + b"\n")

@@ -29,7 +29,7 @@ from typing import Any
 from pgrunbook.core import journal
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
-from pgrunbook.core.files import HashingReader, file_chunks
+from pgrunbook.core.files import HashingReader, file_chunks, open_private
 from pgrunbook.core.settings import Settings
 from pgrunbook.infra.postgres import Postgres, ServerFacts, quote_ident
 from pgrunbook.infra.session import Session
@@ -301,7 +301,7 @@ def fetch_rows(session: Session, table: Table, match: tuple[str, ...], columns: 
     session.copy_in(wanted, columns_sql(match), file_chunks(values))
     on = " AND ".join(f"t.{quote_ident(name)} = w.{quote_ident(name)}" for name in match)
     found = 0
-    with open(rows, "wb") as handle:
+    with open_private(rows) as handle:
         for line in session.copy_out(f"SELECT {columns_sql(columns, 't')} FROM {table.sql} t "
                                      f"WHERE EXISTS (SELECT 1 FROM {wanted} w WHERE {on})"):
             handle.write(line + b"\n")
