@@ -25,8 +25,10 @@ import queue
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import open_private
 from pgrunbook.infra.container import ExecResult
 from pgrunbook.infra.postgres import FIELD, RECORD, Postgres, explain_failure
 
@@ -34,7 +36,7 @@ from pgrunbook.infra.postgres import FIELD, RECORD, Postgres, explain_failure
 # text (and so its md5) depends on these settings, never on a server's defaults
 STABLE_TEXT = ("-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c TimeZone=UTC "
                "-c extra_float_digits=1 -c bytea_output=hex")
-QUEUE_CHUNKS = 64  # chunks of lines waiting between a reader and its consumer
+QUEUE_CHUNKS = 16  # chunks of lines waiting between a reader and its consumer (memory stays flat)
 END = None  # the reader's end
 
 
@@ -165,6 +167,15 @@ class Session:
         newline. Read it to its end before the next step."""
         self._send(f"COPY ({query}) TO STDOUT;\n")
         yield from self._until(self._mark())
+
+    def copy_to_file(self, query: str, path: Path) -> int:
+        """``copy_out`` into a new private file (0600), a line a row; how many rows."""
+        count = 0
+        with open_private(path) as handle:
+            for line in self.copy_out(query):
+                handle.write(line + b"\n")
+                count += 1
+        return count
 
     def copy_in(self, table: str, columns: str, lines: Iterable[bytes]) -> None:
         """``COPY table (columns) FROM STDIN`` with ``lines`` (COPY text, each ending

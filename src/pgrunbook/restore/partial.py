@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -175,36 +176,80 @@ def _compatible(live: Table, source: Catalog, label: str) -> None:
 
 def _file(folder: Path, what: str, index: int) -> Path:
     """The run's files: ``keys-missing``, ``keys-changed``, ``keys-extra`` (the merge's
-    keys), ``rows-ins``, ``rows-upd``, ``rows-par``, ``rows-par`` (the backup's rows), ``wanted``."""
+    keys), ``rows-ins``, ``rows-upd``, ``rows-par`` (the backup's rows), ``wanted``."""
     return folder / f"{what}-{index}.copy"
 
 
-def merge_targets(session: Session, targets: list[Table], source: RowSource, options: PartialOptions,
-                  folder: Path, console: Console) -> dict[int, TablePlan]:
-    """Each named table merged with the backup by key, in ``session``'s snapshot; the
-    keys that differ go to files, with the selection's ``version_sum`` of that snapshot."""
+class LiveScan:
+    """Live's side of the preview: in a snapshot of ``session``'s own (REPEATABLE READ),
+    each named table's stream (``Selection.stream_sql``) into a file, and its
+    ``version_sum``. Started before the source is ready, it runs beside the source's
+    restore (one core each) instead of after it."""
+
+    def __init__(self, session: Session, selections: dict[int, Selection], folder: Path) -> None:
+        self.session, self.selections, self.folder = session, selections, folder
+        self.versions: dict[int, str] = {}
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._scan, name="live-scan", daemon=True)
+        self.thread.start()
+
+    def _scan(self) -> None:
+        try:
+            self.session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ;")
+            for oid, selection in self.selections.items():
+                self.session.copy_to_file(selection.stream_sql(), self.path(oid))
+                self.versions[oid] = self.session.rows(selection.versions_sql())[0][0]
+        except BaseException as error:  # noqa: BLE001 - raised in the caller's thread by wait()
+            self.error = error
+
+    def path(self, oid: int) -> Path:
+        return self.folder / f"live-{oid}.copy"
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def lines(self, oid: int) -> Iterator[bytes]:
+        with open(self.path(oid), "rb") as handle:
+            for line in handle:
+                yield line.rstrip(b"\n")
+
+
+def selections_of(targets: list[Table], options: PartialOptions) -> dict[int, Selection]:
+    """What the named tables' rows are compared on (a table without a key stops here)."""
     where = check_where(options.where)
-    plans: dict[int, TablePlan] = {}
+    found = {}
     for table in targets:
-        _compatible_target(table, source)
         key = row_key(table, options.key)
-        selection = Selection(table, key, tuple(c.name for c in table.written), where)
-        plan = TablePlan(table, len(plans) + 1, selection, key)
-        plans[table.oid] = plan
-        console.step(f"{table.label} をキー（{', '.join(key)}）の順に比べます")
+        found[table.oid] = Selection(table, key, tuple(c.name for c in table.written), where)
+    return found
+
+
+def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, folder: Path,
+                  console: Console) -> dict[int, TablePlan]:
+    """Each named table's backup rows merged with the scan's by key; the keys that
+    differ go to files."""
+    scan.wait()
+    plans: dict[int, TablePlan] = {}
+    for oid, selection in scan.selections.items():
+        table = selection.table
+        _compatible_target(table, source)
+        plan = TablePlan(table, len(plans) + 1, selection, selection.key, versions=scan.versions[oid])
+        plans[oid] = plan
+        console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
         handles = {kind: open_private(_file(folder, f"keys-{kind}", plan.index))
                    for kind in (MISSING, CHANGED, EXTRA)}
+
         def keep(kind: str, fields: list[bytes], handles: dict = handles) -> None:
             handles[kind].write(b"\t".join(fields) + b"\n")
 
         try:
-            plan.diff = compare(plan.selection, stream_lines(source.pg, source.database,
-                                                             plan.selection.stream_sql(), APPLICATION),
-                                session.copy_out(plan.selection.stream_sql()), keep)
+            backup = stream_lines(source.pg, source.database, selection.stream_sql(), APPLICATION)
+            plan.diff = compare(selection, backup, scan.lines(oid), keep)
         finally:
             for handle in handles.values():
                 handle.close()
-        plan.versions = session.rows(plan.selection.versions_sql())[0][0]
         plan.rows[INSERTED] = plan.diff.counts[MISSING]
         plan.rows[UPDATED] = plan.diff.counts[CHANGED] if options.mode in ("changed", "exact") else 0
         plan.rows[DELETED] = plan.diff.counts[EXTRA] if options.mode == "exact" else 0
@@ -332,12 +377,8 @@ def _wanted_parents(session: Session, child: TablePlan, columns: tuple[str, ...]
     present = " ".join(f"AND NOT EXISTS (SELECT 1 FROM {name} x WHERE {match})" for name in places)
     not_null = " AND ".join(f"v.{quote_ident(p)} IS NOT NULL" for p in parent_columns)
     path = _file(folder, "wanted", child.index)
-    count = 0
-    with open_private(path) as handle:
-        for line in session.copy_out(f"SELECT DISTINCT {columns_sql(parent_columns, 'v')} "
-                                     f"FROM ({union}) AS v WHERE {not_null} {present}"):
-            handle.write(line + b"\n")
-            count += 1
+    count = session.copy_to_file(f"SELECT DISTINCT {columns_sql(parent_columns, 'v')} "
+                                 f"FROM ({union}) AS v WHERE {not_null} {present}", path)
     return path if count else None
 
 
@@ -361,12 +402,10 @@ def _blocked(session: Session, live: Catalog, plans: dict[int, TablePlan]) -> li
                                 f"ON {putback.key_match(plan.key, 't', 'u')} WHERE {changed}", "値を変える"))
             own = plans.get(child.oid)
             exclude = own.temps[DELETED] if own and own.rows[DELETED] else None
-            for rows_sql, what in queries:
-                count, examples = putback.references(session, child, fk.columns, fk.parent_columns, rows_sql,
-                                                     exclude, own.key if own else child.primary_key)
-                if count:
-                    blocked.append(f"{child.label} の {count} 行（{', '.join(examples)}）が "
-                                   f"{plan.table.label} の{what}行を参照しています（{fk.name}）")
+            blocked += [line for rows_sql, what in queries
+                        if (line := putback.referencing(session, child, fk, rows_sql, exclude,
+                                                        own.key if own else child.primary_key,
+                                                        f"{plan.table.label} の{what}行"))]
     return blocked
 
 
@@ -432,15 +471,19 @@ class Run:
         return Session(self.source.pg, self.source.database, APPLICATION)
 
 
-def preview(run: Run) -> Plan:
-    """Step 2 of the module docstring: changes nothing."""
-    with run.live_session() as session, run.source_session() as source_session:
-        session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ;")
-        targets = merge_targets(session, run.targets, run.source, run.options, run.folder, run.console)
+def preview(run: Run, scan: LiveScan | None = None) -> Plan:
+    """Step 2 of the module docstring: changes nothing. ``scan``: live's side already
+    started (by ``restore_partial``, beside the source's restore), else read now."""
+    with contextlib.ExitStack() as stack:
+        if scan is None:
+            session = stack.enter_context(run.live_session())
+            scan = LiveScan(session, selections_of(run.targets, run.options), run.folder)
+        source_session = stack.enter_context(run.source_session())
+        targets = merge_targets(scan, run.source, run.options, run.folder, run.console)
         fetch_backup_rows(source_session, run.source, targets, run.folder)
-        plan = load_plan(session, source_session, run.source, run.live, targets, run.options.mode, run.folder,
-                         run.console)
-        session.execute("ROLLBACK;")
+        plan = load_plan(scan.session, source_session, run.source, run.live, targets, run.options.mode,
+                         run.folder, run.console)
+        scan.session.execute("ROLLBACK;")
     return plan
 
 
@@ -565,11 +608,15 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
         pg = Postgres(discovery.db_container(settings), settings)
         live = read_catalog(pg, settings.db_name)
         targets = _targets(live, options)
-        reach = _reach(live, targets)
-        with _rows_from(pg, settings, options, handed, reach, console, entry) as (source, shown), \
-                _work_folder(settings) as folder:
+        selections = selections_of(targets, options)
+        with contextlib.ExitStack() as stack:
+            folder = stack.enter_context(_work_folder(settings))
+            session = stack.enter_context(Session(pg, settings.db_name, APPLICATION))
+            scan = stack.enter_context(_scanning(LiveScan(session, selections, folder)))
+            source, shown = stack.enter_context(
+                _rows_from(pg, settings, options, handed, _reach(live, targets), console, entry))
             run = Run(pg, settings, source, options, live, targets, folder, console)
-            plan = preview(run)
+            plan = preview(run, scan)
             entry.details["preview"] = plan.counts()
             if plan.blocked or plan.empty:
                 for line in plan.lines():
@@ -597,6 +644,15 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
             for label, counts in applied.plan.counts().items())
             + f"。取り消すなら: invoke restore-partial-undo --env={settings.env} --run={applied.run}")
         return applied
+
+
+@contextlib.contextmanager
+def _scanning(scan: LiveScan) -> Iterator[LiveScan]:
+    """The scan ends before its session does, whatever ends the block."""
+    try:
+        yield scan
+    finally:
+        scan.thread.join()
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from typing import IO, Any
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.infra.postgres import quote_ident, quote_literal
 from pgrunbook.infra.session import Session, SessionEnded
-from pgrunbook.restore.tables import Table, columns_sql
+from pgrunbook.restore.tables import ForeignKey, Table, columns_sql
 
 INSERTED, UPDATED, DELETED, PARENT = "ins", "upd", "del", "par"
 
@@ -168,12 +168,13 @@ def advance_sequences(session: Session, table: Table, sources: list[str], apply:
     return said
 
 
-def references(session: Session, child: Table, columns: tuple[str, ...], parent_columns: tuple[str, ...],
-               rows_sql: str, exclude: str | None,
-               child_key: tuple[str, ...] | None) -> tuple[int, list[str]]:
-    """Rows of ``child`` whose ``columns`` reference the parent rows of ``rows_sql`` (a
-    query of the parent's ``parent_columns``), but for the rows ``exclude`` (a temporary
-    table of child keys) names: (how many, a few of their keys)."""
+def referencing(session: Session, child: Table, fk: ForeignKey, rows_sql: str, exclude: str | None,
+                child_key: tuple[str, ...] | None, what: str) -> str | None:
+    """The line that refuses: rows of ``child`` whose foreign key ``fk`` references the
+    parent rows of ``rows_sql`` (a query of the parent's referenced columns), but for
+    the rows ``exclude`` (a temporary table of child keys) names; None when there are none.
+    ``what`` says which parent rows (e.g. "public.members の削除する行")."""
+    columns, parent_columns = fk.columns, fk.parent_columns
     shown = child_key or columns
     label = " || ', ' || ".join(f"c.{quote_ident(name)}::text" for name in shown)
     skip = f" AND NOT EXISTS (SELECT 1 FROM {exclude} z WHERE {key_match(child_key, 'z', 'c')})" \
@@ -183,7 +184,10 @@ def references(session: Session, child: Table, columns: tuple[str, ...], parent_
     found = session.rows(
         f"SELECT count(*), coalesce((array_agg({label}))[1:5]::text, '') FROM {child.sql} c "
         f"WHERE EXISTS (SELECT 1 FROM ({rows_sql}) r WHERE {match}){skip}")
-    return int(found[0][0]), [found[0][1]] if found[0][1] else []
+    count, examples = int(found[0][0]), found[0][1]
+    if not count:
+        return None
+    return f"{child.label} の {count} 行（{examples}）が {what}を参照しています（{fk.name}）"
 
 
 # ---- the undo file ----------------------------------------------------------------------

@@ -4,11 +4,13 @@ Either a kit database (role ``partial``) into which only what is needed is
 restored from a backup file, dropped when the work is done, or a server a
 caller hands over (the PITR copy at a time, made and dropped above this area).
 
-From a ``.dump``: the archive goes into the container (so that ``pg_restore``
-can seek), ``pg_restore -l`` lists it, and ``-L`` restores every definition
+From a ``.dump``: ``pg_restore -l`` lists it, and ``-L`` restores every definition
 (schemas, types, functions, tables: what the tables' columns may need) but the
 data of the named tables only, with their primary and unique keys; no foreign
-keys, triggers, indexes, privileges, sequence values or other tables' rows.
+keys, triggers, indexes, privileges, sequence values or other tables' rows. The
+archive goes to pg_restore's stdin and is read only as far as needed (up to the
+last table asked for); copying it into the container first so that pg_restore
+could seek was slower (the whole file copied and written for a few blocks read).
 From a ``.sql``: the same choice made on the file's own section headers
 (``-- Name: …; Type: …``) on its way to psql, so the other tables' rows never
 reach the container; a file without those headers is restored whole. The
@@ -21,6 +23,8 @@ import contextlib
 import os
 import re
 import socket
+import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +33,14 @@ from typing import Any
 from pgrunbook.core import journal
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
-from pgrunbook.core.files import HashingReader, file_chunks, open_private
+from pgrunbook.core.files import HashingReader, file_chunks
 from pgrunbook.core.settings import Settings
 from pgrunbook.infra.postgres import Postgres, ServerFacts, quote_ident
 from pgrunbook.infra.session import Session
 from pgrunbook.restore.databases import create_database, drop_kit_database, kit_databases, kit_name, mark_text
 from pgrunbook.restore.source import Source, check_digest
 from pgrunbook.restore.sqlfilter import Scanner, without_owner_and_acl
-from pgrunbook.restore.staging import check_free_space, file_in_container, settings_jobs
+from pgrunbook.restore.staging import check_free_space, upload_prefix
 from pgrunbook.restore.tables import Catalog, Table, columns_sql
 
 ROLE = "partial"
@@ -208,31 +212,50 @@ def from_archive(pg: Postgres, settings: Settings, source: Source, facts: Server
 def _load_archive(pg: Postgres, settings: Settings, source: Source, facts: ServerFacts, database: str,
                   tables: set[str], schema_only: bool, console: Console,
                   restored: RowSource) -> tuple[str, set[str]]:
+    """pg_restore reads the archive on its stdin, as far as it needs it: the table of
+    contents (and definitions), then up to the end of the last table asked for. The
+    file is not copied into the container; the hash of what was not sent is taken
+    from the file on the host, and compared before any row is used."""
     digest = HashingReader(source.path)
-    check_free_space(pg, facts, source, archive_inside=True)
-    with file_in_container(pg, source, digest) as inside:
+    check_free_space(pg, facts, source, archive_inside=False)
+    base = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
+    if schema_only:
+        console.step(f"{source.path.name} の定義（行なし）を作業用 DB {database} に復元")
+        result = pg.run(base + ["--schema-only", "--single-transaction"], stdin=digest.chunks())
+        if not result.ok and re.search(PRIVILEGE_ERRORS, result.stderr):
+            console.step("所有者・権限は戻せないため、定義だけを比べます")
+            restored.owners_and_privileges = False  # (one transaction: nothing of the first try is left)
+            result = pg.run(base + ["--schema-only", "--single-transaction", "--no-owner", "--no-acl"],
+                            stdin=file_chunks(source.path))
         check_digest(source, digest.hexdigest())
-        base = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
-        if schema_only:
-            console.step(f"{source.path.name} の定義（行なし）を作業用 DB {database} に復元")
-            result = pg.run(base + ["--schema-only", "--single-transaction", inside])
-            if not result.ok and re.search(PRIVILEGE_ERRORS, result.stderr):
-                console.step("所有者・権限は戻せないため、定義だけを比べます")
-                restored.owners_and_privileges = False  # (one transaction: nothing of the first try is left)
-                result = pg.run(base + ["--schema-only", "--single-transaction", "--no-owner", "--no-acl",
-                                        inside])
-            _raise_unless_ok(result.ok, result.error_text(), database)
-            return digest.hexdigest(), set()
-        listing = pg.run(["pg_restore", "-l", inside])
-        _raise_unless_ok(listing.ok, listing.error_text(), database)
-        chosen, found = filtered_listing(listing.stdout.decode("utf-8", "replace"), tables)
-        jobs = settings_jobs(settings, pg)
-        console.step(f"{source.path.name} から {len(found)} テーブルの行だけを作業用 DB {database} に復元"
-                     f"（pg_restore -L、-j {jobs}）")
-        result = pg.run(base + ["--no-owner", "--no-acl", "-j", str(jobs), "-L", "/dev/stdin", inside],
-                        stdin=iter([chosen.encode()]))
         _raise_unless_ok(result.ok, result.error_text(), database)
-        return digest.hexdigest(), found
+        return digest.hexdigest(), set()
+    listing = pg.run(["pg_restore", "-l"], stdin=file_chunks(source.path))  # the table of contents only
+    _raise_unless_ok(listing.ok, listing.error_text(), database)
+    chosen, found = filtered_listing(listing.stdout.decode("utf-8", "replace"), tables)
+    console.step(f"{source.path.name} から {len(found)} テーブルの行だけを作業用 DB {database} に復元"
+                 "（pg_restore -L、必要なところまで読む）")
+    with _list_in_container(pg, settings, chosen) as listed:
+        result = pg.run(base + ["--no-owner", "--no-acl", "-L", listed], stdin=digest.chunks())
+    check_digest(source, digest.hexdigest())
+    _raise_unless_ok(result.ok, result.error_text(), database)
+    return digest.hexdigest(), found
+
+
+@contextlib.contextmanager
+def _list_in_container(pg: Postgres, settings: Settings, text: str) -> Iterator[str]:
+    """The ``-L`` list as a file in the container (under the env's upload prefix, which
+    restore-recover cleans if a killed run leaves it), removed after."""
+    private = upload_prefix(settings.env) + uuid.uuid4().hex[:12]
+    with tempfile.TemporaryDirectory(prefix="pgrunbook-list-") as folder:
+        path = Path(folder) / "restore.list"
+        path.write_text(text, encoding="utf-8")
+        inside = pg.container.put_file(path, "/tmp", f"{private}/restore.list")
+    try:
+        yield inside
+    finally:
+        with contextlib.suppress(Exception):
+            pg.container.run(["rm", "-rf", f"/tmp/{private}"])
 
 
 def _load_sql(pg: Postgres, settings: Settings, source: Source, database: str, tables: set[str],
@@ -300,12 +323,8 @@ def fetch_rows(session: Session, table: Table, match: tuple[str, ...], columns: 
                     f"SELECT {columns_sql(match)} FROM {table.sql} WITH NO DATA;")
     session.copy_in(wanted, columns_sql(match), file_chunks(values))
     on = " AND ".join(f"t.{quote_ident(name)} = w.{quote_ident(name)}" for name in match)
-    found = 0
-    with open_private(rows) as handle:
-        for line in session.copy_out(f"SELECT {columns_sql(columns, 't')} FROM {table.sql} t "
-                                     f"WHERE EXISTS (SELECT 1 FROM {wanted} w WHERE {on})"):
-            handle.write(line + b"\n")
-            found += 1
+    found = session.copy_to_file(f"SELECT {columns_sql(columns, 't')} FROM {table.sql} t "
+                                 f"WHERE EXISTS (SELECT 1 FROM {wanted} w WHERE {on})", rows)
     label = " || ', ' || ".join(f"w.{quote_ident(name)}::text" for name in match)
     absent = session.rows(f"SELECT count(*), coalesce((array_agg({label}))[1:5]::text, '') FROM {wanted} w "
                           f"WHERE NOT EXISTS (SELECT 1 FROM {table.sql} t WHERE {on})")

@@ -219,11 +219,11 @@ def _blocked(session: Session, live: Catalog, entries: list[UndoTable]) -> list[
                 session.execute(f"CREATE TEMP TABLE IF NOT EXISTS pgrunbook_gone_{own.index} "
                                 f"ON COMMIT DROP AS SELECT * FROM {_inserted(own)} x;")
                 exclude = f"pg_temp.pgrunbook_gone_{own.index}"
-            count, examples = putback.references(session, child, fk.columns, fk.parent_columns, rows_sql,
-                                                 exclude, own.key if own else child.primary_key)
-            if count:
-                blocked.append(f"{child.label} の {count} 行（{', '.join(examples)}）が戻した "
-                               f"{entry.table.label} の行を参照しています（{fk.name}）")
+            line = putback.referencing(session, child, fk, rows_sql, exclude,
+                                       own.key if own else child.primary_key,
+                                       f"戻した {entry.table.label} の行")
+            if line:
+                blocked.append(line)
     return blocked
 
 

@@ -233,6 +233,8 @@ def test_kill_9_at_each_step_of_the_apply_leaves_nothing_applied_and_a_rerun_com
     wait_for(lambda: pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APPLICATION}'",
                              "postgres").strip() == "0", "the kit's sessions to end")
     assert table_fingerprints(pg, target) == after_mistakes
+    listed = cli("restore-list", "--env=prod")  # the killed run's work database, as the kit's own
+    assert "\tpartial\t" in listed.stdout, listed.stdout
     if stage == "partial-commit":  # the undo file is there, the run is not applied: undo says so
         assert log_lines(cli)[-1]["result"] == "started"
         not_applied = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
