@@ -30,6 +30,7 @@ from pgrunbook.lab.bench import (
     USER,
     _psql,
     _run,
+    _run_traced,
     fill,
     machine,
     settle,
@@ -53,6 +54,32 @@ CREATE TABLE public.app_writes (id bigserial PRIMARY KEY, at timestamptz NOT NUL
 """
 WRITER = ("DO $$ BEGIN FOR i IN 1..10000000 LOOP INSERT INTO public.app_writes DEFAULT VALUES; COMMIT; "
           "PERFORM pg_sleep(0.05); END LOOP; END $$")
+
+
+# restore-partial's console steps (PGRUNBOOK_VERBOSE=1), by the start of their line: a step runs
+# from its line to the next named one (the longest prefix names a line)
+STEPS = (
+    ("(start)", "起動・ファイルとサーバーの確認・作業用 DB の作成・目次"),
+    ("・", "作業用 DB への復元（そのテーブルの行だけ）"),
+    ("・public.ballots をキー", "突き合わせ・戻す行の読み出し（確認の前）"),
+    ("====", "確認の表示"),
+    ("・ロックを取り", "ロック・行の変化の確認・戻す行の読み込み"),
+    ("・取り消し用ファイル", "取り消し用ファイル・書き込み・COMMIT"),
+    ("・作業用 DB", "作業用 DB の削除"),
+    ("戻しました", "結果の表示"),
+)
+
+
+def step_times(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds per named step; a line no prefix names belongs to the step before it."""
+    steps: dict[str, float] = {}
+    current = STEPS[0][1]
+    for (stamp, line), (next_stamp, _next) in zip(lines, lines[1:], strict=False):
+        named = [(len(prefix), label) for prefix, label in STEPS if line.startswith(prefix)]
+        if named:
+            current = max(named)[1]
+        steps[current] = steps.get(current, 0.0) + next_stamp - stamp
+    return steps
 
 
 def _stops(app: Any, since: float, until: float) -> int:
@@ -81,6 +108,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path, rows: int = 1_000
     times: dict[str, list[float]] = {"partial": [], "replace": []}
     rss: dict[str, list[float]] = {"partial": [], "replace": []}
     stops, ended, put_back = [], [], []
+    steps: dict[str, list[float]] = {}
     try:
         version = _psql(container, "SHOW server_version", "postgres").split()[0]
         _psql(container, BALLOTS.format(rows=rows))
@@ -106,8 +134,11 @@ def run(size_mb: float, rounds: int, image: str, output: Path, rows: int = 1_000
             while not _writer_pid(container) and time.monotonic() < deadline:
                 time.sleep(0.1)
             pid, written, since = _writer_pid(container), _writes(container), time.time()
-            done = _run(invoke + ["restore-partial", "--env=bench", f"--file={backup}",
-                                  "--table=public.ballots", "--mode=missing", "--confirm=bench"], env=env)
+            done, lines = _run_traced(invoke + ["restore-partial", "--env=bench", f"--file={backup}",
+                                                "--table=public.ballots", "--mode=missing",
+                                                "--confirm=bench"], env=env)
+            for step, seconds in step_times(lines).items():
+                steps.setdefault(step, []).append(round(seconds, 3))
             stops.append(_stops(app, since, time.time()))
             ended.append(int(_writer_pid(container) != pid or _writes(container) <= written))
             _psql(container, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -145,6 +176,8 @@ def run(size_mb: float, rounds: int, image: str, output: Path, rows: int = 1_000
         "rows_put_back": put_back, "times_seconds": times, "peak_rss_mb": rss,
         "medians_seconds": {"partial": partial_median, "replace": replace_median},
         "ratio": round(partial_median / replace_median, 3),
+        "partial_steps_seconds": {step: round(statistics.median(values), 3)
+                                  for step, values in steps.items()},
         "app_container_stops_during_partial": stops, "app_sessions_ended_during_partial": ended,
         "targets": {"ratio": TARGET_RATIO, "peak_rss_mb": TARGET_RSS_MB},
         "machine": machine(),
@@ -177,6 +210,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"| キットの最大メモリ（RSS） | {max(report['peak_rss_mb']['partial']):.0f} MB（目標 ≤ "
         f"{report['targets']['peak_rss_mb']}: {ok[report['met']['peak_rss']]}） | "
         f"{max(report['peak_rss_mb']['replace']):.0f} MB |",
+        *[f"| 　{step} | {seconds:.1f} 秒 | |"
+          for step, seconds in report.get("partial_steps_seconds", {}).items() if seconds >= 0.05],
         "| アプリの書き込み停止 | なし（コンテナの停止 "
         f"{sum(report['app_container_stops_during_partial'])} 回、"
         f"書き込み中のセッションの切断 {sum(report['app_sessions_ended_during_partial'])} 回: "

@@ -34,7 +34,7 @@ from pgrunbook.restore import privileges
 from pgrunbook.restore.guards import check_versions
 from pgrunbook.restore.partial import APPLICATION, PartialOptions
 from pgrunbook.restore.rowdiff import Selection, TableDiff, check_where, compare
-from pgrunbook.restore.rowsource import RowSource, from_archive, parse_toc_line
+from pgrunbook.restore.rowsource import SORT_OPTIONS, RowSource, from_archive, parse_toc_line
 from pgrunbook.restore.source import Source, inspect_with_facts
 from pgrunbook.restore.tables import Catalog, find_tables, read_catalog, row_key
 
@@ -215,7 +215,7 @@ def table_rows(pg: Postgres, settings: Settings, source: RowSource, options: Par
         selection = Selection(table, row_key(table, options.key), tuple(c.name for c in table.written), where)
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
         found.append(compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
-                                                     APPLICATION),
+                                                     APPLICATION, SORT_OPTIONS),
                              stream_lines(pg, settings.db_name, selection.stream_sql(), APPLICATION)))
     return found
 

@@ -59,7 +59,7 @@ from pgrunbook.restore import putback
 from pgrunbook.restore.guards import check_versions, confirm, guard_environment
 from pgrunbook.restore.putback import DELETED, INSERTED, PARENT, UPDATED, UndoWriter
 from pgrunbook.restore.rowdiff import CHANGED, EXTRA, MISSING, Selection, TableDiff, check_where, compare
-from pgrunbook.restore.rowsource import RowSource, fetch_rows, from_archive
+from pgrunbook.restore.rowsource import SORT_OPTIONS, RowSource, fetch_rows, from_archive
 from pgrunbook.restore.source import Source, inspect_with_facts
 from pgrunbook.restore.tables import Catalog, Table, columns_sql, find_tables, read_catalog, row_hash, row_key
 
@@ -245,7 +245,8 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
             handles[kind].write(b"\t".join(fields) + b"\n")
 
         try:
-            backup = stream_lines(source.pg, source.database, selection.stream_sql(), APPLICATION)
+            backup = stream_lines(source.pg, source.database, selection.stream_sql(), APPLICATION,
+                                  SORT_OPTIONS)
             plan.diff = compare(selection, backup, scan.lines(oid), keep)
         finally:
             for handle in handles.values():
@@ -504,6 +505,7 @@ def apply(run: Run, expected: Plan, entry: Entry) -> Applied:
     undo_path = settings.backup_dir / UNDO_FOLDER / f"{name}.undo"
     targets = {oid: plan for oid, plan in expected.tables.items() if plan.selection is not None}
     with run.live_session() as session, run.source_session() as source_session:
+        run.console.step("ロックを取り、確認の後に対象の行が変わっていないかを確かめます")
         session.execute("BEGIN;")
         putback.lock(session, run.targets, guarded, settings.partial_lock_timeout)
         faults.kill_point("partial-locked")
@@ -525,6 +527,7 @@ def apply(run: Run, expected: Plan, entry: Entry) -> Applied:
         if plan.blocked:
             raise Refused(f"参照されている行は消せません: {plan.blocked[0]}（何も変更していません）",
                           "参照している行を先に直すか、--mode=changed にする")
+        run.console.step("取り消し用ファイルを保存し、1 トランザクションで書き込みます")
         txid = int(session.rows("SELECT txid_current()")[0][0])
         header = {"run": name, "env": settings.env, "database": settings.db_name, "txid": txid,
                   "time": now_iso(), "operator": operator(), "source": run.source.label,

@@ -6,8 +6,9 @@ caller hands over (the PITR copy at a time, made and dropped above this area).
 
 From a ``.dump``: ``pg_restore -l`` lists it, and ``-L`` restores every definition
 (schemas, types, functions, tables: what the tables' columns may need) but the
-data of the named tables only, with their primary and unique keys; no foreign
-keys, triggers, indexes, privileges, sequence values or other tables' rows. The
+data of the named tables only; no keys or indexes (the rows are read once, in key
+order: a sort costs less than building the index first), foreign keys, triggers,
+privileges, sequence values or other tables' rows. The
 archive goes to pg_restore's stdin and is read only as far as needed (up to the
 last table asked for); copying it into the container first so that pg_restore
 could seek was slower (the whole file copied and written for a few blocks read).
@@ -44,6 +45,8 @@ from pgrunbook.restore.staging import check_free_space, upload_prefix
 from pgrunbook.restore.tables import Catalog, Table, columns_sql
 
 ROLE = "partial"
+# the source is read once, sorted by key (it has no index): a sort in memory, not on disk
+SORT_OPTIONS = "-c work_mem=128MB"
 
 # TOC entry types that define what tables and their columns need (kept whole);
 # every other entry is data, post-data or a privilege, kept only as said below
@@ -71,14 +74,11 @@ def keep_definition(kind: str, _schema: str, _tag: str, _tables: set[str]) -> bo
 
 def keep_entry(kind: str, schema: str, tag: str, tables: set[str]) -> bool:
     """Whether a TOC entry (or a .sql section) is restored for the data of ``tables``
-    (``schema.name``): every definition, the tables' rows and their own keys."""
+    (``schema.name``): every definition and the tables' rows. No key or index: the rows
+    are read once, in key order, and a sort then costs less than building the index."""
     if kind in DEFINITIONS:
         return True
-    if kind == "TABLE DATA":
-        return f"{schema}.{tag}" in tables
-    if kind == "CONSTRAINT":  # tag: "<table> <constraint>"
-        return f"{schema}.{tag.split(' ', 1)[0]}" in tables
-    return False
+    return kind == "TABLE DATA" and f"{schema}.{tag}" in tables
 
 
 def parse_toc_line(line: str) -> tuple[str, str, str] | None:
@@ -205,6 +205,7 @@ def from_archive(pg: Postgres, settings: Settings, source: Source, facts: Server
             _check_restored(pg, restored, tables, found)
         yield restored
     finally:
+        console.step(f"作業用 DB {name} を削除")
         with contextlib.suppress(Exception):  # never hides the work's own outcome
             drop_kit_database(pg, name)
 

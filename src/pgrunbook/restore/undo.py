@@ -33,7 +33,7 @@ from pgrunbook.infra.postgres import Postgres, quote_ident
 from pgrunbook.infra.session import Session
 from pgrunbook.restore import putback
 from pgrunbook.restore.guards import confirm
-from pgrunbook.restore.partial import APPLICATION, UNDO_FOLDER
+from pgrunbook.restore.partial import APPLICATION, KIND_WORDS, UNDO_FOLDER
 from pgrunbook.restore.putback import DELETED, INSERTED, PARENT, UPDATED, UndoFile, read_undo
 from pgrunbook.restore.source import Source
 from pgrunbook.restore.tables import Catalog, Table, columns_sql, read_catalog, row_hash
@@ -160,13 +160,16 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
                           "同じ環境で実行")
         entry.file = str(path)
         pg = Postgres(discovery.db_container(settings), settings)
-        shown = Source(path, "custom", settings.env, None, None, path.stat().st_size, None)
+        entry.sha256 = chosen.get("undo_sha256")
+        shown = Source(path, "custom", settings.env, {"started_at": undo.header.get("time")}, None,
+                       path.stat().st_size, None)
         counts = {item["table"]: {k: v for k, v in item["rows"].items() if v}
                   for item in undo.header["tables"]}
         confirm(settings, shown, confirm_env, f"restore-partial の run {chosen['run']} を取り消します",
                 console, ask, engine=pg.container.engine_description(),
-                extra_lines=[f"  {label}: " + "、".join(f"{k} {v}" for k, v in rows.items())
-                             for label, rows in counts.items() if rows])
+                extra_lines=["  取り消す実行の内容:"] + [
+                    f"    {label}: " + "、".join(f"{KIND_WORDS[k]} {v} 行" for k, v in rows.items())
+                    for label, rows in counts.items() if rows])
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-partial-undo"), Session(pg, settings.db_name, APPLICATION) as session:
             session.execute("BEGIN;")
