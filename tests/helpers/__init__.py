@@ -342,12 +342,7 @@ def comment_of(pg, database: str) -> str:
 
 def run_on_a_terminal(cli, args, answers: bytes):
     """Run the CLI with a real pseudo-terminal as stdin and type the answers."""
-    import os
     import pty
-    import subprocess
-    import sys
-
-    from conftest import ROOT
 
     master, slave = pty.openpty()
     process = subprocess.Popen(

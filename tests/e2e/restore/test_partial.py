@@ -340,3 +340,19 @@ def test_exact_and_undo_on_each_version(cli, pg, target):
     assert table_fingerprints(pg, target) == after_mistakes
     preview = json.loads(json.dumps(log_lines(cli)[-2]["preview"]))
     assert preview == {"public.votes": {"ins": 5, "upd": 3, "del": 2}}
+
+
+def test_on_a_terminal_the_operator_types_the_env_and_the_database(cli, pg, target):
+    from helpers import run_on_a_terminal
+
+    dump = backup(cli, "--env=prod")
+    before = selection(pg, target)
+    mistakes(pg, target)
+    wrong = run_on_a_terminal(cli, ["restore-partial", "--env=prod", f"--file={dump}", "--table=public.votes",
+                                    f"--where={SELECTED}", "--mode=exact"], b"prod\nnot-the-db\n")
+    assert wrong.returncode == 1 and "データベース名が一致しません" in wrong.stderr
+    assert selection(pg, target) != before
+    typed = run_on_a_terminal(cli, ["restore-partial", "--env=prod", f"--file={dump}", "--table=public.votes",
+                                    f"--where={SELECTED}", "--mode=exact"], f"prod\n{target}\n".encode())
+    assert typed.returncode == 0, typed.stderr
+    assert selection(pg, target) == before
