@@ -36,6 +36,10 @@ from pgrunbook.infra.postgres import FIELD, RECORD, Postgres, explain_failure
 # text (and so its md5) depends on these settings, never on a server's defaults
 STABLE_TEXT = ("-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c TimeZone=UTC "
                "-c extra_float_digits=1 -c bytea_output=hex")
+# the kit's own long reads and its transaction across steps are not the app's queries: no
+# statement or idle-in-transaction timeout of the role or the database cuts them (as pg_dump);
+# waiting for a lock is bounded by each caller (lock_timeout)
+NO_TIMEOUTS = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 QUEUE_CHUNKS = 16  # chunks of lines waiting between a reader and its consumer (memory stays flat)
 END = None  # the reader's end
 
@@ -46,7 +50,7 @@ class SessionEnded(RunbookError):
 
 def _environment(pg: Postgres, application: str, options: str) -> dict[str, str]:
     return {"PGAPPNAME": application, "PGCLIENTENCODING": "UTF8",
-            "PGOPTIONS": " ".join(filter(None, [STABLE_TEXT, options]))}
+            "PGOPTIONS": " ".join(filter(None, [STABLE_TEXT, NO_TIMEOUTS, options]))}
 
 
 class _Lines:

@@ -579,10 +579,11 @@ def _write(session: Session, plan: Plan, live: Catalog, writer: UndoWriter, fire
     for p in written:  # the after-image: what undo must find unchanged, or refuse
         kinds = [kind for kind in (INSERTED, PARENT, UPDATED) if p.rows[kind]]
         if kinds:
-            tagged = " UNION ALL ".join(f"SELECT {columns_sql(p.key)}, '{kind}' AS kind FROM {p.temps[kind]}"
+            tagged = " UNION ALL ".join(f"SELECT {columns_sql(p.key)}, '{kind}' AS pgrunbook_kind "
+                                        f"FROM {p.temps[kind]}"
                                         for kind in kinds)
             writer.section(p.index, "written", session.copy_out(
-                f"SELECT {columns_sql(p.key, 'k')}, k.kind, {row_hash(p.written, 't')} "
+                f"SELECT {columns_sql(p.key, 'k')}, k.pgrunbook_kind, {row_hash(p.written, 't')} "
                 f"FROM ({tagged}) k JOIN {p.table.sql} t ON {putback.key_match(p.key, 't', 'k')}"))
         if p.inserted_from():
             moved += putback.advance_sequences(session, p.table, p.inserted_from(), apply=True)

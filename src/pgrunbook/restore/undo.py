@@ -116,13 +116,14 @@ def _load(session: Session, undo: UndoFile, live: Catalog) -> list[UndoTable]:
         temps = {"before": putback.create_temp(session, "before", index, table, columns),
                  "written": putback.create_temp(session, "written", index, table, key),
                  "deleted": putback.create_temp(session, "deleted", index, table, key)}
-        session.execute(f"ALTER TABLE {temps['written']} ADD COLUMN kind text, ADD COLUMN hash text;")
+        session.execute(f"ALTER TABLE {temps['written']} ADD COLUMN pgrunbook_kind text, "
+                        "ADD COLUMN pgrunbook_hash text;")
         rows = {k: int(v) for k, v in item["rows"].items()}
         tables[index] = UndoTable(table, index, key, columns, temps, rows)
     for index, kind, lines in undo.sections():
         entry = tables[index]
         names = entry.columns if kind == "before" else entry.key
-        extra = ", kind, hash" if kind == "written" else ""
+        extra = ", pgrunbook_kind, pgrunbook_hash" if kind == "written" else ""
         session.copy_in(entry.temps[kind], columns_sql(names) + extra, lines)
     return list(tables.values())
 
@@ -134,7 +135,7 @@ def _conflicts(session: Session, entry: UndoTable) -> list[str]:
     changed = session.rows(
         f"SELECT {label} FROM {entry.temps['written']} w LEFT JOIN {entry.table.sql} t ON {match} "
         f"WHERE t.{quote_ident(entry.key[0])} IS NULL OR {row_hash(entry.columns, 't')}::text "
-        f"IS DISTINCT FROM w.hash ORDER BY 1 LIMIT {EXAMPLES + 1}")
+        f"IS DISTINCT FROM w.pgrunbook_hash ORDER BY 1 LIMIT {EXAMPLES + 1}")
     back = session.rows(
         f"SELECT {label.replace('w.', 'd.')} FROM {entry.temps['deleted']} d JOIN {entry.table.sql} t "
         f"ON {putback.key_match(entry.key, 't', 'd')} ORDER BY 1 LIMIT {EXAMPLES + 1}")
@@ -203,7 +204,7 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
 
 def _inserted(entry: UndoTable) -> str:
     return (f"(SELECT {columns_sql(entry.key)} FROM {entry.temps['written']} "
-            f"WHERE kind IN ('{INSERTED}', '{PARENT}'))")
+            f"WHERE pgrunbook_kind IN ('{INSERTED}', '{PARENT}'))")
 
 
 def _blocked(session: Session, live: Catalog, entries: list[UndoTable]) -> list[str]:
@@ -252,7 +253,8 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
         if entry.rows.get(UPDATED):
             session.execute(f"CREATE TEMP TABLE pgrunbook_revert_{entry.index} ON COMMIT DROP AS "
                             f"SELECT b.* FROM {entry.temps['before']} b JOIN {entry.temps['written']} w "
-                            f"ON {putback.key_match(entry.key, 'b', 'w')} AND w.kind = '{UPDATED}';")
+                            f"ON {putback.key_match(entry.key, 'b', 'w')} "
+                            f"AND w.pgrunbook_kind = '{UPDATED}';")
             putback.update_from(session, entry.table, entry.key, f"pg_temp.pgrunbook_revert_{entry.index}",
                                 entry.rows[UPDATED])
             done.setdefault(entry.table.label, {})["元に戻す（更新）"] = entry.rows[UPDATED]

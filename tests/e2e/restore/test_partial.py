@@ -193,19 +193,24 @@ def test_triggers_the_kit_cannot_switch_off_refuse_without_ownership(cli, pg, ta
 
 
 def test_a_table_without_a_primary_key_is_refused_or_takes_a_key(cli, pg, target):
-    pg.psql("CREATE TABLE public.tally (topic text NOT NULL, member_count int NOT NULL); "
+    """Its key column is named "kind", as a column of the kit's own work tables once was."""
+    pg.psql("CREATE TABLE public.tally (kind text NOT NULL, member_count int NOT NULL); "
             "INSERT INTO public.tally SELECT topic, count(*) FROM public.votes GROUP BY topic", target)
     dump = backup(cli, "--env=prod")
-    before = pg.psql("SELECT * FROM public.tally ORDER BY topic", target)
-    pg.psql("DELETE FROM public.tally WHERE topic = '役員選任の件'", target)
+    before = pg.psql("SELECT * FROM public.tally ORDER BY kind", target)
+    pg.psql("DELETE FROM public.tally WHERE kind = '役員選任の件'", target)
+    deleted = pg.psql("SELECT * FROM public.tally ORDER BY kind", target)
     refused = partial(cli, dump, "--table=public.tally", "--mode=missing")
     assert refused.returncode == 1, refused.stderr
     assert "主キーがないため、行を特定できません" in refused.stderr and "--key" in refused.stderr
-    done = partial(cli, dump, "--table=public.tally", "--mode=missing", "--key=topic")
+    done = partial(cli, dump, "--table=public.tally", "--mode=missing", "--key=kind")
     assert done.returncode == 0, done.stderr
-    assert pg.psql("SELECT * FROM public.tally ORDER BY topic", target) == before
-    pg.psql("INSERT INTO public.tally VALUES ('役員選任の件', 1)", target)
-    duplicate = partial(cli, dump, "--table=public.tally", "--mode=exact", "--key=topic")
+    assert pg.psql("SELECT * FROM public.tally ORDER BY kind", target) == before
+    undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+    assert undone.returncode == 0, undone.stderr
+    assert pg.psql("SELECT * FROM public.tally ORDER BY kind", target) == deleted
+    pg.psql("INSERT INTO public.tally VALUES ('2025年度予算案', 1)", target)
+    duplicate = partial(cli, dump, "--table=public.tally", "--mode=exact", "--key=kind")
     assert duplicate.returncode == 1 and "重複しています" in duplicate.stderr, duplicate.stderr
 
 
@@ -355,4 +360,17 @@ def test_on_a_terminal_the_operator_types_the_env_and_the_database(cli, pg, targ
     typed = run_on_a_terminal(cli, ["restore-partial", "--env=prod", f"--file={dump}", "--table=public.votes",
                                     f"--where={SELECTED}", "--mode=exact"], f"prod\n{target}\n".encode())
     assert typed.returncode == 0, typed.stderr
+    assert selection(pg, target) == before
+
+
+def test_the_databases_own_timeouts_do_not_cut_the_kits_sessions(cli, pg, target):
+    """A database set to end idle transactions fast (and short statements): the preview's
+    snapshot waits idle while the backup's rows are restored, and still stands."""
+    dump = backup(cli, "--env=prod")
+    before = selection(pg, target)
+    mistakes(pg, target)
+    pg.psql(f"ALTER DATABASE \"{target}\" SET idle_in_transaction_session_timeout = '200ms'; "
+            f"ALTER DATABASE \"{target}\" SET statement_timeout = '200ms'", "postgres")
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert done.returncode == 0, done.stderr
     assert selection(pg, target) == before
