@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -120,6 +121,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path, rows: int = 1_000
         invoke = [sys.executable, "-m", "invoke", "-r", str(ROOT)]
         settle(container)
         backup = Path(_run(invoke + ["backup", "--env=bench"], env=env).last_line)
+        archive_bytes = backup.stat().st_size
 
         def partial(number: int) -> None:
             _psql(container, f"DELETE FROM public.ballots WHERE id % 100 = {number % 100}")
@@ -168,11 +170,12 @@ def run(size_mb: float, rounds: int, image: str, output: Path, rows: int = 1_000
     finally:
         container.model.remove(force=True, v=True)
         app.remove(force=True)
+        shutil.rmtree(work, ignore_errors=True)  # the backup (prod-like data) and the work log
     partial_median, replace_median = statistics.median(times["partial"]), statistics.median(times["replace"])
     report = {
         "when": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
         "image": image, "server_version": version, "rounds": rounds, "database_bytes": size,
-        "archive_bytes": backup.stat().st_size, "table_rows": rows, "table_bytes": table_bytes,
+        "archive_bytes": archive_bytes, "table_rows": rows, "table_bytes": table_bytes,
         "rows_put_back": put_back, "times_seconds": times, "peak_rss_mb": rss,
         "medians_seconds": {"partial": partial_median, "replace": replace_median},
         "ratio": round(partial_median / replace_median, 3),
