@@ -37,6 +37,7 @@ from pgrunbook.lab.bench import (
     settle,
     start_app,
     start_container,
+    step_times,
     update_page,
 )
 
@@ -57,30 +58,18 @@ WRITER = ("DO $$ BEGIN FOR i IN 1..10000000 LOOP INSERT INTO public.app_writes D
           "PERFORM pg_sleep(0.05); END LOOP; END $$")
 
 
-# restore-partial's console steps (PGRUNBOOK_VERBOSE=1), by the start of their line: a step runs
-# from its line to the next named one (the longest prefix names a line)
+# restore-partial's console steps (PGRUNBOOK_VERBOSE=1), by the start of their line (the first
+# prefix that matches): a step runs from its line to the next named one
 STEPS = (
     ("(start)", "起動・ファイルとサーバーの確認・作業用 DB の作成・目次"),
-    ("・", "作業用 DB への復元（そのテーブルの行だけ）"),
     ("・public.ballots をキー", "突き合わせ・戻す行の読み出し（確認の前）"),
-    ("====", "確認の表示"),
     ("・ロックを取り", "ロック・行の変化の確認・戻す行の読み込み"),
     ("・取り消し用ファイル", "取り消し用ファイル・書き込み・COMMIT"),
     ("・作業用 DB", "作業用 DB の削除"),
+    ("・", "作業用 DB への復元（そのテーブルの行だけ）"),
+    ("====", "確認の表示"),
     ("戻しました", "結果の表示"),
 )
-
-
-def step_times(lines: list[tuple[float, str]]) -> dict[str, float]:
-    """Seconds per named step; a line no prefix names belongs to the step before it."""
-    steps: dict[str, float] = {}
-    current = STEPS[0][1]
-    for (stamp, line), (next_stamp, _next) in zip(lines, lines[1:], strict=False):
-        named = [(len(prefix), label) for prefix, label in STEPS if line.startswith(prefix)]
-        if named:
-            current = max(named)[1]
-        steps[current] = steps.get(current, 0.0) + next_stamp - stamp
-    return steps
 
 
 def _stops(app: Any, since: float, until: float) -> int:
@@ -139,7 +128,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path, rows: int = 1_000
             done, lines = _run_traced(invoke + ["restore-partial", "--env=bench", f"--file={backup}",
                                                 "--table=public.ballots", "--mode=missing",
                                                 "--confirm=bench"], env=env)
-            for step, seconds in step_times(lines).items():
+            for step, seconds in step_times(lines, STEPS, other=None).items():
                 steps.setdefault(step, []).append(round(seconds, 3))
             stops.append(_stops(app, since, time.time()))
             ended.append(int(_writer_pid(container) != pid or _writes(container) <= written))
