@@ -19,13 +19,13 @@ MODULES = (
     "core.durations", "core.worklog",
     "store.drift", "store.inventory",
     "backup.dump", "backup.globals", "backup.marks", "backup.prune", "backup.verify",
-    "restore", "restore.drill",
+    "restore", "restore.drill", "restore.diff", "restore.partial", "restore.rowsource", "restore.undo",
     "offsite.encryption", "offsite.keydrill", "offsite.lock", "offsite.prune", "offsite.pull", "offsite.push",
     "offsite.remote",
     "pitr.backup", "pitr.drill", "pitr.observation", "pitr.scratch", "pitr.setup", "pitr.status",
     "monitoring.check", "monitoring.evidence", "monitoring.metrics", "monitoring.ping", "monitoring.report",
     "monitoring.schedule", "monitoring.status",
     "site.docs",
-    "lab.bench", "lab.sandbox",
+    "lab.bench", "lab.partial_bench", "lab.sandbox",
 )
 lazy = SimpleNamespace(**{name.replace(".", "_"): LazyModule(name) for name in MODULES})

@@ -33,14 +33,18 @@ def sandbox_down(c, env=None):
         "variants": "キットの置き換えと並べて測る試み（mwm, nosync, nocheckpoint, jobs2。+ でつなぐと両方）",
         "tag": "コンテナ名に入れる語（共有マシンで誰の実行か分かるように）",
         "prestaged": "事前展開した最新バックアップへの置き換え（RESTORE_PRESTAGE）も測る",
+        "partial": "代わりに、100 万行のテーブルの 1 % を一部だけ戻す時間を、"
+                   "同じバックアップの置き換えと並べて測る",
     }
 )
 def bench(c, size_mb=900, rounds=3, image=None, output="bench-results", compressions="",
-          dataset="default", variants="", tag="", prestaged=False):
+          dataset="default", variants="", tag="", prestaged=False, partial=False):
     """手順書の手作業とキットの速度・書き込み停止時間・メモリを使い捨てコンテナで比較する。"""
     argv = ["--size-mb", str(size_mb), "--rounds", str(rounds), "--output", output]
     if image:
         argv += ["--image", image]
+    if partial:
+        raise Exit(code=lazy.lab_partial_bench.main(argv + (["--tag", tag] if tag else [])))
     if compressions:
         argv += ["--compressions", compressions]
     argv += ["--dataset", dataset] + (["--variants", variants] if variants else []) + (

@@ -157,6 +157,7 @@ def evidence(c, env=None, from_=None, to=None, output=None):
                     f"（作業ログの先頭 {sealed.chain_head[:16]}… とともに作業ログに記録）")
     console.result(str(sealed.path))
 
+
 @task(
     name="evidence-verify",
     help={

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from invoke import Exit
 
 from pgrunbook.cli import guarded, settings_for, task
@@ -144,4 +147,115 @@ def restore_drop(c, env=None, db=None, confirm=None):
     guarded(lambda: lazy.restore.drop_database(settings, db, confirm, console), console)
 
 
-TASKS = (restore_scratch, restore_replace, restore_rollback, restore_recover, restore_list, restore_drop)
+PARTIAL_HELP = {
+    "env": ENV_HELP,
+    "file": "比べる・戻すバックアップ（.dump / .sql）",
+    "table": "テーブル（スキーマ.テーブル。複数可: --table=public.votes --table=public.members）",
+    "where": "行の条件（SQL。例: --where=\"topic = '2025年度予算案'\"）。"
+             "バックアップか稼働中のどちらかで満たす行",
+    "key": "主キーのないテーブルで行を特定する列（カンマ区切り。重複・NULL があれば止める）",
+    "as_of": "PITR（pgBackRest）でこの時刻に戻した別コンテナから（例: '2026-01-28 14:05'）。--file の代わり",
+}
+
+
+@contextlib.contextmanager
+def _rows_as_of(settings, as_of, console, task_name):
+    """--as-of: a PITR copy at that time (pitr.scratch), handed to restore as a row source
+    and removed after. Composed here: restore and pitr are siblings that never import each other."""
+    if not as_of:
+        yield None
+        return
+    scratch_module = lazy.pitr_scratch
+    with scratch_module.at_time(settings, as_of, console, task_name) as (scratch, server):
+        when = scratch_module.target_literal(scratch.target)
+        yield lazy.restore_rowsource.handed(
+            server, settings.db_name, f"PITR {when}（{scratch.name}）", as_of=when, scratch=scratch.name,
+            backup_set=scratch.backup_set)
+
+
+def _partial_options(table, mode="missing", where=None, key=None, fire_triggers=False, confirm=None,
+                     approved_by=None, file=None, as_of=None):
+    if file and as_of:
+        raise Exit("エラー: --file と --as-of はどちらか 1 つ → バックアップのファイルか PITR の時刻か",
+                   code=2)
+    return lazy.restore_partial.PartialOptions(
+        tables=tuple(table or ()), mode=mode, where=where, key=key, fire_triggers=fire_triggers,
+        confirm_env=confirm, approved_by=approved_by, file=file)
+
+
+@task(
+    name="restore-diff",
+    iterable=["table"],
+    help={**PARTIAL_HELP,
+          "file": "比べるバックアップ（既定: 検証済みで最新のもの）",
+          "format": "text（既定）か json（標準出力に JSON）"},
+)
+def restore_diff(c, env=None, file=None, table=None, where=None, key=None, as_of=None, format="text"):  # noqa: A002
+    """戻すと何が変わるかを表示する（何も変更しない）。終了コード: 0 同じ、1 違う、2 問題。
+    --table なしは DB 全体（テーブル・行数・列・所有者・権限）、あればキーごとの行の差。"""
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-diff")
+    if format not in ("text", "json"):
+        raise Exit(f"エラー: --format={format} は使えません → text か json", code=2)
+    options = _partial_options(table, where=where, key=key, file=file, as_of=as_of)
+
+    def run():
+        with _rows_as_of(settings, as_of, console, "restore-diff") as handed:
+            return lazy.restore_diff.restore_diff(settings, options, console, handed)
+
+    try:
+        result = guarded(run, console)
+    except Exit as stop:  # diff(1): any trouble is 2
+        raise Exit(stop.message, code=2 if stop.code else 0) from None
+    if format == "json":
+        sys.stdout.write(result.as_json() + "\n")
+    else:
+        for line in result.lines():
+            console.result(line)
+    if result.different:
+        raise Exit(code=1)
+
+
+@task(
+    name="restore-partial",
+    iterable=["table"],
+    help={**PARTIAL_HELP,
+          "mode": "missing（消えた行を戻す）/ changed（変わった行も戻す）/ exact（その後に増えた行も消す）",
+          "confirm": "端末がないときの確認: 対象の環境名",
+          "approved_by": "他の環境のバックアップを保護環境に戻すときの承認者名（作業ログに記録）",
+          "fire_triggers": "戻す行でアプリのトリガー（監査ログなど）を動かす"
+                           "（既定: 動かさず、バックアップの行のまま）"},
+)
+def restore_partial(c, env=None, file=None, table=None, where=None, mode=None, key=None, as_of=None,
+                    confirm=None, approved_by=None, fire_triggers=False):
+    """C. 一部だけ戻す: 指定したテーブルの行をバックアップ（または PITR の時刻）から稼働中の DB に戻す。
+    アプリは止めない。差を表示して確認してから 1 トランザクションで。取り消しは restore-partial-undo。"""
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-partial")
+    if not mode:
+        raise Exit("エラー: --mode が必要です → missing / changed / exact", code=2)
+    options = _partial_options(table, mode, where, key, fire_triggers, confirm, approved_by, file, as_of)
+
+    def run():
+        with _rows_as_of(settings, as_of, console, "restore-partial") as handed:
+            return lazy.restore_partial.restore_partial(settings, options, console, handed)
+
+    result = guarded(run, console)
+    console.result(getattr(result, "run", "") or "変更なし")
+
+
+@task(
+    name="restore-partial-undo",
+    help={"env": ENV_HELP,
+          "run": "取り消す実行（restore-partial が表示した run。既定: 直近の実行）",
+          "confirm": "端末がないときの確認: 対象の環境名",
+          "fire_triggers": "取り消しでアプリのトリガーを動かす（既定: 動かさない）"},
+)
+def restore_partial_undo(c, env=None, run=None, confirm=None, fire_triggers=False):
+    """一部だけ戻した行を元に戻す（restore-partial の取り消し）。
+    戻した行がその後に変わっていれば、その行を示して何もしない。"""
+    settings, console = settings_for(ROOT, env, resolve=True, task="restore-partial-undo")
+    guarded(lambda: lazy.restore_undo.restore_partial_undo(settings, run, confirm, fire_triggers, console),
+            console)
+
+
+TASKS = (restore_scratch, restore_replace, restore_rollback, restore_recover, restore_list, restore_drop,
+         restore_diff, restore_partial, restore_partial_undo)

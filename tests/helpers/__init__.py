@@ -496,6 +496,7 @@ def minimal_rights(cli, pg, database: str, **extra: str) -> tuple[str, str]:
 
 # ---- a run held at a stage (faults.pause_point) -----------------------------------------
 
+
 class Paused:
     """The real CLI started in the background and held at ``stage`` until ``go()``:
     the test sets up what the next step meets and waits on conditions, not on time."""

@@ -9,6 +9,7 @@ final name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -16,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1 << 20
 
@@ -27,20 +29,35 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def write_private(path: Path, content: str | bytes) -> None:
-    """Write a small file atomically with mode 0600: a temporary file of this writer's
-    own in the same folder (two writers at once never share one), fsynced, then
-    renamed over ``path``. Nothing is left if it fails or is interrupted."""
+    """Write a small file atomically with mode 0600 (see ``private_file``)."""
     data = content.encode("utf-8") if isinstance(content, str) else content
+    with private_file(path) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def private_file(path: Path) -> Iterator[BinaryIO]:
+    """A file written atomically with mode 0600, in pieces of any size: a temporary
+    file of this writer's own in the same folder (two writers at once never share
+    one), fsynced, then renamed over ``path`` when the block ends. Nothing is left
+    if the block fails or is interrupted."""
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def open_private(path: Path) -> BinaryIO:
+    """A working file of the kit's (rows in flight), written in pieces, mode 0600 from
+    its creation (replaced if it exists): not atomic, for files of a private folder
+    that a run removes itself."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def fsync_directory(directory: Path) -> None:

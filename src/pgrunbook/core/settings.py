@@ -93,6 +93,8 @@ KEYS: dict[str, tuple[str | None, str]] = {
     # --- trust, third pass (issue 22)
     "REPLACE_SESSION_WAIT": ("60s", "DB_USER が終了できないセッション（superuser など）が終わるのを"
                                     "置き換えの前に待つ時間（例: 60s, 5m）"),
+    # --- partial restore (issue 23)
+    "PARTIAL_LOCK_TIMEOUT": ("5s", "一部だけ戻すときにテーブルのロックを待つ上限（超えたら何もせず中止）"),
 }
 SECRET_KEYS = {"DB_PASSWORD", "APP_DATABASE_URL"}
 MIN_PASSWORD_LENGTH = 8  # shorter: a settings warning (a short secret masks common words)
@@ -149,6 +151,7 @@ class Settings:
     fiscal_year_start: tuple[int, int] = (4, 1)  # (month, day)
     key_drill_max_age: timedelta = timedelta(days=180)
     replace_session_wait: float = 60.0  # seconds
+    partial_lock_timeout: str = "5s"
     db_container_id: str = ""  # set by discovery.bind once the container is resolved
     # keys the shell sets to another value than the files: not used, and said so (warnings)
     shell_ignored: tuple[str, ...] = ()
@@ -414,6 +417,8 @@ def load_settings(env: str | None, config_dir: Path, check_siblings: bool = True
             "RESTORE_JOBS", get("RESTORE_JOBS"), 1),
         restore_prestage=_boolean("RESTORE_PRESTAGE", get("RESTORE_PRESTAGE")),
         replace_session_wait=_seconds("REPLACE_SESSION_WAIT", get("REPLACE_SESSION_WAIT")),
+        partial_lock_timeout=_checked("PARTIAL_LOCK_TIMEOUT", get("PARTIAL_LOCK_TIMEOUT"),
+                                      re.compile(r"^[0-9]+\s*(ms|s|min)?$")),
         **_offsite_values(env, get),
         **_monitoring_values(env, config_dir, get),
         **_guard_values(get),

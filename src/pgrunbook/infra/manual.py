@@ -417,3 +417,74 @@ def evidence_verify_commands(settings: Settings, file: str) -> list[str]:
         "   # LINES=上の行数。同じハッシュであること",
         f"invoke worklog-verify --env={settings.env}   # 鎖が今も途切れていないこと",
     ]
+
+
+# --- C. 一部だけ戻す (restore-partial) by hand: a work database, the rows copied into the
+# live database under a schema of their own, then one transaction ---
+
+PARTIAL_SCHEMA = "pgrunbook_backup"
+
+
+def partial_commands(settings: Settings, archive: Path, work: str, table: str, key: str) -> list[str]:
+    """restore-partial --mode=missing by hand, for ``table`` (``schema.name``) identified by
+    ``key``: restore its rows into a work database, copy them into the live database
+    beside the live table, look at the difference, put back the missing rows in one
+    transaction (with the keys kept for the undo)."""
+    live = settings.db_name
+    schema, name = table.split(".", 1)
+    target = f"{_sql_name(schema)}.{_sql_name(name)}"
+    copy = f"{PARTIAL_SCHEMA}.{_sql_name(name)}"
+    path = shlex.quote(_relative(settings, archive))
+    restore = ["pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-U", settings.db_user, "-d", work]
+    missing = (f"SELECT b.* FROM {copy} b WHERE NOT EXISTS "
+               f"(SELECT 1 FROM {target} t WHERE t.{_sql_name(key)} = b.{_sql_name(key)})")
+    sequence = f"pg_get_serial_sequence('{target}', '{key}')"
+    return [
+        "# 1. 作業用 DB に、バックアップの定義と、そのテーブルの行だけを復元（本番 DB には触れない）",
+        _psql(settings, "postgres", f"CREATE DATABASE {_sql_name(work)};"),
+        f"{_exec(settings)} {shlex.join(restore + ['--section=pre-data'])} < {path}",
+        f"{_exec(settings)} {shlex.join(restore + ['--data-only', '-n', schema, '-t', name])} < {path}",
+        "# 2. その行を別のスキーマに移し、本番 DB に写す（本番のテーブルはまだそのまま）",
+        _psql(settings, work, f"CREATE SCHEMA {PARTIAL_SCHEMA};",
+              f"ALTER TABLE {target} SET SCHEMA {PARTIAL_SCHEMA};"),
+        f"{_exec(settings, interactive_stdin=False)} pg_dump -U {shlex.quote(settings.db_user)} "
+        f"-d {shlex.quote(work)} -n {PARTIAL_SCHEMA} --no-owner --no-acl | "
+        f"{_exec(settings)} psql -X -q -v ON_ERROR_STOP=1 -U {shlex.quote(settings.db_user)} "
+        f"-d {shlex.quote(live)}",
+        "# 3. 差を見る: バックアップにだけある行（その後に削除）と、内容が違う行（その後に更新）",
+        _psql(settings, live,
+              f"SELECT 'バックアップにだけ' AS 差, b.{_sql_name(key)} FROM {copy} b WHERE NOT EXISTS "
+              f"(SELECT 1 FROM {target} t WHERE t.{_sql_name(key)} = b.{_sql_name(key)}) UNION ALL "
+              f"SELECT '内容が違う', b.{_sql_name(key)} FROM {copy} b "
+              f"JOIN {target} t USING ({_sql_name(key)}) "
+              "WHERE b::text <> t::text ORDER BY 2;"),
+        "# 4. 消えた行を戻す: 1 トランザクション、ロックは 5 秒まで待つ、戻したキーは取り消し用に残す、",
+        "#    トリガーは止める（所有者の権限が必要）、シーケンスは戻した値より後ろに進めるだけ",
+        _psql(settings, live, "BEGIN;", "SET LOCAL lock_timeout = '5s';",
+              f"LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE;",
+              f"CREATE TABLE {copy}_put_back AS SELECT {_sql_name(key)} FROM ({missing}) x;",
+              f"ALTER TABLE {target} DISABLE TRIGGER USER;",
+              f"INSERT INTO {target} {missing};",
+              f"ALTER TABLE {target} ENABLE TRIGGER USER;",
+              f"SELECT setval(x.s, x.m) FROM (SELECT {sequence} AS s, (SELECT max({_sql_name(key)}) "
+              f"FROM {target}) AS m) x WHERE x.s IS NOT NULL "
+              "AND x.m > coalesce(pg_sequence_last_value(x.s::regclass), 0);",
+              "COMMIT;"),
+    ]
+
+
+def partial_undo_commands(settings: Settings, work: str, table: str, key: str) -> list[str]:
+    """Undo the hand put-back (the rows it added, by the keys it kept), then clean up."""
+    live = settings.db_name
+    schema, name = table.split(".", 1)
+    target = f"{_sql_name(schema)}.{_sql_name(name)}"
+    kept = f"{PARTIAL_SCHEMA}.{_sql_name(name)}_put_back"
+    return [
+        "# 取り消す（戻した行がその後に変わっていないことを確かめてから）",
+        _psql(settings, live, "BEGIN;", "SET LOCAL lock_timeout = '5s';",
+              f"DELETE FROM {target} WHERE {_sql_name(key)} IN (SELECT {_sql_name(key)} FROM {kept});",
+              "COMMIT;"),
+        "# 片付け: 写した行と作業用 DB を消す（取り消しの必要がなくなってから）",
+        _psql(settings, live, f"DROP SCHEMA {PARTIAL_SCHEMA} CASCADE;"),
+        *drop_database_commands(settings, work),
+    ]

@@ -219,14 +219,17 @@ STEP_NAMES = (
 )
 
 
-def step_times(lines: list[tuple[float, str]]) -> dict[str, float]:
-    """Seconds per named step (a name seen twice adds up)."""
+def step_times(lines: list[tuple[float, str]], names: tuple[tuple[str, str], ...] = STEP_NAMES,
+               other: str | None = "その他（結果の表示など）") -> dict[str, float]:
+    """Seconds per named step (a name seen twice adds up; the first prefix that matches
+    names a line). A line no prefix names counts as ``other``, or with ``other=None``
+    as the step before it."""
     steps: dict[str, float] = {}
+    current = other or names[0][1]
     for (stamp, line), (next_stamp, _next) in zip(lines, lines[1:], strict=False):
-        name = next((label for prefix, label in STEP_NAMES if line.startswith(prefix)), None)
-        if name is None:
-            name = "その他（結果の表示など）"
-        steps[name] = steps.get(name, 0.0) + next_stamp - stamp
+        name = next((label for prefix, label in names if line.startswith(prefix)), None)
+        current = name or other or current
+        steps[current] = steps.get(current, 0.0) + next_stamp - stamp
     return steps
 
 

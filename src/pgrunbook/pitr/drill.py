@@ -5,7 +5,6 @@ recorded, and the scratch container removed.
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pgrunbook.pitr.pgbackrest import (
     server_time,
     work_entry,
 )
-from pgrunbook.pitr.scratch import Scratch, parse_target_time, restore_scratch, target_literal
+from pgrunbook.pitr.scratch import Scratch, parse_target_time, remove, restore_scratch, target_literal
 
 # --- the drill -------------------------------------------------------------------------------
 
@@ -153,7 +152,7 @@ def pitr_drill(settings: Settings, minutes: float, target_text: str | None, dry_
             live = live_counts_as_of(pg, target, with_commit_times)
             result = DrillResult(scratch, compare_tables(scratch.counts, live), with_commit_times)
         finally:
-            _remove_scratch(builder_client, scratch)
+            remove(builder_client, scratch)
         entry.details.update(total_seconds=round(time.monotonic() - started, 1),
                              tables=len(result.checks),
                              lost_tables=[f"{c.schema}.{c.name}" for c in result.lost],
@@ -174,12 +173,3 @@ def pitr_drill(settings: Settings, minutes: float, target_text: str | None, dry_
     console.summary(f"訓練 OK: {target_literal(target)} の時点を {seconds:.1f} 秒で復元し"
                     f"（テーブル {len(result.checks)} 個、行の欠落なし）、検証用コンテナは削除しました")
     return result
-
-
-def _remove_scratch(client, scratch: Scratch) -> None:
-    with contextlib.suppress(Exception):
-        client.containers.get(scratch.name).remove(force=True, v=True)
-    with contextlib.suppress(Exception):
-        client.volumes.get(scratch.volume).remove(force=True)
-
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -402,6 +403,30 @@ def pitr_restore_scratch(settings: Settings, target_text: str | None, dry_run: b
     console.summary(f"{target_literal(target)} の時点を {scratch.name} に戻しました。確認後に "
                     f"invoke pitr-scratch-drop --env={settings.env} --name={scratch.name} で削除")
     return scratch
+
+
+def remove(client, scratch: Scratch) -> None:
+    """The scratch container and its data volume, gone (best effort: a cleanup)."""
+    with contextlib.suppress(Exception):
+        client.containers.get(scratch.name).remove(force=True, v=True)
+    with contextlib.suppress(Exception):
+        client.volumes.get(scratch.volume).remove(force=True)
+
+
+@contextlib.contextmanager
+def at_time(settings: Settings, target_text: str | None, console: Console,
+            task: str) -> Iterator[tuple[Scratch, Postgres]]:
+    """A copy at a time for another task to read (``restore-partial --as-of``), with its
+    server; under the PITR restore lock, removed when the block ends, however it ends."""
+    target = parse_target_time(target_text)
+    require_stanza(settings)
+    with exclusive_lock(settings.backup_dir, settings.db_container, "pitr-restore", task):
+        scratch = restore_scratch(settings, target, console, task)
+        client = engine()
+        try:
+            yield scratch, Postgres(Container(client, client.containers.get(scratch.name)), settings)
+        finally:
+            remove(client, scratch)
 
 
 def drop_scratch(settings: Settings, name: str | None, console: Console) -> None:

@@ -7,7 +7,8 @@ then swaps names in one transaction, keeping the previous database.
 
 Databases the kit creates carry a comment ``pgrunbook:<role>:...``; only
 those can be listed, replaced or dropped by the kit. The live database is
-never dropped by any code path.
+never dropped by any code path. A partial restore (``restore-partial``) writes
+rows of the live database instead, in one transaction, with an undo file.
 
 * ``source``: the file to restore and what it says of itself
 * ``guards``: versions, env rules, confirmation, preflight
@@ -25,6 +26,13 @@ never dropped by any code path.
 * ``kitops``: ``restore-rollback``, ``restore-list``, ``restore-drop``
 * ``recover``: ``restore-recover``, what an interrupted run left
 * ``drill``: ``verify --restore-test`` and its drill record
+* ``tables``: the catalog of tables for a partial restore (keys, foreign keys, triggers, sequences)
+* ``rowdiff``: rows of a table, backup against live, by key (two sorted streams merged)
+* ``rowsource``: where rows come from (a kit database with only some tables, or a PITR copy)
+* ``putback``: the writes of a partial restore and its undo (locks, triggers, the undo file)
+* ``partial``: ``restore-partial``: rows put back with the app running
+* ``undo``: ``restore-partial-undo``
+* ``diff``: ``restore-diff``, and the whole-database summary of the replace's banner
 """
 
 from pgrunbook.restore.databases import KitDatabase, kit_name, scratch_name

@@ -25,7 +25,7 @@ from pgrunbook.infra.postgres import (
 from pgrunbook.infra.versions import describe_locale, locale_options
 
 MARK = "pgrunbook"
-ROLES = ("scratch", "staging", "previous", "verify", "rolledback", "prestaged")
+ROLES = ("scratch", "staging", "previous", "verify", "rolledback", "prestaged", "partial")
 MAX_NAME = 63
 
 

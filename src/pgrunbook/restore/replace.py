@@ -44,7 +44,7 @@ from pgrunbook.infra.postgres import (
     quote_ident,
 )
 from pgrunbook.infra.versions import describe_locale
-from pgrunbook.restore import prestage, privileges
+from pgrunbook.restore import diff, prestage, privileges
 from pgrunbook.restore.appcheck import apply_masking, run_post_restore_command
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.checks import DatabaseSummary, compare_with_manifest, summarize_database
@@ -162,7 +162,7 @@ def restore_replace(
         shrink = shrink_findings(pg, settings, source)
         choice = prestage.choose(pg, settings, source, options)
         extra = [f"  所有者     : {OWNERSHIP_TEXT[ownership]}", choice.banner()]
-        extra = [line for line in extra if line]
+        extra = [line for line in extra if line] + summary_lines(pg, settings, source)
         if shrink:
             entry.details["shrink"] = shrink[:20]
             extra += ["  注意: 戻すデータは現在の DB より大幅に少なくなります（現在の DB → 戻すアーカイブ）:"]
@@ -179,6 +179,12 @@ def restore_replace(
                 return _replace_locked(run)
             finally:
                 run.record.close(run.settled)
+
+
+def summary_lines(pg: Postgres, settings: Settings, source: Source) -> list[str]:
+    """restore-diff's whole-database summary, as far as it is known without restoring."""
+    return ["  戻すと変わるもの（invoke restore-diff と同じ要約）:",
+            *(f"    {line}" for line in diff.quick(pg, settings, source).lines(shown=5))]
 
 
 def shrink_findings(pg: Postgres, settings: Settings, source: Source) -> list[str]:

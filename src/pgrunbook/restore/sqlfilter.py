@@ -27,9 +27,11 @@ COMMENT_MARK = re.compile(rb"/\*|\*/")
 ESCAPED_STRING_MARK = re.compile(rb"\\.|'")
 
 
-class _Lines:
-    def __init__(self, owners: bool, acl: bool) -> None:
-        self.owners, self.acl = owners, acl
+class Scanner:
+    """Where a .sql dump is at the end of each line fed: inside COPY data, inside a
+    string, identifier, comment or dollar quote, or at the top level."""
+
+    def __init__(self) -> None:
         self.in_copy = False
         # what is open at the end of the previous line: None (nothing), b"'" (a
         # string), b"e'" (a string with backslash escapes), b'"' (an identifier),
@@ -37,21 +39,19 @@ class _Lines:
         self.open: bytes | None = None
         self.comment_depth = 0
 
-    def keep(self, line: bytes) -> bool:
+    def top_level(self) -> bool:
+        """The next line starts outside COPY data and any quoting."""
+        return not self.in_copy and self.open is None
+
+    def feed(self, line: bytes) -> None:
         if self.in_copy:
             if line.rstrip(b"\r\n") == b"\\.":
                 self.in_copy = False
-            return True
+            return
         top_level = self.open is None
         self._scan(line)
-        if not top_level or self.open is not None:
-            return True
-        if COPY_START.match(line):
+        if top_level and self.open is None and COPY_START.match(line):
             self.in_copy = True
-            return True
-        if self.owners and OWNER.match(line):
-            return False
-        return not (self.acl and ACL.match(line))
 
     def _scan(self, line: bytes) -> None:
         at = 0
@@ -105,6 +105,21 @@ class _Lines:
                 if end < 0:
                     return
                 self.open, at = None, end + len(self.open)
+
+
+class _Lines:
+    def __init__(self, owners: bool, acl: bool) -> None:
+        self.owners, self.acl = owners, acl
+        self.scanner = Scanner()
+
+    def keep(self, line: bytes) -> bool:
+        top_level = self.scanner.top_level()
+        self.scanner.feed(line)
+        if not top_level or not self.scanner.top_level():
+            return True  # COPY data, a quoted text, or the line that opens one of them
+        if self.owners and OWNER.match(line):
+            return False
+        return not (self.acl and ACL.match(line))
 
 
 def without_owner_and_acl(chunks: Iterable[bytes], owners: bool, acl: bool) -> Iterator[bytes]:

@@ -129,6 +129,10 @@ class Example:
     def prestaged(self) -> str:
         return restore.kit_name(self.settings, "prestaged", EXAMPLE_WHEN, EXAMPLE_TOKEN)
 
+    @property
+    def partial(self) -> str:
+        return restore.kit_name(self.settings, "partial", EXAMPLE_WHEN)
+
 
 def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
     """Step name (as used in page markers) -> the hand commands of that step."""
@@ -170,6 +174,9 @@ def manual_steps(example: Example) -> dict[str, Callable[[], list[str]]]:
         "evidence-verify": lambda: manual.evidence_verify_commands(
             s, os.path.relpath(s.backup_dir / example.evidence, s.config_dir)),
         "key-drill": lambda: keydrill.manual_commands(s, example.archive("custom").name),
+        "partial": lambda: manual.partial_commands(s, example.archive("custom"), example.partial,
+                                                   "public.votes", "id"),
+        "partial-undo": lambda: manual.partial_undo_commands(s, example.partial, "public.votes", "id"),
         **pitr.manual_steps(s),
     }
 

@@ -120,3 +120,24 @@ def test_hand_check_commands_run(procedure, pg, tmp_path):
     assert pg.container.id in out and "signal_backend" in out and "rolsuper" in out
     mode = oct(procedure.files[-1].stat().st_mode & 0o777)[2:]
     assert f"{mode} .env.prod" in out
+
+
+def test_hand_partial_restore_puts_back_the_missing_rows_and_undoes(procedure, pg, tmp_path):
+    """C. 一部だけ戻す by hand: a work database, the rows beside the live table, one transaction."""
+    settings, live = procedure, procedure.db_name
+    pg.psql("CREATE FUNCTION public.vote_audit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN INSERT INTO audit.audit_log (at, action, payload) VALUES (now(), 'trigger', '{}'); "
+            "RETURN NEW; END$$; CREATE TRIGGER vote_audit AFTER INSERT ON public.votes FOR EACH ROW "
+            "EXECUTE FUNCTION public.vote_audit()", live)
+    dump = settings.backup_dir / catalog.backup_name("knot", "prod", WHEN, "custom")
+    run_lines(manual.backup_commands(settings, "custom", dump), tmp_path)
+    original = counts(pg, live)
+    pg.psql("DELETE FROM public.votes WHERE id % 10 = 3", live)
+    work = f"{live}_work_1"
+    shown = run_lines(manual.partial_commands(settings, dump, work, "public.votes", "id"), tmp_path)
+    assert "バックアップにだけ" in shown
+    assert counts(pg, live) == original  # the votes are back, and the trigger did not fire
+    run_lines(manual.partial_undo_commands(settings, work, "public.votes", "id"), tmp_path)
+    assert counts(pg, live)["public.votes"] == original["public.votes"] - 12
+    assert work not in databases(pg)
+    assert pg.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgrunbook_backup'", live).strip() == "0"

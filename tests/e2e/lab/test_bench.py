@@ -73,3 +73,21 @@ def test_benchmark_large_tables_with_steps_and_a_variant(tmp_path, docker_engine
     assert set(report["variants"]) == {"mwm"} and report["variants"]["mwm"]["restore_replace_seconds"] > 0
     text = (tmp_path / "bench.md").read_text()
     assert "置き換えリストアの段階ごとの時間" in text and "maintenance_work_mem=256MB" in text
+
+
+def test_partial_benchmark_smoke_run(tmp_path, docker_engine):
+    """bench --partial at a tiny size: both measured in one run, the partial's steps named, the
+    app neither stopped nor cut off during it. No timing is asserted."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pgrunbook.lab.partial_bench", "--size-mb", "20", "--rows", "20000",
+         "--rounds", "1", "--image", IMAGE, "--output", str(tmp_path), "--tag", "test"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ), cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "partial.json").read_text())
+    assert report["rows_put_back"] == [200]
+    assert len(report["times_seconds"]["partial"]) == len(report["times_seconds"]["replace"]) == 1
+    assert report["app_container_stops_during_partial"] == [0]
+    assert report["app_sessions_ended_during_partial"] == [0]
+    assert "作業用 DB への復元（そのテーブルの行だけ）" in report["partial_steps_seconds"]
+    assert "| 比（一部 / 全体） |" in (tmp_path / "partial.md").read_text()

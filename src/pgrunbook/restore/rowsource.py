@@ -1,0 +1,333 @@
+"""Where the rows of a partial restore come from: a database on a server (``RowSource``).
+
+Either a kit database (role ``partial``) into which only what is needed is
+restored from a backup file, dropped when the work is done, or a server a
+caller hands over (the PITR copy at a time, made and dropped above this area).
+
+From a ``.dump``: ``pg_restore -l`` lists it, and ``-L`` restores every definition
+(schemas, types, functions, tables: what the tables' columns may need) but the
+data of the named tables only; no keys or indexes (the rows are read once, in key
+order: a sort costs less than building the index first), foreign keys, triggers,
+privileges, sequence values or other tables' rows. The
+archive goes to pg_restore's stdin and is read only as far as needed (up to the
+last table asked for); copying it into the container first so that pg_restore
+could seek was slower (the whole file copied and written for a few blocks read).
+From a ``.sql``: the same choice made on the file's own section headers
+(``-- Name: …; Type: …``) on its way to psql, so the other tables' rows never
+reach the container; a file without those headers is restored whole. The
+restored tables are counted against the manifest when it has their counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgrunbook.core import journal
+from pgrunbook.core.console import Console
+from pgrunbook.core.errors import RunbookError
+from pgrunbook.core.files import HashingReader, file_chunks
+from pgrunbook.core.settings import Settings
+from pgrunbook.infra.postgres import Postgres, ServerFacts, quote_ident
+from pgrunbook.infra.session import Session
+from pgrunbook.restore.databases import create_database, drop_kit_database, kit_databases, kit_name, mark_text
+from pgrunbook.restore.source import Source, check_digest
+from pgrunbook.restore.sqlfilter import Scanner, without_owner_and_acl
+from pgrunbook.restore.staging import check_free_space, upload_prefix
+from pgrunbook.restore.tables import Catalog, Table, columns_sql
+
+ROLE = "partial"
+# the source is read once, sorted by key (it has no index): a sort in memory, not on disk
+SORT_OPTIONS = "-c work_mem=128MB"
+
+# TOC entry types that define what tables and their columns need (kept whole);
+# every other entry is data, post-data or a privilege, kept only as said below
+DEFINITIONS = {
+    "SCHEMA", "EXTENSION", "TYPE", "SHELL TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE",
+    "OPERATOR", "OPERATOR CLASS", "OPERATOR FAMILY", "COLLATION", "CONVERSION", "CAST",
+    "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER",
+    "TEXT SEARCH TEMPLATE", "TABLE", "TABLE ATTACH", "SEQUENCE", "SEQUENCE OWNED BY", "DEFAULT",
+    "VIEW", "MATERIALIZED VIEW", "ACCESS METHOD", "TRANSFORM",
+}
+TOC_LINE = re.compile(r"^\d+; \d+ \d+ (?P<rest>.+)$")
+TYPES_BY_LENGTH = sorted(DEFINITIONS | {"TABLE DATA", "CONSTRAINT", "FK CONSTRAINT", "INDEX",
+                                        "SEQUENCE SET", "MATERIALIZED VIEW DATA", "ACL",
+                                        "DEFAULT ACL", "COMMENT", "TRIGGER"}, key=len, reverse=True)
+
+
+DATA = {"TABLE DATA", "SEQUENCE SET", "MATERIALIZED VIEW DATA", "BLOB DATA", "BLOBS", "LARGE OBJECTS"}
+PRIVILEGE_ERRORS = r'role "[^"]+" does not exist|must be owner|permission denied'
+
+
+def keep_definition(kind: str, _schema: str, _tag: str, _tables: set[str]) -> bool:
+    """Everything but rows (a schema-only restore of a .sql file)."""
+    return kind not in DATA
+
+
+def keep_entry(kind: str, schema: str, tag: str, tables: set[str]) -> bool:
+    """Whether a TOC entry (or a .sql section) is restored for the data of ``tables``
+    (``schema.name``): every definition and the tables' rows. No key or index: the rows
+    are read once, in key order, and a sort then costs less than building the index."""
+    if kind in DEFINITIONS:
+        return True
+    return kind == "TABLE DATA" and f"{schema}.{tag}" in tables
+
+
+def parse_toc_line(line: str) -> tuple[str, str, str] | None:
+    """(type, schema, tag) of a ``pg_restore -l`` line, or None for a comment."""
+    found = TOC_LINE.match(line.strip())
+    if not found:
+        return None
+    rest = found["rest"]
+    kind = next((k for k in TYPES_BY_LENGTH if rest.startswith(k + " ")), rest.split(" ", 1)[0])
+    words = rest[len(kind):].strip().rsplit(" ", 1)[0]  # the owner is the last word
+    schema, _, tag = words.partition(" ")
+    return kind, schema, tag
+
+
+def filtered_listing(listing: str, tables: set[str]) -> tuple[str, set[str]]:
+    """The ``-L`` list for ``tables``, and the tables whose rows it holds."""
+    kept, found = [], set()
+    for line in listing.splitlines():
+        entry = parse_toc_line(line)
+        if entry is None or not keep_entry(*entry, tables):
+            continue
+        kept.append(line)
+        if entry[0] == "TABLE DATA":
+            found.add(f"{entry[1]}.{entry[2]}")
+    return "\n".join(kept) + "\n", found
+
+
+SECTION = re.compile(rb"^-- (?:Data for )?Name: (?P<tag>.*); Type: (?P<kind>[A-Z ]+); "
+                     rb"Schema: (?P<schema>[^;]*); Owner: [^;]*$")
+SETTING = re.compile(rb"^(SET [a-z_]+ = .*;|SELECT pg_catalog\.set_config\(.*\);|\\(?:un)?restrict \S+)\r?$")
+
+
+def sql_sections(chunks: Iterable[bytes], tables: set[str], found: set[str],
+                 keep: Callable[[str, str, str, set[str]], bool] = keep_entry) -> Iterator[bytes]:
+    """A .sql dump with only what ``keep`` keeps: a section is cut at its header;
+    between sections the session settings and psql's \\restrict lines stay. The
+    names of the tables whose rows passed are added to ``found``."""
+    scanner = Scanner()
+    keeping = True
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        kept = []
+        for line in lines:
+            top_level = scanner.top_level()
+            if top_level:
+                header = SECTION.match(line)
+                if header:
+                    kind, schema = header["kind"].decode(), header["schema"].decode("utf-8", "replace")
+                    tag = header["tag"].decode("utf-8", "replace")
+                    keeping = keep(kind, schema, tag, tables)
+                    if keeping and kind == "TABLE DATA":
+                        found.add(f"{schema}.{tag}")
+            scanner.feed(line)
+            if keeping or (top_level and SETTING.match(line)):
+                kept.append(line + b"\n")
+        if kept:
+            yield b"".join(kept)
+    if rest and keeping:
+        yield rest
+
+
+@dataclass
+class RowSource:
+    """A database the rows come from. ``counts``: rows per table the source vouches
+    for (a backup's manifest) when the server cannot count them (schema only)."""
+
+    pg: Postgres
+    database: str
+    label: str
+    file: str | None = None
+    sha256: str | None = None
+    counts: dict[str, int] | None = None
+    schema_only: bool = False
+    owners_and_privileges: bool = True  # restored as the archive has them (comparable)
+    details: dict[str, Any] = field(default_factory=dict)
+    catalog: Catalog | None = None  # read once, when first needed
+
+
+def handed(pg: Postgres, database: str, label: str, **details: Any) -> RowSource:
+    """A server a caller made and will drop (the PITR copy at a time)."""
+    return RowSource(pg, database, label, details=dict(details))
+
+
+def _detail(source: Source) -> str:
+    pid = os.getpid()
+    return f"{source.path.name} pid={pid} started={journal.process_started(pid)}"
+
+
+def drop_leftovers(pg: Postgres, settings: Settings, console: Console) -> None:
+    """This env's partial databases that a run on this host left (killed): their
+    process is gone."""
+    for db in kit_databases(pg):
+        if db.role != ROLE or db.env != settings.env or db.host != socket.gethostname():
+            continue
+        found = re.search(r"\bpid=(\d+) started=(\S+)", db.detail)
+        if found and journal.process_started(int(found[1])) == found[2]:
+            continue  # its run is still going
+        console.step(f"中断された実行が残した作業用 DB {db.name} を削除")
+        drop_kit_database(pg, db.name)
+
+
+@contextlib.contextmanager
+def from_archive(pg: Postgres, settings: Settings, source: Source, facts: ServerFacts,
+                 tables: set[str], console: Console, schema_only: bool = False) -> Iterator[RowSource]:
+    """A kit database with the rows of ``tables`` (``schema.name``) from the file, or
+    (``schema_only``) its whole schema with owners and privileges and no rows;
+    dropped when the block ends, however it ends."""
+    drop_leftovers(pg, settings, console)
+    name = kit_name(settings, ROLE)
+    create_database(pg, name, mark_text(ROLE, settings, _detail(source)), like=facts.database)
+    try:
+        restored = RowSource(pg, name, source.path.name, str(source.path), counts=source.table_counts(),
+                             schema_only=schema_only)
+        if source.format == "plain":
+            restored.sha256, found = _load_sql(pg, settings, source, name, tables, schema_only, console,
+                                               restored)
+        else:
+            restored.sha256, found = _load_archive(pg, settings, source, facts, name, tables, schema_only,
+                                                   console, restored)
+        if not schema_only:
+            _check_restored(pg, restored, tables, found)
+        yield restored
+    finally:
+        console.step(f"作業用 DB {name} を削除")
+        with contextlib.suppress(Exception):  # never hides the work's own outcome
+            drop_kit_database(pg, name)
+
+
+def _load_archive(pg: Postgres, settings: Settings, source: Source, facts: ServerFacts, database: str,
+                  tables: set[str], schema_only: bool, console: Console,
+                  restored: RowSource) -> tuple[str, set[str]]:
+    """pg_restore reads the archive on its stdin, as far as it needs it: the table of
+    contents (and definitions), then up to the end of the last table asked for. The
+    file is not copied into the container; the hash of what was not sent is taken
+    from the file on the host, and compared before any row is used."""
+    digest = HashingReader(source.path)
+    check_free_space(pg, facts, source, archive_inside=False)
+    base = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
+    if schema_only:
+        console.step(f"{source.path.name} の定義（行なし）を作業用 DB {database} に復元")
+        result = pg.run(base + ["--schema-only", "--single-transaction"], stdin=digest.chunks())
+        if not result.ok and re.search(PRIVILEGE_ERRORS, result.stderr):
+            console.step("所有者・権限は戻せないため、定義だけを比べます")
+            restored.owners_and_privileges = False  # (one transaction: nothing of the first try is left)
+            result = pg.run(base + ["--schema-only", "--single-transaction", "--no-owner", "--no-acl"],
+                            stdin=file_chunks(source.path))
+        check_digest(source, digest.hexdigest())
+        _raise_unless_ok(result.ok, result.error_text(), database)
+        return digest.hexdigest(), set()
+    listing = pg.run(["pg_restore", "-l"], stdin=file_chunks(source.path))  # the table of contents only
+    _raise_unless_ok(listing.ok, listing.error_text(), database)
+    chosen, found = filtered_listing(listing.stdout.decode("utf-8", "replace"), tables)
+    console.step(f"{source.path.name} から {len(found)} テーブルの行だけを作業用 DB {database} に復元"
+                 "（pg_restore -L、必要なところまで読む）")
+    with _list_in_container(pg, settings, chosen) as listed:
+        result = pg.run(base + ["--no-owner", "--no-acl", "-L", listed], stdin=digest.chunks())
+    check_digest(source, digest.hexdigest())
+    _raise_unless_ok(result.ok, result.error_text(), database)
+    return digest.hexdigest(), found
+
+
+@contextlib.contextmanager
+def _list_in_container(pg: Postgres, settings: Settings, text: str) -> Iterator[str]:
+    """The ``-L`` list as a file in the container (under the env's upload prefix, which
+    restore-recover cleans if a killed run leaves it), removed after."""
+    private = upload_prefix(settings.env) + uuid.uuid4().hex[:12]
+    with tempfile.TemporaryDirectory(prefix="pgrunbook-list-") as folder:
+        path = Path(folder) / "restore.list"
+        path.write_text(text, encoding="utf-8")
+        inside = pg.container.put_file(path, "/tmp", f"{private}/restore.list")
+    try:
+        yield inside
+    finally:
+        with contextlib.suppress(Exception):
+            pg.container.run(["rm", "-rf", f"/tmp/{private}"])
+
+
+def _load_sql(pg: Postgres, settings: Settings, source: Source, database: str, tables: set[str],
+              schema_only: bool, console: Console, restored: RowSource) -> tuple[str, set[str]]:
+    digest = HashingReader(source.path)
+    found: set[str] = set()
+    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-U", settings.db_user,
+            "-d", database]
+    if schema_only:
+        console.step(f"{source.path.name} の定義（行なし）を作業用 DB {database} に復元")
+        result = pg.run(argv, stdin=sql_sections(digest.chunks(), set(), found, keep_definition),
+                        on_stdout=lambda _data: None)
+        if not result.ok and re.search(PRIVILEGE_ERRORS, result.stderr):
+            console.step("所有者・権限は戻せないため、定義だけを比べます")
+            restored.owners_and_privileges = False  # (one transaction: nothing of the first try is left)
+            digest = HashingReader(source.path)
+            result = pg.run(argv, stdin=without_owner_and_acl(
+                sql_sections(digest.chunks(), set(), found, keep_definition), owners=True, acl=True),
+                on_stdout=lambda _data: None)
+    else:
+        console.step(f"{source.path.name} から名前を指定したテーブルの行だけを作業用 DB {database} に"
+                     "流します（psql）")
+        chunks = sql_sections(digest.chunks(), tables, found)
+        result = pg.run(argv, stdin=without_owner_and_acl(chunks, owners=True, acl=True),
+                        on_stdout=lambda _data: None)
+    check_digest(source, digest.hexdigest())
+    _raise_unless_ok(result.ok, result.error_text(), database)
+    return digest.hexdigest(), found
+
+
+def _raise_unless_ok(ok: bool, error: str, database: str) -> None:
+    if not ok:
+        raise RunbookError(f"作業用 DB {database} への復元に失敗しました: {error}",
+                           "ファイルを invoke verify で確認。稼働中の DB は変更していません")
+
+
+def _check_restored(pg: Postgres, restored: RowSource, tables: set[str], found: set[str]) -> None:
+    """Every table asked for had rows in the file, in the number the manifest says."""
+    absent = sorted(tables - found)
+    if absent:
+        raise RunbookError(f"{restored.label} に {', '.join(absent)} の行（TABLE DATA）がありません",
+                           "バックアップの時点でなかったテーブルか、名前が違います。"
+                           "稼働中の DB は変更していません")
+    expected = restored.counts or {}
+    for label in sorted(tables):
+        if expected.get(label, -1) < 0:
+            continue
+        schema, name = label.split(".", 1)
+        rows = int(pg.query(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(name)}",
+                            restored.database)[0][0])
+        if rows != expected[label]:
+            raise RunbookError(f"作業用 DB の {label} が {rows} 行で、バックアップ時の記録 "
+                               f"{expected[label]} 行と一致しません",
+                               "ファイルを invoke verify で確認。稼働中の DB は変更していません")
+
+
+def fetch_rows(session: Session, table: Table, match: tuple[str, ...], columns: tuple[str, ...],
+               values: Path, rows: Path) -> tuple[int, int, list[str]]:
+    """The source's rows of ``table`` whose ``match`` columns equal one of the lines of
+    ``values`` (COPY text), into the file ``rows`` (``columns``, COPY text), in the
+    source's ``session`` (a temporary table of the values: the source database is
+    never written to). Returns (rows found, values without a row, a few of those)."""
+    wanted = "pg_temp.pgrunbook_wanted"
+    session.execute(f"DROP TABLE IF EXISTS {wanted}; CREATE TEMP TABLE pgrunbook_wanted AS "
+                    f"SELECT {columns_sql(match)} FROM {table.sql} WITH NO DATA;")
+    session.copy_in(wanted, columns_sql(match), file_chunks(values))
+    on = " AND ".join(f"t.{quote_ident(name)} = w.{quote_ident(name)}" for name in match)
+    found = session.copy_to_file(f"SELECT {columns_sql(columns, 't')} FROM {table.sql} t "
+                                 f"WHERE EXISTS (SELECT 1 FROM {wanted} w WHERE {on})", rows)
+    label = " || ', ' || ".join(f"w.{quote_ident(name)}::text" for name in match)
+    absent = session.rows(f"SELECT count(*), coalesce((array_agg({label}))[1:5]::text, '') FROM {wanted} w "
+                          f"WHERE NOT EXISTS (SELECT 1 FROM {table.sql} t WHERE {on})")
+    count = int(absent[0][0])
+    return found, count, [absent[0][1]] if count else []

@@ -1,0 +1,90 @@
+"""restore-diff through the real CLI: exit codes as diff(1), rows by key with examples,
+the whole-database summary (tables, rows, columns, owners, privileges), a .sql
+source, and the same summary in restore-replace's banner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers import backup, databases, last_line, log_lines, role, table_fingerprints
+
+
+def diff(cli, *args: str):
+    return cli("restore-diff", "--env=prod", *args)
+
+
+def test_rows_by_key_exit_codes_and_json(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    same = diff(cli, f"--file={dump}", "--table=public.votes", "--table=accounting.approvals")
+    assert same.returncode == 0, same.stderr
+    assert "public.votes: 差はありません（120 行が同じ）" in same.stdout
+
+    before = table_fingerprints(pg, target)
+    pg.psql("DELETE FROM public.votes WHERE id IN (3, 4); UPDATE public.votes SET choice = choice || '（訂正）' "
+            "WHERE id = 7; INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES ('新しい議題', 1, '賛成', now())",
+            target)
+    changed = table_fingerprints(pg, target)
+    different = diff(cli, f"--file={dump}", "--table=public.votes")
+    assert different.returncode == 1, different.stderr
+    assert "バックアップにだけある（その後に削除）: キー 3 / 4" in different.stdout
+    assert "内容が違う（その後に更新）: キー 7" in different.stdout
+    assert "稼働中の DB にだけある（その後に追加）: キー 121" in different.stdout
+    as_json = diff(cli, f"--file={dump}", "--table=public.votes", "--format=json")
+    assert as_json.returncode == 1
+    body = json.loads(as_json.stdout)
+    assert body["different"] is True
+    assert body["tables"][0]["counts"] == {"missing": 2, "changed": 1, "extra": 1}
+    assert body["tables"][0]["examples"]["missing"] == ["3", "4"]
+    selected = diff(cli, f"--file={dump}", "--table=public.votes", "--where=id < 5")
+    assert selected.returncode == 1 and "同じ 2 行" in selected.stdout, selected.stdout
+    assert table_fingerprints(pg, target) == changed != before  # nothing changed by any of them
+    assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
+    assert log_lines(cli)[-1]["task"] == "restore-diff" and log_lines(cli)[-1]["different"] is True
+
+
+def test_trouble_is_exit_code_2(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    unknown = diff(cli, f"--file={dump}", "--table=public.nothing")
+    assert unknown.returncode == 2 and "public.nothing がありません" in unknown.stderr
+    injected = diff(cli, f"--file={dump}", "--table=public.votes", "--where=true; DROP TABLE public.votes")
+    assert injected.returncode == 2 and "1 つの条件として使えません" in injected.stderr
+    missing = diff(cli, "--file=no-such.dump")
+    assert missing.returncode == 2
+    assert "public" in pg.psql("SELECT schemaname FROM pg_tables WHERE tablename = 'votes'", target)
+
+
+def test_whole_database_tables_rows_columns_owners_and_privileges(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    same = diff(cli, f"--file={dump}")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "テーブル・行数・列・所有者・権限に違いはありません" in same.stdout
+    reader = role(pg, "pgrunbook_reader")
+    pg.psql("CREATE TABLE public.newcomers (id int PRIMARY KEY); ALTER TABLE public.members ADD COLUMN nickname text; "
+            f"GRANT SELECT ON public.votes TO {reader}; DELETE FROM audit.audit_log WHERE id <= 10; "
+            "DROP TABLE public._prisma_migrations", target)
+    found = diff(cli, f"--file={dump}")
+    assert found.returncode == 1, found.stderr
+    text = found.stdout
+    assert "バックアップにだけあるテーブル（その後に削除）: public._prisma_migrations" in text
+    assert "稼働中の DB にだけあるテーブル（その後に作成）: public.newcomers" in text
+    assert "audit.audit_log 900 → 890（-10）" in text
+    assert "public.members.nickname（稼働中にだけ）" in text
+    assert f"TABLE public.votes: 失う権限 {reader}:SELECT" in text, text
+    sql = Path(last_line(cli("backup-sql", "--env=prod").stdout))
+    pg.psql(f"REVOKE SELECT ON public.votes FROM {reader}", target)
+    from_sql = diff(cli, f"--file={sql}", "--format=json")
+    assert from_sql.returncode == 1, from_sql.stderr
+    database = json.loads(from_sql.stdout)["database"]
+    assert database["privileges"] == [f"TABLE public.votes: 増える権限 {reader}:SELECT"], database
+    assert database["only_live"] == database["only_backup"] == database["columns"] == []
+
+
+def test_the_replace_banner_shows_the_same_summary(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    pg.psql("CREATE TABLE public.newcomers (id int PRIMARY KEY); DELETE FROM public.votes WHERE id <= 3", target)
+    banner = cli("restore-replace", "--env=prod", f"--file={dump}")
+    assert banner.returncode == 1 and "端末がないため確認できません" in banner.stderr
+    assert "戻すと変わるもの（invoke restore-diff と同じ要約）" in banner.stderr
+    assert "稼働中の DB にだけあるテーブル（その後に作成）: public.newcomers" in banner.stderr
+    assert "public.votes 120 → 117（-3）" in banner.stderr

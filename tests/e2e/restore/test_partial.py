@@ -1,0 +1,376 @@
+"""restore-partial and restore-partial-undo through the real CLI, on the real engine:
+each mode with the app writing meanwhile, parents brought back, generated and
+identity columns, triggers, sequences, a table without a primary key, kill -9
+at each step of the apply, undo with and without later changes, a .sql source."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import PASSWORD, backup, databases, last_line, log_lines, table_fingerprints, wait_for
+
+SELECTED = "topic = '役員選任の件'"
+APPLICATION = "pgrunbook-partial"
+
+
+def selection(pg, database: str, where: str = SELECTED) -> str:
+    """The selected votes, every column, in key order."""
+    return pg.psql(f"SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, E'\\n' ORDER BY id)), '') "
+                   f"FROM public.votes t WHERE {where}", database).strip()
+
+
+def mistakes(pg, database: str) -> None:
+    """What happened after the backup: 5 votes deleted, 3 changed, 2 added (by two new
+    members), all in the selected topic."""
+    pg.psql(f"DELETE FROM public.votes WHERE {SELECTED} AND member_id BETWEEN 1 AND 5", database)
+    pg.psql(f"UPDATE public.votes SET choice = '取り消し' WHERE {SELECTED} AND member_id BETWEEN 11 AND 13",
+            database)
+    pg.psql("INSERT INTO public.members (name, email, joined_on) VALUES ('後から 入会', 'late1@example.jp', "
+            "'2026-01-01'), ('後から 二人目', 'late2@example.jp', '2026-01-02')", database)
+    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) SELECT '役員選任の件', id, '賛成', "
+            "'2026-01-03' FROM public.members WHERE email LIKE 'late%'", database)
+
+
+class AppWriting:
+    """A detached psql session that writes other rows all the time: an audit line and
+    a vote of another topic (outside the selection), committed one by one."""
+
+    def __init__(self, pg, database: str) -> None:
+        self.pg, self.database = pg, database
+        self.name = f"app-{uuid.uuid4().hex[:8]}"
+        pg.run_detached(
+            "DO $$ BEGIN FOR i IN 1..100000 LOOP "
+            "INSERT INTO audit.audit_log (at, action, payload) VALUES (clock_timestamp(), 'app', '{}'); "
+            "UPDATE public.votes SET cast_at = clock_timestamp() WHERE topic = '2025年度予算案' AND member_id = 2; "
+            "COMMIT; PERFORM pg_sleep(0.02); END LOOP; END $$", database, app_name=self.name)
+        wait_for(lambda: self.written() > 3, "the app to write")
+        self.pid = self.session()
+
+    def session(self) -> str:
+        return self.pg.psql(f"SELECT pid FROM pg_stat_activity WHERE application_name = '{self.name}'",
+                            "postgres").strip()
+
+    def written(self) -> int:
+        return int(self.pg.psql("SELECT count(*) FROM audit.audit_log WHERE action = 'app'", self.database))
+
+    def stop(self) -> None:
+        self.pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{self.name}'",
+                     "postgres")
+
+
+def partial(cli, dump, *args: str, env: dict[str, str] | None = None):
+    return cli("restore-partial", "--env=prod", f"--file={dump}", *args, "--confirm=prod",
+               env={"PGRUNBOOK_VERBOSE": "1", **(env or {})})
+
+
+@pytest.mark.parametrize("mode", ["missing", "changed", "exact"])
+def test_each_mode_puts_back_the_selection_while_the_app_keeps_writing(cli, pg, target, mode):
+    dump = backup(cli, "--env=prod")
+    before = selection(pg, target)
+    other_topic = selection(pg, target, "topic <> '役員選任の件'")
+    mistakes(pg, target)
+    app = AppWriting(pg, target)
+    try:
+        written = app.written()
+        done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", f"--mode={mode}")
+        assert done.returncode == 0, done.stderr
+        assert app.written() > written  # the app went on writing through the run
+        assert app.session() == app.pid  # its session was never ended
+    finally:
+        app.stop()
+    restored = pg.psql(f"SELECT count(*) FROM public.votes WHERE {SELECTED} AND member_id BETWEEN 1 AND 5",
+                       target).strip()
+    assert restored == "5"  # the 5 deleted votes are back
+    changed = "member_id BETWEEN 11 AND 13"
+    still_changed = pg.psql(f"SELECT count(*) FROM public.votes WHERE {SELECTED} AND {changed} "
+                            "AND choice = '取り消し'", target).strip()
+    added = pg.psql(f"SELECT count(*) FROM public.votes WHERE {SELECTED} AND cast_at >= '2026-01-03'",
+                    target).strip()
+    if mode == "missing":
+        assert (still_changed, added) == ("3", "2")
+    elif mode == "changed":
+        assert (still_changed, added) == ("0", "2")
+    else:
+        assert selection(pg, target) == before
+    assert "votes: 同じ" in done.stderr and "バックアップにだけある（その後に削除） 5 行" in done.stderr
+    # outside the selection: the app's own writes stand
+    assert selection(pg, target, "topic <> '役員選任の件'") != other_topic
+    record = log_lines(cli)[-1]
+    assert record["task"] == "restore-partial" and record["result"] == "ok", record
+    expected = {"missing": {"ins": 5}, "changed": {"ins": 5, "upd": 3}, "exact": {"ins": 5, "upd": 3, "del": 2}}
+    assert record["counts"]["public.votes"] == expected[mode]
+    undo = Path(record["undo"])
+    assert oct(undo.stat().st_mode & 0o777) == "0o600" and undo.parent == cli.backup_dir("prod") / "partial"
+    assert record["undo_sha256"] == __import__("hashlib").sha256(undo.read_bytes()).hexdigest()
+    assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]  # the work database is gone
+
+
+def test_parents_are_brought_back_and_listed_as_far_as_the_foreign_keys_reach(cli, pg, target):
+    pg.psql("INSERT INTO public.members (id, name, email, joined_on) VALUES (900, '退会 済子', 'gone@example.jp', "
+            "'2024-01-01'); INSERT INTO accounting.journal_entries (id, entry_date, description, debit_account, "
+            "credit_account, amount, created_by) VALUES (9000, '2025-12-01', '退会前の仕訳', '現金', '会費収入', 500, "
+            "900); INSERT INTO accounting.approvals (entry_id, approver_id, status, decided_at) VALUES "
+            "(9000, 900, '承認', now())", target)
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    pg.psql("DELETE FROM accounting.approvals WHERE entry_id = 9000; "
+            "DELETE FROM accounting.journal_entries WHERE id = 9000; DELETE FROM public.members WHERE id = 900",
+            target)
+    done = partial(cli, dump, "--table=accounting.approvals", "--mode=missing")
+    assert done.returncode == 0, done.stderr
+    assert table_fingerprints(pg, target) == before  # approval, its entry and that entry's member: all back
+    assert "→ accounting.journal_entries: 親の行を戻す 1 行" in done.stderr
+    assert "→ public.members: 親の行を戻す 1 行" in done.stderr
+    assert "親の行（戻す行が参照し、稼働中の DB にない）: キー 9000" in done.stderr
+    counts = log_lines(cli)[-1]["counts"]
+    assert counts == {"accounting.approvals": {"ins": 1}, "accounting.journal_entries": {"par": 1},
+                      "public.members": {"par": 1}}
+
+
+LEDGER = """
+CREATE TABLE public.ledger (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, amount int NOT NULL,
+                            tax int GENERATED ALWAYS AS (amount / 10) STORED, note text);
+CREATE TABLE public.ledger_audit (id serial PRIMARY KEY, ledger_id int, action text);
+CREATE FUNCTION public.ledger_audit() RETURNS trigger LANGUAGE plpgsql AS
+  $$BEGIN INSERT INTO public.ledger_audit (ledger_id, action) VALUES (NEW.id, TG_OP); RETURN NEW; END$$;
+CREATE TRIGGER ledger_audit AFTER INSERT OR UPDATE ON public.ledger FOR EACH ROW EXECUTE FUNCTION public.ledger_audit();
+INSERT INTO public.ledger (amount, note) SELECT g * 100, '仕訳 ' || g FROM generate_series(1, 10) AS g;
+"""
+
+
+def audits(pg, database: str) -> int:
+    return int(pg.psql("SELECT count(*) FROM public.ledger_audit", database))
+
+
+def test_generated_identity_trigger_and_sequence(cli, pg, target):
+    """A table emptied with its sequence restarted (TRUNCATE … RESTART IDENTITY): the rows come
+    back with their keys (identity ALWAYS), the generated column recomputed, the audit
+    trigger kept quiet and working after, and the sequence moved past the keys put back."""
+    pg.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "app", "-d", target], stdin=LEDGER.encode())
+    dump = backup(cli, "--env=prod")
+    rows = pg.psql("SELECT id, amount, tax, note FROM public.ledger ORDER BY id", target)
+    pg.psql("TRUNCATE public.ledger RESTART IDENTITY", target)
+    quiet = audits(pg, target)
+    done = partial(cli, dump, "--table=public.ledger", "--mode=missing")
+    assert done.returncode == 0, done.stderr
+    assert pg.psql("SELECT id, amount, tax, note FROM public.ledger ORDER BY id", target) == rows
+    assert audits(pg, target) == quiet  # the backup's rows as they were: no trigger fired
+    assert "シーケンス public.ledger_id_seq を 10 まで進めました" in done.stderr, done.stderr
+    pg.psql("INSERT INTO public.ledger (amount) VALUES (5)", target)
+    assert pg.psql("SELECT max(id) FROM public.ledger", target).strip() == "11"
+    assert audits(pg, target) == quiet + 1  # the trigger is back on
+
+    pg.psql("DELETE FROM public.ledger WHERE id <= 3", target)
+    fired = partial(cli, dump, "--table=public.ledger", "--mode=missing", "--fire-triggers")
+    assert fired.returncode == 0, fired.stderr
+    assert audits(pg, target) == quiet + 1 + 3  # asked for: the audit trigger fired for each row
+
+
+def test_triggers_the_kit_cannot_switch_off_refuse_without_ownership(cli, pg, target):
+    pg.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "app", "-d", target], stdin=LEDGER.encode())
+    other = f"clerk_{uuid.uuid4().hex[:6]}"
+    pg.psql(f"CREATE ROLE {other} LOGIN PASSWORD '{PASSWORD}'", "postgres")
+    try:
+        pg.psql(f"ALTER ROLE {other} CREATEDB", "postgres")  # the work database is the kit user's own
+        pg.psql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {other}; "
+                f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {other}", target)
+        dump = backup(cli, "--env=prod")
+        pg.psql("DELETE FROM public.ledger WHERE id = 4", target)
+        cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD, DB_USER=other)
+        refused = partial(cli, dump, "--table=public.ledger", "--mode=missing")
+        assert refused.returncode == 1
+        assert "トリガー（ledger_audit）" in refused.stderr and "--fire-triggers" in refused.stderr
+        assert pg.psql("SELECT count(*) FROM public.ledger WHERE id = 4", target).strip() == "0"
+    finally:
+        pg.psql(f"DROP OWNED BY {other} CASCADE", target)
+        pg.psql(f"DROP ROLE {other}", "postgres")
+
+
+def test_a_table_without_a_primary_key_is_refused_or_takes_a_key(cli, pg, target):
+    """Its key column is named "kind", as a column of the kit's own work tables once was."""
+    pg.psql("CREATE TABLE public.tally (kind text NOT NULL, member_count int NOT NULL); "
+            "INSERT INTO public.tally SELECT topic, count(*) FROM public.votes GROUP BY topic", target)
+    dump = backup(cli, "--env=prod")
+    before = pg.psql("SELECT * FROM public.tally ORDER BY kind", target)
+    pg.psql("DELETE FROM public.tally WHERE kind = '役員選任の件'", target)
+    deleted = pg.psql("SELECT * FROM public.tally ORDER BY kind", target)
+    refused = partial(cli, dump, "--table=public.tally", "--mode=missing")
+    assert refused.returncode == 1, refused.stderr
+    assert "主キーがないため、行を特定できません" in refused.stderr and "--key" in refused.stderr
+    done = partial(cli, dump, "--table=public.tally", "--mode=missing", "--key=kind")
+    assert done.returncode == 0, done.stderr
+    assert pg.psql("SELECT * FROM public.tally ORDER BY kind", target) == before
+    undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+    assert undone.returncode == 0, undone.stderr
+    assert pg.psql("SELECT * FROM public.tally ORDER BY kind", target) == deleted
+    pg.psql("INSERT INTO public.tally VALUES ('2025年度予算案', 1)", target)
+    duplicate = partial(cli, dump, "--table=public.tally", "--mode=exact", "--key=kind")
+    assert duplicate.returncode == 1 and "重複しています" in duplicate.stderr, duplicate.stderr
+
+
+def test_exact_never_deletes_a_row_others_reference(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    pg.psql("INSERT INTO public.members (id, name, email, joined_on) VALUES (700, '新 会員', 'new@example.jp', "
+            "'2026-01-01'); INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES "
+            "('新しい議題', 700, '賛成', now())", target)
+    before = table_fingerprints(pg, target)
+    refused = partial(cli, dump, "--table=public.members", "--mode=exact")
+    assert refused.returncode == 1
+    assert "public.votes の 1 行" in refused.stderr and "public.members の削除する行を参照しています" in refused.stderr
+    assert table_fingerprints(pg, target) == before
+
+
+@pytest.mark.parametrize("stage", ["partial-locked", "partial-apply", "partial-commit"])
+def test_kill_9_at_each_step_of_the_apply_leaves_nothing_applied_and_a_rerun_completes(cli, pg, target, stage):
+    dump = backup(cli, "--env=prod")
+    mistakes(pg, target)
+    after_mistakes = table_fingerprints(pg, target)
+    killed = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact",
+                     env={"PGRUNBOOK_TEST_KILL_AT": stage})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # psql in the container reads the end of its input and ends: the transaction is rolled back
+    wait_for(lambda: pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APPLICATION}'",
+                             "postgres").strip() == "0", "the kit's sessions to end")
+    assert table_fingerprints(pg, target) == after_mistakes
+    listed = cli("restore-list", "--env=prod")  # the killed run's work database, as the kit's own
+    assert "\tpartial\t" in listed.stdout, listed.stdout
+    if stage == "partial-commit":  # the undo file is there, the run is not applied: undo says so
+        assert log_lines(cli)[-1]["result"] == "started"
+        not_applied = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+        assert not_applied.returncode == 1 and "適用されていません" in not_applied.stderr, not_applied.stderr
+    rerun = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert rerun.returncode == 0, rerun.stderr
+    assert table_fingerprints(pg, target) != after_mistakes
+    folder = cli.backup_dir("prod") / "partial"
+    assert not list(folder.glob(".*")), list(folder.iterdir())  # no half-written undo file, no work folder
+    assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
+
+
+def test_undo_reverses_the_last_run_once_and_refuses_rows_changed_since(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    mistakes(pg, target)
+    after_mistakes = table_fingerprints(pg, target)
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert done.returncode == 0, done.stderr
+    run = last_line(done.stdout)
+    undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+    assert undone.returncode == 0, undone.stderr
+    assert table_fingerprints(pg, target) == after_mistakes
+    record = log_lines(cli)[-1]
+    assert record["task"] == "restore-partial-undo" and record["run"] == run and record["result"] == "ok"
+    again = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+    assert again.returncode == 1 and "取り消し済み" in again.stderr
+
+    second = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert second.returncode == 0, second.stderr
+    pg.psql(f"UPDATE public.votes SET choice = '棄権' WHERE {SELECTED} AND member_id = 3", target)
+    changed_since = table_fingerprints(pg, target)
+    refused = cli("restore-partial-undo", "--env=prod", f"--run={last_line(second.stdout)}", "--confirm=prod")
+    assert refused.returncode == 1
+    key = pg.psql(f"SELECT id FROM public.votes WHERE {SELECTED} AND member_id = 3", target).strip()
+    assert f"public.votes（{key}）" in refused.stderr and "取り消しません" in refused.stderr, refused.stderr
+    assert table_fingerprints(pg, target) == changed_since
+
+
+def test_a_sql_backup_is_a_source_too(cli, pg, target):
+    sql = Path(last_line(cli("backup-sql", "--env=prod").stdout))
+    before = selection(pg, target)
+    mistakes(pg, target)
+    done = partial(cli, sql, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert done.returncode == 0, done.stderr
+    assert "名前を指定したテーブルの行だけ" in done.stderr
+    assert selection(pg, target) == before
+
+
+def test_a_run_refuses_when_the_rows_moved_between_the_preview_and_the_lock(cli, pg, target, tmp_path):
+    """The confirmation waits for the operator: a write meanwhile is seen under the lock."""
+    dump = backup(cli, "--env=prod")
+    mistakes(pg, target)
+    (tmp_path / "sitecustomize.py").write_text(
+        "import docker\n"
+        "from pgrunbook.restore import partial\n"
+        "_confirm = partial.confirm\n"
+        "def confirm(*args, **kwargs):\n"
+        "    _confirm(*args, **kwargs)\n"
+        f"    docker.from_env().containers.get({pg.name!r}).exec_run(\n"
+        f"        ['psql', '-U', 'app', '-d', {target!r}, '-c',\n"
+        f"         \"DELETE FROM public.votes WHERE {SELECTED} AND member_id = 20\"],\n"
+        f"        environment={{'PGPASSWORD': {PASSWORD!r}}})\n"
+        "partial.confirm = confirm\n")
+    moved = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=missing",
+                    env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert moved.returncode == 1, moved.stderr
+    assert "確認の後に public.votes の行が変わりました" in moved.stderr, moved.stderr
+    assert "バックアップにだけある（その後に削除） 6 行" in moved.stderr  # the difference as it is now
+    assert pg.psql(f"SELECT count(*) FROM public.votes WHERE {SELECTED}", target).strip() == "36"
+
+
+def test_a_busy_table_makes_the_kit_give_up_rather_than_block_the_app(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    mistakes(pg, target)
+    before = table_fingerprints(pg, target)
+    holder = pg.run_detached("BEGIN; UPDATE public.votes SET choice = choice WHERE id = 1; "
+                             "SELECT pg_sleep(120); COMMIT;", target)
+    wait_for(lambda: pg.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                             f"WHERE a.application_name = '{holder}' AND l.mode = 'RowExclusiveLock' AND l.granted",
+                             "postgres").strip() != "0", "the app's open transaction")
+    try:
+        (cli.home / ".env.prod").write_text((cli.home / ".env.prod").read_text() + "PARTIAL_LOCK_TIMEOUT=1s\n")
+        busy = partial(cli, dump, "--table=public.votes", "--mode=missing")
+        assert busy.returncode == 1
+        assert "ロックを 1s 以内に取れませんでした" in busy.stderr, busy.stderr
+        assert table_fingerprints(pg, target) == before
+    finally:
+        pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{holder}'",
+                "postgres")
+
+
+@pytest.mark.matrix
+def test_exact_and_undo_on_each_version(cli, pg, target):
+    dump = backup(cli, "--env=prod")
+    before = selection(pg, target)
+    mistakes(pg, target)
+    after_mistakes = table_fingerprints(pg, target)
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert done.returncode == 0, done.stderr
+    assert selection(pg, target) == before
+    undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+    assert undone.returncode == 0, undone.stderr
+    assert table_fingerprints(pg, target) == after_mistakes
+    preview = json.loads(json.dumps(log_lines(cli)[-2]["preview"]))
+    assert preview == {"public.votes": {"ins": 5, "upd": 3, "del": 2}}
+
+
+def test_on_a_terminal_the_operator_types_the_env_and_the_database(cli, pg, target):
+    from helpers import run_on_a_terminal
+
+    dump = backup(cli, "--env=prod")
+    before = selection(pg, target)
+    mistakes(pg, target)
+    wrong = run_on_a_terminal(cli, ["restore-partial", "--env=prod", f"--file={dump}", "--table=public.votes",
+                                    f"--where={SELECTED}", "--mode=exact"], b"prod\nnot-the-db\n")
+    assert wrong.returncode == 1 and "データベース名が一致しません" in wrong.stderr
+    assert selection(pg, target) != before
+    typed = run_on_a_terminal(cli, ["restore-partial", "--env=prod", f"--file={dump}", "--table=public.votes",
+                                    f"--where={SELECTED}", "--mode=exact"], f"prod\n{target}\n".encode())
+    assert typed.returncode == 0, typed.stderr
+    assert selection(pg, target) == before
+
+
+def test_the_databases_own_timeouts_do_not_cut_the_kits_sessions(cli, pg, target):
+    """A database set to end idle transactions fast (and short statements): the preview's
+    snapshot waits idle while the backup's rows are restored, and still stands."""
+    dump = backup(cli, "--env=prod")
+    before = selection(pg, target)
+    mistakes(pg, target)
+    pg.psql(f"ALTER DATABASE \"{target}\" SET idle_in_transaction_session_timeout = '200ms'; "
+            f"ALTER DATABASE \"{target}\" SET statement_timeout = '200ms'", "postgres")
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert done.returncode == 0, done.stderr
+    assert selection(pg, target) == before

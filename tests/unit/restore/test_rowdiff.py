@@ -1,0 +1,95 @@
+"""The merge of two key-ordered streams (rowdiff.compare), pure."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.restore.rowdiff import Selection, check_where, compare, unescape
+from pgrunbook.restore.tables import Column, Table
+
+TABLE = Table(1, "public", "votes", "app", True, (Column("id", "bigint"), Column("topic", "text")), ("id",))
+
+
+def lines(rows: dict[int, str], selected=lambda key: True) -> list[bytes]:
+    return [b"%d\t%s\t%s" % (key, b"t" if selected(key) else b"f", value.encode())
+            for key, value in sorted(rows.items())]
+
+
+def test_missing_changed_extra_with_examples_and_callback():
+    backup = {1: "a", 2: "b", 3: "c", 5: "e"}
+    live = {1: "a", 3: "C", 4: "d", 5: "e"}
+    seen = []
+    result = compare(Selection(TABLE, ("id",), ("id", "topic")), iter(lines(backup)), iter(lines(live)),
+                     lambda kind, fields: seen.append((kind, fields)))
+    assert result.same == 2
+    assert result.counts == {"missing": 1, "changed": 1, "extra": 1}
+    assert result.examples == {"missing": ["2"], "changed": ["3"], "extra": ["4"]}
+    assert seen == [("missing", [b"2"]), ("changed", [b"3"]), ("extra", [b"4"])]
+
+
+def test_the_fast_path_and_the_checked_path_agree_on_random_tables():
+    generator = random.Random(23)
+    backup = {key: f"v{key}" for key in range(1, 5000)}
+    live = dict(backup)
+    for key in generator.sample(range(1, 5000), 300):
+        roll = generator.random()
+        if roll < 0.4:
+            live.pop(key, None)
+        elif roll < 0.8:
+            live[key] = "changed"
+    for key in range(5000, 5030):
+        live[key] = "new"
+    trusted = compare(Selection(TABLE, ("id",), ("id",)), iter(lines(backup)), iter(lines(live)))
+    by_key = Table(1, "public", "votes", "app", True, TABLE.columns, None)  # --key: every line checked
+    checked = compare(Selection(by_key, ("id",), ("id",)), iter(lines(backup)), iter(lines(live)))
+    assert (trusted.same, trusted.counts, trusted.digest) == (checked.same, checked.counts, checked.digest)
+    assert trusted.counts["extra"] >= 30
+
+
+def test_a_key_selected_on_either_side_is_compared():
+    backup = {1: "a", 2: "b", 3: "c"}
+    live = {1: "a", 2: "moved", 3: "c"}
+    # row 2 left the selection in live (its topic changed): still "changed", not missing + extra
+    result = compare(Selection(TABLE, ("id",), ("id",), "x"), iter(lines(backup)),
+                     iter(lines(live, lambda key: key != 2)))
+    assert result.counts == {"missing": 0, "changed": 1, "extra": 0} and result.same == 2
+
+
+def test_the_digest_names_the_live_rows_it_saw():
+    selection = Selection(TABLE, ("id",), ("id",))
+    first = compare(selection, iter(lines({1: "a"})), iter(lines({1: "b"})))
+    second = compare(selection, iter(lines({1: "a"})), iter(lines({1: "c"})))
+    assert first.counts == second.counts and first.digest != second.digest
+
+
+def test_duplicates_nulls_and_a_foreign_order_stop_the_merge():
+    by_key = Table(1, "public", "t", "app", True, (Column("topic", "text"),), None)
+    selection = Selection(by_key, ("topic",), ("topic",))
+    with pytest.raises(Refused, match="重複"):
+        compare(selection, iter([b"a\tt\t1", b"a\tt\t2"]), iter([]))
+    with pytest.raises(Refused, match="NULL"):
+        compare(selection, iter([b"\\N\tt\t1"]), iter([]))
+    with pytest.raises(RunbookError, match="並び順"):
+        compare(selection, iter([b"b\tt\t1", b"a\tt\t2"]), iter([b"a\tt\t2"]))
+
+
+def test_copy_text_fields_are_unescaped_for_order_and_display():
+    assert unescape(b"a\\tb\\\\c\\n") == "a\tb\\c\n"
+    assert unescape(b"\\x41\\101") == "AA"
+    assert unescape("承認".encode()) == "承認"
+
+
+@pytest.mark.parametrize("where", ["topic = '予算'", "(a = 1 OR b = 'x;y')", "id < 5"])
+def test_a_where_that_is_one_condition_passes(where):
+    assert check_where(where) == where
+
+
+@pytest.mark.parametrize("where", ["true; DROP TABLE x", "a = 1) OR (true", "a = 1 -- x", "\\! ls",
+                                   "$$x$$ = 'x'", "a = 'open"])
+def test_a_where_that_could_leave_its_parentheses_is_refused(where):
+    with pytest.raises(RunbookError) as raised:
+        check_where(where)
+    assert raised.value.exit_code == 2
