@@ -17,7 +17,9 @@ p (``1``: every exec), after the command really ran, its exit code kept:
   process (then p is not needed);
 * ``PGRUNBOOK_TEST_DROP_KIND``: ``all`` (stdout and stderr, the default),
   ``head:<bytes>`` or ``tail:<bytes>`` (that much of the start or end of stdout),
-  ``after:<bytes>`` (all of stdout after its first bytes: a session's end);
+  ``after:<bytes>`` (all of stdout after its first bytes: a session's end),
+  ``unfinished`` (nothing arrives and the exit code is unknown, -1: the engine ended
+  the stream while the process still ran);
 * ``PGRUNBOOK_TEST_DROP_SEED``: the random choice repeatable;
 * ``PGRUNBOOK_TEST_DROP_LOG=<file>``: a line per dropped exec (what a test observes).
 """
@@ -292,6 +294,8 @@ class Container:
         exit_code = self._exit_code(exec_id)
         if dropping is not None:
             dropping.finish()
+            if dropping.kind == "unfinished":
+                exit_code = -1  # as _exit_code says of a process still running when its stream ended
         if exit_code in (126, 127) and head.startswith(b"OCI runtime exec failed"):
             # not the command's failure: it never ran (not installed, not executable)
             raise self._missing(argv, head.decode("utf-8", "replace").strip())
@@ -517,6 +521,8 @@ class _Dropping:
 
     def wrap(self, stdout: Callable[[bytes], None], stderr: Callable[[bytes], None]
              ) -> tuple[Callable[[bytes], None], Callable[[bytes], None]]:
+        """``all`` and ``unfinished`` (the engine ended the stream while the process still
+        ran: nothing arrives and no exit code is known, -1) lose stdout and stderr."""
         self._deliver = stdout
         if self.kind == "head":
             return self._head, stderr

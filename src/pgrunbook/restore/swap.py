@@ -344,9 +344,14 @@ def swap_databases(
         raise
     text = result.stdout.decode("utf-8", "replace") + result.stderr
     verdict = next((v for v in VERDICTS if f"pgrunbook:verdict:{v}" in text), "")
-    if not verdict and result.exit_code == 0:
-        # the script gave a verdict (it exits 0 only then) and the engine lost it:
-        # the server says what happened (framed reads), the swap is never run again
+    if not verdict and result.exit_code < 0:
+        # the engine ended the stream while the script still ran (no exit code): wait for
+        # the script to finish by itself, then the server says what happened
+        wait_for_script(pg, work_dir)
+    if not verdict and result.exit_code in (0, -1):
+        # the script gave a verdict (it exits 0 only then) and the engine lost it, or the
+        # stream ended early: the server says what happened (framed reads), the swap is
+        # never run again
         verdict, text = verdict_from_server(pg, live, incoming, outgoing)
     outcome = SwapOutcome(verdict, text)
     if verdict == "swapped":

@@ -286,6 +286,21 @@ def test_a_swap_whose_output_ends_just_before_its_verdict_is_a_replace_that_happ
     assert_clean_env(cli, pg, target, app_container, (live,))
 
 
+def test_a_swap_whose_stream_ends_while_the_script_still_runs_waits_for_it_and_asks_the_server(
+        cli, pg, target, app_container, lost_outputs):
+    """The engine ends the script's stream early: nothing of it arrives and its exit code
+    is unknown (-1). The kit neither reports "result unknown" nor cleans up as if nothing
+    happened: it waits for the script, then asks the server, and the replace is done."""
+    dump, old, live = replace_scenario(cli, pg, target, app_container)
+    ended = lost_outputs.env(match="pgrunbook:verdict", nth="1", kind="unfinished")
+    replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=ended)
+    assert replaced.returncode == 0, replaced.stdout + replaced.stderr
+    assert len(lost_outputs.dropped()) == 1, lost_outputs.dropped()
+    assert table_fingerprints(pg, target) == old
+    assert len(previous_of(pg, target)) == 1 and not staging_of(pg, target)
+    assert_clean_env(cli, pg, target, app_container, (old,))
+
+
 # ---- after a committed swap, and the reads that used to raise IndexError -----------------------
 
 def test_lost_facts_after_the_swap_say_the_replace_completed_and_how_to_roll_back(
