@@ -191,7 +191,7 @@ def from_archive(pg: Postgres, settings: Settings, source: Source, facts: Server
     dropped when the block ends, however it ends."""
     drop_leftovers(pg, settings, console)
     name = kit_name(settings, ROLE)
-    create_database(pg, name, mark_text(ROLE, settings, _detail(source)), like=facts.database)
+    create_database(pg, name, mark_text(ROLE, settings, _detail(source)), like=facts)
     try:
         restored = RowSource(pg, name, source.path.name, str(source.path), counts=source.table_counts(),
                              schema_only=schema_only)
