@@ -71,7 +71,7 @@ class KitDatabase:
         found = re.match(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)", self.detail)
         if found:
             return f"{found[1]} {found[2]}"
-        stamp = re.search(r"_(\d{14})(?:_|$)", self.name)
+        stamp = re.search(r"_(\d{14})\d{0,3}(?:_|$)", self.name)  # kit_name: to the second or the ms
         if stamp:
             return datetime.strptime(stamp[1], "%Y%m%d%H%M%S").strftime("%Y-%m-%d %H:%M:%S")
         return "不明"

@@ -56,7 +56,7 @@ def replaced(cli) -> tuple[Path, str]:
 
 def test_rollback_banner_names_the_kept_database_and_when_it_was_kept(cli, pg, target):
     dump, previous = replaced(cli)
-    stamp = re.search(r"_(\d{8})(\d{6})$", previous)
+    stamp = re.search(r"_(\d{8})(\d{6})\d{3}_[0-9a-f]+$", previous)  # kit_name: to the ms, then a random part
     assert stamp, previous
     rollback = cli("restore-rollback", "--env=prod", f"--previous={previous}", "--confirm=prod")
     assert rollback.returncode == 0, rollback.stderr
