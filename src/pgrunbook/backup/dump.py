@@ -33,7 +33,14 @@ from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, now_iso, operator, recorded
 from pgrunbook.infra import manual, versions
-from pgrunbook.infra.archive import MAGIC, SQL_HEAD, ArchiveError, parse_header, sql_tail_is_complete
+from pgrunbook.infra.archive import (
+    MAGIC,
+    SQL_HEAD,
+    ArchiveError,
+    major_version,
+    parse_header,
+    sql_tail_is_complete,
+)
 from pgrunbook.infra.container import Container
 from pgrunbook.infra.postgres import (
     Postgres,
@@ -212,8 +219,9 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
         console.step("pg_dump とスナップショットを共有し、同じ時点の行数を記録")
         session = SnapshotSession(pg)
         snapshot_argv = [f"--snapshot={session.start()}"]
+        server_version = session.server_version
         try:
-            compression = _compression(settings, fmt, session.server_version)
+            compression = _compression(settings, fmt, server_version)
         except BaseException:
             session.abort()
             raise
@@ -221,7 +229,9 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="server-version") as pool:
             version = pool.submit(pg.server_version)
             tables = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
-            compression = _compression(settings, fmt, version.result().split()[0])
+            server_version = version.result().split()[0]
+            compression = _compression(settings, fmt, server_version)
+    statistics = _statistics(fmt, server_version)
 
     identity = drift.database_identity(pg)
     previous = drift.baseline(settings, fmt)  # the previous good backup, before ours exists
@@ -267,6 +277,7 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
             "format": fmt,
             "compression": compression.spec if compression else "none",
             "compression_chosen_by": compression.chosen_by if compression else "",
+            "statistics": bool(statistics),  # the planner's statistics travel in the archive
             "options": {"no_owner": no_owner, "no_acl": no_acl},
             "size": stream.size,
             "sha256": stream.hash.hexdigest(),
@@ -288,7 +299,7 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
 
     console.step(f"pg_dump -F {'c' if fmt == 'custom' else 'p'} → {final.name}{catalog.PARTIAL_SUFFIX}")
     argv = manual.dump_argv(settings, fmt, no_owner, no_acl,
-                            compression.spec if compression else None) + snapshot_argv
+                            compression.spec if compression else None) + statistics + snapshot_argv
     stream, manifest = write_dump(pg, settings, DumpJob(
         argv, final, "pg_dump", check, describe,
         on_first_data=session.release if session else None, finished=finished,
@@ -338,6 +349,12 @@ def _compression(settings: Settings, fmt: str, server_version: str) -> versions.
     if fmt != "custom":
         return None
     return versions.dump_compression(settings.dump_compression, server_version)
+
+
+def _statistics(fmt: str, server_version: str) -> list[str]:
+    """A custom dump carries the planner's statistics where pg_dump can (18+): the
+    restored database then plans as the live one did without an ANALYZE first."""
+    return versions.dump_statistics(major_version(server_version)) if fmt == "custom" else []
 
 
 @dataclass(frozen=True)

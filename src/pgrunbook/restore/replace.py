@@ -314,12 +314,7 @@ def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
     settings, pg, console = run.settings, run.pg, run.console
     faults.kill_point("after-swap")
     record_identity(pg, run.entry)
-    # planner statistics for the new database right away (autovacuum would take a
-    # minute or more); in the background, so the app is not kept waiting for it
-    with contextlib.suppress(RunbookError):
-        pg.container.start_detached(pg.psql_argv(settings.db_name) + ["-c", "ANALYZE"],
-                                    settings.password_environment())
-        console.step("プランナー統計の作成（ANALYZE）をバックグラウンドで開始")
+    _planner_statistics(run)
     if run.failed_apps:
         run.left_behind = True  # the journal keeps them: restore-recover starts them
         raise RunbookError(
@@ -345,6 +340,20 @@ def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
         f"--db={run.previous} --confirm={settings.env}"
     )
     return ReplaceResult(settings.db_name, run.previous, summary)
+
+
+def _planner_statistics(run: Replace) -> None:
+    """Planner statistics for the new database right away (autovacuum would take a
+    minute or more): restored with the data when the archive carries them (pg_dump
+    18+), else an ANALYZE in the background, so the app is not kept waiting for it."""
+    settings, pg, console = run.settings, run.pg, run.console
+    if run.source.carries_statistics:
+        console.step("プランナー統計はアーカイブから復元済み（ANALYZE は不要）")
+        return
+    with contextlib.suppress(RunbookError):
+        pg.container.start_detached(pg.psql_argv(settings.db_name) + ["-c", "ANALYZE"],
+                                    settings.password_environment())
+        console.step("プランナー統計の作成（ANALYZE）をバックグラウンドで開始")
 
 
 def _check_staging(run: Replace) -> DatabaseSummary:
