@@ -896,7 +896,7 @@ def restore_step_lines(report: dict[str, Any]) -> list[str]:
             f"{key.split('[', 1)[1].rstrip(']')} {'/'.join(map(str, values))}"
             for key, values in runs.items()))
     stats = counts.get("statistics_at_swap[kit]")
-    if stats:
+    if stats and int(report["server_version"].split(".")[0]) >= 18:  # before 18: the kit's ANALYZE
         notes.append(f"置き換え直後に統計のある列（`pg_stats`）: {'/'.join(map(str, stats))}"
                      + (f"。手作業の復元の後の `ANALYZE`: {report['hand_analyze_seconds']:.2f} 秒"
                         "（手作業の時間には含まない）" if report.get("hand_analyze_seconds") else ""))
@@ -921,7 +921,8 @@ def prestaged_lines(report: dict[str, Any]) -> list[str]:
 VARIANT_TEXT = {
     "mwm": "復元セッションに `maintenance_work_mem=256MB`",
     "mwm-auto": "復元セッションに `maintenance_work_mem`（サーバーのメモリの 1/16、64MB〜2GB）",
-    "section": "`--section` で分割（post-data のインデックス作成を行数の照合と同時に）",
+    "section": "`--section` で分割（post-data のインデックス作成を行数の照合と同時に。"
+               "pg_restore の段階は pre-data と data だけ）",
     "stream": "アーカイブを標準入力から流す（以前のキット。exec のソケットと sha256 の計算を経由）",
     "notxsize": "`--transaction-size` なし（17 以降の既定をやめる）",
     "nosync": "復元セッションに `synchronous_commit=off`",
