@@ -285,9 +285,16 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
                 # thread of their own while the kit checks the row counts
                 first = _run(self, argv[:-1] + ["--section=pre-data", "--section=data", argv[-1]],
                              on_stdout=on_stdout, environment=environment)
-                if first.ok:
-                    thread = threading.Thread(target=lambda: post_data.update(result=_run(
-                        self, argv[:-1] + ["--section=post-data", argv[-1]], environment=environment)))
+                if first.ok:  # (a link: the kit removes its upload once this call returns)
+                    kept = "/tmp/pgrunbook-bench-post-data.dump"
+                    _run(self, ["ln", "-f", argv[-1], kept])
+
+                    def post():
+                        post_data["result"] = _run(self, argv[:-1] + ["--section=post-data", kept],
+                                                   environment=environment)
+                        _run(self, ["rm", "-f", kept])
+
+                    thread = threading.Thread(target=post)
                     thread.start()
                     post_data["thread"] = thread
                 return first
