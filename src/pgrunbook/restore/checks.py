@@ -100,6 +100,11 @@ UNTOUCHED = """
 SELECT 'setting', 'checkpoint_timeout', '',
        extract(epoch FROM current_setting('checkpoint_timeout')::interval)::bigint, 0, 0
 UNION ALL
+SELECT 'setting', 'checkpoint_time', coalesce((xpath('/row/v/text()', query_to_xml(
+         CASE WHEN has_function_privilege('pg_control_checkpoint()', 'EXECUTE')
+              THEN 'SELECT extract(epoch FROM checkpoint_time)::bigint AS v FROM pg_control_checkpoint()'
+              ELSE 'SELECT NULL::bigint AS v' END, false, true, '')))[1]::text, ''), 0, 0, 0
+UNION ALL
 SELECT 'schema', nspname, '', 0, 0, 0 FROM pg_namespace
 WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
 UNION ALL
@@ -117,6 +122,7 @@ class Untouched:
     changed: dict[str, int]  # table -> rows updated or deleted
     files: str  # files_digest of the tables' files
     checkpoint_timeout: int = 300  # seconds: the server writes out what it holds within twice that
+    checkpoint_time: float | None = None  # when the last checkpoint started (None: not allowed to ask)
 
     def verdict(self, expected: dict[str, int] | None, files: str) -> str:
         """"untouched": every table holds exactly the rows the restore inserted, none
@@ -135,6 +141,15 @@ class Untouched:
         return DatabaseSummary(database, sorted(set(self.schemas) | {t.split(".", 1)[0] for t in expected}),
                                dict(expected))
 
+    def written_out(self, restored_at: float, now: float) -> bool:
+        """Has the server written out a database restored at ``restored_at`` (UNIX time)?
+        Yes when a checkpoint started after it (a few seconds' margin for the clocks), or,
+        without the right to ask, after twice checkpoint_timeout (a checkpoint starts
+        within one and ends within the next)."""
+        if self.checkpoint_time is not None:
+            return self.checkpoint_time > restored_at + 5
+        return now - restored_at > 2 * self.checkpoint_timeout
+
 
 def files_digest(files: list[tuple[str, str, str]]) -> str:
     """(schema, table, relfilenode) of every table, as a short digest for a mark."""
@@ -145,12 +160,14 @@ def files_digest(files: list[tuple[str, str, str]]) -> str:
 def read_untouched(pg: Postgres, database: str) -> Untouched:
     rows = pg.query(UNTOUCHED, database)
     tables = [row for row in rows if row[0] == "table"]
-    timeout = [int(row[3]) for row in rows if row[0] == "setting"]
+    settings = {row[1]: (row[2], int(row[3])) for row in rows if row[0] == "setting"}
+    checkpoint = settings.get("checkpoint_time", ("", 0))[0]
     return Untouched([row[1] for row in rows if row[0] == "schema"],
                      {f"{row[1]}.{row[2]}": int(row[3]) for row in tables},
                      {f"{row[1]}.{row[2]}": int(row[4]) for row in tables},
                      files_digest([(row[1], row[2], row[5]) for row in tables]),
-                     *timeout[:1])
+                     settings.get("checkpoint_timeout", ("", 300))[1],
+                     float(checkpoint) if checkpoint.isdigit() else None)
 
 
 def compare_with_manifest(source: Source, summary: DatabaseSummary) -> list[str]:

@@ -206,16 +206,15 @@ def proven(pg: Postgres, prestaged: Prestaged, source: Source, now: datetime | N
     them with the manifest and nobody has written since (checks.Untouched; "unknown" for
     an older mark or statistics reset by a crash: the caller counts; "written": not to be
     used, even when a count would still agree). And whether a CHECKPOINT before the apps
-    stop would still have anything of it to write: not after twice checkpoint_timeout
-    (a checkpoint starts within one and ends within the next)."""
+    stop would still have anything of it to write (checks.Untouched.written_out)."""
     untouched = checks.read_untouched(pg, prestaged.name)
     expected = source.table_counts()
     verdict = untouched.verdict(expected, prestaged.files)
     summary = None
     if verdict == "untouched" and expected is not None:
         summary = checks.with_prisma_state(pg, untouched.summary(prestaged.name, expected))
-    age = ((now or datetime.now(timezone.utc)) - prestaged.made_at).total_seconds()
-    return Proven(verdict, summary, age > 2 * untouched.checkpoint_timeout)
+    return Proven(verdict, summary, untouched.written_out(prestaged.made_at.timestamp(),
+                                                          (now or datetime.now(timezone.utc)).timestamp()))
 
 
 @dataclass(frozen=True)

@@ -38,3 +38,12 @@ def test_statistics_reset_or_no_record_is_unknown():
 def test_the_files_digest_does_not_depend_on_the_order():
     assert files_digest([("public", "votes", "16510"), ("public", "members", "16500")]) == FILES
     assert len(FILES) == 16
+
+
+def test_written_out_after_a_checkpoint_that_began_later_or_twice_the_timeout():
+    asked = Untouched(["public"], {}, {}, FILES, checkpoint_timeout=300, checkpoint_time=1_000_100.0)
+    assert asked.written_out(restored_at=1_000_000.0, now=1_000_200.0)
+    assert not asked.written_out(restored_at=1_000_098.0, now=1_000_200.0)  # within the clocks' margin
+    blind = Untouched(["public"], {}, {}, FILES, checkpoint_timeout=300)  # no right to ask
+    assert not blind.written_out(restored_at=1_000_000.0, now=1_000_599.0)
+    assert blind.written_out(restored_at=1_000_000.0, now=1_000_601.0)
