@@ -42,7 +42,9 @@ class Source:
     @property
     def carries_statistics(self) -> bool:
         """The archive holds the planner's statistics (pg_dump 18+ --statistics): a
-        restore loads them, no ANALYZE is needed before normal plans."""
+        restore loads them, and the database plans as the live one did when it was
+        dumped, with no ANALYZE first (a table the live database had never analyzed
+        has none, as it had none there: autovacuum makes them)."""
         return bool((self.manifest or {}).get("statistics")) and self.format == "custom"
 
     def table_counts(self) -> dict[str, int] | None:

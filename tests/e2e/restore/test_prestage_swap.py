@@ -25,6 +25,7 @@ def _prestaging(cli, pg, database: str) -> None:
 
 def test_a_prestaged_replace_proves_the_rows_and_finds_the_statistics_made(cli, pg, target):
     _prestaging(cli, pg, target)
+    pg.psql("ANALYZE", target)  # the live database's statistics, as autovacuum keeps them
     dump = backup(cli, "--env=prod")
     wanted = table_fingerprints(pg, target)
     restore_test(cli)
