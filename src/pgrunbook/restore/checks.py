@@ -100,10 +100,12 @@ UNTOUCHED = """
 SELECT 'setting', 'checkpoint_timeout', '',
        extract(epoch FROM current_setting('checkpoint_timeout')::interval)::bigint, 0, 0
 UNION ALL
-SELECT 'setting', 'checkpoint_time', coalesce((xpath('/row/v/text()', query_to_xml(
+SELECT 'setting', 'wal_lsn', pg_current_wal_lsn()::text, 0, 0, 0
+UNION ALL
+SELECT 'setting', 'checkpoint_redo', coalesce((xpath('/row/v/text()', query_to_xml(
          CASE WHEN has_function_privilege('pg_control_checkpoint()', 'EXECUTE')
-              THEN 'SELECT extract(epoch FROM checkpoint_time)::bigint AS v FROM pg_control_checkpoint()'
-              ELSE 'SELECT NULL::bigint AS v' END, false, true, '')))[1]::text, ''), 0, 0, 0
+              THEN 'SELECT redo_lsn::text AS v FROM pg_control_checkpoint()'
+              ELSE 'SELECT NULL::text AS v' END, false, true, '')))[1]::text, ''), 0, 0, 0
 UNION ALL
 SELECT 'schema', nspname, '', 0, 0, 0 FROM pg_namespace
 WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
@@ -122,7 +124,8 @@ class Untouched:
     changed: dict[str, int]  # table -> rows updated or deleted
     files: str  # files_digest of the tables' files
     checkpoint_timeout: int = 300  # seconds: the server writes out what it holds within twice that
-    checkpoint_time: float | None = None  # when the last checkpoint started (None: not allowed to ask)
+    wal_lsn: str = ""  # where the server's WAL is now (a mark keeps it: see written_out)
+    checkpoint_redo: str = ""  # where the last checkpoint began ("": not allowed to ask)
 
     def verdict(self, expected: dict[str, int] | None, files: str) -> str:
         """"untouched": every table holds exactly the rows the restore inserted, none
@@ -141,14 +144,20 @@ class Untouched:
         return DatabaseSummary(database, sorted(set(self.schemas) | {t.split(".", 1)[0] for t in expected}),
                                dict(expected))
 
-    def written_out(self, restored_at: float, now: float) -> bool:
-        """Has the server written out a database restored at ``restored_at`` (UNIX time)?
-        Yes when a checkpoint started after it (a few seconds' margin for the clocks), or,
-        without the right to ask, after twice checkpoint_timeout (a checkpoint starts
-        within one and ends within the next)."""
-        if self.checkpoint_time is not None:
-            return self.checkpoint_time > restored_at + 5
-        return now - restored_at > 2 * self.checkpoint_timeout
+    def written_out(self, marked_lsn: str, marked_at: float, now: float) -> bool:
+        """Has the server written out a database marked at WAL position ``marked_lsn``
+        (UNIX time ``marked_at``)? Yes when the last checkpoint began after it; without
+        the right to ask (or an older mark), after twice checkpoint_timeout (a checkpoint
+        starts within one and ends within the next)."""
+        if self.checkpoint_redo and marked_lsn:
+            return lsn_number(self.checkpoint_redo) > lsn_number(marked_lsn)
+        return now - marked_at > 2 * self.checkpoint_timeout
+
+
+def lsn_number(lsn: str) -> int:
+    """'16/B374D848' -> a number that orders WAL positions."""
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) + int(low or "0", 16)
 
 
 def files_digest(files: list[tuple[str, str, str]]) -> str:
@@ -161,13 +170,12 @@ def read_untouched(pg: Postgres, database: str) -> Untouched:
     rows = pg.query(UNTOUCHED, database)
     tables = [row for row in rows if row[0] == "table"]
     settings = {row[1]: (row[2], int(row[3])) for row in rows if row[0] == "setting"}
-    checkpoint = settings.get("checkpoint_time", ("", 0))[0]
     return Untouched([row[1] for row in rows if row[0] == "schema"],
                      {f"{row[1]}.{row[2]}": int(row[3]) for row in tables},
                      {f"{row[1]}.{row[2]}": int(row[4]) for row in tables},
                      files_digest([(row[1], row[2], row[5]) for row in tables]),
-                     settings.get("checkpoint_timeout", ("", 300))[1],
-                     float(checkpoint) if checkpoint.isdigit() else None)
+                     settings["checkpoint_timeout"][1], settings["wal_lsn"][0],
+                     settings["checkpoint_redo"][0])
 
 
 def compare_with_manifest(source: Source, summary: DatabaseSummary) -> list[str]:

@@ -48,7 +48,8 @@ from pgrunbook.store import select
 ROLE = "prestaged"
 DETAIL = re.compile(r"file=(?P<file>\S+) sha256=(?P<sha256>[0-9a-f]{64}) "
                     r"no_owner=(?P<no_owner>[01]) no_acl=(?P<no_acl>[01]) rows=(?P<rows>\d+)"
-                    r"(?: analyzed=(?P<analyzed>[01]))?(?: files=(?P<files>[0-9a-f]{16}))?")
+                    r"(?: analyzed=(?P<analyzed>[01]))?(?: files=(?P<files>[0-9a-f]{16}))?"
+                    r"(?: lsn=(?P<lsn>[0-9A-F]+/[0-9A-F]+))?")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Prestaged:
     comment: str  # the mark as written, put back when a refused replace leaves it as it was
     analyzed: bool = False  # the planner's statistics were made when it was kept (ready_for_swap)
     files: str = ""  # its tables' files then (checks.files_digest): proves it untouched since
+    lsn: str = ""  # the server's WAL position when it was marked (a checkpoint since wrote it out)
 
     @property
     def made_at(self) -> datetime:
@@ -113,7 +115,7 @@ def from_rows(env: str, rows: list[tuple[str, str, bool, int]]) -> list[Prestage
             found.append(Prestaged(db.name, match["file"], match["sha256"], match["no_owner"] == "1",
                                    match["no_acl"] == "1", int(match["rows"]), db.created_at, db.size,
                                    db.allow_connections, comment, match["analyzed"] == "1",
-                                   match["files"] or ""))
+                                   match["files"] or "", match["lsn"] or ""))
     return sorted(found, key=lambda p: p.made_at)
 
 
@@ -189,7 +191,8 @@ def ready_for_swap(pg: Postgres, database: str, source: Source, console: Console
     if not source.carries_statistics:
         console.step(f"{database} のプランナー統計を作成（ANALYZE。置き換えの後に要らないように）")
         pg.execute("ANALYZE", database)
-    return f" analyzed=1 files={checks.read_untouched(pg, database).files}"
+    found = checks.read_untouched(pg, database)
+    return f" analyzed=1 files={found.files} lsn={found.wal_lsn}"
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,7 @@ def proven(pg: Postgres, prestaged: Prestaged, source: Source, now: datetime | N
     summary = None
     if verdict == "untouched" and expected is not None:
         summary = checks.with_prisma_state(pg, untouched.summary(prestaged.name, expected))
-    return Proven(verdict, summary, untouched.written_out(prestaged.made_at.timestamp(),
+    return Proven(verdict, summary, untouched.written_out(prestaged.lsn, prestaged.made_at.timestamp(),
                                                           (now or datetime.now(timezone.utc)).timestamp()))
 
 

@@ -41,9 +41,12 @@ def test_the_files_digest_does_not_depend_on_the_order():
 
 
 def test_written_out_after_a_checkpoint_that_began_later_or_twice_the_timeout():
-    asked = Untouched(["public"], {}, {}, FILES, checkpoint_timeout=300, checkpoint_time=1_000_100.0)
-    assert asked.written_out(restored_at=1_000_000.0, now=1_000_200.0)
-    assert not asked.written_out(restored_at=1_000_098.0, now=1_000_200.0)  # within the clocks' margin
+    asked = Untouched(["public"], {}, {}, FILES, checkpoint_timeout=300, wal_lsn="1/20",
+                      checkpoint_redo="1/1A")
+    assert asked.written_out("1/19", marked_at=1_000_000.0, now=1_000_001.0)
+    assert not asked.written_out("1/1A", marked_at=1_000_000.0, now=9_000_000.0)  # not after it
+    assert asked.written_out("0/FFFFFFFF", marked_at=0, now=0)  # across the 4 GiB boundary
     blind = Untouched(["public"], {}, {}, FILES, checkpoint_timeout=300)  # no right to ask
-    assert not blind.written_out(restored_at=1_000_000.0, now=1_000_599.0)
-    assert blind.written_out(restored_at=1_000_000.0, now=1_000_601.0)
+    assert not blind.written_out("1/19", marked_at=1_000_000.0, now=1_000_599.0)
+    assert blind.written_out("1/19", marked_at=1_000_000.0, now=1_000_601.0)
+    assert not asked.written_out("", marked_at=1_000_000.0, now=1_000_599.0)  # an older mark: by the clock
