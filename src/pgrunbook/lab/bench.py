@@ -208,6 +208,8 @@ def _run_traced(argv: list[str], env: dict[str, str]) -> tuple[Run, list[tuple[f
 STEP_NAMES = (
     ("(start)", "起動・確認（ファイル、サーバー、版、確認の表示）"),
     ("  所有者", "staging DB の作成・空き容量の確認"),
+    ("  復元       : 事前展開", "事前展開 DB の取得（閉じたまま・同じ印かを確かめて開く）"),
+    ("・事前展開 DB", "行の証明（統計とカタログ）、所有者・権限の比較"),
     ("置き換え完了", "終了"),
     ("・アーカイブをコンテナへ送る", "アーカイブの送信（sha256 を同時に計算）"),
     ("・pg_restore", "staging への復元（pg_restore）"),
