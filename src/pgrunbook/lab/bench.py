@@ -222,7 +222,18 @@ STEP_NAMES = (
     ("・切り替え", "接続の切断と名前の入れ替え"),
     ("・プランナー統計", "DB 単位の設定の確認・結果の表示"),
     ("・(bench) 入れ替え終了", "アプリの再開（docker start）"),
+    ("・(bench) pg_restore", "staging への復元（pg_restore）"),
 )
+
+
+def kit_pg_restore(lines: list[tuple[float, str]]) -> tuple[float, float] | None:
+    """The kit's own pg_restore call, as the hook saw it: its seconds (between the hook's
+    start and end lines, nothing of the kit around it) and the container's CPU seconds."""
+    marks = {line.split()[2]: (stamp, line) for stamp, line in lines
+             if line.startswith("・(bench) pg_restore ")}
+    if not {"start", "end", "CPU"} <= set(marks):
+        return None
+    return marks["end"][0] - marks["start"][0], float(marks["CPU"][1].split()[-1])
 
 
 def step_times(lines: list[tuple[float, str]]) -> dict[str, float]:
@@ -236,6 +247,12 @@ def step_times(lines: list[tuple[float, str]]) -> dict[str, float]:
     return steps
 
 
+# The container's CPU time so far, in nanoseconds (cgroup v1 or v2): what a step made
+# the server and the tools inside it do, whatever else the host was busy with.
+CPU_SECONDS = ("cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null "
+               "|| sed -n 's/^usage_usec \\([0-9]*\\)/\\1000/p' /sys/fs/cgroup/cpu.stat")
+
+
 # Experiment variants of the kit, applied through a sitecustomize module on the
 # kit's PYTHONPATH (the kit's code is not changed for them): each name adds one
 # thing to a replace, measured beside the plain kit in the same run.
@@ -243,6 +260,7 @@ VARIANT_HOOK = r'''
 import os
 import sys
 import threading
+CPU_SECONDS = @CPU_SECONDS@
 variants = set(filter(None, os.environ.get("PGRUNBOOK_BENCH_VARIANTS", "").split(",")))
 if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
     from pgrunbook.infra import postgres as _postgres
@@ -271,8 +289,25 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
         sizes = [int(x) for x in found[:-1] if x.isdigit()] + [int(found[-1]) * 1024]
         return f"{max(64, min(2048, min(sizes) // 16 // 2**20))}MB"
 
+    def container_cpu(self):
+        return float(_run(self, ["sh", "-c", CPU_SECONDS]).stdout.split()[0]) / 1e9
+
     def run(self, argv, *, stdin=None, on_stdout=None, environment=None):
         if argv and argv[0] == "pg_restore" and "--list" not in argv:
+            before = container_cpu(self)
+            sys.stderr.write("・(bench) pg_restore start\n")
+            sys.stderr.flush()
+            try:
+                return restore(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment)
+            finally:
+                sys.stderr.write("・(bench) pg_restore end\n")
+                sys.stderr.flush()
+                sys.stderr.write(f"・(bench) pg_restore CPU {container_cpu(self) - before:.3f}\n")
+                sys.stderr.flush()
+        return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment)
+
+    def restore(self, argv, *, stdin=None, on_stdout=None, environment=None):
+        if True:
             options = []
             if "mwm" in variants:
                 options.append("-c maintenance_work_mem=256MB")
@@ -300,7 +335,7 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
                     thread.start()
                     post_data["thread"] = thread
                 return first
-        return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment)
+            return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment)
 
     _postgres.Postgres.run = run
     if "section" in variants:
@@ -340,7 +375,7 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
             return summary
 
         _replace._check_staging = check_staging
-'''
+'''.replace("@CPU_SECONDS@", repr(CPU_SECONDS))
 
 
 def _psql(container: Container, sql: str, database: str = "app") -> str:
@@ -604,6 +639,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
             _run(psql + [f"CREATE DATABASE {database};"])
             restore = [docker_cli, "exec", "-i", name, "pg_restore", "-U", USER, "-d", database]
             if way == "stdin":
+                cpu = container_cpu()
                 started = time.perf_counter()
                 with open(path, "rb") as archive:
                     done = subprocess.run(restore, stdin=archive, capture_output=True)
@@ -611,15 +647,21 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
                     raise RuntimeError(f"bare pg_restore from stdin failed: {done.stderr.decode()[-2000:]}")
             else:
                 _run([docker_cli, "cp", str(path), f"{name}:/tmp/bare.dump"])
+                cpu = container_cpu()
                 started = time.perf_counter()
                 _run(restore + ["/tmp/bare.dump"])
             seconds = time.perf_counter() - started
-            results.add(f"bare_restore{'[' + way + ']' if way else ''}", seconds)
+            suffix = f"[{way}]" if way else ""
+            results.add(f"bare_restore{suffix}", seconds)
+            results.add(f"bare_restore_cpu{suffix}", container_cpu() - cpu)
             results.counts.setdefault(f"autovacuum_runs[bare{'-' + way if way else ''}]", []).append(
                 autovacuum_runs(database))
             container.exec(["rm", "-f", "/tmp/bare.dump"])
             if way != "nolive":
                 _psql(container, f"DROP DATABASE {database}", "postgres")
+
+        def container_cpu() -> float:
+            return float(container.exec(["sh", "-c", CPU_SECONDS]).stdout.split()[0]) / 1e9
 
         def autovacuum_runs(database: str) -> int:
             """autovacuum and autoanalyze runs on the database's tables so far: > 0 right after
@@ -644,6 +686,10 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
             results.timelines[f"kit_restore[{key}]{tag}"] = [
                 [round(stamp - lines[0][0], 3), line] for stamp, line in lines]
             results.add_steps(f"kit_downtime[{key}]{tag}", downtime_parts(events, lines))
+            restored = kit_pg_restore(lines)
+            if restored:
+                results.add(f"kit_pg_restore[{key}]{tag}", restored[0])
+                results.add(f"kit_pg_restore_cpu[{key}]{tag}", restored[1])
             if not tag:
                 results.counts.setdefault(f"autovacuum_runs[kit{'+' + variant if variant else ''}]",
                                           []).append(autovacuum_runs("app"))
@@ -689,20 +735,23 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
                     for compression in order:
                         paths[compression] = kit_backup(compression)
                     kit_backup_tiny()
-            steps = ["hand", "bare", "kit", *(f"bare-{way}" for way in bare_ways)]
-            steps = steps[round_number % len(steps):] + steps[:round_number % len(steps)]
-            for step in steps:
+            # the kit's restore and the bare pg_restore of its file one right after the other
+            # (the load of a shared machine changes over minutes), in turn first
+            steps = ["hand", "kit", "bare", *(f"bare-{way}" for way in bare_ways), "kit-others"]
+            for step in steps if round_number % 2 == 0 else steps[::-1]:
                 if step == "hand":
                     hand_restore()
                     hand_analyze()
                 elif step.startswith("bare"):
                     bare_restore(paths[kit_format], step.partition("-")[2])
+                elif step == "kit":
+                    kit_restore(kit_format, paths[kit_format])
                 else:
                     for compression in order:
-                        kit_restore(compression, paths[compression])
-                        if compression == kit_format:
-                            for variant in kit_variants if round_number % 2 == 0 else kit_variants[::-1]:
-                                kit_restore(compression, paths[compression], variant=variant)
+                        if compression != kit_format:
+                            kit_restore(compression, paths[compression])
+                    for variant in kit_variants if round_number % 2 == 0 else kit_variants[::-1]:
+                        kit_restore(kit_format, paths[kit_format], variant=variant)
             for path in paths.values():
                 path.unlink()
         for _round in range(rounds if prestaged else 0):
@@ -767,23 +816,25 @@ def restore_step(results: Measurements, kit: str, kit_variants: list[str],
     empty database, each way as the median of its ratios to the bare one of the same
     round (the machine's load changes between rounds more than within one)."""
     bare = results.times.get("bare_restore", [])
+    names = {"kit": f"[{kit}]", **{f"kit+{v}": f"[{kit}+{v}]" for v in kit_variants}}
 
-    def ways() -> dict[str, list[float]]:
-        found = {"kit": results.steps.get(f"kit_restore[{kit}]", {}).get(RESTORE_STEP, [])}
-        found |= {f"kit+{v}": results.steps.get(f"kit_restore[{kit}+{v}]", {}).get(RESTORE_STEP, [])
-                  for v in kit_variants}
-        found |= {f"bare-{w}": results.times.get(f"bare_restore[{w}]", []) for w in bare_ways}
+    def ways() -> dict[str, tuple[list[float], list[float]]]:
+        found = {way: (results.times.get(f"kit_pg_restore{key}", []),
+                       results.times.get(f"kit_pg_restore_cpu{key}", [])) for way, key in names.items()}
+        found |= {f"bare-{w}": (results.times.get(f"bare_restore[{w}]", []),
+                                results.times.get(f"bare_restore_cpu[{w}]", [])) for w in bare_ways}
         return found
 
     def median(values: list[float]) -> float | None:
         return round(statistics.median(values), 3) if values else None
 
     report: dict[str, Any] = {"bare_seconds": median(bare), "bare_times": bare,
+                              "bare_cpu_seconds": median(results.times.get("bare_restore_cpu", [])),
                               "target_ratio": TARGETS["restore_step_ratio"], "ways": {}}
-    for way, times in ways().items():
+    for way, (times, cpu) in ways().items():
         ratios = [round(t / b, 3) for t, b in zip(times, bare, strict=False) if b]
         report["ways"][way] = {"seconds": median(times), "times": times, "ratios": ratios,
-                               "ratio": median(ratios)}
+                               "ratio": median(ratios), "cpu_seconds": median(cpu)}
     uploads = results.steps.get(f"kit_restore[{kit}]", {}).get(UPLOAD_STEP, [])
     report["upload_seconds"] = median(uploads)
     return report
@@ -869,9 +920,13 @@ def details(report: dict[str, Any]) -> list[str]:
     return [*restore_step_lines(report), *prestaged_lines(report), *breakdown(report)]
 
 
+def _cpu(seconds: float | None) -> str:
+    return f"{seconds:.1f} 秒" if seconds is not None else "—"
+
+
 def _way_text(way: str) -> str:
     if way == "kit":
-        return "キットの復元の段階（既定）"
+        return "キットの `pg_restore`（既定。コンテナへ送ったファイルから）"
     if way.startswith("kit+"):
         return "キット: " + _variant_text(way[4:])
     return "素の `pg_restore`: " + BARE_WAYS.get(way, way)
@@ -885,15 +940,16 @@ def restore_step_lines(report: dict[str, Any]) -> list[str]:
     kit = report["kit_compression"]
     lines = ["", f"pg_restore の段階（キットと同じファイル `-Z {kit}` を空の DB へ。比は同じ回の素の "
                  f"`pg_restore` との比の中央値、かっこ内は各回。目標 ≤ {found['target_ratio']}）:", "",
-             "| 復元のしかた | 時間（中央値） | 素の `pg_restore` との比 |", "|---|---|---|",
+             "| 復元のしかた | 時間（中央値） | 素の `pg_restore` との比 | コンテナの CPU 時間 |",
+             "|---|---|---|---|",
              f"| 素の `pg_restore`（`docker cp` したファイルから、本番 DB の横の空の DB へ） | "
-             f"{found['bare_seconds']:.2f} 秒 | 1 |"]
+             f"{found['bare_seconds']:.2f} 秒 | 1 | {_cpu(found.get('bare_cpu_seconds'))} |"]
     for way, measured in found["ways"].items():
         if measured["seconds"] is None:
             continue
         each = "、".join(f"{ratio:.2f}" for ratio in measured["ratios"])
         lines.append(f"| {_way_text(way)} | {measured['seconds']:.2f} 秒 | "
-                     f"**{measured['ratio']:.2f}**（{each}） |")
+                     f"**{measured['ratio']:.2f}**（{each}） | {_cpu(measured.get('cpu_seconds'))} |")
     notes = []
     if found.get("upload_seconds") is not None:
         notes.append("キットのアーカイブの送信（sha256 を同時に計算。手作業の `docker cp` にあたり、"
