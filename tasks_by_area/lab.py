@@ -30,7 +30,9 @@ def sandbox_down(c, env=None):
         "output": "レポート（bench.json / bench.md）の出力先",
         "compressions": "キットで測る圧縮形式（カンマ区切り。既定: 16 以降は gzip:1,lz4,zstd:1,zstd:3）",
         "dataset": "データ: default（多数のテーブル）か large-tables（大きなテーブル 2 つ）",
-        "variants": "キットの置き換えと並べて測る試み（mwm, nosync, nocheckpoint, jobs2。+ でつなぐと両方）",
+        "variants": ("キットの置き換えと並べて測る試み（mwm, mwm-auto, nosync, nocheckpoint, jobs2, stream, "
+                     "notxsize, section。+ でつなぐと両方）と、キットのファイルの素の pg_restore の別の方法"
+                     "（bare-stdin, bare-nolive）"),
         "tag": "コンテナ名に入れる語（共有マシンで誰の実行か分かるように）",
         "prestaged": "事前展開した最新バックアップへの置き換え（RESTORE_PRESTAGE）も測る",
         "partial": "代わりに、100 万行のテーブルの 1 % を一部だけ戻す時間を、"

@@ -13,10 +13,13 @@ import concurrent.futures
 import contextlib
 import errno
 import hashlib
+import json
 import os
+import queue
 import re
 import shutil
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +36,14 @@ from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, now_iso, operator, recorded
 from pgrunbook.infra import manual, versions
-from pgrunbook.infra.archive import MAGIC, SQL_HEAD, ArchiveError, parse_header, sql_tail_is_complete
+from pgrunbook.infra.archive import (
+    MAGIC,
+    SQL_HEAD,
+    ArchiveError,
+    major_version,
+    parse_header,
+    sql_tail_is_complete,
+)
 from pgrunbook.infra.container import Container
 from pgrunbook.infra.postgres import (
     Postgres,
@@ -60,8 +70,62 @@ def toc_entries(pg: Postgres, path: Path) -> list[str]:
             f"pg_restore --list が目次を読めません: {result.error_text()}",
             "ファイルが壊れているか途中で切れています。バックアップを取り直す",
         )
-    text = result.stdout.decode("utf-8", "replace")
+    return _toc_lines(result.stdout)
+
+
+def _toc_lines(stdout: bytes) -> list[str]:
+    text = stdout.decode("utf-8", "replace")
     return [line for line in text.splitlines() if line and not line.startswith(";")]
+
+
+class TocBeside:
+    """``pg_restore --list`` fed the dump's bytes as they arrive. pg_dump writes a custom
+    archive to a pipe as header, TOC, then the data, and pg_restore stops after the TOC:
+    the TOC check is done while the dump runs, not by one more exec after it (the last
+    step of a tiny backup). Memory stays flat: at most LIMIT bytes wait for it. When this
+    reader failed or had not finished by then, ``entries`` reads the finished file as
+    before (``toc_entries``): its failure is never the verdict."""
+
+    LIMIT = 4 << 20
+
+    def __init__(self, pg: Postgres) -> None:
+        self.pg = pg
+        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        self._queued = 0
+        self._closed = False
+        self._lines: list[str] | None = None
+        self._thread = threading.Thread(target=self._read, name="toc-beside", daemon=True)
+        self._thread.start()
+
+    def _chunks(self) -> Iterator[bytes]:
+        while (chunk := self._queue.get()) is not None:
+            yield chunk
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):  # any failure: the file is read after the dump
+            result = self.pg.run(["pg_restore", "--list"], stdin=self._chunks())
+            if result.ok:
+                self._lines = _toc_lines(result.stdout)
+
+    def feed(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._queued += len(data)
+        if self._queued > self.LIMIT or not self._thread.is_alive():
+            self.close()  # (a TOC this long is read from the file)
+            return
+        self._queue.put(data)
+
+    def close(self) -> None:
+        """The dump has ended (or failed): pg_restore sees the end of its input."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+
+    def entries(self, path: Path) -> list[str]:
+        self.close()
+        self._thread.join()
+        return self._lines if self._lines is not None else toc_entries(self.pg, path)
 
 
 def table_data_count(entries: list[str]) -> int:
@@ -116,10 +180,12 @@ HEAD_BYTES = 8192
 class _Stream:
     """Receives pg_dump's stdout: writes, hashes and counts, memory flat."""
 
-    def __init__(self, fd: int, console: Console, on_first_data: Callable[[], None] | None = None) -> None:
+    def __init__(self, fd: int, console: Console, on_first_data: Callable[[], None] | None = None,
+                 also_to: Callable[[bytes], None] | None = None) -> None:
         self.fd = fd
         self.console = console
         self.on_first_data = on_first_data
+        self.also_to = also_to
         self.hash = hashlib.sha256()
         self.size = 0
         self.head = b""
@@ -137,6 +203,8 @@ class _Stream:
                 raise _HostWriteFailed(error) from None
             view = view[written:]
         self.hash.update(data)
+        if self.also_to is not None:
+            self.also_to(data)
         if len(self.head) < HEAD_BYTES:
             self.head += data[: HEAD_BYTES - len(self.head)]
         self.size += len(data)
@@ -210,10 +278,12 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
     # beside the table list
     if settings.row_counts:
         console.step("pg_dump とスナップショットを共有し、同じ時点の行数を記録")
-        session, snapshot = SnapshotSession.opened(pg)
+        # the identity: asked by the same session, no round trip of its own
+        session, snapshot = SnapshotSession.opened(pg, also=drift.IDENTITY_QUERY)
         snapshot_argv = [f"--snapshot={snapshot}"]
+        server_version = session.server_version
         try:
-            compression = _compression(settings, fmt, session.server_version)
+            compression = _compression(settings, fmt, server_version)
         except BaseException:
             session.abort()
             raise
@@ -221,9 +291,11 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="server-version") as pool:
             version = pool.submit(pg.server_version)
             tables = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
-            compression = _compression(settings, fmt, version.result().split()[0])
+            server_version = version.result().split()[0]
+            compression = _compression(settings, fmt, server_version)
+    statistics = _statistics(fmt, server_version)
 
-    identity = drift.database_identity(pg)
+    identity: dict[str, Any] = {}  # the database's identity, from the session or asked after the dump
     previous = drift.baseline(settings, fmt)  # the previous good backup, before ours exists
     ensure_private_dir(settings.backup_dir)
     final = catalog.free_name(
@@ -235,8 +307,12 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
 
     row_counts = "exact-same-snapshot" if settings.row_counts else "none"
 
+    toc = TocBeside(pg) if fmt == "custom" else None
+
     def finished(ok: bool) -> None:
         nonlocal row_counts
+        if toc is not None:
+            toc.close()
         if session is None:
             return
         if not ok:
@@ -244,6 +320,8 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
             return
         try:
             tables[:] = session.counts()
+            answer = session.also_answer()
+            identity.update(json.loads(answer) if answer else {})
         except RunbookError as error:
             # a complete dump is worth more than its row counts
             console.warn(f"行数を数えられませんでした（{error.message}）。マニフェストには行数なしで記録します")
@@ -251,10 +329,12 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
             tables[:] = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
 
     def check(partial: Path, stream: _Stream) -> dict[str, Any]:
-        return _check_dump(settings, pg, partial, fmt, stream, tables, console)
+        return _check_dump(settings, pg, partial, fmt, stream, tables, console, toc)
 
     def describe(stream: _Stream, checks: dict[str, Any]) -> dict[str, Any]:
         server_version, pg_dump_version = dump_versions(stream.head, fmt)
+        if not identity:
+            identity.update(drift.database_identity(pg))
         return {
             "kind": "pgrunbook-backup",
             "manifest_version": 1,
@@ -267,6 +347,7 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
             "format": fmt,
             "compression": compression.spec if compression else "none",
             "compression_chosen_by": compression.chosen_by if compression else "",
+            "statistics": bool(statistics),  # the planner's statistics travel in the archive
             "options": {"no_owner": no_owner, "no_acl": no_acl},
             "size": stream.size,
             "sha256": stream.hash.hexdigest(),
@@ -288,10 +369,11 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
 
     console.step(f"pg_dump -F {'c' if fmt == 'custom' else 'p'} → {final.name}{catalog.PARTIAL_SUFFIX}")
     argv = manual.dump_argv(settings, fmt, no_owner, no_acl,
-                            compression.spec if compression else None) + snapshot_argv
+                            compression.spec if compression else None) + statistics + snapshot_argv
     stream, manifest = write_dump(pg, settings, DumpJob(
         argv, final, "pg_dump", check, describe,
         on_first_data=session.release if session else None, finished=finished,
+        also_to=toc.feed if toc else None,
     ), console)
     sha256 = stream.hash.hexdigest()
     entry.sha256 = sha256
@@ -340,6 +422,12 @@ def _compression(settings: Settings, fmt: str, server_version: str) -> versions.
     return versions.dump_compression(settings.dump_compression, server_version)
 
 
+def _statistics(fmt: str, server_version: str) -> list[str]:
+    """A custom dump carries the planner's statistics where pg_dump can (18+): the
+    restored database then plans as the live one did without an ANALYZE first."""
+    return versions.dump_statistics(major_version(server_version)) if fmt == "custom" else []
+
+
 @dataclass(frozen=True)
 class DumpJob:
     """One tool's output made into a backup file: ``argv`` (pg_dump, pg_dumpall) streams into
@@ -355,6 +443,7 @@ class DumpJob:
     describe: Callable[[_Stream, dict[str, Any]], dict[str, Any]]
     on_first_data: Callable[[], None] | None = None
     finished: Callable[[bool], None] | None = None
+    also_to: Callable[[bytes], None] | None = None  # the tool's bytes, as they arrive (TocBeside)
 
 
 def write_dump(pg: Postgres, settings: Settings, job: DumpJob,
@@ -368,7 +457,7 @@ def write_dump(pg: Postgres, settings: Settings, job: DumpJob,
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     committed = False
     try:
-        stream = _Stream(fd, console, on_first_data)
+        stream = _Stream(fd, console, on_first_data, job.also_to)
 
         def on_host() -> contextlib.AbstractContextManager[None]:
             return host_writes(final.parent, settings.env, lambda: stream.size)
@@ -466,6 +555,7 @@ def _check_dump(
     stream: _Stream,
     tables: list[TableCount],
     console: Console,
+    toc: TocBeside | None = None,
 ) -> dict[str, Any]:
     if stream.size == 0:
         raise RunbookError("pg_dump の出力が空でした", "DB_NAME と権限を確認して再実行")
@@ -479,7 +569,7 @@ def _check_dump(
         if not stream.head.startswith(MAGIC):
             raise RunbookError("出力がカスタム形式のアーカイブではありません（PGDMP ヘッダなし）")
         console.step("pg_restore --list で目次を確認")
-        entries = toc_entries(pg, partial)
+        entries = toc.entries(partial) if toc else toc_entries(pg, partial)
         data_entries = table_data_count(entries)
         if tables and data_entries == 0:
             raise RunbookError(

@@ -76,6 +76,10 @@ def backup_commands(
     if fmt == "custom" and not settings.dump_compression:
         lines.append(f"# PostgreSQL 16 以降の pg_dump では -Z {versions.DEFAULT_FROM_16}"
                      "（キットの既定。DUMP_COMPRESSION が空のとき）")
+    if fmt == "custom":
+        lines.append(f"# PostgreSQL {versions.STATISTICS_SINCE} 以降の pg_dump には "
+                     f"{' '.join(versions.dump_statistics(versions.STATISTICS_SINCE))}"
+                     "（プランナーの統計もアーカイブへ。キットの既定）")
     lines.append(f"{_exec(settings)} {dump} > {partial}")
     if fmt == "custom":
         lines.append(f"{_exec(settings)} pg_restore --list < {partial} > /dev/null")

@@ -480,9 +480,13 @@ class SnapshotSession:
 
     # the server's version rides along (the default compression follows it): no round trip of its own
     SNAPSHOT = re.compile(rb"server_version=(\S*) snapshot=([0-9A-Fa-f-]+)[\x1e\n]")
+    ALSO = "pgrunbook-also="
 
-    def __init__(self, pg: Postgres) -> None:
+    def __init__(self, pg: Postgres, also: str = "") -> None:
+        """``also``: one more query of a single value (e.g. the database's identity),
+        answered by the same session right after the snapshot: ``also_answer()``."""
         self.pg = pg
+        self.also = also
         self._started = threading.Event()
         self._release = threading.Event()
         self._abort = False
@@ -502,6 +506,8 @@ class SnapshotSession:
             "SELECT 'server_version=' || split_part(current_setting('server_version'), ' ', 1)"
             " || ' snapshot=' || pg_export_snapshot();\n"
         ).encode()
+        if self.also:
+            yield f"SELECT {quote_literal(self.ALSO)} || ({self.also.strip()});\n".encode()
         self._release.wait()
         if self._abort:
             yield b"ROLLBACK;\n"
@@ -532,12 +538,12 @@ class SnapshotSession:
     SNAPSHOT_WAIT = 15.0
 
     @classmethod
-    def opened(cls, pg: Postgres) -> tuple[SnapshotSession, str]:
+    def opened(cls, pg: Postgres, also: str = "") -> tuple[SnapshotSession, str]:
         """A started session and its snapshot id; a session whose answer was lost is
         rolled back and another one opened (framing.answered)."""
 
         def ask() -> tuple[SnapshotSession, str]:
-            session = cls(pg)
+            session = cls(pg, also=also)
             return session, session.start()
 
         return answered(ask)
@@ -577,8 +583,7 @@ class SnapshotSession:
         assert self._result is not None
         if not self._result.ok:
             raise explain_failure(self._result.stderr, self.pg.settings)
-        text = self._output.decode("utf-8", "replace")
-        after = text.split(self._snapshot or "", 1)[-1]
+        after = self._after_snapshot()
         if not after.rstrip("\n").endswith(self._end):
             raise lost_answer(self.pg.container.name, "psql（行数）")
         after = after.rstrip("\n")[: -len(self._end)]
@@ -588,6 +593,17 @@ class SnapshotSession:
             if len(fields) == 3 and fields[2].strip().lstrip("-").isdigit():
                 found.append(TableCount(fields[0], fields[1], int(fields[2])))
         return found
+
+    def _after_snapshot(self) -> str:
+        return self._output.decode("utf-8", "replace").split(self._snapshot or "", 1)[-1]
+
+    def also_answer(self) -> str | None:
+        """The ``also`` query's value, once counts() has returned (None: not asked, or
+        the session ended before answering it)."""
+        for record in re.split(r"[\x1e\n]", self._after_snapshot()):
+            if record.startswith(self.ALSO):
+                return record[len(self.ALSO):]
+        return None
 
 
 def tool_version_of(text: str) -> str:

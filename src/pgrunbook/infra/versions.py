@@ -10,6 +10,13 @@
   newer one.
 * A database's locale provider: libc only before 15; ICU (``ICU_LOCALE``) from
   15, ICU rules from 16, the builtin provider (``BUILTIN_LOCALE``) from 17.
+* pg_restore 17+ takes ``--transaction-size=N`` (commit every N objects rather
+  than after each); pg_dump 18+ writes the optimizer statistics into the
+  archive with ``--statistics`` (off by default in 18) and pg_restore 18 loads
+  them, so the restored database plans as the live one did without an ANALYZE.
+  Both measured and kept (runbooks/performance.md#options). The client tools
+  of a DB container are the server's own package: the server's major stands
+  for theirs.
 """
 
 from __future__ import annotations
@@ -60,6 +67,26 @@ def dump_compression(configured: str, server_version: str) -> Compression:
         raise RunbookError(f"DUMP_COMPRESSION={configured} の圧縮方式 {algorithm} は使えません",
                            "gzip:1, lz4, zstd:3 などを指定（空ならキットの既定）")
     return Compression(configured, "DUMP_COMPRESSION")
+
+
+# ---- restore and dump options by major ------------------------------------------------
+TRANSACTION_SIZE_SINCE = 17
+# objects per transaction: pg_upgrade's own value, within the default shared lock
+# table (about 6400 locks); divided among parallel jobs as pg_upgrade does
+TRANSACTION_SIZE = 1000
+STATISTICS_SINCE = 18
+
+
+def restore_transaction_size(server_major: int, jobs: int = 1) -> list[str]:
+    """pg_restore's ``--transaction-size`` where it exists (17+), else nothing."""
+    if server_major < TRANSACTION_SIZE_SINCE:
+        return []
+    return [f"--transaction-size={max(1, TRANSACTION_SIZE // max(1, jobs))}"]
+
+
+def dump_statistics(pg_dump_major: int) -> list[str]:
+    """pg_dump's ``--statistics`` where it exists (18+), else nothing."""
+    return ["--statistics"] if pg_dump_major >= STATISTICS_SINCE else []
 
 
 def header_algorithm(spec: str) -> str:

@@ -32,6 +32,8 @@ from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import Settings
 from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import Postgres, ServerFacts, quote_ident, quote_literal
+from pgrunbook.restore import checks
+from pgrunbook.restore.checks import DatabaseSummary
 from pgrunbook.restore.databases import (
     MARK,
     cleanup_step,
@@ -46,7 +48,9 @@ from pgrunbook.store import select
 
 ROLE = "prestaged"
 DETAIL = re.compile(r"file=(?P<file>\S+) sha256=(?P<sha256>[0-9a-f]{64}) "
-                    r"no_owner=(?P<no_owner>[01]) no_acl=(?P<no_acl>[01]) rows=(?P<rows>\d+)")
+                    r"no_owner=(?P<no_owner>[01]) no_acl=(?P<no_acl>[01]) rows=(?P<rows>\d+)"
+                    r"(?: analyzed=(?P<analyzed>[01]))?(?: files=(?P<files>[0-9a-f]{16}))?"
+                    r"(?: lsn=(?P<lsn>[0-9A-F]+/[0-9A-F]+))?")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class Prestaged:
     size: int
     open: bool  # accepting connections: someone opened it, it is not trusted
     comment: str  # the mark as written, put back when a refused replace leaves it as it was
+    analyzed: bool = False  # the planner's statistics were made when it was kept (ready_for_swap)
+    files: str = ""  # its tables' files then (checks.files_digest): proves it untouched since
+    lsn: str = ""  # the server's WAL position when it was marked (a checkpoint since wrote it out)
 
     @property
     def made_at(self) -> datetime:
@@ -108,7 +115,8 @@ def from_rows(env: str, rows: list[tuple[str, str, bool, int]]) -> list[Prestage
         if match:
             found.append(Prestaged(db.name, match["file"], match["sha256"], match["no_owner"] == "1",
                                    match["no_acl"] == "1", int(match["rows"]), db.created_at, db.size,
-                                   db.allow_connections, comment))
+                                   db.allow_connections, comment, match["analyzed"] == "1",
+                                   match["files"] or "", match["lsn"] or ""))
     return sorted(found, key=lambda p: p.made_at)
 
 
@@ -165,13 +173,52 @@ def keep(pg: Postgres, settings: Settings, database: str, source: Source, sha256
          flags: tuple[bool, bool], rows: int, console: Console) -> None:
     """The restore test passed: mark ``database`` prestaged and close it, in one
     transaction, then drop the older prestaged databases of this env."""
-    comment = mark_text(ROLE, settings, detail(source, sha256, flags, rows))
+    proof = ready_for_swap(pg, database, source, console)
+    comment = mark_text(ROLE, settings, detail(source, sha256, flags, rows) + proof)
     _mark(pg, database, comment, allow_connections=False)
     mine = _parsed(comment.split(":", 3)[3][:25])
     for old in prestaged_databases(pg, settings):
         if old.name != database and old.made_at <= mine:
             cleanup_step(f"古い事前展開 DB {old.name} の削除",
                          lambda name=old.name: drop_kit_database(pg, name), console)
+
+
+def ready_for_swap(pg: Postgres, database: str, source: Source, console: Console) -> str:
+    """Done at night what a replace would otherwise do at swap time; returns what the
+    mark records of it. The planner's statistics (an ANALYZE, unless the archive carried
+    them): the swapped-in database plans at once, no ANALYZE follows the swap. And its
+    tables' files: a replace proves the rows unchanged by one read of the statistics and
+    the catalog (checks.UNTOUCHED) instead of counting every table again."""
+    if not source.carries_statistics:
+        console.step(f"{database} のプランナー統計を作成（ANALYZE。置き換えの後に要らないように）")
+        pg.execute("ANALYZE", database)
+    found = checks.read_untouched(pg, database)
+    return f" analyzed=1 files={found.files} lsn={found.wal_lsn}"
+
+
+@dataclass(frozen=True)
+class Proven:
+    """What one read of a claimed database (checks.UNTOUCHED) stands in for."""
+
+    verdict: str  # checks.Untouched.verdict: untouched, written or unknown
+    summary: DatabaseSummary | None  # untouched: its rows as the manifest says
+    written_out: bool  # restored long enough ago that the server's checkpoints wrote it out
+
+
+def proven(pg: Postgres, prestaged: Prestaged, source: Source, now: datetime | None = None) -> Proven:
+    """The claimed database's rows, proven without counting: the restore test compared
+    them with the manifest and nobody has written since (checks.Untouched; "unknown" for
+    an older mark or statistics reset by a crash: the caller counts; "written": not to be
+    used, even when a count would still agree). And whether a CHECKPOINT before the apps
+    stop would still have anything of it to write (checks.Untouched.written_out)."""
+    untouched = checks.read_untouched(pg, prestaged.name)
+    expected = source.table_counts()
+    verdict = untouched.verdict(expected, prestaged.files)
+    summary = None
+    if verdict == "untouched" and expected is not None:
+        summary = checks.with_prisma_state(pg, untouched.summary(prestaged.name, expected))
+    return Proven(verdict, summary, untouched.written_out(prestaged.lsn, prestaged.made_at.timestamp(),
+                                                          (now or datetime.now(timezone.utc)).timestamp()))
 
 
 @dataclass(frozen=True)
@@ -215,6 +262,28 @@ def claim(pg: Postgres, database: str, staging_comment: str) -> None:
     """The prestaged database becomes this run's staging database (its mark, open):
     from here on an interruption leaves a staging database that restore-recover drops."""
     _mark(pg, database, staging_comment, allow_connections=True)
+
+
+CHANGED = "pgrunbook-prestaged-changed"
+
+
+def claim_unchanged(pg: Postgres, prestaged: Prestaged, staging_comment: str) -> bool:
+    """``claim``, in the same transaction as the check that the database is still there,
+    closed, with the mark ``choose`` read (one round trip, not two). False: a restore
+    test replaced or dropped it meanwhile, nothing was changed."""
+    target, name = quote_ident(prestaged.name), quote_literal(prestaged.name)
+    body = (f"BEGIN IF NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = {name} AND NOT datallowconn "
+            f"AND shobj_description(oid, 'pg_database') = {quote_literal(prestaged.comment)}) THEN "
+            f"RAISE EXCEPTION '{CHANGED}'; END IF; "
+            f"EXECUTE {quote_literal(f'COMMENT ON DATABASE {target} IS {quote_literal(staging_comment)}')}; "
+            f"EXECUTE {quote_literal(f'ALTER DATABASE {target} WITH ALLOW_CONNECTIONS true')}; END")
+    try:
+        pg.execute(f"DO {quote_literal(body)}", "postgres")
+    except RunbookError as error:
+        if CHANGED in error.message:
+            return False
+        raise
+    return True
 
 
 def put_back(pg: Postgres, prestaged: Prestaged) -> None:

@@ -112,6 +112,7 @@ class Replace:
     # the run has put right all it did, but for the apps the journal still lists as
     # stopped: only then is the journal removed (a Ctrl-C in a cleanup leaves it)
     settled: bool = False
+    written_out: bool = False  # the staging DB's data is on disk already (an old prestaged one)
 
     @property
     def live(self) -> DatabaseFacts:
@@ -159,8 +160,8 @@ def restore_replace(
         entry.details["engine"] = engine
         ownership = options.resolved_ownership(source, replace=True)
         entry.details["ownership"] = ownership
-        shrink = shrink_findings(pg, settings, source)
-        choice = prestage.choose(pg, settings, source, options)
+        shrink, choice = side_by_side(lambda: shrink_findings(pg, settings, source),
+                                      lambda: prestage.choose(pg, settings, source, options))
         extra = [f"  所有者     : {OWNERSHIP_TEXT[ownership]}", choice.banner()]
         extra = [line for line in extra if line] + summary_lines(pg, settings, source)
         if shrink:
@@ -249,7 +250,8 @@ def _replace_locked(run: Replace) -> ReplaceResult:
         run.record.update(stage="checks")
         summary = _check_staging(run)
         carried = database_level_statements(settings.db_name, run.live)
-        flush_restored_data(pg, console)
+        if not run.written_out:
+            flush_restored_data(pg, console)
         faults.pause_point("apps-stop")
         wait_out_sessions(pg, [settings.db_name, run.staging], settings.replace_session_wait, console,
                           on_wait=lambda: run.record.update(stage="sessions-wait"))
@@ -303,24 +305,24 @@ def _claim_prestaged(run: Replace) -> None:
         run.prestage = prestage.Choice()
         run.staging = planned
 
-    now = [(p.name, p.comment, p.open) for p in prestage.prestaged_databases(pg, settings)]
-    if (chosen.name, chosen.comment, False) not in now:  # a restore test replaced it meanwhile
-        return from_the_file("がなくなったか変わりました: ")
     run.staging = chosen.name
     run.record.update(stage="prestaged-claim", staging=run.staging, previous=run.previous)
-    try:
-        prestage.claim(pg, chosen.name, mark_text("staging", settings, f"{run.source.path.name} (prestaged)"))
-    except RunbookError:
-        if pg.database_exists(chosen.name):
-            raise
-        return from_the_file("がなくなりました: ")  # dropped by a restore test since the check above
+    if not prestage.claim_unchanged(pg, chosen, mark_text("staging", settings,
+                                                          f"{run.source.path.name} (prestaged)")):
+        return from_the_file("がなくなったか変わりました: ")  # a restore test replaced or dropped it
     made = pg.facts(chosen.name).database
     unlike = creation_differences(run.live, made) if made else ["DB がありません"]
     if unlike:  # made before the live database changed, or by a kit that did not carry these
         return from_the_file(f"が本番 DB と違う設定で作られています（{'; '.join(unlike)}）: 削除して",
                              drop=True)
     console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
-    summary = summarize_database(pg, chosen.name, run.source.table_counts())
+    proof = prestage.proven(pg, chosen, run.source)
+    if proof.verdict == "written":
+        return from_the_file("は復元テストの後に書き込まれています（行の追加・変更・削除）: 削除して",
+                             drop=True)
+    run.written_out = proof.written_out
+    run.entry.details["prestaged_rows"] = proof.verdict  # untouched: proven without counting
+    summary = proof.summary or summarize_database(pg, chosen.name, run.source.table_counts())
     differences = compare_with_manifest(run.source, summary)
     total = sum(summary.tables.values())
     if total != chosen.rows:  # the count the restore test made (the only one under ROW_COUNTS=false)
@@ -352,20 +354,16 @@ def _naming_prestaged(run: Replace, error: NoSpace) -> NoSpace:
 def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
     settings, pg, console = run.settings, run.pg, run.console
     faults.kill_point("after-swap")
-    record_identity(pg, run.entry)
-    # planner statistics for the new database right away (autovacuum would take a
-    # minute or more); in the background, so the app is not kept waiting for it
-    with contextlib.suppress(RunbookError):
-        pg.container.start_detached(pg.psql_argv(settings.db_name) + ["-c", "ANALYZE"],
-                                    settings.password_environment())
-        console.step("プランナー統計の作成（ANALYZE）をバックグラウンドで開始")
+    _planner_statistics(run)
     if run.failed_apps:  # the journal keeps them: restore-recover starts them
+        record_identity(pg, run.entry)
         raise RunbookError(
             f"DB は置き換えましたが、アプリのコンテナを再開できません: {'; '.join(run.failed_apps)}",
             f"invoke restore-recover --env={settings.env} で再開（元に戻すなら: {run.rollback}）",
         )
     try:
-        _check_database_level(run)
+        # (the identity, for the next backup's drift check, asked beside it)
+        side_by_side(lambda: _check_database_level(run), lambda: record_identity(pg, run.entry))
         # the live database is the staging database renamed: its summary stands
         for line in summary.lines():
             console.step(line.replace(run.staging, settings.db_name, 1))
@@ -385,14 +383,34 @@ def _after_swap(run: Replace, summary: DatabaseSummary) -> ReplaceResult:
     return ReplaceResult(settings.db_name, run.previous, summary)
 
 
+def _planner_statistics(run: Replace) -> None:
+    """Planner statistics for the new database right away (autovacuum would take a
+    minute or more): restored with the data when the archive carries them (pg_dump
+    18+), else an ANALYZE in the background, so the app is not kept waiting for it."""
+    settings, pg, console = run.settings, run.pg, run.console
+    if run.source.carries_statistics:
+        console.step("プランナー統計はアーカイブから復元済み（ANALYZE は不要）")
+        return
+    if run.prestage.use and run.prestage.use.analyzed:
+        console.step("プランナー統計は事前展開のときに作成済み（ANALYZE は不要）")
+        return
+    with contextlib.suppress(RunbookError):
+        pg.container.start_detached(pg.psql_argv(settings.db_name) + ["-c", "ANALYZE"],
+                                    settings.password_environment())
+        console.step("プランナー統計の作成（ANALYZE）をバックグラウンドで開始")
+
+
 def _check_staging(run: Replace) -> DatabaseSummary:
     """The restored database against the manifest (before masking changes rows),
     then masking, then owners and privileges against the live database."""
     settings, pg, console = run.settings, run.pg, run.console
     counted = run.counted
-    summary, current = side_by_side(
-        lambda: counted or summarize_database(pg, run.staging, run.source.table_counts()),
-        lambda: pg.facts(settings.db_name))
+    if counted:  # a prestaged database: no restore since the live database's facts were read
+        summary, current = counted, run.facts
+    else:
+        summary, current = side_by_side(
+            lambda: summarize_database(pg, run.staging, run.source.table_counts()),
+            lambda: pg.facts(settings.db_name))
     # the live database's owner, comment and settings as they are now, not as they
     # were before a restore that may have taken hours
     if current.database:

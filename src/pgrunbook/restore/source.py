@@ -39,6 +39,14 @@ class Source:
         parsed = catalog.parse(self.path)
         return parsed.created.isoformat(sep=" ") if parsed else "不明"
 
+    @property
+    def carries_statistics(self) -> bool:
+        """The archive holds the planner's statistics (pg_dump 18+ --statistics): a
+        restore loads them, and the database plans as the live one did when it was
+        dumped, with no ANALYZE first (a table the live database had never analyzed
+        has none, as it had none there: autovacuum makes them)."""
+        return bool((self.manifest or {}).get("statistics")) and self.format == "custom"
+
     def table_counts(self) -> dict[str, int] | None:
         if not self.manifest or self.manifest.get("row_counts") in (None, "none"):
             return None

@@ -15,6 +15,8 @@ from pgrunbook.core.console import Console, human_size
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.files import HashingReader
 from pgrunbook.core.settings import Settings
+from pgrunbook.infra import versions
+from pgrunbook.infra.archive import major_version
 from pgrunbook.infra.container import MissingCommand
 from pgrunbook.infra.postgres import (
     Postgres,
@@ -60,14 +62,15 @@ class RestoreOptions:
 
 def default_jobs(cpus: int) -> int:
     """The staging restore shares the server with the live database, which keeps
-    serving the app until the swap: half of the container's CPUs, at most 4."""
+    serving the app until the swap: half of the container's CPUs, at most 4 (on 2
+    CPUs one pg_restore, as the hand procedure's: runbooks/performance.md#cores)."""
     return max(1, min(4, cpus // 2))
 
 
 @contextlib.contextmanager
 def file_in_container(pg: Postgres, source: Source, digest: HashingReader,
                       on_upload: Callable[[str], None] | None = None) -> Iterator[str]:
-    """Place the archive inside the container (needed by pg_restore -j) in a
+    """Place the archive inside the container (pg_restore reads a file: archive_streams) in a
     private directory the same upload creates; removed after (after a success,
     on a thread of its own while the caller goes on; the process waits for it)."""
     private = upload_prefix(pg.settings.env) + uuid.uuid4().hex[:12]
@@ -92,6 +95,32 @@ def file_in_container(pg: Postgres, source: Source, digest: HashingReader,
 def upload_prefix(env: str) -> str:
     """Uploads carry their env: a recovery removes only its own env's."""
     return f"pgrunbook-upload-{env}-"
+
+
+def archive_streams(pg: Postgres, facts: ServerFacts, source: Source, jobs: int) -> bool:
+    """Does pg_restore read the archive from its stdin (True) rather than from a copy
+    placed in the container first, as the hand procedure's ``docker cp`` does (False)?
+
+    A copy, whenever the container's disk holds it beside the restored data: fed
+    through the engine's exec socket, pg_restore waits on a pipe that three processes
+    (the kit, dockerd, the runtime's shim) must keep full, and on a busy host each of
+    them waits for a CPU; the same archive restored from a file took 0.89 x the time
+    (runbooks/performance.md#restore-step). ``-j`` > 1 needs the file (NoSpace
+    without the room); ``-j 1`` streams when only the archive does not fit."""
+    if jobs > 1:
+        check_free_space(pg, facts, source, archive_inside=True)
+        return False
+    try:
+        check_free_space(pg, facts, source, archive_inside=True)
+    except NoSpace:
+        check_free_space(pg, facts, source, archive_inside=False)
+        return True
+    return False
+
+
+def restore_options(facts: ServerFacts, jobs: int) -> list[str]:
+    """pg_restore options of this server's major (infra/versions): fewer commits on 17+."""
+    return versions.restore_transaction_size(major_version(facts.version), jobs)
 
 
 class NoSpace(RunbookError):
@@ -129,7 +158,8 @@ def check_free_space(pg: Postgres, facts: ServerFacts, source: Source, archive_i
                 f"コンテナのディスクの空きが足りません（必要 約 {human_size(need)}、"
                 f"空き {human_size(free[filesystem])}）。満杯になると稼働中の DB も止まるため中止しました",
                 "不要な DB（invoke restore-list）や古いファイルを消して空きを作る"
-                + ("。--jobs=1 ならアーカイブをコンテナに置きません" if archive_inside else ""),
+                + ("。--jobs=1 なら、アーカイブを置く空きがないときは置かずに復元します"
+                   if archive_inside else ""),
             )
 
 
@@ -165,16 +195,17 @@ def restore_into(
         if options.no_acl:
             argv.append("--no-acl")
         jobs = options.jobs or settings_jobs(settings, pg)
-        check_free_space(pg, facts, source, archive_inside=jobs > 1)
-        if jobs > 1:
-            with file_in_container(pg, source, digest, on_upload) as inside:
-                console.step(f"pg_restore -j {jobs} で {database} に復元")
-                faults.kill_point("staging-restore", delay=0.1)
-                result = pg.run(argv + ["-j", str(jobs), inside])
-        else:
-            console.step(f"pg_restore で {database} に復元")
+        argv += restore_options(facts, jobs)
+        if archive_streams(pg, facts, source, jobs):
+            console.step(f"pg_restore で {database} に復元（コンテナの /tmp に空きがないため標準入力から）")
             faults.kill_point("staging-restore", delay=0.1)
             result = pg.run(argv, stdin=digest.chunks())
+        else:
+            console.step(f"アーカイブをコンテナへ送る（{human_size(source.size)}、sha256 を同時に計算）")
+            with file_in_container(pg, source, digest, on_upload) as inside:
+                console.step(f"pg_restore{f' -j {jobs}' if jobs > 1 else ''} で {database} に復元")
+                faults.kill_point("staging-restore", delay=0.1)
+                result = pg.run(argv + (["-j", str(jobs)] if jobs > 1 else []) + [inside])
     if not result.ok:
         check_digest(source, digest.hexdigest())  # a damaged file: say so, not just "failed"
         text = result.error_text()

@@ -56,7 +56,7 @@ def test_benchmark_large_tables_with_steps_and_a_variant(tmp_path, docker_engine
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--size-mb", "12", "--rounds", "1",
          "--image", IMAGE, "--output", str(tmp_path), "--dataset", "large-tables",
-         "--compressions", "1", "--variants", "mwm", "--tag", "test"],
+         "--compressions", "1", "--variants", "mwm,bare-stdin", "--tag", "test"],
         capture_output=True, text=True, timeout=600, env=dict(os.environ),
     )
     assert result.returncode == 0, result.stderr
@@ -71,8 +71,17 @@ def test_benchmark_large_tables_with_steps_and_a_variant(tmp_path, docker_engine
     assert set(steps["kit_downtime[1]"]) == {"docker_stop", "until_swap", "swap", "docker_start"}
     assert all(value >= 0 for value in steps["kit_downtime[1]"].values())
     assert set(report["variants"]) == {"mwm"} and report["variants"]["mwm"]["restore_replace_seconds"] > 0
+    # the kit's own pg_restore beside a bare one of the same file (and the same through stdin),
+    # each with its ratio in the round and the container's CPU seconds; the kit uploaded its file
+    step = report["restore_step"]
+    assert step["bare_seconds"] > 0 and step["bare_cpu_seconds"] > 0
+    assert set(step["ways"]) == {"kit", "kit+mwm", "bare-stdin"}
+    assert all(len(way["ratios"]) == 1 and way["ratio"] > 0 and way["cpu_seconds"] > 0
+               for way in step["ways"].values()), step
+    assert "アーカイブの送信（sha256 を同時に計算）" in kit and step["upload_seconds"] > 0
     text = (tmp_path / "bench.md").read_text()
     assert "置き換えリストアの段階ごとの時間" in text and "maintenance_work_mem=256MB" in text
+    assert "pg_restore の段階" in text and "docker exec -i" in text
 
 
 def test_partial_benchmark_smoke_run(tmp_path, docker_engine):

@@ -110,7 +110,7 @@ def test_a_prestaged_database_that_was_opened_or_changed_is_not_used(cli, pg, pr
     assert table_fingerprints(pg, prod) == wanted
     assert kept not in databases(pg)
 
-    # closed again after the change: the row counts catch it, the file is restored
+    # closed again after the change: the statistics catch it (the rows deleted), the file is restored
     restore_test(cli)
     [kept] = prestaged(pg, prod)
     pg.psql(f'ALTER DATABASE "{kept}" WITH ALLOW_CONNECTIONS true', "postgres")
@@ -119,7 +119,7 @@ def test_a_prestaged_database_that_was_opened_or_changed_is_not_used(cli, pg, pr
     add_vote(pg, prod)
     again = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", env=VERBOSE)
     assert again.returncode == 0, again.stderr
-    assert "記録と一致しません" in again.stderr and "pg_restore" in again.stderr
+    assert "書き込まれています" in again.stderr and "pg_restore" in again.stderr
     assert table_fingerprints(pg, prod) == wanted
     assert not prestaged(pg, prod)
 

@@ -27,6 +27,7 @@ from helpers import (
     replace_scenario,
     start_postgres,
     table_fingerprints,
+    uploads,
     wait_for,
     wait_for_kit_processes_to_end,
 )
@@ -66,6 +67,24 @@ def test_kill_9_at_each_stage_then_one_command_repairs(cli, pg, target, app_cont
     replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
     assert replaced.returncode == 0, replaced.stderr
     assert table_fingerprints(pg, target) == old
+
+
+@pytest.mark.parametrize("stage", ["upload", "staging-restore"])
+def test_kill_9_of_a_single_job_restore_leaves_its_uploaded_archive_to_recover(
+        cli, pg, target, app_container, stage):
+    """-j 1 restores from the archive placed in the container (issue 24: the stream through
+    the exec's stdin was slower), so a kill -9 there leaves the upload, which the journal
+    names and restore-recover removes like a -j 2 run's."""
+    dump, old, live = replace_scenario(cli, pg, target, app_container)
+    killed = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod", "--jobs=1",
+                 env={"PGRUNBOOK_TEST_KILL_AT": stage})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    wait_for_kit_processes_to_end(pg)
+    record = json.loads((cli.backup_dir("prod") / ".restore-in-progress.json").read_text())
+    assert record["upload"] and uploads(pg), (record, uploads(pg))
+    repaired = cli("restore-recover", "--env=prod", "--confirm=prod")
+    assert repaired.returncode == 0, repaired.stderr
+    assert_clean_env(cli, pg, target, app_container, (old, live))
 
 
 def test_recover_without_a_terminal_needs_confirm_and_dry_run_shows_manual_commands(cli, pg, target):

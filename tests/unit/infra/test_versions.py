@@ -8,8 +8,10 @@ from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.infra.versions import (
     check_sql_for_psql,
     dump_compression,
+    dump_statistics,
     header_algorithm,
     psql_knows_restrict,
+    restore_transaction_size,
     sql_dumped_by,
     sql_uses_restrict,
 )
@@ -87,3 +89,13 @@ def test_a_restrict_dump_is_refused_by_a_psql_that_does_not_know_it():
     assert "何も作成していません" in raised.value.message
     check_sql_for_psql("knot-prod.sql", same_major_newer_minor, "15.14")  # knows it: fine
     check_sql_for_psql("knot-prod.sql", HEAD_15_8, "15.8")  # no \restrict: fine
+
+
+def test_restore_and_dump_options_follow_the_major():
+    """--transaction-size from 17 (1000 objects, shared out among parallel jobs as
+    pg_upgrade does), --statistics from 18; nothing before."""
+    assert [restore_transaction_size(major) for major in (13, 15, 16)] == [[], [], []]
+    assert restore_transaction_size(17) == ["--transaction-size=1000"]
+    assert restore_transaction_size(18, jobs=4) == ["--transaction-size=250"]
+    assert [dump_statistics(major) for major in (13, 17)] == [[], []]
+    assert dump_statistics(18) == dump_statistics(19) == ["--statistics"]
