@@ -11,18 +11,24 @@ from helpers import IMAGE, ROOT
 
 
 def test_benchmark_smoke_run(tmp_path, docker_engine):
+    """One run of the benchmark at a tiny size, so it cannot rot: the few-large-tables dataset
+    (the default one is the partial bench's, below), the per-step breakdown, a variant and a
+    bare pg_restore beside the kit, the quarter size, a prestaged replace, and two reports side
+    by side. One run, not one per feature: the bench's fixed cost is most of a tiny run.
+    No timing is asserted."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--size-mb", "2", "--rounds", "1",
-         "--image", IMAGE, "--output", str(tmp_path), "--prestaged"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ),
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--size-mb", "8", "--rounds", "1",
+         "--image", IMAGE, "--output", str(tmp_path), "--dataset", "large-tables", "--prestaged",
+         "--variants", "mwm,bare-stdin", "--tag", "test"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ),
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
     formats = list(report["formats"])
     assert formats == (["gzip:1", "lz4", "zstd:1", "zstd:3"] if int(report["server_version"].split(".")[0]) >= 16 else ["1"])
-    kit = report["kit_compression"]
+    kit_format = report["kit_compression"]
     assert report["downtime_at_a_quarter"]["kit_seconds"] > 0  # measured in the same run, smaller
-    assert len(report["times_seconds"][f"kit_downtime[{kit}]@quarter"]) == 1
+    assert len(report["times_seconds"][f"kit_downtime[{kit_format}]@quarter"]) == 1
     for name in ("hand_backup_app", "hand_restore", "hand_downtime", "hand_backup_tiny", "kit_backup_tiny",
                  *(f"kit_{step}[{spec}]" for spec in formats for step in ("backup", "restore", "downtime"))):
         assert len(report["times_seconds"][name]) == 1, name
@@ -33,43 +39,22 @@ def test_benchmark_smoke_run(tmp_path, docker_engine):
     assert set(report["ratios"]) == {"backup", "restore_replace", "downtime_seconds", "hand_downtime_seconds",
                                      "downtime", "tiny_overhead_seconds", "peak_rss_mb"}
     assert report["archive_bytes"]["hand_archive"] > 0
+    assert all(report["archive_bytes"][f"kit_archive[{spec}]"] > 0 for spec in formats)
     # the replace of a prestaged backup: measured, and only a swap (its timeline has no pg_restore)
     assert report["prestaged"]["restore_replace_seconds"] > 0 and report["prestaged"]["ratio_to_hand"] > 0
-    prestaged_lines = [line for _t, line in report["last_timelines"][f"kit_restore[{kit}]@prestaged"]]
+    prestaged_lines = [line for _t, line in report["last_timelines"][f"kit_restore[{kit_format}]@prestaged"]]
     assert any("事前展開 DB" in line for line in prestaged_lines)
     assert not any(line.startswith("・pg_restore") for line in prestaged_lines), prestaged_lines
-    assert all(report["archive_bytes"][f"kit_archive[{spec}]"] > 0 for spec in formats)
-    text = (tmp_path / "bench.md").read_text()
-    assert text.startswith("**書き込みが止まる時間") and "| 置き換えリストア 手作業 → キット |" in text
-
-    # two reports side by side, nothing run
-    combined = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--combine",
-         "--beside", str(tmp_path / "bench.json"), "--beside", str(tmp_path / "bench.json")],
-        capture_output=True, text=True, timeout=60)
-    assert combined.returncode == 0, combined.stderr
-    assert combined.stdout.count("PostgreSQL " + report["server_version"]) >= 4
-
-
-def test_benchmark_large_tables_with_steps_and_a_variant(tmp_path, docker_engine):
-    """The few-large-tables dataset, the per-step breakdown and a variant measured beside the kit."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--size-mb", "12", "--rounds", "1",
-         "--image", IMAGE, "--output", str(tmp_path), "--dataset", "large-tables",
-         "--compressions", "1", "--variants", "mwm,bare-stdin", "--tag", "test"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ),
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "bench.json").read_text())
+    # the few-large-tables dataset and the replace step by step
     assert report["dataset"] == "large-tables"
     assert set(report["table_rows"]) == {"orders", "events"}
     assert int(report["table_rows"]["orders"]) > int(report["table_rows"]["events"]) > 0
     steps = report["steps_seconds"]
     assert set(steps["hand_restore"]) == {"接続の切断・DROP・CREATE", "docker cp", "pg_restore"}
-    kit = steps["kit_restore[1]"]
+    kit = steps[f"kit_restore[{kit_format}]"]
     assert "staging への復元（pg_restore）" in kit and "CHECKPOINT（アプリの停止前）" in kit
-    assert set(steps["kit_downtime[1]"]) == {"docker_stop", "until_swap", "swap", "docker_start"}
-    assert all(value >= 0 for value in steps["kit_downtime[1]"].values())
+    assert set(steps[f"kit_downtime[{kit_format}]"]) == {"docker_stop", "until_swap", "swap", "docker_start"}
+    assert all(value >= 0 for value in steps[f"kit_downtime[{kit_format}]"].values())
     assert set(report["variants"]) == {"mwm"} and report["variants"]["mwm"]["restore_replace_seconds"] > 0
     # the kit's own pg_restore beside a bare one of the same file (and the same through stdin),
     # each with its ratio in the round and the container's CPU seconds; the kit uploaded its file
@@ -80,8 +65,17 @@ def test_benchmark_large_tables_with_steps_and_a_variant(tmp_path, docker_engine
                for way in step["ways"].values()), step
     assert "アーカイブの送信（sha256 を同時に計算）" in kit and step["upload_seconds"] > 0
     text = (tmp_path / "bench.md").read_text()
+    assert text.startswith("**書き込みが止まる時間") and "| 置き換えリストア 手作業 → キット |" in text
     assert "置き換えリストアの段階ごとの時間" in text and "maintenance_work_mem=256MB" in text
     assert "pg_restore の段階" in text and "docker exec -i" in text
+
+    # two reports side by side, nothing run
+    combined = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--combine",
+         "--beside", str(tmp_path / "bench.json"), "--beside", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=60)
+    assert combined.returncode == 0, combined.stderr
+    assert combined.stdout.count("PostgreSQL " + report["server_version"]) >= 4
 
 
 def test_partial_benchmark_smoke_run(tmp_path, docker_engine):
