@@ -83,8 +83,8 @@ class TocBeside:
     archive to a pipe as header, TOC, then the data, and pg_restore stops after the TOC:
     the TOC check is done while the dump runs, not by one more exec after it (the last
     step of a tiny backup). Memory stays flat: at most LIMIT bytes wait for it. When this
-    reader failed or had not finished by then, ``entries`` reads the finished file as
-    before (``toc_entries``): its failure is never the verdict."""
+    reader failed, lost its answer or had not finished by then, ``entries`` reads the
+    finished file as before (``toc_entries``): its failure is never the verdict."""
 
     LIMIT = 4 << 20
 
@@ -103,8 +103,9 @@ class TocBeside:
 
     def _read(self) -> None:
         with contextlib.suppress(Exception):  # any failure: the file is read after the dump
-            result = self.pg.run(["pg_restore", "--list"], stdin=self._chunks())
-            if result.ok:
+            # framed: an answer the engine lost (exit code 0, no output) is no TOC
+            result = self.pg.run(["pg_restore", "--list"], stdin=self._chunks(), framed=True)
+            if result.ok and result.complete:
                 self._lines = _toc_lines(result.stdout)
 
     def feed(self, data: bytes) -> None:

@@ -27,6 +27,12 @@ def _execs(docker_engine, container_id: str, since: float, until: float) -> list
     return found
 
 
+def _runs(command: str, tool: str) -> bool:
+    """The exec runs ``tool``: as its command, or inside the kit's framing script (whose
+    argv follows the script's)."""
+    return command.startswith(tool) or (command.startswith("sh -c") and f" {tool}" in command)
+
+
 def test_the_toc_is_read_while_pg_dump_runs_and_the_identity_with_the_snapshot(cli, pg, docker_engine):
     """pg_restore --list starts before pg_dump has ended (it reads the archive's TOC from the
     stream), and no psql of its own asks the database's identity: after the snapshot's psql,
@@ -44,10 +50,8 @@ def test_the_toc_is_read_while_pg_dump_runs_and_the_identity_with_the_snapshot(c
     commands = [command for _index, command in created.values()]
     queries = [c for c in commands if c.startswith("psql") and "-d tiny" in c and "-R" in c.split()]
     assert len(queries) == 1, [c for c in commands if "tiny" in c]  # the snapshot's session only (the kit's queries: -R)
-    toc = [exec_id for exec_id, (_i, command) in created.items() if command.startswith("pg_restore --list")]
-    # (pg_dump runs inside the kit's framing script: its argv follows the script's)
-    dump = [exec_id for exec_id, (_i, command) in created.items()
-            if command.startswith("pg_dump") or (command.startswith("sh -c") and " pg_dump " in command)]
+    toc = [exec_id for exec_id, (_i, command) in created.items() if _runs(command, "pg_restore --list")]
+    dump = [exec_id for exec_id, (_i, command) in created.items() if _runs(command, "pg_dump ")]
     assert len(toc) == 1 and len(dump) == 1, [c[:90] for c in commands if "tiny" in c]
     assert created[toc[0]][0] < died[dump[0]], execs  # there before pg_dump had ended
     manifest = json.loads(Path(last_line(made.stdout) + ".json").read_text())
@@ -74,3 +78,16 @@ def test_a_toc_not_read_beside_the_dump_is_read_from_the_file(pg, tmp_path):
     whole = TocBeside(postgres)
     whole.feed(data)
     assert whole.entries(tmp_path / "absent.dump") == entries  # read from the stream: no file needed
+
+
+def test_a_lost_answer_of_the_toc_read_beside_the_dump_is_read_again_from_the_file(cli, pg, lost_outputs):
+    """The engine drops the output of the pg_restore --list that reads the TOC from the dump's
+    stream (exit code 0, nothing said): the backup reads the TOC from the finished file, not
+    "no table data" from an answer that never arrived."""
+    pg.create_database("tocs_lost", sample=True)
+    cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME="tocs_lost", DB_PASSWORD=PASSWORD)
+    made = cli("backup", "--env=prod", env=lost_outputs.env(match="^pg_restore --list", nth="1"))
+    assert made.returncode == 0, made.stderr
+    assert len(lost_outputs.dropped()) == 1, lost_outputs.dropped()  # the reader beside the dump
+    manifest = json.loads(Path(last_line(made.stdout) + ".json").read_text())
+    assert manifest["toc_entries"] > 0
