@@ -144,11 +144,7 @@ class PgContainer:
 
     def exec(self, argv, *, stdin: bytes | None = None, check: bool = True) -> tuple[int, bytes, bytes]:
         api = self.client.api
-        exec_id = api.exec_create(self.container.id, argv, stdin=stdin is not None,
-                                  environment={"PGPASSWORD": self.password})["Id"]
-        if stdin is None:
-            out, err = api.exec_start(exec_id, demux=True)
-        else:
+        if stdin is not None:
             from pgrunbook.infra.container import Container
 
             wrapper = Container(self.client, self.container)
@@ -157,6 +153,8 @@ class PgContainer:
             if check and result.exit_code:
                 raise AssertionError(f"{argv} failed: {result.stderr}")
             return result.exit_code, result.stdout, result.stderr.encode()
+        exec_id = api.exec_create(self.container.id, argv, environment={"PGPASSWORD": self.password})["Id"]
+        out, err = api.exec_start(exec_id, demux=True)
         code = api.exec_inspect(exec_id)["ExitCode"]
         if check and code:
             raise AssertionError(f"{argv} failed ({code}): {(err or b'').decode()}")
@@ -168,8 +166,9 @@ class PgContainer:
         return out.decode()
 
     def create_database(self, name: str, sample: bool = False) -> None:
-        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "postgres")
-        self.psql(f'CREATE DATABASE "{name}"', "postgres")
+        # one exec (each -c its own transaction, as CREATE DATABASE needs)
+        self.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", self.user, "-d", "postgres",
+                   "-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "-c", f'CREATE DATABASE "{name}"'])
         if sample:
             self.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", self.user, "-d", name],
                       stdin=SAMPLE_SQL.read_bytes())
@@ -314,8 +313,10 @@ def backup_like_files(directory: Path) -> list[str]:
 
 # ---- from the former test_backup.py --------------------------------------------------------
 
-CONTENT_QUERY = """
-SELECT n.nspname || '.' || c.relname
+FINGERPRINTS_QUERY = r"""
+SELECT n.nspname || '.' || c.relname, (xpath('/row/f/text()', query_to_xml(format(
+  'SELECT count(*) || '':'' || coalesce(md5(string_agg(t::text, E''\n'' ORDER BY t::text)), '''') AS f '
+  'FROM %I.%I AS t', n.nspname, c.relname), false, true, '')))[1]::text
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY 1
@@ -323,15 +324,13 @@ ORDER BY 1
 
 
 def table_fingerprints(pg, database: str) -> dict[str, str]:
-    """Every table's full content (not just counts), as one md5 per table."""
-    tables = pg.psql(CONTENT_QUERY, database).split()
+    """Every table's full content (not just counts), as one md5 per table: one query (the
+    per-table SELECTs run inside it through query_to_xml), not one exec per table."""
     result = {}
-    for table in tables:
-        schema, name = table.split(".")
-        digest = pg.psql(
-            f'SELECT count(*) || \':\' || coalesce(md5(string_agg(t::text, E\'\\n\' ORDER BY t::text)), \'\') '
-            f'FROM "{schema}"."{name}" AS t', database).strip()
-        result[table] = digest
+    for line in pg.psql(FINGERPRINTS_QUERY, database).splitlines():
+        if line:
+            table, digest = line.split("|", 1)
+            result[table] = digest
     return result
 
 
