@@ -328,8 +328,7 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
             row_counts = "none"
             tables[:] = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
 
-    def check(partial: Path, stream: _Stream) -> dict[str, Any]:
-        return _check_dump(settings, pg, partial, fmt, stream, tables, console, toc)
+    check = _DumpCheck(settings, pg, fmt, tables, console, toc)
 
     def describe(stream: _Stream, checks: dict[str, Any]) -> dict[str, Any]:
         server_version, pg_dump_version = dump_versions(stream.head, fmt)
@@ -547,16 +546,25 @@ def _dump_failure(
     )
 
 
-def _check_dump(
-    settings: Settings,
-    pg: Postgres,
-    partial: Path,
-    fmt: str,
-    stream: _Stream,
-    tables: list[TableCount],
-    console: Console,
-    toc: TocBeside | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _DumpCheck:
+    """What a finished pg_dump is checked against: the settings' minimum size, the format,
+    the database's tables (filled in place once the dump ends) and how to read the TOC."""
+
+    settings: Settings
+    pg: Postgres
+    fmt: str
+    tables: list[TableCount]
+    console: Console
+    toc: TocBeside | None = None
+
+    def __call__(self, partial: Path, stream: _Stream) -> dict[str, Any]:
+        return _check_dump(self, partial, stream)
+
+
+def _check_dump(against: _DumpCheck, partial: Path, stream: _Stream) -> dict[str, Any]:
+    settings, pg, fmt, tables, console, toc = (
+        against.settings, against.pg, against.fmt, against.tables, against.console, against.toc)
     if stream.size == 0:
         raise RunbookError("pg_dump の出力が空でした", "DB_NAME と権限を確認して再実行")
     if stream.size < settings.min_backup_bytes:
