@@ -16,7 +16,7 @@ from pgrunbook.infra.postgres import (
 )
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
-from pgrunbook.restore.guards import confirm, one_writer, preflight_replace
+from pgrunbook.restore.guards import Banner, confirm, one_writer, preflight_replace
 from pgrunbook.restore.swap import live_closed, record_identity, swap_databases, wait_out_sessions
 
 
@@ -40,8 +40,8 @@ def restore_rollback(
                     f"一覧は invoke restore-list --env={settings.env}")
             raise Refused(f"{previous} はこの環境の置き換え前 DB ではありません",
                           f"invoke restore-list --env={settings.env} で確認")
-        confirm(settings, kept_lines(kit[previous]), confirm_env, f"{previous} に戻します（ロールバック）",
-                console, ask, engine=pg.container.engine_description())
+        confirm(settings, Banner(f"{previous} に戻します（ロールバック）", kept_lines(kit[previous]),
+                                 pg.container.engine_description()), confirm_env, console, ask)
         apps = AppWrites(settings, console)
         apps.check()
         rolled = kit_name(settings, "rolledback")

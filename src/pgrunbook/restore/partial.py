@@ -56,7 +56,7 @@ from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import Postgres, quote_ident
 from pgrunbook.infra.session import Session, stream_lines
 from pgrunbook.restore import putback
-from pgrunbook.restore.guards import check_versions, confirm, guard_environment, source_lines
+from pgrunbook.restore.guards import Banner, check_versions, confirm, guard_environment, source_lines
 from pgrunbook.restore.putback import DELETED, INSERTED, PARENT, UPDATED, UndoWriter
 from pgrunbook.restore.rowdiff import CHANGED, EXTRA, MISSING, Selection, TableDiff, check_where, compare
 from pgrunbook.restore.rowsource import SORT_OPTIONS, RowSource, fetch_rows, from_archive
@@ -631,10 +631,10 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
             if plan.empty:
                 console.summary("戻す行はありません。何も変更していません")
                 return plan
-            confirm(settings, source_lines(shown), options.confirm_env,
-                    f"稼働中の DB に行を戻します（--mode={options.mode}、アプリは止めません）", console, ask,
-                    engine=pg.container.engine_description(),
-                    extra_lines=[f"  元         : {source.label}", *plan.lines()])
+            confirm(settings, Banner(
+                f"稼働中の DB に行を戻します（--mode={options.mode}、アプリは止めません）",
+                source_lines(shown), pg.container.engine_description(),
+                [f"  元         : {source.label}", *plan.lines()]), options.confirm_env, console, ask)
             with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                                 "restore-partial"):
                 _remove_stale_undo_temporaries(settings, folder)

@@ -57,6 +57,7 @@ from pgrunbook.restore.databases import (
     mark_text,
 )
 from pgrunbook.restore.guards import (
+    Banner,
     ask_on_stderr,
     check_versions,
     confirm,
@@ -168,8 +169,8 @@ def restore_replace(
             entry.details["shrink"] = shrink[:20]
             extra += ["  注意: 戻すデータは現在の DB より大幅に少なくなります（現在の DB → 戻すアーカイブ）:"]
             extra += [f"    {line}" for line in shrink[:10]]
-        confirm(settings, source_lines(source), confirm_env, "既存 DB を置き換えます（DROP はしません）",
-                console, ask, engine=engine, extra_lines=extra)
+        shown = Banner("既存 DB を置き換えます（DROP はしません）", source_lines(source), engine, extra)
+        confirm(settings, shown, confirm_env, console, ask)
         if shrink:
             confirm_shrink(settings, options, confirm_env, console, ask)
         run = Replace(settings, pg, facts, source, options, personal, apps, console, entry,
