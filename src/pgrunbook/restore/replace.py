@@ -68,7 +68,7 @@ from pgrunbook.restore.guards import (
 )
 from pgrunbook.restore.kitops import rollback_command
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
-from pgrunbook.restore.staging import NoSpace, RestoreOptions, flush_restored_data, restore_into
+from pgrunbook.restore.staging import NoSpace, RestoreJob, RestoreOptions, flush_restored_data, restore_into
 from pgrunbook.restore.swap import (
     Blocked,
     database_level_statements,
@@ -242,9 +242,9 @@ def _replace_locked(run: Replace) -> ReplaceResult:
             create_database(pg, run.staging, mark_text("staging", settings, run.source.path.name),
                             like=run.facts, tablespace=True)
             try:
-                entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
-                                            run.facts, replace=True,
-                                            on_upload=lambda path: run.record.update(upload=path))
+                job = RestoreJob(run.source, run.staging, run.options, replace=True,
+                                 on_upload=lambda path: run.record.update(upload=path))
+                entry.sha256 = restore_into(pg, settings, job, console, run.facts)
             except NoSpace as error:
                 raise _naming_prestaged(run, error) from None
         faults.kill_point("checks")
