@@ -17,7 +17,7 @@ from pgrunbook.infra.postgres import (
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
 from pgrunbook.restore.guards import Banner, confirm, one_writer, preflight_replace
-from pgrunbook.restore.swap import live_closed, record_identity, swap_databases, wait_out_sessions
+from pgrunbook.restore.swap import Swap, live_closed, record_identity, swap_databases, wait_out_sessions
 
 
 def restore_rollback(
@@ -61,8 +61,8 @@ def restore_rollback(
                 record.update(stage="apps-stop")
                 apps.stop(before_each=record.app_stopping)
                 record.update(stage="swap")
-                swap_databases(pg, settings.db_name, previous, rolled,
-                               mark_text("rolledback", settings, "rolled back"), live_comment,
+                swap_databases(pg, Swap(settings.db_name, previous, rolled,
+                                        mark_text("rolledback", settings, "rolled back"), live_comment),
                                facts.version)
             finally:
                 try:

@@ -71,6 +71,7 @@ from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
 from pgrunbook.restore.staging import NoSpace, RestoreJob, RestoreOptions, flush_restored_data, restore_into
 from pgrunbook.restore.swap import (
     Blocked,
+    Swap,
     database_level_statements,
     live_closed,
     record_identity,
@@ -267,9 +268,9 @@ def _replace_locked(run: Replace) -> ReplaceResult:
             faults.pause_point("swap")
             run.record.update(stage="swap")
             console.step(f"切り替え: {settings.db_name} → {run.previous}、{run.staging} → {settings.db_name}")
-            swap_databases(pg, settings.db_name, run.staging, run.previous,
-                           mark_text("previous", settings, "replaced by " + run.source.path.name),
-                           run.live.comment, run.facts.version, carried)
+            swap_databases(pg, Swap(settings.db_name, run.staging, run.previous,
+                                    mark_text("previous", settings, "replaced by " + run.source.path.name),
+                                    run.live.comment, carried), run.facts.version)
         finally:
             run.failed_apps = run.apps.start(on_started=run.record.app_started)
             run.record.update(stage="apps-started" if not run.failed_apps else "apps-failed")
