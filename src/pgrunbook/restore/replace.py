@@ -126,15 +126,25 @@ class Replace:
         return rollback_command(self.settings, self.previous)
 
 
+@dataclass(frozen=True)
+class ReplaceRequest:
+    """What ``restore-replace`` is asked by the operator: the file to put in the live
+    database's place, the env named to confirm without a terminal (``--confirm``) and who
+    approved another env's data into a protected env (``--approved-by``)."""
+
+    file: str | None
+    confirm_env: str | None = None
+    approved_by: str | None = None
+
+
 def restore_replace(
     settings: Settings,
-    file: str | None,
-    confirm_env: str | None = None,
-    approved_by: str | None = None,
+    request: ReplaceRequest,
     options: RestoreOptions | None = None,
     console: Console | None = None,
     ask: Callable[[str], str] | None = None,
 ) -> ReplaceResult:
+    file, confirm_env, approved_by = request.file, request.confirm_env, request.approved_by
     console = console or Console(settings.secrets())
     options = options or RestoreOptions()
     entry = Entry("restore-replace", settings.env, settings.db_name, settings.db_container)
