@@ -404,19 +404,21 @@ def _blocked(session: Session, live: Catalog, plans: dict[int, TablePlan]) -> li
             referenced = columns_sql(fk.parent_columns, "t")
             queries = []
             if plan.rows[DELETED]:
-                queries.append((f"SELECT {referenced} FROM {plan.table.sql} t JOIN {plan.temps[DELETED]} d "
-                                f"ON {putback.key_match(plan.key, 't', 'd')}", "削除する"))
+                queries.append(putback.Referenced(
+                    f"SELECT {referenced} FROM {plan.table.sql} t JOIN {plan.temps[DELETED]} d "
+                    f"ON {putback.key_match(plan.key, 't', 'd')}", f"{plan.table.label} の削除する行"))
             if plan.rows[UPDATED] and set(fk.parent_columns) <= set(plan.written):
                 changed = " OR ".join(f"t.{quote_ident(c)} IS DISTINCT FROM u.{quote_ident(c)}"
                                       for c in fk.parent_columns)
-                queries.append((f"SELECT {referenced} FROM {plan.table.sql} t JOIN {plan.temps[UPDATED]} u "
-                                f"ON {putback.key_match(plan.key, 't', 'u')} WHERE {changed}", "値を変える"))
+                queries.append(putback.Referenced(
+                    f"SELECT {referenced} FROM {plan.table.sql} t JOIN {plan.temps[UPDATED]} u "
+                    f"ON {putback.key_match(plan.key, 't', 'u')} WHERE {changed}",
+                    f"{plan.table.label} の値を変える行"))
             own = plans.get(child.oid)
             exclude = own.temps[DELETED] if own and own.rows[DELETED] else None
-            blocked += [line for rows_sql, what in queries
-                        if (line := putback.referencing(session, child, fk, rows_sql, exclude,
-                                                        own.key if own else child.primary_key,
-                                                        f"{plan.table.label} の{what}行"))]
+            blocked += [line for parents in queries
+                        if (line := putback.referencing(session, child, fk, parents, exclude,
+                                                        own.key if own else child.primary_key))]
     return blocked
 
 

@@ -224,9 +224,9 @@ def _blocked(session: Session, live: Catalog, entries: list[UndoTable]) -> list[
                 session.execute(f"CREATE TEMP TABLE IF NOT EXISTS pgrunbook_gone_{own.index} "
                                 f"ON COMMIT DROP AS SELECT * FROM {_inserted(own)} x;")
                 exclude = f"pg_temp.pgrunbook_gone_{own.index}"
-            line = putback.referencing(session, child, fk, rows_sql, exclude,
-                                       own.key if own else child.primary_key,
-                                       f"戻した {entry.table.label} の行")
+            parents = putback.Referenced(rows_sql, f"戻した {entry.table.label} の行")
+            line = putback.referencing(session, child, fk, parents, exclude,
+                                       own.key if own else child.primary_key)
             if line:
                 blocked.append(line)
     return blocked
