@@ -61,9 +61,9 @@ def restore_test(settings: Settings, file: str | None, console: Console) -> Data
             summary = summarize_database(pg, target, source.table_counts())
             differences = compare_with_manifest(source, summary)
             if why_not is None and not differences and source.manifest is not None:
-                prestage.keep(pg, settings, target, source, entry.sha256,
-                              prestage.restore_flags(source, options, replace=False),
-                              sum(summary.tables.values()), console)
+                prestage.keep(pg, settings, prestage.Restored(
+                    target, source, entry.sha256, prestage.restore_flags(source, options, replace=False),
+                    sum(summary.tables.values())), console)
                 kept = True
         finally:
             if not kept:

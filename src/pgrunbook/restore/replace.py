@@ -594,8 +594,8 @@ def _retain(run: Replace) -> str | None:
     flags = prestage.restore_flags(run.source, run.options, replace=True)
     rows = sum(run.summary.tables.values())
     try:
-        return prestage.retain(run.pg, run.settings, run.staging, run.source, run.entry.sha256 or "",
-                               flags, rows)
+        return prestage.retain(run.pg, run.settings, prestage.Restored(
+            run.staging, run.source, run.entry.sha256 or "", flags, rows))
     except RunbookError as failure:
         run.console.warn(f"復元した DB {run.staging} を再実行用に残せません（{failure.message}）。削除します")
         return None
