@@ -559,41 +559,38 @@ class _DumpCheck:
     toc: TocBeside | None = None
 
     def __call__(self, partial: Path, stream: _Stream) -> dict[str, Any]:
-        return _check_dump(self, partial, stream)
-
-
-def _check_dump(against: _DumpCheck, partial: Path, stream: _Stream) -> dict[str, Any]:
-    settings, pg, fmt, tables, console, toc = (
-        against.settings, against.pg, against.fmt, against.tables, against.console, against.toc)
-    if stream.size == 0:
-        raise RunbookError("pg_dump の出力が空でした", "DB_NAME と権限を確認して再実行")
-    if stream.size < settings.min_backup_bytes:
-        raise RunbookError(
-            f"バックアップが {stream.size} バイトしかありません（MIN_BACKUP_BYTES="
-            f"{settings.min_backup_bytes}）",
-            "対象 DB が正しいか確認",
-        )
-    if fmt == "custom":
-        if not stream.head.startswith(MAGIC):
-            raise RunbookError("出力がカスタム形式のアーカイブではありません（PGDMP ヘッダなし）")
-        console.step("pg_restore --list で目次を確認")
-        entries = toc.entries(partial) if toc else toc_entries(pg, partial)
-        data_entries = table_data_count(entries)
-        if tables and data_entries == 0:
+        """Raises RunbookError unless the dump is whole; returns facts for the manifest."""
+        settings, pg, fmt, tables, console, toc = (
+            self.settings, self.pg, self.fmt, self.tables, self.console, self.toc)
+        if stream.size == 0:
+            raise RunbookError("pg_dump の出力が空でした", "DB_NAME と権限を確認して再実行")
+        if stream.size < settings.min_backup_bytes:
             raise RunbookError(
-                "アーカイブにテーブルデータがありません（DB にはテーブルがあります）",
-                "DB_USER の権限を確認して再実行",
+                f"バックアップが {stream.size} バイトしかありません（MIN_BACKUP_BYTES="
+                f"{settings.min_backup_bytes}）",
+                "対象 DB が正しいか確認",
             )
-        return {"toc_entries": len(entries), "table_data_entries": data_entries}
-    text_head = stream.head.decode("utf-8", "replace")
-    if SQL_HEAD not in text_head:
-        raise RunbookError("出力が pg_dump の SQL ではありません")
-    with open(partial, "rb") as handle:
-        handle.seek(max(0, stream.size - 4096))
-        tail = handle.read().decode("utf-8", "replace")
-    if not sql_tail_is_complete(tail):
-        raise RunbookError(
-            "SQL の末尾に pg_dump の完了コメントがありません（途中で切れています）",
-            "再実行",
-        )
-    return {}
+        if fmt == "custom":
+            if not stream.head.startswith(MAGIC):
+                raise RunbookError("出力がカスタム形式のアーカイブではありません（PGDMP ヘッダなし）")
+            console.step("pg_restore --list で目次を確認")
+            entries = toc.entries(partial) if toc else toc_entries(pg, partial)
+            data_entries = table_data_count(entries)
+            if tables and data_entries == 0:
+                raise RunbookError(
+                    "アーカイブにテーブルデータがありません（DB にはテーブルがあります）",
+                    "DB_USER の権限を確認して再実行",
+                )
+            return {"toc_entries": len(entries), "table_data_entries": data_entries}
+        text_head = stream.head.decode("utf-8", "replace")
+        if SQL_HEAD not in text_head:
+            raise RunbookError("出力が pg_dump の SQL ではありません")
+        with open(partial, "rb") as handle:
+            handle.seek(max(0, stream.size - 4096))
+            tail = handle.read().decode("utf-8", "replace")
+        if not sql_tail_is_complete(tail):
+            raise RunbookError(
+                "SQL の末尾に pg_dump の完了コメントがありません（途中で切れています）",
+                "再実行",
+            )
+        return {}

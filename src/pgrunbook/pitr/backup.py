@@ -71,7 +71,7 @@ def _refresh_backup_metrics(repository: Stanza) -> None:
 def _new_label(repository: Stanza, before: set[str]) -> str | None:
     """The one base backup the repository has now and had not before the run."""
     repository.console.warn("pgBackRest の出力が届きませんでした（終了コード 0）。"
-                 "リポジトリの一覧で新しいバックアップを確かめます")
+                            "リポジトリの一覧で新しいバックアップを確かめます")
     new = [item.label for item in repository_backups(repository, "backup")
            if item.label not in before]
     return new[-1] if len(new) == 1 else None
