@@ -77,8 +77,9 @@ def restore_replace(c, env=None, file=None, confirm=None, approved_by=None, owne
     settings, console = settings_for(ROOT, env, apps=True, task="restore-replace")
     options = _restore_options(ownership, no_owner, no_acl, jobs, accept_privilege_changes, accept_shrink)
     options.prestaged = prestaged
+    request = lazy.restore.ReplaceRequest(file, confirm, approved_by)
     result = guarded(
-        lambda: lazy.restore.restore_replace(settings, file, confirm, approved_by, options, console),
+        lambda: lazy.restore.restore_replace(settings, request, options, console),
         console,
     )
     console.result(result.previous)

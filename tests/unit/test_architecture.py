@@ -81,3 +81,27 @@ def test_no_test_file_imports_another():
             if re.match(r"\s*(from|import) (test_\w+|conftest)\b", line):
                 offenders.append(f"{path.relative_to(ROOT)}: {line.strip()}")
     assert not offenders, "share through tests/helpers, not a test or conftest file:\n" + "\n".join(offenders)
+
+
+def functions_with_too_many_parameters(limit: int = 6) -> list[str]:
+    """'file:line name (n)' of every function under src/pgrunbook taking more than ``limit`` parameters.
+
+    Positional, positional-only and keyword-only parameters count; self and cls (the first of a method)
+    and *args / **kwargs do not.
+    """
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+            count = len([name for name in names if name not in ("self", "cls")])
+            if count > limit:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({count})")
+    return found
+
+
+def test_no_function_takes_more_than_six_parameters():
+    """The guide's rule: more than six parameters travel together in a frozen dataclass."""
+    wrong = functions_with_too_many_parameters()
+    assert not wrong, "bundle these parameters in a frozen dataclass:\n" + "\n".join(wrong)

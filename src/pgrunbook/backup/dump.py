@@ -329,8 +329,7 @@ def _backup_locked(settings: Settings, pg: Postgres, plan: _Plan, console: Conso
             row_counts = "none"
             tables[:] = [TableCount(schema, name, -1) for schema, name in pg.user_tables()]
 
-    def check(partial: Path, stream: _Stream) -> dict[str, Any]:
-        return _check_dump(settings, pg, partial, fmt, stream, tables, console, toc)
+    check = _DumpCheck(settings, pg, fmt, tables, console, toc)
 
     def describe(stream: _Stream, checks: dict[str, Any]) -> dict[str, Any]:
         server_version, pg_dump_version = dump_versions(stream.head, fmt)
@@ -548,45 +547,51 @@ def _dump_failure(
     )
 
 
-def _check_dump(
-    settings: Settings,
-    pg: Postgres,
-    partial: Path,
-    fmt: str,
-    stream: _Stream,
-    tables: list[TableCount],
-    console: Console,
-    toc: TocBeside | None = None,
-) -> dict[str, Any]:
-    if stream.size == 0:
-        raise RunbookError("pg_dump の出力が空でした", "DB_NAME と権限を確認して再実行")
-    if stream.size < settings.min_backup_bytes:
-        raise RunbookError(
-            f"バックアップが {stream.size} バイトしかありません（MIN_BACKUP_BYTES="
-            f"{settings.min_backup_bytes}）",
-            "対象 DB が正しいか確認",
-        )
-    if fmt == "custom":
-        if not stream.head.startswith(MAGIC):
-            raise RunbookError("出力がカスタム形式のアーカイブではありません（PGDMP ヘッダなし）")
-        console.step("pg_restore --list で目次を確認")
-        entries = toc.entries(partial) if toc else toc_entries(pg, partial)
-        data_entries = table_data_count(entries)
-        if tables and data_entries == 0:
+@dataclass(frozen=True)
+class _DumpCheck:
+    """What a finished pg_dump is checked against: the settings' minimum size, the format,
+    the database's tables (filled in place once the dump ends) and how to read the TOC."""
+
+    settings: Settings
+    pg: Postgres
+    fmt: str
+    tables: list[TableCount]
+    console: Console
+    toc: TocBeside | None = None
+
+    def __call__(self, partial: Path, stream: _Stream) -> dict[str, Any]:
+        """Raises RunbookError unless the dump is whole; returns facts for the manifest."""
+        settings, pg, fmt, tables, console, toc = (
+            self.settings, self.pg, self.fmt, self.tables, self.console, self.toc)
+        if stream.size == 0:
+            raise RunbookError("pg_dump の出力が空でした", "DB_NAME と権限を確認して再実行")
+        if stream.size < settings.min_backup_bytes:
             raise RunbookError(
-                "アーカイブにテーブルデータがありません（DB にはテーブルがあります）",
-                "DB_USER の権限を確認して再実行",
+                f"バックアップが {stream.size} バイトしかありません（MIN_BACKUP_BYTES="
+                f"{settings.min_backup_bytes}）",
+                "対象 DB が正しいか確認",
             )
-        return {"toc_entries": len(entries), "table_data_entries": data_entries}
-    text_head = stream.head.decode("utf-8", "replace")
-    if SQL_HEAD not in text_head:
-        raise RunbookError("出力が pg_dump の SQL ではありません")
-    with open(partial, "rb") as handle:
-        handle.seek(max(0, stream.size - 4096))
-        tail = handle.read().decode("utf-8", "replace")
-    if not sql_tail_is_complete(tail):
-        raise RunbookError(
-            "SQL の末尾に pg_dump の完了コメントがありません（途中で切れています）",
-            "再実行",
-        )
-    return {}
+        if fmt == "custom":
+            if not stream.head.startswith(MAGIC):
+                raise RunbookError("出力がカスタム形式のアーカイブではありません（PGDMP ヘッダなし）")
+            console.step("pg_restore --list で目次を確認")
+            entries = toc.entries(partial) if toc else toc_entries(pg, partial)
+            data_entries = table_data_count(entries)
+            if tables and data_entries == 0:
+                raise RunbookError(
+                    "アーカイブにテーブルデータがありません（DB にはテーブルがあります）",
+                    "DB_USER の権限を確認して再実行",
+                )
+            return {"toc_entries": len(entries), "table_data_entries": data_entries}
+        text_head = stream.head.decode("utf-8", "replace")
+        if SQL_HEAD not in text_head:
+            raise RunbookError("出力が pg_dump の SQL ではありません")
+        with open(partial, "rb") as handle:
+            handle.seek(max(0, stream.size - 4096))
+            tail = handle.read().decode("utf-8", "replace")
+        if not sql_tail_is_complete(tail):
+            raise RunbookError(
+                "SQL の末尾に pg_dump の完了コメントがありません（途中で切れています）",
+                "再実行",
+            )
+        return {}

@@ -211,7 +211,7 @@ def check_file(
     if fmt == "custom":
         # refused for a missing sidecar anyway: read it through, so that a truncated copy says so
         full_read = full_read or report.sidecar_missing
-        _check_archive(settings, report, path, manifest, console, full_read, digest)
+        _check_archive(_Tools(settings, console), report, manifest, full_read, digest)
         if digest is not None:
             report.sha256 = digest.hexdigest()
             archive_checks = report.checks[sidecars_at:]
@@ -286,14 +286,15 @@ def _check_sidecars(
 
 
 def _check_archive(
-    settings: Settings,
+    tools: _Tools,
     report: VerifyReport,
-    path: Path,
     manifest: dict[str, Any] | None,
-    console: Console,
     full_read: bool,
     digest: HashingReader | None = None,
 ) -> None:
+    """The custom archive at ``report.path``: header, TOC, table data and (``full_read``)
+    one read to the end with ``tools`` (hashed on the way when ``digest`` is given)."""
+    path, console = report.path, tools.console
     try:
         with open(path, "rb") as handle:
             header = parse_header(handle.read(8192))
@@ -303,7 +304,6 @@ def _check_archive(
     report.add("header", True,
                f"archive {'.'.join(map(str, header.version))}, db={header.database}, "
                f"pg_dump {header.pg_dump_version}")
-    tools = _Tools(settings, console)
     toc = _read_toc(tools, path, header)
     if not report.add("toc", toc.ok, toc.detail, toc.hint):
         return

@@ -532,16 +532,36 @@ def formats_for(major: int, asked: list[str] | None) -> list[str]:
     return list(NEWER_FORMATS) if major >= 16 else [versions.DEFAULT_BEFORE_16]
 
 
-def run(size_mb: float, rounds: int, image: str, output: Path,
-        compressions: list[str] | None = None, dataset: str = "default",
-        variants: list[str] | None = None, tag: str = "", log_sorts: bool = False,
-        prestaged: bool = False) -> dict[str, Any]:
-    """``variants``: experiments (see VARIANT_HOOK; "a+b" for both) of the kit's replace
-    with its default compression, measured beside it at the full size. ``log_sorts``:
-    the server logs every sort (trace_sort: internal or external, its CPU seconds) and
-    checkpoint; its log is saved as server.log beside the report. ``prestaged``: after
-    the rounds, a restore-replace of a backup the restore test kept prestaged
-    (RESTORE_PRESTAGE), once a round, against the same hand restore."""
+@dataclass(frozen=True)
+class BenchPlan:
+    """What one bench run measures: the database's size (MiB) and the rounds, on which image,
+    the report's folder, and its options. ``compressions``: the kit's -Z formats (None: every
+    format of interest, see formats_for). ``variants``: experiments (see VARIANT_HOOK; "a+b"
+    for both) of the kit's replace with its default compression, measured beside it at the
+    full size, and ways of the bare pg_restore (BARE_WAYS). ``tag``: a word in the
+    containers' names. ``log_sorts``: the server logs every sort (trace_sort: internal or
+    external, its CPU seconds) and checkpoint; its log is saved as server.log beside the
+    report. ``prestaged``: after the rounds, a restore-replace of a backup the restore test
+    kept prestaged (RESTORE_PRESTAGE), once a round, against the same hand restore."""
+
+    size_mb: float
+    rounds: int
+    image: str
+    output: Path
+    compressions: list[str] | None = None
+    dataset: str = "default"
+    variants: list[str] | None = None
+    tag: str = ""
+    log_sorts: bool = False
+    prestaged: bool = False
+
+
+def run(plan: BenchPlan) -> dict[str, Any]:
+    """Measure the kit beside the hand procedure as ``plan`` says; the report (also written
+    to ``plan.output``)."""
+    size_mb, rounds, image, output = plan.size_mb, plan.rounds, plan.image, plan.output
+    compressions, dataset, variants, tag = plan.compressions, plan.dataset, plan.variants, plan.tag
+    log_sorts, prestaged = plan.log_sorts, plan.prestaged
     docker_cli = shutil.which("docker")
     if not docker_cli:
         raise SystemExit("the hand procedure needs the docker CLI on PATH")
@@ -773,7 +793,7 @@ def run(size_mb: float, rounds: int, image: str, output: Path,
                 else:
                     hand_restore(PRESTAGED)
             path.unlink()
-        report = summarize(results, actual, rounds, image, version, formats, quarter)
+        report = summarize(results, plan, version, formats, actual, quarter)
         report["dataset"] = dataset
         if dataset == "large-tables":  # issue 24: no slower than by hand with few large tables
             report["targets"]["restore_ratio"] = TARGETS["restore_ratio_large"]
@@ -856,8 +876,11 @@ def restore_step(results: Measurements, kit: str, kit_variants: list[str],
     return report
 
 
-def summarize(results: Measurements, size: int, rounds: int, image: str, version: str,
-              formats: list[str], quarter: int) -> dict[str, Any]:
+def summarize(results: Measurements, plan: BenchPlan, version: str, formats: list[str],
+              size: int, quarter: int) -> dict[str, Any]:
+    """The report of ``plan``'s run: ``size`` and ``quarter`` the database's bytes at the
+    full size and at a quarter of it."""
+    rounds, image = plan.rounds, plan.image
     major = int(version.split(".")[0])
     default = versions.default_compression(major)
     kit = default if default in formats else formats[0]  # the kit's default, when measured
@@ -1231,8 +1254,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown variants: {', '.join(unknown)} "
                              f"(known: {', '.join([*VARIANT_TEXT, *BARE_WAYS])})")
-        reports.append(run(args.size_mb, args.rounds, args.image, args.output, asked or None,
-                           args.dataset, variants, args.tag, args.log_sorts, args.prestaged))
+        reports.append(run(BenchPlan(args.size_mb, args.rounds, args.image, args.output, asked or None,
+                                     args.dataset, variants, args.tag, args.log_sorts, args.prestaged)))
     if not reports:
         raise SystemExit("nothing to report: give --beside with --combine")
     text = side_by_side(reports, [json.loads(path.read_text()) for path in args.downtime_beside])

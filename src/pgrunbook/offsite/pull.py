@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def fetch(remote: Remote, target: RemoteBackup, final: Path, identities: list[An
     if not expected_sha:
         raise RunbookError(f"{remote.url(target.key)} に sha256 のメタデータがありません",
                            "このキットが送ったオブジェクトではありません。手で確認する")
-    return _download_into(remote, target, final, expected_sha, expected_size, identities, console)
+    return _download_into(remote, replace(target, sha256=expected_sha, size=expected_size), final,
+                          identities, console)
 
 
 def _check_belongs(settings: Settings, target: RemoteBackup) -> None:
@@ -96,8 +98,11 @@ def _refuse_existing(final: Path) -> None:
                                "既存のファイルを確認し、必要なら別の場所へ移してから再実行")
 
 
-def _download_into(remote: Remote, target: RemoteBackup, final: Path, expected_sha: str,
-                   expected_size: int | None, identities: list[Any], console: Console) -> PlaintextHash:
+def _download_into(remote: Remote, target: RemoteBackup, final: Path, identities: list[Any],
+                   console: Console) -> PlaintextHash:
+    """``target`` into ``final``; its decrypted sha256 and size must be ``target.sha256`` and
+    ``target.size`` (the size when known), as the object's metadata states them."""
+    expected_sha, expected_size = target.sha256, target.size
     partial = final.with_name(final.name + catalog.PARTIAL_SUFFIX)
     sidecars = [final.with_name(final.name + ".sha256"), final.with_name(final.name + ".json")]
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

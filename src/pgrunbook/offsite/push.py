@@ -65,7 +65,7 @@ def push_backup(settings: Settings, file: str | None = None,
         existing = remote.head(key)
         if existing is not None:
             entry.details["already_there"] = True
-            return _already_there(remote, key, path, sha256, size, existing, console)
+            return _already_there(remote.url(key), path, sha256, size, existing, console)
         metadata = {META_SHA256: sha256, META_SIZE: str(size), META_ENV: settings.env}
         pin = pins.keep_until(local_manifest)
         if pin:
@@ -120,16 +120,17 @@ def _refuse_a_manifest_of_another_name(settings: Settings, path: Path,
     )
 
 
-def _already_there(remote: Remote, key: str, path: Path, sha256: str, size: int,
+def _already_there(url: str, path: Path, sha256: str, size: int,
                    head: dict[str, Any], console: Console) -> PushResult:
+    """The object at ``url`` (its HEAD ``head``) is this very backup: nothing to send."""
     remote_sha, _ = plaintext_metadata(head)
     if remote_sha != sha256:
         raise RunbookError(
-            f"{remote.url(key)} は既にあり、内容が違います（上書きはしません）",
+            f"{url} は既にあり、内容が違います（上書きはしません）",
             "オフサイトの同名オブジェクトを offsite-list で確認",
         )
-    console.summary(f"オフサイトに既にあります（sha256 一致）: {remote.url(key)}")
-    return PushResult(path, remote.url(key), sha256, size, int(head.get("ContentLength", 0)), True)
+    console.summary(f"オフサイトに既にあります（sha256 一致）: {url}")
+    return PushResult(path, url, sha256, size, int(head.get("ContentLength", 0)), True)
 
 
 def _encrypt_bytes(data: bytes, recipients: list[Any]) -> bytes:

@@ -8,10 +8,10 @@ from pgrunbook.core import worklog
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import Settings
-from pgrunbook.infra.container import Container
 from pgrunbook.pitr import observation
 from pgrunbook.pitr.pgbackrest import (
     BACKUP_TYPES,
+    Stanza,
     archive_settings,
     backup_commands,
     check_archiving,
@@ -36,11 +36,12 @@ def pitr_backup(settings: Settings, kind: str, dry_run: bool, console: Console) 
     with worklog.recorded(settings.worklog_path, entry, console.redact), stanza_lock(settings, "pitr-backup"):
         container, pg = live_server(settings)
         check_archiving(archive_settings(pg), stanza, console)
-        before = {item.label for item in repository_backups(container, settings, stanza, console, "backup")}
-        output = run_pgbackrest(container, settings, stanza, [f"--type={kind}", "backup"], console, "backup")
+        repository = Stanza(container, settings, stanza, console)
+        before = {item.label for item in repository_backups(repository, "backup")}
+        output = run_pgbackrest(repository, [f"--type={kind}", "backup"], "backup")
         label = output.value(r"new backup label = (\S+)")
         if not output.complete:  # made (exit code 0), its log lost: the repository names it
-            label = _new_label(container, settings, stanza, console, before)
+            label = _new_label(repository, before)
         if not label:
             raise RunbookError("pgBackRest のバックアップのラベルが出力にありません",
                                f"invoke pitr-status --env={settings.env} と pgbackrest info で確認")
@@ -49,30 +50,29 @@ def pitr_backup(settings: Settings, kind: str, dry_run: bool, console: Console) 
         entry.details["size"] = size
         if kind == "diff" and label.endswith("F"):
             console.warn("以前のフルバックアップがないため、フルバックアップになりました")
-        _refresh_backup_metrics(container, settings, stanza, console)
+        _refresh_backup_metrics(repository)
     console.summary(f"ベースバックアップ {label} を作りました（{kind}, {size or '?'}）")
     return label
 
 
-def _refresh_backup_metrics(container: Container, settings: Settings, stanza: str,
-                            console: Console) -> None:
+def _refresh_backup_metrics(repository: Stanza) -> None:
     """The repository's base backups for the metrics (before the work-log line rewrites
     METRICS_FILE); a failure here is a warning, the backup is made."""
+    console = repository.console
     try:
-        sets = repository_backups(container, settings, stanza, console, "backup")
+        sets = repository_backups(repository, "backup")
     except RunbookError as error:
         console.warn(f"pgbackrest info を読めませんでした（メトリクスは次の pitr-status で更新）: "
                      f"{error.message}")
         return
-    observation.record_backups(settings, sets, console)
+    observation.record_backups(repository.settings, sets, console)
 
 
-def _new_label(container: Container, settings: Settings, stanza: str, console: Console,
-               before: set[str]) -> str | None:
+def _new_label(repository: Stanza, before: set[str]) -> str | None:
     """The one base backup the repository has now and had not before the run."""
-    console.warn("pgBackRest の出力が届きませんでした（終了コード 0）。"
-                 "リポジトリの一覧で新しいバックアップを確かめます")
-    new = [item.label for item in repository_backups(container, settings, stanza, console, "backup")
+    repository.console.warn("pgBackRest の出力が届きませんでした（終了コード 0）。"
+                            "リポジトリの一覧で新しいバックアップを確かめます")
+    new = [item.label for item in repository_backups(repository, "backup")
            if item.label not in before]
     return new[-1] if len(new) == 1 else None
 

@@ -233,9 +233,20 @@ def _hint_for(command: str, line: str, settings: Settings) -> str:
     return f"上に表示した pgBackRest の出力を確認（手で: invoke pitr-{command} --env={env} --dry-run）"
 
 
-def run_pgbackrest(container: Container, settings: Settings, stanza: str, args: list[str],
-                   console: Console, what: str, quiet: bool = False) -> Output:
+@dataclass(frozen=True)
+class Stanza:
+    """Where pgBackRest runs for one stanza: the container (the DB's, or a scratch helper
+    beside it), the env's settings, the stanza's name, and the console its steps go to."""
+
+    container: Container
+    settings: Settings
+    name: str
+    console: Console
+
+
+def run_pgbackrest(stanza: Stanza, args: list[str], what: str, quiet: bool = False) -> Output:
     """pgbackrest as the postgres OS user; its log lines shown as steps, its errors one line."""
+    container, settings, console = stanza.container, stanza.settings, stanza.console
     buffer = bytearray()
     pending = bytearray()
 
@@ -252,7 +263,7 @@ def run_pgbackrest(container: Container, settings: Settings, stanza: str, args: 
     environment = {"PGUSER": settings.db_user, **settings.password_environment()}
     try:
         result: ExecResult = container.exec_framed(
-            ["pgbackrest", f"--stanza={stanza}", *args], environment=environment,
+            ["pgbackrest", f"--stanza={stanza.name}", *args], environment=environment,
             on_stdout=on_stdout, user="postgres",
         )
     except MissingCommand:
@@ -266,23 +277,21 @@ def run_pgbackrest(container: Container, settings: Settings, stanza: str, args: 
     return output
 
 
-def repository_backups(container: Container, settings: Settings, stanza: str, console: Console,
-                       what: str) -> list[BackupSet]:
+def repository_backups(stanza: Stanza, what: str) -> list[BackupSet]:
     """The stanza's base backups from ``pgbackrest info --output=json``, read whole:
     asked again when the engine lost the answer (framing.py), never read as "none"."""
 
     def ask() -> list[BackupSet]:
-        info = run_pgbackrest(container, settings, stanza, ["--output=json", "info"], console, what,
-                              quiet=True)
+        info = run_pgbackrest(stanza, ["--output=json", "info"], what, quiet=True)
         if not info.complete:
-            raise lost_answer(container.name, "pgbackrest info")
+            raise lost_answer(stanza.container.name, "pgbackrest info")
         try:
             json.loads(info.json_line())
         except ValueError:
-            by_hand = _pgbackrest_line(settings, "--output=json", "info")
+            by_hand = _pgbackrest_line(stanza.settings, "--output=json", "info")
             raise RunbookError(f"pgbackrest info の出力を読めません: {info.json_line()[:120]}",
                                f"手で確かめる: {by_hand}") from None
-        return backup_sets(info.json_line(), stanza)
+        return backup_sets(info.json_line(), stanza.name)
 
     return answered(ask)
 

@@ -36,6 +36,7 @@ from pgrunbook.pitr.pgbackrest import (
     SCRATCH_LABEL,
     SOCKET_DIRECTORIES,
     SOURCE_LABEL,
+    Stanza,
     live_server,
     repository_backups,
     require_stanza,
@@ -249,7 +250,7 @@ def _flush_archive(settings: Settings, stanza: str, console: Console, strict: bo
     try:
         container, pg = live_server(settings)
         now = server_time(pg.query("SELECT txid_current(), clock_timestamp()", "postgres")[0][1])
-        run_pgbackrest(container, settings, stanza, ["check"], console, "restore")
+        run_pgbackrest(Stanza(container, settings, stanza, console), ["check"], "restore")
         return now
     except RunbookError as error:
         if strict:
@@ -345,7 +346,8 @@ def restore_scratch(settings: Settings, target: datetime, console: Console, task
             done = helper_container.run(argv)
             if not done.ok:
                 raise RunbookError(f"検証用のデータディレクトリを用意できません: {done.error_text()}")
-        sets = repository_backups(helper_container, settings, stanza, console, "restore")
+        repository = Stanza(helper_container, settings, stanza, console)
+        sets = repository_backups(repository, "restore")
         usable = [item for item in sets if item.stopped < target]
         if not sets:
             raise RunbookError(f"スタンザ {stanza} にベースバックアップがありません",
@@ -358,10 +360,10 @@ def restore_scratch(settings: Settings, target: datetime, console: Console, task
                 exit_code=2,
             )
         started = time.monotonic()
-        output = run_pgbackrest(helper_container, settings, stanza, [
+        output = run_pgbackrest(repository, [
             f"--pg1-path={data_directory}", "--type=time", f"--target={target_literal(target)}",
             "--target-action=promote", "--archive-mode=off", "restore",
-        ], console, "restore")
+        ], "restore")
         scratch.backup_set = output.value(r"restore backup set ([^\s,]+)")
         scratch.restore_seconds = time.monotonic() - started
         builder.remove_container(helper)

@@ -8,6 +8,7 @@ from pgrunbook.core import worklog
 from pgrunbook.core.console import Console
 from pgrunbook.core.settings import Settings
 from pgrunbook.pitr.pgbackrest import (
+    Stanza,
     archive_settings,
     check_archiving,
     live_server,
@@ -35,9 +36,10 @@ def pitr_setup(settings: Settings, dry_run: bool, console: Console) -> list[str]
         version = pgbackrest_version(container)
         entry.details["pgbackrest_version"] = version
         console.step(f"{version}: stanza-create")
-        run_pgbackrest(container, settings, stanza, ["stanza-create"], console, "setup")
+        repository = Stanza(container, settings, stanza, console)
+        run_pgbackrest(repository, ["stanza-create"], "setup")
         console.step("check（WAL を 1 つ切り替えて、リポジトリに届くことを確かめます）")
-        run_pgbackrest(container, settings, stanza, ["check"], console, "setup")
+        run_pgbackrest(repository, ["check"], "setup")
         if not found.track_commit_timestamp:
             console.warn("track_commit_timestamp=off: pitr-drill は対象時刻の行数を本番側で数えられません"
                          "（-c track_commit_timestamp=on を推奨）")

@@ -18,6 +18,7 @@ from pgrunbook.infra.postgres import (
 )
 from pgrunbook.pitr.pgbackrest import (
     BackupSet,
+    Stanza,
     live_server,
     pgbackrest_error,
     repository_backups,
@@ -113,9 +114,19 @@ def archiving_failure(env: str, stanza: str, state: ArchiverState,
     return None
 
 
+@dataclass(frozen=True)
+class StatusLimits:
+    """How old is too old for pitr-status: a WAL left waiting for the archive
+    (``max_age``) and the newest base backup (``backup_max_age``)."""
+
+    max_age: timedelta
+    backup_max_age: timedelta
+
+
 def evaluate_status(env: str, stanza: str, state: ArchiverState, backups: list[BackupSet],
-                    max_age: timedelta, backup_max_age: timedelta, reason: str | None = None) -> Status:
+                    limits: StatusLimits, reason: str | None = None) -> Status:
     """The monitoring verdict (pure): failures and no archive are errors, delays warnings."""
+    max_age, backup_max_age = limits.max_age, limits.backup_max_age
     failure = archiving_failure(env, stanza, state, reason)
     if failure:
         return failure
@@ -166,11 +177,11 @@ def pitr_status(settings: Settings, max_age: timedelta, backup_max_age: timedelt
         failure = archiving_failure(env, stanza, state, reason)
         if failure:
             return replace(failure, state=state)
-        backups = repository_backups(container, settings, stanza, console, "status")
+        backups = repository_backups(Stanza(container, settings, stanza, console), "status")
     except RunbookError as error:
         return Status(2, f"CRITICAL {status_label(env, stanza)}: {error.one_line().removeprefix('エラー: ')}",
                       state=state)
-    verdict = evaluate_status(env, stanza, state, backups, max_age, backup_max_age, reason)
+    verdict = evaluate_status(env, stanza, state, backups, StatusLimits(max_age, backup_max_age), reason)
     return replace(verdict, state=state, backups=backups)
 
 

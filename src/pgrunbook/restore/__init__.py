@@ -40,12 +40,13 @@ from pgrunbook.restore.drill import restore_test
 from pgrunbook.restore.kitops import drop_database, list_kit_databases, restore_rollback
 from pgrunbook.restore.prestage import by_file as prestaged_by_file
 from pgrunbook.restore.recover import restore_recover
-from pgrunbook.restore.replace import ReplaceResult, restore_replace
+from pgrunbook.restore.replace import ReplaceRequest, ReplaceResult, restore_replace
 from pgrunbook.restore.scratch import ScratchResult, restore_scratch
 from pgrunbook.restore.staging import OWNERSHIP, RestoreOptions
 
 __all__ = [
-    "OWNERSHIP", "KitDatabase", "ReplaceResult", "RestoreOptions", "ScratchResult", "drop_database",
+    "OWNERSHIP", "KitDatabase", "ReplaceRequest", "ReplaceResult", "RestoreOptions", "ScratchResult",
+    "drop_database",
     "kit_name", "list_kit_databases", "prestaged_by_file", "restore_recover", "restore_replace",
     "restore_rollback", "restore_scratch", "restore_test",
     "scratch_name",

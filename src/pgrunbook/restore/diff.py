@@ -4,7 +4,7 @@ diff(1): 0 the same, 1 different, 2 trouble.
 Without ``--table``, the whole database (``DatabaseDiff``): tables only in the
 backup or only in live, row counts per table, columns, owners and privileges.
 From a file, the backup's definitions are restored (no rows) into a kit
-database to be compared (``rowsource.from_archive(schema_only=True)``) and its
+database to be compared (``rowsource.from_archive``, ``Extract(schema_only=True)``) and its
 row counts are the manifest's; from a PITR copy, everything is asked of the
 copy's server. ``restore-replace`` shows the same summary in its banner, from
 what it already knows without restoring anything (``quick``): the archive's
@@ -34,7 +34,7 @@ from pgrunbook.restore import privileges
 from pgrunbook.restore.guards import check_versions
 from pgrunbook.restore.partial import APPLICATION, PartialOptions
 from pgrunbook.restore.rowdiff import Selection, TableDiff, check_where, compare
-from pgrunbook.restore.rowsource import SORT_OPTIONS, RowSource, from_archive, parse_toc_line
+from pgrunbook.restore.rowsource import SORT_OPTIONS, Extract, RowSource, from_archive, parse_toc_line
 from pgrunbook.restore.source import Source, inspect_with_facts
 from pgrunbook.restore.tables import Catalog, find_tables, read_catalog, row_key
 
@@ -234,11 +234,11 @@ def _source_of(pg: Postgres, settings: Settings, options: PartialOptions, handed
     if options.tables:
         live = read_catalog(pg, settings.db_name)
         labels = {t.label for t in find_tables(live, list(options.tables), "稼働中の DB ")}
-        with from_archive(pg, settings, source, facts, labels, console) as restored:
+        with from_archive(pg, settings, facts, Extract(source, labels), console) as restored:
             entry.sha256 = restored.sha256
             yield restored
     else:
-        with from_archive(pg, settings, source, facts, set(), console, schema_only=True) as restored:
+        with from_archive(pg, settings, facts, Extract(source, set(), schema_only=True), console) as restored:
             entry.sha256 = restored.sha256
             yield restored
 

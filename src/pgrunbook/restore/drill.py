@@ -30,7 +30,7 @@ from pgrunbook.restore.checks import DatabaseSummary, compare_with_manifest, sum
 from pgrunbook.restore.databases import create_database, drop_kit_database, kit_name, mark_text
 from pgrunbook.restore.guards import check_versions
 from pgrunbook.restore.source import inspect_with_facts
-from pgrunbook.restore.staging import RestoreOptions, restore_into
+from pgrunbook.restore.staging import RestoreJob, RestoreOptions, restore_into
 from pgrunbook.store import catalog
 
 
@@ -57,13 +57,13 @@ def restore_test(settings: Settings, file: str | None, console: Console) -> Data
         create_database(pg, target, mark_text("verify", settings, source.path.name), like=facts,
                         tablespace=in_place)
         try:
-            entry.sha256 = restore_into(pg, settings, source, target, options, console, facts)
+            entry.sha256 = restore_into(pg, settings, RestoreJob(source, target, options), console, facts)
             summary = summarize_database(pg, target, source.table_counts())
             differences = compare_with_manifest(source, summary)
             if why_not is None and not differences and source.manifest is not None:
-                prestage.keep(pg, settings, target, source, entry.sha256,
-                              prestage.restore_flags(source, options, replace=False),
-                              sum(summary.tables.values()), console)
+                prestage.keep(pg, settings, prestage.Restored(
+                    target, source, entry.sha256, prestage.restore_flags(source, options, replace=False),
+                    sum(summary.tables.values())), console)
                 kept = True
         finally:
             if not kept:

@@ -8,6 +8,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from pgrunbook.core import journal
 from pgrunbook.core.console import Console, human_size
@@ -101,20 +102,30 @@ def source_lines(source: Source) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class Banner:
+    """What a confirmation banner shows besides the env, its container and database:
+    ``action`` its title, ``subject`` the lines for what is put in place (``source_lines``
+    for a file), ``engine`` the Docker engine (when there is one to name) and
+    ``extra_lines`` below the frame."""
+
+    action: str
+    subject: list[str]
+    engine: str = ""
+    extra_lines: list[str] = field(default_factory=list)
+
+
 def confirm(
     settings: Settings,
-    subject: list[str],
+    shown: Banner,
     confirm_env: str | None,
-    action: str,
     console: Console,
     ask: Callable[[str], str] | None = None,
     interactive: bool | None = None,
-    engine: str = "",
-    extra_lines: list[str] | None = None,
 ) -> None:
-    """The runbook's 声に出して確認 / 二重確認, or --confirm=<env> without a terminal.
-    ``subject``: the banner's lines for what is put in place (``source_lines`` for a file)."""
-    extra_lines = extra_lines or []
+    """The runbook's 声に出して確認 / 二重確認, or --confirm=<env> without a terminal,
+    after the ``shown`` banner."""
+    action, subject, engine, extra_lines = shown.action, shown.subject, shown.engine, shown.extra_lines
     interactive = sys.stdin.isatty() if interactive is None else interactive
     banner = [
         "=" * 64,

@@ -16,8 +16,8 @@ from pgrunbook.infra.postgres import (
 )
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.databases import KitDatabase, drop_kit_database, kit_databases, kit_name, mark_text
-from pgrunbook.restore.guards import confirm, one_writer, preflight_replace
-from pgrunbook.restore.swap import live_closed, record_identity, swap_databases, wait_out_sessions
+from pgrunbook.restore.guards import Banner, confirm, one_writer, preflight_replace
+from pgrunbook.restore.swap import Swap, live_closed, record_identity, swap_databases, wait_out_sessions
 
 
 def restore_rollback(
@@ -40,8 +40,8 @@ def restore_rollback(
                     f"一覧は invoke restore-list --env={settings.env}")
             raise Refused(f"{previous} はこの環境の置き換え前 DB ではありません",
                           f"invoke restore-list --env={settings.env} で確認")
-        confirm(settings, kept_lines(kit[previous]), confirm_env, f"{previous} に戻します（ロールバック）",
-                console, ask, engine=pg.container.engine_description())
+        confirm(settings, Banner(f"{previous} に戻します（ロールバック）", kept_lines(kit[previous]),
+                                 pg.container.engine_description()), confirm_env, console, ask)
         apps = AppWrites(settings, console)
         apps.check()
         rolled = kit_name(settings, "rolledback")
@@ -61,8 +61,8 @@ def restore_rollback(
                 record.update(stage="apps-stop")
                 apps.stop(before_each=record.app_stopping)
                 record.update(stage="swap")
-                swap_databases(pg, settings.db_name, previous, rolled,
-                               mark_text("rolledback", settings, "rolled back"), live_comment,
+                swap_databases(pg, Swap(settings.db_name, previous, rolled,
+                                        mark_text("rolledback", settings, "rolled back"), live_comment),
                                facts.version)
             finally:
                 try:

@@ -56,12 +56,21 @@ from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import Postgres, quote_ident
 from pgrunbook.infra.session import Session, stream_lines
 from pgrunbook.restore import putback
-from pgrunbook.restore.guards import check_versions, confirm, guard_environment, source_lines
+from pgrunbook.restore.guards import Banner, check_versions, confirm, guard_environment, source_lines
 from pgrunbook.restore.putback import DELETED, INSERTED, PARENT, UPDATED, UndoWriter
 from pgrunbook.restore.rowdiff import CHANGED, EXTRA, MISSING, Selection, TableDiff, check_where, compare
-from pgrunbook.restore.rowsource import SORT_OPTIONS, RowSource, fetch_rows, from_archive
+from pgrunbook.restore.rowsource import SORT_OPTIONS, Extract, RowSource, fetch_rows, from_archive
 from pgrunbook.restore.source import Source, inspect_with_facts
-from pgrunbook.restore.tables import Catalog, Table, columns_sql, find_tables, read_catalog, row_hash, row_key
+from pgrunbook.restore.tables import (
+    Catalog,
+    ForeignKey,
+    Table,
+    columns_sql,
+    find_tables,
+    read_catalog,
+    row_hash,
+    row_key,
+)
 
 MODES = ("missing", "changed", "exact")
 APPLICATION = "pgrunbook-partial"
@@ -278,10 +287,10 @@ def fetch_backup_rows(source_session: Session, source: RowSource, plans: dict[in
                                    f"（予定 {plan.rows[kind]} 行）", "再実行。稼働中の DB は変更していません")
 
 
-def load_plan(session: Session, source_session: Session, source: RowSource, live: Catalog,
-              targets: dict[int, TablePlan], mode: str, folder: Path, console: Console) -> Plan:
-    """The rows to write, loaded into ``session``'s temporary tables from the files;
+def load_plan(run: Run, session: Session, source_session: Session, targets: dict[int, TablePlan]) -> Plan:
+    """The rows to write, loaded into ``session``'s temporary tables from the run's files;
     the parents they need; what blocks; sequences; the digest."""
+    source, live, folder, mode = run.source, run.live, run.folder, run.options.mode
     plans: dict[int, TablePlan] = {}
 
     def plan_of(table: Table, key: tuple[str, ...]) -> TablePlan:
@@ -304,7 +313,7 @@ def load_plan(session: Session, source_session: Session, source: RowSource, live
             if plan.rows[kind]:
                 columns = plan.key if kind == DELETED else plan.written
                 session.copy_in(plan.temps[kind], columns_sql(columns), file_chunks(path))
-    _bring_parents(session, source_session, source, live, plans, plan_of, folder, console)
+    _bring_parents(run, session, source_session, plans, plan_of)
     result = Plan(mode, plans)
     result.blocked = _blocked(session, live, plans)
     for plan in plans.values():
@@ -315,11 +324,11 @@ def load_plan(session: Session, source_session: Session, source: RowSource, live
     return result
 
 
-def _bring_parents(session: Session, source_session: Session, source: RowSource, live: Catalog,
-                   plans: dict[int, TablePlan], plan_of: Callable[..., TablePlan], folder: Path,
-                   console: Console) -> None:
+def _bring_parents(run: Run, session: Session, source_session: Session, plans: dict[int, TablePlan],
+                   plan_of: Callable[..., TablePlan]) -> None:
     """Parent rows the rows to write need and live lacks, from the backup, as far as the
     foreign keys reach (a parent brought back may need its own parents)."""
+    source, live, folder, console = run.source, run.live, run.folder, run.console
     pending = [oid for oid, plan in plans.items() if plan.rows[INSERTED] or plan.rows[UPDATED]]
     while pending:
         child = plans[pending.pop(0)]
@@ -327,8 +336,7 @@ def _bring_parents(session: Session, source_session: Session, source: RowSource,
             parent_table = live.tables.get(fk.parent)
             if parent_table is None:
                 continue
-            wanted = _wanted_parents(session, child, fk.columns, parent_table, fk.parent_columns,
-                                     plans.get(fk.parent), folder)
+            wanted = _wanted_parents(session, child, fk, parent_table, plans.get(fk.parent), folder)
             if wanted is None:
                 continue
             parent = plan_of(parent_table, parent_table.primary_key or fk.parent_columns)
@@ -363,10 +371,12 @@ def _bring_parents(session: Session, source_session: Session, source: RowSource,
                     f"先に --table={plan.table.label} --mode=changed で親の行を戻すか、手作業で直す")
 
 
-def _wanted_parents(session: Session, child: TablePlan, columns: tuple[str, ...], parent: Table,
-                    parent_columns: tuple[str, ...], known: TablePlan | None, folder: Path) -> Path | None:
-    """The values ``child``'s rows to write reference that live lacks (nor is already
-    bringing back), in a file; None when there are none."""
+def _wanted_parents(session: Session, child: TablePlan, fk: ForeignKey, parent: Table,
+                    known: TablePlan | None, folder: Path) -> Path | None:
+    """The values ``child``'s rows to write reference through ``fk`` that live (its
+    ``parent`` table) lacks (nor is already bringing back), in a file; None when there
+    are none."""
+    columns, parent_columns = fk.columns, fk.parent_columns
     kinds = [kind for kind in (INSERTED, UPDATED, PARENT) if child.rows[kind]]
     if not kinds:
         return None
@@ -394,19 +404,21 @@ def _blocked(session: Session, live: Catalog, plans: dict[int, TablePlan]) -> li
             referenced = columns_sql(fk.parent_columns, "t")
             queries = []
             if plan.rows[DELETED]:
-                queries.append((f"SELECT {referenced} FROM {plan.table.sql} t JOIN {plan.temps[DELETED]} d "
-                                f"ON {putback.key_match(plan.key, 't', 'd')}", "削除する"))
+                queries.append(putback.Referenced(
+                    f"SELECT {referenced} FROM {plan.table.sql} t JOIN {plan.temps[DELETED]} d "
+                    f"ON {putback.key_match(plan.key, 't', 'd')}", f"{plan.table.label} の削除する行"))
             if plan.rows[UPDATED] and set(fk.parent_columns) <= set(plan.written):
                 changed = " OR ".join(f"t.{quote_ident(c)} IS DISTINCT FROM u.{quote_ident(c)}"
                                       for c in fk.parent_columns)
-                queries.append((f"SELECT {referenced} FROM {plan.table.sql} t JOIN {plan.temps[UPDATED]} u "
-                                f"ON {putback.key_match(plan.key, 't', 'u')} WHERE {changed}", "値を変える"))
+                queries.append(putback.Referenced(
+                    f"SELECT {referenced} FROM {plan.table.sql} t JOIN {plan.temps[UPDATED]} u "
+                    f"ON {putback.key_match(plan.key, 't', 'u')} WHERE {changed}",
+                    f"{plan.table.label} の値を変える行"))
             own = plans.get(child.oid)
             exclude = own.temps[DELETED] if own and own.rows[DELETED] else None
-            blocked += [line for rows_sql, what in queries
-                        if (line := putback.referencing(session, child, fk, rows_sql, exclude,
-                                                        own.key if own else child.primary_key,
-                                                        f"{plan.table.label} の{what}行"))]
+            blocked += [line for parents in queries
+                        if (line := putback.referencing(session, child, fk, parents, exclude,
+                                                        own.key if own else child.primary_key))]
     return blocked
 
 
@@ -482,8 +494,7 @@ def preview(run: Run, scan: LiveScan | None = None) -> Plan:
         source_session = stack.enter_context(run.source_session())
         targets = merge_targets(scan, run.source, run.options, run.folder, run.console)
         fetch_backup_rows(source_session, run.source, targets, run.folder)
-        plan = load_plan(scan.session, source_session, run.source, run.live, targets, run.options.mode,
-                         run.folder, run.console)
+        plan = load_plan(run, scan.session, source_session, targets)
         scan.session.execute("ROLLBACK;")
     return plan
 
@@ -517,9 +528,7 @@ def apply(run: Run, expected: Plan, entry: Entry) -> Applied:
             raise Refused(f"確認の後に {', '.join(moved)} の行が変わりました（何も変更していません）。"
                           "いまの差: "
                           + " / ".join(line.strip() for line in now.lines()[:8]), "差を確かめてから再実行")
-        plan = load_plan(session, source_session, run.source, run.live,
-                         {oid: p.fresh() for oid, p in targets.items()}, options.mode, run.folder,
-                         run.console)
+        plan = load_plan(run, session, source_session, {oid: p.fresh() for oid, p in targets.items()})
         if plan.digest != expected.digest:
             raise Refused("確認の後に、戻す行が参照する行などが変わりました（何も変更していません）。"
                           "いまの差: "
@@ -618,7 +627,7 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
             session = stack.enter_context(Session(pg, settings.db_name, APPLICATION))
             scan = stack.enter_context(_scanning(LiveScan(session, selections, folder)))
             source, shown = stack.enter_context(
-                _rows_from(pg, settings, options, handed, _reach(live, targets), console, entry))
+                _rows_from(pg, settings, _Wanted(options, handed, _reach(live, targets)), console, entry))
             run = Run(pg, settings, source, options, live, targets, folder, console)
             plan = preview(run, scan)
             entry.details["preview"] = plan.counts()
@@ -631,10 +640,10 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
             if plan.empty:
                 console.summary("戻す行はありません。何も変更していません")
                 return plan
-            confirm(settings, source_lines(shown), options.confirm_env,
-                    f"稼働中の DB に行を戻します（--mode={options.mode}、アプリは止めません）", console, ask,
-                    engine=pg.container.engine_description(),
-                    extra_lines=[f"  元         : {source.label}", *plan.lines()])
+            confirm(settings, Banner(
+                f"稼働中の DB に行を戻します（--mode={options.mode}、アプリは止めません）",
+                source_lines(shown), pg.container.engine_description(),
+                [f"  元         : {source.label}", *plan.lines()]), options.confirm_env, console, ask)
             with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                                 "restore-partial"):
                 _remove_stale_undo_temporaries(settings, folder)
@@ -659,10 +668,22 @@ def _scanning(scan: LiveScan) -> Iterator[LiveScan]:
         scan.thread.join()
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """Where a restore-partial's rows are to come from: ``options.file``, or a row source
+    ``handed`` over (``--as-of``); ``reach``: the tables (``schema.name``) whose rows a kit
+    database made from the file needs (the targets and the parents they may need)."""
+
+    options: PartialOptions
+    handed: RowSource | None
+    reach: set[str]
+
+
 @contextlib.contextmanager
-def _rows_from(pg: Postgres, settings: Settings, options: PartialOptions, handed: RowSource | None,
-               reach: set[str], console: Console, entry: Entry) -> Iterator[tuple[RowSource, Source]]:
+def _rows_from(pg: Postgres, settings: Settings, wanted: _Wanted, console: Console,
+               entry: Entry) -> Iterator[tuple[RowSource, Source]]:
     """The row source, and what the confirmation shows of it."""
+    options, handed, reach = wanted.options, wanted.handed, wanted.reach
     if handed is not None:
         entry.file = handed.label
         entry.details.update(handed.details)
@@ -678,7 +699,7 @@ def _rows_from(pg: Postgres, settings: Settings, options: PartialOptions, handed
     entry.details["source_env"] = source.env
     check_versions(source, facts.version)
     guard_environment(settings, source, options.approved_by, console)
-    with from_archive(pg, settings, source, facts, reach, console) as restored:
+    with from_archive(pg, settings, facts, Extract(source, reach), console) as restored:
         entry.sha256 = restored.sha256
         yield restored, source
 

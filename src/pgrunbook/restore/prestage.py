@@ -169,12 +169,28 @@ def make_room(pg: Postgres, settings: Settings, facts: ServerFacts, source: Sour
             drop_kit_database(pg, old.name)
 
 
-def keep(pg: Postgres, settings: Settings, database: str, source: Source, sha256: str,
-         flags: tuple[bool, bool], rows: int, console: Console) -> None:
-    """The restore test passed: mark ``database`` prestaged and close it, in one
+@dataclass(frozen=True)
+class Restored:
+    """A kit database restored from a file and checked, as its prestaged mark records it:
+    its name, the file, the sha256 of the bytes restored, the (no_owner, no_acl) it was
+    restored with (``restore_flags``) and its rows."""
+
+    database: str
+    source: Source
+    sha256: str
+    flags: tuple[bool, bool]
+    rows: int
+
+    def detail(self) -> str:
+        return detail(self.source, self.sha256, self.flags, self.rows)
+
+
+def keep(pg: Postgres, settings: Settings, restored: Restored, console: Console) -> None:
+    """The restore test passed: mark the restored database prestaged and close it, in one
     transaction, then drop the older prestaged databases of this env."""
-    proof = ready_for_swap(pg, database, source, console)
-    comment = mark_text(ROLE, settings, detail(source, sha256, flags, rows) + proof)
+    database = restored.database
+    proof = ready_for_swap(pg, database, restored.source, console)
+    comment = mark_text(ROLE, settings, restored.detail() + proof)
     _mark(pg, database, comment, allow_connections=False)
     mine = _parsed(comment.split(":", 3)[3][:25])
     for old in prestaged_databases(pg, settings):
@@ -292,15 +308,14 @@ def put_back(pg: Postgres, prestaged: Prestaged) -> None:
     _mark(pg, prestaged.name, prestaged.comment, allow_connections=False)
 
 
-def retain(pg: Postgres, settings: Settings, database: str, source: Source, sha256: str,
-           flags: tuple[bool, bool], rows: int) -> str:
+def retain(pg: Postgres, settings: Settings, restored: Restored) -> str:
     """A replace refused for a state that can pass (a prepared transaction, a session
-    DB_USER cannot end) keeps what it restored: ``database`` becomes a prestaged
-    database of ``source`` (marked, closed), which the retry claims instead of
+    DB_USER cannot end) keeps what it restored: the restored database becomes a
+    prestaged database of its file (marked, closed), which the retry claims instead of
     restoring again; renamed as one when nothing holds it. Returns its name.
     The env's other prestaged databases are left alone (restore-list, check)."""
-    _mark(pg, database, mark_text(ROLE, settings, detail(source, sha256, flags, rows)),
-          allow_connections=False)
+    database = restored.database
+    _mark(pg, database, mark_text(ROLE, settings, restored.detail()), allow_connections=False)
     name = kit_name(settings, ROLE)
     try:
         pg.execute(f"ALTER DATABASE {quote_ident(database)} RENAME TO {quote_ident(name)}", "postgres")

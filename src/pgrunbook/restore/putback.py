@@ -168,12 +168,21 @@ def advance_sequences(session: Session, table: Table, sources: list[str], apply:
     return said
 
 
-def referencing(session: Session, child: Table, fk: ForeignKey, rows_sql: str, exclude: str | None,
-                child_key: tuple[str, ...] | None, what: str) -> str | None:
+@dataclass(frozen=True)
+class Referenced:
+    """Parent rows that other rows may reference: ``sql`` a query of the parent's
+    referenced columns, ``what`` says which rows (e.g. "public.members の削除する行")."""
+
+    sql: str
+    what: str
+
+
+def referencing(session: Session, child: Table, fk: ForeignKey, parents: Referenced, exclude: str | None,
+                child_key: tuple[str, ...] | None) -> str | None:
     """The line that refuses: rows of ``child`` whose foreign key ``fk`` references the
-    parent rows of ``rows_sql`` (a query of the parent's referenced columns), but for
-    the rows ``exclude`` (a temporary table of child keys) names; None when there are none.
-    ``what`` says which parent rows (e.g. "public.members の削除する行")."""
+    ``parents``, but for the rows ``exclude`` (a temporary table of child keys) names;
+    None when there are none."""
+    rows_sql, what = parents.sql, parents.what
     columns, parent_columns = fk.columns, fk.parent_columns
     shown = child_key or columns
     label = " || ', ' || ".join(f"c.{quote_ident(name)}::text" for name in shown)

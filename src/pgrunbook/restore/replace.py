@@ -57,6 +57,7 @@ from pgrunbook.restore.databases import (
     mark_text,
 )
 from pgrunbook.restore.guards import (
+    Banner,
     ask_on_stderr,
     check_versions,
     confirm,
@@ -67,9 +68,10 @@ from pgrunbook.restore.guards import (
 )
 from pgrunbook.restore.kitops import rollback_command
 from pgrunbook.restore.source import Source, inspect_with_facts, side_by_side
-from pgrunbook.restore.staging import NoSpace, RestoreOptions, flush_restored_data, restore_into
+from pgrunbook.restore.staging import NoSpace, RestoreJob, RestoreOptions, flush_restored_data, restore_into
 from pgrunbook.restore.swap import (
     Blocked,
+    Swap,
     database_level_statements,
     live_closed,
     record_identity,
@@ -124,15 +126,25 @@ class Replace:
         return rollback_command(self.settings, self.previous)
 
 
+@dataclass(frozen=True)
+class ReplaceRequest:
+    """What ``restore-replace`` is asked by the operator: the file to put in the live
+    database's place, the env named to confirm without a terminal (``--confirm``) and who
+    approved another env's data into a protected env (``--approved-by``)."""
+
+    file: str | None
+    confirm_env: str | None = None
+    approved_by: str | None = None
+
+
 def restore_replace(
     settings: Settings,
-    file: str | None,
-    confirm_env: str | None = None,
-    approved_by: str | None = None,
+    request: ReplaceRequest,
     options: RestoreOptions | None = None,
     console: Console | None = None,
     ask: Callable[[str], str] | None = None,
 ) -> ReplaceResult:
+    file, confirm_env, approved_by = request.file, request.confirm_env, request.approved_by
     console = console or Console(settings.secrets())
     options = options or RestoreOptions()
     entry = Entry("restore-replace", settings.env, settings.db_name, settings.db_container)
@@ -168,8 +180,8 @@ def restore_replace(
             entry.details["shrink"] = shrink[:20]
             extra += ["  注意: 戻すデータは現在の DB より大幅に少なくなります（現在の DB → 戻すアーカイブ）:"]
             extra += [f"    {line}" for line in shrink[:10]]
-        confirm(settings, source_lines(source), confirm_env, "既存 DB を置き換えます（DROP はしません）",
-                console, ask, engine=engine, extra_lines=extra)
+        shown = Banner("既存 DB を置き換えます（DROP はしません）", source_lines(source), engine, extra)
+        confirm(settings, shown, confirm_env, console, ask)
         if shrink:
             confirm_shrink(settings, options, confirm_env, console, ask)
         run = Replace(settings, pg, facts, source, options, personal, apps, console, entry,
@@ -241,9 +253,9 @@ def _replace_locked(run: Replace) -> ReplaceResult:
             create_database(pg, run.staging, mark_text("staging", settings, run.source.path.name),
                             like=run.facts, tablespace=True)
             try:
-                entry.sha256 = restore_into(pg, settings, run.source, run.staging, run.options, console,
-                                            run.facts, replace=True,
-                                            on_upload=lambda path: run.record.update(upload=path))
+                job = RestoreJob(run.source, run.staging, run.options, replace=True,
+                                 on_upload=lambda path: run.record.update(upload=path))
+                entry.sha256 = restore_into(pg, settings, job, console, run.facts)
             except NoSpace as error:
                 raise _naming_prestaged(run, error) from None
         faults.kill_point("checks")
@@ -266,9 +278,9 @@ def _replace_locked(run: Replace) -> ReplaceResult:
             faults.pause_point("swap")
             run.record.update(stage="swap")
             console.step(f"切り替え: {settings.db_name} → {run.previous}、{run.staging} → {settings.db_name}")
-            swap_databases(pg, settings.db_name, run.staging, run.previous,
-                           mark_text("previous", settings, "replaced by " + run.source.path.name),
-                           run.live.comment, run.facts.version, carried)
+            swap_databases(pg, Swap(settings.db_name, run.staging, run.previous,
+                                    mark_text("previous", settings, "replaced by " + run.source.path.name),
+                                    run.live.comment, carried), run.facts.version)
         finally:
             run.failed_apps = run.apps.start(on_started=run.record.app_started)
             run.record.update(stage="apps-started" if not run.failed_apps else "apps-failed")
@@ -582,8 +594,8 @@ def _retain(run: Replace) -> str | None:
     flags = prestage.restore_flags(run.source, run.options, replace=True)
     rows = sum(run.summary.tables.values())
     try:
-        return prestage.retain(run.pg, run.settings, run.staging, run.source, run.entry.sha256 or "",
-                               flags, rows)
+        return prestage.retain(run.pg, run.settings, prestage.Restored(
+            run.staging, run.source, run.entry.sha256 or "", flags, rows))
     except RunbookError as failure:
         run.console.warn(f"復元した DB {run.staging} を再実行用に残せません（{failure.message}）。削除します")
         return None

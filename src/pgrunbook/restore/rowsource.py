@@ -183,12 +183,23 @@ def drop_leftovers(pg: Postgres, settings: Settings, console: Console) -> None:
         drop_kit_database(pg, db.name)
 
 
+@dataclass(frozen=True)
+class Extract:
+    """What a kit database gets from a backup file: every definition and the rows of
+    ``tables`` (``schema.name``), or (``schema_only``) the file's whole schema with
+    owners and privileges and no rows."""
+
+    source: Source
+    tables: set[str]
+    schema_only: bool = False
+
+
 @contextlib.contextmanager
-def from_archive(pg: Postgres, settings: Settings, source: Source, facts: ServerFacts,
-                 tables: set[str], console: Console, schema_only: bool = False) -> Iterator[RowSource]:
-    """A kit database with the rows of ``tables`` (``schema.name``) from the file, or
-    (``schema_only``) its whole schema with owners and privileges and no rows;
-    dropped when the block ends, however it ends."""
+def from_archive(pg: Postgres, settings: Settings, facts: ServerFacts, extract: Extract,
+                 console: Console) -> Iterator[RowSource]:
+    """A kit database made like live (``facts``) with what ``extract`` names from the
+    file; dropped when the block ends, however it ends."""
+    source, tables, schema_only = extract.source, extract.tables, extract.schema_only
     drop_leftovers(pg, settings, console)
     name = kit_name(settings, ROLE)
     create_database(pg, name, mark_text(ROLE, settings, _detail(source)), like=facts)
@@ -196,11 +207,9 @@ def from_archive(pg: Postgres, settings: Settings, source: Source, facts: Server
         restored = RowSource(pg, name, source.path.name, str(source.path), counts=source.table_counts(),
                              schema_only=schema_only)
         if source.format == "plain":
-            restored.sha256, found = _load_sql(pg, settings, source, name, tables, schema_only, console,
-                                               restored)
+            restored.sha256, found = _load_sql(settings, extract, console, restored)
         else:
-            restored.sha256, found = _load_archive(pg, settings, source, facts, name, tables, schema_only,
-                                                   console, restored)
+            restored.sha256, found = _load_archive(settings, facts, extract, console, restored)
         if not schema_only:
             _check_restored(pg, restored, tables, found)
         yield restored
@@ -210,13 +219,15 @@ def from_archive(pg: Postgres, settings: Settings, source: Source, facts: Server
             drop_kit_database(pg, name)
 
 
-def _load_archive(pg: Postgres, settings: Settings, source: Source, facts: ServerFacts, database: str,
-                  tables: set[str], schema_only: bool, console: Console,
+def _load_archive(settings: Settings, facts: ServerFacts, extract: Extract, console: Console,
                   restored: RowSource) -> tuple[str, set[str]]:
     """pg_restore reads the archive on its stdin, as far as it needs it: the table of
-    contents (and definitions), then up to the end of the last table asked for. The
-    file is not copied into the container; the hash of what was not sent is taken
-    from the file on the host, and compared before any row is used."""
+    contents (and definitions), then up to the end of the last table asked for, into
+    the ``restored`` kit database. The file is not copied into the container; the hash
+    of what was not sent is taken from the file on the host, and compared before any
+    row is used."""
+    pg, database = restored.pg, restored.database
+    source, tables, schema_only = extract.source, extract.tables, extract.schema_only
     digest = HashingReader(source.path)
     check_free_space(pg, facts, source, archive_inside=False)
     base = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
@@ -259,8 +270,12 @@ def _list_in_container(pg: Postgres, settings: Settings, text: str) -> Iterator[
             pg.container.run(["rm", "-rf", f"/tmp/{private}"])
 
 
-def _load_sql(pg: Postgres, settings: Settings, source: Source, database: str, tables: set[str],
-              schema_only: bool, console: Console, restored: RowSource) -> tuple[str, set[str]]:
+def _load_sql(settings: Settings, extract: Extract, console: Console,
+              restored: RowSource) -> tuple[str, set[str]]:
+    """psql reads the .sql file's sections that ``extract`` names into the ``restored``
+    kit database, filtered on the way (owners and privileges off for rows)."""
+    pg, database = restored.pg, restored.database
+    source, tables, schema_only = extract.source, extract.tables, extract.schema_only
     digest = HashingReader(source.path)
     found: set[str] = set()
     argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-U", settings.db_user,

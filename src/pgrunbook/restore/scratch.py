@@ -24,7 +24,7 @@ from pgrunbook.restore.databases import (
 )
 from pgrunbook.restore.guards import check_versions, warn_personal_data
 from pgrunbook.restore.source import inspect_with_facts
-from pgrunbook.restore.staging import RestoreOptions, restore_into
+from pgrunbook.restore.staging import RestoreJob, RestoreOptions, restore_into
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def restore_scratch(
             drop_kit_database(pg, target)
         create_database(pg, target, mark_text("scratch", settings, source.path.name), like=facts)
         try:
-            entry.sha256 = restore_into(pg, settings, source, target, options, console, facts)
+            entry.sha256 = restore_into(pg, settings, RestoreJob(source, target, options), console, facts)
             if personal:
                 apply_masking(pg, settings, target, console)
         except BaseException:

@@ -163,15 +163,28 @@ def check_free_space(pg: Postgres, facts: ServerFacts, source: Source, archive_i
             )
 
 
-def restore_into(
-    pg: Postgres, settings: Settings, source: Source, database: str, options: RestoreOptions,
-    console: Console, facts: ServerFacts, replace: bool = False,
-    on_upload: Callable[[str], None] | None = None,
-) -> str:
-    """Restore the file into an existing empty database; raise on any error.
+@dataclass(frozen=True)
+class RestoreJob:
+    """What to restore where: the file, the existing empty database it goes into, and
+    how (``options``: ownership, privileges, jobs). ``replace``: the staging database of
+    a replace (ownership resolves as a replace's); ``on_upload``: told the archive's path
+    in the container once it is sent (so that an interrupted run's upload is found)."""
+
+    source: Source
+    database: str
+    options: RestoreOptions
+    replace: bool = False
+    on_upload: Callable[[str], None] | None = None
+
+
+def restore_into(pg: Postgres, settings: Settings, job: RestoreJob, console: Console,
+                 facts: ServerFacts) -> str:
+    """Restore the job's file into its database; raise on any error.
 
     Returns the sha256 of the bytes restored (hashed on the way); the caller
     compares it with the record before the result is used."""
+    source, database, options, replace, on_upload = (
+        job.source, job.database, job.options, job.replace, job.on_upload)
     digest = HashingReader(source.path)
     started = time.monotonic()
     no_owner = not options.restores_owners(source, replace)

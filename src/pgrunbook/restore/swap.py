@@ -291,16 +291,28 @@ def setting_value(name: str, value: str) -> str:
     return ", ".join(quote_literal(e) for e in cleaned) or "''"
 
 
-def swap_databases(
-    pg: Postgres, live: str, incoming: str, outgoing: str,
-    outgoing_comment: str, live_comment: str | None, server_version: str,
-    carried: list[str] | None = None,
-) -> None:
+@dataclass(frozen=True)
+class Swap:
+    """One swap of names: ``incoming`` takes the name ``live``, and the database that had
+    it becomes ``outgoing`` with ``outgoing_comment``; ``live_comment`` is the comment the
+    name ``live`` carries after (None: none); ``carried`` the live database's own settings
+    and privileges, now for the new one."""
+
+    live: str
+    incoming: str
+    outgoing: str
+    outgoing_comment: str
+    live_comment: str | None
+    carried: list[str] | None = None
+
+
+def swap_databases(pg: Postgres, swap: Swap, server_version: str) -> None:
     """Block new sessions, end the old ones, then in ONE transaction: both renames,
-    both databases open, both comments, and ``carried`` (the live database's own
-    settings and privileges, now for the new one). Either all of it happened or
-    none; in both cases the database named ``live`` accepts connections after,
+    both databases open, both comments, and ``swap.carried``. Either all of it happened
+    or none; in both cases the database named ``swap.live`` accepts connections after,
     whatever happens to this process meanwhile (see SCRIPT)."""
+    live, incoming, outgoing = swap.live, swap.incoming, swap.outgoing
+    outgoing_comment, live_comment, carried = swap.outgoing_comment, swap.live_comment, swap.carried
     live_q, incoming_q, outgoing_q = quote_ident(live), quote_ident(incoming), quote_ident(outgoing)
     statements = [
         blocked_check([live, incoming]),

@@ -32,7 +32,7 @@ from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import Postgres, quote_ident
 from pgrunbook.infra.session import Session
 from pgrunbook.restore import putback
-from pgrunbook.restore.guards import confirm, source_lines
+from pgrunbook.restore.guards import Banner, confirm, source_lines
 from pgrunbook.restore.partial import APPLICATION, KIND_WORDS, UNDO_FOLDER
 from pgrunbook.restore.putback import DELETED, INSERTED, PARENT, UPDATED, UndoFile, read_undo
 from pgrunbook.restore.source import Source
@@ -166,12 +166,12 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
                        path.stat().st_size, None)
         counts = {item["table"]: {k: v for k, v in item["rows"].items() if v}
                   for item in undo.header["tables"]}
-        confirm(settings, source_lines(shown), confirm_env,
-                f"restore-partial の run {chosen['run']} を取り消します", console, ask,
-                engine=pg.container.engine_description(),
-                extra_lines=["  取り消す実行の内容:"] + [
-                    f"    {label}: " + "、".join(f"{KIND_WORDS[k]} {v} 行" for k, v in rows.items())
-                    for label, rows in counts.items() if rows])
+        confirm(settings, Banner(
+            f"restore-partial の run {chosen['run']} を取り消します", source_lines(shown),
+            pg.container.engine_description(),
+            ["  取り消す実行の内容:"] + [
+                f"    {label}: " + "、".join(f"{KIND_WORDS[k]} {v} 行" for k, v in rows.items())
+                for label, rows in counts.items() if rows]), confirm_env, console, ask)
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-partial-undo"), Session(pg, settings.db_name, APPLICATION) as session:
             session.execute("BEGIN;")
@@ -224,9 +224,9 @@ def _blocked(session: Session, live: Catalog, entries: list[UndoTable]) -> list[
                 session.execute(f"CREATE TEMP TABLE IF NOT EXISTS pgrunbook_gone_{own.index} "
                                 f"ON COMMIT DROP AS SELECT * FROM {_inserted(own)} x;")
                 exclude = f"pg_temp.pgrunbook_gone_{own.index}"
-            line = putback.referencing(session, child, fk, rows_sql, exclude,
-                                       own.key if own else child.primary_key,
-                                       f"戻した {entry.table.label} の行")
+            parents = putback.Referenced(rows_sql, f"戻した {entry.table.label} の行")
+            line = putback.referencing(session, child, fk, parents, exclude,
+                                       own.key if own else child.primary_key)
             if line:
                 blocked.append(line)
     return blocked

@@ -29,8 +29,8 @@ def state(**changes) -> pitr_status.ArchiverState:
 
 
 def verdict(archiver: pitr_status.ArchiverState, backups=BACKUPS, reason=None) -> pitr_status.Status:
-    return pitr_status.evaluate_status("prod", "knot", archiver, backups, timedelta(minutes=15),
-                                timedelta(days=8), reason)
+    limits = pitr_status.StatusLimits(timedelta(minutes=15), timedelta(days=8))
+    return pitr_status.evaluate_status("prod", "knot", archiver, backups, limits, reason)
 
 
 def test_status_ok_names_the_last_wal_and_backup():
