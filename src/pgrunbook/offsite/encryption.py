@@ -128,8 +128,9 @@ def fingerprint(recipient: str) -> str:
     return "SHA256:" + hashlib.sha256(recipient.strip().encode("ascii")).hexdigest()[:16]
 
 
-class HashingReader(io.RawIOBase):
-    """Reads from a source, hashing and counting what passes (the plaintext)."""
+class PlaintextReader(io.RawIOBase):
+    """Reads from a source, hashing and counting what passes (the plaintext), as a stream
+    for the encrypter (core.files.HashingReader is the file sender's: another mechanism)."""
 
     def __init__(self, source: Any, on_progress: Callable[[int], None] | None = None) -> None:
         self.source = source
@@ -155,7 +156,7 @@ class HashingReader(io.RawIOBase):
         return PlaintextHash(self.hash.hexdigest(), self.size)
 
 
-class HashingWriter(io.RawIOBase):
+class PlaintextWriter(io.RawIOBase):
     """Writes to a file descriptor, hashing and counting (the decrypted plaintext)."""
 
     def __init__(self, target: BinaryIO, on_progress: Callable[[int], None] | None = None) -> None:
@@ -196,14 +197,14 @@ def decrypt_failure(error: Exception, what: str) -> RunbookError:
 
 def encrypt_stream(source: Any, target: Any, recipients: list[Any],
                    on_progress: Callable[[int], None] | None = None) -> PlaintextHash:
-    reader = HashingReader(source, on_progress)
+    reader = PlaintextReader(source, on_progress)
     pyrage().encrypt_io(reader, target, recipients)
     return reader.digest()
 
 
 def decrypt_stream(source: Any, target: BinaryIO, identities: list[Any], what: str,
                    on_progress: Callable[[int], None] | None = None) -> PlaintextHash:
-    writer = HashingWriter(target, on_progress)
+    writer = PlaintextWriter(target, on_progress)
     module = pyrage()
     try:
         module.decrypt_io(source, writer, identities)
