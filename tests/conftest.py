@@ -26,8 +26,10 @@ so a wrong DB_PASSWORD really fails and the password really travels.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -134,11 +136,22 @@ def lost_outputs(tmp_path) -> LostOutputs:
     lost_outputs.env(rate=0.1 | match=... nth=... kind=...), see what it dropped."""
     return LostOutputs(tmp_path / "lost-outputs.log")
 
+CRON_LOCK = Path(tempfile.gettempdir()) / "pgrunbook-tests-cron.lock"
+
+
 @pytest.fixture
 def cron_daemon(tmp_path):
+    """The host's cron daemon (and root's crontab) for one test at a time, whichever worker
+    runs it: an exclusive lock on a file, held for the test's length."""
     reason = cron_available()
     if reason:
         pytest.skip(reason)
+    with open(CRON_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield from _cron_daemon(tmp_path)
+
+
+def _cron_daemon(tmp_path):
     if running_cron():
         yield None  # a daemon is already there: use it, never stop it
         return
@@ -165,23 +178,21 @@ NO_ENGINE_AREAS = {"site"}  # e2e/site builds and browses the site: no Docker
 
 
 def pytest_collection_modifyitems(config, items):
-    """The docker marker, set once by place: every e2e test outside e2e/site. Under xdist
-    (``--dist loadgroup``) an e2e module runs on one worker, so that its module-scoped
-    servers start once; the modules that use the host's cron daemon and root's crontab
-    share one group."""
+    """The docker marker, set once by place: every e2e test outside e2e/site. Under xdist,
+    ``--dist loadscope`` (pyproject.toml) runs a module on one worker, so that its
+    module-scoped servers start once and its tests run in their order; the host's cron
+    daemon is one test's at a time through the cron_daemon fixture's lock. (Not
+    ``loadgroup``: with pytest 9 its groups are silently ignored, as xdist 3.8 renames
+    ``item._nodeid``, which pytest 9 no longer reads.)"""
     by_module: dict[Path, list] = {}
     for item in items:
         by_module.setdefault(Path(str(item.path)).resolve(), []).append(item)
     for path, module_items in by_module.items():
         parts = path.relative_to(TESTS).parts
-        if parts[0] != "e2e":
+        if parts[0] != "e2e" or parts[1] in NO_ENGINE_AREAS:
             continue
-        uses_cron = any("cron_daemon" in getattr(item, "fixturenames", ()) for item in module_items)
-        group = "cron-daemon" if uses_cron else "/".join(parts)
         for item in module_items:
-            if parts[1] not in NO_ENGINE_AREAS:
-                item.add_marker(pytest.mark.docker)
-            item.add_marker(pytest.mark.xdist_group(group))
+            item.add_marker(pytest.mark.docker)
 
 
 STRICT = os.environ.get("PGRUNBOOK_TEST_STRICT") == "1"

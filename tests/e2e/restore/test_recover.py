@@ -127,7 +127,7 @@ def test_prepared_transaction_is_refused_before_anything_is_closed(tmp_path, spe
                     "('保留', 1, '賛成', now()); PREPARE TRANSACTION 'knot-tx-1';", "live")
     try:
         before = table_fingerprints(special_pg, "live")
-        since = int(time.time()) - 1
+        since = time.time()  # (to the microsecond: the test's own CREATE DATABASE was just before)
         refused = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
         assert refused.returncode == 1
         assert "準備済みトランザクション" in refused.stderr and "ROLLBACK PREPARED" in refused.stderr
