@@ -175,6 +175,8 @@ def _cron_daemon(tmp_path):
 
 TESTS = Path(__file__).resolve().parent
 NO_ENGINE_AREAS = {"site"}  # e2e/site builds and browses the site: no Docker
+# e2e areas by the time their tests take (restore about two thirds of the whole), then the rest
+HEAVY_FIRST = ("restore", "infra", "lab", "pitr", "monitoring", "backup", "offsite", "core", "store", "site")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -187,6 +189,17 @@ def pytest_collection_modifyitems(config, items):
     by_module: dict[Path, list] = {}
     for item in items:
         by_module.setdefault(Path(str(item.path)).resolve(), []).append(item)
+    # the heaviest areas first, so that the run does not end on one worker with a long
+    # module while the others wait (a module keeps its tests' order)
+    rank = {area: index for index, area in enumerate(HEAVY_FIRST)}
+    place = {id(item): index for index, item in enumerate(items)}
+
+    def heavy_first(item) -> tuple[int, int]:
+        parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
+        area = parts[1] if parts[0] == "e2e" and len(parts) > 2 else parts[0]
+        return rank.get(area, len(rank)), place[id(item)]
+
+    items.sort(key=heavy_first)
     for path, module_items in by_module.items():
         parts = path.relative_to(TESTS).parts
         if parts[0] != "e2e" or parts[1] in NO_ENGINE_AREAS:
