@@ -52,8 +52,13 @@ def test_the_toc_is_read_while_pg_dump_runs_and_the_identity_with_the_snapshot(c
     assert len(queries) == 1, [c for c in commands if "tiny" in c]  # the snapshot's session only (the kit's queries: -R)
     toc = [exec_id for exec_id, (_i, command) in created.items() if _runs(command, "pg_restore --list")]
     dump = [exec_id for exec_id, (_i, command) in created.items() if _runs(command, "pg_dump ")]
-    assert len(toc) == 1 and len(dump) == 1, [c[:90] for c in commands if "tiny" in c]
-    assert created[toc[0]][0] < died[dump[0]], execs  # there before pg_dump had ended
+    assert len(dump) == 1, [c[:90] for c in commands if "tiny" in c]
+    # the first pg_restore --list was there before pg_dump had ended; a second one is the
+    # fall-back read of the finished file (by design, when the reader beside the dump did not
+    # finish: seen now and then on a loaded machine)
+    assert 1 <= len(toc) <= 2, [c[:90] for c in commands if "tiny" in c]
+    first = min(toc, key=lambda exec_id: created[exec_id][0])
+    assert created[first][0] < died[dump[0]], execs
     manifest = json.loads(Path(last_line(made.stdout) + ".json").read_text())
     assert manifest["identity"]["database_oid"] and manifest["toc_entries"] > 0
 
