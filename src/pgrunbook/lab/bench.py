@@ -310,35 +310,34 @@ if os.environ.get("PGRUNBOOK_BENCH_TRACE") == "1":
         return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment, **more)
 
     def restore(self, argv, *, stdin=None, on_stdout=None, environment=None, **more):
-        if True:
-            options = []
-            if "mwm" in variants:
-                options.append("-c maintenance_work_mem=256MB")
-            if "mwm-auto" in variants:
-                options.append("-c maintenance_work_mem=" + memory_sixteenth(self))
-            if "nosync" in variants:
-                options.append("-c synchronous_commit=off")
-            if options:
-                environment = {**(environment or {}), "PGOPTIONS": " ".join(options)}
-            if "section" in variants and stdin is None:
-                # schema and data now; the indexes and constraints (post-data) on a
-                # thread of their own while the kit checks the row counts
-                first = _run(self, argv[:-1] + ["--section=pre-data", "--section=data", argv[-1]],
-                             on_stdout=on_stdout, environment=environment)
-                if first.ok:  # (a link: the kit removes its upload once this call returns)
-                    kept = "/tmp/pgrunbook-bench-post-data.dump"
-                    _run(self, ["ln", "-f", argv[-1], kept])
+        options = []
+        if "mwm" in variants:
+            options.append("-c maintenance_work_mem=256MB")
+        if "mwm-auto" in variants:
+            options.append("-c maintenance_work_mem=" + memory_sixteenth(self))
+        if "nosync" in variants:
+            options.append("-c synchronous_commit=off")
+        if options:
+            environment = {**(environment or {}), "PGOPTIONS": " ".join(options)}
+        if "section" in variants and stdin is None:
+            # schema and data now; the indexes and constraints (post-data) on a
+            # thread of their own while the kit checks the row counts
+            first = _run(self, argv[:-1] + ["--section=pre-data", "--section=data", argv[-1]],
+                         on_stdout=on_stdout, environment=environment)
+            if first.ok:  # (a link: the kit removes its upload once this call returns)
+                kept = "/tmp/pgrunbook-bench-post-data.dump"
+                _run(self, ["ln", "-f", argv[-1], kept])
 
-                    def post():
-                        post_data["result"] = _run(self, argv[:-1] + ["--section=post-data", kept],
-                                                   environment=environment)
-                        _run(self, ["rm", "-f", kept])
+                def post():
+                    post_data["result"] = _run(self, argv[:-1] + ["--section=post-data", kept],
+                                               environment=environment)
+                    _run(self, ["rm", "-f", kept])
 
-                    thread = threading.Thread(target=post)
-                    thread.start()
-                    post_data["thread"] = thread
-                return first
-            return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment, **more)
+                thread = threading.Thread(target=post)
+                thread.start()
+                post_data["thread"] = thread
+            return first
+        return _run(self, argv, stdin=stdin, on_stdout=on_stdout, environment=environment, **more)
 
     _postgres.Postgres.run = run
     if "section" in variants:
