@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pgrunbook.infra.postgres import (
     EXACT_ROWS,
     USER_TABLES_FROM,
+    Ask,
     Postgres,
     TableCount,
     quote_ident,
@@ -80,14 +81,13 @@ def with_prisma_state(pg: Postgres, summary: DatabaseSummary) -> DatabaseSummary
     prisma = [name for name in summary.tables if name.endswith("._prisma_migrations")]
     if prisma:
         table = ".".join(quote_ident(part) for part in prisma[0].split(".", 1))
-        latest = pg.query(
-            f"SELECT migration_name FROM {table} WHERE finished_at IS NOT NULL "
-            "AND rolled_back_at IS NULL ORDER BY finished_at DESC LIMIT 1", database)
+        latest, problems = pg.queries([
+            Ask(f"SELECT migration_name FROM {table} WHERE finished_at IS NOT NULL "
+                "AND rolled_back_at IS NULL ORDER BY finished_at DESC LIMIT 1", database),
+            Ask(f"SELECT migration_name, CASE WHEN rolled_back_at IS NOT NULL THEN 'rolled back' "
+                f"ELSE 'failed' END FROM {table} WHERE rolled_back_at IS NOT NULL "
+                "OR finished_at IS NULL ORDER BY started_at", database)])
         summary.prisma_latest = latest[0][0] if latest else "（なし）"
-        problems = pg.query(
-            f"SELECT migration_name, CASE WHEN rolled_back_at IS NOT NULL THEN 'rolled back' "
-            f"ELSE 'failed' END FROM {table} WHERE rolled_back_at IS NOT NULL "
-            "OR finished_at IS NULL ORDER BY started_at", database)
         summary.prisma_problems = [f"{name}（{state}）" for name, state in problems]
     return summary
 

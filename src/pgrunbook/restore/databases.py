@@ -146,21 +146,30 @@ def create_database(pg: Postgres, name: str, comment: str, like: ServerFacts | N
             options += f" TABLESPACE {quote_ident(live.tablespace)}"
         if live.user_owns and live.owner:
             options = f" OWNER {quote_ident(live.owner)}" + options
+    # one psql, two statements (CREATE DATABASE runs outside a transaction): the comment
+    # runs only after the database was made (ON_ERROR_STOP)
     try:
-        pg.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0{options}", "postgres")
-    except RunbookError as error:
-        if not live:
-            raise
-        raise RunbookError(
-            f"{name} を本番 DB と同じ設定（{describe(live)}）で作れません: {error.message}",
-            "本番 DB は変更していません。表領域なら GRANT CREATE ON TABLESPACE、ICU のロケールなら"
-            "サーバーの ICU を確かめる") from None
-    try:
-        pg.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(comment)}", "postgres")
+        result = pg.run(pg.psql_argv("postgres") + [
+            "-c", f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0{options}",
+            "-c", f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(comment)}"])
+        if result.ok:
+            return
+        error = explain_failure(result.stderr, pg.settings, "postgres", result.exit_code)
+        made = pg.database_exists(name)
     except BaseException:
         with contextlib.suppress(Exception):
-            drop_kit_database(pg, name)
+            drop_kit_database(pg, name)  # made or not: unmarked, it must not stay
         raise
+    if made:  # the comment failed: an unmarked database is dropped at once
+        with contextlib.suppress(Exception):
+            drop_kit_database(pg, name)
+        raise error
+    if not live:
+        raise error
+    raise RunbookError(
+        f"{name} を本番 DB と同じ設定（{describe(live)}）で作れません: {error.message}",
+        "本番 DB は変更していません。表領域なら GRANT CREATE ON TABLESPACE、ICU のロケールなら"
+        "サーバーの ICU を確かめる") from None
 
 
 def describe(db: DatabaseFacts) -> str:

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 
 from pgrunbook.core.errors import RunbookError
-from pgrunbook.infra.postgres import Postgres, quote_ident
+from pgrunbook.infra.postgres import Ask, Postgres, quote_ident
 
 # kind, schema, name (functions with their identity arguments), owner, and the
 # effective privileges as sorted "grantee:privilege:grantable" ("" = PUBLIC)
@@ -161,13 +161,27 @@ class ObjectRights:
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
 
-def rights_of(pg: Postgres, database: str) -> dict[tuple[str, str, str], ObjectRights]:
-    raw = json.loads(pg.query(OBJECTS, database)[0][0])
+Rights = dict[tuple[str, str, str], ObjectRights]
+
+
+def rights_of(pg: Postgres, database: str) -> Rights:
+    return rights_of_each(pg, database)[0]
+
+
+def rights_of_each(pg: Postgres, *databases: str) -> list[Rights]:
+    """Each database's objects with their owners and privileges, and its default
+    privileges: every read in one exec."""
+    answers = pg.queries([Ask(sql, database) for database in databases for sql in (OBJECTS, DEFAULTS)])
+    return [_rights(answers[2 * index][0][0], answers[2 * index + 1][0][0])
+            for index in range(len(databases))]
+
+
+def _rights(objects: str, default_acl: str) -> Rights:
     found = {}
-    for kind, schema, name, owner, privileges, linked in raw:
+    for kind, schema, name, owner, privileges, linked in json.loads(objects):
         item = ObjectRights(kind, schema, name, owner, tuple(sorted(privileges)), bool(linked))
         found[item.key] = item
-    defaults = json.loads(pg.query(DEFAULTS, database)[0][0])
+    defaults = json.loads(default_acl)
     found[DEFAULTS_KEY] = ObjectRights(DEFAULTS_KIND, "", "", "", tuple(sorted(defaults)))
     return found
 

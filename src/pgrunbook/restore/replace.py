@@ -419,10 +419,12 @@ def _check_staging(run: Replace) -> DatabaseSummary:
     counted = run.counted
     if counted:  # a prestaged database: no restore since the live database's facts were read
         summary, current = counted, run.facts
-    else:
-        summary, current = side_by_side(
+        made = None  # its creation settings were compared with the live one's at its claim
+    else:  # the staging database's facts read with the live one's: nothing else changes them
+        summary, (current, staged) = side_by_side(
             lambda: summarize_database(pg, run.staging, run.source.table_counts()),
-            lambda: pg.facts(settings.db_name))
+            lambda: pg.facts_of(settings.db_name, run.staging))
+        made = staged.database
     # the live database's owner, comment and settings as they are now, not as they
     # were before a restore that may have taken hours
     if current.database:
@@ -433,8 +435,8 @@ def _check_staging(run: Replace) -> DatabaseSummary:
                            "ファイルを invoke verify で確認。本番 DB は変更していません")
     if not summary.tables and (run.source.manifest or {}).get("tables"):
         raise RunbookError("復元先にテーブルがありません", "本番 DB は変更していません")
-    made = pg.facts(run.staging).database
-    unlike = creation_differences(run.live, made) if made else [f"{run.staging} がありません"]
+    unlike = [] if counted else (creation_differences(run.live, made) if made
+                                 else [f"{run.staging} がありません"])
     if unlike:  # what only CREATE DATABASE sets: the app would sort or store differently
         raise RunbookError(f"復元した DB が本番 DB と違う設定です: {'; '.join(unlike)}",
                            "本番 DB は変更していません。invoke check で DB の設定を確かめる")
@@ -453,8 +455,7 @@ def _check_staging(run: Replace) -> DatabaseSummary:
 def _match_privileges(run: Replace) -> None:
     """What the app can do must not change with the replace."""
     settings, pg, console = run.settings, run.pg, run.console
-    live_rights, staged_rights = side_by_side(lambda: privileges.rights_of(pg, settings.db_name),
-                                              lambda: privileges.rights_of(pg, run.staging))
+    live_rights, staged_rights = privileges.rights_of_each(pg, settings.db_name, run.staging)
     ownership = run.options.resolved_ownership(run.source, replace=True)
     copy_owners = ownership == "live"
     copy_acl = ownership != "restorer" and (run.options.no_acl
@@ -488,8 +489,7 @@ def _match_privileges(run: Replace) -> None:
 def _check_database_level(run: Replace) -> None:
     """The new live database is the previous one as a database: its locale, collation,
     tablespace, connection limit, template flag, comment, settings, privileges and owner."""
-    new, old = side_by_side(lambda: run.pg.facts(run.settings.db_name),
-                            lambda: run.pg.facts(run.previous))
+    new, old = run.pg.facts_of(run.settings.db_name, run.previous)
     if not (new.database and old.database):
         raise RunbookError("置き換え後の DB の状態を確かめられません")
     now, before = new.database, old.database

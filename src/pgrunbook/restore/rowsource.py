@@ -36,7 +36,7 @@ from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.files import HashingReader, file_chunks
 from pgrunbook.core.settings import Settings
-from pgrunbook.infra.postgres import Postgres, ServerFacts, quote_ident
+from pgrunbook.infra.postgres import Ask, Postgres, ServerFacts, quote_ident
 from pgrunbook.infra.session import Session
 from pgrunbook.restore.databases import create_database, drop_kit_database, kit_databases, kit_name, mark_text
 from pgrunbook.restore.source import Source, check_digest
@@ -316,12 +316,11 @@ def _check_restored(pg: Postgres, restored: RowSource, tables: set[str], found: 
                            "バックアップの時点でなかったテーブルか、名前が違います。"
                            "稼働中の DB は変更していません")
     expected = restored.counts or {}
-    for label in sorted(tables):
-        if expected.get(label, -1) < 0:
-            continue
-        schema, name = label.split(".", 1)
-        rows = int(pg.query(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(name)}",
-                            restored.database)[0][0])
+    labels = [label for label in sorted(tables) if expected.get(label, -1) >= 0]
+    asks = [Ask("SELECT count(*) FROM " + ".".join(quote_ident(part) for part in label.split(".", 1)),
+                restored.database) for label in labels]
+    for label, answer in zip(labels, pg.queries(asks) if asks else [], strict=True):
+        rows = int(answer[0][0])
         if rows != expected[label]:
             raise RunbookError(f"作業用 DB の {label} が {rows} 行で、バックアップ時の記録 "
                                f"{expected[label]} 行と一致しません",

@@ -21,10 +21,11 @@ from helpers import (
     replace_scenario,
     table_fingerprints,
 )
+from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.settings import load_settings
 from pgrunbook.infra.container import Container
 from pgrunbook.infra.framing import LostAnswer
-from pgrunbook.infra.postgres import Postgres
+from pgrunbook.infra.postgres import Ask, Postgres
 
 
 def kit_postgres(cli, pg, env: str = "prod") -> Postgres:
@@ -43,6 +44,21 @@ def test_a_lost_answer_of_a_read_is_asked_again_never_read_as_empty(cli, pg, los
         monkeypatch.setenv(name, value)
     assert postgres.facts("app").version == pg.version  # was an IndexError
     assert len(lost_outputs.dropped()) == 3
+
+
+def test_reads_batched_in_one_exec_answer_as_one_by_one_and_a_lost_batch_is_asked_again(
+        cli, pg, lost_outputs, monkeypatch):
+    postgres = kit_postgres(cli, pg)
+    asks = [Ask("SELECT 'batched', 1"), Ask("SELECT datname FROM pg_database WHERE datname = 'postgres'",
+                                            "postgres"), Ask("SELECT 1 WHERE false")]
+    expected = [postgres.query(ask.sql, ask.database) for ask in asks]
+    for name, value in lost_outputs.env(match="'batched'", nth="1").items():
+        monkeypatch.setenv(name, value)
+    assert postgres.queries(asks) == expected == [[["batched", "1"]], [["postgres"]], []]
+    assert len(lost_outputs.dropped()) == 1
+    with pytest.raises(RunbookError) as raised:  # the failing read's own error, as by itself
+        postgres.queries([asks[0], Ask("SELECT 1", "no_such_database")])
+    assert "no_such_database" in raised.value.message
 
 
 def test_a_short_exec_that_is_not_psql_is_framed_too(pg, lost_outputs, monkeypatch):

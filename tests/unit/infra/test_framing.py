@@ -8,6 +8,7 @@ import pytest
 
 from pgrunbook.infra.container import DropSeam
 from pgrunbook.infra.framing import Frame, LostAnswer, answered, lost_answer, unframe
+from pgrunbook.infra.postgres import records, split_answers
 
 
 def framed_locally(command: list[str], stdin: bytes | None = None) -> tuple[Frame, bytes, int]:
@@ -113,3 +114,22 @@ def test_the_seam_drops_all_or_the_head_or_the_tail_of_stdout(kind, expected):
     dropping.finish()
     assert bytes(out) == expected
     assert bytes(err) == (b"" if kind == "all" else b"warning")
+
+
+def test_the_answers_of_a_batch_are_split_by_their_marks_with_their_exit_codes():
+    stdout = b"1\x1e\n\nn0nce:1:0\n\nn0nce:2:0\n\nn0nce:3:1\n"
+    stderr = "\nn0nce:1\n\nn0nce:2\nERROR: nope\n\nn0nce:3\n"
+    assert split_answers(stdout, stderr, "n0nce", 3) == [
+        (b"1\x1e\n", "", 0), (b"", "", 0), (b"", "ERROR: nope\n", 1)]
+    assert records(b"1\x1fa\x1e2\x1fb\n") == [["1", "a"], ["2", "b"]]
+
+
+@pytest.mark.parametrize("stdout", [
+    b"1\n\nn0nce:1:0\n",  # an answer short: the batch's end was lost
+    b"1\n\nn0nce:2:0\n\nn0nce:1:0\n",  # out of order
+    b"1\n\nn0nce:1:0\n\nn0nce:2:0\nmore",  # something after the last mark
+    b"1\n\nother:1:0\n\nother:2:0\n",  # another call's marks
+    b"",
+])
+def test_a_batch_with_a_mark_missing_or_out_of_place_is_a_lost_answer_never_a_shorter_one(stdout):
+    assert split_answers(stdout, "", "n0nce", 2) is None
