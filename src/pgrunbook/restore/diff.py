@@ -166,7 +166,8 @@ def _toc_owners(pg: Postgres, source: Source) -> dict[str, str]:
     reads the table of contents only)."""
     if source.format != "custom":
         return {}
-    listing = pg.run(["pg_restore", "-l"], stdin=file_chunks(source.path))  # stops after the TOC
+    # stops after the TOC; framed, asked again if lost (never "no tables, no owners")
+    listing = pg.read(["pg_restore", "-l"], stdin=lambda: file_chunks(source.path))
     if not listing.ok:
         return {}
     found = {}

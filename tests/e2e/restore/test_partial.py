@@ -374,3 +374,16 @@ def test_the_databases_own_timeouts_do_not_cut_the_kits_sessions(cli, pg, target
     done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
     assert done.returncode == 0, done.stderr
     assert selection(pg, target) == before
+
+
+def test_a_lost_table_of_contents_is_read_again_not_taken_for_a_backup_without_the_table(
+        cli, pg, target, lost_outputs):
+    dump = backup(cli, "--env=prod")
+    before = selection(pg, target)
+    mistakes(pg, target)
+    # the listing of the archive that picks the table's entries (pg_restore -l), lost once
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact",
+                   env=lost_outputs.env(match="^pg_restore -l", nth="1"))
+    assert done.returncode == 0, done.stderr
+    assert len(lost_outputs.dropped()) == 1
+    assert selection(pg, target) == before
