@@ -250,26 +250,39 @@ def _load_archive(settings: Settings, facts: ServerFacts, extract: Extract, cons
     console.step(f"{source.path.name} から {len(found)} テーブルの行だけを作業用 DB {database} に復元"
                  "（pg_restore -L、必要なところまで読む）")
     with _list_in_container(pg, settings, chosen) as listed:
-        result = pg.run(base + ["--no-owner", "--no-acl", "-L", listed], stdin=digest.chunks())
+        # the list's directory removed by the same exec, after pg_restore (one exec less;
+        # a kit killed meanwhile leaves nothing either: the exec runs on)
+        result = pg.run(["sh", "-c", 'd=$1; shift; "$@"; rc=$?; rm -rf "$d"; exit "$rc"', "sh",
+                         str(Path(listed).parent), *base, "--no-owner", "--no-acl", "-L", listed],
+                        stdin=digest.chunks())
+        listed.removed = True
     check_digest(source, digest.hexdigest())
     _raise_unless_ok(result.ok, result.error_text(), database)
     return digest.hexdigest(), found
 
 
+class _Listed(str):
+    """The list's path in the container; ``removed`` once the command that used it removed it."""
+
+    removed = False
+
+
 @contextlib.contextmanager
-def _list_in_container(pg: Postgres, settings: Settings, text: str) -> Iterator[str]:
+def _list_in_container(pg: Postgres, settings: Settings, text: str) -> Iterator[_Listed]:
     """The ``-L`` list as a file in the container (under the env's upload prefix, which
-    restore-recover cleans if a killed run leaves it), removed after."""
+    restore-recover cleans if a killed run leaves it), removed after unless the command
+    that read it did (``removed``)."""
     private = upload_prefix(settings.env) + uuid.uuid4().hex[:12]
     with tempfile.TemporaryDirectory(prefix="pgrunbook-list-") as folder:
         path = Path(folder) / "restore.list"
         path.write_text(text, encoding="utf-8")
-        inside = pg.container.put_file(path, "/tmp", f"{private}/restore.list")
+        inside = _Listed(pg.container.put_file(path, "/tmp", f"{private}/restore.list"))
     try:
         yield inside
     finally:
-        with contextlib.suppress(Exception):
-            pg.container.run(["rm", "-rf", f"/tmp/{private}"])
+        if not inside.removed:
+            with contextlib.suppress(Exception):
+                pg.container.run(["rm", "-rf", f"/tmp/{private}"])
 
 
 def _load_sql(settings: Settings, extract: Extract, console: Console,
