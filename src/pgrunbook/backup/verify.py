@@ -60,6 +60,7 @@ class VerifyReport:
     warnings: list[str] = field(default_factory=list)
     sha256: str | None = None
     format: str | None = None
+    toc: tuple[str, ...] | None = None  # the archive's pg_restore --list (no comments), once read
 
     @property
     def ok(self) -> bool:
@@ -305,6 +306,7 @@ def _check_archive(
                f"archive {'.'.join(map(str, header.version))}, db={header.database}, "
                f"pg_dump {header.pg_dump_version}")
     toc = _read_toc(tools, path, header)
+    report.toc = toc.entries if toc.ok else None
     if not report.add("toc", toc.ok, toc.detail, toc.hint):
         return
     expected_tables = len(manifest.get("tables", [])) if manifest else toc.tables
@@ -330,6 +332,7 @@ class Toc:
     data: int = 0  # TABLE DATA entries
     tables: int = 0  # TABLE entries
     too_new: bool = False  # made by a newer pg_dump than this pg_restore reads
+    entries: tuple[str, ...] = ()  # its lines, without pg_restore's comments
 
 
 def _read_toc(tools: _Tools, path: Path, header: ArchiveHeader) -> Toc:
@@ -351,7 +354,7 @@ def _read_toc(tools: _Tools, path: Path, header: ArchiveHeader) -> Toc:
                if line and not line.startswith(";")]
     data = sum(1 for line in entries if " TABLE DATA " in line)
     tables = sum(1 for line in entries if " TABLE " in line and " TABLE DATA " not in line)
-    return Toc(True, "目次を読めました", data=data, tables=tables)
+    return Toc(True, "目次を読めました", data=data, tables=tables, entries=tuple(entries))
 
 
 def table_of_contents(settings: Settings, path: Path, console: Console, host_first: bool = True) -> Toc:

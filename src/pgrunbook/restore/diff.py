@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,17 +137,38 @@ def whole_database(pg: Postgres, settings: Settings, source: RowSource) -> Datab
     return result
 
 
-def quick(pg: Postgres, settings: Settings, source: Source) -> DatabaseDiff:
+@dataclass(frozen=True)
+class LiveTables:
+    """The live database's tables, one read: owner, rows (counted below EXACT_BELOW, else
+    the statistics' estimate) and the estimate alone (the replace's shrink check)."""
+
+    owners: dict[str, str]
+    rows: dict[str, int]
+    estimates: dict[str, int]
+
+
+LIVE_TABLES = ("SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), "
+               f"CASE WHEN c.reltuples < {EXACT_BELOW} THEN {EXACT_ROWS} "
+               "ELSE greatest(c.reltuples::bigint, pg_stat_get_live_tuples(c.oid)) END, "
+               "greatest(c.reltuples::bigint, pg_stat_get_live_tuples(c.oid), 0)" + USER_TABLES_FROM)
+
+
+def live_tables(pg: Postgres, database: str) -> LiveTables:
+    rows = pg.query(LIVE_TABLES, database)
+    return LiveTables({f"{schema}.{name}": owner for schema, name, owner, _rows, _estimate in rows},
+                      {f"{schema}.{name}": int(count) for schema, name, _owner, count, _estimate in rows},
+                      {f"{schema}.{name}": int(estimate) for schema, name, _owner, _rows, estimate in rows})
+
+
+def quick(pg: Postgres, settings: Settings, source: Source,
+          tables_now: LiveTables | None = None) -> DatabaseDiff:
     """The summary without restoring anything (restore-replace's banner): tables and
     owners from the archive's table of contents, rows from its manifest against the
     live database's rows (counted, or the statistics' estimate for a large table);
-    columns and privileges are left to the checks the replace makes before it swaps."""
-    rows = pg.query("SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), "
-                    f"CASE WHEN c.reltuples < {EXACT_BELOW} THEN {EXACT_ROWS} "
-                    "ELSE greatest(c.reltuples::bigint, pg_stat_get_live_tuples(c.oid)) END"
-                    + USER_TABLES_FROM, settings.db_name)
-    live = {f"{schema}.{name}": int(count) for schema, name, _owner, count in rows}
-    live_owners = {f"{schema}.{name}": owner for schema, name, owner, _count in rows}
+    columns and privileges are left to the checks the replace makes before it swaps.
+    ``tables_now``: the live tables as already read (``live_tables``)."""
+    now = tables_now or live_tables(pg, settings.db_name)
+    live, live_owners = now.rows, now.owners
     backup_owners = _toc_owners(pg, source)
     tables = set(backup_owners) if backup_owners else set((source.table_counts() or {}).keys())
     result = DatabaseDiff(sorted(tables - live.keys()), sorted(live.keys() - tables) if tables else [])
@@ -166,12 +187,15 @@ def _toc_owners(pg: Postgres, source: Source) -> dict[str, str]:
     reads the table of contents only)."""
     if source.format != "custom":
         return {}
-    # stops after the TOC; framed, asked again if lost (never "no tables, no owners")
-    listing = pg.read(["pg_restore", "-l"], stdin=lambda: file_chunks(source.path))
-    if not listing.ok:
-        return {}
+    lines: Iterable[str] | None = source.toc  # as the file's check read it: no second read
+    if lines is None:
+        # stops after the TOC; framed, asked again if lost (never "no tables, no owners")
+        listing = pg.read(["pg_restore", "-l"], stdin=lambda: file_chunks(source.path))
+        if not listing.ok:
+            return {}
+        lines = listing.stdout.decode("utf-8", "replace").splitlines()
     found = {}
-    for line in listing.stdout.decode("utf-8", "replace").splitlines():
+    for line in lines:
         entry = parse_toc_line(line)
         if entry and entry[0] == "TABLE":
             owner = re.sub(r".* ", "", line.strip())

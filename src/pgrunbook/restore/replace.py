@@ -36,7 +36,6 @@ from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, append_started, recorded
 from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import (
-    USER_TABLES_FROM,
     DatabaseFacts,
     Postgres,
     ServerFacts,
@@ -172,10 +171,11 @@ def restore_replace(
         entry.details["engine"] = engine
         ownership = options.resolved_ownership(source, replace=True)
         entry.details["ownership"] = ownership
-        shrink, choice = side_by_side(lambda: shrink_findings(pg, settings, source),
-                                      lambda: prestage.choose(pg, settings, source, options))
+        tables_now, choice = side_by_side(lambda: diff.live_tables(pg, settings.db_name),
+                                          lambda: prestage.choose(pg, settings, source, options))
+        shrink = shrink_findings(settings, source, tables_now)
         extra = [f"  所有者     : {OWNERSHIP_TEXT[ownership]}", choice.banner()]
-        extra = [line for line in extra if line] + summary_lines(pg, settings, source)
+        extra = [line for line in extra if line] + summary_lines(pg, settings, source, tables_now)
         if shrink:
             entry.details["shrink"] = shrink[:20]
             extra += ["  注意: 戻すデータは現在の DB より大幅に少なくなります（現在の DB → 戻すアーカイブ）:"]
@@ -194,23 +194,22 @@ def restore_replace(
                 run.record.close(run.settled)
 
 
-def summary_lines(pg: Postgres, settings: Settings, source: Source) -> list[str]:
+def summary_lines(pg: Postgres, settings: Settings, source: Source,
+                  tables_now: diff.LiveTables | None = None) -> list[str]:
     """restore-diff's whole-database summary, as far as it is known without restoring."""
     return ["  戻すと変わるもの（invoke restore-diff と同じ要約）:",
-            *(f"    {line}" for line in diff.quick(pg, settings, source).lines(shown=5))]
+            *(f"    {line}" for line in diff.quick(pg, settings, source, tables_now).lines(shown=5))]
 
 
-def shrink_findings(pg: Postgres, settings: Settings, source: Source) -> list[str]:
+def shrink_findings(settings: Settings, source: Source, tables_now: diff.LiveTables) -> list[str]:
     """The archive against the live database, by the drift check's thresholds:
     missing tables, per-table and total drops, a nearly empty archive. The live
     side uses the server's own estimates (no count(*) of a large database)."""
     incoming = source.table_counts()
     if not incoming:
         return []
-    rows = pg.query("SELECT n.nspname, c.relname, greatest(c.reltuples::bigint, "
-                    "pg_stat_get_live_tuples(c.oid), 0)" + USER_TABLES_FROM, settings.db_name)
-    live = {f"{schema}.{name}": int(count) for schema, name, count in rows}
-    return drift.describe(drift.compare(live, incoming, drift.Thresholds.from_settings(settings)))
+    return drift.describe(drift.compare(tables_now.estimates, incoming,
+                                        drift.Thresholds.from_settings(settings)))
 
 
 def confirm_shrink(settings: Settings, options: RestoreOptions, confirm_env: str | None,

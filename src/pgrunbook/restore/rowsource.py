@@ -242,11 +242,14 @@ def _load_archive(settings: Settings, facts: ServerFacts, extract: Extract, cons
         check_digest(source, digest.hexdigest())
         _raise_unless_ok(result.ok, result.error_text(), database)
         return digest.hexdigest(), set()
-    # the table of contents only, framed and asked again if lost: a lost listing once
-    # read as "the archive holds none of these tables"
-    listing = pg.read(["pg_restore", "-l"], stdin=lambda: file_chunks(source.path))
-    _raise_unless_ok(listing.ok, listing.error_text(), database)
-    chosen, found = filtered_listing(listing.stdout.decode("utf-8", "replace"), tables)
+    if source.toc is not None:  # the table of contents as the file's check read it
+        text = "\n".join(source.toc)
+    else:  # the table of contents only, framed and asked again if lost: a lost listing once
+        # read as "the archive holds none of these tables"
+        listing = pg.read(["pg_restore", "-l"], stdin=lambda: file_chunks(source.path))
+        _raise_unless_ok(listing.ok, listing.error_text(), database)
+        text = listing.stdout.decode("utf-8", "replace")
+    chosen, found = filtered_listing(text, tables)
     console.step(f"{source.path.name} から {len(found)} テーブルの行だけを作業用 DB {database} に復元"
                  "（pg_restore -L、必要なところまで読む）")
     with _list_in_container(pg, settings, chosen) as listed:

@@ -31,6 +31,7 @@ class Source:
     header: ArchiveHeader | None
     size: int
     expected_sha256: str | None  # from the .sha256 sidecar, else the manifest
+    toc: tuple[str, ...] | None = None  # its table of contents as the file's check read it
 
     @property
     def created(self) -> str:
@@ -76,7 +77,7 @@ def inspect_source(settings: Settings, file: str | None, console: Console) -> So
     expected = catalog.read_checksum(path)
     expected = expected or (manifest or {}).get("sha256")
     return Source(path, report.format or "custom", env, manifest, header, path.stat().st_size,
-                  expected)
+                  expected, report.toc)
 
 
 First = TypeVar("First")

@@ -381,9 +381,10 @@ def test_a_lost_table_of_contents_is_read_again_not_taken_for_a_backup_without_t
     dump = backup(cli, "--env=prod")
     before = selection(pg, target)
     mistakes(pg, target)
-    # the listing of the archive that picks the table's entries (pg_restore -l), lost once
+    # the listing of the archive whose entries pick the table's rows, lost once (the file's
+    # check reads it, and the -L list is made of it)
     done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact",
-                   env=lost_outputs.env(match="^pg_restore -l", nth="1"))
+                   env=lost_outputs.env(match="^pg_restore (-l|--list)", nth="1"))
     assert done.returncode == 0, done.stderr
     assert len(lost_outputs.dropped()) == 1
     assert selection(pg, target) == before
