@@ -165,7 +165,10 @@ SELECT json_build_object(
       'logical_slots', (SELECT coalesce(json_agg(r.slot_name ORDER BY r.slot_name), '[]'::json)
                         FROM pg_replication_slots r WHERE r.database = d.datname),
       -- the owner's privileges (ALTER DATABASE ... RENAME, COMMENT need them: INHERIT)
-      'user_owns', pg_has_role(d.datdba, 'USAGE'))
+      'user_owns', pg_has_role(d.datdba, 'USAGE'),
+      -- 16+: CREATE DATABASE ... OWNER and ALTER ... OWNER TO need the membership's SET option
+      'user_sets_owner', CASE WHEN current_setting('server_version_num')::int >= 160000
+                              THEN pg_has_role(d.datdba, 'SET') ELSE true END)
     FROM pg_database d WHERE d.datname = %s),
   'user', (SELECT json_build_object('name', r.rolname, 'superuser', r.rolsuper,
                                     'createdb', r.rolcreatedb,
@@ -201,6 +204,7 @@ class DatabaseFacts:
     tablespace_create: bool = True  # the kit user may create a database in that tablespace
     connection_limit: int = -1
     is_template: bool = False
+    user_sets_owner: bool = True  # 16+: the membership of the owner has the SET option
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,7 @@ def server_facts(database: str, answer: str) -> ServerFacts:
             found.get("locale_provider") or "c", found.get("locale"), found.get("icu_rules"),
             found.get("collation_version"), found.get("tablespace") or "pg_default",
             bool(found.get("tablespace_create", True)), int(found.get("connection_limit", -1)),
-            bool(found.get("is_template", False)),
+            bool(found.get("is_template", False)), bool(found.get("user_sets_owner", True)),
         )
     user = raw.get("user")
     kit_user = (KitUser(user["name"], bool(user["superuser"]), bool(user["createdb"]),
@@ -402,6 +406,11 @@ class Postgres:
         answers = self.queries([Ask(FACTS % quote_literal(name), "postgres") for name in databases])
         return [server_facts(name, _one_value(rows, "facts")) for name, rows in
                 zip(databases, answers, strict=True)]
+
+    def facts_and(self, database: str, *also: Ask) -> tuple[ServerFacts, list[list[list[str]]]]:
+        """``facts`` of ``database`` and the answers of ``also``, in one exec."""
+        answers = self.queries([Ask(FACTS % quote_literal(database), "postgres"), *also])
+        return server_facts(database, _one_value(answers[0], "facts")), answers[1:]
 
     def server_version(self) -> str:
         return self.value("SHOW server_version")

@@ -56,6 +56,8 @@ SELECT json_build_object(
   'superuser', r.rolsuper,
   'createdb', r.rolcreatedb,
   'owner_member', pg_has_role(d.datdba, 'USAGE'),
+  'owner_set', CASE WHEN current_setting('server_version_num')::int >= 160000
+                    THEN pg_has_role(d.datdba, 'SET') ELSE true END,
   'tablespace', (SELECT t.spcname FROM pg_tablespace t WHERE t.oid = d.dattablespace),
   'tablespace_create', has_tablespace_privilege(d.dattablespace, 'CREATE'),
   'role_settings', (SELECT count(*) FROM pg_db_role_setting s
@@ -247,6 +249,9 @@ class Checker:
         if not raw["owner_member"]:
             missing.append(f"DB の所有者 {raw['owner']} の権限（GRANT {raw['owner']} TO {user}、"
                            f"または ALTER DATABASE {self.settings.db_name} OWNER TO {user}）")
+        elif not raw.get("owner_set", True):  # 16+: a membership granted WITH SET FALSE
+            missing.append(f"所有者 {raw['owner']} への SET ROLE"
+                           f"（GRANT {raw['owner']} TO {user} WITH SET TRUE）")
         if not raw["createdb"]:
             missing.append(f"CREATEDB（ALTER ROLE {user} CREATEDB）")
         if not raw["signal_backend"]:

@@ -167,7 +167,11 @@ def files_digest(files: list[tuple[str, str, str]]) -> str:
 
 
 def read_untouched(pg: Postgres, database: str) -> Untouched:
-    rows = pg.query(UNTOUCHED, database)
+    return untouched_from(pg.query(UNTOUCHED, database))
+
+
+def untouched_from(rows: list[list[str]]) -> Untouched:
+    """UNTOUCHED's answer."""
     tables = [row for row in rows if row[0] == "table"]
     settings = {row[1]: (row[2], int(row[3])) for row in rows if row[0] == "setting"}
     return Untouched([row[1] for row in rows if row[0] == "schema"],

@@ -194,6 +194,12 @@ def preflight_replace(settings: Settings, facts: ServerFacts, creates: bool = Tr
                 f"DB_USER {user.name} は {name} の名前を変えられません（所有者 {live.owner} のメンバーで"
                 "かつ CREATEDB が必要）",
                 f"superuser で: ALTER ROLE {user.name} CREATEDB; GRANT {live.owner} TO {user.name};")
+        if creates and not live.user_sets_owner:  # 16+: a membership granted WITH SET FALSE
+            raise Refused(
+                f"DB_USER {user.name} は所有者 {live.owner} のメンバーですが SET ROLE できず、"
+                f"置き換える DB を {live.owner} の所有で作れません"
+                "（PostgreSQL 16 以降。何も変更していません）",
+                f"superuser で: GRANT {live.owner} TO {user.name} WITH SET TRUE;")
         if not user.signal_backend:
             raise Refused(
                 f"DB_USER {user.name} は他のロールのセッションを終了できず、切り替えで止まります",

@@ -221,13 +221,15 @@ class Proven:
     written_out: bool  # restored long enough ago that the server's checkpoints wrote it out
 
 
-def proven(pg: Postgres, prestaged: Prestaged, source: Source, now: datetime | None = None) -> Proven:
+def proven(pg: Postgres, prestaged: Prestaged, source: Source, now: datetime | None = None,
+           untouched: checks.Untouched | None = None) -> Proven:
     """The claimed database's rows, proven without counting: the restore test compared
     them with the manifest and nobody has written since (checks.Untouched; "unknown" for
     an older mark or statistics reset by a crash: the caller counts; "written": not to be
     used, even when a count would still agree). And whether a CHECKPOINT before the apps
-    stop would still have anything of it to write (checks.Untouched.written_out)."""
-    untouched = checks.read_untouched(pg, prestaged.name)
+    stop would still have anything of it to write (checks.Untouched.written_out).
+    ``untouched``: UNTOUCHED as already read of it since its claim."""
+    untouched = untouched or checks.read_untouched(pg, prestaged.name)
     expected = source.table_counts()
     verdict = untouched.verdict(expected, prestaged.files)
     summary = None

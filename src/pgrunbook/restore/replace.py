@@ -36,6 +36,7 @@ from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, append_started, recorded
 from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import (
+    Ask,
     DatabaseFacts,
     Postgres,
     ServerFacts,
@@ -43,7 +44,7 @@ from pgrunbook.infra.postgres import (
     quote_ident,
 )
 from pgrunbook.infra.versions import describe_locale
-from pgrunbook.restore import diff, prestage, privileges
+from pgrunbook.restore import checks, diff, prestage, privileges
 from pgrunbook.restore.appcheck import apply_masking, run_post_restore_command
 from pgrunbook.restore.apps import AppWrites
 from pgrunbook.restore.checks import DatabaseSummary, compare_with_manifest, summarize_database
@@ -321,13 +322,15 @@ def _claim_prestaged(run: Replace) -> None:
     if not prestage.claim_unchanged(pg, chosen, mark_text("staging", settings,
                                                           f"{run.source.path.name} (prestaged)")):
         return from_the_file("がなくなったか変わりました: ")  # a restore test replaced or dropped it
-    made = pg.facts(chosen.name).database
+    # its creation settings and its rows' statistics (checks.UNTOUCHED), one exec
+    found, (untouched,) = pg.facts_and(chosen.name, Ask(checks.UNTOUCHED, chosen.name))
+    made = found.database
     unlike = creation_differences(run.live, made) if made else ["DB がありません"]
     if unlike:  # made before the live database changed, or by a kit that did not carry these
         return from_the_file(f"が本番 DB と違う設定で作られています（{'; '.join(unlike)}）: 削除して",
                              drop=True)
     console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
-    proof = prestage.proven(pg, chosen, run.source)
+    proof = prestage.proven(pg, chosen, run.source, untouched=checks.untouched_from(untouched))
     if proof.verdict == "written":
         return from_the_file("は復元テストの後に書き込まれています（行の追加・変更・削除）: 削除して",
                              drop=True)

@@ -12,11 +12,13 @@ import uuid
 import pytest
 
 from helpers import (
+    MATRIX,
     allows_connections,
     backup,
     databases,
     log_lines,
     minimal_rights,
+    one_clean_line,
     paused,
     prestaged,
     start_postgres,
@@ -45,6 +47,46 @@ def test_a_replace_by_a_non_superuser_with_the_documented_rights_succeeds(cli, p
     assert table_owners(pg, target) == {owner}
     assert pg.psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{target}'",
                    "postgres").strip() == owner
+
+
+def test_a_rollback_by_a_non_superuser_with_the_documented_rights_brings_the_previous_database_back(
+        cli, pg, target):
+    owner, _kit = minimal_rights(cli, pg, target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) VALUES ('後から', 1, '賛成', now())",
+            target)
+    written = table_fingerprints(pg, target)
+    replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    assert replaced.returncode == 0, replaced.stderr
+    [previous] = [d for d in databases(pg) if d.startswith(target + "_pgrunbook_previous_")]
+    back = cli("restore-rollback", "--env=prod", f"--previous={previous}", "--confirm=prod")
+    assert back.returncode == 0, back.stderr
+    assert table_fingerprints(pg, target) == written
+    assert table_owners(pg, target) == {owner}
+    assert pg.psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{target}'",
+                   "postgres").strip() == owner
+
+
+# PostgreSQL 16+ grants membership with a SET option: the images of the matrix from 16 on
+WITH_SET_OPTION = [image for image in MATRIX
+                   if image.rsplit(":", 1)[-1].isdigit() and int(image.rsplit(":", 1)[-1]) >= 16]
+
+
+@pytest.mark.parametrize("pg", WITH_SET_OPTION, indirect=True, ids=WITH_SET_OPTION)
+def test_a_member_of_the_owner_without_the_set_option_is_refused_with_the_grant_before_anything_is_made(
+        cli, pg, target):
+    owner, kit = minimal_rights(cli, pg, target)
+    pg.psql(f'REVOKE "{owner}" FROM "{kit}"', "postgres")
+    pg.psql(f'GRANT "{owner}" TO "{kit}" WITH INHERIT TRUE, SET FALSE', "postgres")
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    refused = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
+    line = one_clean_line(refused)
+    assert f"GRANT {owner} TO {kit} WITH SET TRUE" in line and "SET ROLE" in line, line
+    assert table_fingerprints(pg, target) == before
+    assert [d for d in databases(pg) if d.startswith(target)] == [target, target + "_dev"]
+    checked = cli("check", "--env=prod")  # the check names the same grant beforehand
+    assert f"GRANT {owner} TO {kit} WITH SET TRUE" in checked.stdout, checked.stdout
 
 
 def superuser_session(pg, database: str) -> str:
