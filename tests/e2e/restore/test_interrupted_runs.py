@@ -138,10 +138,10 @@ def test_container_killed_mid_swap_then_one_recover_repairs_without_waiting(tmp_
         cli.write_env("prod", DB_CONTAINER=server.name, DB_NAME="live", DB_PASSWORD=PASSWORD)
         dump = backup(cli, "--env=prod")
         before = table_fingerprints(server, "live")
-        # a session holding a lock on the live DB's name: the rename waits (lock_timeout 5 s)
-        server.run_detached("BEGIN; COMMENT ON DATABASE live IS 'busy'; SELECT pg_sleep(30); COMMIT;",
-                            "postgres")
-        environment = dict(os.environ, PGRUNBOOK_HOME=str(tmp_path))
+        # the swap script holds the live DB closed (its test hook right after the close) until
+        # the kill: a lock the rename waits for gave up after lock_timeout and reopened it, at
+        # times before a poll on a loaded host saw it closed
+        environment = dict(os.environ, PGRUNBOOK_HOME=str(tmp_path), PGRUNBOOK_TEST_AFTER_CLOSE="sleep 150")
         process = subprocess.Popen(
             [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-replace", "--env=prod",
              f"--file={dump}", "--confirm=prod"],
