@@ -25,6 +25,7 @@ from helpers import (
     replace_scenario,
     table_fingerprints,
     uploads,
+    wait_for,
     wait_for_kit_processes_to_end,
 )
 
@@ -129,7 +130,7 @@ def test_container_killed_mid_swap_then_one_recover_repairs_without_waiting(tmp_
     is closed for the swap: it comes back closed, with the swap script's folder in
     its /tmp and no script. restore-recover opens the DB and removes the folder
     at once, instead of waiting two minutes for a script that is gone, every time."""
-    from helpers import Cli, start_postgres, wait_for
+    from helpers import Cli, start_postgres
 
     server = start_postgres(docker_engine, f"pgrunbook-test-review-{uuid.uuid4().hex[:8]}")
     try:
@@ -169,6 +170,24 @@ def test_container_killed_mid_swap_then_one_recover_repairs_without_waiting(tmp_
         server.container.remove(force=True, v=True)
 
 
+def until_exists(path: str) -> str:
+    """The swap's after-close hook: wait (at most a minute) until the test creates ``path``."""
+    return f"n=0; until [ -e {path} ] || [ $n -gt 600 ]; do n=$((n+1)); sleep 0.1; done; rm -f {path}"
+
+
+def hold_the_row_once_closed(pg, target: str, ready: str) -> str:
+    """Once the swap has closed the live DB, a session holds its pg_database row (the
+    reopen cannot change it), then the swap script goes on (``ready``)."""
+    wait_for(lambda: allows_connections(pg, target) == "f", "the swap closing the live DB", 120)
+    holder = pg.run_detached(f'BEGIN; ALTER DATABASE "{target}" CONNECTION LIMIT 77; '
+                             "SELECT pg_sleep(400); COMMIT;", "postgres")
+    wait_for(lambda: pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{holder}' "
+                             "AND query LIKE 'BEGIN; ALTER DATABASE%' AND wait_event = 'PgSleep'",
+                             "postgres").strip() == "1", "the holder of the row")
+    pg.exec(["touch", ready])
+    return holder
+
+
 def test_live_db_that_could_not_be_reopened_keeps_the_journal(cli, pg, target):
     """The swap fails and the script cannot reopen the live DB (its pg_database row
     is locked by another session for minutes): the run fails saying so, and the
@@ -177,17 +196,17 @@ def test_live_db_that_could_not_be_reopened_keeps_the_journal(cli, pg, target):
     dump = backup(cli, "--env=prod")
     pg.run_detached(f"BEGIN; COMMENT ON DATABASE \"{target}\" IS 'busy'; SELECT pg_sleep(20); COMMIT;",
                     "postgres")  # the rename waits for this lock (lock_timeout 5 s)
-    # the script tries to reopen twice (about 12 s) instead of 20 times
-    environment = dict(os.environ, PGRUNBOOK_HOME=str(cli.home), PGRUNBOOK_TEST_REOPEN_TRIES="2")
+    # the script tries to reopen twice (about 12 s) instead of 20 times; it waits after the
+    # close until the holder below has the row (else its lock wait could give up and reopen
+    # before a loaded host's poll saw the DB closed)
+    ready = f"/tmp/holder-{uuid.uuid4().hex[:8]}"
+    environment = dict(os.environ, PGRUNBOOK_HOME=str(cli.home), PGRUNBOOK_TEST_REOPEN_TRIES="2",
+                       PGRUNBOOK_TEST_AFTER_CLOSE=until_exists(ready))
     process = subprocess.Popen(
         [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-replace", "--env=prod",
          f"--file={dump}", "--confirm=prod"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=cli.home)
-    from helpers import wait_for
-
-    wait_for(lambda: allows_connections(pg, target) == "f", "the swap closing the live DB", 120)
-    holder = pg.run_detached(f'BEGIN; ALTER DATABASE "{target}" CONNECTION LIMIT 77; '
-                             "SELECT pg_sleep(400); COMMIT;", "postgres")
+    holder = hold_the_row_once_closed(pg, target, ready)
     try:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 1, stderr
@@ -210,7 +229,7 @@ def test_live_db_that_could_not_be_reopened_keeps_the_journal(cli, pg, target):
 def test_rollback_that_leaves_the_live_db_closed_keeps_the_journal(cli, pg, target):
     """The same as above for restore-rollback: its swap could not reopen the live DB,
     so the journal stays and restore-recover opens it. (Slow, like the one above.)"""
-    from helpers import last_line, wait_for
+    from helpers import last_line
 
     dump = backup(cli, "--env=prod")
     replaced = cli("restore-replace", "--env=prod", f"--file={dump}", "--confirm=prod")
@@ -218,15 +237,15 @@ def test_rollback_that_leaves_the_live_db_closed_keeps_the_journal(cli, pg, targ
     previous = last_line(replaced.stdout)
     pg.run_detached(f"BEGIN; COMMENT ON DATABASE \"{target}\" IS 'busy'; SELECT pg_sleep(20); COMMIT;",
                     "postgres")
-    # the script tries to reopen twice (about 12 s) instead of 20 times
-    environment = dict(os.environ, PGRUNBOOK_HOME=str(cli.home), PGRUNBOOK_TEST_REOPEN_TRIES="2")
+    # the script tries to reopen twice (about 12 s) instead of 20 times, once the holder has the row
+    ready = f"/tmp/holder-{uuid.uuid4().hex[:8]}"
+    environment = dict(os.environ, PGRUNBOOK_HOME=str(cli.home), PGRUNBOOK_TEST_REOPEN_TRIES="2",
+                       PGRUNBOOK_TEST_AFTER_CLOSE=until_exists(ready))
     process = subprocess.Popen(
         [sys.executable, "-m", "invoke", "-r", str(ROOT), "restore-rollback", "--env=prod",
          f"--previous={previous}", "--confirm=prod"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=cli.home)
-    wait_for(lambda: allows_connections(pg, target) == "f", "the swap closing the live DB", 120)
-    holder = pg.run_detached(f'BEGIN; ALTER DATABASE "{target}" CONNECTION LIMIT 77; '
-                             "SELECT pg_sleep(400); COMMIT;", "postgres")
+    holder = hold_the_row_once_closed(pg, target, ready)
     try:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 1, stderr
