@@ -35,6 +35,7 @@ from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, append_started, recorded
 from pgrunbook.infra import discovery
+from pgrunbook.infra.framing import LostAnswer
 from pgrunbook.infra.postgres import (
     Ask,
     DatabaseFacts,
@@ -322,15 +323,22 @@ def _claim_prestaged(run: Replace) -> None:
     if not prestage.claim_unchanged(pg, chosen, mark_text("staging", settings,
                                                           f"{run.source.path.name} (prestaged)")):
         return from_the_file("がなくなったか変わりました: ")  # a restore test replaced or dropped it
-    # its creation settings and its rows' statistics (checks.UNTOUCHED), one exec
-    found, (untouched,) = pg.facts_and(chosen.name, Ask(checks.UNTOUCHED, chosen.name))
+    # its creation settings and its rows' statistics (checks.UNTOUCHED), one exec; the
+    # settings alone if it cannot be read (gone after all: the fall-back below says so)
+    try:
+        found, (untouched,) = pg.facts_and(chosen.name, Ask(checks.UNTOUCHED, chosen.name))
+    except LostAnswer:
+        raise
+    except RunbookError:
+        found, untouched = pg.facts(chosen.name), None
     made = found.database
     unlike = creation_differences(run.live, made) if made else ["DB がありません"]
     if unlike:  # made before the live database changed, or by a kit that did not carry these
         return from_the_file(f"が本番 DB と違う設定で作られています（{'; '.join(unlike)}）: 削除して",
                              drop=True)
     console.step(f"事前展開 DB {chosen.name} を使います（{chosen.created_at} に復元・照合済み。復元は省略）")
-    proof = prestage.proven(pg, chosen, run.source, untouched=checks.untouched_from(untouched))
+    proof = prestage.proven(pg, chosen, run.source,
+                            untouched=None if untouched is None else checks.untouched_from(untouched))
     if proof.verdict == "written":
         return from_the_file("は復元テストの後に書き込まれています（行の追加・変更・削除）: 削除して",
                              drop=True)
