@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
+import secrets
 import socket
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,18 +30,24 @@ ROLES = ("scratch", "staging", "previous", "verify", "rolledback", "prestaged", 
 MAX_NAME = 63
 
 
+_SEQUENCE = itertools.count(secrets.randbelow(1 << 24))  # kit_name's part
+
+
 def kit_name(settings: Settings, role: str, when: datetime | None = None, token: str | None = None) -> str:
-    """``<DB_NAME>_pgrunbook_<role>_<YYYYmmddHHMMSSmmm>_<6 hex>``: the time to the
-    millisecond and a random part (24 bits: 50 names of one millisecond collide about
-    once in 14,000 tries; 16 bits did once in 50), so that two runs (two hosts, two
-    checkouts, a restore test beside a replace) do not get one name; if they did, the
-    second CREATE DATABASE fails, nothing is dropped. ``token`` fixes the random part
-    (the runbook's examples)."""
+    """``<DB_NAME>_pgrunbook_<role>_<YYYYmmddHHMMSSmmm>_<4 hex>``: the time to the
+    millisecond and a part that differs, so that two runs (two hosts, two checkouts,
+    a restore test beside a replace) do not get one name (if they did, the second
+    CREATE DATABASE fails; nothing is dropped). The part is a per-process sequence
+    from a random start: names made by one process never repeat (16 random bits
+    alone collided once in 50 tries for 50 names of one millisecond); two processes
+    share a name only if they start within one millisecond at the same point of the
+    sequence. ``token`` fixes the part (the runbook's examples)."""
     when = when or datetime.now()
     stamp = when.strftime("%Y%m%d%H%M%S") + f"{when.microsecond // 1000:03d}"
-    name = f"{settings.db_name}_{MARK}_{role}_{stamp}_{token or uuid.uuid4().hex[:6]}"
+    part = next(_SEQUENCE)
+    name = f"{settings.db_name}_{MARK}_{role}_{stamp}_{token or f'{part & 0xFFFF:04x}'}"
     if len(name.encode()) > MAX_NAME:
-        name = f"{MARK}_{role}_{stamp}_{token or uuid.uuid4().hex[:6]}"
+        name = f"{MARK}_{role}_{stamp}_{token or f'{part & 0xFFFFFF:06x}'}"
     return name
 
 

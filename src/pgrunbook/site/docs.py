@@ -61,7 +61,7 @@ MARKER = re.compile(
 EXAMPLE_ENV = "prod"
 EXAMPLE_WHEN = datetime(2026, 1, 28, 2, 0, 0)  # the runbook's own example date
 EXAMPLE_YEAR = (date(2025, 4, 1), date(2026, 3, 31))  # the fiscal year around it
-EXAMPLE_TOKEN = "4f2a9c"  # the random part of a kit database's name, fixed in the examples
+EXAMPLE_TOKEN = "4f2a"  # the random part of a kit database's name, fixed in the examples
 EMBEDDABLE = {".env.example": "text", "crontab.example": "text",
               # the PITR set-up the tests build and run (runbooks/pitr.md)
               "examples/pitr/compose.yaml": "yaml", "examples/pitr/Dockerfile": "dockerfile",

@@ -21,7 +21,7 @@ def test_names_made_in_the_same_instant_differ(tmp_path):
     names = {kit_name(settings, "staging", when) for _ in range(50)}
     assert len(names) == 50
     for name in names:
-        assert re.fullmatch(r"app_pgrunbook_staging_20260128020000123_[0-9a-f]{6}", name), name
+        assert re.fullmatch(r"app_pgrunbook_staging_20260128020000123_[0-9a-f]{4}", name), name
 
 
 def test_a_long_database_name_still_gets_a_unique_name_within_the_limit(tmp_path):
