@@ -337,7 +337,7 @@ def _check_restored(pg: Postgres, restored: RowSource, tables: set[str], found: 
     labels = [label for label in sorted(tables) if expected.get(label, -1) >= 0]
     asks = [Ask("SELECT count(*) FROM " + ".".join(quote_ident(part) for part in label.split(".", 1)),
                 restored.database) for label in labels]
-    for label, answer in zip(labels, pg.queries(asks) if asks else [], strict=True):
+    for label, answer in zip(labels, pg.queries(asks), strict=True):
         rows = int(answer[0][0])
         if rows != expected[label]:
             raise RunbookError(f"作業用 DB の {label} が {rows} 行で、バックアップ時の記録 "
