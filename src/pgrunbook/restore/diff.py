@@ -33,7 +33,7 @@ from pgrunbook.infra.session import stream_lines
 from pgrunbook.restore import privileges
 from pgrunbook.restore.guards import check_versions
 from pgrunbook.restore.partial import APPLICATION, PartialOptions
-from pgrunbook.restore.rowdiff import Selection, TableDiff, check_where, compare
+from pgrunbook.restore.rowdiff import Selection, TableDiff, check_where, compare, hashing_major
 from pgrunbook.restore.rowsource import SORT_OPTIONS, Extract, RowSource, from_archive, parse_toc_line
 from pgrunbook.restore.source import Source, inspect_with_facts
 from pgrunbook.restore.tables import Catalog, find_tables, read_catalog, row_key
@@ -237,7 +237,12 @@ def table_rows(pg: Postgres, settings: Settings, source: RowSource, options: Par
     live = read_catalog(pg, settings.db_name)
     found = []
     for table in find_tables(live, list(options.tables), "稼働中の DB "):
-        selection = Selection(table, row_key(table, options.key), tuple(c.name for c in table.written), where)
+        selection = Selection(table, row_key(table, options.key), tuple(c.name for c in table.written), where,
+                              hashing_major(live.major))
+        if selection.by_value and source.pg is not pg:  # a kit database is on live's server
+            if source.catalog is None:
+                source.catalog = read_catalog(source.pg, source.database)
+            selection.check_source(source.catalog.major, source.label)
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
         found.append(compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
                                                      APPLICATION, SORT_OPTIONS),

@@ -58,7 +58,16 @@ from pgrunbook.infra.session import Session, stream_lines
 from pgrunbook.restore import putback
 from pgrunbook.restore.guards import Banner, check_versions, confirm, guard_environment, source_lines
 from pgrunbook.restore.putback import DELETED, INSERTED, PARENT, UPDATED, UndoWriter
-from pgrunbook.restore.rowdiff import CHANGED, EXTRA, MISSING, Selection, TableDiff, check_where, compare
+from pgrunbook.restore.rowdiff import (
+    CHANGED,
+    EXTRA,
+    MISSING,
+    Selection,
+    TableDiff,
+    check_where,
+    compare,
+    hashing_major,
+)
 from pgrunbook.restore.rowsource import SORT_OPTIONS, Extract, RowSource, fetch_rows, from_archive
 from pgrunbook.restore.source import Source, inspect_with_facts
 from pgrunbook.restore.tables import (
@@ -225,13 +234,15 @@ class LiveScan:
                 yield line.rstrip(b"\n")
 
 
-def selections_of(targets: list[Table], options: PartialOptions) -> dict[int, Selection]:
-    """What the named tables' rows are compared on (a table without a key stops here)."""
+def selections_of(targets: list[Table], options: PartialOptions, major: int) -> dict[int, Selection]:
+    """What the named tables' rows are compared on (a table without a key stops here),
+    on a live server of ``major``."""
     where = check_where(options.where)
     found = {}
     for table in targets:
         key = row_key(table, options.key)
-        found[table.oid] = Selection(table, key, tuple(c.name for c in table.written), where)
+        found[table.oid] = Selection(table, key, tuple(c.name for c in table.written), where,
+                                     hashing_major(major))
     return found
 
 
@@ -243,7 +254,7 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
     plans: dict[int, TablePlan] = {}
     for oid, selection in scan.selections.items():
         table = selection.table
-        _compatible_target(table, source)
+        _compatible_target(table, source, selection)
         plan = TablePlan(table, len(plans) + 1, selection, selection.key, versions=scan.versions[oid])
         plans[oid] = plan
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
@@ -266,10 +277,12 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
     return plans
 
 
-def _compatible_target(table: Table, source: RowSource) -> None:
+def _compatible_target(table: Table, source: RowSource, selection: Selection | None = None) -> None:
     if source.catalog is None:
         source.catalog = read_catalog(source.pg, source.database)
     _compatible(table, source.catalog, source.label)
+    if selection is not None:
+        selection.check_source(source.catalog.major, source.label)
 
 
 def fetch_backup_rows(source_session: Session, source: RowSource, plans: dict[int, TablePlan],
@@ -490,7 +503,7 @@ def preview(run: Run, scan: LiveScan | None = None) -> Plan:
     with contextlib.ExitStack() as stack:
         if scan is None:
             session = stack.enter_context(run.live_session())
-            scan = LiveScan(session, selections_of(run.targets, run.options), run.folder)
+            scan = LiveScan(session, selections_of(run.targets, run.options, run.live.major), run.folder)
         source_session = stack.enter_context(run.source_session())
         targets = merge_targets(scan, run.source, run.options, run.folder, run.console)
         fetch_backup_rows(source_session, run.source, targets, run.folder)
@@ -621,7 +634,7 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
         pg = Postgres(discovery.db_container(settings), settings)
         live = read_catalog(pg, settings.db_name)
         targets = _targets(live, options)
-        selections = selections_of(targets, options)
+        selections = selections_of(targets, options, live.major)
         with contextlib.ExitStack() as stack:
             folder = stack.enter_context(_work_folder(settings))
             session = stack.enter_context(Session(pg, settings.db_name, APPLICATION))

@@ -6,9 +6,12 @@ Each side sends ``COPY (SELECT <key>, <selected>, <hash of the row's text>
 ... ORDER BY <key>) TO STDOUT``; the merge reads one line of each at a time, so
 memory stays flat whatever the size of the table. A row is identified by its
 key (``tables.row_key``) and equal when its text is (generated columns are left
-out: they are recomputed). ``--where`` selects on both sides: a key is in the
-selection when either side's row satisfies it, so a row moved out of the
-selection since the backup is "changed", never "missing" and "extra" at once.
+out: they are recomputed); on PostgreSQL 14 and later the columns whose values are
+equal exactly when their text is are hashed by value, without printing them
+(``tables.value_hash``: the same hash functions on both sides, one major version).
+``--where`` selects on both sides: a key is in the selection when either side's
+row satisfies it, so a row moved out of the selection since the backup is
+"changed", never "missing" and "extra" at once.
 
 The merge trusts no order it is given: each side must come strictly
 increasing by the key as Python orders it (``tables.sort_expression``); a key
@@ -25,7 +28,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.restore.tables import Column, Table, row_hash, sort_expression, version_sum
+from pgrunbook.restore.tables import (
+    VALUE_HASH_FROM,
+    Column,
+    Table,
+    row_hash,
+    sort_expression,
+    value_hash,
+    version_sum,
+)
 
 MISSING, CHANGED, EXTRA = "missing", "changed", "extra"  # only in the backup / both, differing / only live
 KIND_TEXT = {MISSING: "バックアップにだけある（その後に削除）", CHANGED: "内容が違う（その後に更新）",
@@ -73,6 +84,7 @@ class Selection:
     key: tuple[str, ...]
     compared: tuple[str, ...]  # the columns whose text decides "equal" (no generated ones)
     where: str | None = None
+    by_value: int = 0  # the major version whose hash functions both sides use (0: the rows' text)
 
     @property
     def key_columns(self) -> list[Column]:
@@ -92,15 +104,32 @@ class Selection:
             return "true"
         return f"({self.where}) IS TRUE"
 
+    def row_hash_sql(self) -> str:
+        if self.by_value:
+            return value_hash([self.table.column(name) for name in self.compared])
+        return row_hash(self.compared)
+
     def stream_sql(self) -> str:
-        """The key, whether the row is selected, the hash of the row's text."""
-        return (f"SELECT {self.order_sql()}, {self.selected_sql()}, {row_hash(self.compared)} "
+        """The key, whether the row is selected, the hash of the row."""
+        return (f"SELECT {self.order_sql()}, {self.selected_sql()}, {self.row_hash_sql()} "
                 f"FROM {self.table.sql} ORDER BY {self.order_sql()}")
+
+    def check_source(self, major: int, label: str) -> None:
+        """The other side hashes as live does: the same major version (a PITR copy is of
+        the same cluster, a kit database is on live's server; anything else stops here)."""
+        if self.by_value and major != self.by_value:
+            raise RunbookError(f"{label} のサーバー（PostgreSQL {major}）と稼働中の DB（{self.by_value}）の"
+                               "版が違うため、行を比べられません", "同じ版のサーバーに戻したものを使う")
 
     def versions_sql(self) -> str:
         """``tables.version_sum`` of the selection's rows."""
         where = f" WHERE {self.selected_sql()}" if self.where else ""
         return f"SELECT {version_sum()} FROM {self.table.sql}{where}"
+
+
+def hashing_major(major: int) -> int:
+    """``Selection.by_value`` for a live server of ``major``: 0 before ``VALUE_HASH_FROM``."""
+    return major if major >= VALUE_HASH_FROM else 0
 
 
 @dataclass

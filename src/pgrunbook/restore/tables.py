@@ -21,6 +21,17 @@ from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.infra.postgres import Postgres, quote_ident
 
 INTEGER_TYPES = ("smallint", "integer", "bigint", "oid")
+# Types whose values are equal exactly when their text is (as the kit's sessions print it,
+# ``session.STABLE_TEXT``) and whose hash function hashes that value, not an OID or a
+# normalised form: a row is hashed by these values (``value_hash``) without printing
+# them. Not numeric (1.0 = 1.00), floats (0 = -0), interval ('1 day' = '24 hours'),
+# jsonb (numbers inside), char(n) (trailing blanks), enums (OIDs differ per database),
+# domains or arrays: those are hashed by their text.
+VALUE_HASHED = ("smallint", "integer", "bigint", "boolean", "text", "character varying", "date",
+                "timestamp without time zone", "timestamp with time zone", "time without time zone",
+                "uuid", "bytea")
+VALUE_HASH_FROM = 14  # hash_record_extended
+TYPMOD = re.compile(r"\(\d+(?:,\d+)?\)")
 
 CATALOG = """
 SELECT coalesce(json_agg(json_build_object(
@@ -28,7 +39,9 @@ SELECT coalesce(json_agg(json_build_object(
   'owner', pg_get_userbyid(c.relowner), 'owned', pg_has_role(c.relowner, 'USAGE'),
   'columns', (SELECT coalesce(json_agg(json_build_array(
                  a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '',
-                 a.attidentity) ORDER BY a.attnum), '[]'::json)
+                 a.attidentity, coalesce((SELECT co.collisdeterministic FROM pg_collation co
+                                          WHERE co.oid = a.attcollation), true)
+                 ) ORDER BY a.attnum), '[]'::json)
               FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
   'key', (SELECT json_agg(a.attname ORDER BY k.ord)
           FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -61,6 +74,8 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
 """
+# the server's version with it (in the same read): which hash functions it has
+CATALOG_AND_VERSION = f"SELECT ({CATALOG}), current_setting('server_version_num')::int"
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,13 @@ class Column:
     type: str
     generated: bool = False
     identity: str = ""  # "a" (ALWAYS), "d" (BY DEFAULT) or ""
+    deterministic: bool = True  # its collation (if any) compares bytes, not e.g. case-blind
+
+    @property
+    def hashed_by_value(self) -> bool:
+        """Equal values, equal text, and a hash of the value (``VALUE_HASHED``); a
+        nondeterministic collation (case-blind ICU) hashes 'a' and 'A' alike."""
+        return self.deterministic and TYPMOD.sub("", self.type) in VALUE_HASHED
 
     @property
     def order(self) -> str:
@@ -137,6 +159,11 @@ class Catalog:
     """The tables of one database, by oid and by ``schema.name``."""
 
     tables: dict[int, Table] = field(default_factory=dict)
+    version_num: int = 0  # the server's server_version_num
+
+    @property
+    def major(self) -> int:
+        return self.version_num // 10000
 
     def named(self, label: str) -> Table | None:
         for table in self.tables.values():
@@ -183,13 +210,14 @@ class Catalog:
 
 
 def read_catalog(pg: Postgres, database: str) -> Catalog:
-    raw = json.loads(pg.query(CATALOG, database)[0][0])
-    catalog = Catalog()
+    answer = pg.query(CATALOG_AND_VERSION, database)[0]
+    raw = json.loads(answer[0])
+    catalog = Catalog(version_num=int(answer[1]))
     for item in raw:
         table = Table(
             int(item["oid"]), item["schema"], item["name"], item["owner"], bool(item["owned"]),
-            tuple(Column(name, kind, bool(generated), identity or "")
-                  for name, kind, generated, identity in item["columns"]),
+            tuple(Column(name, kind, bool(generated), identity or "", bool(deterministic))
+                  for name, kind, generated, identity, deterministic in item["columns"]),
             tuple(item["key"]) if item["key"] else None,
             tuple(ForeignKey(fk["name"], tuple(fk["columns"]), int(fk["parent"]),
                              tuple(fk["parent_columns"]), fk["on_delete"], fk["on_update"])
@@ -266,6 +294,19 @@ def row_hash(names: tuple[str, ...] | list[str], alias: str = "") -> str:
     the same on both servers: ``session.STABLE_TEXT``). A hash rather than the text
     itself: the merge then moves a few bytes per row, not the row."""
     return f"hashtextextended(ROW({columns_sql(names, alias)})::text, 0)"
+
+
+def value_hash(columns: tuple[Column, ...] | list[Column], alias: str = "") -> str:
+    """A 64-bit hash of a row as ``row_hash``'s, equal for equal rows, but without printing
+    the values that ``Column.hashed_by_value`` allows (their own hash functions; about
+    half the cost on a table of timestamps and text). The rest go in as one text, as
+    ``row_hash``'s. The same on two servers of one major version (``VALUE_HASH_FROM`` on)."""
+    exact = [column.name for column in columns if column.hashed_by_value]
+    if not exact:
+        return row_hash([column.name for column in columns], alias)
+    rest = [column.name for column in columns if not column.hashed_by_value]
+    printed = f", ROW({columns_sql(rest, alias)})::text" if rest else ""
+    return f"hash_record_extended(ROW({columns_sql(exact, alias)}{printed}), 0)"
 
 
 def version_sum(alias: str = "") -> str:

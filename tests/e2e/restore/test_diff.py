@@ -88,3 +88,24 @@ def test_the_replace_banner_shows_the_same_summary(cli, pg, target):
     assert "戻すと変わるもの（invoke restore-diff と同じ要約）" in banner.stderr
     assert "稼働中の DB にだけあるテーブル（その後に作成）: public.newcomers" in banner.stderr
     assert "public.votes 120 → 117（-3）" in banner.stderr
+
+
+def test_a_row_whose_text_changed_is_changed_even_where_its_value_hashes_alike(cli, pg, target):
+    # On 14 and later most columns are hashed by value, not by their text. A case-blind
+    # collation hashes 'abc' and 'ABC' alike, and numeric 1.0 and 1.00 are equal values:
+    # those rows must still come out "changed", as their text differs.
+    pg.psql("CREATE COLLATION public.case_blind (provider = icu, locale = 'und-u-ks-level2', "
+            "deterministic = false); "
+            "CREATE TABLE public.kinds (id bigint PRIMARY KEY, name text COLLATE public.case_blind, "
+            "amount numeric, at timestamptz, doc jsonb, day date); "
+            "INSERT INTO public.kinds SELECT g, 'abc', 1.0, '2026-12-01 10:00:00+00', '{\"a\": 1}', "
+            "'2026-12-01' FROM generate_series(1, 5) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("UPDATE public.kinds SET name = 'ABC' WHERE id = 1; UPDATE public.kinds SET amount = 1.00 WHERE id = 2; "
+            "UPDATE public.kinds SET at = at + interval '1 microsecond' WHERE id = 3; "
+            "UPDATE public.kinds SET day = day + 1 WHERE id = 4", target)
+    found = diff(cli, f"--file={dump}", "--table=public.kinds", "--format=json")
+    assert found.returncode == 1, found.stderr
+    body = json.loads(found.stdout)["tables"][0]
+    assert body["counts"] == {"missing": 0, "changed": 4, "extra": 0}, body
+    assert body["examples"]["changed"] == ["1", "2", "3", "4"] and body["same"] == 1

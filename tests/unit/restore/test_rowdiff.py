@@ -7,8 +7,8 @@ import random
 import pytest
 
 from pgrunbook.core.errors import Refused, RunbookError
-from pgrunbook.restore.rowdiff import Selection, check_where, compare, unescape
-from pgrunbook.restore.tables import Column, Table
+from pgrunbook.restore.rowdiff import Selection, check_where, compare, hashing_major, unescape
+from pgrunbook.restore.tables import Column, Table, value_hash
 
 TABLE = Table(1, "public", "votes", "app", True, (Column("id", "bigint"), Column("topic", "text")), ("id",))
 
@@ -93,3 +93,25 @@ def test_a_where_that_could_leave_its_parentheses_is_refused(where):
     with pytest.raises(RunbookError) as raised:
         check_where(where)
     assert raised.value.exit_code == 2
+
+
+def test_rows_are_hashed_by_value_only_where_equal_values_print_alike():
+    columns = [Column("id", "bigint"), Column("name", "character varying(20)"),
+               Column("at", "timestamp(3) with time zone"), Column("amount", "numeric(10,2)"),
+               Column("blind", "text", deterministic=False), Column("doc", "jsonb")]
+    assert value_hash(columns, "t") == ('hash_record_extended(ROW(t."id", t."name", t."at", '
+                                        'ROW(t."amount", t."blind", t."doc")::text), 0)')
+    assert value_hash(columns[:3]) == 'hash_record_extended(ROW("id", "name", "at"), 0)'
+    assert value_hash(columns[3:]) == 'hashtextextended(ROW("amount", "blind", "doc")::text, 0)'
+
+
+def test_servers_before_14_compare_the_rows_text_and_a_source_of_another_version_stops():
+    assert hashing_major(13) == 0 and hashing_major(18) == 18
+    text = Selection(TABLE, ("id",), ("id", "topic"), by_value=hashing_major(13))
+    assert "hashtextextended(ROW(" in text.stream_sql()
+    text.check_source(17, "コピー")  # the text is the same on any version
+    by_value = Selection(TABLE, ("id",), ("id", "topic"), by_value=hashing_major(15))
+    assert "hash_record_extended(ROW(" in by_value.stream_sql()
+    by_value.check_source(15, "コピー")
+    with pytest.raises(RunbookError, match="版が違う"):
+        by_value.check_source(16, "コピー")
