@@ -42,7 +42,7 @@ from pgrunbook.restore.databases import create_database, drop_kit_database, kit_
 from pgrunbook.restore.source import Source, check_digest
 from pgrunbook.restore.sqlfilter import Scanner, without_owner_and_acl
 from pgrunbook.restore.staging import check_free_space, upload_prefix
-from pgrunbook.restore.tables import Catalog, Table, columns_sql
+from pgrunbook.restore.tables import CATALOG_AND_VERSION, Catalog, Table, catalog_of, columns_sql
 
 ROLE = "partial"
 # the source is read once, sorted by key (it has no index): a sort in memory, not on disk
@@ -327,7 +327,8 @@ def _raise_unless_ok(ok: bool, error: str, database: str) -> None:
 
 
 def _check_restored(pg: Postgres, restored: RowSource, tables: set[str], found: set[str]) -> None:
-    """Every table asked for had rows in the file, in the number the manifest says."""
+    """Every table asked for had rows in the file, in the number the manifest says; the
+    kit database's catalog read with the counts (``restored.catalog``)."""
     absent = sorted(tables - found)
     if absent:
         raise RunbookError(f"{restored.label} に {', '.join(absent)} の行（TABLE DATA）がありません",
@@ -337,7 +338,10 @@ def _check_restored(pg: Postgres, restored: RowSource, tables: set[str], found: 
     labels = [label for label in sorted(tables) if expected.get(label, -1) >= 0]
     asks = [Ask("SELECT count(*) FROM " + ".".join(quote_ident(part) for part in label.split(".", 1)),
                 restored.database) for label in labels]
-    for label, answer in zip(labels, pg.queries(asks), strict=True):
+    # the kit database's catalog with them (its next read), in the same exec
+    *counted, catalog = pg.queries([*asks, Ask(CATALOG_AND_VERSION, restored.database)])
+    restored.catalog = catalog_of(catalog)
+    for label, answer in zip(labels, counted, strict=True):
         rows = int(answer[0][0])
         if rows != expected[label]:
             raise RunbookError(f"作業用 DB の {label} が {rows} 行で、バックアップ時の記録 "

@@ -210,9 +210,14 @@ class Catalog:
 
 
 def read_catalog(pg: Postgres, database: str) -> Catalog:
-    answer = pg.query(CATALOG_AND_VERSION, database)[0]
-    raw = json.loads(answer[0])
-    catalog = Catalog(version_num=int(answer[1]))
+    return catalog_of(pg.query(CATALOG_AND_VERSION, database))
+
+
+def catalog_of(answer: list[list[str]]) -> Catalog:
+    """``CATALOG_AND_VERSION``'s answer (read alone, or beside other reads) as a Catalog."""
+    row = answer[0]
+    raw = json.loads(row[0])
+    catalog = Catalog(version_num=int(row[1]))
     for item in raw:
         table = Table(
             int(item["oid"]), item["schema"], item["name"], item["owner"], bool(item["owned"]),
