@@ -49,6 +49,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_label(label: str) -> str:
+    """A table's ``schema.name`` label (split at its first dot) as a quoted name."""
+    return ".".join(quote_ident(part) for part in label.split(".", 1))
+
+
 def quote_literal(value: str) -> str:
     """A string constant that means ``value`` whatever standard_conforming_strings
     says: with a backslash in it, an escape string (E'...', backslashes doubled),

@@ -11,7 +11,7 @@ from pgrunbook.infra.postgres import (
     Ask,
     Postgres,
     TableCount,
-    quote_ident,
+    quote_label,
 )
 from pgrunbook.restore.source import Source
 
@@ -80,7 +80,7 @@ def with_prisma_state(pg: Postgres, summary: DatabaseSummary) -> DatabaseSummary
     database = summary.database
     prisma = [name for name in summary.tables if name.endswith("._prisma_migrations")]
     if prisma:
-        table = ".".join(quote_ident(part) for part in prisma[0].split(".", 1))
+        table = quote_label(prisma[0])
         latest, problems = pg.queries([
             Ask(f"SELECT migration_name FROM {table} WHERE finished_at IS NOT NULL "
                 "AND rolled_back_at IS NULL ORDER BY finished_at DESC LIMIT 1", database),

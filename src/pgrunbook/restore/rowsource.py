@@ -36,7 +36,7 @@ from pgrunbook.core.console import Console
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.files import HashingReader, file_chunks
 from pgrunbook.core.settings import Settings
-from pgrunbook.infra.postgres import Ask, Postgres, ServerFacts, quote_ident
+from pgrunbook.infra.postgres import Ask, Postgres, ServerFacts, quote_ident, quote_label
 from pgrunbook.infra.session import Session
 from pgrunbook.restore.databases import create_database, drop_kit_database, kit_databases, kit_name, mark_text
 from pgrunbook.restore.source import Source, check_digest
@@ -336,8 +336,7 @@ def _check_restored(pg: Postgres, restored: RowSource, tables: set[str], found: 
                            "稼働中の DB は変更していません")
     expected = restored.counts or {}
     labels = [label for label in sorted(tables) if expected.get(label, -1) >= 0]
-    asks = [Ask("SELECT count(*) FROM " + ".".join(quote_ident(part) for part in label.split(".", 1)),
-                restored.database) for label in labels]
+    asks = [Ask("SELECT count(*) FROM " + quote_label(label), restored.database) for label in labels]
     # the kit database's catalog with them (its next read), in the same exec
     *counted, catalog = pg.queries([*asks, Ask(CATALOG_AND_VERSION, restored.database)])
     restored.catalog = catalog_of(catalog)

@@ -3,7 +3,7 @@ standard_conforming_strings says (a DBA or an old app may set it off)."""
 
 from __future__ import annotations
 
-from pgrunbook.infra.postgres import quote_ident, quote_literal
+from pgrunbook.infra.postgres import quote_ident, quote_label, quote_literal
 
 
 def test_plain_values_are_standard_literals():
@@ -45,3 +45,8 @@ def read_literal(literal: str) -> str:
             out.append(char)
             i += 1
     return "".join(out)
+
+
+def test_a_table_label_is_quoted_part_by_part_at_its_first_dot():
+    assert quote_label("public.votes") == '"public"."votes"'
+    assert quote_label('会計."承認".v2') == '"会計"."""承認"".v2"'
