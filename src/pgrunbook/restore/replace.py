@@ -323,6 +323,7 @@ def _claim_prestaged(run: Replace) -> None:
     if not prestage.claim_unchanged(pg, chosen, mark_text("staging", settings,
                                                           f"{run.source.path.name} (prestaged)")):
         return from_the_file("がなくなったか変わりました: ")  # a restore test replaced or dropped it
+    faults.pause_point("prestaged-claimed")
     # its creation settings and its rows' statistics (checks.UNTOUCHED), one exec; the
     # settings alone if it cannot be read (gone after all: the fall-back below says so)
     try:
@@ -332,7 +333,9 @@ def _claim_prestaged(run: Replace) -> None:
     except RunbookError:
         found, untouched = pg.facts(chosen.name), None
     made = found.database
-    unlike = creation_differences(run.live, made) if made else ["DB がありません"]
+    if made is None:  # dropped after its claim (by hand: with the staging mark no restore test drops it)
+        return from_the_file("がなくなりました: ")
+    unlike = creation_differences(run.live, made)
     if unlike:  # made before the live database changed, or by a kit that did not carry these
         return from_the_file(f"が本番 DB と違う設定で作られています（{'; '.join(unlike)}）: 削除して",
                              drop=True)

@@ -14,6 +14,7 @@ from helpers import (
     comment_of,
     databases,
     owners,
+    paused,
     prestaged,
     restore_test,
     role,
@@ -159,3 +160,22 @@ def test_check_names_a_second_prestaged_database_left_by_an_interrupted_restore_
     assert any("事前展開" in line and "WARN" in line and older in line and "restore-drop" in line
                for line in checked.stdout.splitlines()), checked.stdout
     assert any("事前展開" in line and "OK" in line and kept in line for line in checked.stdout.splitlines())
+
+
+def test_a_prestaged_database_dropped_right_after_its_claim_is_restored_from_the_file(cli, pg, prod, tmp_path):
+    """The claim's next read (its settings and its rows' statistics, one exec) meets no
+    database: the replace falls back to the settings alone, which say it is gone, and
+    restores the file instead of failing."""
+    dump = backup(cli, "--env=prod")
+    wanted = table_fingerprints(pg, prod)
+    restore_test(cli)
+    [kept] = prestaged(pg, prod)
+    with paused(cli, "prestaged-claimed", tmp_path, "restore-replace", "--env=prod", f"--file={dump}",
+                "--confirm=prod") as run:
+        run.reached("the prestaged database claimed")
+        pg.psql(f'DROP DATABASE "{kept}" WITH (FORCE)', "postgres")
+        replaced = run.go()
+    assert replaced.returncode == 0, replaced.stderr
+    assert f"事前展開 DB {kept} がなくなりました: ファイルから復元します" in replaced.stderr
+    assert table_fingerprints(pg, prod) == wanted
+    assert not prestaged(pg, prod) and allows_connections(pg, prod) == "t"
