@@ -32,6 +32,7 @@ from pgrunbook.lab.bench import (
     _psql,
     _run,
     _run_traced,
+    compile_kit,
     fill,
     machine,
     settle,
@@ -92,6 +93,7 @@ def _writes(container: Container) -> int:
 
 def run(size_mb: float, rounds: int, image: str, output: Path, rows: int = 1_000_000,
         tag: str = "") -> dict[str, Any]:
+    compile_kit()
     container = start_container(image, tag)
     app = start_app(image, tag)
     work = Path(tempfile.mkdtemp(prefix="pgrunbook-bench-partial-"))

@@ -239,10 +239,10 @@ def table_rows(pg: Postgres, settings: Settings, source: RowSource, options: Par
     for table in find_tables(live, list(options.tables), "稼働中の DB "):
         selection = Selection(table, row_key(table, options.key), tuple(c.name for c in table.written), where,
                               hashing_major(live.major))
-        if selection.by_value and source.pg is not pg:  # a kit database is on live's server
+        if selection.by_value:  # as the source hashes each column (its catalog, read once)
             if source.catalog is None:
                 source.catalog = read_catalog(source.pg, source.database)
-            selection.check_source(source.catalog.major, source.label)
+            selection = selection.hashing_with(source.catalog.named(table.label), source.catalog.major)
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
         found.append(compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
                                                      APPLICATION, SORT_OPTIONS),

@@ -252,9 +252,14 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
     differ go to files."""
     scan.wait()
     plans: dict[int, TablePlan] = {}
-    for oid, selection in scan.selections.items():
+    for oid, selection in list(scan.selections.items()):
         table = selection.table
-        _compatible_target(table, source, selection)
+        catalog = _compatible_target(table, source)
+        hashed = selection.hashing_with(catalog.named(table.label), catalog.major)
+        if hashed is not selection:  # the source hashes a column otherwise: live read again by the
+            # rows' text, in the scan's snapshot (its transaction is still open)
+            scan.session.copy_to_file(hashed.stream_sql(), scan.path(oid))
+            selection = scan.selections[oid] = hashed
         plan = TablePlan(table, len(plans) + 1, selection, selection.key, versions=scan.versions[oid])
         plans[oid] = plan
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
@@ -277,12 +282,11 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
     return plans
 
 
-def _compatible_target(table: Table, source: RowSource, selection: Selection | None = None) -> None:
+def _compatible_target(table: Table, source: RowSource) -> Catalog:
     if source.catalog is None:
         source.catalog = read_catalog(source.pg, source.database)
     _compatible(table, source.catalog, source.label)
-    if selection is not None:
-        selection.check_source(source.catalog.major, source.label)
+    return source.catalog
 
 
 def fetch_backup_rows(source_session: Session, source: RowSource, plans: dict[int, TablePlan],

@@ -21,6 +21,7 @@ it with a message.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import re
@@ -114,12 +115,20 @@ class Selection:
         return (f"SELECT {self.order_sql()}, {self.selected_sql()}, {self.row_hash_sql()} "
                 f"FROM {self.table.sql} ORDER BY {self.order_sql()}")
 
-    def check_source(self, major: int, label: str) -> None:
-        """The other side hashes as live does: the same major version (a PITR copy is of
-        the same cluster, a kit database is on live's server; anything else stops here)."""
-        if self.by_value and major != self.by_value:
-            raise RunbookError(f"{label} のサーバー（PostgreSQL {major}）と稼働中の DB（{self.by_value}）の"
-                               "版が違うため、行を比べられません", "同じ版のサーバーに戻したものを使う")
+    def hashing_with(self, other: Table | None, major: int) -> Selection:
+        """This selection as the other side (its table, its server's major version) can
+        hash it the same way: by value only where each column live hashes by value is
+        hashed by value there too (one major version, the same type, a deterministic
+        collation: a case-blind one hashes 'a' and 'A' alike); else by the rows' text."""
+        if not self.by_value:
+            return self
+        theirs = {column.name: column for column in other.columns} if other is not None else {}
+        for name in self.compared:
+            mine, found = self.table.column(name), theirs.get(name)
+            if mine.hashed_by_value and (found is None or not found.hashed_by_value
+                                         or found.type != mine.type):
+                return dataclasses.replace(self, by_value=0)
+        return self if major == self.by_value else dataclasses.replace(self, by_value=0)
 
     def versions_sql(self) -> str:
         """``tables.version_sum`` of the selection's rows."""

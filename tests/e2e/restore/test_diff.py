@@ -109,3 +109,26 @@ def test_a_row_whose_text_changed_is_changed_even_where_its_value_hashes_alike(c
     body = json.loads(found.stdout)["tables"][0]
     assert body["counts"] == {"missing": 0, "changed": 4, "extra": 0}, body
     assert body["examples"]["changed"] == ["1", "2", "3", "4"] and body["same"] == 1
+
+
+def test_a_column_whose_collation_changed_since_the_backup_is_compared_by_its_text(cli, pg, target):
+    # Live's column is hashed by value; the backup's, of a case-blind collation, would be
+    # hashed case-blind: the same rows would all come out "changed". Both sides then
+    # hash that table by the rows' text: only the row really changed differs, in
+    # restore-diff and in restore-partial's preview alike.
+    pg.psql("CREATE COLLATION public.case_blind (provider = icu, locale = 'und-u-ks-level2', "
+            "deterministic = false); "
+            "CREATE TABLE public.names (id bigint PRIMARY KEY, name text COLLATE public.case_blind); "
+            "INSERT INTO public.names SELECT g, 'Name ' || g FROM generate_series(1, 20) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql('ALTER TABLE public.names ALTER COLUMN name TYPE text COLLATE "C"; '
+            "UPDATE public.names SET name = 'NAME 7' WHERE id = 7", target)
+    found = diff(cli, f"--file={dump}", "--table=public.names", "--format=json")
+    assert found.returncode == 1, found.stderr
+    body = json.loads(found.stdout)["tables"][0]
+    assert body["counts"] == {"missing": 0, "changed": 1, "extra": 0} and body["same"] == 19, body
+    previewed = cli("restore-partial", "--env=prod", f"--file={dump}", "--table=public.names", "--mode=changed",
+                    "--confirm=prod")
+    assert previewed.returncode == 0, previewed.stderr
+    assert "同じ 19 行" in previewed.stderr and "戻す（更新） 1 行" in previewed.stderr, previewed.stderr
+    assert pg.psql("SELECT name FROM public.names WHERE id = 7", target).strip() == "Name 7"
