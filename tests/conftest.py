@@ -30,6 +30,7 @@ import fcntl
 import os
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -142,35 +143,63 @@ CRON_LOCK = Path(tempfile.gettempdir()) / "pgrunbook-tests-cron.lock"
 @pytest.fixture
 def cron_daemon(tmp_path):
     """The host's cron daemon (and root's crontab) for one test at a time, whichever worker
-    runs it: an exclusive lock on a file, held for the test's length."""
+    runs it: an exclusive lock on a file, held for the test's length. ``soon()`` after
+    writing the crontab brings the daemon's next minute to about two seconds away."""
     reason = cron_available()
     if reason:
         pytest.skip(reason)
     with open(CRON_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        yield from _cron_daemon(tmp_path)
+        daemon = CronDaemon(tmp_path)
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
 
 
-def _cron_daemon(tmp_path):
-    if running_cron():
-        yield None  # a daemon is already there: use it, never stop it
-        return
-    output = open(tmp_path / "cron-daemon.out", "wb")
-    daemon = subprocess.Popen(["cron", "-f"], stdout=output, stderr=subprocess.STDOUT)
-    # running once it has written its PID file (or it ended: said below)
-    wait_for(lambda: daemon.poll() is not None or running_cron() == daemon.pid, "cron -f to start", 30)
-    if daemon.poll() is not None:
-        output.close()
-        text = (tmp_path / "cron-daemon.out").read_text(errors="replace").strip()
-        pytest.skip(f"cron -f did not keep running (exit {daemon.returncode}): {text[-300:]}")
-    yield daemon
-    daemon.terminate()  # by its PID: only the daemon this test started
-    try:
-        daemon.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        daemon.wait(timeout=10)
-    output.close()
+class CronDaemon:
+    """Debian's cron, started by the test (``cron -f``) unless one already runs (then it is
+    used as it is and never stopped)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.output = tmp_path / "cron-daemon.out"
+        self.process: subprocess.Popen | None = None
+        if running_cron() is None:
+            self._start({})
+
+    def _start(self, environment: dict[str, str]) -> None:
+        with open(self.output, "ab") as output:
+            self.process = subprocess.Popen(["cron", "-f"], stdout=output, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **environment})
+        daemon = self.process
+        # running once it has written its PID file (or it ended: said below)
+        wait_for(lambda: daemon.poll() is not None or running_cron() == daemon.pid, "cron -f to start", 30)
+        if daemon.poll() is not None:
+            text = self.output.read_text(errors="replace").strip()
+            pytest.skip(f"cron -f did not keep running (exit {daemon.returncode}): {text[-300:]}")
+
+    def soon(self) -> None:
+        """cron starts jobs on its minute: the daemon this test started is started again with
+        its clock (its only: a job gets cron's own bare environment, and the real time) at
+        second 58, so that the jobs just written run in about two seconds, not up to 60."""
+        libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+        if self.process is None or not libraries:
+            return  # not ours (or no faketime): its next minute comes when it comes
+        self.stop()
+        offset = (58 - int(time.time()) % 60) % 60
+        # the library itself, not the faketime command (which forks: its PID would not be cron's)
+        self._start({"LD_PRELOAD": str(libraries[0]), "FAKETIME": f"+{offset}"})
+
+    def stop(self) -> None:
+        daemon, self.process = self.process, None
+        if daemon is None:
+            return
+        daemon.terminate()  # by its PID: only the daemon this test started
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=10)
 
 
 TESTS = Path(__file__).resolve().parent

@@ -246,8 +246,7 @@ def test_an_unreachable_db_shows_as_status_2_and_a_bad_metrics_file_only_warns(t
     assert sorted(p.name for p in observation.parent.iterdir()) == [".pitr-status.json"]  # no temporary
 
 
-@pytest.mark.usefixtures("cron_daemon")
-def test_printed_pitr_status_line_works_under_real_cron(engine, live, tmp_path):
+def test_printed_pitr_status_line_works_under_real_cron(engine, live, tmp_path, cron_daemon):
     """As test_cron_daemon.py does for the daily backup: the block is installed by hand with the
     pitr-status line moved to every minute; cron's bare environment runs it."""
     env = f"pitrcron{uuid.uuid4().hex[:6]}"
@@ -272,6 +271,7 @@ def test_printed_pitr_status_line_works_under_real_cron(engine, live, tmp_path):
     installed_at = time.time()
     before = schedule.read_crontab()
     schedule.write_crontab(schedule.merged(before, block, env))
+    cron_daemon.soon()
     log = home.backup_dir(env) / "cron.log"
     try:
         deadline = time.monotonic() + WAIT_SECONDS
