@@ -175,7 +175,9 @@ def test_forty_days_of_backups_of_a_database_emptied_on_day_10_keep_day_9(tmp_pa
     full = [{"schema": "accounting", "name": "journal_entries", "rows": 600},
             {"schema": "audit", "name": "audit_log", "rows": 900}]
     empty = [{**table, "rows": 0} for table in full]
-    today = datetime.now() - timedelta(hours=4)  # day 40 at 03:00 is in the past at any hour
+    # day 40 at 03:00 must be within the last 24 hours: not in the future (before 03:00, the day
+    # before), and day 11 (29 days earlier) must still be inside the 30 days kept
+    today = datetime.now() - timedelta(hours=3)
     names: dict[int, str] = {}
     previous = None
     for day in range(1, 41):  # day 40 is today
