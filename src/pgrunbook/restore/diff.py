@@ -113,7 +113,7 @@ def _columns(backup: Catalog, live: Catalog) -> list[str]:
 
 def whole_database(pg: Postgres, settings: Settings, source: RowSource) -> DatabaseDiff:
     """Everything of the module docstring, asked of both servers."""
-    live, backup = read_catalog(pg, settings.db_name), read_catalog(source.pg, source.database)
+    live, backup = read_catalog(pg, settings.db_name), source.tables()
     names = {t.label for t in live.tables.values()}
     theirs = {t.label for t in backup.tables.values()}
     result = DatabaseDiff(sorted(theirs - names), sorted(names - theirs))
@@ -239,10 +239,8 @@ def table_rows(pg: Postgres, settings: Settings, source: RowSource, options: Par
     for table in find_tables(live, list(options.tables), "稼働中の DB "):
         selection = Selection(table, row_key(table, options.key), tuple(c.name for c in table.written), where,
                               hashing_major(live.major))
-        if selection.by_value:  # as the source hashes each column (its catalog, read once)
-            if source.catalog is None:
-                source.catalog = read_catalog(source.pg, source.database)
-            selection = selection.hashing_with(source.catalog.named(table.label), source.catalog.major)
+        if selection.by_value:  # as the source hashes each column
+            selection = selection.hashing_with(source.tables())
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
         found.append(compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
                                                      APPLICATION, SORT_OPTIONS),

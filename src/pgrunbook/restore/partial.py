@@ -255,7 +255,7 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
     for oid, selection in list(scan.selections.items()):
         table = selection.table
         catalog = _compatible_target(table, source)
-        hashed = selection.hashing_with(catalog.named(table.label), catalog.major)
+        hashed = selection.hashing_with(catalog)
         if hashed is not selection:  # the source hashes a column otherwise: live read again by the
             # rows' text, in the scan's snapshot (its transaction is still open)
             scan.session.copy_to_file(hashed.stream_sql(), scan.path(oid))
@@ -283,10 +283,8 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
 
 
 def _compatible_target(table: Table, source: RowSource) -> Catalog:
-    if source.catalog is None:
-        source.catalog = read_catalog(source.pg, source.database)
-    _compatible(table, source.catalog, source.label)
-    return source.catalog
+    _compatible(table, source.tables(), source.label)
+    return source.tables()
 
 
 def fetch_backup_rows(source_session: Session, source: RowSource, plans: dict[int, TablePlan],

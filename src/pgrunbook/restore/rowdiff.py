@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.restore.tables import (
     VALUE_HASH_FROM,
+    Catalog,
     Column,
     Table,
     row_hash,
@@ -115,20 +116,22 @@ class Selection:
         return (f"SELECT {self.order_sql()}, {self.selected_sql()}, {self.row_hash_sql()} "
                 f"FROM {self.table.sql} ORDER BY {self.order_sql()}")
 
-    def hashing_with(self, other: Table | None, major: int) -> Selection:
-        """This selection as the other side (its table, its server's major version) can
-        hash it the same way: by value only where each column live hashes by value is
-        hashed by value there too (one major version, the same type, a deterministic
-        collation: a case-blind one hashes 'a' and 'A' alike); else by the rows' text."""
+    def hashing_with(self, source: Catalog) -> Selection:
+        """This selection as the other side (its catalog: its table and its server's major
+        version) can hash it the same way: by value only where each column live hashes by
+        value is hashed by value there too (one major version, the same type, a
+        deterministic collation: a case-blind one hashes 'a' and 'A' alike); else by the
+        rows' text."""
         if not self.by_value:
             return self
+        other = source.named(self.table.label)
         theirs = {column.name: column for column in other.columns} if other is not None else {}
         for name in self.compared:
             mine, found = self.table.column(name), theirs.get(name)
             if mine.hashed_by_value and (found is None or not found.hashed_by_value
                                          or found.type != mine.type):
                 return dataclasses.replace(self, by_value=0)
-        return self if major == self.by_value else dataclasses.replace(self, by_value=0)
+        return self if source.major == self.by_value else dataclasses.replace(self, by_value=0)
 
     def versions_sql(self) -> str:
         """``tables.version_sum`` of the selection's rows."""

@@ -42,7 +42,14 @@ from pgrunbook.restore.databases import create_database, drop_kit_database, kit_
 from pgrunbook.restore.source import Source, check_digest
 from pgrunbook.restore.sqlfilter import Scanner, without_owner_and_acl
 from pgrunbook.restore.staging import check_free_space, upload_prefix
-from pgrunbook.restore.tables import CATALOG_AND_VERSION, Catalog, Table, catalog_of, columns_sql
+from pgrunbook.restore.tables import (
+    CATALOG_AND_VERSION,
+    Catalog,
+    Table,
+    catalog_of,
+    columns_sql,
+    read_catalog,
+)
 
 ROLE = "partial"
 # the source is read once, sorted by key (it has no index): a sort in memory, not on disk
@@ -158,6 +165,12 @@ class RowSource:
     owners_and_privileges: bool = True  # restored as the archive has them (comparable)
     details: dict[str, Any] = field(default_factory=dict)
     catalog: Catalog | None = None  # read once, when first needed
+
+    def tables(self) -> Catalog:
+        """The source's catalog, read once (a kit database's comes with its row counts)."""
+        if self.catalog is None:
+            self.catalog = read_catalog(self.pg, self.database)
+        return self.catalog
 
 
 def handed(pg: Postgres, database: str, label: str, **details: Any) -> RowSource:

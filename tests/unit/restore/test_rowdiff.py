@@ -8,7 +8,7 @@ import pytest
 
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.restore.rowdiff import Selection, check_where, compare, hashing_major, unescape
-from pgrunbook.restore.tables import Column, Table, value_hash
+from pgrunbook.restore.tables import Catalog, Column, Table, value_hash
 
 TABLE = Table(1, "public", "votes", "app", True, (Column("id", "bigint"), Column("topic", "text")), ("id",))
 
@@ -105,16 +105,21 @@ def test_rows_are_hashed_by_value_only_where_equal_values_print_alike():
     assert value_hash(columns[3:]) == 'hashtextextended(ROW("amount", "blind", "doc")::text, 0)'
 
 
+def catalog(table: Table | None, major: int) -> Catalog:
+    """A source's catalog with ``table`` (or without any) on a server of ``major``."""
+    return Catalog({table.oid: table} if table else {}, version_num=major * 10000)
+
+
 def test_rows_are_hashed_by_value_only_where_both_sides_hash_each_such_column_alike():
     assert hashing_major(13) == 0 and hashing_major(18) == 18
     text = Selection(TABLE, ("id",), ("id", "topic"), by_value=hashing_major(13))
     assert "hashtextextended(ROW(" in text.stream_sql()
-    assert text.hashing_with(TABLE, 17) is text  # the text is the same on any version
+    assert text.hashing_with(catalog(TABLE, 17)) is text  # the text is the same on any version
     by_value = Selection(TABLE, ("id",), ("id", "topic"), by_value=hashing_major(15))
     assert "hash_record_extended(ROW(" in by_value.stream_sql()
-    assert by_value.hashing_with(TABLE, 15) is by_value
+    assert by_value.hashing_with(catalog(TABLE, 15)) is by_value
     case_blind = Table(1, "public", "votes", "app", True,
                        (Column("id", "bigint"), Column("topic", "text", deterministic=False)), ("id",))
     for other, major in ((TABLE, 16), (case_blind, 15), (None, 15)):
-        found = by_value.hashing_with(other, major)
+        found = by_value.hashing_with(catalog(other, major))
         assert found.by_value == 0 and "hashtextextended(ROW(" in found.stream_sql()
