@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+# chunks sent but not yet hashed: a hashing thread starved of CPU (2 cores, pg_restore and
+# the server busy) holds the sender back instead of growing the kit's memory by a chunk each
+HASH_BACKLOG = 2
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -92,7 +95,7 @@ class HashingReader:
         self.done = 0  # bytes queued for hashing (all of them hashed once finished)
         self._lock = threading.Lock()
         self._closed = False
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=HASH_BACKLOG)
         self._thread: threading.Thread | None = None
 
     def _hash_queued(self) -> None:
