@@ -207,6 +207,7 @@ class LiveScan:
     def __init__(self, session: Session, selections: dict[int, Selection], folder: Path) -> None:
         self.session, self.selections, self.folder = session, selections, folder
         self.versions: dict[int, str] = {}
+        self.selected: dict[int, int] = {}  # --where: how many keys it selects (in keys_path)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._scan, name="live-scan", daemon=True)
         self.thread.start()
@@ -215,13 +216,20 @@ class LiveScan:
         try:
             self.session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ;")
             for oid, selection in self.selections.items():
-                self.session.copy_to_file(selection.stream_sql(), self.path(oid))
+                if selection.where:  # the stream waits for the source's keys (merge_targets)
+                    self.selected[oid] = self.session.copy_to_file(selection.selected_keys_sql(),
+                                                                   self.keys_path(oid))
+                else:
+                    self.session.copy_to_file(selection.stream_sql(), self.path(oid))
                 self.versions[oid] = self.session.rows(selection.versions_sql())[0][0]
         except BaseException as error:  # noqa: BLE001 - raised in the caller's thread by wait()
             self.error = error
 
     def path(self, oid: int) -> Path:
         return self.folder / f"live-{oid}.copy"
+
+    def keys_path(self, oid: int) -> Path:
+        return self.folder / f"live-keys-{oid}.copy"
 
     def wait(self) -> None:
         self.thread.join()
@@ -246,8 +254,8 @@ def selections_of(targets: list[Table], options: PartialOptions, major: int) -> 
     return found
 
 
-def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, folder: Path,
-                  console: Console) -> dict[int, TablePlan]:
+def merge_targets(scan: LiveScan, source: RowSource, source_session: Session, options: PartialOptions,
+                  folder: Path, console: Console) -> dict[int, TablePlan]:
     """Each named table's backup rows merged with the scan's by key; the keys that
     differ go to files."""
     scan.wait()
@@ -256,10 +264,14 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
         table = selection.table
         catalog = _compatible_target(table, source)
         hashed = selection.hashing_with(catalog)
-        if hashed is not selection:  # the source hashes a column otherwise: live read again by the
-            # rows' text, in the scan's snapshot (its transaction is still open)
-            scan.session.copy_to_file(hashed.stream_sql(), scan.path(oid))
-            selection = scan.selections[oid] = hashed
+        if hashed.where:
+            backup = _narrowed(scan, source, source_session, hashed, oid)
+        else:
+            if hashed is not selection:  # the source hashes a column otherwise: live read again by
+                # the rows' text, in the scan's snapshot (its transaction is still open)
+                scan.session.copy_to_file(hashed.stream_sql(), scan.path(oid))
+            backup = stream_lines(source.pg, source.database, hashed.stream_sql(), APPLICATION, SORT_OPTIONS)
+        selection = scan.selections[oid] = hashed
         plan = TablePlan(table, len(plans) + 1, selection, selection.key, versions=scan.versions[oid])
         plans[oid] = plan
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
@@ -270,8 +282,6 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
             handles[kind].write(b"\t".join(fields) + b"\n")
 
         try:
-            backup = stream_lines(source.pg, source.database, selection.stream_sql(), APPLICATION,
-                                  SORT_OPTIONS)
             plan.diff = compare(selection, backup, scan.lines(oid), keep)
         finally:
             for handle in handles.values():
@@ -280,6 +290,39 @@ def merge_targets(scan: LiveScan, source: RowSource, options: PartialOptions, fo
         plan.rows[UPDATED] = plan.diff.counts[CHANGED] if options.mode in ("changed", "exact") else 0
         plan.rows[DELETED] = plan.diff.counts[EXTRA] if options.mode == "exact" else 0
     return plans
+
+
+# --where: up to this many keys selected (both sides together), each side reads only its selected
+# rows and the rows of the other side's keys; beyond it, the whole table, as without --where
+NARROW_LIMIT = 100_000
+
+
+def _narrowed(scan: LiveScan, source: RowSource, source_session: Session, selection: Selection,
+              oid: int) -> Iterator[bytes]:
+    """The two streams of a ``--where``: the source's selected keys, then live's stream (into
+    the scan's file, in its snapshot) of the rows selected there or keyed in the source's
+    selection, and the source's stream (returned) the other way round. A key is compared when
+    either side selects it, as in the whole streams: nothing else of the table is read, hashed
+    or sorted."""
+    theirs = scan.folder / f"source-keys-{oid}.copy"
+    selected = source_session.copy_to_file(selection.selected_keys_sql(), theirs)
+    if selected + scan.selected[oid] > NARROW_LIMIT:
+        scan.session.copy_to_file(selection.stream_sql(), scan.path(oid))
+        return stream_lines(source.pg, source.database, selection.stream_sql(), APPLICATION, SORT_OPTIONS)
+    source_keys = _keys_table(scan.session, selection, oid, theirs)
+    scan.session.copy_to_file(selection.stream_sql(source_keys), scan.path(oid))
+    live_keys = _keys_table(source_session, selection, oid, scan.keys_path(oid))
+    return source_session.copy_out(selection.stream_sql(live_keys))
+
+
+def _keys_table(session: Session, selection: Selection, oid: int, keys: Path) -> str:
+    """A temporary table in ``session`` of the keys in the file ``keys`` (COPY text)."""
+    name = f"pgrunbook_keys_{oid}"
+    session.execute(f"DROP TABLE IF EXISTS pg_temp.{name}; CREATE TEMP TABLE {name} AS "
+                    f"SELECT {columns_sql(selection.key)} FROM {selection.table.sql} WITH NO DATA;")
+    session.copy_in(f"pg_temp.{name}", columns_sql(selection.key), file_chunks(keys))
+    session.execute(f"ANALYZE pg_temp.{name};")
+    return f"pg_temp.{name}"
 
 
 def _compatible_target(table: Table, source: RowSource) -> Catalog:
@@ -507,7 +550,7 @@ def preview(run: Run, scan: LiveScan | None = None) -> Plan:
             session = stack.enter_context(run.live_session())
             scan = LiveScan(session, selections_of(run.targets, run.options, run.live.major), run.folder)
         source_session = stack.enter_context(run.source_session())
-        targets = merge_targets(scan, run.source, run.options, run.folder, run.console)
+        targets = merge_targets(scan, run.source, source_session, run.options, run.folder, run.console)
         fetch_backup_rows(source_session, run.source, targets, run.folder)
         plan = load_plan(run, scan.session, source_session, targets)
         scan.session.execute("ROLLBACK;")

@@ -34,6 +34,7 @@ from pgrunbook.restore.tables import (
     Catalog,
     Column,
     Table,
+    columns_sql,
     row_hash,
     sort_expression,
     value_hash,
@@ -111,10 +112,21 @@ class Selection:
             return value_hash([self.table.column(name) for name in self.compared])
         return row_hash(self.compared)
 
-    def stream_sql(self) -> str:
-        """The key, whether the row is selected, the hash of the row."""
+    def stream_sql(self, other_keys: str | None = None) -> str:
+        """The key, whether the row is selected, the hash of the row. ``other_keys``: a
+        table of the keys the other side selects (``selected_keys_sql``); only the rows
+        selected here or keyed there are read then, which is all the merge needs of a
+        ``--where`` (a key is compared when either side's row satisfies it)."""
+        narrowed = ""
+        if other_keys is not None and self.where:
+            key = columns_sql(self.key)
+            narrowed = f" WHERE {self.selected_sql()} OR ({key}) IN (SELECT {key} FROM {other_keys})"
         return (f"SELECT {self.order_sql()}, {self.selected_sql()}, {self.row_hash_sql()} "
-                f"FROM {self.table.sql} ORDER BY {self.order_sql()}")
+                f"FROM {self.table.sql}{narrowed} ORDER BY {self.order_sql()}")
+
+    def selected_keys_sql(self) -> str:
+        """The keys (their columns, as stored) of the rows ``--where`` selects."""
+        return f"SELECT {columns_sql(self.key)} FROM {self.table.sql} WHERE {self.selected_sql()}"
 
     def hashing_with(self, source: Catalog) -> Selection:
         """This selection as the other side (its catalog: its table and its server's major

@@ -311,6 +311,33 @@ def test_a_run_refuses_when_the_rows_moved_between_the_preview_and_the_lock(cli,
     assert pg.psql(f"SELECT count(*) FROM public.votes WHERE {SELECTED}", target).strip() == "36"
 
 
+@pytest.mark.parametrize("narrowed", [True, False], ids=["selected-rows-only", "whole-table"])
+def test_rows_moved_into_or_out_of_the_selection_since_the_backup_are_changed_rows(cli, pg, target, tmp_path,
+                                                                                   narrowed):
+    """With --where, each side reads only its selected rows and the rows of the keys the
+    other side selects (or, beyond NARROW_LIMIT keys, the whole table): a vote moved out of
+    the selection since the backup, and one moved into it, are changed rows either way, never
+    a missing and an extra one, and --mode=changed puts both back as they were."""
+    dump = backup(cli, "--env=prod")
+    before = selection(pg, target)
+    leaving = pg.psql(f"SELECT min(id) FROM public.votes WHERE {SELECTED}", target).strip()
+    entering, topic = pg.psql(f"SELECT id || ',' || topic FROM public.votes WHERE NOT ({SELECTED}) "
+                              "ORDER BY id LIMIT 1", target).strip().split(",", 1)
+    pg.psql(f"UPDATE public.votes SET topic = '別の件' WHERE id = {leaving}", target)
+    pg.psql(f"UPDATE public.votes SET topic = '役員選任の件' WHERE id = {entering}", target)
+    pg.psql(f"DELETE FROM public.votes WHERE {SELECTED} AND id = (SELECT max(id) FROM public.votes "
+            f"WHERE {SELECTED})", target)
+    (tmp_path / "sitecustomize.py").write_text(
+        "from pgrunbook.restore import partial\n" + ("" if narrowed else "partial.NARROW_LIMIT = 0\n"))
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=changed",
+                   env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert done.returncode == 0, done.stderr
+    assert ("バックアップにだけある（その後に削除） 1 行、内容が違う（その後に更新） 2 行、"
+            "稼働中の DB にだけある（その後に追加） 0 行") in done.stderr, done.stderr
+    assert selection(pg, target) == before
+    assert pg.psql(f"SELECT topic FROM public.votes WHERE id = {entering}", target).strip() == topic
+
+
 def test_a_busy_table_makes_the_kit_give_up_rather_than_block_the_app(cli, pg, target):
     dump = backup(cli, "--env=prod")
     mistakes(pg, target)
