@@ -132,3 +132,21 @@ def test_a_column_whose_collation_changed_since_the_backup_is_compared_by_its_te
     assert previewed.returncode == 0, previewed.stderr
     assert "同じ 19 行" in previewed.stderr and "戻す（更新） 1 行" in previewed.stderr, previewed.stderr
     assert pg.psql("SELECT name FROM public.names WHERE id = 7", target).strip() == "Name 7"
+
+
+def test_a_bigint_or_timestamp_change_whose_value_hash_folds_alike_is_changed(cli, pg, target):
+    # PostgreSQL hashes a bigint (and a timestamp, a time: 64-bit integers inside) by folding
+    # its two 32-bit halves into one: 0 and 4294967297 (1 and 1 folded) hash alike, and
+    # so do two timestamps 2^32 + 1 µs apart (about 71 minutes). Those rows differ.
+    pg.psql("CREATE TABLE public.folds (id int PRIMARY KEY, amount bigint, at timestamptz, t time); "
+            "INSERT INTO public.folds SELECT g, 0, '2026-12-01 10:00:00+00', '00:00' "
+            "FROM generate_series(1, 4) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("UPDATE public.folds SET amount = 4294967297 WHERE id = 1; "
+            "UPDATE public.folds SET at = '2026-12-01 11:11:34.967297+00' WHERE id = 2; "
+            "UPDATE public.folds SET t = '01:11:34.967297' WHERE id = 3", target)
+    found = diff(cli, f"--file={dump}", "--table=public.folds", "--format=json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    body = json.loads(found.stdout)["tables"][0]
+    assert body["counts"] == {"missing": 0, "changed": 3, "extra": 0}, body
+    assert body["examples"]["changed"] == ["1", "2", "3"] and body["same"] == 1
