@@ -36,7 +36,7 @@ from pgrunbook.restore.partial import APPLICATION, PartialOptions
 from pgrunbook.restore.rowdiff import Selection, TableDiff, check_where, compare, hashing_major
 from pgrunbook.restore.rowsource import SORT_OPTIONS, Extract, RowSource, from_archive, parse_toc_line
 from pgrunbook.restore.source import Source, inspect_with_facts
-from pgrunbook.restore.tables import Catalog, find_tables, read_catalog, row_key
+from pgrunbook.restore.tables import Catalog, Table, find_tables, read_catalog, row_key
 
 SHOWN = 10  # lines of each kind in the text output (all of them in --format=json)
 EXACT_BELOW = 100_000  # the replace's banner counts the live rows of smaller tables (estimates above)
@@ -237,15 +237,57 @@ def table_rows(pg: Postgres, settings: Settings, source: RowSource, options: Par
     live = read_catalog(pg, settings.db_name)
     found = []
     for table in find_tables(live, list(options.tables), "稼働中の DB "):
-        selection = Selection(table, row_key(table, options.key), tuple(c.name for c in table.written), where,
-                              hashing_major(live.major))
+        key = row_key(table, options.key)
+        compared, notes = _common_columns(table, source.tables().named(table.label), key, source.label)
+        selection = Selection(table, key, compared, where, hashing_major(live.major))
         if selection.by_value:  # as the source hashes each column
             selection = selection.hashing_with(source.tables())
+        if where:
+            _check_where_on(pg, settings.db_name, selection, "稼働中の DB")
+            _check_where_on(source.pg, source.database, selection, source.label)
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
-        found.append(compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
-                                                     APPLICATION, SORT_OPTIONS),
-                             stream_lines(pg, settings.db_name, selection.stream_sql(), APPLICATION)))
+        result = compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
+                                                 APPLICATION, SORT_OPTIONS),
+                         stream_lines(pg, settings.db_name, selection.stream_sql(), APPLICATION))
+        result.notes = notes
+        found.append(result)
     return found
+
+
+def _common_columns(table: Table, other: Table | None, key: tuple[str, ...],
+                    label: str) -> tuple[tuple[str, ...], list[str]]:
+    """The live table's written columns that the source's table has too (a column added or
+    dropped since the backup is left out of the comparison, and said); refused when the
+    source has no such table or lacks a column of the key."""
+    if other is None:
+        raise RunbookError(f"{label} に {table.label} がありません",
+                           "バックアップの時点でなかったテーブルか、名前が違います", exit_code=2)
+    theirs = {column.name for column in other.columns}
+    lacking = [name for name in key if name not in theirs]
+    if lacking:
+        raise RunbookError(f"キーの列 {', '.join(lacking)} が {label} の {table.label} にありません"
+                           "（バックアップの後に追加された列）",
+                           "バックアップにもある列の組を --key に指定", exit_code=2)
+    compared = tuple(column.name for column in table.written if column.name in theirs)
+    ours = {column.name for column in table.columns}
+    notes = [f"列 {column.name} は稼働中の DB にだけあるため比べていません"
+             for column in table.written if column.name not in theirs]
+    notes += [f"列 {column.name} はバックアップにだけあるため比べていません"
+              for column in other.columns if column.name not in ours and not column.generated]
+    return compared, notes
+
+
+def _check_where_on(pg: Postgres, database: str, selection: Selection, side: str) -> None:
+    """``--where`` planned on one side before any row is read: a column that side lacks or a
+    wrong type is the operator's to fix, said in one line (not the server's error alone)."""
+    try:
+        pg.query(f"SELECT 1 FROM {selection.table.sql} WHERE {selection.selected_sql()} LIMIT 0", database)
+    except RunbookError as error:
+        if "ERROR:" not in error.message:  # a lost answer, a server gone: not the condition's fault
+            raise
+        raise RunbookError(f"--where={selection.where!r} は{side}の {selection.table.label} に使えません: "
+                           f"{error.message}",
+                           "両方（バックアップの時点と今）にある列で条件を書く", exit_code=2) from None
 
 
 @contextlib.contextmanager

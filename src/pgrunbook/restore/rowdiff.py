@@ -154,25 +154,28 @@ class TableDiff:
     counts: dict[str, int] = field(default_factory=lambda: {MISSING: 0, CHANGED: 0, EXTRA: 0})
     examples: dict[str, list[str]] = field(default_factory=lambda: {MISSING: [], CHANGED: [], EXTRA: []})
     digest: str = ""
+    notes: list[str] = field(default_factory=list)  # what the comparison left out, and why
 
     @property
     def different(self) -> bool:
         return any(self.counts.values())
 
     def lines(self) -> list[str]:
+        notes = [f"  （{note}）" for note in self.notes]
         if not self.different:
-            return [f"{self.table}: 差はありません（{self.same} 行が同じ）"]
+            return [f"{self.table}: 差はありません（{self.same} 行が同じ）", *notes]
         lines = [f"{self.table}: 同じ {self.same} 行、"
                  + "、".join(f"{KIND_TEXT[kind]} {count} 行" for kind, count in self.counts.items())]
         for kind, keys in self.examples.items():
             if keys:
                 more = " …" if self.counts[kind] > len(keys) else ""
                 lines.append(f"  {KIND_TEXT[kind]}: キー {' / '.join(keys)}{more}")
-        return lines
+        return lines + notes
 
     def as_dict(self) -> dict[str, object]:
         return {"table": self.table, "same": self.same, "counts": dict(self.counts),
-                "examples": {kind: list(keys) for kind, keys in self.examples.items()}}
+                "examples": {kind: list(keys) for kind, keys in self.examples.items()},
+                "notes": list(self.notes)}
 
 
 # what the merge says of each differing key: (kind, its key fields)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import backup, databases, last_line, log_lines, role, table_fingerprints
+from helpers import backup, databases, last_line, log_lines, one_clean_line, role, table_fingerprints
 
 
 def diff(cli, *args: str):
@@ -150,3 +150,33 @@ def test_a_bigint_or_timestamp_change_whose_value_hash_folds_alike_is_changed(cl
     body = json.loads(found.stdout)["tables"][0]
     assert body["counts"] == {"missing": 0, "changed": 3, "extra": 0}, body
     assert body["examples"]["changed"] == ["1", "2", "3"] and body["same"] == 1
+
+
+def test_a_column_added_or_dropped_since_the_backup_is_left_out_and_said(cli, pg, target):
+    # The rows are compared on the columns both sides have; the others are named.
+    pg.psql("CREATE TABLE public.grown (id int PRIMARY KEY, name text, old_note text); "
+            "INSERT INTO public.grown SELECT g, 'n' || g, 'note' FROM generate_series(1, 5) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("ALTER TABLE public.grown ADD COLUMN score int DEFAULT 1; ALTER TABLE public.grown DROP COLUMN old_note; "
+            "UPDATE public.grown SET name = 'renamed' WHERE id = 2", target)
+    found = diff(cli, f"--file={dump}", "--table=public.grown", "--format=json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    body = json.loads(found.stdout)["tables"][0]
+    assert body["counts"] == {"missing": 0, "changed": 1, "extra": 0} and body["same"] == 4, body
+    assert body["notes"] == ["列 score は稼働中の DB にだけあるため比べていません",
+                             "列 old_note はバックアップにだけあるため比べていません"], body
+    text = diff(cli, f"--file={dump}", "--table=public.grown")
+    assert text.returncode == 1 and "（列 score は稼働中の DB にだけあるため比べていません）" in text.stdout
+
+
+def test_a_where_on_a_column_one_side_lacks_is_a_usage_error(cli, pg, target):
+    pg.psql("CREATE TABLE public.grown (id int PRIMARY KEY, name text); "
+            "INSERT INTO public.grown SELECT g, 'n' || g FROM generate_series(1, 5) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("ALTER TABLE public.grown ADD COLUMN score int DEFAULT 1", target)
+    for where, side in (("nothing = 1", "稼働中の DB"), ("score > 0", dump.name)):
+        found = diff(cli, f"--file={dump}", "--table=public.grown", f"--where={where}")
+        assert found.returncode == 2, found.stdout + found.stderr
+        line = one_clean_line(found)
+        assert f"--where='{where}' は{side}の public.grown に使えません" in line, line
+        assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
