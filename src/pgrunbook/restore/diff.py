@@ -34,7 +34,14 @@ from pgrunbook.restore import privileges
 from pgrunbook.restore.guards import check_versions
 from pgrunbook.restore.partial import APPLICATION, PartialOptions
 from pgrunbook.restore.rowdiff import Selection, TableDiff, check_where, compare, hashing_major
-from pgrunbook.restore.rowsource import SORT_OPTIONS, Extract, RowSource, from_archive, parse_toc_line
+from pgrunbook.restore.rowsource import (
+    SORT_OPTIONS,
+    Extract,
+    RowSource,
+    from_archive,
+    parse_toc_line,
+    toc_label,
+)
 from pgrunbook.restore.source import Source, inspect_with_facts
 from pgrunbook.restore.tables import Catalog, Table, find_tables, read_catalog, row_key
 
@@ -169,7 +176,7 @@ def quick(pg: Postgres, settings: Settings, source: Source,
     ``tables_now``: the live tables as already read (``live_tables``)."""
     now = tables_now or live_tables(pg, settings.db_name)
     live, live_owners = now.rows, now.owners
-    backup_owners = _toc_owners(pg, source)
+    backup_owners = _toc_owners(pg, source, set(live))
     tables = set(backup_owners) if backup_owners else set((source.table_counts() or {}).keys())
     result = DatabaseDiff(sorted(tables - live.keys()), sorted(live.keys() - tables) if tables else [])
     result.rows = _row_differences(source.table_counts(), live)
@@ -182,9 +189,10 @@ def quick(pg: Postgres, settings: Settings, source: Source,
     return result
 
 
-def _toc_owners(pg: Postgres, source: Source) -> dict[str, str]:
+def _toc_owners(pg: Postgres, source: Source, live: set[str]) -> dict[str, str]:
     """Tables and their owners from ``pg_restore -l`` of a custom archive (stdin: it
-    reads the table of contents only)."""
+    reads the table of contents only); a table ``live`` has is matched by its whole
+    label (``toc_label``: names with blanks)."""
     if source.format != "custom":
         return {}
     lines: Iterable[str] | None = source.toc  # as the file's check read it: no second read
@@ -198,8 +206,12 @@ def _toc_owners(pg: Postgres, source: Source) -> dict[str, str]:
     for line in lines:
         entry = parse_toc_line(line)
         if entry and entry[0] == "TABLE":
-            owner = re.sub(r".* ", "", line.strip())
-            found[f"{entry[1]}.{entry[2]}"] = owner
+            label = toc_label(line, live)
+            if label is None:
+                found[f"{entry[1]}.{entry[2]}"] = re.sub(r".* ", "", line.strip())
+            else:  # the owner: what follows "TABLE <schema> <name> "
+                schema, name = label.split(".", 1)
+                found[label] = line.strip().split(f" TABLE {schema} {name} ", 1)[1]
     return found
 
 

@@ -238,7 +238,15 @@ def catalog_of(answer: list[list[str]]) -> Catalog:
     return catalog
 
 
-TABLE_NAME = re.compile(r'^(?:(?P<schema>[A-Za-z_][A-Za-z0-9_$-]*)\.)?(?P<name>[A-Za-z_][A-Za-z0-9_$-]*)$')
+# a part of --table: as it is (no blank, dot or double quote; any letters, 会議録 too) or in
+# double quotes ("My Schema", "Odd.Name"; "" for a quote inside); matched as the catalog
+# spells it, never case-folded
+TABLE_PART = r'(?:"(?:[^"]|"")+"|[^\s."]+)'
+TABLE_NAME = re.compile(rf'^(?:(?P<schema>{TABLE_PART})\.)?(?P<name>{TABLE_PART})$')
+
+
+def _unquoted(part: str) -> str:
+    return part[1:-1].replace('""', '"') if part.startswith('"') else part
 
 
 def parse_table_name(text: str) -> str:
@@ -246,8 +254,9 @@ def parse_table_name(text: str) -> str:
     found = TABLE_NAME.match(text.strip())
     if not found:
         raise RunbookError(f"--table={text!r} はテーブル名として読めません",
-                           "スキーマ.テーブル（例: public.votes）で指定", exit_code=2)
-    return f"{found['schema'] or 'public'}.{found['name']}"
+                           "スキーマ.テーブル（例: public.votes。空白・ドットを含む名前は "
+                           "'\"My Schema\".\"Odd.Name\"' のように二重引用符で囲む）で指定", exit_code=2)
+    return f"{_unquoted(found['schema'] or 'public')}.{_unquoted(found['name'])}"
 
 
 def find_tables(catalog: Catalog, names: list[str], where: str) -> list[Table]:

@@ -180,3 +180,33 @@ def test_a_where_on_a_column_one_side_lacks_is_a_usage_error(cli, pg, target):
         line = one_clean_line(found)
         assert f"--where='{where}' は{side}の public.grown に使えません" in line, line
         assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
+
+
+def test_tables_whose_names_need_quotes_are_compared(cli, pg, target):
+    # A Japanese name as it is; a schema with a space and a name with a dot in double
+    # quotes; a name with a space whose owner has one too (pg_restore -l prints them bare).
+    owner = role(pg, "app owner")
+    pg.psql('CREATE SCHEMA "My Schema"; '
+            'CREATE TABLE public."会議録" (id int PRIMARY KEY, v text); '
+            'CREATE TABLE "My Schema"."Odd.Name" (id int PRIMARY KEY, v text); '
+            'CREATE TABLE public."with space" (id int PRIMARY KEY, v text); '
+            f'ALTER TABLE public."with space" OWNER TO "{owner}"; '
+            'INSERT INTO public."会議録" VALUES (1, \'a\'), (2, \'b\'); '
+            'INSERT INTO "My Schema"."Odd.Name" VALUES (1, \'a\'), (2, \'b\'); '
+            'INSERT INTO public."with space" VALUES (1, \'a\'), (2, \'b\')', target)
+    dump = backup(cli, "--env=prod")
+    sql = Path(last_line(cli("backup-sql", "--env=prod").stdout))
+    pg.psql('UPDATE public."会議録" SET v = \'z\' WHERE id = 2; UPDATE "My Schema"."Odd.Name" SET v = \'z\' WHERE id = 2; '
+            'UPDATE public."with space" SET v = \'z\' WHERE id = 2', target)
+    for name, label in (("public.会議録", "public.会議録"), ("会議録", "public.会議録"),
+                        ('"My Schema"."Odd.Name"', "My Schema.Odd.Name"),
+                        ('public."with space"', "public.with space")):
+        found = diff(cli, f"--file={dump}", f"--table={name}", "--format=json")
+        assert found.returncode == 1, found.stdout + found.stderr
+        body = json.loads(found.stdout)["tables"][0]
+        assert body["table"] == label and body["counts"]["changed"] == 1 and body["same"] == 1, body
+    from_sql = diff(cli, f"--file={sql}", '--table="My Schema"."Odd.Name"', "--table=public.会議録", "--format=json")
+    assert from_sql.returncode == 1, from_sql.stdout + from_sql.stderr
+    assert [t["counts"]["changed"] for t in json.loads(from_sql.stdout)["tables"]] == [1, 1]
+    banner = cli("restore-replace", "--env=prod", f"--file={dump}")
+    assert "テーブル（その後に" not in banner.stderr, banner.stderr  # no table only on one side
