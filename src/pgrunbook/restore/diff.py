@@ -28,6 +28,7 @@ from pgrunbook.core.files import file_chunks
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, recorded
 from pgrunbook.infra import discovery
+from pgrunbook.infra.framing import answered
 from pgrunbook.infra.postgres import EXACT_ROWS, TABLE_ROW_COUNTS, USER_TABLES_FROM, Postgres
 from pgrunbook.infra.session import stream_lines
 from pgrunbook.restore import privileges
@@ -258,9 +259,14 @@ def table_rows(pg: Postgres, settings: Settings, source: RowSource, options: Par
             _check_where_on(pg, settings.db_name, selection, "稼働中の DB")
             _check_where_on(source.pg, source.database, selection, source.label)
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
-        result = compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
-                                                 APPLICATION, SORT_OPTIONS),
-                         stream_lines(pg, settings.db_name, selection.stream_sql(), APPLICATION))
+
+        def both_read(selection: Selection = selection) -> TableDiff:
+            """Both streams, merged; read again, both, if the engine lost one (reads only)."""
+            return compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
+                                                   APPLICATION, SORT_OPTIONS),
+                           stream_lines(pg, settings.db_name, selection.stream_sql(), APPLICATION))
+
+        result = answered(both_read)
         result.notes = notes
         found.append(result)
     return found

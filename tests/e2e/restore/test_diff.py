@@ -10,8 +10,8 @@ from pathlib import Path
 from helpers import backup, databases, last_line, log_lines, one_clean_line, role, table_fingerprints
 
 
-def diff(cli, *args: str):
-    return cli("restore-diff", "--env=prod", *args)
+def diff(cli, *args: str, env: dict[str, str] | None = None):
+    return cli("restore-diff", "--env=prod", *args, env=env)
 
 
 def test_rows_by_key_exit_codes_and_json(cli, pg, target):
@@ -210,3 +210,20 @@ def test_tables_whose_names_need_quotes_are_compared(cli, pg, target):
     assert [t["counts"]["changed"] for t in json.loads(from_sql.stdout)["tables"]] == [1, 1]
     banner = cli("restore-replace", "--env=prod", f"--file={dump}")
     assert "テーブル（その後に" not in banner.stderr, banner.stderr  # no table only on one side
+
+
+def test_a_lost_row_stream_is_read_again_and_then_refused_in_one_line(cli, pg, target, lost_outputs):
+    # The engine can lose a COPY stream's output with exit code 0: never "no rows", asked
+    # again like every other read, and after the last try one line that says what to do.
+    dump = backup(cli, "--env=prod")
+    pg.psql("UPDATE public.votes SET choice = '反対' WHERE id = 7", target)
+    again = diff(cli, f"--file={dump}", "--table=public.votes", "--format=json",
+                 env=lost_outputs.env(match=r"COPY \(", nth="1"))
+    assert len(lost_outputs.dropped()) == 1
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert json.loads(again.stdout)["tables"][0]["counts"] == {"missing": 0, "changed": 1, "extra": 0}
+    lost_outputs.clear()
+    lost = diff(cli, f"--file={dump}", "--table=public.votes", env=lost_outputs.env(match=r"COPY \(", rate=1))
+    assert lost.returncode == 2 and lost.stdout == ""
+    assert "応答が届きませんでした（4 回とも" in one_clean_line(lost)
+    assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
