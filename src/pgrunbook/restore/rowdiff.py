@@ -317,11 +317,15 @@ def compare(selection: Selection, backup: Iterator[bytes], live: Iterator[bytes]
 
 # --where: one SQL condition, kept inside its parentheses
 WHERE_FORBIDDEN = re.compile(r";|\\|--|/\*|\$")
+# a subquery (SELECT, or TABLE x): the kit database holds only the named tables' rows, so
+# on the backup's side it reads an empty table and silently selects nothing
+READS_A_TABLE = re.compile(r"\b(?:select|table)\b", re.IGNORECASE)
 
 
 def check_where(where: str | None) -> str | None:
     """``--where`` as one condition: no statement end, comment, psql command or dollar
-    quote outside its strings, parentheses balanced (it is put inside ``( )``)."""
+    quote outside its strings, parentheses balanced (it is put inside ``( )``), and no
+    subquery (``READS_A_TABLE``)."""
     if where is None or not where.strip():
         return None
     text = where.strip()
@@ -336,5 +340,10 @@ def check_where(where: str | None) -> str | None:
         raise RunbookError(f"--where={where!r} は 1 つの条件として使えません",
                            "; \\ -- /* $ と改行を含まない、括弧の閉じた条件を指定"
                            "（例: --where=\"topic = '予算'\"）",
+                           exit_code=2)
+    if READS_A_TABLE.search(outside):
+        raise RunbookError(f"--where={where!r} はほかのテーブルを読むため使えません（作業用 DB には"
+                           "指定したテーブルの行しかなく、バックアップ側の行が条件を満たさなくなります）",
+                           "そのテーブルの列だけで条件を書く（例: --where=\"member_id IN (3, 5)\"）",
                            exit_code=2)
     return text

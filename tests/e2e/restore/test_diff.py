@@ -227,3 +227,15 @@ def test_a_lost_row_stream_is_read_again_and_then_refused_in_one_line(cli, pg, t
     assert lost.returncode == 2 and lost.stdout == ""
     assert "応答が届きませんでした（4 回とも" in one_clean_line(lost)
     assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
+
+
+def test_a_where_that_reads_another_table_is_refused(cli, pg, target):
+    # The kit database holds the named table's rows only: a subquery there sees an empty
+    # table, so the backup's deleted rows would never be selected ("no difference").
+    dump = backup(cli, "--env=prod")
+    pg.psql("DELETE FROM public.votes WHERE member_id = (SELECT min(id) FROM public.members)", target)
+    found = diff(cli, f"--file={dump}", "--table=public.votes",
+                 "--where=member_id IN (SELECT id FROM public.members)")
+    assert found.returncode == 2, found.stdout + found.stderr
+    assert "ほかのテーブル" in one_clean_line(found)
+    assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]

@@ -82,13 +82,16 @@ def test_copy_text_fields_are_unescaped_for_order_and_display():
     assert unescape("承認".encode()) == "承認"
 
 
-@pytest.mark.parametrize("where", ["topic = '予算'", "(a = 1 OR b = 'x;y')", "id < 5"])
+@pytest.mark.parametrize("where", ["topic = '予算'", "(a = 1 OR b = 'x;y')", "id < 5",
+                                   "topic = 'select a table'", "extract(year FROM cast_at) = 2026",
+                                   '"select" = 1'])
 def test_a_where_that_is_one_condition_passes(where):
     assert check_where(where) == where
 
 
 @pytest.mark.parametrize("where", ["true; DROP TABLE x", "a = 1) OR (true", "a = 1 -- x", "\\! ls",
-                                   "$$x$$ = 'x'", "a = 'open"])
+                                   "$$x$$ = 'x'", "a = 'open",
+                                   "member_id IN (SELECT id FROM members)", "EXISTS (table members)"])
 def test_a_where_that_could_leave_its_parentheses_is_refused(where):
     with pytest.raises(RunbookError) as raised:
         check_where(where)
