@@ -251,8 +251,10 @@ def table_rows(pg: Postgres, settings: Settings, source: RowSource, options: Par
     found = []
     for table in find_tables(live, list(options.tables), "稼働中の DB "):
         key = row_key(table, options.key)
-        compared, notes = _common_columns(table, source.tables().named(table.label), key, source.label)
-        selection = Selection(table, key, compared, where, hashing_major(live.major))
+        other = source.tables().named(table.label)
+        compared, notes = _common_columns(table, other, key, source.label)
+        selection = Selection(table, key, compared, where, hashing_major(live.major),
+                              _retyped(table, other, key) if other is not None else ())
         if selection.by_value:  # as the source hashes each column
             selection = selection.hashing_with(source.tables())
         if where:
@@ -293,6 +295,13 @@ def _common_columns(table: Table, other: Table | None, key: tuple[str, ...],
     notes += [f"列 {column.name} はバックアップにだけあるため比べていません"
               for column in other.columns if column.name not in ours and not column.generated]
     return compared, notes
+
+
+def _retyped(table: Table, other: Table, key: tuple[str, ...]) -> tuple[str, ...]:
+    """The key columns whose type differs on the other side (text then, an integer live):
+    each side's order of its own type would differ, their text orders alike."""
+    theirs = {column.name: column.type for column in other.columns}
+    return tuple(name for name in key if theirs.get(name, table.column(name).type) != table.column(name).type)
 
 
 def _check_where_on(pg: Postgres, database: str, selection: Selection, side: str) -> None:

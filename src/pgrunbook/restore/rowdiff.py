@@ -87,10 +87,12 @@ class Selection:
     compared: tuple[str, ...]  # the columns whose text decides "equal" (no generated ones)
     where: str | None = None
     by_value: int = 0  # the major version whose hash functions both sides use (0: the rows' text)
+    by_text: tuple[str, ...] = ()  # key columns of another type on the other side: ordered by their text
 
     @property
     def key_columns(self) -> list[Column]:
-        return [self.table.column(name) for name in self.key]
+        return [dataclasses.replace(column, as_text=True) if column.name in self.by_text else column
+                for column in (self.table.column(name) for name in self.key)]
 
     @property
     def trusted_order(self) -> bool:

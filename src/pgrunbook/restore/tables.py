@@ -88,6 +88,7 @@ class Column:
     generated: bool = False
     identity: str = ""  # "a" (ALWAYS), "d" (BY DEFAULT) or ""
     deterministic: bool = True  # its collation (if any) compares bytes, not e.g. case-blind
+    as_text: bool = False  # ordered by its text whatever its type (a key retyped since the backup)
 
     @property
     def hashed_by_value(self) -> bool:
@@ -99,6 +100,8 @@ class Column:
     def order(self) -> str:
         """How this column is ordered: "int" (its own order), "uuid" (its own order,
         the same as its text) or "text" (its text in the C collation)."""
+        if self.as_text:
+            return "text"
         if self.type in INTEGER_TYPES:
             return "int"
         return "uuid" if self.type == "uuid" else "text"

@@ -239,3 +239,18 @@ def test_a_where_that_reads_another_table_is_refused(cli, pg, target):
     assert found.returncode == 2, found.stdout + found.stderr
     assert "ほかのテーブル" in one_clean_line(found)
     assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
+
+
+def test_a_key_column_retyped_since_the_backup_is_ordered_by_its_text_on_both_sides(cli, pg, target):
+    # Live orders an integer key as integers; the backup's column is still text, and its
+    # server ordered '10' before '2': both sides then go by the key's text.
+    pg.psql("CREATE TABLE public.codes (id text PRIMARY KEY, v text); "
+            "INSERT INTO public.codes SELECT g::text, 'a' FROM generate_series(1, 30) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("ALTER TABLE public.codes ALTER COLUMN id TYPE int USING id::int; "
+            "UPDATE public.codes SET v = 'b' WHERE id = 12; DELETE FROM public.codes WHERE id = 3", target)
+    found = diff(cli, f"--file={dump}", "--table=public.codes", "--format=json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    body = json.loads(found.stdout)["tables"][0]
+    assert body["counts"] == {"missing": 1, "changed": 1, "extra": 0} and body["same"] == 28, body
+    assert body["examples"] == {"missing": ["3"], "changed": ["12"], "extra": []}, body
