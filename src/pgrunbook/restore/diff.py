@@ -138,8 +138,14 @@ def whole_database(pg: Postgres, settings: Settings, source: RowSource) -> Datab
         # as a replace says it: what the restore would change (live → backup)
         changes = privileges.differences(privileges.rights_of(pg, settings.db_name),
                                          privileges.rights_of(source.pg, source.database))
-        result.owners = [line for line in changes if "の所有者" in line]
-        result.privileges = [line for line in changes if "の所有者" not in line]
+        result.owners = [line for line in changes if "の所有者" in line] if source.archive_owners else []
+        result.privileges = ([line for line in changes if "の所有者" not in line]
+                             if source.archive_privileges else [])
+        for kept, what, option in ((source.archive_owners, "所有者", "--no-owner"),
+                                   (source.archive_privileges, "権限", "--no-acl")):
+            if not kept:
+                result.notes.append(f"バックアップは {option} で作られているため{what}は比べていません"
+                                    f"（置き換えは稼働中の DB の{what}を引き継ぎます）")
     else:
         result.notes.append("所有者・権限はバックアップから戻せなかったため比べていません")
     return result

@@ -184,6 +184,9 @@ class RowSource:
     counts: dict[str, int] | None = None
     schema_only: bool = False
     owners_and_privileges: bool = True  # restored as the archive has them (comparable)
+    # the backup was made with them (not --no-owner / --no-acl: a replace then keeps live's)
+    archive_owners: bool = True
+    archive_privileges: bool = True
     details: dict[str, Any] = field(default_factory=dict)
     catalog: Catalog | None = None  # read once, when first needed
 
@@ -238,8 +241,10 @@ def from_archive(pg: Postgres, settings: Settings, facts: ServerFacts, extract: 
     name = kit_name(settings, ROLE)
     create_database(pg, name, mark_text(ROLE, settings, _detail(source)), like=facts)
     try:
+        options = (source.manifest or {}).get("options", {})
         restored = RowSource(pg, name, source.path.name, str(source.path), counts=source.table_counts(),
-                             schema_only=schema_only)
+                             schema_only=schema_only, archive_owners=not options.get("no_owner"),
+                             archive_privileges=not options.get("no_acl"))
         if source.format == "plain":
             restored.sha256, found = _load_sql(settings, extract, console, restored)
         else:

@@ -7,7 +7,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import backup, databases, last_line, log_lines, one_clean_line, role, table_fingerprints
+from helpers import (
+    backup,
+    databases,
+    last_line,
+    log_lines,
+    minimal_rights,
+    one_clean_line,
+    role,
+    table_fingerprints,
+)
 
 
 def diff(cli, *args: str, env: dict[str, str] | None = None):
@@ -254,3 +263,18 @@ def test_a_key_column_retyped_since_the_backup_is_ordered_by_its_text_on_both_si
     body = json.loads(found.stdout)["tables"][0]
     assert body["counts"] == {"missing": 1, "changed": 1, "extra": 0} and body["same"] == 28, body
     assert body["examples"] == {"missing": ["3"], "changed": ["12"], "extra": []}, body
+
+
+def test_a_backup_without_owners_or_privileges_compares_neither(cli, pg, target):
+    # A replace from a --no-owner / --no-acl backup keeps live's owners and privileges (it
+    # copies them): the summary must not say they would change to the kit's role.
+    minimal_rights(cli, pg, target)
+    pg.psql(f"GRANT SELECT ON public.votes TO {role(pg, 'pgrunbook_reader')}", target)
+    for task in ("backup", "backup-sql"):
+        made = cli(task, "--env=prod", "--no-owner", "--no-acl")
+        assert made.returncode == 0, made.stderr
+        found = diff(cli, f"--file={last_line(made.stdout)}", "--format=json")
+        database = json.loads(found.stdout)["database"] if found.stdout else found.stderr
+        assert found.returncode == 0, (task, database)
+        assert database["owners"] == database["privileges"] == [], database
+        assert any("--no-owner" in note for note in database["notes"]), database
