@@ -151,7 +151,8 @@ def restore_drop(c, env=None, db=None, confirm=None):
 PARTIAL_HELP = {
     "env": ENV_HELP,
     "file": "比べる・戻すバックアップ（.dump / .sql）",
-    "table": "テーブル（スキーマ.テーブル。複数可: --table=public.votes --table=public.members）",
+    "table": ("テーブル（スキーマ.テーブル。複数可: --table=public.votes --table=public.members。"
+              "空白・ドットを含む名前は二重引用符で: --table='\"My Schema\".\"Odd.Name\"'）"),
     "where": "行の条件（SQL。例: --where=\"topic = '2025年度予算案'\"）。"
              "バックアップか稼働中のどちらかで満たす行",
     "key": "主キーのないテーブルで行を特定する列（カンマ区切り。重複・NULL があれば止める）",

@@ -30,6 +30,7 @@ from pathlib import Path
 from pgrunbook.core.errors import RunbookError
 from pgrunbook.core.files import open_private
 from pgrunbook.infra.container import ExecResult
+from pgrunbook.infra.framing import lost_answer
 from pgrunbook.infra.postgres import FIELD, RECORD, Postgres, explain_failure
 
 # the server's text of values, the same on every server the kit compares: a row's
@@ -266,6 +267,10 @@ def stream_lines(pg: Postgres, database: str, query: str, application: str = "pg
         result = outcome.get("result")
         if not isinstance(result, ExecResult) or not result.ok or not seen:
             stderr = result.stderr if isinstance(result, ExecResult) else ""
+            if isinstance(result, ExecResult) and result.ok and not stderr.strip():
+                # psql ended well and its marker never came: the engine lost the output
+                # (framing.py), never "no more rows"; a caller may read it again (answered)
+                raise lost_answer(pg.container.name, "psql (COPY)")
             raise explain_failure(stderr or "COPY が途中で終わりました", pg.settings, database)
     finally:
         if thread.is_alive():

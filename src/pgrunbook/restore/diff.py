@@ -28,15 +28,23 @@ from pgrunbook.core.files import file_chunks
 from pgrunbook.core.settings import Settings
 from pgrunbook.core.worklog import Entry, recorded
 from pgrunbook.infra import discovery
+from pgrunbook.infra.framing import answered
 from pgrunbook.infra.postgres import EXACT_ROWS, TABLE_ROW_COUNTS, USER_TABLES_FROM, Postgres
 from pgrunbook.infra.session import stream_lines
 from pgrunbook.restore import privileges
 from pgrunbook.restore.guards import check_versions
 from pgrunbook.restore.partial import APPLICATION, PartialOptions
 from pgrunbook.restore.rowdiff import Selection, TableDiff, check_where, compare, hashing_major
-from pgrunbook.restore.rowsource import SORT_OPTIONS, Extract, RowSource, from_archive, parse_toc_line
+from pgrunbook.restore.rowsource import (
+    SORT_OPTIONS,
+    Extract,
+    RowSource,
+    from_archive,
+    parse_toc_line,
+    toc_label,
+)
 from pgrunbook.restore.source import Source, inspect_with_facts
-from pgrunbook.restore.tables import Catalog, find_tables, read_catalog, row_key
+from pgrunbook.restore.tables import Catalog, Table, find_tables, read_catalog, row_key
 
 SHOWN = 10  # lines of each kind in the text output (all of them in --format=json)
 EXACT_BELOW = 100_000  # the replace's banner counts the live rows of smaller tables (estimates above)
@@ -130,8 +138,14 @@ def whole_database(pg: Postgres, settings: Settings, source: RowSource) -> Datab
         # as a replace says it: what the restore would change (live → backup)
         changes = privileges.differences(privileges.rights_of(pg, settings.db_name),
                                          privileges.rights_of(source.pg, source.database))
-        result.owners = [line for line in changes if "の所有者" in line]
-        result.privileges = [line for line in changes if "の所有者" not in line]
+        result.owners = [line for line in changes if "の所有者" in line] if source.archive_owners else []
+        result.privileges = ([line for line in changes if "の所有者" not in line]
+                             if source.archive_privileges else [])
+        for kept, what, option in ((source.archive_owners, "所有者", "--no-owner"),
+                                   (source.archive_privileges, "権限", "--no-acl")):
+            if not kept:
+                result.notes.append(f"バックアップは {option} で作られているため{what}は比べていません"
+                                    f"（置き換えは稼働中の DB の{what}を引き継ぎます）")
     else:
         result.notes.append("所有者・権限はバックアップから戻せなかったため比べていません")
     return result
@@ -169,7 +183,7 @@ def quick(pg: Postgres, settings: Settings, source: Source,
     ``tables_now``: the live tables as already read (``live_tables``)."""
     now = tables_now or live_tables(pg, settings.db_name)
     live, live_owners = now.rows, now.owners
-    backup_owners = _toc_owners(pg, source)
+    backup_owners = _toc_owners(pg, source, set(live))
     tables = set(backup_owners) if backup_owners else set((source.table_counts() or {}).keys())
     result = DatabaseDiff(sorted(tables - live.keys()), sorted(live.keys() - tables) if tables else [])
     result.rows = _row_differences(source.table_counts(), live)
@@ -182,9 +196,10 @@ def quick(pg: Postgres, settings: Settings, source: Source,
     return result
 
 
-def _toc_owners(pg: Postgres, source: Source) -> dict[str, str]:
+def _toc_owners(pg: Postgres, source: Source, live: set[str]) -> dict[str, str]:
     """Tables and their owners from ``pg_restore -l`` of a custom archive (stdin: it
-    reads the table of contents only)."""
+    reads the table of contents only); a table ``live`` has is matched by its whole
+    label (``toc_label``: names with blanks)."""
     if source.format != "custom":
         return {}
     lines: Iterable[str] | None = source.toc  # as the file's check read it: no second read
@@ -198,8 +213,12 @@ def _toc_owners(pg: Postgres, source: Source) -> dict[str, str]:
     for line in lines:
         entry = parse_toc_line(line)
         if entry and entry[0] == "TABLE":
-            owner = re.sub(r".* ", "", line.strip())
-            found[f"{entry[1]}.{entry[2]}"] = owner
+            label = toc_label(line, live)
+            if label is None:
+                found[f"{entry[1]}.{entry[2]}"] = re.sub(r".* ", "", line.strip())
+            else:  # the owner: what follows "TABLE <schema> <name> "
+                schema, name = label.split(".", 1)
+                found[label] = line.strip().split(f" TABLE {schema} {name} ", 1)[1]
     return found
 
 
@@ -237,15 +256,71 @@ def table_rows(pg: Postgres, settings: Settings, source: RowSource, options: Par
     live = read_catalog(pg, settings.db_name)
     found = []
     for table in find_tables(live, list(options.tables), "稼働中の DB "):
-        selection = Selection(table, row_key(table, options.key), tuple(c.name for c in table.written), where,
-                              hashing_major(live.major))
+        key = row_key(table, options.key)
+        other = source.tables().named(table.label)
+        compared, notes = _common_columns(table, other, key, source.label)
+        selection = Selection(table, key, compared, where, hashing_major(live.major),
+                              _retyped(table, other, key) if other is not None else ())
         if selection.by_value:  # as the source hashes each column
             selection = selection.hashing_with(source.tables())
+        if where:
+            _check_where_on(pg, settings.db_name, selection, "稼働中の DB")
+            _check_where_on(source.pg, source.database, selection, source.label)
         console.step(f"{table.label} をキー（{', '.join(selection.key)}）の順に比べます")
-        found.append(compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
-                                                     APPLICATION, SORT_OPTIONS),
-                             stream_lines(pg, settings.db_name, selection.stream_sql(), APPLICATION)))
+
+        def both_read(selection: Selection = selection) -> TableDiff:
+            """Both streams, merged; read again, both, if the engine lost one (reads only)."""
+            return compare(selection, stream_lines(source.pg, source.database, selection.stream_sql(),
+                                                   APPLICATION, SORT_OPTIONS),
+                           stream_lines(pg, settings.db_name, selection.stream_sql(), APPLICATION))
+
+        result = answered(both_read)
+        result.notes = notes
+        found.append(result)
     return found
+
+
+def _common_columns(table: Table, other: Table | None, key: tuple[str, ...],
+                    label: str) -> tuple[tuple[str, ...], list[str]]:
+    """The live table's written columns that the source's table has too (a column added or
+    dropped since the backup is left out of the comparison, and said); refused when the
+    source has no such table or lacks a column of the key."""
+    if other is None:
+        raise RunbookError(f"{label} に {table.label} がありません",
+                           "バックアップの時点でなかったテーブルか、名前が違います", exit_code=2)
+    theirs = {column.name for column in other.columns}
+    lacking = [name for name in key if name not in theirs]
+    if lacking:
+        raise RunbookError(f"キーの列 {', '.join(lacking)} が {label} の {table.label} にありません"
+                           "（バックアップの後に追加された列）",
+                           "バックアップにもある列の組を --key に指定", exit_code=2)
+    compared = tuple(column.name for column in table.written if column.name in theirs)
+    ours = {column.name for column in table.columns}
+    notes = [f"列 {column.name} は稼働中の DB にだけあるため比べていません"
+             for column in table.written if column.name not in theirs]
+    notes += [f"列 {column.name} はバックアップにだけあるため比べていません"
+              for column in other.columns if column.name not in ours and not column.generated]
+    return compared, notes
+
+
+def _retyped(table: Table, other: Table, key: tuple[str, ...]) -> tuple[str, ...]:
+    """The key columns whose type differs on the other side (text then, an integer live):
+    each side's order of its own type would differ, their text orders alike."""
+    theirs = {column.name: column.type for column in other.columns}
+    return tuple(name for name in key if theirs.get(name, table.column(name).type) != table.column(name).type)
+
+
+def _check_where_on(pg: Postgres, database: str, selection: Selection, side: str) -> None:
+    """``--where`` planned on one side before any row is read: a column that side lacks or a
+    wrong type is the operator's to fix, said in one line (not the server's error alone)."""
+    try:
+        pg.query(f"SELECT 1 FROM {selection.table.sql} WHERE {selection.selected_sql()} LIMIT 0", database)
+    except RunbookError as error:
+        if "ERROR:" not in error.message:  # a lost answer, a server gone: not the condition's fault
+            raise
+        raise RunbookError(f"--where={selection.where!r} は{side}の {selection.table.label} に使えません: "
+                           f"{error.message}",
+                           "両方（バックアップの時点と今）にある列で条件を書く", exit_code=2) from None
 
 
 @contextlib.contextmanager

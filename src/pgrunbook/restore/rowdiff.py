@@ -88,10 +88,12 @@ class Selection:
     compared: tuple[str, ...]  # the columns whose text decides "equal" (no generated ones)
     where: str | None = None
     by_value: int = 0  # the major version whose hash functions both sides use (0: the rows' text)
+    by_text: tuple[str, ...] = ()  # key columns of another type on the other side: ordered by their text
 
     @property
     def key_columns(self) -> list[Column]:
-        return [self.table.column(name) for name in self.key]
+        return [dataclasses.replace(column, as_text=True) if column.name in self.by_text else column
+                for column in (self.table.column(name) for name in self.key)]
 
     @property
     def trusted_order(self) -> bool:
@@ -166,25 +168,28 @@ class TableDiff:
     counts: dict[str, int] = field(default_factory=lambda: {MISSING: 0, CHANGED: 0, EXTRA: 0})
     examples: dict[str, list[str]] = field(default_factory=lambda: {MISSING: [], CHANGED: [], EXTRA: []})
     digest: str = ""
+    notes: list[str] = field(default_factory=list)  # what the comparison left out, and why
 
     @property
     def different(self) -> bool:
         return any(self.counts.values())
 
     def lines(self) -> list[str]:
+        notes = [f"  （{note}）" for note in self.notes]
         if not self.different:
-            return [f"{self.table}: 差はありません（{self.same} 行が同じ）"]
+            return [f"{self.table}: 差はありません（{self.same} 行が同じ）", *notes]
         lines = [f"{self.table}: 同じ {self.same} 行、"
                  + "、".join(f"{KIND_TEXT[kind]} {count} 行" for kind, count in self.counts.items())]
         for kind, keys in self.examples.items():
             if keys:
                 more = " …" if self.counts[kind] > len(keys) else ""
                 lines.append(f"  {KIND_TEXT[kind]}: キー {' / '.join(keys)}{more}")
-        return lines
+        return lines + notes
 
     def as_dict(self) -> dict[str, object]:
         return {"table": self.table, "same": self.same, "counts": dict(self.counts),
-                "examples": {kind: list(keys) for kind, keys in self.examples.items()}}
+                "examples": {kind: list(keys) for kind, keys in self.examples.items()},
+                "notes": list(self.notes)}
 
 
 # what the merge says of each differing key: (kind, its key fields)
@@ -326,11 +331,15 @@ def compare(selection: Selection, backup: Iterator[bytes], live: Iterator[bytes]
 
 # --where: one SQL condition, kept inside its parentheses
 WHERE_FORBIDDEN = re.compile(r";|\\|--|/\*|\$")
+# a subquery (SELECT, or TABLE x): the kit database holds only the named tables' rows, so
+# on the backup's side it reads an empty table and silently selects nothing
+READS_A_TABLE = re.compile(r"\b(?:select|table)\b", re.IGNORECASE)
 
 
 def check_where(where: str | None) -> str | None:
     """``--where`` as one condition: no statement end, comment, psql command or dollar
-    quote outside its strings, parentheses balanced (it is put inside ``( )``)."""
+    quote outside its strings, parentheses balanced (it is put inside ``( )``), and no
+    subquery (``READS_A_TABLE``)."""
     if where is None or not where.strip():
         return None
     text = where.strip()
@@ -345,5 +354,10 @@ def check_where(where: str | None) -> str | None:
         raise RunbookError(f"--where={where!r} は 1 つの条件として使えません",
                            "; \\ -- /* $ と改行を含まない、括弧の閉じた条件を指定"
                            "（例: --where=\"topic = '予算'\"）",
+                           exit_code=2)
+    if READS_A_TABLE.search(outside):
+        raise RunbookError(f"--where={where!r} はほかのテーブルを読むため使えません（作業用 DB には"
+                           "指定したテーブルの行しかなく、バックアップ側の行が条件を満たさなくなります）",
+                           "そのテーブルの列だけで条件を書く（例: --where=\"member_id IN (3, 5)\"）",
                            exit_code=2)
     return text

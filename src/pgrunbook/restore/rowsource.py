@@ -100,16 +100,37 @@ def parse_toc_line(line: str) -> tuple[str, str, str] | None:
     return kind, schema, tag
 
 
+def toc_label(line: str, labels: Iterable[str]) -> str | None:
+    """Which of ``labels`` (``schema.name``) a ``pg_restore -l`` line of a table or its data
+    names. The list prints names bare, so a blank in a schema, a name or an owner makes
+    ``parse_toc_line``'s split ambiguous; a known label is matched whole instead."""
+    found = TOC_LINE.match(line.strip())
+    if not found:
+        return None
+    rest = found["rest"]
+    for kind in ("TABLE DATA ", "TABLE "):
+        if rest.startswith(kind):
+            names = rest[len(kind):]
+            return next((label for label in sorted(labels, key=len, reverse=True)  # the longest first
+                         if names.startswith(" ".join(label.split(".", 1)) + " ")), None)
+    return None
+
+
 def filtered_listing(listing: str, tables: set[str]) -> tuple[str, set[str]]:
     """The ``-L`` list for ``tables``, and the tables whose rows it holds."""
     kept, found = [], set()
     for line in listing.splitlines():
         entry = parse_toc_line(line)
-        if entry is None or not keep_entry(*entry, tables):
+        if entry is None:
+            continue
+        if entry[0] == "TABLE DATA":
+            label = toc_label(line, tables)
+            if label is None:
+                continue
+            found.add(label)
+        elif not keep_entry(*entry, tables):
             continue
         kept.append(line)
-        if entry[0] == "TABLE DATA":
-            found.add(f"{entry[1]}.{entry[2]}")
     return "\n".join(kept) + "\n", found
 
 
@@ -163,6 +184,9 @@ class RowSource:
     counts: dict[str, int] | None = None
     schema_only: bool = False
     owners_and_privileges: bool = True  # restored as the archive has them (comparable)
+    # the backup was made with them (not --no-owner / --no-acl: a replace then keeps live's)
+    archive_owners: bool = True
+    archive_privileges: bool = True
     details: dict[str, Any] = field(default_factory=dict)
     catalog: Catalog | None = None  # read once, when first needed
 
@@ -217,8 +241,10 @@ def from_archive(pg: Postgres, settings: Settings, facts: ServerFacts, extract: 
     name = kit_name(settings, ROLE)
     create_database(pg, name, mark_text(ROLE, settings, _detail(source)), like=facts)
     try:
+        options = (source.manifest or {}).get("options", {})
         restored = RowSource(pg, name, source.path.name, str(source.path), counts=source.table_counts(),
-                             schema_only=schema_only)
+                             schema_only=schema_only, archive_owners=not options.get("no_owner"),
+                             archive_privileges=not options.get("no_acl"))
         if source.format == "plain":
             restored.sha256, found = _load_sql(settings, extract, console, restored)
         else:

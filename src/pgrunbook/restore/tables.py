@@ -26,10 +26,13 @@ INTEGER_TYPES = ("smallint", "integer", "bigint", "oid")
 # normalised form: a row is hashed by these values (``value_hash``) without printing
 # them. Not numeric (1.0 = 1.00), floats (0 = -0), interval ('1 day' = '24 hours'),
 # jsonb (numbers inside), char(n) (trailing blanks), enums (OIDs differ per database),
-# domains or arrays: those are hashed by their text.
+# domains or arrays: those are hashed by their text. Nor timestamps or times: their hash
+# function (hashint8extended) folds the 64-bit value's two halves into 32 bits before
+# hashing, so values 2^32 + 1 µs apart hash alike. A bigint, folded the same way, goes in
+# as its two halves (``BIGINT_HALVES``: the low half's upper bits zero, nothing folded away).
 VALUE_HASHED = ("smallint", "integer", "bigint", "boolean", "text", "character varying", "date",
-                "timestamp without time zone", "timestamp with time zone", "time without time zone",
                 "uuid", "bytea")
+BIGINT_HALVES = "({name} >> 32)::integer, ({name} & 4294967295)"
 VALUE_HASH_FROM = 14  # hash_record_extended
 TYPMOD = re.compile(r"\(\d+(?:,\d+)?\)")
 
@@ -85,6 +88,7 @@ class Column:
     generated: bool = False
     identity: str = ""  # "a" (ALWAYS), "d" (BY DEFAULT) or ""
     deterministic: bool = True  # its collation (if any) compares bytes, not e.g. case-blind
+    as_text: bool = False  # ordered by its text whatever its type (a key retyped since the backup)
 
     @property
     def hashed_by_value(self) -> bool:
@@ -96,6 +100,8 @@ class Column:
     def order(self) -> str:
         """How this column is ordered: "int" (its own order), "uuid" (its own order,
         the same as its text) or "text" (its text in the C collation)."""
+        if self.as_text:
+            return "text"
         if self.type in INTEGER_TYPES:
             return "int"
         return "uuid" if self.type == "uuid" else "text"
@@ -235,7 +241,15 @@ def catalog_of(answer: list[list[str]]) -> Catalog:
     return catalog
 
 
-TABLE_NAME = re.compile(r'^(?:(?P<schema>[A-Za-z_][A-Za-z0-9_$-]*)\.)?(?P<name>[A-Za-z_][A-Za-z0-9_$-]*)$')
+# a part of --table: as it is (no blank, dot or double quote; any letters, 会議録 too) or in
+# double quotes ("My Schema", "Odd.Name"; "" for a quote inside); matched as the catalog
+# spells it, never case-folded
+TABLE_PART = r'(?:"(?:[^"]|"")+"|[^\s."]+)'
+TABLE_NAME = re.compile(rf'^(?:(?P<schema>{TABLE_PART})\.)?(?P<name>{TABLE_PART})$')
+
+
+def _unquoted(part: str) -> str:
+    return part[1:-1].replace('""', '"') if part.startswith('"') else part
 
 
 def parse_table_name(text: str) -> str:
@@ -243,8 +257,9 @@ def parse_table_name(text: str) -> str:
     found = TABLE_NAME.match(text.strip())
     if not found:
         raise RunbookError(f"--table={text!r} はテーブル名として読めません",
-                           "スキーマ.テーブル（例: public.votes）で指定", exit_code=2)
-    return f"{found['schema'] or 'public'}.{found['name']}"
+                           "スキーマ.テーブル（例: public.votes。空白・ドットを含む名前は "
+                           "'\"My Schema\".\"Odd.Name\"' のように二重引用符で囲む）で指定", exit_code=2)
+    return f"{_unquoted(found['schema'] or 'public')}.{_unquoted(found['name'])}"
 
 
 def find_tables(catalog: Catalog, names: list[str], where: str) -> list[Table]:
@@ -303,15 +318,23 @@ def row_hash(names: tuple[str, ...] | list[str], alias: str = "") -> str:
 
 def value_hash(columns: tuple[Column, ...] | list[Column], alias: str = "") -> str:
     """A 64-bit hash of a row as ``row_hash``'s, equal for equal rows, but without printing
-    the values that ``Column.hashed_by_value`` allows (their own hash functions; about
-    half the cost on a table of timestamps and text). The rest go in as one text, as
-    ``row_hash``'s. The same on two servers of one major version (``VALUE_HASH_FROM`` on)."""
-    exact = [column.name for column in columns if column.hashed_by_value]
+    the values that ``Column.hashed_by_value`` allows (their own hash functions, which
+    print nothing). The rest go in as one text, as ``row_hash``'s. The same on two servers
+    of one major version (``VALUE_HASH_FROM`` on)."""
+    exact = [column for column in columns if column.hashed_by_value]
     if not exact:
         return row_hash([column.name for column in columns], alias)
     rest = [column.name for column in columns if not column.hashed_by_value]
     printed = f", ROW({columns_sql(rest, alias)})::text" if rest else ""
-    return f"hash_record_extended(ROW({columns_sql(exact, alias)}{printed}), 0)"
+    hashed = ", ".join(_hashed_whole(column, alias) for column in exact)
+    return f"hash_record_extended(ROW({hashed}{printed}), 0)"
+
+
+def _hashed_whole(column: Column, alias: str = "") -> str:
+    """A value-hashed column as ``hash_record_extended`` hashes it without losing a bit:
+    a bigint as its two halves (its own hash folds them into 32 bits)."""
+    name = columns_sql([column.name], alias)
+    return BIGINT_HALVES.format(name=name) if column.type == "bigint" else name
 
 
 def version_sum(alias: str = "") -> str:

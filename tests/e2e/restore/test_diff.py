@@ -7,11 +7,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import backup, databases, last_line, log_lines, role, table_fingerprints
+from helpers import (
+    backup,
+    databases,
+    last_line,
+    log_lines,
+    minimal_rights,
+    one_clean_line,
+    role,
+    table_fingerprints,
+)
 
 
-def diff(cli, *args: str):
-    return cli("restore-diff", "--env=prod", *args)
+def diff(cli, *args: str, env: dict[str, str] | None = None):
+    return cli("restore-diff", "--env=prod", *args, env=env)
 
 
 def test_rows_by_key_exit_codes_and_json(cli, pg, target):
@@ -132,3 +141,140 @@ def test_a_column_whose_collation_changed_since_the_backup_is_compared_by_its_te
     assert previewed.returncode == 0, previewed.stderr
     assert "同じ 19 行" in previewed.stderr and "戻す（更新） 1 行" in previewed.stderr, previewed.stderr
     assert pg.psql("SELECT name FROM public.names WHERE id = 7", target).strip() == "Name 7"
+
+
+def test_a_bigint_or_timestamp_change_whose_value_hash_folds_alike_is_changed(cli, pg, target):
+    # PostgreSQL hashes a bigint (and a timestamp, a time: 64-bit integers inside) by folding
+    # its two 32-bit halves into one: 0 and 4294967297 (1 and 1 folded) hash alike, and
+    # so do two timestamps 2^32 + 1 µs apart (about 71 minutes). Those rows differ.
+    pg.psql("CREATE TABLE public.folds (id int PRIMARY KEY, amount bigint, at timestamptz, t time); "
+            "INSERT INTO public.folds SELECT g, 0, '2026-12-01 10:00:00+00', '00:00' "
+            "FROM generate_series(1, 4) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("UPDATE public.folds SET amount = 4294967297 WHERE id = 1; "
+            "UPDATE public.folds SET at = '2026-12-01 11:11:34.967297+00' WHERE id = 2; "
+            "UPDATE public.folds SET t = '01:11:34.967297' WHERE id = 3", target)
+    found = diff(cli, f"--file={dump}", "--table=public.folds", "--format=json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    body = json.loads(found.stdout)["tables"][0]
+    assert body["counts"] == {"missing": 0, "changed": 3, "extra": 0}, body
+    assert body["examples"]["changed"] == ["1", "2", "3"] and body["same"] == 1
+
+
+def test_a_column_added_or_dropped_since_the_backup_is_left_out_and_said(cli, pg, target):
+    # The rows are compared on the columns both sides have; the others are named.
+    pg.psql("CREATE TABLE public.grown (id int PRIMARY KEY, name text, old_note text); "
+            "INSERT INTO public.grown SELECT g, 'n' || g, 'note' FROM generate_series(1, 5) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("ALTER TABLE public.grown ADD COLUMN score int DEFAULT 1; ALTER TABLE public.grown DROP COLUMN old_note; "
+            "UPDATE public.grown SET name = 'renamed' WHERE id = 2", target)
+    found = diff(cli, f"--file={dump}", "--table=public.grown", "--format=json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    body = json.loads(found.stdout)["tables"][0]
+    assert body["counts"] == {"missing": 0, "changed": 1, "extra": 0} and body["same"] == 4, body
+    assert body["notes"] == ["列 score は稼働中の DB にだけあるため比べていません",
+                             "列 old_note はバックアップにだけあるため比べていません"], body
+    text = diff(cli, f"--file={dump}", "--table=public.grown")
+    assert text.returncode == 1 and "（列 score は稼働中の DB にだけあるため比べていません）" in text.stdout
+
+
+def test_a_where_on_a_column_one_side_lacks_is_a_usage_error(cli, pg, target):
+    pg.psql("CREATE TABLE public.grown (id int PRIMARY KEY, name text); "
+            "INSERT INTO public.grown SELECT g, 'n' || g FROM generate_series(1, 5) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("ALTER TABLE public.grown ADD COLUMN score int DEFAULT 1", target)
+    for where, side in (("nothing = 1", "稼働中の DB"), ("score > 0", dump.name)):
+        found = diff(cli, f"--file={dump}", "--table=public.grown", f"--where={where}")
+        assert found.returncode == 2, found.stdout + found.stderr
+        line = one_clean_line(found)
+        assert f"--where='{where}' は{side}の public.grown に使えません" in line, line
+        assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
+
+
+def test_tables_whose_names_need_quotes_are_compared(cli, pg, target):
+    # A Japanese name as it is; a schema with a space and a name with a dot in double
+    # quotes; a name with a space whose owner has one too (pg_restore -l prints them bare).
+    owner = role(pg, "app owner")
+    pg.psql('CREATE SCHEMA "My Schema"; '
+            'CREATE TABLE public."会議録" (id int PRIMARY KEY, v text); '
+            'CREATE TABLE "My Schema"."Odd.Name" (id int PRIMARY KEY, v text); '
+            'CREATE TABLE public."with space" (id int PRIMARY KEY, v text); '
+            f'ALTER TABLE public."with space" OWNER TO "{owner}"; '
+            'INSERT INTO public."会議録" VALUES (1, \'a\'), (2, \'b\'); '
+            'INSERT INTO "My Schema"."Odd.Name" VALUES (1, \'a\'), (2, \'b\'); '
+            'INSERT INTO public."with space" VALUES (1, \'a\'), (2, \'b\')', target)
+    dump = backup(cli, "--env=prod")
+    sql = Path(last_line(cli("backup-sql", "--env=prod").stdout))
+    pg.psql('UPDATE public."会議録" SET v = \'z\' WHERE id = 2; UPDATE "My Schema"."Odd.Name" SET v = \'z\' WHERE id = 2; '
+            'UPDATE public."with space" SET v = \'z\' WHERE id = 2', target)
+    for name, label in (("public.会議録", "public.会議録"), ("会議録", "public.会議録"),
+                        ('"My Schema"."Odd.Name"', "My Schema.Odd.Name"),
+                        ('public."with space"', "public.with space")):
+        found = diff(cli, f"--file={dump}", f"--table={name}", "--format=json")
+        assert found.returncode == 1, found.stdout + found.stderr
+        body = json.loads(found.stdout)["tables"][0]
+        assert body["table"] == label and body["counts"]["changed"] == 1 and body["same"] == 1, body
+    from_sql = diff(cli, f"--file={sql}", '--table="My Schema"."Odd.Name"', "--table=public.会議録", "--format=json")
+    assert from_sql.returncode == 1, from_sql.stdout + from_sql.stderr
+    assert [t["counts"]["changed"] for t in json.loads(from_sql.stdout)["tables"]] == [1, 1]
+    banner = cli("restore-replace", "--env=prod", f"--file={dump}")
+    assert "テーブル（その後に" not in banner.stderr, banner.stderr  # no table only on one side
+
+
+def test_a_lost_row_stream_is_read_again_and_then_refused_in_one_line(cli, pg, target, lost_outputs):
+    # The engine can lose a COPY stream's output with exit code 0: never "no rows", asked
+    # again like every other read, and after the last try one line that says what to do.
+    dump = backup(cli, "--env=prod")
+    pg.psql("UPDATE public.votes SET choice = '反対' WHERE id = 7", target)
+    again = diff(cli, f"--file={dump}", "--table=public.votes", "--format=json",
+                 env=lost_outputs.env(match=r"COPY \(", nth="1"))
+    assert len(lost_outputs.dropped()) == 1
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert json.loads(again.stdout)["tables"][0]["counts"] == {"missing": 0, "changed": 1, "extra": 0}
+    lost_outputs.clear()
+    lost = diff(cli, f"--file={dump}", "--table=public.votes", env=lost_outputs.env(match=r"COPY \(", rate=1))
+    assert lost.returncode == 2 and lost.stdout == ""
+    assert "応答が届きませんでした（4 回とも" in one_clean_line(lost)
+    assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
+
+
+def test_a_where_that_reads_another_table_is_refused(cli, pg, target):
+    # The kit database holds the named table's rows only: a subquery there sees an empty
+    # table, so the backup's deleted rows would never be selected ("no difference").
+    dump = backup(cli, "--env=prod")
+    pg.psql("DELETE FROM public.votes WHERE member_id = (SELECT min(id) FROM public.members)", target)
+    found = diff(cli, f"--file={dump}", "--table=public.votes",
+                 "--where=member_id IN (SELECT id FROM public.members)")
+    assert found.returncode == 2, found.stdout + found.stderr
+    assert "ほかのテーブル" in one_clean_line(found)
+    assert not [d for d in databases(pg) if "_pgrunbook_partial_" in d]
+
+
+def test_a_key_column_retyped_since_the_backup_is_ordered_by_its_text_on_both_sides(cli, pg, target):
+    # Live orders an integer key as integers; the backup's column is still text, and its
+    # server ordered '10' before '2': both sides then go by the key's text.
+    pg.psql("CREATE TABLE public.codes (id text PRIMARY KEY, v text); "
+            "INSERT INTO public.codes SELECT g::text, 'a' FROM generate_series(1, 30) g", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("ALTER TABLE public.codes ALTER COLUMN id TYPE int USING id::int; "
+            "UPDATE public.codes SET v = 'b' WHERE id = 12; DELETE FROM public.codes WHERE id = 3", target)
+    found = diff(cli, f"--file={dump}", "--table=public.codes", "--format=json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    body = json.loads(found.stdout)["tables"][0]
+    assert body["counts"] == {"missing": 1, "changed": 1, "extra": 0} and body["same"] == 28, body
+    assert body["examples"] == {"missing": ["3"], "changed": ["12"], "extra": []}, body
+
+
+def test_a_backup_without_owners_or_privileges_compares_neither(cli, pg, target):
+    # A replace from a --no-owner / --no-acl backup keeps live's owners and privileges (it
+    # copies them): the summary must not say they would change to the kit's role.
+    minimal_rights(cli, pg, target)
+    pg.psql(f"GRANT SELECT ON public.votes TO {role(pg, 'pgrunbook_reader')}", target)
+    for task in ("backup", "backup-sql"):
+        made = cli(task, "--env=prod", "--no-owner", "--no-acl")
+        assert made.returncode == 0, made.stderr
+        found = diff(cli, f"--file={last_line(made.stdout)}", "--format=json")
+        database = json.loads(found.stdout)["database"] if found.stdout else found.stderr
+        assert found.returncode == 0, (task, database)
+        assert database["owners"] == database["privileges"] == [], database
+        assert any("--no-owner" in note for note in database["notes"]), database

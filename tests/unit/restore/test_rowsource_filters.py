@@ -127,3 +127,19 @@ def test_the_undo_file_round_trip(tmp_path):
     assert undo.header["run"] == "r1"
     assert [(index, kind, list(lines)) for index, kind, lines in undo.sections()] == [
         (1, "before", [b"1\t\\\\section\tx\n", b"2\t\\N\ty\n"]), (1, "written", [b"3\tins\t42\n"])]
+
+
+def test_names_with_blanks_dots_and_other_letters_are_read_and_found_in_the_list():
+    assert parse_table_name("会議録") == "public.会議録"
+    assert parse_table_name('"My Schema"."Odd.Name"') == "My Schema.Odd.Name"
+    assert parse_table_name('public."say ""hi"""') == 'public.say "hi"'
+    listing = ("215; 1259 16389 TABLE My Schema Odd.Name app\n"
+               "217; 1259 16395 TABLE public with space app owner\n"
+               "3347; 0 16389 TABLE DATA My Schema Odd.Name app\n"
+               "3349; 0 16395 TABLE DATA public with space app owner\n"
+               "3350; 0 16396 TABLE DATA public with app owner\n")
+    chosen, found = filtered_listing(listing, {"My Schema.Odd.Name", "public.with space", "public.with"})
+    assert found == {"My Schema.Odd.Name", "public.with space", "public.with"}
+    assert len(chosen.splitlines()) == 5
+    _chosen, found = filtered_listing(listing, {"public.with space"})
+    assert found == {"public.with space"}
