@@ -196,19 +196,28 @@ class TableDiff:
 OnDifference = Callable[[str, list[bytes]], None]
 
 
+BATCH = 4096  # lines read at once from a side
+
+
+def _next_batch(lines: Iterator[bytes]) -> list[bytes]:
+    return list(itertools.islice(lines, BATCH))
+
+
 class _Side:
     """One stream of ``Selection.stream_sql``, read in batches: the head line, parsed
     on demand, its order checked against the last parsed line of the side."""
 
-    __slots__ = ("at", "batch", "decode", "fields", "hash", "key", "label", "lines", "parsed", "selected",
-                 "width")
+    __slots__ = ("at", "batch", "batches", "decode", "fields", "hash", "key", "label", "lines", "parsed",
+                 "selected", "width")
 
     def __init__(self, lines: Iterator[bytes], width: int, decode: Callable[[list[bytes]], tuple],
                  label: str) -> None:
         self.lines, self.width, self.decode, self.label = iter(lines), width, decode, label
         self.batch: list[bytes] = []
         self.at = 0
-        self.parsed: tuple[int, int] = (0, -1)  # (batch, line) of the head parsed last
+        self.batches = 0  # batches read so far: the number of the one in hand
+        self.parsed: tuple[int, int] = (0, -1)  # (batch number, line) of the head parsed last:
+        # a number, not the list's id (a new list may take the id of one freed before it)
         self.key: tuple | None = None
         self.fields: list[bytes] = []
         self.selected = self.hash = b""
@@ -217,13 +226,14 @@ class _Side:
         """A head line is there (the next batch read when this one is done)."""
         if self.at < len(self.batch):
             return True
-        self.batch, self.at = list(itertools.islice(self.lines, 4096)), 0
+        self.batch, self.at = _next_batch(self.lines), 0
+        self.batches += 1
         return bool(self.batch)
 
     def parse(self) -> None:
-        if self.parsed == (id(self.batch), self.at):
+        if self.parsed == (self.batches, self.at):
             return
-        self.parsed = (id(self.batch), self.at)
+        self.parsed = (self.batches, self.at)
         line = self.batch[self.at]
         parts = line.split(b"\t")
         width = self.width
