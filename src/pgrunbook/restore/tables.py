@@ -235,16 +235,26 @@ def catalog_of(answer: list[list[str]]) -> Catalog:
     return catalog
 
 
-TABLE_NAME = re.compile(r'^(?:(?P<schema>[A-Za-z_][A-Za-z0-9_$-]*)\.)?(?P<name>[A-Za-z_][A-Za-z0-9_$-]*)$')
+# a part of ``--table``: as the catalog spells it (Japanese, capitals), or in double quotes
+# as psql writes it ("会員 名簿", "Sales", a doubled "" for a quote); only ever compared
+# with the catalog's names, never put into SQL
+TABLE_PART = r'(?:"(?:[^"]|"")+"|[^\s."]+)'
+TABLE_NAME = re.compile(rf'^(?:(?P<schema>{TABLE_PART})\.)?(?P<name>{TABLE_PART})$')
+
+
+def _unquoted(part: str) -> str:
+    return part[1:-1].replace('""', '"') if part.startswith('"') else part
 
 
 def parse_table_name(text: str) -> str:
-    """``--table=S.T`` (or ``T`` for ``public.T``) as ``schema.name``."""
+    """``--table=S.T`` (or ``T`` for ``public.T``) as ``schema.name``; a part in double
+    quotes as its name (``public."会員 名簿"``)."""
     found = TABLE_NAME.match(text.strip())
     if not found:
         raise RunbookError(f"--table={text!r} はテーブル名として読めません",
-                           "スキーマ.テーブル（例: public.votes）で指定", exit_code=2)
-    return f"{found['schema'] or 'public'}.{found['name']}"
+                           'スキーマ.テーブル（例: public.votes、空白を含む名前は public."会員 名簿"）で指定',
+                           exit_code=2)
+    return f"{_unquoted(found['schema'] or 'public')}.{_unquoted(found['name'])}"
 
 
 def find_tables(catalog: Catalog, names: list[str], where: str) -> list[Table]:

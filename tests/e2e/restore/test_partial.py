@@ -388,3 +388,20 @@ def test_a_lost_table_of_contents_is_read_again_not_taken_for_a_backup_without_t
     assert done.returncode == 0, done.stderr
     assert len(lost_outputs.dropped()) == 1
     assert selection(pg, target) == before
+
+
+def test_tables_whose_names_need_quotes_are_named_as_the_database_has_them(cli, pg, target):
+    """Japanese names, a space, capitals: ``--table=public.会員名簿`` or with double quotes,
+    as psql writes them."""
+    pg.psql('CREATE TABLE public."会員 名簿" (id int PRIMARY KEY, "氏名" text NOT NULL); '
+            'CREATE TABLE public.寄付 (id int PRIMARY KEY, "Amount" int); '
+            "INSERT INTO public.\"会員 名簿\" SELECT g, '会員 ' || g FROM generate_series(1, 5) g; "
+            "INSERT INTO public.寄付 SELECT g, g * 100 FROM generate_series(1, 5) g", target)
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    pg.psql('DELETE FROM public."会員 名簿" WHERE id = 2; DELETE FROM public.寄付 WHERE id = 3', target)
+    done = partial(cli, dump, '--table=public."会員 名簿"', "--table=寄付", "--mode=missing")
+    assert done.returncode == 0, done.stderr
+    assert table_fingerprints(pg, target) == before
+    assert log_lines(cli)[-1]["counts"] == {"public.会員 名簿": {"ins": 1}, "public.寄付": {"ins": 1}}
+
