@@ -637,12 +637,14 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
         live = read_catalog(pg, settings.db_name)
         targets = _targets(live, options)
         selections = selections_of(targets, options, live.major)
+        reach = _reach(live, targets)
+        wanted = _Wanted(options, handed, reach, live.partitions_of(reach))
         with contextlib.ExitStack() as stack:
             folder = stack.enter_context(_work_folder(settings))
             session = stack.enter_context(Session(pg, settings.db_name, APPLICATION))
             scan = stack.enter_context(_scanning(LiveScan(session, selections, folder)))
             source, shown = stack.enter_context(
-                _rows_from(pg, settings, _Wanted(options, handed, _reach(live, targets)), console, entry))
+                _rows_from(pg, settings, wanted, console, entry))
             run = Run(pg, settings, source, options, live, targets, folder, console)
             plan = preview(run, scan)
             entry.details["preview"] = plan.counts()
@@ -692,6 +694,7 @@ class _Wanted:
     options: PartialOptions
     handed: RowSource | None
     reach: set[str]
+    partitions: dict[str, tuple[str, ...]] = field(default_factory=dict)  # Extract.partitions
 
 
 @contextlib.contextmanager
@@ -714,7 +717,8 @@ def _rows_from(pg: Postgres, settings: Settings, wanted: _Wanted, console: Conso
     entry.details["source_env"] = source.env
     check_versions(source, facts.version)
     guard_environment(settings, source, options.approved_by, console)
-    with from_archive(pg, settings, facts, Extract(source, reach), console) as restored:
+    extract = Extract(source, reach, partitions=wanted.partitions)
+    with from_archive(pg, settings, facts, extract, console) as restored:
         entry.sha256 = restored.sha256
         yield restored, source
 

@@ -67,7 +67,12 @@ SELECT coalesce(json_agg(json_build_object(
                 JOIN pg_namespace sn ON sn.oid = s.relnamespace
                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid
                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-                  AND d.refobjid = c.oid AND d.deptype IN ('a', 'i'))
+                  AND d.refobjid = c.oid AND d.deptype IN ('a', 'i')),
+  'partitions', CASE WHEN c.relkind = 'p' THEN
+                (SELECT coalesce(json_agg(pn.nspname || '.' || pc.relname ORDER BY pn.nspname, pc.relname),
+                                 '[]'::json)
+                 FROM pg_partition_tree(c.oid) pt JOIN pg_class pc ON pc.oid = pt.relid
+                 JOIN pg_namespace pn ON pn.oid = pc.relnamespace WHERE pt.isleaf) END
 ) ORDER BY n.nspname, c.relname), '[]'::json)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -124,6 +129,7 @@ class Table:
     triggers: tuple[tuple[str, str], ...] = ()  # (name, tgenabled) of the user's triggers
     sequences: tuple[tuple[str, str], ...] = ()  # (column, quoted sequence) owned by a column
     kind: str = "r"
+    partitions: tuple[str, ...] = ()  # a partitioned table's leaf partitions (``schema.name``): its rows
 
     @property
     def label(self) -> str:
@@ -170,6 +176,12 @@ class Catalog:
             if table.label == label:
                 return table
         return None
+
+    def partitions_of(self, labels: set[str]) -> dict[str, tuple[str, ...]]:
+        """The partitioned tables among ``labels``, each with its leaf partitions (the tables
+        whose rows a backup holds for it)."""
+        return {label: table.partitions for label in sorted(labels)
+                if (table := self.named(label)) is not None and table.kind == "p"}
 
     def children_of(self, oid: int) -> list[tuple[Table, ForeignKey]]:
         """The foreign keys that reference table ``oid``, with their tables."""
@@ -230,6 +242,7 @@ def catalog_of(answer: list[list[str]]) -> Catalog:
             tuple((name, enabled) for name, enabled in item["triggers"]),
             tuple((column, sequence) for column, sequence in item["sequences"]),
             item["kind"],
+            tuple(item.get("partitions") or ()),
         )
         catalog.tables[table.oid] = table
     return catalog

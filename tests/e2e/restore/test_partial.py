@@ -405,3 +405,28 @@ def test_tables_whose_names_need_quotes_are_named_as_the_database_has_them(cli, 
     assert table_fingerprints(pg, target) == before
     assert log_lines(cli)[-1]["counts"] == {"public.会員 名簿": {"ins": 1}, "public.寄付": {"ins": 1}}
 
+
+def test_a_partitioned_table_is_put_back_through_its_partitions(cli, pg, target):
+    """The rows of a partitioned table are in its partitions' TABLE DATA in the archive."""
+    pg.psql("CREATE TABLE public.readings (id int, taken_on date, value int, PRIMARY KEY (id, taken_on)) "
+            "PARTITION BY RANGE (taken_on); "
+            "CREATE TABLE public.readings_2025 PARTITION OF public.readings "
+            "FOR VALUES FROM ('2025-01-01') TO ('2026-01-01'); "
+            "CREATE TABLE public.readings_2026 PARTITION OF public.readings "
+            "FOR VALUES FROM ('2026-01-01') TO ('2027-01-01'); "
+            "INSERT INTO public.readings SELECT g, DATE '2025-06-01' + g * 2, g FROM generate_series(1, 200) g",
+            target)
+    dump = backup(cli, "--env=prod")
+    rows = "SELECT string_agg(r::text, ',' ORDER BY id) FROM public.readings r"
+    before = pg.psql(rows, target)
+    pg.psql("DELETE FROM public.readings WHERE id IN (5, 150); UPDATE public.readings SET value = 0 WHERE id = 7; "
+            "CREATE TABLE public.readings_2027 PARTITION OF public.readings "  # made since: no rows in the file
+            "FOR VALUES FROM ('2027-01-01') TO ('2028-01-01'); "
+            "INSERT INTO public.readings VALUES (999, '2027-03-01', 9)", target)
+    done = partial(cli, dump, "--table=public.readings", "--mode=changed")
+    assert done.returncode == 0, done.stderr
+    assert pg.psql(rows + " WHERE id <> 999", target) == before
+    assert log_lines(cli)[-1]["counts"] == {"public.readings": {"ins": 2, "upd": 1}}
+    exact = partial(cli, dump, "--table=public.readings", "--mode=exact")  # the row made since goes
+    assert exact.returncode == 0, exact.stderr
+    assert pg.psql(rows, target) == before
