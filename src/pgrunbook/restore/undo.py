@@ -11,9 +11,10 @@ In one transaction, as the run itself (``putback``): the tables locked, the
 file's rows loaded into temporary tables, every row the run wrote compared
 with the hash it left (inserted and changed rows present and unchanged, deleted
 rows still absent); any difference refuses, naming the keys. Then the rows the
-run inserted are deleted (children first), the rows it changed get their
-before-image back, the rows it deleted come back (parents first). Sequences
-stay where they are (never backwards).
+run changed get their before-image back (first: a changed row may reference a
+row the run added, a parent brought back or a row of its own table), the rows it
+inserted are deleted (children first), the rows it deleted come back (parents
+first). Sequences stay where they are (never backwards).
 """
 
 from __future__ import annotations
@@ -203,13 +204,16 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
         return done
 
 
-def _inserted(entry: UndoTable) -> str:
+def _inserted(entry: UndoTable, *kinds: str) -> str:
+    listed = ", ".join(f"'{kind}'" for kind in (kinds or (INSERTED, PARENT)))
     return (f"(SELECT {columns_sql(entry.key)} FROM {entry.temps['written']} "
-            f"WHERE pgrunbook_kind IN ('{INSERTED}', '{PARENT}'))")
+            f"WHERE pgrunbook_kind IN ({listed}))")
 
 
 def _blocked(session: Session, live: Catalog, entries: list[UndoTable]) -> list[str]:
-    """Rows (the app's, since) that reference rows the undo would delete."""
+    """Rows (the app's, since) that reference rows the undo would delete: not the rows
+    the undo deletes too, nor those it changes back first (their before-image is from
+    before the run, when the rows it added were not there)."""
     blocked = []
     by_oid = {e.table.oid: e for e in entries}
     for entry in entries:
@@ -221,8 +225,9 @@ def _blocked(session: Session, live: Catalog, entries: list[UndoTable]) -> list[
             own = by_oid.get(child.oid)
             exclude = None
             if own is not None:
+                gone = _inserted(own, INSERTED, PARENT, UPDATED)
                 session.execute(f"CREATE TEMP TABLE IF NOT EXISTS pgrunbook_gone_{own.index} "
-                                f"ON COMMIT DROP AS SELECT * FROM {_inserted(own)} x;")
+                                f"ON COMMIT DROP AS SELECT * FROM {gone} x;")
                 exclude = f"pg_temp.pgrunbook_gone_{own.index}"
             parents = putback.Referenced(rows_sql, f"戻した {entry.table.label} の行")
             line = putback.referencing(session, child, fk, parents, exclude,
@@ -240,16 +245,7 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
     order = live.parents_first({e.table.oid for e in entries})
     by_oid = {e.table.oid: e for e in entries}
     done: dict[str, dict[str, int]] = {}
-    for oid in reversed(order):  # the rows the run added: children first
-        entry = by_oid[oid]
-        count = entry.rows.get(INSERTED, 0) + entry.rows.get(PARENT, 0)
-        if count:
-            session.execute(f"CREATE TEMP TABLE pgrunbook_added_{entry.index} ON COMMIT DROP AS "
-                            f"SELECT * FROM {_inserted(entry)} x;")
-            putback.delete_by(session, entry.table, entry.key, f"pg_temp.pgrunbook_added_{entry.index}",
-                              count)
-            done.setdefault(entry.table.label, {})["削除"] = count
-    for oid in order:
+    for oid in order:  # the rows the run changed, first (see the module docstring)
         entry = by_oid[oid]
         if entry.rows.get(UPDATED):
             session.execute(f"CREATE TEMP TABLE pgrunbook_revert_{entry.index} ON COMMIT DROP AS "
@@ -259,6 +255,15 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
             putback.update_from(session, entry.table, entry.key, f"pg_temp.pgrunbook_revert_{entry.index}",
                                 entry.rows[UPDATED])
             done.setdefault(entry.table.label, {})["元に戻す（更新）"] = entry.rows[UPDATED]
+    for oid in reversed(order):  # the rows the run added: children first
+        entry = by_oid[oid]
+        count = entry.rows.get(INSERTED, 0) + entry.rows.get(PARENT, 0)
+        if count:
+            session.execute(f"CREATE TEMP TABLE pgrunbook_added_{entry.index} ON COMMIT DROP AS "
+                            f"SELECT * FROM {_inserted(entry)} x;")
+            putback.delete_by(session, entry.table, entry.key, f"pg_temp.pgrunbook_added_{entry.index}",
+                              count)
+            done.setdefault(entry.table.label, {})["削除"] = count
     for oid in order:  # the rows the run deleted: parents first
         entry = by_oid[oid]
         if entry.rows.get(DELETED):

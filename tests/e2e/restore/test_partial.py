@@ -430,3 +430,43 @@ def test_a_partitioned_table_is_put_back_through_its_partitions(cli, pg, target)
     exact = partial(cli, dump, "--table=public.readings", "--mode=exact")  # the row made since goes
     assert exact.returncode == 0, exact.stderr
     assert pg.psql(rows, target) == before
+
+
+def test_a_table_that_references_itself_gets_back_a_row_and_the_references_to_it(cli, pg, target):
+    """A comment deleted since the backup (its replies' reply_to set to NULL by the foreign
+    key): --mode=changed brings it back and points the replies at it again; undo reverses both."""
+    pg.psql("CREATE TABLE public.comments (id int PRIMARY KEY, body text NOT NULL, "
+            "reply_to int REFERENCES public.comments (id) ON DELETE SET NULL); "
+            "INSERT INTO public.comments VALUES (1, '最初', NULL), (2, '返信', 1), (3, '返信の返信', 2)", target)
+    dump = backup(cli, "--env=prod")
+    rows = "SELECT string_agg(c::text, ',' ORDER BY id) FROM public.comments c"
+    before = pg.psql(rows, target)
+    pg.psql("DELETE FROM public.comments WHERE id IN (1, 2)", target)
+    after_delete = pg.psql(rows, target)
+    done = partial(cli, dump, "--table=public.comments", "--mode=changed")
+    assert done.returncode == 0, done.stderr
+    assert pg.psql(rows, target) == before
+    assert log_lines(cli)[-1]["counts"] == {"public.comments": {"ins": 2, "upd": 1}}
+    undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+    assert undone.returncode == 0, undone.stderr
+    assert pg.psql(rows, target) == after_delete
+
+
+def test_undo_of_a_changed_row_that_references_a_parent_brought_back(cli, pg, target):
+    """--mode=changed points an audit line at its member again and brings that member back
+    (a parent row); undo changes the line back first, then the member can go."""
+    pg.psql("INSERT INTO public.members (id, name, email, joined_on) VALUES (900, '退会 済子', 'gone@example.jp', "
+            "'2024-01-01'); INSERT INTO audit.audit_log (id, at, action, payload, actor_id) VALUES "
+            "(5000, '2025-12-01', 'login', '{}', 900)", target)
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    pg.psql("UPDATE audit.audit_log SET actor_id = NULL WHERE id = 5000; DELETE FROM public.members WHERE id = 900",
+            target)
+    after_delete = table_fingerprints(pg, target)
+    done = partial(cli, dump, "--table=audit.audit_log", "--where=id = 5000", "--mode=changed")
+    assert done.returncode == 0, done.stderr
+    assert table_fingerprints(pg, target) == before
+    assert log_lines(cli)[-1]["counts"] == {"audit.audit_log": {"upd": 1}, "public.members": {"par": 1}}
+    undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+    assert undone.returncode == 0, undone.stderr
+    assert table_fingerprints(pg, target) == after_delete
