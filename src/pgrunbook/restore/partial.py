@@ -36,7 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
@@ -46,7 +49,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgrunbook.core import faults
+from pgrunbook.core import faults, journal
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.files import ensure_private_dir, file_chunks, fsync_directory, open_private, private_file
@@ -468,12 +471,19 @@ def _reach(live: Catalog, targets: list[Table]) -> set[str]:
     return {live.tables[oid].label for oid in live.parents_closure([t.oid for t in targets])}
 
 
+WORK_FOLDER = re.compile(r"^\.work-(?P<host>.+)-(?P<pid>\d+)-(?P<started>\d+)-[a-z0-9_]+$")
+
+
 @contextlib.contextmanager
 def _work_folder(settings: Settings) -> Iterator[Path]:
-    """A private folder beside the backups for the keys and rows in flight (removed after)."""
+    """A private folder beside the backups for the keys and rows in flight (removed after),
+    named after its run's process (host, pid, start): a run killed leaves it, and only a
+    folder whose process is gone is another run's to remove (``_remove_stale_undo_temporaries``)."""
     base = settings.backup_dir / UNDO_FOLDER
     ensure_private_dir(base)
-    folder = Path(tempfile.mkdtemp(prefix=".work-", dir=base))
+    pid = os.getpid()
+    owner = f"{socket.gethostname()}-{pid}-{journal.process_started(pid)}"
+    folder = Path(tempfile.mkdtemp(prefix=f".work-{owner}-", dir=base))
     try:
         yield folder
     finally:
@@ -670,6 +680,7 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
             if plan.empty:
                 console.summary("戻す行はありません。何も変更していません")
                 return plan
+            faults.pause_point("partial-previewed")
             confirm(settings, Banner(
                 f"稼働中の DB に行を戻します（--mode={options.mode}、アプリは止めません）",
                 source_lines(shown), pg.container.engine_description(),
@@ -737,11 +748,22 @@ def _rows_from(pg: Postgres, settings: Settings, wanted: _Wanted, console: Conso
 
 
 def _remove_stale_undo_temporaries(settings: Settings, keep: Path) -> None:
-    """What a killed run left in the folder (an undo file never renamed to its name, a
-    work folder): under the env's lock no other run writes there."""
+    """What a killed run left in the folder: an undo file never renamed to its name (only
+    written under the env's lock, held now), a work folder whose run's process is gone (a
+    run still at its preview or confirmation, without the lock, keeps its own)."""
     folder = settings.backup_dir / UNDO_FOLDER
     for path in folder.glob(".*.undo.*.tmp"):
         path.unlink(missing_ok=True)
     for path in folder.glob(".work-*"):
-        if path != keep:
+        if path != keep and not _running(path.name):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(name: str) -> bool:
+    """The work folder ``name``'s run is alive (or on another host: not this one's to judge)."""
+    found = WORK_FOLDER.match(name)
+    if found is None:
+        return False
+    if found["host"] != socket.gethostname():
+        return True
+    return journal.process_started(int(found["pid"])) == found["started"]

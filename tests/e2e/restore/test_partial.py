@@ -470,3 +470,22 @@ def test_undo_of_a_changed_row_that_references_a_parent_brought_back(cli, pg, ta
     undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
     assert undone.returncode == 0, undone.stderr
     assert table_fingerprints(pg, target) == after_delete
+
+
+def test_a_second_run_meanwhile_leaves_the_first_runs_work_alone(cli, pg, target, tmp_path):
+    """Two operators: the first run waits at its confirmation while a second one, on another
+    table, is applied. The first then goes on as if alone."""
+    from helpers import paused
+
+    dump = backup(cli, "--env=prod")
+    before = table_fingerprints(pg, target)
+    pg.psql(f"DELETE FROM public.votes WHERE {SELECTED} AND member_id BETWEEN 1 AND 5; "
+            "DELETE FROM audit.audit_log WHERE id IN (SELECT min(id) FROM audit.audit_log)", target)
+    with paused(cli, "partial-previewed", tmp_path, "restore-partial", "--env=prod", f"--file={dump}",
+                "--table=public.votes", "--mode=missing", "--confirm=prod") as first:
+        first.reached("the first run's preview")
+        second = partial(cli, dump, "--table=audit.audit_log", "--mode=missing")
+        assert second.returncode == 0, second.stderr
+        done = first.go()
+    assert done.returncode == 0, done.stderr
+    assert table_fingerprints(pg, target) == before
