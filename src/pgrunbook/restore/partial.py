@@ -543,7 +543,7 @@ def apply(run: Run, expected: Plan, entry: Entry) -> Applied:
     targets = {oid: plan for oid, plan in expected.tables.items() if plan.selection is not None}
     with run.live_session() as session, run.source_session() as source_session:
         run.console.step("ロックを取り、確認の後に対象の行が変わっていないかを確かめます")
-        session.execute("BEGIN;")
+        session.execute(putback.BEGIN)
         putback.lock(session, run.targets, guarded, settings.partial_lock_timeout)
         faults.kill_point("partial-locked")
         moved = [p.table.label for p in targets.values()

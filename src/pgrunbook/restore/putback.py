@@ -39,6 +39,10 @@ from pgrunbook.infra.session import Session, SessionEnded
 from pgrunbook.restore.tables import ForeignKey, Table, columns_sql
 
 INSERTED, UPDATED, DELETED, PARENT = "ins", "upd", "del", "par"
+# the write's transaction: a deferrable constraint (INITIALLY DEFERRED) is checked at each
+# write as every other one, never at the COMMIT: a clash is then said (``counted``) before
+# the undo file is kept and the run logged as committing
+BEGIN = "BEGIN; SET CONSTRAINTS ALL IMMEDIATE;"
 
 
 def temp_name(kind: str, index: int) -> str:
@@ -115,6 +119,13 @@ def counted(session: Session, statement: str, expected: int, what: str) -> None:
                           "（何も変更していません）",
                           "同じ値の行がその後に作られています。その行も戻すなら --mode=exact、"
                           "除くなら --where で対象を絞る") from None
+        broken = re.search(r'violates (foreign key|check|not-null|exclusion) constraint(?: "([^"]+)")?',
+                           error.message)
+        if broken:
+            raise Refused(f"{what}: 戻す行が稼働中の DB の制約 {broken[2] or broken[1]} を満たしません"
+                          "（何も変更していません）",
+                          "バックアップの後に制約か参照先の行が変わっています。restore-diff で差を確かめ、"
+                          "その行を手作業で直すか --where で除く") from None
         raise
     if done != expected:
         raise RunbookError(f"{what}: {done} 行（予定 {expected} 行）。何も変更していません",

@@ -175,7 +175,7 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
                 for label, rows in counts.items() if rows]), confirm_env, console, ask)
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-partial-undo"), Session(pg, settings.db_name, APPLICATION) as session:
-            session.execute("BEGIN;")
+            session.execute(putback.BEGIN)
             state = _committed(session, int(undo.header["txid"]))
             if state in ("aborted", "in progress"):
                 raise Refused(f"run {chosen['run']} は適用されていません（トランザクション {state}）。"

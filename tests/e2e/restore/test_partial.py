@@ -489,3 +489,38 @@ def test_a_second_run_meanwhile_leaves_the_first_runs_work_alone(cli, pg, target
         done = first.go()
     assert done.returncode == 0, done.stderr
     assert table_fingerprints(pg, target) == before
+
+
+def test_a_deferred_unique_constraint_refuses_in_one_clear_line_before_the_commit(cli, pg, target):
+    """A unique constraint DEFERRABLE INITIALLY DEFERRED is checked at COMMIT: the kit checks
+    it at each write instead, so the clash is said as for any unique constraint, and no run is
+    left for undo to find."""
+    from helpers import one_clean_line
+
+    pg.psql("CREATE TABLE public.tags (id int PRIMARY KEY, slug text "
+            "CONSTRAINT tags_slug_key UNIQUE DEFERRABLE INITIALLY DEFERRED); "
+            "INSERT INTO public.tags VALUES (1, 'yosan'), (2, 'yakuin')", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("DELETE FROM public.tags WHERE id = 1; INSERT INTO public.tags VALUES (3, 'yosan')", target)
+    before = table_fingerprints(pg, target)
+    refused = partial(cli, dump, "--table=public.tags", "--mode=missing")
+    line = one_clean_line(refused)
+    assert "一意制約 tags_slug_key でぶつかります" in line, refused.stderr
+    assert table_fingerprints(pg, target) == before
+    assert not [r for r in log_lines(cli) if r.get("stage") == "commit"]
+    assert not list((cli.backup_dir("prod") / "partial").glob("*.undo"))
+
+
+def test_a_check_constraint_added_since_the_backup_refuses_in_one_clear_line(cli, pg, target):
+    from helpers import one_clean_line
+
+    pg.psql("CREATE TABLE public.fees (id int PRIMARY KEY, amount int NOT NULL); "
+            "INSERT INTO public.fees VALUES (1, -500), (2, 1000)", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("DELETE FROM public.fees WHERE id = 1; "
+            "ALTER TABLE public.fees ADD CONSTRAINT fees_amount_check CHECK (amount >= 0)", target)
+    before = table_fingerprints(pg, target)
+    refused = partial(cli, dump, "--table=public.fees", "--mode=missing")
+    line = one_clean_line(refused)
+    assert "制約 fees_amount_check を満たしません" in line and "--where" in line, refused.stderr
+    assert table_fingerprints(pg, target) == before
