@@ -81,6 +81,7 @@ from pgrunbook.restore.tables import (
     columns_sql,
     find_tables,
     read_catalog,
+    refuse_row_security,
     row_hash,
     row_key,
 )
@@ -661,6 +662,9 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
         targets = _targets(live, options)
         selections = selections_of(targets, options, live.major)
         reach = _reach(live, targets)
+        refuse_row_security([live.named(label) for label in reach]
+                            + [child for t in targets for child, _fk in live.children_of(t.oid)],
+                            settings.db_user)
         wanted = _Wanted(options, handed, reach, live.partitions_of(reach))
         with contextlib.ExitStack() as stack:
             folder = stack.enter_context(_work_folder(settings))

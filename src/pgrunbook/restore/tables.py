@@ -37,6 +37,7 @@ CATALOG = """
 SELECT coalesce(json_agg(json_build_object(
   'oid', c.oid, 'schema', n.nspname, 'name', c.relname, 'kind', c.relkind,
   'owner', pg_get_userbyid(c.relowner), 'owned', pg_has_role(c.relowner, 'USAGE'),
+  'row_security', row_security_active(c.oid),
   'columns', (SELECT coalesce(json_agg(json_build_array(
                  a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '',
                  a.attidentity, coalesce((SELECT co.collisdeterministic FROM pg_collation co
@@ -130,6 +131,7 @@ class Table:
     sequences: tuple[tuple[str, str], ...] = ()  # (column, quoted sequence) owned by a column
     kind: str = "r"
     partitions: tuple[str, ...] = ()  # a partitioned table's leaf partitions (``schema.name``): its rows
+    row_security: bool = False  # a policy filters the rows DB_USER sees (RLS, not bypassed)
 
     @property
     def label(self) -> str:
@@ -243,6 +245,7 @@ def catalog_of(answer: list[list[str]]) -> Catalog:
             tuple((column, sequence) for column, sequence in item["sequences"]),
             item["kind"],
             tuple(item.get("partitions") or ()),
+            bool(item.get("row_security")),
         )
         catalog.tables[table.oid] = table
     return catalog
@@ -281,6 +284,17 @@ def find_tables(catalog: Catalog, names: list[str], where: str) -> list[Table]:
         if table not in tables:
             tables.append(table)
     return tables
+
+
+def refuse_row_security(tables: list[Table], user: str) -> None:
+    """A put-back (or its undo) reads and writes every row of these tables: a policy that
+    hides some of them from DB_USER would make them look deleted (and their writes fail)."""
+    filtered = sorted({table.label for table in tables if table.row_security})
+    if filtered:
+        raise Refused(f"{', '.join(filtered)} には行レベルセキュリティ（RLS）がかかり、DB_USER {user} には"
+                      "一部の行しか見えません（何も変更していません）",
+                      "BYPASSRLS を持つロールか、テーブル所有者のメンバーを DB_USER にして実行"
+                      "（FORCE ROW LEVEL SECURITY のテーブルは BYPASSRLS のみ）")
 
 
 def row_key(table: Table, key_option: str | None) -> tuple[str, ...]:

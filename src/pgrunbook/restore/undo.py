@@ -37,7 +37,7 @@ from pgrunbook.restore.guards import Banner, confirm, source_lines
 from pgrunbook.restore.partial import APPLICATION, KIND_WORDS, UNDO_FOLDER
 from pgrunbook.restore.putback import DELETED, INSERTED, PARENT, UPDATED, UndoFile, read_undo
 from pgrunbook.restore.source import Source
-from pgrunbook.restore.tables import Catalog, Table, columns_sql, read_catalog, row_hash
+from pgrunbook.restore.tables import Catalog, Table, columns_sql, read_catalog, refuse_row_security, row_hash
 
 EXAMPLES = 5
 
@@ -184,6 +184,7 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
             tables = [live.named(item["table"]) for item in undo.header["tables"]]
             written = [t for t in tables if t is not None]
             guarded = [child for t in written for child, _fk in live.children_of(t.oid)]
+            refuse_row_security(written + guarded, settings.db_user)
             putback.lock(session, written, guarded, settings.partial_lock_timeout)
             entries = _load(session, undo, live)
             conflicts = [line for entry_ in entries for line in _conflicts(session, entry_)]

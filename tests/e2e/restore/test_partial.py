@@ -524,3 +524,30 @@ def test_a_check_constraint_added_since_the_backup_refuses_in_one_clear_line(cli
     line = one_clean_line(refused)
     assert "制約 fees_amount_check を満たしません" in line and "--where" in line, refused.stderr
     assert table_fingerprints(pg, target) == before
+
+
+def test_a_table_whose_rows_the_kit_user_sees_only_in_part_row_level_security_is_refused(cli, pg, target):
+    """DB_USER without the table's ownership (or BYPASSRLS) sees only the rows a policy lets
+    it see: the comparison would take the others for deleted. Refused before any work."""
+    from helpers import one_clean_line
+
+    pg.psql("CREATE TABLE public.notes (id int PRIMARY KEY, author text NOT NULL, body text); "
+            "INSERT INTO public.notes SELECT g, CASE WHEN g % 2 = 0 THEN 'clerk' ELSE 'chair' END, 'メモ ' || g "
+            "FROM generate_series(1, 6) g; "
+            "ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY; "
+            "CREATE POLICY own_notes ON public.notes USING (author = 'clerk')", target)
+    other = f"clerk_{uuid.uuid4().hex[:6]}"
+    pg.psql(f"CREATE ROLE {other} LOGIN CREATEDB PASSWORD '{PASSWORD}'", "postgres")
+    try:
+        pg.psql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {other}", target)
+        dump = backup(cli, "--env=prod")
+        pg.psql("DELETE FROM public.notes WHERE id = 2", target)
+        before = table_fingerprints(pg, target)
+        cli.write_env("prod", DB_CONTAINER=pg.name, DB_NAME=target, DB_PASSWORD=PASSWORD, DB_USER=other)
+        refused = partial(cli, dump, "--table=public.notes", "--mode=exact")
+        line = one_clean_line(refused)
+        assert "行レベルセキュリティ" in line and "public.notes" in line and "BYPASSRLS" in line, refused.stderr
+        assert table_fingerprints(pg, target) == before
+    finally:
+        pg.psql(f"DROP OWNED BY {other} CASCADE", target)
+        pg.psql(f"DROP ROLE {other}", "postgres")
