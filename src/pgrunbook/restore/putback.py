@@ -274,10 +274,14 @@ def read_undo(path: Path) -> UndoFile:
     try:
         with open(path, "rb") as handle:
             header = json.loads(handle.readline())
-    except (OSError, ValueError) as error:
-        raise RunbookError(f"取り消し用ファイル {path} を読めません: {error}") from None
-    if header.get("kind") != UNDO_KIND:
-        raise RunbookError(f"{path} は取り消し用ファイルではありません")
+    except OSError as error:
+        raise RunbookError(f"取り消し用ファイル {path} を読めません（{error.strerror}）",
+                           "ファイルの権限と場所を確かめて再実行") from None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("kind") != UNDO_KIND:
+        raise RunbookError(f"{path} は取り消し用ファイルの形式ではありません（何も変更していません）",
+                           "書き換えられているか別のファイルです。取り消しは手作業で")
     return UndoFile(path, header)
 
 

@@ -152,10 +152,17 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
         chosen = choose_run(settings, run)
         entry.details["run"] = chosen["run"]
         path = Path(chosen["undo"])
-        undo = read_undo(path)
+        if not path.is_file():
+            raise RunbookError(f"run {chosen['run']} の取り消し用ファイル {path} がありません"
+                               "（何も変更していません）",
+                               "移動・削除されていないか確かめ、元の場所に戻して再実行"
+                               "（作業ログの sha256 と照合します）")
         if chosen.get("undo_sha256") and putback.sha256_of(path) != chosen["undo_sha256"]:
-            raise RunbookError(f"取り消し用ファイル {path.name} の sha256 が作業ログの記録と一致しません",
-                               "ファイルが書き換えられています。取り消しは手作業で（何も変更していません）")
+            raise RunbookError(f"取り消し用ファイル {path.name} の sha256 が作業ログの記録と一致しません"
+                               "（何も変更していません）",
+                               "ファイルが書き換えられています。元のファイルがあれば戻して再実行、"
+                               "なければ取り消しは手作業で")
+        undo = read_undo(path)
         if undo.header.get("env") != settings.env or undo.header.get("database") != settings.db_name:
             raise Refused(f"{path.name} は {undo.header.get('env')} / {undo.header.get('database')} "
                           "の実行です",

@@ -551,3 +551,26 @@ def test_a_table_whose_rows_the_kit_user_sees_only_in_part_row_level_security_is
     finally:
         pg.psql(f"DROP OWNED BY {other} CASCADE", target)
         pg.psql(f"DROP ROLE {other}", "postgres")
+
+
+def test_undo_with_its_file_moved_or_edited_says_so_in_one_line_with_what_to_do(cli, pg, target):
+    from helpers import one_clean_line
+
+    dump = backup(cli, "--env=prod")
+    mistakes(pg, target)
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert done.returncode == 0, done.stderr
+    applied = table_fingerprints(pg, target)
+    undo = Path(log_lines(cli)[-1]["undo"])
+    kept = undo.read_bytes()
+    undo.unlink()
+    missing = one_clean_line(cli("restore-partial-undo", "--env=prod", "--confirm=prod"))
+    assert "取り消し用ファイル" in missing and "ありません" in missing and " → " in missing, missing
+    assert "Errno" not in missing
+    undo.write_bytes(b'{"kind": "pgrunbook-partial-undo", "run"' + kept[40:])  # its header cut
+    edited = one_clean_line(cli("restore-partial-undo", "--env=prod", "--confirm=prod"))
+    assert "sha256" in edited and " → " in edited, edited
+    assert table_fingerprints(pg, target) == applied
+    undo.write_bytes(kept)
+    undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+    assert undone.returncode == 0, undone.stderr
