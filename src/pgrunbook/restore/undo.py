@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pgrunbook.core import faults
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
-from pgrunbook.core.worklog import Entry, read_trusted, recorded
+from pgrunbook.core.worklog import Entry, append_started, read_trusted, recorded
 from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import Postgres, quote_ident
 from pgrunbook.infra.session import Session
@@ -67,6 +68,10 @@ def _runs(settings: Settings) -> list[dict[str, Any]]:
             runs.setdefault(run, {}).update(record)
         elif record.get("task") == "restore-partial-undo" and record.get("result") == "ok" and run in runs:
             runs[run]["undone"] = record.get("time")
+        elif (record.get("task") == "restore-partial-undo" and record.get("result") == "started"
+              and record.get("stage") == "commit" and run in runs and record.get("txid")):
+            # an undo stopped at its COMMIT: done or not, its transaction says
+            runs[run].setdefault("undo_attempts", []).append((int(record["txid"]), record.get("time")))
     return list(runs.values())
 
 
@@ -187,6 +192,10 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
             if state in ("aborted", "in progress"):
                 raise Refused(f"run {chosen['run']} は適用されていません（トランザクション {state}）。"
                               "取り消すものはありません")
+            for txid, when in chosen.get("undo_attempts", []):
+                if _committed(session, txid) == "committed":
+                    raise Refused(f"run {chosen['run']} は {when} に取り消し済みです（その取り消しは"
+                                  " COMMIT の直後に止まり、作業ログに結果が残っていません。何も変更していません）")
             live = read_catalog(pg, settings.db_name)
             tables = [live.named(item["table"]) for item in undo.header["tables"]]
             written = [t for t in tables if t is not None]
@@ -205,7 +214,11 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
                 raise Refused(f"戻した行を消せません: {blocked[0]}（何も変更していません）",
                               "その行を参照している行を先に直す")
             done = _reverse(session, live, entries, fire_triggers)
+            entry.details["txid"] = int(session.rows("SELECT txid_current()")[0][0])
+            append_started(settings.worklog_path, entry, stage="commit")
+            faults.kill_point("partial-undo-commit")
             session.execute("COMMIT;")
+            faults.kill_point("partial-undo-committed")
         entry.details["counts"] = done
         console.summary(f"取り消しました（run {chosen['run']}）: " + "、".join(
             f"{label} " + "・".join(f"{k} {v}" for k, v in rows.items()) for label, rows in done.items()))

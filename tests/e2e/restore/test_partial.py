@@ -574,3 +574,27 @@ def test_undo_with_its_file_moved_or_edited_says_so_in_one_line_with_what_to_do(
     undo.write_bytes(kept)
     undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
     assert undone.returncode == 0, undone.stderr
+
+
+@pytest.mark.parametrize("stage", ["partial-undo-commit", "partial-undo-committed"])
+def test_an_undo_killed_at_its_commit_is_known_for_what_it_did(cli, pg, target, stage):
+    """kill -9 just before or just after the undo's COMMIT (before the work log's line): run
+    again, the undo either completes or says it was done, never that the rows changed since."""
+    dump = backup(cli, "--env=prod")
+    mistakes(pg, target)
+    after_mistakes = table_fingerprints(pg, target)
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert done.returncode == 0, done.stderr
+    applied = table_fingerprints(pg, target)
+    killed = cli("restore-partial-undo", "--env=prod", "--confirm=prod", env={"PGRUNBOOK_TEST_KILL_AT": stage})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    wait_for(lambda: pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APPLICATION}'",
+                             "postgres").strip() == "0", "the kit's sessions to end")
+    again = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
+    if stage == "partial-undo-commit":
+        assert again.returncode == 0, again.stderr
+        assert table_fingerprints(pg, target) == after_mistakes
+    else:
+        assert again.returncode == 1 and "取り消し済み" in again.stderr, again.stderr
+        assert "変わった行" not in again.stderr
+        assert table_fingerprints(pg, target) == after_mistakes != applied
