@@ -195,7 +195,8 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
             for txid, when in chosen.get("undo_attempts", []):
                 if _committed(session, txid) == "committed":
                     raise Refused(f"run {chosen['run']} は {when} に取り消し済みです（その取り消しは"
-                                  " COMMIT の直後に止まり、作業ログに結果が残っていません。何も変更していません）")
+                                  " COMMIT の直後に止まり、作業ログに結果が残っていません。"
+                                  "何も変更していません）")
             live = read_catalog(pg, settings.db_name)
             tables = [live.named(item["table"]) for item in undo.header["tables"]]
             written = [t for t in tables if t is not None]
