@@ -106,8 +106,15 @@ def enable_triggers(session: Session, tables: list[Table]) -> None:
             session.execute("".join(statements))
 
 
-def counted(session: Session, statement: str, expected: int, what: str) -> None:
-    """A write that must touch exactly ``expected`` rows (else the whole transaction fails)."""
+CLASH_HINT = ("同じ値の行がその後に作られています。その行も戻すなら --mode=exact、"
+              "除くなら --where で対象を絞る")
+UNDO_CLASH_HINT = ("実行の後に同じ値の行が作られています。その行を確かめ、消してよければ消してから再実行、"
+                   "残すなら取り消し用ファイルを見て手で直す")
+
+
+def counted(session: Session, statement: str, expected: int, what: str, clash_hint: str = CLASH_HINT) -> None:
+    """A write that must touch exactly ``expected`` rows (else the whole transaction fails);
+    ``clash_hint``: what to do when a row meets a unique value (a run's, or an undo's)."""
     if not expected:
         return
     try:
@@ -116,9 +123,7 @@ def counted(session: Session, statement: str, expected: int, what: str) -> None:
         clash = re.search(r'violates unique constraint "([^"]+)"', error.message)
         if clash:
             raise Refused(f"{what}: 戻す行が稼働中の DB の行と一意制約 {clash[1]} でぶつかります"
-                          "（何も変更していません）",
-                          "同じ値の行がその後に作られています。その行も戻すなら --mode=exact、"
-                          "除くなら --where で対象を絞る") from None
+                          "（何も変更していません）", clash_hint) from None
         broken = re.search(r'violates (foreign key|check|not-null|exclusion) constraint(?: "([^"]+)")?',
                            error.message)
         if broken:
@@ -132,21 +137,23 @@ def counted(session: Session, statement: str, expected: int, what: str) -> None:
                            "実行中に行が変わった可能性があります。再実行して差を確かめる")
 
 
-def insert_from(session: Session, table: Table, sources: list[str], expected: int) -> None:
+def insert_from(session: Session, table: Table, sources: list[str], expected: int,
+                clash_hint: str = CLASH_HINT) -> None:
     columns = columns_sql([c.name for c in table.written])
     overriding = " OVERRIDING SYSTEM VALUE" if table.identity_always else ""
     rows = " UNION ALL ".join(f"SELECT {columns} FROM {name}" for name in sources)
     counted(session, f"INSERT INTO {table.sql} ({columns}){overriding} {rows}", expected,
-            f"{table.label} への追加")
+            f"{table.label} への追加", clash_hint)
 
 
-def update_from(session: Session, table: Table, key: tuple[str, ...], source: str, expected: int) -> None:
+def update_from(session: Session, table: Table, key: tuple[str, ...], source: str, expected: int,
+                clash_hint: str = CLASH_HINT) -> None:
     changed = [c.name for c in table.written if c.name not in key and c.identity != "a"]
     if not changed:
         return
     assignments = ", ".join(f"{quote_ident(name)} = u.{quote_ident(name)}" for name in changed)
     counted(session, f"UPDATE {table.sql} AS t SET {assignments} FROM {source} AS u "
-                     f"WHERE {key_match(key, 't', 'u')}", expected, f"{table.label} の更新")
+                     f"WHERE {key_match(key, 't', 'u')}", expected, f"{table.label} の更新", clash_hint)
 
 
 def delete_by(session: Session, table: Table, key: tuple[str, ...], source: str, expected: int) -> None:

@@ -275,7 +275,7 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
                             f"ON {putback.key_match(entry.key, 'b', 'w')} "
                             f"AND w.pgrunbook_kind = '{UPDATED}';")
             putback.update_from(session, entry.table, entry.key, f"pg_temp.pgrunbook_revert_{entry.index}",
-                                entry.rows[UPDATED])
+                                entry.rows[UPDATED], putback.UNDO_CLASH_HINT)
             done.setdefault(entry.table.label, {})["元に戻す（更新）"] = entry.rows[UPDATED]
     for oid in reversed(order):  # the rows the run added: children first
         entry = by_oid[oid]
@@ -293,7 +293,7 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
                             f"SELECT b.* FROM {entry.temps['before']} b JOIN {entry.temps['deleted']} d "
                             f"ON {putback.key_match(entry.key, 'b', 'd')};")
             putback.insert_from(session, entry.table, [f"pg_temp.pgrunbook_back_{entry.index}"],
-                                entry.rows[DELETED])
+                                entry.rows[DELETED], putback.UNDO_CLASH_HINT)
             done.setdefault(entry.table.label, {})["追加（削除した行）"] = entry.rows[DELETED]
     if not fire_triggers:
         putback.enable_triggers(session, tables)

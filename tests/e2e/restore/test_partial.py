@@ -598,3 +598,20 @@ def test_an_undo_killed_at_its_commit_is_known_for_what_it_did(cli, pg, target, 
         assert again.returncode == 1 and "取り消し済み" in again.stderr, again.stderr
         assert "変わった行" not in again.stderr
         assert table_fingerprints(pg, target) == after_mistakes != applied
+
+
+def test_undo_that_meets_a_unique_value_taken_since_says_what_to_do_for_an_undo(cli, pg, target):
+    """exact deleted two votes; the app then cast one of them again (a new row, the same
+    topic and member): the undo cannot bring the deleted vote back, and says so for an undo."""
+    from helpers import one_clean_line
+
+    dump = backup(cli, "--env=prod")
+    mistakes(pg, target)
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert done.returncode == 0, done.stderr
+    pg.psql("INSERT INTO public.votes (topic, member_id, choice, cast_at) SELECT '役員選任の件', id, '反対', now() "
+            "FROM public.members WHERE email = 'late1@example.jp'", target)
+    before = table_fingerprints(pg, target)
+    line = one_clean_line(cli("restore-partial-undo", "--env=prod", "--confirm=prod"))
+    assert "一意制約" in line and "--mode" not in line and "取り消し" in line.split(" → ")[1], line
+    assert table_fingerprints(pg, target) == before
