@@ -18,7 +18,7 @@ into the live database, with the app running.
    ``version_sum`` read again under them: another one means rows changed since
    the preview, and the kit refuses, showing the difference as it is now; else
    ``load_plan`` again from the preview's files (its parents and refusals must
-   come out the same); the undo file (before-image) saved and its sha256
+   come out the same); the tables that only get parent rows locked as well; the undo file (before-image) saved and its sha256
    logged; the writes: deletes first, children first (a row coming back may
    need a unique value a deleted row holds), then table by table, parents
    first, the changed rows and the rows to add (a table that references itself:
@@ -563,6 +563,9 @@ def apply(run: Run, expected: Plan, entry: Entry) -> Applied:
         if plan.blocked:
             raise Refused(f"参照されている行は消せません: {plan.blocked[0]}（何も変更していません）",
                           "参照している行を先に直すか、--mode=changed にする")
+        # the tables that only get parent rows: locked as the named ones, within the same lock_timeout
+        putback.lock(session, [p.table for p in plan.tables.values() if p.writes and p.selection is None], [],
+                     settings.partial_lock_timeout)
         run.console.step("取り消し用ファイルを保存し、1 トランザクションで書き込みます")
         txid = int(session.rows("SELECT txid_current()")[0][0])
         header = {"run": name, "env": settings.env, "database": settings.db_name, "txid": txid,

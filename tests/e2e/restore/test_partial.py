@@ -343,7 +343,8 @@ def test_exact_and_undo_on_each_version(cli, pg, target):
     undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")
     assert undone.returncode == 0, undone.stderr
     assert table_fingerprints(pg, target) == after_mistakes
-    preview = json.loads(json.dumps(log_lines(cli)[-2]["preview"]))
+    run = [r for r in log_lines(cli) if r["task"] == "restore-partial" and r["result"] == "ok"][-1]
+    preview = json.loads(json.dumps(run["preview"]))  # (the undo logs a line before its commit too)
     assert preview == {"public.votes": {"ins": 5, "upd": 3, "del": 2}}
 
 
@@ -615,3 +616,37 @@ def test_undo_that_meets_a_unique_value_taken_since_says_what_to_do_for_an_undo(
     line = one_clean_line(cli("restore-partial-undo", "--env=prod", "--confirm=prod"))
     assert "一意制約" in line and "--mode" not in line and "取り消し" in line.split(" → ")[1], line
     assert table_fingerprints(pg, target) == before
+
+
+def test_a_busy_parent_table_makes_the_kit_give_up_in_its_own_words(cli, pg, target):
+    """The parents brought back go into a table with a trigger (switched off for the write,
+    which locks the table) that an open transaction of the app has written: the kit waits
+    PARTIAL_LOCK_TIMEOUT, then says so as for the named tables."""
+    from helpers import one_clean_line
+
+    pg.psql("INSERT INTO public.members (id, name, email, joined_on) VALUES (900, '退会 済子', 'gone@example.jp', "
+            "'2024-01-01'); INSERT INTO accounting.journal_entries (id, entry_date, description, debit_account, "
+            "credit_account, amount, created_by) VALUES (9000, '2025-12-01', '退会前の仕訳', '現金', '会費収入', 500, "
+            "900); INSERT INTO accounting.approvals (entry_id, approver_id, status, decided_at) VALUES "
+            "(9000, 900, '承認', now()); "
+            "CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$; "
+            "CREATE TRIGGER members_touch BEFORE UPDATE ON public.members FOR EACH ROW EXECUTE FUNCTION public.touch()",
+            target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("DELETE FROM accounting.approvals WHERE entry_id = 9000; "
+            "DELETE FROM accounting.journal_entries WHERE id = 9000; DELETE FROM public.members WHERE id = 900",
+            target)
+    before = table_fingerprints(pg, target)
+    holder = pg.run_detached("BEGIN; UPDATE public.members SET name = name WHERE id = 1; "
+                             "SELECT pg_sleep(120); COMMIT;", target)
+    wait_for(lambda: pg.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                             f"WHERE a.application_name = '{holder}' AND l.mode = 'RowExclusiveLock' AND l.granted",
+                             "postgres").strip() != "0", "the app's open transaction")
+    try:
+        (cli.home / ".env.prod").write_text((cli.home / ".env.prod").read_text() + "PARTIAL_LOCK_TIMEOUT=1s\n")
+        line = one_clean_line(partial(cli, dump, "--table=accounting.approvals", "--mode=missing"))
+        assert "public.members" in line and "ロックを 1s 以内に取れませんでした" in line, line
+        assert table_fingerprints(pg, target) == before
+    finally:
+        pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{holder}'",
+                "postgres")
