@@ -18,7 +18,8 @@ into the live database, with the app running.
    ``version_sum`` read again under them: another one means rows changed since
    the preview, and the kit refuses, showing the difference as it is now; else
    ``load_plan`` again from the preview's files (its parents and refusals must
-   come out the same); the tables that only get parent rows locked as well; the undo file (before-image) saved and its sha256
+   come out the same); the tables that only get parent rows locked as well; the
+   undo file (before-image) saved and its sha256
    logged; the writes: deletes first, children first (a row coming back may
    need a unique value a deleted row holds), then table by table, parents
    first, the changed rows and the rows to add (a table that references itself:
