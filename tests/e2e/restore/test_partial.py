@@ -650,3 +650,30 @@ def test_a_busy_parent_table_makes_the_kit_give_up_in_its_own_words(cli, pg, tar
     finally:
         pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{holder}'",
                 "postgres")
+
+
+def test_a_kit_user_that_is_no_superuser_puts_back_and_undoes(cli, pg, target):
+    """DB_USER with the rights the kit documents (CREATEDB, member of the tables' owner),
+    as on a managed server: exact with parents, triggers and sequences, then undo."""
+    from helpers import minimal_rights
+
+    pg.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "app", "-d", target], stdin=LEDGER.encode())
+    dump = backup(cli, "--env=prod")
+    before = selection(pg, target)
+    mistakes(pg, target)
+    pg.psql("TRUNCATE public.ledger RESTART IDENTITY", target)
+    owner, kit = minimal_rights(cli, pg, target)
+    try:
+        after_mistakes = table_fingerprints(pg, target)
+        done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+        assert done.returncode == 0, done.stderr
+        assert selection(pg, target) == before
+        ledger = partial(cli, dump, "--table=public.ledger", "--mode=missing")
+        assert ledger.returncode == 0, ledger.stderr
+        assert "シーケンス public.ledger_id_seq を 10 まで進めました" in ledger.stderr, ledger.stderr
+        for run in (last_line(ledger.stdout), last_line(done.stdout)):
+            undone = cli("restore-partial-undo", "--env=prod", f"--run={run}", "--confirm=prod")
+            assert undone.returncode == 0, undone.stderr
+        assert table_fingerprints(pg, target) == after_mistakes
+    finally:
+        pg.psql(f'DROP OWNED BY "{kit}" CASCADE', target)
