@@ -677,3 +677,11 @@ def test_a_kit_user_that_is_no_superuser_puts_back_and_undoes(cli, pg, target):
         assert table_fingerprints(pg, target) == after_mistakes
     finally:
         pg.psql(f'DROP OWNED BY "{kit}" CASCADE', target)
+
+
+def test_a_file_that_is_not_there_is_said_with_the_command_to_list_the_envs_files(cli, pg, target):
+    from helpers import one_clean_line
+
+    line = one_clean_line(cli("restore-partial", "--env=prod", "--file=knot-prod-20260128-020000.dump",
+                              "--table=public.votes", "--mode=missing", "--confirm=prod"))
+    assert "knot-prod-20260128-020000.dump がありません" in line and "invoke list --env=prod " in line, line
