@@ -685,3 +685,18 @@ def test_a_file_that_is_not_there_is_said_with_the_command_to_list_the_envs_file
     line = one_clean_line(cli("restore-partial", "--env=prod", "--file=knot-prod-20260128-020000.dump",
                               "--table=public.votes", "--mode=missing", "--confirm=prod"))
     assert "knot-prod-20260128-020000.dump がありません" in line and "invoke list --env=prod " in line, line
+
+
+@pytest.mark.parametrize("change", ["ADD COLUMN note text", "DROP COLUMN cast_at"])
+def test_undo_after_the_table_gained_or_lost_a_column_refuses_in_one_line(cli, pg, target, change):
+    from helpers import one_clean_line
+
+    dump = backup(cli, "--env=prod")
+    mistakes(pg, target)
+    done = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact")
+    assert done.returncode == 0, done.stderr
+    pg.psql(f"ALTER TABLE public.votes {change}", target)
+    before = table_fingerprints(pg, target)
+    line = one_clean_line(cli("restore-partial-undo", "--env=prod", "--confirm=prod"))
+    assert "public.votes の列が実行の後に変わっています" in line and " → " in line, line
+    assert table_fingerprints(pg, target) == before
