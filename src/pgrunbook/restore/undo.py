@@ -98,12 +98,12 @@ def choose_run(settings: Settings, run: str | None) -> dict[str, Any]:
     if not runs:
         raise Refused("この環境には取り消せる restore-partial の実行がありません（何も変更していません）")
     last = runs[-1]
+    before = [r["run"] for r in runs[:-1] if not r.get("undone")]
     if last.get("undone"):
-        before = [r["run"] for r in runs if not r.get("undone")]
         raise Refused(f"直近の run {last['run']} は {last['undone']} に取り消し済みです"
                       "（何も変更していません）",
                       f"さらに前の実行を戻すなら --run={before[-1]}" if before else "")
-    return last
+    return {**last, "before": before[-1]} if before else last
 
 
 def _load(session: Session, undo: UndoFile, live: Catalog) -> list[UndoTable]:
@@ -191,7 +191,9 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
             state = _committed(session, int(undo.header["txid"]))
             if state in ("aborted", "in progress"):
                 raise Refused(f"run {chosen['run']} は適用されていません（トランザクション {state}）。"
-                              "取り消すものはありません")
+                              "取り消すものはありません",
+                              f"その前の実行を取り消すなら --run={chosen['before']}" if chosen.get("before")
+                              else "")
             for txid, when in chosen.get("undo_attempts", []):
                 if _committed(session, txid) == "committed":
                     raise Refused(f"run {chosen['run']} は {when} に取り消し済みです（その取り消しは"

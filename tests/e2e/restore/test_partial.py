@@ -700,3 +700,19 @@ def test_undo_after_the_table_gained_or_lost_a_column_refuses_in_one_line(cli, p
     line = one_clean_line(cli("restore-partial-undo", "--env=prod", "--confirm=prod"))
     assert "public.votes の列が実行の後に変わっています" in line and " → " in line, line
     assert table_fingerprints(pg, target) == before
+
+
+def test_undo_after_a_run_killed_before_its_commit_points_at_the_run_before(cli, pg, target):
+    from helpers import one_clean_line
+
+    dump = backup(cli, "--env=prod")
+    mistakes(pg, target)
+    first = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=missing")
+    assert first.returncode == 0, first.stderr
+    killed = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=exact",
+                     env={"PGRUNBOOK_TEST_KILL_AT": "partial-commit"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    wait_for(lambda: pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APPLICATION}'",
+                             "postgres").strip() == "0", "the kit's sessions to end")
+    line = one_clean_line(cli("restore-partial-undo", "--env=prod", "--confirm=prod"))
+    assert "適用されていません" in line and f"--run={last_line(first.stdout)}" in line, line
