@@ -23,7 +23,8 @@ into the live database, with the app running.
    logged; the writes: deletes first, children first (a row coming back may
    need a unique value a deleted row holds), then table by table, parents
    first, the changed rows and the rows to add (a table that references itself:
-   the rows to add first, a changed row may reference one); the sequences;
+   the changed rows' references to it after the rows to add, a changed row may point
+   at one); the sequences;
    ``COMMIT``. A ``kill -9`` anywhere before the ``COMMIT`` leaves nothing applied.
 
 Mode: ``missing`` inserts the rows deleted since the backup, ``changed`` also
@@ -588,16 +589,6 @@ def apply(run: Run, expected: Plan, entry: Entry) -> Applied:
     return Applied(plan, name, undo_path, undo_sha256)
 
 
-def _update_step(session: Session, p: TablePlan) -> None:
-    if p.rows[UPDATED]:
-        putback.update_from(session, p.table, p.key, p.temps[UPDATED], p.rows[UPDATED])
-
-
-def _insert_step(session: Session, p: TablePlan) -> None:
-    if p.inserted_from():
-        putback.insert_from(session, p.table, p.inserted_from(), p.rows[INSERTED] + p.rows[PARENT])
-
-
 def _write(session: Session, plan: Plan, live: Catalog, writer: UndoWriter, fire_triggers: bool) -> None:
     written = [p for p in plan.tables.values() if p.writes]
     for p in written:  # the before-image first: the rows as they are, under lock
@@ -619,14 +610,16 @@ def _write(session: Session, plan: Plan, live: Catalog, writer: UndoWriter, fire
         p = by_oid[oid]
         if p.rows[DELETED]:
             putback.delete_by(session, p.table, p.key, p.temps[DELETED], p.rows[DELETED])
-    for oid in order:  # then parents first: each table's changed rows, then its rows to add (a
-        # table that references itself: its rows to add first, as a changed row may reference one)
+    for oid in order:  # then parents first: each table's changed rows, then its rows to add
         p = by_oid[oid]
-        steps = [_update_step, _insert_step]
-        if any(fk.parent == oid for fk in p.table.foreign_keys):
-            steps.reverse()
-        for step in steps:
-            step(session, p)
+        own = frozenset(c for fk in p.table.foreign_keys if fk.parent == oid for c in fk.columns)
+        if p.rows[UPDATED]:  # (a table that references itself: those columns after the rows to
+            # add, a changed row may point at one; the others before, they may free a unique value)
+            putback.update_from(session, p.table, p.key, p.temps[UPDATED], p.rows[UPDATED], leave=own)
+        if p.inserted_from():
+            putback.insert_from(session, p.table, p.inserted_from(), p.rows[INSERTED] + p.rows[PARENT])
+        if p.rows[UPDATED] and own:
+            putback.update_references(session, p.table, p.key, p.temps[UPDATED], own)
     moved: list[str] = []
     for p in written:  # the after-image: what undo must find unchanged, or refuse
         kinds = [kind for kind in (INSERTED, PARENT, UPDATED) if p.rows[kind]]

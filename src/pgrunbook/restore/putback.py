@@ -147,13 +147,29 @@ def insert_from(session: Session, table: Table, sources: list[str], expected: in
 
 
 def update_from(session: Session, table: Table, key: tuple[str, ...], source: str, expected: int,
-                clash_hint: str = CLASH_HINT) -> None:
-    changed = [c.name for c in table.written if c.name not in key and c.identity != "a"]
+                clash_hint: str = CLASH_HINT, leave: frozenset[str] = frozenset()) -> None:
+    """Every row of ``source`` written over its row (by ``key``), but the columns ``leave``."""
+    changed = [c.name for c in table.written
+               if c.name not in key and c.identity != "a" and c.name not in leave]
     if not changed:
         return
     assignments = ", ".join(f"{quote_ident(name)} = u.{quote_ident(name)}" for name in changed)
     counted(session, f"UPDATE {table.sql} AS t SET {assignments} FROM {source} AS u "
                      f"WHERE {key_match(key, 't', 'u')}", expected, f"{table.label} の更新", clash_hint)
+
+
+def update_references(session: Session, table: Table, key: tuple[str, ...], source: str,
+                      columns: frozenset[str], clash_hint: str = CLASH_HINT) -> None:
+    """The ``columns`` of ``source``'s rows (foreign keys) written over theirs where they
+    differ: the other half of ``update_from(leave=columns)``, before or after it."""
+    names = sorted(columns)
+    differ = " OR ".join(f"t.{quote_ident(n)} IS DISTINCT FROM u.{quote_ident(n)}" for n in names)
+    match = f"FROM {source} AS u WHERE {key_match(key, 't', 'u')} AND ({differ})"
+    expected = int(session.rows(f"SELECT count(*) FROM {table.sql} AS t, {source} AS u "
+                                f"WHERE {key_match(key, 't', 'u')} AND ({differ})")[0][0])
+    assignments = ", ".join(f"{quote_ident(n)} = u.{quote_ident(n)}" for n in names)
+    counted(session, f"UPDATE {table.sql} AS t SET {assignments} {match}", expected, f"{table.label} の更新",
+            clash_hint)
 
 
 def delete_by(session: Session, table: Table, key: tuple[str, ...], source: str, expected: int) -> None:

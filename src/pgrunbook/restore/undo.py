@@ -11,10 +11,12 @@ In one transaction, as the run itself (``putback``): the tables locked, the
 file's rows loaded into temporary tables, every row the run wrote compared
 with the hash it left (inserted and changed rows present and unchanged, deleted
 rows still absent); any difference refuses, naming the keys. Then the rows the
-run changed get their before-image back (first: a changed row may reference a
-row the run added, a parent brought back or a row of its own table), the rows it
-inserted are deleted (children first), the rows it deleted come back (parents
-first). Sequences stay where they are (never backwards).
+run changed get their foreign keys' columns back (first: a changed row may
+reference a row the run added, a parent brought back or a row of its own table),
+the rows it inserted are deleted (children first), the rows it changed get their
+other columns back (after: a row added may have held one of their unique values),
+the rows it deleted come back (parents first). Sequences stay where they are
+(never backwards).
 """
 
 from __future__ import annotations
@@ -269,16 +271,20 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
     order = live.parents_first({e.table.oid for e in entries})
     by_oid = {e.table.oid: e for e in entries}
     done: dict[str, dict[str, int]] = {}
-    for oid in order:  # the rows the run changed, first (see the module docstring)
+    references: dict[int, frozenset[str]] = {}
+    for oid in order:  # the rows the run changed: their foreign keys first (see the module docstring)
         entry = by_oid[oid]
         if entry.rows.get(UPDATED):
             session.execute(f"CREATE TEMP TABLE pgrunbook_revert_{entry.index} ON COMMIT DROP AS "
                             f"SELECT b.* FROM {entry.temps['before']} b JOIN {entry.temps['written']} w "
                             f"ON {putback.key_match(entry.key, 'b', 'w')} "
                             f"AND w.pgrunbook_kind = '{UPDATED}';")
-            putback.update_from(session, entry.table, entry.key, f"pg_temp.pgrunbook_revert_{entry.index}",
-                                entry.rows[UPDATED], putback.UNDO_CLASH_HINT)
-            done.setdefault(entry.table.label, {})["元に戻す（更新）"] = entry.rows[UPDATED]
+            references[oid] = frozenset(c for fk in entry.table.foreign_keys for c in fk.columns
+                                        if c not in entry.key)
+            if references[oid]:
+                putback.update_references(session, entry.table, entry.key,
+                                          f"pg_temp.pgrunbook_revert_{entry.index}", references[oid],
+                                          putback.UNDO_CLASH_HINT)
     for oid in reversed(order):  # the rows the run added: children first
         entry = by_oid[oid]
         count = entry.rows.get(INSERTED, 0) + entry.rows.get(PARENT, 0)
@@ -288,6 +294,12 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
             putback.delete_by(session, entry.table, entry.key, f"pg_temp.pgrunbook_added_{entry.index}",
                               count)
             done.setdefault(entry.table.label, {})["削除"] = count
+    for oid in order:  # then their other columns (a row added may have held a unique value of theirs)
+        entry = by_oid[oid]
+        if entry.rows.get(UPDATED):
+            putback.update_from(session, entry.table, entry.key, f"pg_temp.pgrunbook_revert_{entry.index}",
+                                entry.rows[UPDATED], putback.UNDO_CLASH_HINT, leave=references[oid])
+            done.setdefault(entry.table.label, {})["元に戻す（更新）"] = entry.rows[UPDATED]
     for oid in order:  # the rows the run deleted: parents first
         entry = by_oid[oid]
         if entry.rows.get(DELETED):

@@ -716,3 +716,24 @@ def test_undo_after_a_run_killed_before_its_commit_points_at_the_run_before(cli,
                              "postgres").strip() == "0", "the kit's sessions to end")
     line = one_clean_line(cli("restore-partial-undo", "--env=prod", "--confirm=prod"))
     assert "適用されていません" in line and f"--run={last_line(first.stdout)}" in line, line
+
+
+def test_a_table_that_references_itself_with_a_unique_value_passed_between_rows(cli, pg, target):
+    """A category deleted since (its child's parent_id set to NULL), and the child renamed to
+    the deleted one's slug: the child must give the slug back before the deleted one returns,
+    and the deleted one must return before the child points at it again."""
+    pg.psql("CREATE TABLE public.categories (id int PRIMARY KEY, slug text NOT NULL UNIQUE, "
+            "parent_id int REFERENCES public.categories (id) ON DELETE SET NULL); "
+            "INSERT INTO public.categories VALUES (1, 'news', NULL), (2, 'sports', 1), (3, 'misc', NULL)", target)
+    dump = backup(cli, "--env=prod")
+    rows = "SELECT string_agg(c::text, ',' ORDER BY id) FROM public.categories c"
+    before = pg.psql(rows, target)
+    pg.psql("DELETE FROM public.categories WHERE id = 1; UPDATE public.categories SET slug = 'news' WHERE id = 2",
+            target)
+    after_change = pg.psql(rows, target)
+    done = partial(cli, dump, "--table=public.categories", "--mode=changed")
+    assert done.returncode == 0, done.stderr
+    assert pg.psql(rows, target) == before
+    undone = cli("restore-partial-undo", "--env=prod", "--confirm=prod")  # the same, the other way
+    assert undone.returncode == 0, undone.stderr
+    assert pg.psql(rows, target) == after_change
