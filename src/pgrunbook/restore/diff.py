@@ -337,7 +337,8 @@ def _source_of(pg: Postgres, settings: Settings, options: PartialOptions, handed
     if options.tables:
         live = read_catalog(pg, settings.db_name)
         labels = {t.label for t in find_tables(live, list(options.tables), "稼働中の DB ")}
-        with from_archive(pg, settings, facts, Extract(source, labels), console) as restored:
+        extract = Extract(source, labels, partitions=live.partitions_of(labels))
+        with from_archive(pg, settings, facts, extract, console) as restored:
             entry.sha256 = restored.sha256
             yield restored
     else:

@@ -18,11 +18,14 @@ into the live database, with the app running.
    ``version_sum`` read again under them: another one means rows changed since
    the preview, and the kit refuses, showing the difference as it is now; else
    ``load_plan`` again from the preview's files (its parents and refusals must
-   come out the same); the undo file (before-image) saved and its sha256
+   come out the same); the tables that only get parent rows locked as well; the
+   undo file (before-image) saved and its sha256
    logged; the writes: deletes first, children first (a row coming back may
    need a unique value a deleted row holds), then table by table, parents
-   first, the changed rows and the rows to add; the sequences; ``COMMIT``. A ``kill -9`` anywhere before the
-   ``COMMIT`` leaves nothing applied.
+   first, the changed rows and the rows to add (a table that references itself:
+   the changed rows' references to it after the rows to add, a changed row may point
+   at one); the sequences;
+   ``COMMIT``. A ``kill -9`` anywhere before the ``COMMIT`` leaves nothing applied.
 
 Mode: ``missing`` inserts the rows deleted since the backup, ``changed`` also
 reverts rows updated since, ``exact`` also deletes rows inserted since; all
@@ -35,7 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
@@ -45,7 +51,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgrunbook.core import faults
+from pgrunbook.core import faults, journal
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.files import ensure_private_dir, file_chunks, fsync_directory, open_private, private_file
@@ -77,6 +83,7 @@ from pgrunbook.restore.tables import (
     columns_sql,
     find_tables,
     read_catalog,
+    refuse_row_security,
     row_hash,
     row_key,
 )
@@ -510,12 +517,19 @@ def _reach(live: Catalog, targets: list[Table]) -> set[str]:
     return {live.tables[oid].label for oid in live.parents_closure([t.oid for t in targets])}
 
 
+WORK_FOLDER = re.compile(r"^\.work-(?P<host>.+)-(?P<pid>\d+)-(?P<started>\d+)-[a-z0-9_]+$")
+
+
 @contextlib.contextmanager
 def _work_folder(settings: Settings) -> Iterator[Path]:
-    """A private folder beside the backups for the keys and rows in flight (removed after)."""
+    """A private folder beside the backups for the keys and rows in flight (removed after),
+    named after its run's process (host, pid, start): a run killed leaves it, and only a
+    folder whose process is gone is another run's to remove (``_remove_stale_undo_temporaries``)."""
     base = settings.backup_dir / UNDO_FOLDER
     ensure_private_dir(base)
-    folder = Path(tempfile.mkdtemp(prefix=".work-", dir=base))
+    pid = os.getpid()
+    owner = f"{socket.gethostname()}-{pid}-{journal.process_started(pid)}"
+    folder = Path(tempfile.mkdtemp(prefix=f".work-{owner}-", dir=base))
     try:
         yield folder
     finally:
@@ -575,7 +589,7 @@ def apply(run: Run, expected: Plan, entry: Entry) -> Applied:
     targets = {oid: plan for oid, plan in expected.tables.items() if plan.selection is not None}
     with run.live_session() as session, run.source_session() as source_session:
         run.console.step("ロックを取り、確認の後に対象の行が変わっていないかを確かめます")
-        session.execute("BEGIN;")
+        session.execute(putback.BEGIN)
         putback.lock(session, run.targets, guarded, settings.partial_lock_timeout)
         faults.kill_point("partial-locked")
         moved = [p.table.label for p in targets.values()
@@ -594,6 +608,9 @@ def apply(run: Run, expected: Plan, entry: Entry) -> Applied:
         if plan.blocked:
             raise Refused(f"参照されている行は消せません: {plan.blocked[0]}（何も変更していません）",
                           "参照している行を先に直すか、--mode=changed にする")
+        # the tables that only get parent rows: locked as the named ones, within the same lock_timeout
+        putback.lock(session, [p.table for p in plan.tables.values() if p.writes and p.selection is None], [],
+                     settings.partial_lock_timeout)
         run.console.step("取り消し用ファイルを保存し、1 トランザクションで書き込みます")
         txid = int(session.rows("SELECT txid_current()")[0][0])
         header = {"run": name, "env": settings.env, "database": settings.db_name, "txid": txid,
@@ -638,10 +655,14 @@ def _write(session: Session, plan: Plan, live: Catalog, writer: UndoWriter, fire
             putback.delete_by(session, p.table, p.key, p.temps[DELETED], p.rows[DELETED])
     for oid in order:  # then parents first: each table's changed rows, then its rows to add
         p = by_oid[oid]
-        if p.rows[UPDATED]:
-            putback.update_from(session, p.table, p.key, p.temps[UPDATED], p.rows[UPDATED])
+        own = frozenset(c for fk in p.table.foreign_keys if fk.parent == oid for c in fk.columns)
+        if p.rows[UPDATED]:  # (a table that references itself: those columns after the rows to
+            # add, a changed row may point at one; the others before, they may free a unique value)
+            putback.update_from(session, p.table, p.key, p.temps[UPDATED], p.rows[UPDATED], leave=own)
         if p.inserted_from():
             putback.insert_from(session, p.table, p.inserted_from(), p.rows[INSERTED] + p.rows[PARENT])
+        if p.rows[UPDATED] and own:
+            putback.update_references(session, p.table, p.key, p.temps[UPDATED], own)
     moved: list[str] = []
     for p in written:  # the after-image: what undo must find unchanged, or refuse
         kinds = [kind for kind in (INSERTED, PARENT, UPDATED) if p.rows[kind]]
@@ -680,12 +701,17 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
         live = read_catalog(pg, settings.db_name)
         targets = _targets(live, options)
         selections = selections_of(targets, options, live.major)
+        reach = _reach(live, targets)
+        refuse_row_security([live.named(label) for label in reach]
+                            + [child for t in targets for child, _fk in live.children_of(t.oid)],
+                            settings.db_user)
+        wanted = _Wanted(options, handed, reach, live.partitions_of(reach))
         with contextlib.ExitStack() as stack:
             folder = stack.enter_context(_work_folder(settings))
             session = stack.enter_context(Session(pg, settings.db_name, APPLICATION))
             scan = stack.enter_context(_scanning(LiveScan(session, selections, folder)))
             source, shown = stack.enter_context(
-                _rows_from(pg, settings, _Wanted(options, handed, _reach(live, targets)), console, entry))
+                _rows_from(pg, settings, wanted, console, entry))
             run = Run(pg, settings, source, options, live, targets, folder, console)
             plan = preview(run, scan)
             entry.details["preview"] = plan.counts()
@@ -698,6 +724,7 @@ def restore_partial(settings: Settings, options: PartialOptions, console: Consol
             if plan.empty:
                 console.summary("戻す行はありません。何も変更していません")
                 return plan
+            faults.pause_point("partial-previewed")
             confirm(settings, Banner(
                 f"稼働中の DB に行を戻します（--mode={options.mode}、アプリは止めません）",
                 source_lines(shown), pg.container.engine_description(),
@@ -735,6 +762,7 @@ class _Wanted:
     options: PartialOptions
     handed: RowSource | None
     reach: set[str]
+    partitions: dict[str, tuple[str, ...]] = field(default_factory=dict)  # Extract.partitions
 
 
 @contextlib.contextmanager
@@ -757,17 +785,29 @@ def _rows_from(pg: Postgres, settings: Settings, wanted: _Wanted, console: Conso
     entry.details["source_env"] = source.env
     check_versions(source, facts.version)
     guard_environment(settings, source, options.approved_by, console)
-    with from_archive(pg, settings, facts, Extract(source, reach), console) as restored:
+    extract = Extract(source, reach, partitions=wanted.partitions)
+    with from_archive(pg, settings, facts, extract, console) as restored:
         entry.sha256 = restored.sha256
         yield restored, source
 
 
 def _remove_stale_undo_temporaries(settings: Settings, keep: Path) -> None:
-    """What a killed run left in the folder (an undo file never renamed to its name, a
-    work folder): under the env's lock no other run writes there."""
+    """What a killed run left in the folder: an undo file never renamed to its name (only
+    written under the env's lock, held now), a work folder whose run's process is gone (a
+    run still at its preview or confirmation, without the lock, keeps its own)."""
     folder = settings.backup_dir / UNDO_FOLDER
     for path in folder.glob(".*.undo.*.tmp"):
         path.unlink(missing_ok=True)
     for path in folder.glob(".work-*"):
-        if path != keep:
+        if path != keep and not _running(path.name):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(name: str) -> bool:
+    """The work folder ``name``'s run is alive (or on another host: not this one's to judge)."""
+    found = WORK_FOLDER.match(name)
+    if found is None:
+        return False
+    if found["host"] != socket.gethostname():
+        return True
+    return journal.process_started(int(found["pid"])) == found["started"]

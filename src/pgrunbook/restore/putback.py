@@ -39,6 +39,10 @@ from pgrunbook.infra.session import Session, SessionEnded
 from pgrunbook.restore.tables import ForeignKey, Table, columns_sql
 
 INSERTED, UPDATED, DELETED, PARENT = "ins", "upd", "del", "par"
+# the write's transaction: a deferrable constraint (INITIALLY DEFERRED) is checked at each
+# write as every other one, never at the COMMIT: a clash is then said (``counted``) before
+# the undo file is kept and the run logged as committing
+BEGIN = "BEGIN; SET CONSTRAINTS ALL IMMEDIATE;"
 
 
 def temp_name(kind: str, index: int) -> str:
@@ -102,8 +106,15 @@ def enable_triggers(session: Session, tables: list[Table]) -> None:
             session.execute("".join(statements))
 
 
-def counted(session: Session, statement: str, expected: int, what: str) -> None:
-    """A write that must touch exactly ``expected`` rows (else the whole transaction fails)."""
+CLASH_HINT = ("同じ値の行がその後に作られています。その行も戻すなら --mode=exact、"
+              "除くなら --where で対象を絞る")
+UNDO_CLASH_HINT = ("実行の後に同じ値の行が作られています。その行を確かめ、消してよければ消してから再実行、"
+                   "残すなら取り消し用ファイルを見て手で直す")
+
+
+def counted(session: Session, statement: str, expected: int, what: str, clash_hint: str = CLASH_HINT) -> None:
+    """A write that must touch exactly ``expected`` rows (else the whole transaction fails);
+    ``clash_hint``: what to do when a row meets a unique value (a run's, or an undo's)."""
     if not expected:
         return
     try:
@@ -112,30 +123,53 @@ def counted(session: Session, statement: str, expected: int, what: str) -> None:
         clash = re.search(r'violates unique constraint "([^"]+)"', error.message)
         if clash:
             raise Refused(f"{what}: 戻す行が稼働中の DB の行と一意制約 {clash[1]} でぶつかります"
+                          "（何も変更していません）", clash_hint) from None
+        broken = re.search(r'violates (foreign key|check|not-null|exclusion) constraint(?: "([^"]+)")?',
+                           error.message)
+        if broken:
+            raise Refused(f"{what}: 戻す行が稼働中の DB の制約 {broken[2] or broken[1]} を満たしません"
                           "（何も変更していません）",
-                          "同じ値の行がその後に作られています。その行も戻すなら --mode=exact、"
-                          "除くなら --where で対象を絞る") from None
+                          "バックアップの後に制約か参照先の行が変わっています。restore-diff で差を確かめ、"
+                          "その行を手作業で直すか --where で除く") from None
         raise
     if done != expected:
         raise RunbookError(f"{what}: {done} 行（予定 {expected} 行）。何も変更していません",
                            "実行中に行が変わった可能性があります。再実行して差を確かめる")
 
 
-def insert_from(session: Session, table: Table, sources: list[str], expected: int) -> None:
+def insert_from(session: Session, table: Table, sources: list[str], expected: int,
+                clash_hint: str = CLASH_HINT) -> None:
     columns = columns_sql([c.name for c in table.written])
     overriding = " OVERRIDING SYSTEM VALUE" if table.identity_always else ""
     rows = " UNION ALL ".join(f"SELECT {columns} FROM {name}" for name in sources)
     counted(session, f"INSERT INTO {table.sql} ({columns}){overriding} {rows}", expected,
-            f"{table.label} への追加")
+            f"{table.label} への追加", clash_hint)
 
 
-def update_from(session: Session, table: Table, key: tuple[str, ...], source: str, expected: int) -> None:
-    changed = [c.name for c in table.written if c.name not in key and c.identity != "a"]
+def update_from(session: Session, table: Table, key: tuple[str, ...], source: str, expected: int,
+                clash_hint: str = CLASH_HINT, leave: frozenset[str] = frozenset()) -> None:
+    """Every row of ``source`` written over its row (by ``key``), but the columns ``leave``."""
+    changed = [c.name for c in table.written
+               if c.name not in key and c.identity != "a" and c.name not in leave]
     if not changed:
         return
     assignments = ", ".join(f"{quote_ident(name)} = u.{quote_ident(name)}" for name in changed)
     counted(session, f"UPDATE {table.sql} AS t SET {assignments} FROM {source} AS u "
-                     f"WHERE {key_match(key, 't', 'u')}", expected, f"{table.label} の更新")
+                     f"WHERE {key_match(key, 't', 'u')}", expected, f"{table.label} の更新", clash_hint)
+
+
+def update_references(session: Session, table: Table, key: tuple[str, ...], source: str,
+                      columns: frozenset[str], clash_hint: str = CLASH_HINT) -> None:
+    """The ``columns`` of ``source``'s rows (foreign keys) written over theirs where they
+    differ: the other half of ``update_from(leave=columns)``, before or after it."""
+    names = sorted(columns)
+    differ = " OR ".join(f"t.{quote_ident(n)} IS DISTINCT FROM u.{quote_ident(n)}" for n in names)
+    match = f"FROM {source} AS u WHERE {key_match(key, 't', 'u')} AND ({differ})"
+    expected = int(session.rows(f"SELECT count(*) FROM {table.sql} AS t, {source} AS u "
+                                f"WHERE {key_match(key, 't', 'u')} AND ({differ})")[0][0])
+    assignments = ", ".join(f"{quote_ident(n)} = u.{quote_ident(n)}" for n in names)
+    counted(session, f"UPDATE {table.sql} AS t SET {assignments} {match}", expected, f"{table.label} の更新",
+            clash_hint)
 
 
 def delete_by(session: Session, table: Table, key: tuple[str, ...], source: str, expected: int) -> None:
@@ -263,10 +297,14 @@ def read_undo(path: Path) -> UndoFile:
     try:
         with open(path, "rb") as handle:
             header = json.loads(handle.readline())
-    except (OSError, ValueError) as error:
-        raise RunbookError(f"取り消し用ファイル {path} を読めません: {error}") from None
-    if header.get("kind") != UNDO_KIND:
-        raise RunbookError(f"{path} は取り消し用ファイルではありません")
+    except OSError as error:
+        raise RunbookError(f"取り消し用ファイル {path} を読めません（{error.strerror}）",
+                           "ファイルの権限と場所を確かめて再実行") from None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("kind") != UNDO_KIND:
+        raise RunbookError(f"{path} は取り消し用ファイルの形式ではありません（何も変更していません）",
+                           "書き換えられているか別のファイルです。取り消しは手作業で")
     return UndoFile(path, header)
 
 

@@ -224,11 +224,20 @@ def drop_leftovers(pg: Postgres, settings: Settings, console: Console) -> None:
 class Extract:
     """What a kit database gets from a backup file: every definition and the rows of
     ``tables`` (``schema.name``), or (``schema_only``) the file's whole schema with
-    owners and privileges and no rows."""
+    owners and privileges and no rows. ``partitions``: for a partitioned table among
+    ``tables``, its leaf partitions as live has them: an archive holds its rows in
+    theirs (each taken if the file has it: a partition made since the backup has no
+    rows there)."""
 
     source: Source
     tables: set[str]
     schema_only: bool = False
+    partitions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def with_rows(self) -> set[str]:
+        """The tables whose rows are taken from the file."""
+        return self.tables | {leaf for leaves in self.partitions.values() for leaf in leaves}
 
 
 @contextlib.contextmanager
@@ -236,7 +245,7 @@ def from_archive(pg: Postgres, settings: Settings, facts: ServerFacts, extract: 
                  console: Console) -> Iterator[RowSource]:
     """A kit database made like live (``facts``) with what ``extract`` names from the
     file; dropped when the block ends, however it ends."""
-    source, tables, schema_only = extract.source, extract.tables, extract.schema_only
+    source, schema_only = extract.source, extract.schema_only
     drop_leftovers(pg, settings, console)
     name = kit_name(settings, ROLE)
     create_database(pg, name, mark_text(ROLE, settings, _detail(source)), like=facts)
@@ -250,7 +259,7 @@ def from_archive(pg: Postgres, settings: Settings, facts: ServerFacts, extract: 
         else:
             restored.sha256, found = _load_archive(settings, facts, extract, console, restored)
         if not schema_only:
-            _check_restored(pg, restored, tables, found)
+            _check_restored(pg, restored, extract, found)
         yield restored
     finally:
         console.step(f"作業用 DB {name} を削除")
@@ -266,7 +275,7 @@ def _load_archive(settings: Settings, facts: ServerFacts, extract: Extract, cons
     of what was not sent is taken from the file on the host, and compared before any
     row is used."""
     pg, database = restored.pg, restored.database
-    source, tables, schema_only = extract.source, extract.tables, extract.schema_only
+    source, schema_only = extract.source, extract.schema_only
     digest = HashingReader(source.path)
     check_free_space(pg, facts, source, archive_inside=False)
     base = ["pg_restore", "--exit-on-error", "-U", settings.db_user, "-d", database]
@@ -288,7 +297,7 @@ def _load_archive(settings: Settings, facts: ServerFacts, extract: Extract, cons
         listing = pg.read(["pg_restore", "-l"], stdin=lambda: file_chunks(source.path))
         _raise_unless_ok(listing.ok, listing.error_text(), database)
         text = listing.stdout.decode("utf-8", "replace")
-    chosen, found = filtered_listing(text, tables)
+    chosen, found = filtered_listing(text, extract.with_rows)
     console.step(f"{source.path.name} から {len(found)} テーブルの行だけを作業用 DB {database} に復元"
                  "（pg_restore -L、必要なところまで読む）")
     with _list_in_container(pg, settings, chosen) as listed:
@@ -332,7 +341,7 @@ def _load_sql(settings: Settings, extract: Extract, console: Console,
     """psql reads the .sql file's sections that ``extract`` names into the ``restored``
     kit database, filtered on the way (owners and privileges off for rows)."""
     pg, database = restored.pg, restored.database
-    source, tables, schema_only = extract.source, extract.tables, extract.schema_only
+    source, schema_only = extract.source, extract.schema_only
     digest = HashingReader(source.path)
     found: set[str] = set()
     argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-U", settings.db_user,
@@ -351,7 +360,7 @@ def _load_sql(settings: Settings, extract: Extract, console: Console,
     else:
         console.step(f"{source.path.name} から名前を指定したテーブルの行だけを作業用 DB {database} に"
                      "流します（psql）")
-        chunks = sql_sections(digest.chunks(), tables, found)
+        chunks = sql_sections(digest.chunks(), extract.with_rows, found)
         result = pg.run(argv, stdin=without_owner_and_acl(chunks, owners=True, acl=True),
                         on_stdout=lambda _data: None)
     check_digest(source, digest.hexdigest())
@@ -365,10 +374,13 @@ def _raise_unless_ok(ok: bool, error: str, database: str) -> None:
                            "ファイルを invoke verify で確認。稼働中の DB は変更していません")
 
 
-def _check_restored(pg: Postgres, restored: RowSource, tables: set[str], found: set[str]) -> None:
-    """Every table asked for had rows in the file, in the number the manifest says; the
-    kit database's catalog read with the counts (``restored.catalog``)."""
-    absent = sorted(tables - found)
+def _check_restored(pg: Postgres, restored: RowSource, extract: Extract, found: set[str]) -> None:
+    """Every table asked for had rows in the file (a partitioned one: in itself or in
+    one of its partitions), in the number the manifest says; the kit database's
+    catalog read with the counts (``restored.catalog``)."""
+    absent = sorted(label for label in extract.tables - found
+                    if not found & set(extract.partitions.get(label, ())))
+    tables = extract.tables | found
     if absent:
         raise RunbookError(f"{restored.label} に {', '.join(absent)} の行（TABLE DATA）がありません",
                            "バックアップの時点でなかったテーブルか、名前が違います。"

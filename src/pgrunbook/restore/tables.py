@@ -45,6 +45,7 @@ CATALOG = """
 SELECT coalesce(json_agg(json_build_object(
   'oid', c.oid, 'schema', n.nspname, 'name', c.relname, 'kind', c.relkind,
   'owner', pg_get_userbyid(c.relowner), 'owned', pg_has_role(c.relowner, 'USAGE'),
+  'row_security', row_security_active(c.oid),
   'columns', (SELECT coalesce(json_agg(json_build_array(
                  a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '',
                  a.attidentity, coalesce((SELECT co.collisdeterministic FROM pg_collation co
@@ -75,7 +76,12 @@ SELECT coalesce(json_agg(json_build_object(
                 JOIN pg_namespace sn ON sn.oid = s.relnamespace
                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid
                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-                  AND d.refobjid = c.oid AND d.deptype IN ('a', 'i'))
+                  AND d.refobjid = c.oid AND d.deptype IN ('a', 'i')),
+  'partitions', CASE WHEN c.relkind = 'p' THEN
+                (SELECT coalesce(json_agg(pn.nspname || '.' || pc.relname ORDER BY pn.nspname, pc.relname),
+                                 '[]'::json)
+                 FROM pg_partition_tree(c.oid) pt JOIN pg_class pc ON pc.oid = pt.relid
+                 JOIN pg_namespace pn ON pn.oid = pc.relnamespace WHERE pt.isleaf) END
 ) ORDER BY n.nspname, c.relname), '[]'::json)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -135,6 +141,8 @@ class Table:
     triggers: tuple[tuple[str, str], ...] = ()  # (name, tgenabled) of the user's triggers
     sequences: tuple[tuple[str, str], ...] = ()  # (column, quoted sequence) owned by a column
     kind: str = "r"
+    partitions: tuple[str, ...] = ()  # a partitioned table's leaf partitions (``schema.name``): its rows
+    row_security: bool = False  # a policy filters the rows DB_USER sees (RLS, not bypassed)
 
     @property
     def label(self) -> str:
@@ -181,6 +189,12 @@ class Catalog:
             if table.label == label:
                 return table
         return None
+
+    def partitions_of(self, labels: set[str]) -> dict[str, tuple[str, ...]]:
+        """The partitioned tables among ``labels``, each with its leaf partitions (the tables
+        whose rows a backup holds for it)."""
+        return {label: table.partitions for label in sorted(labels)
+                if (table := self.named(label)) is not None and table.kind == "p"}
 
     def children_of(self, oid: int) -> list[tuple[Table, ForeignKey]]:
         """The foreign keys that reference table ``oid``, with their tables."""
@@ -241,6 +255,8 @@ def catalog_of(answer: list[list[str]]) -> Catalog:
             tuple((name, enabled) for name, enabled in item["triggers"]),
             tuple((column, sequence) for column, sequence in item["sequences"]),
             item["kind"],
+            tuple(item.get("partitions") or ()),
+            bool(item.get("row_security")),
         )
         catalog.tables[table.oid] = table
     return catalog
@@ -258,7 +274,8 @@ def _unquoted(part: str) -> str:
 
 
 def parse_table_name(text: str) -> str:
-    """``--table=S.T`` (or ``T`` for ``public.T``) as ``schema.name``."""
+    """``--table=S.T`` (or ``T`` for ``public.T``) as ``schema.name``; a part in double
+    quotes as its name (``public."会員 名簿"``)."""
     found = TABLE_NAME.match(text.strip())
     if not found:
         raise RunbookError(f"--table={text!r} はテーブル名として読めません",
@@ -278,6 +295,17 @@ def find_tables(catalog: Catalog, names: list[str], where: str) -> list[Table]:
         if table not in tables:
             tables.append(table)
     return tables
+
+
+def refuse_row_security(tables: list[Table], user: str) -> None:
+    """A put-back (or its undo) reads and writes every row of these tables: a policy that
+    hides some of them from DB_USER would make them look deleted (and their writes fail)."""
+    filtered = sorted({table.label for table in tables if table.row_security})
+    if filtered:
+        raise Refused(f"{', '.join(filtered)} には行レベルセキュリティ（RLS）がかかり、DB_USER {user} には"
+                      "一部の行しか見えません（何も変更していません）",
+                      "BYPASSRLS を持つロールか、テーブル所有者のメンバーを DB_USER にして実行"
+                      "（FORCE ROW LEVEL SECURITY のテーブルは BYPASSRLS のみ）")
 
 
 def row_key(table: Table, key_option: str | None) -> tuple[str, ...]:

@@ -11,9 +11,12 @@ In one transaction, as the run itself (``putback``): the tables locked, the
 file's rows loaded into temporary tables, every row the run wrote compared
 with the hash it left (inserted and changed rows present and unchanged, deleted
 rows still absent); any difference refuses, naming the keys. Then the rows the
-run inserted are deleted (children first), the rows it changed get their
-before-image back, the rows it deleted come back (parents first). Sequences
-stay where they are (never backwards).
+run changed get their foreign keys' columns back (first: a changed row may
+reference a row the run added, a parent brought back or a row of its own table),
+the rows it inserted are deleted (children first), the rows it changed get their
+other columns back (after: a row added may have held one of their unique values),
+the rows it deleted come back (parents first). Sequences stay where they are
+(never backwards).
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pgrunbook.core import faults
 from pgrunbook.core.console import Console
 from pgrunbook.core.errors import Refused, RunbookError
 from pgrunbook.core.safety import exclusive_lock
 from pgrunbook.core.settings import Settings
-from pgrunbook.core.worklog import Entry, read_trusted, recorded
+from pgrunbook.core.worklog import Entry, append_started, read_trusted, recorded
 from pgrunbook.infra import discovery
 from pgrunbook.infra.postgres import Postgres, quote_ident
 from pgrunbook.infra.session import Session
@@ -36,7 +40,7 @@ from pgrunbook.restore.guards import Banner, confirm, source_lines
 from pgrunbook.restore.partial import APPLICATION, KIND_WORDS, UNDO_FOLDER
 from pgrunbook.restore.putback import DELETED, INSERTED, PARENT, UPDATED, UndoFile, read_undo
 from pgrunbook.restore.source import Source
-from pgrunbook.restore.tables import Catalog, Table, columns_sql, read_catalog, row_hash
+from pgrunbook.restore.tables import Catalog, Table, columns_sql, read_catalog, refuse_row_security, row_hash
 
 EXAMPLES = 5
 
@@ -66,6 +70,10 @@ def _runs(settings: Settings) -> list[dict[str, Any]]:
             runs.setdefault(run, {}).update(record)
         elif record.get("task") == "restore-partial-undo" and record.get("result") == "ok" and run in runs:
             runs[run]["undone"] = record.get("time")
+        elif (record.get("task") == "restore-partial-undo" and record.get("result") == "started"
+              and record.get("stage") == "commit" and run in runs and record.get("txid")):
+            # an undo stopped at its COMMIT: done or not, its transaction says
+            runs[run].setdefault("undo_attempts", []).append((int(record["txid"]), record.get("time")))
     return list(runs.values())
 
 
@@ -92,12 +100,12 @@ def choose_run(settings: Settings, run: str | None) -> dict[str, Any]:
     if not runs:
         raise Refused("この環境には取り消せる restore-partial の実行がありません（何も変更していません）")
     last = runs[-1]
+    before = [r["run"] for r in runs[:-1] if not r.get("undone")]
     if last.get("undone"):
-        before = [r["run"] for r in runs if not r.get("undone")]
         raise Refused(f"直近の run {last['run']} は {last['undone']} に取り消し済みです"
                       "（何も変更していません）",
                       f"さらに前の実行を戻すなら --run={before[-1]}" if before else "")
-    return last
+    return {**last, "before": before[-1]} if before else last
 
 
 def _load(session: Session, undo: UndoFile, live: Catalog) -> list[UndoTable]:
@@ -151,10 +159,17 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
         chosen = choose_run(settings, run)
         entry.details["run"] = chosen["run"]
         path = Path(chosen["undo"])
-        undo = read_undo(path)
+        if not path.is_file():
+            raise RunbookError(f"run {chosen['run']} の取り消し用ファイル {path} がありません"
+                               "（何も変更していません）",
+                               "移動・削除されていないか確かめ、元の場所に戻して再実行"
+                               "（作業ログの sha256 と照合します）")
         if chosen.get("undo_sha256") and putback.sha256_of(path) != chosen["undo_sha256"]:
-            raise RunbookError(f"取り消し用ファイル {path.name} の sha256 が作業ログの記録と一致しません",
-                               "ファイルが書き換えられています。取り消しは手作業で（何も変更していません）")
+            raise RunbookError(f"取り消し用ファイル {path.name} の sha256 が作業ログの記録と一致しません"
+                               "（何も変更していません）",
+                               "ファイルが書き換えられています。元のファイルがあれば戻して再実行、"
+                               "なければ取り消しは手作業で")
+        undo = read_undo(path)
         if undo.header.get("env") != settings.env or undo.header.get("database") != settings.db_name:
             raise Refused(f"{path.name} は {undo.header.get('env')} / {undo.header.get('database')} "
                           "の実行です",
@@ -174,15 +189,23 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
                 for label, rows in counts.items() if rows]), confirm_env, console, ask)
         with exclusive_lock(settings.backup_dir, settings.db_container, settings.db_name,
                             "restore-partial-undo"), Session(pg, settings.db_name, APPLICATION) as session:
-            session.execute("BEGIN;")
+            session.execute(putback.BEGIN)
             state = _committed(session, int(undo.header["txid"]))
             if state in ("aborted", "in progress"):
                 raise Refused(f"run {chosen['run']} は適用されていません（トランザクション {state}）。"
-                              "取り消すものはありません")
+                              "取り消すものはありません",
+                              f"その前の実行を取り消すなら --run={chosen['before']}" if chosen.get("before")
+                              else "")
+            for txid, when in chosen.get("undo_attempts", []):
+                if _committed(session, txid) == "committed":
+                    raise Refused(f"run {chosen['run']} は {when} に取り消し済みです（その取り消しは"
+                                  " COMMIT の直後に止まり、作業ログに結果が残っていません。"
+                                  "何も変更していません）")
             live = read_catalog(pg, settings.db_name)
             tables = [live.named(item["table"]) for item in undo.header["tables"]]
             written = [t for t in tables if t is not None]
             guarded = [child for t in written for child, _fk in live.children_of(t.oid)]
+            refuse_row_security(written + guarded, settings.db_user)
             putback.lock(session, written, guarded, settings.partial_lock_timeout)
             entries = _load(session, undo, live)
             conflicts = [line for entry_ in entries for line in _conflicts(session, entry_)]
@@ -196,20 +219,27 @@ def restore_partial_undo(settings: Settings, run: str | None, confirm_env: str |
                 raise Refused(f"戻した行を消せません: {blocked[0]}（何も変更していません）",
                               "その行を参照している行を先に直す")
             done = _reverse(session, live, entries, fire_triggers)
+            entry.details["txid"] = int(session.rows("SELECT txid_current()")[0][0])
+            append_started(settings.worklog_path, entry, stage="commit")
+            faults.kill_point("partial-undo-commit")
             session.execute("COMMIT;")
+            faults.kill_point("partial-undo-committed")
         entry.details["counts"] = done
         console.summary(f"取り消しました（run {chosen['run']}）: " + "、".join(
             f"{label} " + "・".join(f"{k} {v}" for k, v in rows.items()) for label, rows in done.items()))
         return done
 
 
-def _inserted(entry: UndoTable) -> str:
+def _inserted(entry: UndoTable, *kinds: str) -> str:
+    listed = ", ".join(f"'{kind}'" for kind in (kinds or (INSERTED, PARENT)))
     return (f"(SELECT {columns_sql(entry.key)} FROM {entry.temps['written']} "
-            f"WHERE pgrunbook_kind IN ('{INSERTED}', '{PARENT}'))")
+            f"WHERE pgrunbook_kind IN ({listed}))")
 
 
 def _blocked(session: Session, live: Catalog, entries: list[UndoTable]) -> list[str]:
-    """Rows (the app's, since) that reference rows the undo would delete."""
+    """Rows (the app's, since) that reference rows the undo would delete: not the rows
+    the undo deletes too, nor those it changes back first (their before-image is from
+    before the run, when the rows it added were not there)."""
     blocked = []
     by_oid = {e.table.oid: e for e in entries}
     for entry in entries:
@@ -221,8 +251,9 @@ def _blocked(session: Session, live: Catalog, entries: list[UndoTable]) -> list[
             own = by_oid.get(child.oid)
             exclude = None
             if own is not None:
+                gone = _inserted(own, INSERTED, PARENT, UPDATED)
                 session.execute(f"CREATE TEMP TABLE IF NOT EXISTS pgrunbook_gone_{own.index} "
-                                f"ON COMMIT DROP AS SELECT * FROM {_inserted(own)} x;")
+                                f"ON COMMIT DROP AS SELECT * FROM {gone} x;")
                 exclude = f"pg_temp.pgrunbook_gone_{own.index}"
             parents = putback.Referenced(rows_sql, f"戻した {entry.table.label} の行")
             line = putback.referencing(session, child, fk, parents, exclude,
@@ -240,6 +271,20 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
     order = live.parents_first({e.table.oid for e in entries})
     by_oid = {e.table.oid: e for e in entries}
     done: dict[str, dict[str, int]] = {}
+    references: dict[int, frozenset[str]] = {}
+    for oid in order:  # the rows the run changed: their foreign keys first (see the module docstring)
+        entry = by_oid[oid]
+        if entry.rows.get(UPDATED):
+            session.execute(f"CREATE TEMP TABLE pgrunbook_revert_{entry.index} ON COMMIT DROP AS "
+                            f"SELECT b.* FROM {entry.temps['before']} b JOIN {entry.temps['written']} w "
+                            f"ON {putback.key_match(entry.key, 'b', 'w')} "
+                            f"AND w.pgrunbook_kind = '{UPDATED}';")
+            references[oid] = frozenset(c for fk in entry.table.foreign_keys for c in fk.columns
+                                        if c not in entry.key)
+            if references[oid]:
+                putback.update_references(session, entry.table, entry.key,
+                                          f"pg_temp.pgrunbook_revert_{entry.index}", references[oid],
+                                          putback.UNDO_CLASH_HINT)
     for oid in reversed(order):  # the rows the run added: children first
         entry = by_oid[oid]
         count = entry.rows.get(INSERTED, 0) + entry.rows.get(PARENT, 0)
@@ -249,15 +294,11 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
             putback.delete_by(session, entry.table, entry.key, f"pg_temp.pgrunbook_added_{entry.index}",
                               count)
             done.setdefault(entry.table.label, {})["削除"] = count
-    for oid in order:
+    for oid in order:  # then their other columns (a row added may have held a unique value of theirs)
         entry = by_oid[oid]
         if entry.rows.get(UPDATED):
-            session.execute(f"CREATE TEMP TABLE pgrunbook_revert_{entry.index} ON COMMIT DROP AS "
-                            f"SELECT b.* FROM {entry.temps['before']} b JOIN {entry.temps['written']} w "
-                            f"ON {putback.key_match(entry.key, 'b', 'w')} "
-                            f"AND w.pgrunbook_kind = '{UPDATED}';")
             putback.update_from(session, entry.table, entry.key, f"pg_temp.pgrunbook_revert_{entry.index}",
-                                entry.rows[UPDATED])
+                                entry.rows[UPDATED], putback.UNDO_CLASH_HINT, leave=references[oid])
             done.setdefault(entry.table.label, {})["元に戻す（更新）"] = entry.rows[UPDATED]
     for oid in order:  # the rows the run deleted: parents first
         entry = by_oid[oid]
@@ -266,7 +307,7 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
                             f"SELECT b.* FROM {entry.temps['before']} b JOIN {entry.temps['deleted']} d "
                             f"ON {putback.key_match(entry.key, 'b', 'd')};")
             putback.insert_from(session, entry.table, [f"pg_temp.pgrunbook_back_{entry.index}"],
-                                entry.rows[DELETED])
+                                entry.rows[DELETED], putback.UNDO_CLASH_HINT)
             done.setdefault(entry.table.label, {})["追加（削除した行）"] = entry.rows[DELETED]
     if not fire_triggers:
         putback.enable_triggers(session, tables)

@@ -54,7 +54,7 @@ def resolve_file(
             in_folder = settings.backup_dir / path
             path = in_folder if in_folder.exists() else path
         if not path.exists():
-            raise RunbookError(f"{file} がありません", "invoke list --env=... でファイルを確認")
+            raise RunbookError(f"{file} がありません", f"invoke list --env={settings.env} でファイルを確認")
         # absolute, but a symlink stays the link: its sidecars are beside it (catalog.sidecar)
         return Path(os.path.abspath(path))
     items = inventory.inventory(settings, with_globals=False)

@@ -114,6 +114,10 @@ def test_parents_first_and_the_reach_of_foreign_keys():
     assert catalog.parents_first({5}) == [5]  # a table that references itself
     assert [t.name for t, _fk in catalog.children_of(1)] == ["entries", "approvals"]
     assert parse_table_name("votes") == "public.votes" and parse_table_name("audit.audit_log") == "audit.audit_log"
+    # names that need quotes in SQL: as the catalog spells them, or in psql's double quotes
+    assert parse_table_name("寄付") == "public.寄付" and parse_table_name("public.Members") == "public.Members"
+    assert parse_table_name('public."会員 名簿"') == "public.会員 名簿"
+    assert parse_table_name('"Sales"."a""b"') == 'Sales.a"b'
 
 
 def test_the_undo_file_round_trip(tmp_path):
