@@ -658,11 +658,12 @@ def _write(session: Session, plan: Plan, live: Catalog, writer: UndoWriter, fire
         own = frozenset(c for fk in p.table.foreign_keys if fk.parent == oid for c in fk.columns)
         if p.rows[UPDATED]:  # (a table that references itself: those columns after the rows to
             # add, a changed row may point at one; the others before, they may free a unique value)
-            putback.update_from(session, p.table, p.key, p.temps[UPDATED], p.rows[UPDATED], leave=own)
+            putback.update_from(session, putback.Keyed(p.table, p.key, p.temps[UPDATED]), p.rows[UPDATED],
+                                leave=own)
         if p.inserted_from():
             putback.insert_from(session, p.table, p.inserted_from(), p.rows[INSERTED] + p.rows[PARENT])
         if p.rows[UPDATED] and own:
-            putback.update_references(session, p.table, p.key, p.temps[UPDATED], own)
+            putback.update_references(session, putback.Keyed(p.table, p.key, p.temps[UPDATED]), own)
     moved: list[str] = []
     for p in written:  # the after-image: what undo must find unchanged, or refuse
         kinds = [kind for kind in (INSERTED, PARENT, UPDATED) if p.rows[kind]]

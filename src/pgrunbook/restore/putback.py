@@ -146,9 +146,19 @@ def insert_from(session: Session, table: Table, sources: list[str], expected: in
             f"{table.label} への追加", clash_hint)
 
 
-def update_from(session: Session, table: Table, key: tuple[str, ...], source: str, expected: int,
-                clash_hint: str = CLASH_HINT, leave: frozenset[str] = frozenset()) -> None:
-    """Every row of ``source`` written over its row (by ``key``), but the columns ``leave``."""
+@dataclass(frozen=True)
+class Keyed:
+    """The rows of ``source`` (a temporary table), each matched to ``table``'s row by ``key``."""
+
+    table: Table
+    key: tuple[str, ...]
+    source: str
+
+
+def update_from(session: Session, rows: Keyed, expected: int, clash_hint: str = CLASH_HINT,
+                leave: frozenset[str] = frozenset()) -> None:
+    """Every row of ``rows.source`` written over its row (by the key), but the columns ``leave``."""
+    table, key, source = rows.table, rows.key, rows.source
     changed = [c.name for c in table.written
                if c.name not in key and c.identity != "a" and c.name not in leave]
     if not changed:
@@ -158,10 +168,11 @@ def update_from(session: Session, table: Table, key: tuple[str, ...], source: st
                      f"WHERE {key_match(key, 't', 'u')}", expected, f"{table.label} の更新", clash_hint)
 
 
-def update_references(session: Session, table: Table, key: tuple[str, ...], source: str,
-                      columns: frozenset[str], clash_hint: str = CLASH_HINT) -> None:
-    """The ``columns`` of ``source``'s rows (foreign keys) written over theirs where they
+def update_references(session: Session, rows: Keyed, columns: frozenset[str],
+                      clash_hint: str = CLASH_HINT) -> None:
+    """The ``columns`` of ``rows.source``'s rows (foreign keys) written over theirs where they
     differ: the other half of ``update_from(leave=columns)``, before or after it."""
+    table, key, source = rows.table, rows.key, rows.source
     names = sorted(columns)
     differ = " OR ".join(f"t.{quote_ident(n)} IS DISTINCT FROM u.{quote_ident(n)}" for n in names)
     match = f"FROM {source} AS u WHERE {key_match(key, 't', 'u')} AND ({differ})"

@@ -54,6 +54,10 @@ class UndoTable:
     temps: dict[str, str]
     rows: dict[str, int]
 
+    def reverted(self) -> putback.Keyed:
+        """The rows to change back (their before-image, in a temporary table)."""
+        return putback.Keyed(self.table, self.key, f"pg_temp.pgrunbook_revert_{self.index}")
+
 
 def _runs(settings: Settings) -> list[dict[str, Any]]:
     """The partial restores of this env in the work log (the trusted part), oldest first,
@@ -282,9 +286,7 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
             references[oid] = frozenset(c for fk in entry.table.foreign_keys for c in fk.columns
                                         if c not in entry.key)
             if references[oid]:
-                putback.update_references(session, entry.table, entry.key,
-                                          f"pg_temp.pgrunbook_revert_{entry.index}", references[oid],
-                                          putback.UNDO_CLASH_HINT)
+                putback.update_references(session, entry.reverted(), references[oid], putback.UNDO_CLASH_HINT)
     for oid in reversed(order):  # the rows the run added: children first
         entry = by_oid[oid]
         count = entry.rows.get(INSERTED, 0) + entry.rows.get(PARENT, 0)
@@ -297,8 +299,8 @@ def _reverse(session: Session, live: Catalog, entries: list[UndoTable],
     for oid in order:  # then their other columns (a row added may have held a unique value of theirs)
         entry = by_oid[oid]
         if entry.rows.get(UPDATED):
-            putback.update_from(session, entry.table, entry.key, f"pg_temp.pgrunbook_revert_{entry.index}",
-                                entry.rows[UPDATED], putback.UNDO_CLASH_HINT, leave=references[oid])
+            putback.update_from(session, entry.reverted(), entry.rows[UPDATED], putback.UNDO_CLASH_HINT,
+                                leave=references[oid])
             done.setdefault(entry.table.label, {})["元に戻す（更新）"] = entry.rows[UPDATED]
     for oid in order:  # the rows the run deleted: parents first
         entry = by_oid[oid]
