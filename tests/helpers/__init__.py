@@ -107,6 +107,21 @@ def wait_for(predicate, what: str, limit: float = 60) -> None:
     raise AssertionError(f"gave up waiting for {what}")
 
 
+@contextlib.contextmanager
+def app_transaction_holding(pg, database: str, statement: str) -> Iterator[str]:
+    """An app's transaction, open for the block, that ran ``statement`` (a write: its row
+    lock granted before the block starts), ended when the block ends."""
+    holder = pg.run_detached(f"BEGIN; {statement}; SELECT pg_sleep(120); COMMIT;", database)
+    wait_for(lambda: pg.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                             f"WHERE a.application_name = '{holder}' AND l.mode = 'RowExclusiveLock' AND l.granted",
+                             "postgres").strip() != "0", "the app's open transaction")
+    try:
+        yield holder
+    finally:
+        pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{holder}'",
+                "postgres")
+
+
 def kit_processes(server) -> list[str]:
     """The kit's processes still running in the container (the engine lets an exec run on
     after its client died): pg_restore, the swap script, the kit's own psql (-X)."""

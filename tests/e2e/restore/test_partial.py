@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PASSWORD, backup, databases, last_line, log_lines, table_fingerprints, wait_for
+from helpers import (
+    PASSWORD,
+    app_transaction_holding,
+    backup,
+    databases,
+    last_line,
+    log_lines,
+    table_fingerprints,
+    wait_for,
+)
 
 SELECTED = "topic = '役員選任の件'"
 APPLICATION = "pgrunbook-partial"
@@ -342,20 +351,12 @@ def test_a_busy_table_makes_the_kit_give_up_rather_than_block_the_app(cli, pg, t
     dump = backup(cli, "--env=prod")
     mistakes(pg, target)
     before = table_fingerprints(pg, target)
-    holder = pg.run_detached("BEGIN; UPDATE public.votes SET choice = choice WHERE id = 1; "
-                             "SELECT pg_sleep(120); COMMIT;", target)
-    wait_for(lambda: pg.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                             f"WHERE a.application_name = '{holder}' AND l.mode = 'RowExclusiveLock' AND l.granted",
-                             "postgres").strip() != "0", "the app's open transaction")
-    try:
+    with app_transaction_holding(pg, target, "UPDATE public.votes SET choice = choice WHERE id = 1"):
         (cli.home / ".env.prod").write_text((cli.home / ".env.prod").read_text() + "PARTIAL_LOCK_TIMEOUT=1s\n")
         busy = partial(cli, dump, "--table=public.votes", "--mode=missing")
         assert busy.returncode == 1
         assert "ロックを 1s 以内に取れませんでした" in busy.stderr, busy.stderr
         assert table_fingerprints(pg, target) == before
-    finally:
-        pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{holder}'",
-                "postgres")
 
 
 @pytest.mark.matrix
@@ -664,19 +665,11 @@ def test_a_busy_parent_table_makes_the_kit_give_up_in_its_own_words(cli, pg, tar
             "DELETE FROM accounting.journal_entries WHERE id = 9000; DELETE FROM public.members WHERE id = 900",
             target)
     before = table_fingerprints(pg, target)
-    holder = pg.run_detached("BEGIN; UPDATE public.members SET name = name WHERE id = 1; "
-                             "SELECT pg_sleep(120); COMMIT;", target)
-    wait_for(lambda: pg.psql("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                             f"WHERE a.application_name = '{holder}' AND l.mode = 'RowExclusiveLock' AND l.granted",
-                             "postgres").strip() != "0", "the app's open transaction")
-    try:
+    with app_transaction_holding(pg, target, "UPDATE public.members SET name = name WHERE id = 1"):
         (cli.home / ".env.prod").write_text((cli.home / ".env.prod").read_text() + "PARTIAL_LOCK_TIMEOUT=1s\n")
         line = one_clean_line(partial(cli, dump, "--table=accounting.approvals", "--mode=missing"))
         assert "public.members" in line and "ロックを 1s 以内に取れませんでした" in line, line
         assert table_fingerprints(pg, target) == before
-    finally:
-        pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{holder}'",
-                "postgres")
 
 
 def test_a_kit_user_that_is_no_superuser_puts_back_and_undoes(cli, pg, target):
