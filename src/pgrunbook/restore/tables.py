@@ -31,12 +31,14 @@ INTEGER_TYPES = ("smallint", "integer", "bigint", "oid")
 # values 2^32 + 1 apart (µs for a timestamp: about 71 minutes) would hash alike: a bigint goes
 # in as its two halves (``BIGINT_HALVES``: the low half's upper bits zero, nothing folded
 # away), a timestamp or a time as its exact seconds (``EPOCH``: a numeric to the µs, one
-# value per value; cheaper than printing it: 0.55 s against 0.78 s for 1 M rows of one).
+# value per value; cheaper than printing it: 0.55 s against 0.78 s for 1 M rows of one) and
+# whether they are negative: a numeric's hash leaves out its sign (x and -x alike) and hashes
+# ±Infinity as 0, as a NULL is hashed; the flag tells those apart (NULL: no flag).
 VALUE_HASHED = ("smallint", "integer", "bigint", "boolean", "text", "character varying", "date",
                 "timestamp without time zone", "timestamp with time zone", "time without time zone",
                 "uuid", "bytea")
 BIGINT_HALVES = "({name} >> 32)::integer, ({name} & 4294967295)"
-EPOCH = "extract(epoch FROM {name})"
+EPOCH = "extract(epoch FROM {name}), extract(epoch FROM {name}) < 0"
 EPOCH_HASHED = ("timestamp without time zone", "timestamp with time zone", "time without time zone")
 VALUE_HASH_FROM = 14  # hash_record_extended
 TYPMOD = re.compile(r"\(\d+(?:,\d+)?\)")

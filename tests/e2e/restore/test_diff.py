@@ -161,6 +161,23 @@ def test_a_bigint_or_timestamp_change_whose_value_hash_folds_alike_is_changed(cl
     assert body["examples"]["changed"] == ["1", "2", "3"] and body["same"] == 1
 
 
+def test_a_timestamp_changed_between_null_infinity_and_its_mirror_before_1970_is_changed(cli, pg, target):
+    # A timestamp is hashed as its seconds since 1970 (a numeric): a numeric's hash leaves out
+    # its sign and hashes ±Infinity as a NULL is hashed. Those rows differ all the same.
+    pg.psql("CREATE TABLE public.terms (id int PRIMARY KEY, valid_to timestamptz, at timestamp); "
+            "INSERT INTO public.terms VALUES (1, 'infinity', NULL), (2, NULL, NULL), (3, '-infinity', NULL), "
+            "(4, NULL, '1970-01-01 00:00:01'), (5, '2026-01-01 00:00:00+00', '2026-01-01')", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("UPDATE public.terms SET valid_to = NULL WHERE id = 1; "
+            "UPDATE public.terms SET valid_to = 'infinity' WHERE id IN (2, 3); "
+            "UPDATE public.terms SET at = '1969-12-31 23:59:59' WHERE id = 4", target)
+    found = diff(cli, f"--file={dump}", "--table=public.terms", "--format=json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    body = json.loads(found.stdout)["tables"][0]
+    assert body["counts"] == {"missing": 0, "changed": 4, "extra": 0}, body
+    assert body["examples"]["changed"] == ["1", "2", "3", "4"] and body["same"] == 1
+
+
 def test_a_column_added_or_dropped_since_the_backup_is_left_out_and_said(cli, pg, target):
     # The rows are compared on the columns both sides have; the others are named.
     pg.psql("CREATE TABLE public.grown (id int PRIMARY KEY, name text, old_note text); "

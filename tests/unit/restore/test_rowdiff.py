@@ -105,12 +105,14 @@ def test_rows_are_hashed_by_value_only_where_equal_values_print_alike():
     # a bigint goes in as its two halves, a timestamp or a time as its exact seconds: their hash
     # functions fold 64 bits into 32 (hashint8extended), so values 2^32 + 1 apart would hash alike
     assert value_hash(columns, "t") == ('hash_record_extended(ROW((t."id" >> 32)::integer, '
-                                        '(t."id" & 4294967295), t."name", extract(epoch FROM t."at"), '
+                                        '(t."id" & 4294967295), t."name", extract(epoch FROM t."at"), extract(epoch FROM t."at") < 0, '
                                         'ROW(t."amount", t."blind", t."doc")::text), 0)')
-    assert value_hash(columns[1:3]) == 'hash_record_extended(ROW("name", extract(epoch FROM "at")), 0)'
+    assert value_hash(columns[1:3]) == ('hash_record_extended(ROW("name", extract(epoch FROM "at"), '
+                                        'extract(epoch FROM "at") < 0), 0)')
     assert value_hash(columns[3:]) == 'hashtextextended(ROW("amount", "blind", "doc")::text, 0)'
     assert value_hash([Column("at", "timestamp without time zone"), Column("t", "time(0) without time zone")]) \
-        == 'hash_record_extended(ROW(extract(epoch FROM "at"), extract(epoch FROM "t")), 0)'
+        == ('hash_record_extended(ROW(extract(epoch FROM "at"), extract(epoch FROM "at") < 0, '
+            'extract(epoch FROM "t"), extract(epoch FROM "t") < 0), 0)')
 
 
 def catalog(table: Table | None, major: int) -> Catalog:
