@@ -86,6 +86,7 @@ from pgrunbook.restore.tables import (
     refuse_row_security,
     row_hash,
     row_key,
+    version_sum,
 )
 
 MODES = ("missing", "changed", "exact")
@@ -488,16 +489,25 @@ def _blocked(session: Session, live: Catalog, plans: dict[int, TablePlan]) -> li
 
 
 def _digest(session: Session, plan: Plan) -> str:
-    """Equal digests: the same rows to write (the merges' digests), the same parents
-    and the same refusals."""
+    """Equal digests: the same rows to write (the merges' digests), the same live rows
+    they write over or delete, as they were (``version_sum``: a row changed since is
+    another version, also one the selection's own sum does not cover, such as a row moved
+    out of ``--where`` since the backup), the same parents and the same refusals."""
     digest = hashlib.sha256(plan.mode.encode())
     for table_plan in plan.tables.values():
         digest.update(f"\n{table_plan.table.label}".encode())
         if table_plan.diff is not None:
             digest.update(table_plan.diff.digest.encode())
+        key = table_plan.key
+        overwritten = [table_plan.temps[kind] for kind in (UPDATED, DELETED) if table_plan.rows[kind]]
+        if overwritten:
+            keys = " UNION ALL ".join(f"SELECT {columns_sql(key)} FROM {name}" for name in overwritten)
+            versions = session.rows(f"SELECT {version_sum('t')} FROM {table_plan.table.sql} t WHERE EXISTS "
+                                    f"(SELECT 1 FROM ({keys}) k WHERE {putback.key_match(key, 't', 'k')})")
+            digest.update(versions[0][0].encode())
         if table_plan.rows[PARENT]:
-            key = columns_sql(table_plan.key)
-            for line in session.copy_out(f"SELECT {key} FROM {table_plan.temps[PARENT]} ORDER BY {key}"):
+            cols = columns_sql(key)
+            for line in session.copy_out(f"SELECT {cols} FROM {table_plan.temps[PARENT]} ORDER BY {cols}"):
                 digest.update(line + b"\n")
     for line in plan.blocked:
         digest.update(line.encode())

@@ -347,6 +347,32 @@ def test_rows_moved_into_or_out_of_the_selection_since_the_backup_are_changed_ro
     assert pg.psql(f"SELECT topic FROM public.votes WHERE id = {entering}", target).strip() == topic
 
 
+def test_a_row_moved_out_of_the_selection_and_written_again_before_the_lock_is_refused(cli, pg, target, tmp_path):
+    """A vote moved out of --where since the backup is a changed row to put back, though the
+    selection's own check under the lock does not cover it: the app writing it again while
+    the operator confirms must make the run refuse, not overwrite the app's newer write."""
+    dump = backup(cli, "--env=prod")
+    leaving = pg.psql(f"SELECT min(id) FROM public.votes WHERE {SELECTED}", target).strip()
+    pg.psql(f"UPDATE public.votes SET topic = '別の件' WHERE id = {leaving}", target)
+    (tmp_path / "sitecustomize.py").write_text(
+        "import docker\n"
+        "from pgrunbook.restore import partial\n"
+        "_confirm = partial.confirm\n"
+        "def confirm(*args, **kwargs):\n"
+        "    _confirm(*args, **kwargs)\n"
+        f"    docker.from_env().containers.get({pg.name!r}).exec_run(\n"
+        f"        ['psql', '-U', 'app', '-d', {target!r}, '-c',\n"
+        f"         \"UPDATE public.votes SET choice = 'アプリの新しい値' WHERE id = {leaving}\"],\n"
+        f"        environment={{'PGPASSWORD': {PASSWORD!r}}})\n"
+        "partial.confirm = confirm\n")
+    refused = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=changed",
+                      env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert refused.returncode == 1, refused.stderr
+    assert "確認の後に" in refused.stderr and "変わりました" in refused.stderr, refused.stderr
+    assert pg.psql(f"SELECT topic || ':' || choice FROM public.votes WHERE id = {leaving}", target).strip() \
+        == "別の件:アプリの新しい値"
+
+
 def test_a_busy_table_makes_the_kit_give_up_rather_than_block_the_app(cli, pg, target):
     dump = backup(cli, "--env=prod")
     mistakes(pg, target)
