@@ -224,7 +224,7 @@ class LiveScan:
         try:
             self.session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ;")
             for oid, selection in self.selections.items():
-                if selection.where:  # the stream waits for the source's keys (merge_targets)
+                if selection.narrowable:  # the stream waits for the source's keys (merge_targets)
                     self.selected[oid] = self.session.copy_to_file(selection.selected_keys_sql(),
                                                                    self.keys_path(oid))
                 else:
@@ -272,7 +272,7 @@ def merge_targets(scan: LiveScan, source: RowSource, source_session: Session, op
         table = selection.table
         catalog = _compatible_target(table, source)
         hashed = selection.hashing_with(catalog)
-        if hashed.where:
+        if hashed.narrowable:
             backup = _narrowed(scan, source, source_session, hashed, oid)
         else:
             if hashed is not selection:  # the source hashes a column otherwise: live read again by
@@ -307,30 +307,35 @@ NARROW_LIMIT = 100_000
 
 def _narrowed(scan: LiveScan, source: RowSource, source_session: Session, selection: Selection,
               oid: int) -> Iterator[bytes]:
-    """The two streams of a ``--where``: the source's selected keys, then live's stream (into
-    the scan's file, in its snapshot) of the rows selected there or keyed in the source's
-    selection, and the source's stream (returned) the other way round. A key is compared when
-    either side selects it, as in the whole streams: nothing else of the table is read, hashed
-    or sorted."""
+    """The two streams of a ``--where`` (``Selection.narrowable``): the source's selected
+    keys, then live's stream (into the scan's file, in its snapshot) of the rows of its own
+    selected keys and of the source's, and the source's stream (returned) the other way
+    round. A key is compared when either side selects it, as in the whole streams: nothing
+    else of the table is read, hashed or sorted."""
     theirs = scan.folder / f"source-keys-{oid}.copy"
     selected = source_session.copy_to_file(selection.selected_keys_sql(), theirs)
     if selected + scan.selected[oid] > NARROW_LIMIT:
         scan.session.copy_to_file(selection.stream_sql(), scan.path(oid))
         return stream_lines(source.pg, source.database, selection.stream_sql(), APPLICATION, SORT_OPTIONS)
-    source_keys = _keys_table(scan.session, selection, oid, theirs)
-    scan.session.copy_to_file(selection.stream_sql(source_keys), scan.path(oid))
-    live_keys = _keys_table(source_session, selection, oid, scan.keys_path(oid))
-    return source_session.copy_out(selection.stream_sql(live_keys))
+    live_keys = _keys_table(scan.session, selection, oid, scan.keys_path(oid), theirs)
+    scan.session.copy_to_file(selection.stream_sql(live_keys), scan.path(oid))
+    source_keys = _keys_table(source_session, selection, oid, theirs, scan.keys_path(oid))
+    return source_session.copy_out(selection.stream_sql(source_keys))
 
 
-def _keys_table(session: Session, selection: Selection, oid: int, keys: Path) -> str:
-    """A temporary table in ``session`` of the keys in the file ``keys`` (COPY text)."""
-    name = f"pgrunbook_keys_{oid}"
-    session.execute(f"DROP TABLE IF EXISTS pg_temp.{name}; CREATE TEMP TABLE {name} AS "
-                    f"SELECT {columns_sql(selection.key)} FROM {selection.table.sql} WITH NO DATA;")
-    session.copy_in(f"pg_temp.{name}", columns_sql(selection.key), file_chunks(keys))
-    session.execute(f"ANALYZE pg_temp.{name};")
-    return f"pg_temp.{name}"
+def _keys_table(session: Session, selection: Selection, oid: int, own: Path, other: Path) -> str:
+    """A temporary table in ``session`` of the keys in the files ``own`` (selected on this
+    side) and ``other`` (selected on the other side), each line COPY text of the key."""
+    name = f"pg_temp.pgrunbook_keys_{oid}"
+    key = columns_sql(selection.key)
+    session.execute(f"DROP TABLE IF EXISTS {name}; CREATE TEMP TABLE pgrunbook_keys_{oid} AS "
+                    f"SELECT {key}, true AS pgrunbook_own FROM {selection.table.sql} WITH NO DATA; "
+                    f"ALTER TABLE {name} ALTER COLUMN pgrunbook_own SET DEFAULT true;")
+    session.copy_in(name, key, file_chunks(own))
+    session.execute(f"ALTER TABLE {name} ALTER COLUMN pgrunbook_own SET DEFAULT false;")
+    session.copy_in(name, key, file_chunks(other))
+    session.execute(f"ANALYZE {name};")
+    return name
 
 
 def _compatible_target(table: Table, source: RowSource) -> Catalog:

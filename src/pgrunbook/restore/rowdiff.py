@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pgrunbook.core.errors import Refused, RunbookError
+from pgrunbook.infra.postgres import quote_ident
 from pgrunbook.restore.tables import (
     VALUE_HASH_FROM,
     Catalog,
@@ -114,17 +115,29 @@ class Selection:
             return value_hash([self.table.column(name) for name in self.compared])
         return row_hash(self.compared)
 
-    def stream_sql(self, other_keys: str | None = None) -> str:
-        """The key, whether the row is selected, the hash of the row. ``other_keys``: a
-        table of the keys the other side selects (``selected_keys_sql``); only the rows
-        selected here or keyed there are read then, which is all the merge needs of a
-        ``--where`` (a key is compared when either side's row satisfies it)."""
-        narrowed = ""
-        if other_keys is not None and self.where:
-            key = columns_sql(self.key)
-            narrowed = f" WHERE {self.selected_sql()} OR ({key}) IN (SELECT {key} FROM {other_keys})"
-        return (f"SELECT {self.order_sql()}, {self.selected_sql()}, {self.row_hash_sql()} "
-                f"FROM {self.table.sql}{narrowed} ORDER BY {self.order_sql()}")
+    def stream_sql(self, keys: str | None = None) -> str:
+        """The key, whether the row is selected, the hash of the row. ``keys``: a table of
+        keys (the key's columns and ``pgrunbook_own``: selected on this side) as
+        ``narrowable`` allows: only those keys' rows are read then, each selected as the
+        table says (``--where`` is evaluated once on a side, when its keys are taken: a
+        condition on now() or random() cannot select a row twice differently)."""
+        if keys is None or not self.narrowable:
+            return (f"SELECT {self.order_sql()}, {self.selected_sql()}, {self.row_hash_sql()} "
+                    f"FROM {self.table.sql} ORDER BY {self.order_sql()}")
+        key = columns_sql(self.key)
+        match = " AND ".join(f"t.{quote_ident(name)} = k.{quote_ident(name)}" for name in self.key)
+        listed = f"SELECT {key}, bool_or(pgrunbook_own) AS pgrunbook_own FROM {keys} GROUP BY {key}"
+        rows = f"SELECT t.*, k.pgrunbook_own FROM {self.table.sql} t JOIN ({listed}) k ON {match}"
+        return (f"SELECT {self.order_sql()}, pgrunbook_own, {self.row_hash_sql()} "
+                f"FROM ({rows}) AS x ORDER BY {self.order_sql()}")
+
+    @property
+    def narrowable(self) -> bool:
+        """``--where`` on the primary key (unique, never NULL): each side may read only the
+        rows of the keys either side selects, which is all the merge needs (a key is compared
+        when either side's row satisfies it). With ``--key`` every row is read: the merge
+        must see a key twice, or NULL, to refuse it."""
+        return bool(self.where) and self.key == self.table.primary_key
 
     def selected_keys_sql(self) -> str:
         """The keys (their columns, as stored) of the rows ``--where`` selects."""

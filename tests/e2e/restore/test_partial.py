@@ -347,6 +347,26 @@ def test_rows_moved_into_or_out_of_the_selection_since_the_backup_are_changed_ro
     assert pg.psql(f"SELECT topic FROM public.votes WHERE id = {entering}", target).strip() == topic
 
 
+def test_a_where_evaluated_once_per_side_and_a_key_twice_still_refused(cli, pg, target):
+    """--where is evaluated once on each side (when its keys are taken), so a condition
+    that answers differently each time (random(), as now() across a boundary) cannot make
+    an unchanged row look missing or added; and a --key that is not unique is still refused
+    by name when --where selects only one of its rows (every row is read then)."""
+    dump = backup(cli, "--env=prod")
+    nothing = partial(cli, dump, "--table=public.votes", "--where=random() < 0.5", "--mode=exact")
+    assert nothing.returncode == 0, nothing.stderr
+    assert "戻す行はありません" in nothing.stderr, nothing.stderr
+    pg.psql("CREATE TABLE public.tallies (id serial PRIMARY KEY, topic text, member_id int, choice text); "
+            "INSERT INTO public.tallies (topic, member_id, choice) VALUES ('A', 3, 'yes'), ('A', 3, 'no')", target)
+    dump = backup(cli, "--env=prod")
+    pg.psql("DELETE FROM public.tallies", target)
+    twice = partial(cli, dump, "--table=public.tallies", "--key=topic,member_id", "--where=choice = 'yes'",
+                    "--mode=missing")
+    assert twice.returncode != 0
+    assert "キー（A, 3）が重複しています" in twice.stderr, twice.stderr
+    assert pg.psql("SELECT count(*) FROM public.tallies", target).strip() == "0"
+
+
 def test_a_row_moved_out_of_the_selection_and_written_again_before_the_lock_is_refused(cli, pg, target, tmp_path):
     """A vote moved out of --where since the backup is a changed row to put back, though the
     selection's own check under the lock does not cover it: the app writing it again while
