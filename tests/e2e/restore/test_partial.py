@@ -73,6 +73,22 @@ class AppWriting:
                      "postgres")
 
 
+def app_writes_at_confirmation(tmp_path, pg, database: str, sql: str) -> dict[str, str]:
+    """The environment of a run during whose confirmation the app runs ``sql`` (a
+    sitecustomize that wraps restore-partial's confirm)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import docker\n"
+        "from pgrunbook.restore import partial\n"
+        "_confirm = partial.confirm\n"
+        "def confirm(*args, **kwargs):\n"
+        "    _confirm(*args, **kwargs)\n"
+        f"    docker.from_env().containers.get({pg.name!r}).exec_run(\n"
+        f"        ['psql', '-U', 'app', '-d', {database!r}, '-c', {sql!r}],\n"
+        f"        environment={{'PGPASSWORD': {PASSWORD!r}}})\n"
+        "partial.confirm = confirm\n")
+    return {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 def partial(cli, dump, *args: str, env: dict[str, str] | None = None):
     return cli("restore-partial", "--env=prod", f"--file={dump}", *args, "--confirm=prod",
                env={"PGRUNBOOK_VERBOSE": "1", **(env or {})})
@@ -301,19 +317,9 @@ def test_a_run_refuses_when_the_rows_moved_between_the_preview_and_the_lock(cli,
     """The confirmation waits for the operator: a write meanwhile is seen under the lock."""
     dump = backup(cli, "--env=prod")
     mistakes(pg, target)
-    (tmp_path / "sitecustomize.py").write_text(
-        "import docker\n"
-        "from pgrunbook.restore import partial\n"
-        "_confirm = partial.confirm\n"
-        "def confirm(*args, **kwargs):\n"
-        "    _confirm(*args, **kwargs)\n"
-        f"    docker.from_env().containers.get({pg.name!r}).exec_run(\n"
-        f"        ['psql', '-U', 'app', '-d', {target!r}, '-c',\n"
-        f"         \"DELETE FROM public.votes WHERE {SELECTED} AND member_id = 20\"],\n"
-        f"        environment={{'PGPASSWORD': {PASSWORD!r}}})\n"
-        "partial.confirm = confirm\n")
     moved = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=missing",
-                    env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+                    env=app_writes_at_confirmation(tmp_path, pg, target,
+                                                   f"DELETE FROM public.votes WHERE {SELECTED} AND member_id = 20"))
     assert moved.returncode == 1, moved.stderr
     assert "確認の後に public.votes の行が変わりました" in moved.stderr, moved.stderr
     assert "バックアップにだけある（その後に削除） 6 行" in moved.stderr  # the difference as it is now
@@ -374,19 +380,9 @@ def test_a_row_moved_out_of_the_selection_and_written_again_before_the_lock_is_r
     dump = backup(cli, "--env=prod")
     leaving = pg.psql(f"SELECT min(id) FROM public.votes WHERE {SELECTED}", target).strip()
     pg.psql(f"UPDATE public.votes SET topic = '別の件' WHERE id = {leaving}", target)
-    (tmp_path / "sitecustomize.py").write_text(
-        "import docker\n"
-        "from pgrunbook.restore import partial\n"
-        "_confirm = partial.confirm\n"
-        "def confirm(*args, **kwargs):\n"
-        "    _confirm(*args, **kwargs)\n"
-        f"    docker.from_env().containers.get({pg.name!r}).exec_run(\n"
-        f"        ['psql', '-U', 'app', '-d', {target!r}, '-c',\n"
-        f"         \"UPDATE public.votes SET choice = 'アプリの新しい値' WHERE id = {leaving}\"],\n"
-        f"        environment={{'PGPASSWORD': {PASSWORD!r}}})\n"
-        "partial.confirm = confirm\n")
     refused = partial(cli, dump, "--table=public.votes", f"--where={SELECTED}", "--mode=changed",
-                      env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+                      env=app_writes_at_confirmation(
+                          tmp_path, pg, target, f"UPDATE public.votes SET choice = 'アプリの新しい値' WHERE id = {leaving}"))
     assert refused.returncode == 1, refused.stderr
     assert "確認の後に" in refused.stderr and "変わりました" in refused.stderr, refused.stderr
     assert pg.psql(f"SELECT topic || ':' || choice FROM public.votes WHERE id = {leaving}", target).strip() \
