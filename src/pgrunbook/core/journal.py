@@ -111,6 +111,23 @@ def process_started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
+def running(pid: int, started: str | None) -> bool:
+    """Is the process ``pid`` that started at ``started`` (``process_started``) still running
+    on this host? Where /proc cannot tell (no /proc: macOS, say, where ``started`` was
+    written as None), whether a process of that pid is there at all: a run still going is
+    never taken for a dead one."""
+    now = process_started(pid)
+    if now is not None and started not in (None, "None"):
+        return now == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def other_host(data: dict[str, Any]) -> str | None:
     """The host that wrote ``data`` when it is not this one (a shared backup folder, or
     the kit run from a container whose hostname changes)."""
@@ -135,7 +152,7 @@ def is_alive(data: dict[str, Any]) -> bool:
     if data.get("boot_id") and boot_id() and data["boot_id"] != boot_id():
         return False  # written before a reboot (a power cut): that process is gone
     if data.get("process_started"):
-        return process_started(pid) == data["process_started"]
+        return running(pid, data["process_started"])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

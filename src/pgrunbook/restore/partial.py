@@ -532,7 +532,7 @@ def _reach(live: Catalog, targets: list[Table]) -> set[str]:
     return {live.tables[oid].label for oid in live.parents_closure([t.oid for t in targets])}
 
 
-WORK_FOLDER = re.compile(r"^\.work-(?P<host>.+)-(?P<pid>\d+)-(?P<started>\d+)-[a-z0-9_]+$")
+WORK_FOLDER = re.compile(r"^\.work-(?P<host>.+)-(?P<pid>\d+)-(?P<started>\d+|None)-[a-z0-9_]+$")
 
 
 @contextlib.contextmanager
@@ -826,4 +826,4 @@ def _running(name: str) -> bool:
         return False
     if found["host"] != socket.gethostname():
         return True
-    return journal.process_started(int(found["pid"])) == found["started"]
+    return journal.running(int(found["pid"]), found["started"])

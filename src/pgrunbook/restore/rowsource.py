@@ -214,7 +214,7 @@ def drop_leftovers(pg: Postgres, settings: Settings, console: Console) -> None:
         if db.role != ROLE or db.env != settings.env or db.host != socket.gethostname():
             continue
         found = re.search(r"\bpid=(\d+) started=(\S+)", db.detail)
-        if found and journal.process_started(int(found[1])) == found[2]:
+        if found and journal.running(int(found[1]), found[2]):
             continue  # its run is still going
         console.step(f"中断された実行が残した作業用 DB {db.name} を削除")
         drop_kit_database(pg, db.name)
