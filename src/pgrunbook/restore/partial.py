@@ -272,11 +272,11 @@ def merge_targets(scan: LiveScan, source: RowSource, source_session: Session, op
         table = selection.table
         catalog = _compatible_target(table, source)
         hashed = selection.hashing_with(catalog)
-        if hashed.narrowable:
-            backup = _narrowed(scan, source, source_session, hashed, oid)
-        else:
-            if hashed is not selection:  # the source hashes a column otherwise: live read again by
-                # the rows' text, in the scan's snapshot (its transaction is still open)
+        backup = _narrowed(scan, source_session, hashed, oid) if hashed.narrowable else None
+        if backup is None:  # the whole table on both sides
+            if hashed is not selection or hashed.narrowable:  # live's file holds another stream (the
+                # source hashes a column otherwise, or too many keys): read again, in the scan's
+                # snapshot (its transaction is still open)
                 scan.session.copy_to_file(hashed.stream_sql(), scan.path(oid))
             backup = stream_lines(source.pg, source.database, hashed.stream_sql(), APPLICATION, SORT_OPTIONS)
         selection = scan.selections[oid] = hashed
@@ -305,18 +305,17 @@ def merge_targets(scan: LiveScan, source: RowSource, source_session: Session, op
 NARROW_LIMIT = 100_000
 
 
-def _narrowed(scan: LiveScan, source: RowSource, source_session: Session, selection: Selection,
-              oid: int) -> Iterator[bytes]:
+def _narrowed(scan: LiveScan, source_session: Session, selection: Selection,
+              oid: int) -> Iterator[bytes] | None:
     """The two streams of a ``--where`` (``Selection.narrowable``): the source's selected
     keys, then live's stream (into the scan's file, in its snapshot) of the rows of its own
     selected keys and of the source's, and the source's stream (returned) the other way
     round. A key is compared when either side selects it, as in the whole streams: nothing
-    else of the table is read, hashed or sorted."""
+    else of the table is read, hashed or sorted. None beyond ``NARROW_LIMIT`` keys."""
     theirs = scan.folder / f"source-keys-{oid}.copy"
     selected = source_session.copy_to_file(selection.selected_keys_sql(), theirs)
     if selected + scan.selected[oid] > NARROW_LIMIT:
-        scan.session.copy_to_file(selection.stream_sql(), scan.path(oid))
-        return stream_lines(source.pg, source.database, selection.stream_sql(), APPLICATION, SORT_OPTIONS)
+        return None
     live_keys = _keys_table(scan.session, selection, oid, scan.keys_path(oid), theirs)
     scan.session.copy_to_file(selection.stream_sql(live_keys), scan.path(oid))
     source_keys = _keys_table(source_session, selection, oid, theirs, scan.keys_path(oid))
